@@ -1,0 +1,413 @@
+//! Typed documents: the Rust shape of each document kind, mapped onto Automerge with autosurgeon.
+//!
+//! Concurrency is designed into the shapes. Everything that two nodes may write at once lives
+//! under a map key of its own (a node's registry entry, a workflow step, a run record), so that
+//! concurrent writes touch different keys and all of them survive the merge. A scalar written
+//! concurrently (a workflow's description) ends with one of the written values on every replica.
+//!
+//! Every document starts from a *genesis* change that all nodes produce byte for byte (fixed
+//! actor, time zero, content derived from the name only). Two nodes that create the same document
+//! while apart therefore share its root objects, instead of each creating a `runs` map of its own
+//! of which the merge would keep only one.
+
+use std::collections::BTreeMap;
+
+use automerge::{ActorId, AutoCommit, transaction::CommitOptions};
+use autosurgeon::{Hydrate, Reconcile};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::names::{DocKind, DocName};
+
+/// The actor of every genesis change.
+const GENESIS_ACTOR: &[u8] = b"rhizome-genesis";
+
+/// A Rust type that is the content of one document kind.
+pub trait TypedDoc: Reconcile + Hydrate + Sized {
+    /// The kind of document this type describes.
+    const KIND: DocKind;
+
+    /// The content a document of this name starts with on every node.
+    fn genesis(name: &DocName) -> Self;
+}
+
+/// Creates the genesis of a document: the same bytes on every node for the same name.
+pub fn genesis_doc<T: TypedDoc>(name: &DocName) -> Result<AutoCommit> {
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(GENESIS_ACTOR));
+    autosurgeon::reconcile(&mut doc, T::genesis(name)).map_err(|e| StoreError::Write {
+        doc: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    doc.commit_with(CommitOptions::default().with_time(0));
+    Ok(doc)
+}
+
+/// Reads a typed value out of a document.
+pub fn hydrate<T: TypedDoc>(name: &DocName, doc: &AutoCommit) -> Result<T> {
+    autosurgeon::hydrate(doc).map_err(|e| StoreError::Shape {
+        doc: name.to_string(),
+        kind: T::KIND.as_str(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes a typed value into a document as the smallest set of changes.
+pub fn reconcile<T: TypedDoc>(name: &DocName, doc: &mut AutoCommit, value: &T) -> Result<()> {
+    autosurgeon::reconcile(doc, value).map_err(|e| StoreError::Write {
+        doc: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// mesh
+
+/// The mesh registry: every member's entry and the revoked node ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct MeshRegistry {
+    /// Members by node id; each node writes only its own entry.
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// Revoked node ids, written by administrators; a revoked node is refused at the handshake.
+    pub revoked: BTreeMap<String, Revocation>,
+}
+
+/// One member of the mesh as it describes itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// Human-readable name.
+    pub name: String,
+    /// Zone path, e.g. `site-a/line-3`.
+    pub zone: String,
+    /// Free-form tags used by workflow selectors.
+    pub tags: Vec<String>,
+    /// Capabilities such as `onnx` or `llm`.
+    pub capabilities: Vec<String>,
+    /// Addresses the node listens on, `host:port`.
+    pub addresses: Vec<String>,
+    /// Software version.
+    pub version: String,
+    /// Incremented by the node on each liveness update.
+    pub heartbeat: u64,
+    /// When the entry was last written, milliseconds since the Unix epoch.
+    pub updated_ms: i64,
+}
+
+/// Why and when a node was revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When, milliseconds since the Unix epoch.
+    pub revoked_ms: i64,
+    /// The administrator's reason.
+    pub reason: String,
+}
+
+impl TypedDoc for MeshRegistry {
+    const KIND: DocKind = DocKind::Mesh;
+    fn genesis(_: &DocName) -> Self {
+        MeshRegistry::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// workflow
+
+/// A workflow definition as replicated: a DAG of steps keyed by step id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct WorkflowDoc {
+    /// The workflow id (the `<id>` of `workflow/<id>`).
+    pub id: String,
+    /// Bumped by every apply; runs record the version they ran.
+    pub version: u64,
+    /// What the workflow is for.
+    pub description: String,
+    /// When it runs: `manual`, `every <duration>`, or `after <workflow>`.
+    pub trigger: String,
+    /// Which nodes run it.
+    pub target: Target,
+    /// Steps by step id.
+    pub steps: BTreeMap<String, StepDef>,
+    /// Run-level timeout in milliseconds; 0 means the engine's default.
+    pub timeout_ms: u64,
+    /// How many runs of this workflow may be in flight on one node.
+    pub max_concurrent: u32,
+    /// Who applied the last version (node id).
+    pub updated_by: String,
+    /// When, milliseconds since the Unix epoch.
+    pub updated_ms: i64,
+}
+
+/// A selector of nodes. Empty lists select everything; non-empty lists must all match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct Target {
+    /// Node names.
+    pub nodes: Vec<String>,
+    /// Tags a node must carry.
+    pub tags: Vec<String>,
+    /// Zone path prefixes.
+    pub zones: Vec<String>,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct StepDef {
+    /// The agent that runs the step.
+    pub agent: String,
+    /// The agent's configuration, as JSON text.
+    pub config: String,
+    /// Ids of the steps (or `input`) whose outputs feed this step.
+    pub inputs: Vec<String>,
+    /// Optional condition on the inputs.
+    pub when: Option<String>,
+    /// Step timeout in milliseconds; 0 means the engine's default.
+    pub timeout_ms: u64,
+    /// How many times a failed step is retried.
+    pub retries: u32,
+}
+
+impl TypedDoc for WorkflowDoc {
+    const KIND: DocKind = DocKind::Workflow;
+    fn genesis(name: &DocName) -> Self {
+        let id = match name {
+            DocName::Workflow { id } => id.clone(),
+            _ => String::new(),
+        };
+        WorkflowDoc {
+            id,
+            ..WorkflowDoc::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// results
+
+/// One node's run records for one time window. Append-only: records are added, never changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct ResultsDoc {
+    /// The node that wrote the records.
+    pub node: String,
+    /// The window, as in the document name.
+    pub window: String,
+    /// Run records by run id.
+    pub runs: BTreeMap<String, RunRecord>,
+}
+
+/// The outcome of a run or a step.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Finished without error.
+    #[default]
+    Succeeded,
+    /// An agent failed after its retries.
+    Failed,
+    /// The run or a step exceeded its timeout.
+    TimedOut,
+    /// The node shut down while the run was in flight.
+    Interrupted,
+    /// A step was skipped because its condition was false.
+    Skipped,
+}
+
+impl RunStatus {
+    /// The status as written in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// The record of one workflow run on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Unique run id.
+    pub run_id: String,
+    /// The workflow that ran.
+    pub workflow: String,
+    /// The version of the workflow that ran.
+    pub workflow_version: u64,
+    /// The node that ran it.
+    pub node: String,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// End, milliseconds since the Unix epoch; decides the results window.
+    pub finished_ms: i64,
+    /// Outcome of the run.
+    pub status: RunStatus,
+    /// Per-step records, in the order the steps finished.
+    pub steps: Vec<StepRecord>,
+    /// The run's output as JSON text.
+    pub output: String,
+    /// The error that ended the run, if any.
+    pub error: Option<String>,
+}
+
+/// The record of one step within a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step id.
+    pub step: String,
+    /// Outcome of the step.
+    pub status: RunStatus,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// The step's output as JSON text.
+    pub output: String,
+    /// The step's last error, if any.
+    pub error: Option<String>,
+}
+
+/// Upper bound on the encoded size of one run record; larger records are refused.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+impl RunRecord {
+    /// Checks what the store relies on: a usable run id, a node id, a sane time range and size.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| StoreError::InvalidRecord {
+            run_id: self.run_id.clone(),
+            reason,
+        };
+        if self.run_id.is_empty() || self.run_id.len() > 128 {
+            return Err(invalid("the run id must be 1 to 128 bytes".into()));
+        }
+        if self.workflow.is_empty() {
+            return Err(invalid("the workflow id is empty".into()));
+        }
+        DocName::results(&self.node, crate::names::Window::containing(0, 1))
+            .map_err(|e| invalid(e.to_string()))?;
+        if self.finished_ms < self.started_ms {
+            return Err(invalid(format!(
+                "finished_ms {} is before started_ms {}",
+                self.finished_ms, self.started_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TypedDoc for ResultsDoc {
+    const KIND: DocKind = DocKind::Results;
+    fn genesis(name: &DocName) -> Self {
+        match name {
+            DocName::Results { node, window } => ResultsDoc {
+                node: node.clone(),
+                window: window.to_string(),
+                runs: BTreeMap::new(),
+            },
+            _ => ResultsDoc::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rollup
+
+/// A zone aggregator's summary of one window: per workflow, per source node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct RollupDoc {
+    /// The zone summarised (with `.` for `/`).
+    pub zone: String,
+    /// The window, as in the document name.
+    pub window: String,
+    /// By workflow id, then by source node id. Keyed by source so that whichever aggregator
+    /// recomputes a source's summary writes the same key, and concurrent aggregators converge.
+    pub workflows: BTreeMap<String, BTreeMap<String, RunSummary>>,
+}
+
+/// Counts and latency statistics of one source's runs of one workflow in one window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Runs seen.
+    pub runs: u64,
+    /// Runs that did not succeed.
+    pub failures: u64,
+    /// Sum of run durations, milliseconds.
+    pub total_ms: u64,
+    /// Longest run, milliseconds.
+    pub max_ms: u64,
+    /// Status of the latest run.
+    pub last_status: RunStatus,
+    /// End of the latest run, milliseconds since the Unix epoch.
+    pub last_finished_ms: i64,
+    /// Output of the latest run, JSON text.
+    pub last_output: String,
+}
+
+impl TypedDoc for RollupDoc {
+    const KIND: DocKind = DocKind::Rollup;
+    fn genesis(name: &DocName) -> Self {
+        match name {
+            DocName::Rollup { zone, window } => RollupDoc {
+                zone: zone.clone(),
+                window: window.to_string(),
+                workflows: BTreeMap::new(),
+            },
+            _ => RollupDoc::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genesis_is_identical_everywhere() {
+        let name: DocName = "results/n1/2026-11-24T04:00Z+60m".parse().unwrap();
+        let mut a = genesis_doc::<ResultsDoc>(&name).unwrap();
+        let mut b = genesis_doc::<ResultsDoc>(&name).unwrap();
+        assert_eq!(a.get_heads(), b.get_heads());
+        assert_eq!(a.save(), b.save());
+        let other: DocName = "results/n2/2026-11-24T04:00Z+60m".parse().unwrap();
+        let mut c = genesis_doc::<ResultsDoc>(&other).unwrap();
+        assert_ne!(a.get_heads(), c.get_heads());
+    }
+
+    #[test]
+    fn values_round_trip_through_a_document() {
+        let name = DocName::workflow("w").unwrap();
+        let mut doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        let mut wf: WorkflowDoc = hydrate(&name, &doc).unwrap();
+        assert_eq!(wf.id, "w");
+        wf.version = 3;
+        wf.steps.insert(
+            "read".into(),
+            StepDef {
+                agent: "sensor".into(),
+                config: "{}".into(),
+                inputs: vec!["input".into()],
+                when: Some("x > 1".into()),
+                timeout_ms: 10,
+                retries: 2,
+            },
+        );
+        reconcile(&name, &mut doc, &wf).unwrap();
+        doc.commit();
+        let back: WorkflowDoc = hydrate(&name, &doc).unwrap();
+        assert_eq!(back, wf);
+    }
+
+    #[test]
+    fn a_document_of_another_kind_is_a_shape_error() {
+        let name = DocName::workflow("w").unwrap();
+        let mut doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        let err = hydrate::<ResultsDoc>(&name, &mut doc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workflow/w") && err.contains("results"),
+            "{err}"
+        );
+    }
+}

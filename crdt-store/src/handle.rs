@@ -1,0 +1,205 @@
+//! The store thread: owns the [`Store`], groups concurrent result appends into one fsynced
+//! commit, and folds logged results into documents when it is idle.
+
+use std::thread::JoinHandle;
+
+use crate::docs::RunRecord;
+use crate::error::{Result, StoreError};
+use crate::store::{APPLY_BATCH, Store};
+
+/// Requests waiting for the store thread; a full queue makes senders wait (backpressure).
+pub const STORE_QUEUE_CAP: usize = 1024;
+
+/// Most records acknowledged by one grouped commit.
+pub const MAX_GROUP_RECORDS: usize = 8192;
+
+/// Logged-but-unapplied results above which the thread applies even when busy, so the log
+/// stays bounded under sustained load.
+pub const MAX_PENDING_BEFORE_APPLY: usize = 4 * APPLY_BATCH;
+
+type Call = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Request {
+    Append {
+        records: Vec<RunRecord>,
+        reply: flume::Sender<Result<Vec<u64>>>,
+    },
+    Call(Call),
+}
+
+/// A cheap, cloneable handle to the store thread. The thread stops when the last handle is
+/// dropped or [`StoreHandle::shutdown`] is called; it applies every logged result first.
+#[derive(Clone)]
+pub struct StoreHandle {
+    requests: flume::Sender<Request>,
+    thread: std::sync::Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle").finish_non_exhaustive()
+    }
+}
+
+/// The answer to a request, to be waited for (`wait`) or awaited (`.into_future()` via
+/// [`Ticket::recv`]).
+#[derive(Debug)]
+pub struct Ticket<T>(flume::Receiver<Result<T>>);
+
+impl<T> Ticket<T> {
+    /// Blocks the calling thread until the answer arrives.
+    pub fn wait(self) -> Result<T> {
+        self.0.recv().unwrap_or(Err(StoreError::Stopped))
+    }
+
+    /// Waits for the answer without blocking an async executor.
+    pub async fn recv(self) -> Result<T> {
+        self.0
+            .recv_async()
+            .await
+            .unwrap_or(Err(StoreError::Stopped))
+    }
+}
+
+impl StoreHandle {
+    /// Moves the store onto its own thread.
+    pub fn spawn(store: Store) -> StoreHandle {
+        let (requests, inbox) = flume::bounded(STORE_QUEUE_CAP);
+        let thread = std::thread::Builder::new()
+            .name("rhizome-store".into())
+            .spawn(move || run(store, inbox))
+            .expect("spawning the store thread");
+        StoreHandle {
+            requests,
+            thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Appends result records durably; the ticket resolves once they are fsynced. Records are
+    /// validated here, so one bad record never fails another caller's group.
+    pub fn append(&self, records: Vec<RunRecord>) -> Ticket<Vec<u64>> {
+        let (reply, answer) = flume::bounded(1);
+        if let Err(e) = records.iter().try_for_each(RunRecord::validate) {
+            let _ = reply.send(Err(e));
+        } else if self
+            .requests
+            .send(Request::Append {
+                records,
+                reply: reply.clone(),
+            })
+            .is_err()
+        {
+            let _ = reply.send(Err(StoreError::Stopped));
+        }
+        Ticket(answer)
+    }
+
+    /// Runs `f` on the store thread.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R> + Send + 'static,
+    ) -> Ticket<R> {
+        let (reply, answer) = flume::bounded(1);
+        let reply_err = reply.clone();
+        let call: Call = Box::new(move |store| {
+            let _ = reply.send(f(store));
+        });
+        if self.requests.send(Request::Call(call)).is_err() {
+            let _ = reply_err.send(Err(StoreError::Stopped));
+        }
+        Ticket(answer)
+    }
+
+    /// Stops the thread after it has served every queued request and applied the log.
+    pub fn shutdown(self) {
+        let thread = self.thread.lock().expect("store handle lock").take();
+        drop(self.requests);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut store: Store, inbox: flume::Receiver<Request>) {
+    let mut pending: usize = store.pending_results().unwrap_or(0) as usize;
+    loop {
+        let first = if pending > 0 {
+            match inbox.try_recv() {
+                Ok(request) => request,
+                Err(flume::TryRecvError::Empty) => {
+                    pending = apply_some(&mut store, pending);
+                    continue;
+                }
+                Err(flume::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match inbox.recv() {
+                Ok(request) => request,
+                Err(_) => break,
+            }
+        };
+        let mut group: Vec<(Vec<RunRecord>, flume::Sender<Result<Vec<u64>>>)> = Vec::new();
+        let mut group_records = 0;
+        let mut calls: Vec<Call> = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append { records, reply } => {
+                    group_records += records.len();
+                    group.push((records, reply));
+                }
+                Request::Call(call) => calls.push(call),
+            }
+            if group_records < MAX_GROUP_RECORDS && calls.is_empty() {
+                next = inbox.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&mut store, group);
+            pending += group_records;
+        }
+        if pending >= MAX_PENDING_BEFORE_APPLY {
+            pending = apply_some(&mut store, pending);
+        }
+        for call in calls {
+            call(&mut store);
+            pending = store.pending_results().unwrap_or(0) as usize;
+        }
+    }
+    if let Err(e) = store.apply_pending(usize::MAX) {
+        tracing::error!(error = %e, "applying logged results at shutdown failed; they stay logged");
+    }
+}
+
+fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, flume::Sender<Result<Vec<u64>>>)>) {
+    let all: Vec<RunRecord> = group.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
+    match store.append_results(&all) {
+        Ok(seqs) => {
+            let mut seqs = seqs.into_iter();
+            for (records, reply) in group {
+                let mine: Vec<u64> = seqs.by_ref().take(records.len()).collect();
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::error!(error = %reason, records = all.len(), "durable append failed");
+            for (_, reply) in group {
+                let _ = reply.send(Err(StoreError::AppendFailed {
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
+}
+
+fn apply_some(store: &mut Store, pending: usize) -> usize {
+    match store.apply_pending(APPLY_BATCH) {
+        Ok(n) => pending.saturating_sub(n.max(1)),
+        Err(e) => {
+            // The records stay in the log; retrying at once would spin, so wait for new work.
+            tracing::error!(error = %e, "folding logged results into documents failed");
+            0
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Automerge documents persisted in one redb file.
+//!
+//! This crate is the node's memory. It stores every replicated document as automerge-repo
+//! chunks (so samod's sync engine reads and writes it directly, see [`Store::execute`]), maps
+//! the document kinds of the mesh onto Rust types ([`docs`]), takes result records through a
+//! durable log whose acknowledgement means *fsynced* ([`Store::append_results`]), and retires old
+//! windows by a retention policy.
+//!
+//! It must never do networking, and its API uses no async runtime: blocking work happens on the
+//! store thread behind [`StoreHandle`], whose answers can be awaited from any executor.
+//! The invariants (what is durable when, what a crash can lose) are in `docs/design.md`.
+
+pub mod docs;
+mod error;
+mod handle;
+pub mod names;
+mod store;
+
+pub use automerge;
+pub use docs::{
+    MeshRegistry, NodeEntry, ResultsDoc, Revocation, RollupDoc, RunRecord, RunStatus, RunSummary,
+    StepDef, StepRecord, Target, TypedDoc, WorkflowDoc,
+};
+pub use error::{Result, StoreError};
+pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};
+pub use names::{DocKind, DocName, Window, format_timestamp};
+pub use samod_core;
+pub use store::{
+    APPLY_BATCH, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION, ResultsQuery,
+    RetentionPolicy, RetireReason, Retired, Store, StoreConfig, StoreStats,
+};

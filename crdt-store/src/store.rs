@@ -1,0 +1,1068 @@
+//! The store: one redb file holding every document's Automerge chunks, the durable result log,
+//! per-peer sync state and the name registry. Owned by one thread (see [`crate::StoreHandle`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, transaction::CommitOptions};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageError, TableDefinition, WriteTransaction,
+};
+use samod_core::io::{StorageResult, StorageTask};
+use samod_core::{CompactionHash, DocumentId, StorageKey};
+
+use crate::docs::{self, ResultsDoc, RunRecord, TypedDoc};
+use crate::error::{EngineContext, Result, StoreError};
+use crate::names::{DocKind, DocName, Window};
+
+/// Automerge chunks and every other samod key, by the key's parts joined with `/`
+/// (automerge-repo's layout: `<doc>/snapshot/<hash>`, `<doc>/incremental/<hash>`,
+/// `<doc>/sync-state/<peer>`, `storage-adapter-id`).
+const CHUNKS: TableDefinition<&str, &[u8]> = TableDefinition::new("chunks-1");
+/// Document id → logical name, for the documents whose name this node knows.
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names-1");
+/// Acknowledged result records not yet folded into results documents, by sequence number.
+const RESULT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("result-log-1");
+/// Counters and the format version.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta-1");
+
+const META_FORMAT: &str = "format";
+const META_NEXT_SEQ: &str = "result-next-seq";
+const META_APPLIED_SEQ: &str = "result-applied-seq";
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Documents kept decoded in memory; beyond this the least recently used is dropped.
+pub const DOC_CACHE_CAP: usize = 64;
+
+/// What timestamp new Automerge changes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeTime {
+    /// The wall clock (seconds since the epoch), as Automerge does by default.
+    Wall,
+    /// Always zero, so that a simulation produces identical bytes on every run.
+    Zero,
+}
+
+/// Retirement rules for windowed documents (`results/...`, `rollup/...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Windows that ended longer ago than this are retired.
+    pub max_age_ms: Option<i64>,
+    /// When windowed documents take more than this many bytes, the oldest are retired.
+    pub max_bytes: Option<u64>,
+}
+
+/// How a store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The mesh this store belongs to; part of every document id.
+    pub mesh_id: String,
+    /// This node's id: the owner of its results documents.
+    pub node_id: String,
+    /// Automerge actor id for this node's changes.
+    pub actor: ActorId,
+    /// Length of a results window in minutes.
+    pub results_window_minutes: u32,
+    /// Incremental chunks a document may accumulate before it is compacted into a snapshot.
+    pub compact_after_chunks: usize,
+    /// Retirement of old windows.
+    pub retention: RetentionPolicy,
+    /// Timestamps of new changes.
+    pub change_time: ChangeTime,
+}
+
+impl StoreConfig {
+    /// A configuration with the defaults: one-hour windows, compaction after 64 chunks, no
+    /// retention limits.
+    pub fn new(mesh_id: &str, node_id: &str) -> StoreConfig {
+        StoreConfig {
+            mesh_id: mesh_id.to_owned(),
+            node_id: node_id.to_owned(),
+            actor: ActorId::from(node_id.as_bytes()),
+            results_window_minutes: 60,
+            compact_after_chunks: 64,
+            retention: RetentionPolicy::default(),
+            change_time: ChangeTime::Wall,
+        }
+    }
+}
+
+/// One stored document, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DocInfo {
+    /// automerge-repo document id.
+    pub id: String,
+    /// Logical name, when this node knows it.
+    pub name: Option<String>,
+    /// Kind, when the name is known.
+    pub kind: Option<String>,
+    /// Stored chunks (snapshots and incremental changes).
+    pub chunks: usize,
+    /// Bytes of those chunks.
+    pub bytes: u64,
+}
+
+/// The outcome of compacting one document.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Compaction {
+    /// The document compacted.
+    pub doc: String,
+    /// Chunks before.
+    pub chunks_before: usize,
+    /// Bytes before.
+    pub bytes_before: u64,
+    /// Bytes after (one snapshot).
+    pub bytes_after: u64,
+}
+
+/// Why a window was retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetireReason {
+    /// The window ended longer ago than the maximum age.
+    Age,
+    /// Windowed documents took more than the size cap.
+    Size,
+}
+
+/// One retired window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Retired {
+    /// The document's name.
+    pub doc: String,
+    /// Its size when retired.
+    pub bytes: u64,
+    /// Why.
+    pub reason: RetireReason,
+}
+
+/// Which stored results to list.
+#[derive(Debug, Clone, Default)]
+pub struct ResultsQuery {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this node.
+    pub node: Option<String>,
+    /// Only runs that finished at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+}
+
+/// Store-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Stored documents.
+    pub documents: usize,
+    /// Bytes of all chunks.
+    pub chunk_bytes: u64,
+    /// Acknowledged results not yet folded into documents.
+    pub pending_results: u64,
+    /// Size of the store file.
+    pub file_bytes: u64,
+}
+
+struct CachedDoc {
+    doc: AutoCommit,
+    incremental_chunks: usize,
+    last_used: u64,
+}
+
+/// The document store. Not `Sync`: one thread owns it; share it through a
+/// [`StoreHandle`](crate::StoreHandle).
+pub struct Store {
+    db: Database,
+    path: Option<PathBuf>,
+    config: StoreConfig,
+    cache: HashMap<DocumentId, CachedDoc>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("node", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path`, then folds any acknowledged results that a
+    /// crash left in the log into their documents.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        Store::init(db, Some(path.to_owned()), config)
+    }
+
+    /// A store that lives in memory only (for simulation and tests).
+    pub fn open_in_memory(config: StoreConfig) -> Result<Store> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| open_error(Path::new(":memory:"), e))?;
+        Store::init(db, None, config)
+    }
+
+    fn init(db: Database, path: Option<PathBuf>, config: StoreConfig) -> Result<Store> {
+        let txn = db.begin_write().during("open")?;
+        {
+            txn.open_table(CHUNKS).during("open")?;
+            txn.open_table(NAMES).during("open")?;
+            txn.open_table(RESULT_LOG).during("open")?;
+            let mut meta = txn.open_table(META).during("open")?;
+            let found = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION).during("open")?;
+                }
+                Some(v) if v == FORMAT_VERSION => {}
+                Some(found) => {
+                    return Err(StoreError::FormatVersion {
+                        path: path.clone().unwrap_or_default(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        txn.commit().during("open")?;
+        let mut store = Store {
+            db,
+            path,
+            config,
+            cache: HashMap::new(),
+            tick: 0,
+        };
+        let recovered = store.apply_pending(usize::MAX)?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "folded acknowledged results left in the log into their documents"
+            );
+            store.flush()?;
+        }
+        Ok(store)
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The store file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Makes every earlier non-durable commit durable.
+    pub fn flush(&mut self) -> Result<()> {
+        let txn = self.db.begin_write().during("flush")?;
+        txn.commit().during("flush")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // samod storage: a key/value store with prefix ranges, in automerge-repo's key layout.
+
+    /// Loads one key.
+    pub fn load(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().during("load")?;
+        let table = txn.open_table(CHUNKS).during("load")?;
+        let value = table.get(key.to_string().as_str()).during("load")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Loads every key that starts with `prefix` (component-wise).
+    pub fn load_range(&self, prefix: &StorageKey) -> Result<HashMap<StorageKey, Vec<u8>>> {
+        let prefix = prefix.to_string();
+        let mut out = HashMap::new();
+        let txn = self.db.begin_read().during("load range")?;
+        let table = txn.open_table(CHUNKS).during("load range")?;
+        for item in table.range(prefix.as_str()..).during("load range")? {
+            let (k, v) = item.during("load range")?;
+            let k = k.value();
+            if !is_component_prefix(&prefix, k) {
+                if k.starts_with(prefix.as_str()) {
+                    continue;
+                }
+                break;
+            }
+            if let Ok(key) = StorageKey::from_parts(k.split('/')) {
+                out.insert(key, v.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a batch of samod storage tasks in one durable transaction, answering each.
+    pub fn execute(&mut self, tasks: Vec<StorageTask>) -> Result<Vec<StorageResult>> {
+        let mut results = Vec::with_capacity(tasks.len());
+        let mut writes = Vec::new();
+        for (i, task) in tasks.iter().enumerate() {
+            match task {
+                StorageTask::Load { key } => results.push(StorageResult::Load {
+                    value: self.load(key)?,
+                }),
+                StorageTask::LoadRange { prefix } => results.push(StorageResult::LoadRange {
+                    values: self.load_range(prefix)?,
+                }),
+                StorageTask::Put { .. } => {
+                    writes.push(i);
+                    results.push(StorageResult::Put);
+                }
+                StorageTask::Delete { .. } => {
+                    writes.push(i);
+                    results.push(StorageResult::Delete);
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let txn = self.db.begin_write().during("storage write")?;
+            {
+                let mut table = txn.open_table(CHUNKS).during("storage write")?;
+                for i in writes {
+                    match &tasks[i] {
+                        StorageTask::Put { key, value } => {
+                            self.forget_doc_of(key);
+                            table
+                                .insert(key.to_string().as_str(), value.as_slice())
+                                .during("storage write")?;
+                        }
+                        StorageTask::Delete { key } => {
+                            self.forget_doc_of(key);
+                            table
+                                .remove(key.to_string().as_str())
+                                .during("storage write")?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            txn.commit().during("storage write")?;
+        }
+        Ok(results)
+    }
+
+    /// Persists the Automerge sync state of a document with one peer, so that a reconnect sends
+    /// only what is missing.
+    pub fn save_sync_state(&mut self, doc: &DocumentId, peer: &str, state: &[u8]) -> Result<()> {
+        let key = sync_state_key(doc, peer)?;
+        self.execute(vec![StorageTask::Put {
+            key,
+            value: state.to_vec(),
+        }])?;
+        Ok(())
+    }
+
+    /// The persisted sync state of a document with one peer.
+    pub fn load_sync_state(&self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
+        self.load(&sync_state_key(doc, peer)?)
+    }
+
+    fn forget_doc_of(&mut self, key: &StorageKey) {
+        if let Some(first) = key.into_iter().next()
+            && let Ok(id) = first.parse::<DocumentId>()
+        {
+            self.cache.remove(&id);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // documents
+
+    /// The document id of a name in this store's mesh.
+    pub fn document_id(&self, name: &DocName) -> DocumentId {
+        name.document_id(&self.config.mesh_id)
+    }
+
+    /// Finds a stored document by logical name (`workflow/w`) or by document id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<(DocumentId, Option<DocName>)> {
+        let (id, name) = if name_or_id == "mesh" || name_or_id.contains('/') {
+            let name: DocName = name_or_id.parse()?;
+            (self.document_id(&name), Some(name))
+        } else {
+            let id: DocumentId = name_or_id
+                .parse()
+                .map_err(|_| StoreError::NoSuchDocument(name_or_id.to_owned()))?;
+            let name = self.name_of(&id)?;
+            (id, name)
+        };
+        if self.chunk_keys(&id)?.is_empty() {
+            return Err(StoreError::NoSuchDocument(name_or_id.to_owned()));
+        }
+        Ok((id, name))
+    }
+
+    fn name_of(&self, id: &DocumentId) -> Result<Option<DocName>> {
+        let txn = self.db.begin_read().during("read names")?;
+        let table = txn.open_table(NAMES).during("read names")?;
+        let name = table.get(id.to_string().as_str()).during("read names")?;
+        Ok(name.and_then(|n| n.value().parse().ok()))
+    }
+
+    /// Every stored document with its size.
+    pub fn list_docs(&self) -> Result<Vec<DocInfo>> {
+        let txn = self.db.begin_read().during("list documents")?;
+        let names = txn.open_table(NAMES).during("list documents")?;
+        let chunks = txn.open_table(CHUNKS).during("list documents")?;
+        let mut docs: BTreeMap<String, DocInfo> = BTreeMap::new();
+        for item in chunks.iter().during("list documents")? {
+            let (k, v) = item.during("list documents")?;
+            let mut parts = k.value().split('/');
+            let (Some(id), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if kind != "snapshot" && kind != "incremental" {
+                continue;
+            }
+            let info = docs.entry(id.to_owned()).or_insert_with(|| DocInfo {
+                id: id.to_owned(),
+                name: None,
+                kind: None,
+                chunks: 0,
+                bytes: 0,
+            });
+            info.chunks += 1;
+            info.bytes += v.value().len() as u64;
+        }
+        for info in docs.values_mut() {
+            if let Some(name) = names.get(info.id.as_str()).during("list documents")? {
+                let name = name.value().to_owned();
+                info.kind = name
+                    .parse::<DocName>()
+                    .ok()
+                    .map(|n| n.kind().as_str().to_owned());
+                info.name = Some(name);
+            }
+        }
+        let mut out: Vec<DocInfo> = docs.into_values().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The keys and sizes of a document's content chunks.
+    fn chunk_keys(&self, id: &DocumentId) -> Result<Vec<(String, u64)>> {
+        let txn = self.db.begin_read().during("read chunks")?;
+        let table = txn.open_table(CHUNKS).during("read chunks")?;
+        let mut keys = Vec::new();
+        for prefix in content_prefixes(id) {
+            for item in table.range(prefix.as_str()..).during("read chunks")? {
+                let (k, v) = item.during("read chunks")?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                keys.push((k.value().to_owned(), v.value().len() as u64));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Decodes a document from its stored chunks. `None` if nothing is stored for it.
+    fn decode(&self, id: &DocumentId, label: &str) -> Result<Option<(AutoCommit, usize)>> {
+        let txn = self.db.begin_read().during("read document")?;
+        let table = txn.open_table(CHUNKS).during("read document")?;
+        let mut doc = AutoCommit::new();
+        let mut chunks = 0;
+        let mut incremental = 0;
+        for prefix in content_prefixes(id) {
+            for item in table.range(prefix.as_str()..).during("read document")? {
+                let (k, v) = item.during("read document")?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                doc.load_incremental(v.value())
+                    .map_err(|e| StoreError::CorruptChunk {
+                        doc: label.to_owned(),
+                        key: k.value().to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                chunks += 1;
+                if prefix.ends_with("/incremental/") {
+                    incremental += 1;
+                }
+            }
+        }
+        if chunks == 0 {
+            return Ok(None);
+        }
+        doc.set_actor(self.config.actor.clone());
+        Ok(Some((doc, incremental)))
+    }
+
+    /// The whole Automerge document with this id (a copy; edits to it are not stored).
+    pub fn automerge(&mut self, id: &DocumentId) -> Result<AutoCommit> {
+        let label = self
+            .name_of(id)?
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| id.to_string());
+        if let Some(cached) = self.cache.get_mut(id) {
+            return Ok(cached.doc.fork());
+        }
+        match self.decode(id, &label)? {
+            Some((doc, _)) => Ok(doc),
+            None => Err(StoreError::NoSuchDocument(label)),
+        }
+    }
+
+    /// Reads a typed document. A document never written reads as its genesis content.
+    pub fn read<T: TypedDoc>(&mut self, name: &DocName) -> Result<T> {
+        check_kind::<T>(name)?;
+        let id = self.document_id(name);
+        match self.cache.get(&id) {
+            Some(cached) => docs::hydrate(name, &cached.doc),
+            None => match self.decode(&id, &name.to_string())? {
+                Some((doc, _)) => docs::hydrate(name, &doc),
+                None => docs::hydrate(name, &docs::genesis_doc::<T>(name)?),
+            },
+        }
+    }
+
+    /// Edits a typed document: `edit` changes the value, and the difference is committed as one
+    /// Automerge change and stored durably before this returns.
+    pub fn update<T: TypedDoc, R>(
+        &mut self,
+        name: &DocName,
+        edit: impl FnOnce(&mut T) -> R,
+    ) -> Result<R> {
+        check_kind::<T>(name)?;
+        let txn = self.db.begin_write().during("update document")?;
+        let (result, _) = {
+            let id = self.document_id(name);
+            self.load_into_cache::<T>(&txn, name, &id)?;
+            let cached = self.cache.get_mut(&id).expect("loaded above");
+            let before = cached.doc.get_heads();
+            let mut value: T = docs::hydrate(name, &cached.doc)?;
+            let result = edit(&mut value);
+            docs::reconcile(name, &mut cached.doc, &value)?;
+            self.commit_doc(&txn, name, &id, &before)?;
+            (result, ())
+        };
+        txn.commit().during("update document")?;
+        Ok(result)
+    }
+
+    /// Makes sure the document is decoded in the cache, creating its genesis (in `txn`) if it
+    /// was never stored.
+    fn load_into_cache<T: TypedDoc>(
+        &mut self,
+        txn: &WriteTransaction,
+        name: &DocName,
+        id: &DocumentId,
+    ) -> Result<()> {
+        self.tick += 1;
+        if let Some(cached) = self.cache.get_mut(id) {
+            cached.last_used = self.tick;
+            return Ok(());
+        }
+        let (doc, incremental_chunks) = match self.decode(id, &name.to_string())? {
+            Some(found) => found,
+            None => {
+                let mut doc = docs::genesis_doc::<T>(name)?;
+                let mut chunks = txn.open_table(CHUNKS).during("create document")?;
+                for change in doc.get_changes(&[]) {
+                    let key = StorageKey::incremental_path(id, change.hash()).to_string();
+                    chunks
+                        .insert(key.as_str(), change.raw_bytes())
+                        .during("create document")?;
+                }
+                let mut names = txn.open_table(NAMES).during("create document")?;
+                names
+                    .insert(id.to_string().as_str(), name.to_string().as_str())
+                    .during("create document")?;
+                doc.set_actor(self.config.actor.clone());
+                (doc, 1)
+            }
+        };
+        if self.cache.len() >= DOC_CACHE_CAP
+            && let Some(oldest) = self
+                .cache
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| k.clone())
+        {
+            self.cache.remove(&oldest);
+        }
+        self.cache.insert(
+            id.clone(),
+            CachedDoc {
+                doc,
+                incremental_chunks,
+                last_used: self.tick,
+            },
+        );
+        Ok(())
+    }
+
+    /// Commits the cached document's pending operations as one change and writes the new
+    /// changes as incremental chunks, compacting when there are too many.
+    fn commit_doc(
+        &mut self,
+        txn: &WriteTransaction,
+        name: &DocName,
+        id: &DocumentId,
+        before: &[automerge::ChangeHash],
+    ) -> Result<()> {
+        let options = match self.config.change_time {
+            ChangeTime::Wall => CommitOptions::default(),
+            ChangeTime::Zero => CommitOptions::default().with_time(0),
+        };
+        let cached = self.cache.get_mut(id).expect("document is cached");
+        cached.doc.commit_with(options);
+        let changes = cached.doc.get_changes(before);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut table = txn.open_table(CHUNKS).during("write document")?;
+            for change in &changes {
+                let key = StorageKey::incremental_path(id, change.hash()).to_string();
+                table
+                    .insert(key.as_str(), change.raw_bytes())
+                    .during("write document")?;
+            }
+        }
+        cached.incremental_chunks += changes.len();
+        if cached.incremental_chunks > self.config.compact_after_chunks {
+            self.compact_in(txn, name.to_string(), id)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces every chunk of a document by one snapshot, within `txn`.
+    fn compact_in(
+        &mut self,
+        txn: &WriteTransaction,
+        label: String,
+        id: &DocumentId,
+    ) -> Result<Compaction> {
+        if !self.cache.contains_key(id) {
+            let (doc, incremental_chunks) = self
+                .decode(id, &label)?
+                .ok_or_else(|| StoreError::NoSuchDocument(label.clone()))?;
+            self.tick += 1;
+            self.cache.insert(
+                id.clone(),
+                CachedDoc {
+                    doc,
+                    incremental_chunks,
+                    last_used: self.tick,
+                },
+            );
+        }
+        let cached = self.cache.get_mut(id).expect("document is cached");
+        let snapshot = cached.doc.save();
+        let snapshot_key =
+            StorageKey::snapshot_path(id, &CompactionHash::new(&cached.doc.get_heads()))
+                .to_string();
+        let mut table = txn.open_table(CHUNKS).during("compact")?;
+        let mut old = Vec::new();
+        for prefix in content_prefixes(id) {
+            for item in table.range(prefix.as_str()..).during("compact")? {
+                let (k, v) = item.during("compact")?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                old.push((k.value().to_owned(), v.value().len() as u64));
+            }
+        }
+        for (key, _) in &old {
+            if *key != snapshot_key {
+                table.remove(key.as_str()).during("compact")?;
+            }
+        }
+        table
+            .insert(snapshot_key.as_str(), snapshot.as_slice())
+            .during("compact")?;
+        cached.incremental_chunks = 0;
+        Ok(Compaction {
+            doc: label,
+            chunks_before: old.len(),
+            bytes_before: old.iter().map(|(_, n)| n).sum(),
+            bytes_after: snapshot.len() as u64,
+        })
+    }
+
+    /// Compacts a document's chunks into one snapshot, durably.
+    pub fn compact(&mut self, name_or_id: &str) -> Result<Compaction> {
+        let (id, name) = self.resolve(name_or_id)?;
+        let label = name
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| id.to_string());
+        let txn = self.db.begin_write().during("compact")?;
+        let report = self.compact_in(&txn, label, &id)?;
+        txn.commit().during("compact")?;
+        Ok(report)
+    }
+
+    /// Compacts every document that has more than one chunk.
+    pub fn compact_all(&mut self) -> Result<Vec<Compaction>> {
+        let mut reports = Vec::new();
+        for info in self.list_docs()? {
+            if info.chunks > 1 {
+                reports.push(self.compact(&info.id)?);
+            }
+        }
+        Ok(reports)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // results
+
+    /// Appends result records to the durable log. When this returns `Ok`, the records are on
+    /// disk (fsynced) and will reach their results documents even if the process dies now.
+    /// Returns each record's sequence number.
+    pub fn append_results(&mut self, records: &[RunRecord]) -> Result<Vec<u64>> {
+        for record in records {
+            record.validate()?;
+        }
+        let mut encoded = Vec::with_capacity(records.len());
+        for record in records {
+            let bytes = serde_json::to_vec(record).map_err(|e| StoreError::InvalidRecord {
+                run_id: record.run_id.clone(),
+                reason: e.to_string(),
+            })?;
+            if bytes.len() > docs::MAX_RECORD_BYTES {
+                return Err(StoreError::InvalidRecord {
+                    run_id: record.run_id.clone(),
+                    reason: format!(
+                        "the record is {} bytes, more than the limit of {}",
+                        bytes.len(),
+                        docs::MAX_RECORD_BYTES
+                    ),
+                });
+            }
+            encoded.push(bytes);
+        }
+        let mut txn = self.db.begin_write().during("append results")?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Engine {
+                operation: "append results",
+                source: Box::new(e.into()),
+            })?;
+        let mut seqs = Vec::with_capacity(records.len());
+        {
+            let mut meta = txn.open_table(META).during("append results")?;
+            let mut next = meta
+                .get(META_NEXT_SEQ)
+                .during("append results")?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            let mut log = txn.open_table(RESULT_LOG).during("append results")?;
+            for bytes in &encoded {
+                log.insert(next, bytes.as_slice())
+                    .during("append results")?;
+                seqs.push(next);
+                next += 1;
+            }
+            meta.insert(META_NEXT_SEQ, next).during("append results")?;
+        }
+        txn.commit().during("append results")?;
+        Ok(seqs)
+    }
+
+    /// How many acknowledged results wait in the log.
+    pub fn pending_results(&self) -> Result<u64> {
+        let txn = self.db.begin_read().during("count pending")?;
+        let log = txn.open_table(RESULT_LOG).during("count pending")?;
+        log.len().during("count pending")
+    }
+
+    /// Folds up to `max` logged results into their results documents, in one transaction that
+    /// also removes them from the log, so a crash either applies a record or leaves it logged.
+    /// Returns how many were applied.
+    pub fn apply_pending(&mut self, max: usize) -> Result<usize> {
+        let mut applied_total = 0;
+        while applied_total < max {
+            let batch = (max - applied_total).min(APPLY_BATCH);
+            let n = self.apply_batch(batch)?;
+            if n == 0 {
+                break;
+            }
+            applied_total += n;
+        }
+        Ok(applied_total)
+    }
+
+    fn apply_batch(&mut self, max: usize) -> Result<usize> {
+        let mut records: Vec<(u64, RunRecord)> = Vec::new();
+        {
+            let txn = self.db.begin_read().during("read result log")?;
+            let log = txn.open_table(RESULT_LOG).during("read result log")?;
+            for item in log.iter().during("read result log")?.take(max) {
+                let (seq, bytes) = item.during("read result log")?;
+                let record: RunRecord = serde_json::from_slice(bytes.value()).map_err(|e| {
+                    StoreError::CorruptChunk {
+                        doc: "result log".into(),
+                        key: seq.value().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                records.push((seq.value(), record));
+            }
+        }
+        let Some(last_seq) = records.last().map(|(s, _)| *s) else {
+            return Ok(0);
+        };
+        let mut by_doc: BTreeMap<DocName, Vec<&RunRecord>> = BTreeMap::new();
+        for (_, record) in &records {
+            let window = Window::containing(record.finished_ms, self.config.results_window_minutes);
+            by_doc
+                .entry(DocName::results(&record.node, window)?)
+                .or_default()
+                .push(record);
+        }
+        // Not fsynced: the log entries are removed in this same transaction, so if it is lost in
+        // a crash they are still in the log and are applied again on open.
+        let mut txn = self.db.begin_write().during("apply results")?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| StoreError::Engine {
+                operation: "apply results",
+                source: Box::new(e.into()),
+            })?;
+        for (name, records) in &by_doc {
+            let id = self.document_id(name);
+            self.load_into_cache::<ResultsDoc>(&txn, name, &id)?;
+            let cached = self.cache.get_mut(&id).expect("loaded above");
+            let before = cached.doc.get_heads();
+            let runs = match cached.doc.get(automerge::ROOT, "runs") {
+                Ok(Some((automerge::Value::Object(ObjType::Map), runs))) => runs,
+                _ => {
+                    return Err(StoreError::Shape {
+                        doc: name.to_string(),
+                        kind: "results",
+                        reason: "the root has no `runs` map".into(),
+                    });
+                }
+            };
+            for record in records {
+                autosurgeon::reconcile_prop(
+                    &mut cached.doc,
+                    &runs,
+                    record.run_id.as_str(),
+                    *record,
+                )
+                .map_err(|e| StoreError::Write {
+                    doc: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+            self.commit_doc(&txn, name, &id, &before)?;
+        }
+        {
+            let mut log = txn.open_table(RESULT_LOG).during("apply results")?;
+            for (seq, _) in &records {
+                log.remove(*seq).during("apply results")?;
+            }
+            let mut meta = txn.open_table(META).during("apply results")?;
+            meta.insert(META_APPLIED_SEQ, last_seq)
+                .during("apply results")?;
+        }
+        txn.commit().during("apply results")?;
+        Ok(records.len())
+    }
+
+    /// Stored results matching the query, oldest first. Logged results are applied first, so
+    /// everything acknowledged is listed.
+    pub fn results(&mut self, query: &ResultsQuery) -> Result<Vec<RunRecord>> {
+        self.apply_pending(usize::MAX)?;
+        let mut out = Vec::new();
+        for (name, _) in self.windowed_docs(DocKind::Results)? {
+            let DocName::Results { node, window } = &name else {
+                continue;
+            };
+            if query.node.as_ref().is_some_and(|n| n != node) {
+                continue;
+            }
+            if query.since_ms.is_some_and(|since| window.end_ms() <= since) {
+                continue;
+            }
+            let doc: ResultsDoc = self.read(&name)?;
+            out.extend(doc.runs.into_values().filter(|r| {
+                query.workflow.as_ref().is_none_or(|w| *w == r.workflow)
+                    && query.since_ms.is_none_or(|since| r.finished_ms >= since)
+            }));
+        }
+        out.sort_by(|a, b| {
+            (a.finished_ms, &a.node, &a.run_id).cmp(&(b.finished_ms, &b.node, &b.run_id))
+        });
+        Ok(out)
+    }
+
+    /// Named documents of a windowed kind with their sizes, oldest window first.
+    fn windowed_docs(&self, kind: DocKind) -> Result<Vec<(DocName, u64)>> {
+        let mut docs = Vec::new();
+        for info in self.list_docs()? {
+            if let Some(name) = info.name.and_then(|n| n.parse::<DocName>().ok())
+                && name.kind() == kind
+            {
+                docs.push((name, info.bytes));
+            }
+        }
+        docs.sort_by_key(|(name, _)| name.window());
+        Ok(docs)
+    }
+
+    /// Retires windowed documents (`results/...`, `rollup/...`) by the retention policy: first
+    /// those older than the maximum age, then the oldest until the total is under the size cap.
+    /// The window that contains `now_ms` is never retired. Each retirement is logged.
+    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<Vec<Retired>> {
+        let policy = self.config.retention;
+        if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
+            return Ok(Vec::new());
+        }
+        self.apply_pending(usize::MAX)?;
+        let mut windowed = self.windowed_docs(DocKind::Results)?;
+        windowed.extend(self.windowed_docs(DocKind::Rollup)?);
+        windowed.sort_by_key(|(name, _)| name.window().map(|w| w.end_ms()));
+        let mut total: u64 = windowed.iter().map(|(_, b)| b).sum();
+        let mut retired = Vec::new();
+        for (name, bytes) in windowed {
+            let window = name.window().expect("windowed documents have a window");
+            if window.end_ms() > now_ms {
+                continue;
+            }
+            let reason = if policy
+                .max_age_ms
+                .is_some_and(|age| window.end_ms() < now_ms - age)
+            {
+                RetireReason::Age
+            } else if policy.max_bytes.is_some_and(|cap| total > cap) {
+                RetireReason::Size
+            } else {
+                continue;
+            };
+            self.remove_doc(&name)?;
+            total -= bytes;
+            tracing::info!(doc = %name, bytes, reason = ?reason, "retired window");
+            retired.push(Retired {
+                doc: name.to_string(),
+                bytes,
+                reason,
+            });
+        }
+        if let Some(cap) = policy.max_bytes
+            && total > cap
+        {
+            tracing::warn!(
+                total,
+                cap,
+                "windowed documents exceed the size cap; only current windows remain"
+            );
+        }
+        Ok(retired)
+    }
+
+    /// Deletes every chunk, sync state and the name of a document, durably.
+    fn remove_doc(&mut self, name: &DocName) -> Result<()> {
+        let id = self.document_id(name);
+        self.cache.remove(&id);
+        let prefix = format!("{id}/");
+        let txn = self.db.begin_write().during("retire document")?;
+        {
+            let mut chunks = txn.open_table(CHUNKS).during("retire document")?;
+            let keys: Vec<String> = chunks
+                .range(prefix.as_str()..)
+                .during("retire document")?
+                .map_while(|item| {
+                    item.ok()
+                        .map(|(k, _)| k.value().to_owned())
+                        .filter(|k| k.starts_with(&prefix))
+                })
+                .collect();
+            for key in keys {
+                chunks.remove(key.as_str()).during("retire document")?;
+            }
+            let mut names = txn.open_table(NAMES).during("retire document")?;
+            names
+                .remove(id.to_string().as_str())
+                .during("retire document")?;
+        }
+        txn.commit().during("retire document")
+    }
+
+    /// Store-wide counters.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let docs = self.list_docs()?;
+        Ok(StoreStats {
+            documents: docs.len(),
+            chunk_bytes: docs.iter().map(|d| d.bytes).sum(),
+            pending_results: self.pending_results()?,
+            file_bytes: self
+                .path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len()),
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Earlier non-durable commits become durable, so the next open has nothing to redo.
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "final flush of the store failed");
+        }
+    }
+}
+
+/// Results folded into documents per transaction.
+pub const APPLY_BATCH: usize = 4096;
+
+fn check_kind<T: TypedDoc>(name: &DocName) -> Result<()> {
+    if name.kind() != T::KIND {
+        return Err(StoreError::Shape {
+            doc: name.to_string(),
+            kind: T::KIND.as_str(),
+            reason: format!("it is a {} document", name.kind()),
+        });
+    }
+    Ok(())
+}
+
+fn content_prefixes(id: &DocumentId) -> [String; 2] {
+    [format!("{id}/snapshot/"), format!("{id}/incremental/")]
+}
+
+fn sync_state_key(doc: &DocumentId, peer: &str) -> Result<StorageKey> {
+    StorageKey::from_parts([doc.to_string().as_str(), "sync-state", peer]).map_err(|_| {
+        StoreError::InvalidName {
+            name: peer.to_owned(),
+            reason: "a peer id must be non-empty and contain no '/'".into(),
+        }
+    })
+}
+
+fn is_component_prefix(prefix: &str, key: &str) -> bool {
+    key == prefix
+        || (key.starts_with(prefix) && key.as_bytes().get(prefix.len()) == Some(&b'/'))
+        || prefix.is_empty()
+}
+
+fn open_error(path: &Path, error: DatabaseError) -> StoreError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        DatabaseError::Storage(StorageError::Io(source))
+            if !matches!(
+                source.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            StoreError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        other => StoreError::CorruptFile {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}

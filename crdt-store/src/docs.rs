@@ -313,21 +313,39 @@ impl TypedDoc for ResultsDoc {
 // ---------------------------------------------------------------------------------------------
 // rollup
 
-/// A zone aggregator's summary of one window: per workflow, per source node.
+/// A zone aggregator's summary of one window: one entry per (workflow, source node).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct RollupDoc {
     /// The zone summarised (with `.` for `/`).
     pub zone: String,
     /// The window, as in the document name.
     pub window: String,
-    /// By workflow id, then by source node id. Keyed by source so that whichever aggregator
-    /// recomputes a source's summary writes the same key, and concurrent aggregators converge.
-    pub workflows: BTreeMap<String, BTreeMap<String, RunSummary>>,
+    /// Summaries keyed `<workflow>/<source node>`. One flat map rather than a map per workflow:
+    /// two aggregators that concurrently created the same workflow's inner map would create two
+    /// maps at one key, and the merge would keep only one of them with its entries.
+    pub summaries: BTreeMap<String, RunSummary>,
+}
+
+impl RollupDoc {
+    /// The summary of one workflow from one source, created empty if absent.
+    pub fn summary_mut(&mut self, workflow: &str, source: &str) -> &mut RunSummary {
+        self.summaries
+            .entry(format!("{workflow}/{source}"))
+            .or_insert_with(|| RunSummary {
+                workflow: workflow.to_owned(),
+                source: source.to_owned(),
+                ..RunSummary::default()
+            })
+    }
 }
 
 /// Counts and latency statistics of one source's runs of one workflow in one window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The workflow summarised.
+    pub workflow: String,
+    /// The node whose runs these are.
+    pub source: String,
     /// Runs seen.
     pub runs: u64,
     /// Runs that did not succeed.
@@ -351,7 +369,7 @@ impl TypedDoc for RollupDoc {
             DocName::Rollup { zone, window } => RollupDoc {
                 zone: zone.clone(),
                 window: window.to_string(),
-                workflows: BTreeMap::new(),
+                summaries: BTreeMap::new(),
             },
             _ => RollupDoc::default(),
         }

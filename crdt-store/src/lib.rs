@@ -23,7 +23,7 @@ pub use docs::{
 };
 pub use error::{Result, StoreError};
 pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};
-pub use names::{DocKind, DocName, Window, format_timestamp};
+pub use names::{DocKind, DocName, Window, format_timestamp, parse_timestamp};
 pub use samod_core;
 pub use store::{
     APPLY_BATCH, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION, ResultsQuery,

@@ -253,6 +253,43 @@ pub fn format_timestamp(ms: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
 }
 
+/// Parses an RFC 3339 UTC timestamp (`2026-11-24T04:00:00Z`, fractional seconds allowed) or a
+/// date (`2026-11-24`, meaning its midnight UTC) into milliseconds since the epoch.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { text.get(r)?.parse::<i64>().ok() };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let mut ms = days_from_civil(y, mo, d) * 86_400_000;
+    if b.len() == 10 {
+        return Some(ms);
+    }
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    ms += (h * 3600 + mi * 60 + s) * 1000;
+    let frac = &text[19..text.len() - 1];
+    if let Some(digits) = frac.strip_prefix('.') {
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let millis: String = digits.chars().chain("000".chars()).take(3).collect();
+        ms += millis.parse::<i64>().ok()?;
+    } else if !frac.is_empty() {
+        return None;
+    }
+    Some(ms)
+}
+
 fn civil_from_ms(ms: i64) -> (i64, i64, i64, i64, i64) {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
@@ -332,6 +369,11 @@ mod tests {
             prop_assert!(w.start_ms <= start && start < w.end_ms());
             let parsed: Window = w.to_string().parse().unwrap();
             prop_assert_eq!(parsed, w);
+        }
+
+        #[test]
+        fn timestamps_round_trip(ms in 0i64..10_000_000_000_000i64) {
+            prop_assert_eq!(parse_timestamp(&format_timestamp(ms)), Some(ms));
         }
 
         #[test]

@@ -464,11 +464,14 @@ impl Store {
     }
 
     /// Decodes a document from its stored chunks. `None` if nothing is stored for it.
+    ///
+    /// Loading is strict: Automerge's incremental load silently skips bytes it cannot parse,
+    /// which would hide a corrupt chunk and lose its changes, so every chunk must parse whole.
     fn decode(&self, id: &DocumentId, label: &str) -> Result<Option<(AutoCommit, usize)>> {
         let txn = self.db.begin_read().during("read document")?;
         let table = txn.open_table(CHUNKS).during("read document")?;
-        let mut doc = AutoCommit::new();
-        let mut chunks = 0;
+        let mut all = Vec::new();
+        let mut chunks: Vec<(String, std::ops::Range<usize>)> = Vec::new();
         let mut incremental = 0;
         for prefix in content_prefixes(id) {
             for item in table.range(prefix.as_str()..).during("read document")? {
@@ -476,21 +479,51 @@ impl Store {
                 if !k.value().starts_with(prefix.as_str()) {
                     break;
                 }
-                doc.load_incremental(v.value())
-                    .map_err(|e| StoreError::CorruptChunk {
-                        doc: label.to_owned(),
-                        key: k.value().to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                chunks += 1;
+                let start = all.len();
+                all.extend_from_slice(v.value());
+                chunks.push((k.value().to_owned(), start..all.len()));
                 if prefix.ends_with("/incremental/") {
                     incremental += 1;
                 }
             }
         }
-        if chunks == 0 {
+        if chunks.is_empty() {
             return Ok(None);
         }
+        let mut doc = match AutoCommit::load_with_options(&all, strict_load()) {
+            Ok(doc) => doc,
+            Err(whole) => {
+                // Find the chunk that does not parse: a change chunk must parse as one change, any
+                // other chunk as a document of its own.
+                let corrupt = chunks.iter().find_map(|(key, range)| {
+                    let bytes = &all[range.clone()];
+                    if automerge::Change::from_bytes(bytes.to_vec()).is_ok() {
+                        return None;
+                    }
+                    AutoCommit::load_with_options(bytes, strict_load())
+                        .err()
+                        .map(|e| (key.clone(), e.to_string()))
+                });
+                if let Some((key, reason)) = corrupt {
+                    return Err(StoreError::CorruptChunk {
+                        doc: label.to_owned(),
+                        key,
+                        reason,
+                    });
+                }
+                // Every chunk parses, so the whole failed on something like a change whose
+                // dependencies are not stored yet; Automerge queues those, so read what there is.
+                tracing::warn!(doc = label, error = %whole, "document loaded leniently");
+                let mut doc = AutoCommit::new();
+                doc.load_incremental(&all)
+                    .map_err(|e| StoreError::CorruptChunk {
+                        doc: label.to_owned(),
+                        key: "(the chunks together)".into(),
+                        reason: e.to_string(),
+                    })?;
+                doc
+            }
+        };
         doc.set_actor(self.config.actor.clone());
         Ok(Some((doc, incremental)))
     }
@@ -1023,6 +1056,12 @@ fn check_kind<T: TypedDoc>(name: &DocName) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn strict_load() -> automerge::LoadOptions<'static> {
+    automerge::LoadOptions::new()
+        .on_partial_load(automerge::OnPartialLoad::Error)
+        .verification_mode(automerge::VerificationMode::Check)
 }
 
 fn content_prefixes(id: &DocumentId) -> [String; 2] {

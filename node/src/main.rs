@@ -1,1 +1,38 @@
-fn main() {}
+//! `rhizome`: the one binary every node of a Rhizome mesh runs.
+
+mod cli;
+mod commands;
+mod config;
+mod identity;
+mod node;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let opts = cli::Opts::parse();
+    init_tracing(opts.verbose, opts.quiet);
+    match commands::run(opts) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RHIZOME_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

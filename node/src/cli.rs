@@ -1,0 +1,130 @@
+//! Command-line options. Every root option also has an environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Rhizome: a peer-to-peer mesh runtime for edge nodes.
+///
+/// Every node runs this binary. It keeps workflows, fleet state and run results as Automerge
+/// documents in a local store (`<data-dir>/store.redb`) that survives crashes and merges
+/// concurrent edits on its own.
+#[derive(Debug, Parser)]
+#[command(name = "rhizome", version, propagate_version = true)]
+pub struct Opts {
+    /// The node's data directory: identity, configuration and store.
+    #[arg(
+        long,
+        global = true,
+        env = "RHIZOME_DATA_DIR",
+        default_value = "./rhizome-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// More log output (-v info, -vv debug, -vvv trace). RHIZOME_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a node: its ed25519 identity, `rhizome.toml` and an empty store.
+    ///
+    /// Refuses to touch a data dir that already holds a node.
+    Init(InitArgs),
+    /// Inspect and maintain the stored documents.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// List stored run results, oldest first.
+    Results(ResultsArgs),
+    /// Record a few hours of simulated sensor runs on this node and show them.
+    ///
+    /// Creates the node first if the data dir holds none.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Human-readable node name (default: the host name).
+    #[arg(long, env = "RHIZOME_NODE_NAME")]
+    pub name: Option<String>,
+    /// Zone path, e.g. `site-a/line-3`.
+    #[arg(long, env = "RHIZOME_NODE_ZONE")]
+    pub zone: Option<String>,
+    /// A tag for workflow selectors; repeat for several.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Join this mesh id instead of starting a new mesh.
+    #[arg(long, env = "RHIZOME_NODE_MESH_ID")]
+    pub mesh_id: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocCommand {
+    /// List stored documents with their size.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one document's content.
+    Show {
+        /// A document name (`mesh`, `workflow/<id>`, `results/<node>/<window>`,
+        /// `rollup/<zone>/<window>`) or an automerge-repo document id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compact documents' incremental chunks into one snapshot each.
+    Compact {
+        /// Only this document (name or id); all documents when omitted.
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire old result windows now, by the retention settings of `rhizome.toml`.
+    Retire {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Only runs of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only runs of this node (id).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only runs that finished since this time: an RFC 3339 timestamp
+    /// (`2026-11-24T04:00:00Z`), a date (`2026-11-24`), or an age (`90m`, `2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show at most this many (the newest).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON (one array of run records).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many simulated runs to record.
+    #[arg(long, default_value_t = 360)]
+    pub runs: usize,
+}

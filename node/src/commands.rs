@@ -1,0 +1,422 @@
+//! One function per subcommand.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use crdt_store::{
+    DocKind, DocName, MeshRegistry, NodeEntry, ResultsDoc, ResultsQuery, RollupDoc, RunRecord,
+    RunStatus, StepRecord, Store, StoreHandle, WorkflowDoc, format_timestamp,
+};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::cli::{Command, DemoArgs, DocCommand, InitArgs, Opts, ResultsArgs};
+use crate::config::{Config, DataDir, parse_duration};
+use crate::identity::Identity;
+use crate::node::{Node, now_ms};
+use crate::output;
+
+pub fn run(opts: Opts) -> Result<()> {
+    let root = opts.data_dir;
+    match opts.command {
+        Command::Init(args) => init(&root, args),
+        Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
+        Command::Results(args) => results(&Node::load(&root)?, args),
+        Command::Demo(args) => demo(&root, args),
+    }
+}
+
+fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
+    let node = create_node(root, &args)?;
+    let id = node.node_id();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "node_id": id,
+                "name": node.config.node.name,
+                "zone": node.config.node.zone,
+                "mesh_id": node.config.node.mesh_id,
+                "data_dir": root,
+            }))?
+        );
+    } else {
+        println!("initialised node {} ({id})", node.config.node.name);
+        println!("  data dir  {}", root.display());
+        println!("  zone      {}", node.config.node.zone);
+        println!("  mesh      {}", node.config.node.mesh_id);
+        println!("  config    {}", node.dir.config().display());
+    }
+    Ok(())
+}
+
+fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
+    let dir = DataDir::new(root.to_owned());
+    if dir.key().exists() {
+        let existing = Identity::load(&dir.key())?;
+        bail!(
+            "{} already holds node {}; choose another --data-dir",
+            root.display(),
+            existing.node_id()
+        );
+    }
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create the data dir {}", root.display()))?;
+    let mut config = Config::load(&dir.config(), std::env::vars())?;
+    if let Some(name) = &args.name {
+        config.node.name = name.clone();
+    }
+    if config.node.name.is_empty() {
+        config.node.name = host_name();
+    }
+    if let Some(zone) = &args.zone {
+        config.node.zone = zone.clone();
+    }
+    DocName::rollup(&config.node.zone, crdt_store::Window::containing(0, 1))
+        .context("invalid --zone")?;
+    if !args.tags.is_empty() {
+        config.node.tags = args.tags.clone();
+    }
+    if let Some(mesh) = &args.mesh_id {
+        config.node.mesh_id = mesh.clone();
+    }
+    if config.node.mesh_id.is_empty() {
+        config.node.mesh_id = hex::encode(rand::random::<[u8; 16]>());
+    }
+    config.validate()?;
+    let identity = Identity::generate();
+    let node_id = identity.node_id();
+    // The store and the configuration first, the key last: the key marks a finished init, so a
+    // failed init can simply be run again.
+    let mut store = Store::open(&dir.store(), config.store_config(&node_id)?)
+        .with_context(|| format!("cannot create the store in {}", root.display()))?;
+    let entry = NodeEntry {
+        name: config.node.name.clone(),
+        zone: config.node.zone.clone(),
+        tags: config.node.tags.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        updated_ms: now_ms(),
+        ..NodeEntry::default()
+    };
+    store.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
+        mesh.nodes.insert(node_id.clone(), entry);
+    })?;
+    drop(store);
+    config.save(&dir.config())?;
+    identity.save_new(&dir.key())?;
+    Ok(Node {
+        dir,
+        config,
+        identity,
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
+    let mut store = node.open_store()?;
+    match cmd {
+        DocCommand::List { json } => {
+            let docs = store.list_docs()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = docs
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone().unwrap_or_else(|| "(unnamed)".into()),
+                        d.kind.clone().unwrap_or_else(|| "-".into()),
+                        d.chunks.to_string(),
+                        output::bytes(d.bytes),
+                        d.id.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["NAME", "KIND", "CHUNKS", "SIZE", "ID"], &rows)
+            );
+            println!(
+                "{} documents, {}",
+                docs.len(),
+                output::bytes(docs.iter().map(|d| d.bytes).sum())
+            );
+        }
+        DocCommand::Show { id, json } => {
+            let (doc_id, name) = store.resolve(&id)?;
+            let content = match &name {
+                Some(name) => typed_json(&mut store, name)?,
+                None => {
+                    let doc = store.automerge(&doc_id)?;
+                    serde_json::to_value(crdt_store::automerge::AutoSerde::from(&doc))?
+                }
+            };
+            let heads: Vec<String> = store
+                .automerge(&doc_id)?
+                .get_heads()
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            let shown = json!({
+                "id": doc_id.to_string(),
+                "name": name.as_ref().map(|n| n.to_string()),
+                "kind": name.as_ref().map(|n| n.kind().as_str()),
+                "heads": heads,
+                "content": content,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                println!(
+                    "# {} ({doc_id})",
+                    name.map_or_else(|| "(unnamed)".into(), |n| n.to_string())
+                );
+                println!("# heads: {}", heads.join(", "));
+                println!("{}", serde_json::to_string_pretty(&shown["content"])?);
+            }
+        }
+        DocCommand::Compact { id, json } => {
+            let started = Instant::now();
+            let reports = match id {
+                Some(id) => vec![store.compact(&id)?],
+                None => store.compact_all()?,
+            };
+            let elapsed = started.elapsed();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+                return Ok(());
+            }
+            let before: u64 = reports.iter().map(|r| r.bytes_before).sum();
+            let after: u64 = reports.iter().map(|r| r.bytes_after).sum();
+            println!(
+                "compacted {} documents in {:.1?}: {} -> {}",
+                reports.len(),
+                elapsed,
+                output::bytes(before),
+                output::bytes(after)
+            );
+        }
+        DocCommand::Retire { json } => {
+            let retired = store.enforce_retention(now_ms())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&retired)?);
+                return Ok(());
+            }
+            for r in &retired {
+                println!(
+                    "retired {} ({}, {:?})",
+                    r.doc,
+                    output::bytes(r.bytes),
+                    r.reason
+                );
+            }
+            println!("{} windows retired", retired.len());
+        }
+    }
+    Ok(())
+}
+
+fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
+    Ok(match name.kind() {
+        DocKind::Mesh => serde_json::to_value(store.read::<MeshRegistry>(name)?)?,
+        DocKind::Workflow => serde_json::to_value(store.read::<WorkflowDoc>(name)?)?,
+        DocKind::Results => serde_json::to_value(store.read::<ResultsDoc>(name)?)?,
+        DocKind::Rollup => serde_json::to_value(store.read::<RollupDoc>(name)?)?,
+    })
+}
+
+fn parse_since(text: &str) -> Result<i64> {
+    if let Some(ms) = crdt_store::parse_timestamp(text) {
+        return Ok(ms);
+    }
+    match parse_duration(text) {
+        Ok(age) => Ok(now_ms() - age.as_millis() as i64),
+        Err(_) => bail!(
+            "--since `{text}` is neither a timestamp (2026-11-24T04:00:00Z), a date (2026-11-24) \
+             nor an age (90m, 2h, 7d)"
+        ),
+    }
+}
+
+fn results(node: &Node, args: ResultsArgs) -> Result<()> {
+    let query = ResultsQuery {
+        workflow: args.workflow,
+        node: args.node,
+        since_ms: args.since.as_deref().map(parse_since).transpose()?,
+    };
+    let mut store = node.open_store()?;
+    let mut records = store.results(&query)?;
+    if let Some(limit) = args.limit {
+        let skip = records.len().saturating_sub(limit);
+        records.drain(..skip);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    print_results(&records);
+    Ok(())
+}
+
+fn print_results(records: &[RunRecord]) {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                format_timestamp(r.finished_ms),
+                output::short_id(&r.node).to_owned(),
+                format!("{}@{}", r.workflow, r.workflow_version),
+                r.status.as_str().to_owned(),
+                output::millis(r.finished_ms - r.started_ms),
+                r.output.clone(),
+                r.run_id.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "FINISHED", "NODE", "WORKFLOW", "STATUS", "TOOK", "OUTPUT", "RUN"
+            ],
+            &rows
+        )
+    );
+    println!("{} runs", records.len());
+}
+
+fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
+    let node = if DataDir::new(root.to_owned()).key().exists() {
+        Node::load(root)?
+    } else {
+        let node = create_node(
+            root,
+            &InitArgs {
+                name: Some("demo".into()),
+                zone: Some("demo-site".into()),
+                tags: vec!["demo".into()],
+                mesh_id: None,
+                json: false,
+            },
+        )?;
+        println!("created demo node {} in {}", node.node_id(), root.display());
+        node
+    };
+    let node_id = node.node_id();
+    let store = node.open_store()?;
+    let handle = StoreHandle::spawn(store);
+    let records = simulated_runs(&node_id, args.runs, now_ms());
+    let started = Instant::now();
+    let mut acked = 0;
+    for chunk in records.chunks(60) {
+        acked += handle.append(chunk.to_vec()).wait()?.len();
+    }
+    let took = started.elapsed();
+    println!(
+        "recorded {acked} simulated sensor runs durably in {took:.1?} ({:.0} runs/s)",
+        acked as f64 / took.as_secs_f64()
+    );
+    let (docs, recent) = handle
+        .call(|store| {
+            let recent = store.results(&ResultsQuery::default())?;
+            Ok((store.list_docs()?, recent))
+        })
+        .wait()?;
+    handle.shutdown();
+    println!();
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone().unwrap_or_default(),
+                d.chunks.to_string(),
+                output::bytes(d.bytes),
+            ]
+        })
+        .collect();
+    print!("{}", output::table(&["DOCUMENT", "CHUNKS", "SIZE"], &rows));
+    println!();
+    let tail = &recent[recent.len().saturating_sub(5)..];
+    print_results(tail);
+    let anomalies = recent
+        .iter()
+        .filter(|r| r.output.contains("\"anomaly\":true"))
+        .count();
+    println!(
+        "\n{} runs stored, {anomalies} flagged as anomalies. Try:\n  rhizome results --data-dir {} --since 1h\n  rhizome doc list --data-dir {}",
+        recent.len(),
+        root.display(),
+        root.display()
+    );
+    Ok(())
+}
+
+/// A temperature sensor sampled every 30 s, scored by z-score against a sliding window.
+fn simulated_runs(node_id: &str, runs: usize, now: i64) -> Vec<RunRecord> {
+    const PERIOD_MS: i64 = 30_000;
+    const WINDOW: usize = 20;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(now as u64);
+    let mut history: Vec<f64> = Vec::with_capacity(WINDOW);
+    let mut level = 21.0;
+    let first = now - PERIOD_MS * runs as i64;
+    let mut out = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let started = first + PERIOD_MS * i as i64;
+        level += rng.gen_range(-0.15..0.15);
+        let spike = if rng.gen_bool(0.02) { 4.0 } else { 0.0 };
+        let value = level + rng.gen_range(-0.3..0.3) + spike;
+        let (mean, sd) = mean_sd(&history);
+        let z = if sd > 0.0 { (value - mean) / sd } else { 0.0 };
+        let anomaly = z.abs() > 3.0;
+        history.push(value);
+        if history.len() > WINDOW {
+            history.remove(0);
+        }
+        let step = |name: &str, offset_us: u64, output: serde_json::Value| StepRecord {
+            step: name.into(),
+            status: RunStatus::Succeeded,
+            started_ms: started,
+            duration_us: offset_us,
+            attempts: 1,
+            output: output.to_string(),
+            error: None,
+        };
+        let output = json!({"value": (value * 100.0).round() / 100.0, "z": (z * 100.0).round() / 100.0, "anomaly": anomaly});
+        let steps = vec![
+            step("sensor", 180, json!({"value": value})),
+            step("zscore", 12, json!({"z": z})),
+            step("threshold", 4, json!({"anomaly": anomaly})),
+        ];
+        out.push(RunRecord {
+            run_id: format!("{}-{started}", output::short_id(node_id)),
+            workflow: "sensor-zscore".into(),
+            workflow_version: 1,
+            node: node_id.to_owned(),
+            started_ms: started,
+            finished_ms: started + 1,
+            status: RunStatus::Succeeded,
+            steps,
+            output: output.to_string(),
+            error: None,
+        });
+    }
+    out
+}
+
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    if values.len() < 2 {
+        return (values.first().copied().unwrap_or(0.0), 0.0);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}

@@ -1,0 +1,339 @@
+//! Configuration: `rhizome.toml` in the data dir, overridden by `RHIZOME_<SECTION>_<KEY>`
+//! environment variables, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The file name of the configuration inside the data dir.
+pub const CONFIG_FILE: &str = "rhizome.toml";
+/// The file name of the store inside the data dir.
+pub const STORE_FILE: &str = "store.redb";
+/// The file name of the node's secret key inside the data dir.
+pub const KEY_FILE: &str = "node.key";
+
+/// The whole configuration. `Default` is the development configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub store: StoreSection,
+    pub network: NetworkSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Human-readable node name.
+    pub name: String,
+    /// Zone path, e.g. `site-a/line-3`.
+    pub zone: String,
+    /// Tags matched by workflow selectors.
+    pub tags: Vec<String>,
+    /// The mesh this node belongs to; fixed at `rhizome init`.
+    pub mesh_id: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: String::new(),
+            zone: "default".into(),
+            tags: Vec::new(),
+            mesh_id: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Length of one results window, e.g. `1h`.
+    pub results_window: String,
+    /// Retire result windows older than this (`7d`); empty keeps them forever.
+    pub retention_max_age: String,
+    /// Retire the oldest windows when they take more than this (`2GiB`); empty means no cap.
+    pub retention_max_size: String,
+    /// Incremental chunks a document may gather before it is compacted into a snapshot.
+    pub compact_after_chunks: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            results_window: "1h".into(),
+            retention_max_age: "30d".into(),
+            retention_max_size: "1GiB".into(),
+            compact_after_chunks: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// QUIC listen address.
+    pub listen: String,
+    /// Local HTTP API address.
+    pub http: String,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            listen: "0.0.0.0:4860".into(),
+            http: "127.0.0.1:4861".into(),
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["node", "store", "network"];
+
+impl Config {
+    /// Loads `rhizome.toml` from `path` (defaults if it does not exist), then applies `RHIZOME_*`
+    /// environment variables from `env`.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut table = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .with_context(|| format!("{} is not valid TOML", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("RHIZOME_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            if !SECTIONS.contains(&section) {
+                continue;
+            }
+            let value = parse_env_value(&value);
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_owned(), value);
+                }
+                _ => bail!("{}: `{section}` must be a table", path.display()),
+            }
+        }
+        let config: Config = toml::Value::Table(table).try_into().with_context(|| {
+            format!(
+                "invalid configuration in {} or RHIZOME_* environment variables",
+                path.display()
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that are parsed on use, so mistakes surface at startup.
+    pub fn validate(&self) -> Result<()> {
+        let window = parse_duration(&self.store.results_window)
+            .context("store.results_window (RHIZOME_STORE_RESULTS_WINDOW)")?;
+        if window.as_secs() < 60 || window.as_secs() % 60 != 0 {
+            bail!(
+                "store.results_window must be a whole number of minutes, at least 1m (got `{}`)",
+                self.store.results_window
+            );
+        }
+        if !self.store.retention_max_age.is_empty() {
+            parse_duration(&self.store.retention_max_age)
+                .context("store.retention_max_age (RHIZOME_STORE_RETENTION_MAX_AGE)")?;
+        }
+        if !self.store.retention_max_size.is_empty() {
+            parse_size(&self.store.retention_max_size)
+                .context("store.retention_max_size (RHIZOME_STORE_RETENTION_MAX_SIZE)")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration as `rhizome.toml`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).context("encoding configuration")?;
+        let header = "# Rhizome node configuration. Environment variables RHIZOME_<SECTION>_<KEY>\n\
+                      # override these values, and command-line flags override both.\n\n";
+        std::fs::write(path, format!("{header}{text}"))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The store settings in the form the store takes.
+    pub fn store_config(&self, node_id: &str) -> Result<crdt_store::StoreConfig> {
+        let mut config = crdt_store::StoreConfig::new(&self.node.mesh_id, node_id);
+        config.results_window_minutes = (parse_duration(&self.store.results_window)?.as_secs()
+            / 60)
+            .try_into()
+            .context("store.results_window is too long")?;
+        config.compact_after_chunks = self.store.compact_after_chunks.max(1);
+        config.retention = crdt_store::RetentionPolicy {
+            max_age_ms: if self.store.retention_max_age.is_empty() {
+                None
+            } else {
+                Some(parse_duration(&self.store.retention_max_age)?.as_millis() as i64)
+            },
+            max_bytes: if self.store.retention_max_size.is_empty() {
+                None
+            } else {
+                Some(parse_size(&self.store.retention_max_size)?)
+            },
+        };
+        Ok(config)
+    }
+}
+
+/// An environment value is read as a TOML value when it is one (`42`, `true`, `["a", "b"]`),
+/// and as a string otherwise.
+fn parse_env_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().with_context(|| {
+        format!("`{text}` is not a duration (examples: 250ms, 30s, 5m, 2h, 7d)")
+    })?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        other => bail!("`{text}`: unknown duration unit `{other}` (use ms, s, m, h or d)"),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// Parses `512`, `10KB`, `10KiB`, `5MB`, `1GiB` (case-insensitive) into bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a size (examples: 500MB, 2GiB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => bail!("`{text}`: unknown size unit `{other}` (use B, KB, KiB, MB, MiB, GB, GiB)"),
+    };
+    n.checked_mul(factor)
+        .with_context(|| format!("`{text}` is too large"))
+}
+
+/// The paths of a data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: PathBuf) -> DataDir {
+        DataDir { root }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join(STORE_FILE)
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join(KEY_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &path,
+            "[node]\nname = \"a\"\nzone = \"site-a\"\n[store]\nresults_window = \"10m\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            &path,
+            env(&[
+                ("RHIZOME_NODE_NAME", "b"),
+                ("RHIZOME_NODE_TAGS", "[\"x\", \"y\"]"),
+                ("RHIZOME_DATA_DIR", "/elsewhere"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.node.name, "b");
+        assert_eq!(config.node.zone, "site-a");
+        assert_eq!(config.node.tags, vec!["x", "y"]);
+        assert_eq!(config.store.results_window, "10m");
+        assert_eq!(config.network, NetworkSection::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "[node]\nnmae = \"a\"\n").unwrap();
+        let err = format!("{:#}", Config::load(&path, env(&[])).unwrap_err());
+        assert!(err.contains("nmae"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(
+                &path,
+                env(&[("RHIZOME_STORE_RETENTION_MAX_AGE", "7 weeks")])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("RHIZOME_STORE_RETENTION_MAX_AGE"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(&path, env(&[("RHIZOME_STORE_RESULTS_WINDOW", "90s")])).unwrap_err()
+        );
+        assert!(err.contains("whole number of minutes"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86_400);
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("d").is_err());
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("5mb").unwrap(), 5_000_000);
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

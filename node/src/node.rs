@@ -1,0 +1,62 @@
+//! A node's local context: data dir, configuration, identity, store.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use crdt_store::{Store, StoreError};
+
+use crate::config::{Config, DataDir};
+use crate::identity::Identity;
+
+#[derive(Debug)]
+pub struct Node {
+    pub dir: DataDir,
+    pub config: Config,
+    pub identity: Identity,
+}
+
+impl Node {
+    /// Loads an initialised data dir.
+    pub fn load(root: &Path) -> Result<Node> {
+        let dir = DataDir::new(root.to_owned());
+        if !dir.key().exists() {
+            bail!(
+                "{} holds no rhizome node (no {}): run `rhizome init --data-dir {}` first",
+                root.display(),
+                crate::config::KEY_FILE,
+                root.display()
+            );
+        }
+        let config = Config::load(&dir.config(), std::env::vars())?;
+        let identity = Identity::load(&dir.key())?;
+        Ok(Node {
+            dir,
+            config,
+            identity,
+        })
+    }
+
+    pub fn node_id(&self) -> String {
+        self.identity.node_id()
+    }
+
+    /// Opens the store directly (no node is running on this data dir).
+    pub fn open_store(&self) -> Result<Store> {
+        let config = self.config.store_config(&self.node_id())?;
+        let path = self.dir.store();
+        match Store::open(&path, config) {
+            Ok(store) => Ok(store),
+            Err(e @ StoreError::Locked { .. }) => Err(e.into()),
+            Err(e) => {
+                Err(e).with_context(|| format!("opening the store of {}", self.dir.root.display()))
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -419,10 +419,8 @@ mod tests {
     #[test]
     fn a_document_of_another_kind_is_a_shape_error() {
         let name = DocName::workflow("w").unwrap();
-        let mut doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
-        let err = hydrate::<ResultsDoc>(&name, &mut doc)
-            .unwrap_err()
-            .to_string();
+        let doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        let err = hydrate::<ResultsDoc>(&name, &doc).unwrap_err().to_string();
         assert!(
             err.contains("workflow/w") && err.contains("results"),
             "{err}"

@@ -18,11 +18,12 @@ pub const MAX_GROUP_RECORDS: usize = 8192;
 pub const MAX_PENDING_BEFORE_APPLY: usize = 4 * APPLY_BATCH;
 
 type Call = Box<dyn FnOnce(&mut Store) + Send>;
+type AppendReply = flume::Sender<Result<Vec<u64>>>;
 
 enum Request {
     Append {
         records: Vec<RunRecord>,
-        reply: flume::Sender<Result<Vec<u64>>>,
+        reply: AppendReply,
     },
     Call(Call),
 }
@@ -138,7 +139,7 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
                 Err(_) => break,
             }
         };
-        let mut group: Vec<(Vec<RunRecord>, flume::Sender<Result<Vec<u64>>>)> = Vec::new();
+        let mut group: Vec<(Vec<RunRecord>, AppendReply)> = Vec::new();
         let mut group_records = 0;
         let mut calls: Vec<Call> = Vec::new();
         let mut next = Some(first);
@@ -171,7 +172,7 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
     }
 }
 
-fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, flume::Sender<Result<Vec<u64>>>)>) {
+fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, AppendReply)>) {
     let all: Vec<RunRecord> = group.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
     match store.append_results(&all) {
         Ok(seqs) => {

@@ -7,3 +7,5 @@
 //! code it tests is the code production runs.
 //!
 //! Without default features this crate must build without tokio; CI checks it.
+
+pub mod proto;

@@ -1,0 +1,749 @@
+//! Membership and failure detection: which peers to dial, which connections to keep, when a
+//! peer is down.
+//!
+//! Discovery (mDNS) is slow to notice a dead peer (its records live for two minutes) and backs
+//! off re-browsing for up to an hour, so liveness is decided here, from traffic: every frame
+//! counts as a sign of life, a heartbeat goes out on each connection every
+//! [`Timing::heartbeat`], and a peer that stays silent for [`Timing::dead_after`] is declared
+//! down and its connection closed. Lost peers are redialled with jittered exponential back-off,
+//! and the driver is asked to re-browse periodically so that a healed partition is rediscovered
+//! within seconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::wire::Message;
+
+/// A node id (hex of the node's public key prefix).
+pub type NodeId = String;
+
+/// An address the driver can dial, `host:port`; opaque to the protocol.
+pub type Addr = String;
+
+/// A connection, numbered by the driver.
+pub type ConnId = u64;
+
+/// Timing knobs; the defaults meet the goals of detecting failure within 3 s and rediscovering
+/// after a heal within 5 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Interval between heartbeats on a quiet connection.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is declared down and its connection closed.
+    pub dead_after: Duration,
+    /// First redial delay after a failure; doubles per failure.
+    pub redial_min: Duration,
+    /// Longest redial delay.
+    pub redial_max: Duration,
+    /// How often the driver is asked to browse for peers again.
+    pub rebrowse: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(500),
+            dead_after: Duration::from_millis(2500),
+            redial_min: Duration::from_millis(200),
+            redial_max: Duration::from_secs(4),
+            rebrowse: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What happened, as the driver tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InEvent {
+    /// Discovery found a node of this mesh at an address.
+    Discovered {
+        /// The node found.
+        node: NodeId,
+        /// Where it accepts connections.
+        addr: Addr,
+    },
+    /// Discovery saw the node leave (an mDNS goodbye). Its connection, if any, is kept while
+    /// it carries traffic.
+    Lost {
+        /// The node that left.
+        node: NodeId,
+    },
+    /// A configured peer address whose node id is not known until it answers.
+    Bootstrap {
+        /// Where to dial.
+        addr: Addr,
+    },
+    /// A connection completed its handshake; `node` is the authenticated peer.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The peer's node id.
+        node: NodeId,
+        /// True if this side dialled.
+        outbound: bool,
+        /// The address dialled, for outbound connections.
+        addr: Option<Addr>,
+    },
+    /// A dial did not produce a connection.
+    DialFailed {
+        /// The address that failed.
+        addr: Addr,
+    },
+    /// A frame arrived on a connection.
+    Received {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection closed, for whatever reason.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutEvent {
+    /// Open a connection to this address.
+    Dial(Addr),
+    /// Send a message on a connection.
+    Send(ConnId, Message),
+    /// Close a connection, giving the reason to the peer and the log.
+    Close(ConnId, String),
+    /// Browse for peers again (discovery's own back-off is too slow).
+    Rebrowse,
+    /// A peer became reachable.
+    PeerUp(NodeId),
+    /// A peer is no longer reachable.
+    PeerDown(NodeId, String),
+}
+
+/// Where a peer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Known, not connected, waiting for its redial time.
+    Idle,
+    /// A dial is under way.
+    Dialling,
+    /// Connected.
+    Connected,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: Option<Addr>,
+    state: PeerState,
+    conn: Option<ConnId>,
+    last_heard: Duration,
+    last_sent: Duration,
+    failures: u32,
+    next_dial: Duration,
+    heartbeat_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    node: NodeId,
+    outbound: bool,
+}
+
+/// A peer as reported to status commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The node id.
+    pub node: NodeId,
+    /// Its last known address.
+    pub addr: Option<Addr>,
+    /// Where it stands.
+    pub state: PeerState,
+    /// Time since it was last heard from.
+    pub silent_for: Duration,
+}
+
+/// The membership state machine of one node.
+#[derive(Debug)]
+pub struct Membership<R> {
+    me: NodeId,
+    timing: Timing,
+    rng: R,
+    peers: BTreeMap<NodeId, Peer>,
+    conns: BTreeMap<ConnId, Conn>,
+    bootstrap: BTreeMap<Addr, (Duration, u32)>,
+    bootstrap_dialling: BTreeSet<Addr>,
+    next_rebrowse: Duration,
+    out: Vec<OutEvent>,
+}
+
+impl<R: Rng> Membership<R> {
+    /// A node with no peers yet. `rng` must be seeded by the caller.
+    pub fn new(me: NodeId, timing: Timing, rng: R) -> Self {
+        Membership {
+            me,
+            timing,
+            rng,
+            peers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            bootstrap: BTreeMap::new(),
+            bootstrap_dialling: BTreeSet::new(),
+            next_rebrowse: Duration::ZERO,
+            out: Vec::new(),
+        }
+    }
+
+    /// Takes one event; the resulting actions are drained with [`Membership::poll`].
+    pub fn handle(&mut self, event: InEvent, now: Duration) {
+        match event {
+            InEvent::Discovered { node, addr } => {
+                if node == self.me {
+                    return;
+                }
+                let peer = self.peers.entry(node).or_insert_with(|| Peer::new(now));
+                if peer.addr.as_ref() != Some(&addr) {
+                    peer.addr = Some(addr);
+                    // A new address is worth trying at once, whatever the back-off said.
+                    peer.failures = 0;
+                    peer.next_dial = now;
+                }
+            }
+            InEvent::Lost { node } => {
+                if let Some(peer) = self.peers.get_mut(&node)
+                    && peer.state == PeerState::Idle
+                {
+                    peer.addr = None;
+                }
+            }
+            InEvent::Bootstrap { addr } => {
+                self.bootstrap.entry(addr).or_insert((now, 0));
+            }
+            InEvent::Connected {
+                conn,
+                node,
+                outbound,
+                addr,
+            } => self.on_connected(conn, node, outbound, addr, now),
+            InEvent::DialFailed { addr } => {
+                if self.bootstrap_dialling.remove(&addr) {
+                    let backoff = self.backoff(self.bootstrap.get(&addr).map_or(0, |b| b.1));
+                    let entry = self.bootstrap.entry(addr.clone()).or_insert((now, 0));
+                    entry.1 += 1;
+                    entry.0 = now + backoff;
+                }
+                let failed: Vec<NodeId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.state == PeerState::Dialling && p.addr.as_ref() == Some(&addr)
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for node in failed {
+                    let failures = self.peers[&node].failures;
+                    let backoff = self.backoff(failures);
+                    let peer = self.peers.get_mut(&node).expect("listed above");
+                    peer.state = PeerState::Idle;
+                    peer.failures += 1;
+                    peer.next_dial = now + backoff;
+                }
+            }
+            InEvent::Received { conn } => {
+                if let Some(c) = self.conns.get(&conn)
+                    && let Some(peer) = self.peers.get_mut(&c.node)
+                    && peer.conn == Some(conn)
+                {
+                    peer.last_heard = now;
+                }
+            }
+            InEvent::Closed { conn } => {
+                if let Some(c) = self.conns.remove(&conn)
+                    && let Some(peer) = self.peers.get_mut(&c.node)
+                    && peer.conn == Some(conn)
+                {
+                    peer.conn = None;
+                    peer.state = PeerState::Idle;
+                    peer.next_dial = now + self.timing.redial_min;
+                    self.out
+                        .push(OutEvent::PeerDown(c.node, "connection closed".into()));
+                }
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    fn on_connected(
+        &mut self,
+        conn: ConnId,
+        node: NodeId,
+        outbound: bool,
+        addr: Option<Addr>,
+        now: Duration,
+    ) {
+        if let Some(addr) = &addr {
+            if self.bootstrap_dialling.remove(addr)
+                && let Some(entry) = self.bootstrap.get_mut(addr)
+            {
+                entry.1 = 0;
+            }
+        }
+        if node == self.me {
+            // A bootstrap address that leads back here is never dialled again.
+            if let Some(addr) = &addr {
+                self.bootstrap.remove(addr);
+            }
+            self.out
+                .push(OutEvent::Close(conn, "connected to itself".into()));
+            return;
+        }
+        let peer = self
+            .peers
+            .entry(node.clone())
+            .or_insert_with(|| Peer::new(now));
+        if outbound && addr.is_some() {
+            peer.addr = addr;
+        }
+        if let Some(existing) = peer.conn {
+            // Both sides dialled at once: keep the connection dialled by the smaller node id,
+            // which both sides pick alike.
+            let existing_outbound = self.conns.get(&existing).is_some_and(|c| c.outbound);
+            let keep_new = dialled_by_smaller(&self.me, &node, outbound)
+                && !dialled_by_smaller(&self.me, &node, existing_outbound);
+            if !keep_new {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        node: node.clone(),
+                        outbound,
+                    },
+                );
+                self.out
+                    .push(OutEvent::Close(conn, "duplicate connection".into()));
+                return;
+            }
+            self.out
+                .push(OutEvent::Close(existing, "duplicate connection".into()));
+        }
+        let fresh = peer.conn.is_none();
+        peer.conn = Some(conn);
+        peer.state = PeerState::Connected;
+        peer.last_heard = now;
+        peer.last_sent = Duration::ZERO;
+        peer.failures = 0;
+        self.conns.insert(
+            conn,
+            Conn {
+                node: node.clone(),
+                outbound,
+            },
+        );
+        if fresh {
+            self.out.push(OutEvent::PeerUp(node));
+        }
+    }
+
+    /// Advances timers: heartbeats, failure detection, redials, re-browsing.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let timing = self.timing;
+        let mut down = Vec::new();
+        for (node, peer) in self.peers.iter_mut() {
+            match peer.state {
+                PeerState::Connected => {
+                    let conn = peer.conn.expect("a connected peer has a connection");
+                    if now.saturating_sub(peer.last_heard) >= timing.dead_after {
+                        down.push((node.clone(), conn));
+                    } else if now.saturating_sub(peer.last_sent) >= timing.heartbeat {
+                        peer.heartbeat_seq += 1;
+                        peer.last_sent = now;
+                        self.out.push(OutEvent::Send(
+                            conn,
+                            Message::Heartbeat {
+                                seq: peer.heartbeat_seq,
+                            },
+                        ));
+                    }
+                }
+                PeerState::Idle => {
+                    if let Some(addr) = &peer.addr
+                        && now >= peer.next_dial
+                        && self.me < *node
+                    {
+                        // Only the smaller id dials a discovered peer; the other waits to be
+                        // dialled, which halves duplicate connections. A silent peer that
+                        // never dials back is still reached: the larger id dials too once the
+                        // smaller has had a back-off period to do it.
+                        peer.state = PeerState::Dialling;
+                        self.out.push(OutEvent::Dial(addr.clone()));
+                    } else if let Some(addr) = &peer.addr
+                        && now >= peer.next_dial + timing.redial_max
+                    {
+                        peer.state = PeerState::Dialling;
+                        self.out.push(OutEvent::Dial(addr.clone()));
+                    }
+                }
+                PeerState::Dialling => {}
+            }
+        }
+        for (node, conn) in down {
+            let peer = self.peers.get_mut(&node).expect("listed above");
+            peer.conn = None;
+            peer.state = PeerState::Idle;
+            peer.next_dial = now;
+            self.conns.remove(&conn);
+            let reason = format!("silent for {} ms", timing.dead_after.as_millis());
+            self.out.push(OutEvent::Close(conn, reason.clone()));
+            self.out.push(OutEvent::PeerDown(node, reason));
+        }
+        let connected_addrs: BTreeSet<&Addr> = self
+            .peers
+            .values()
+            .filter(|p| p.state != PeerState::Idle)
+            .filter_map(|p| p.addr.as_ref())
+            .collect();
+        let mut bootstrap_dials = Vec::new();
+        for (addr, (next, _)) in &self.bootstrap {
+            if now >= *next
+                && !connected_addrs.contains(addr)
+                && !self.bootstrap_dialling.contains(addr)
+            {
+                bootstrap_dials.push(addr.clone());
+            }
+        }
+        for addr in bootstrap_dials {
+            self.bootstrap_dialling.insert(addr.clone());
+            self.out.push(OutEvent::Dial(addr));
+        }
+        if now >= self.next_rebrowse {
+            self.next_rebrowse = now + timing.rebrowse;
+            self.out.push(OutEvent::Rebrowse);
+        }
+    }
+
+    /// When [`Membership::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Duration {
+        let timing = self.timing;
+        let mut next = self.next_rebrowse;
+        for (node, peer) in &self.peers {
+            let at = match peer.state {
+                PeerState::Connected => {
+                    (peer.last_sent + timing.heartbeat).min(peer.last_heard + timing.dead_after)
+                }
+                PeerState::Idle if peer.addr.is_some() => {
+                    if self.me < *node {
+                        peer.next_dial
+                    } else {
+                        peer.next_dial + timing.redial_max
+                    }
+                }
+                _ => continue,
+            };
+            next = next.min(at);
+        }
+        for (addr, (at, _)) in &self.bootstrap {
+            if !self.bootstrap_dialling.contains(addr) {
+                next = next.min(*at);
+            }
+        }
+        next
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll(&mut self) -> Option<OutEvent> {
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.remove(0))
+        }
+    }
+
+    /// Drains every pending action.
+    pub fn drain(&mut self) -> Vec<OutEvent> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The connection currently used for a peer.
+    pub fn connection(&self, node: &str) -> Option<ConnId> {
+        self.peers.get(node).and_then(|p| p.conn)
+    }
+
+    /// The peer on a connection.
+    pub fn peer_of(&self, conn: ConnId) -> Option<&NodeId> {
+        self.conns.get(&conn).map(|c| &c.node)
+    }
+
+    /// Every known peer, by node id.
+    pub fn peers(&self, now: Duration) -> Vec<PeerInfo> {
+        self.peers
+            .iter()
+            .map(|(node, p)| PeerInfo {
+                node: node.clone(),
+                addr: p.addr.clone(),
+                state: p.state,
+                silent_for: now.saturating_sub(p.last_heard),
+            })
+            .collect()
+    }
+
+    fn backoff(&mut self, failures: u32) -> Duration {
+        let base = self
+            .timing
+            .redial_min
+            .saturating_mul(1 << failures.min(16))
+            .min(self.timing.redial_max);
+        // Up to 50% jitter so that nodes cut off together do not redial in lockstep.
+        let jitter = self.rng.gen_range(0..=base.as_millis() as u64 / 2);
+        base + Duration::from_millis(jitter)
+    }
+}
+
+impl Peer {
+    fn new(now: Duration) -> Peer {
+        Peer {
+            addr: None,
+            state: PeerState::Idle,
+            conn: None,
+            last_heard: now,
+            last_sent: Duration::ZERO,
+            failures: 0,
+            next_dial: now,
+            heartbeat_seq: 0,
+        }
+    }
+}
+
+/// Whether a connection between `me` and `peer` that `me` dialled (`outbound`) or accepted was
+/// dialled by the smaller of the two ids.
+fn dialled_by_smaller(me: &str, peer: &str, outbound: bool) -> bool {
+    (me < peer) == outbound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn node(me: &str) -> Membership<StdRng> {
+        Membership::new(me.into(), Timing::default(), StdRng::seed_from_u64(1))
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_smaller_id_dials_a_discovered_peer() {
+        let mut a = node("a");
+        let mut b = node("b");
+        a.handle(
+            InEvent::Discovered {
+                node: "b".into(),
+                addr: "b:1".into(),
+            },
+            ms(0),
+        );
+        b.handle(
+            InEvent::Discovered {
+                node: "a".into(),
+                addr: "a:1".into(),
+            },
+            ms(0),
+        );
+        assert!(a.drain().contains(&OutEvent::Dial("b:1".into())));
+        assert!(!b.drain().iter().any(|e| matches!(e, OutEvent::Dial(_))));
+    }
+
+    #[test]
+    fn a_silent_peer_is_declared_down_within_the_deadline() {
+        let mut a = node("a");
+        a.handle(
+            InEvent::Connected {
+                conn: 1,
+                node: "b".into(),
+                outbound: true,
+                addr: Some("b:1".into()),
+            },
+            ms(0),
+        );
+        assert!(a.drain().contains(&OutEvent::PeerUp("b".into())));
+        let mut t = 0;
+        let mut down_at = None;
+        while t < 10_000 {
+            t = a.poll_timeout().as_millis() as u64;
+            a.handle_timeout(ms(t));
+            for e in a.drain() {
+                if let OutEvent::PeerDown(n, _) = e {
+                    assert_eq!(n, "b");
+                    down_at.get_or_insert(t);
+                }
+            }
+            if down_at.is_some() {
+                break;
+            }
+        }
+        let down_at = down_at.expect("declared down");
+        assert!(down_at <= 3000, "declared down after {down_at} ms");
+        assert_eq!(a.connection("b"), None);
+    }
+
+    #[test]
+    fn traffic_keeps_a_peer_alive_and_heartbeats_flow() {
+        let mut a = node("a");
+        a.handle(
+            InEvent::Connected {
+                conn: 1,
+                node: "b".into(),
+                outbound: true,
+                addr: Some("b:1".into()),
+            },
+            ms(0),
+        );
+        a.drain();
+        let mut heartbeats = 0;
+        for t in (100..20_000).step_by(100) {
+            a.handle(InEvent::Received { conn: 1 }, ms(t));
+            for e in a.drain() {
+                match e {
+                    OutEvent::Send(1, Message::Heartbeat { .. }) => heartbeats += 1,
+                    OutEvent::PeerDown(..) => panic!("declared down while talking"),
+                    _ => {}
+                }
+            }
+        }
+        assert!((35..=45).contains(&heartbeats), "{heartbeats}");
+    }
+
+    #[test]
+    fn simultaneous_dials_keep_one_connection_chosen_alike() {
+        let mut a = node("a");
+        let mut b = node("b");
+        // Connection 1 dialled by a, connection 2 dialled by b; each side sees both.
+        a.handle(
+            InEvent::Connected {
+                conn: 1,
+                node: "b".into(),
+                outbound: true,
+                addr: Some("b:1".into()),
+            },
+            ms(0),
+        );
+        a.handle(
+            InEvent::Connected {
+                conn: 2,
+                node: "b".into(),
+                outbound: false,
+                addr: None,
+            },
+            ms(1),
+        );
+        b.handle(
+            InEvent::Connected {
+                conn: 2,
+                node: "a".into(),
+                outbound: true,
+                addr: Some("a:1".into()),
+            },
+            ms(0),
+        );
+        b.handle(
+            InEvent::Connected {
+                conn: 1,
+                node: "a".into(),
+                outbound: false,
+                addr: None,
+            },
+            ms(1),
+        );
+        assert_eq!(a.connection("b"), Some(1));
+        assert_eq!(b.connection("a"), Some(1));
+        assert!(
+            a.drain()
+                .contains(&OutEvent::Close(2, "duplicate connection".into()))
+        );
+        assert!(
+            b.drain()
+                .contains(&OutEvent::Close(2, "duplicate connection".into()))
+        );
+    }
+
+    #[test]
+    fn failed_dials_back_off_and_a_new_address_is_tried_at_once() {
+        let mut a = node("a");
+        a.handle(
+            InEvent::Discovered {
+                node: "b".into(),
+                addr: "b:1".into(),
+            },
+            ms(0),
+        );
+        assert!(a.drain().contains(&OutEvent::Dial("b:1".into())));
+        a.handle(InEvent::DialFailed { addr: "b:1".into() }, ms(10));
+        a.drain();
+        let next = a.poll_timeout();
+        assert!(next >= ms(10 + 200) && next <= ms(10 + 300), "{next:?}");
+        a.handle(
+            InEvent::Discovered {
+                node: "b".into(),
+                addr: "b:2".into(),
+            },
+            ms(20),
+        );
+        assert!(a.drain().contains(&OutEvent::Dial("b:2".into())));
+    }
+
+    #[test]
+    fn bootstrap_peers_are_dialled_and_redialled() {
+        let mut a = node("z");
+        a.handle(
+            InEvent::Bootstrap {
+                addr: "cloud:4860".into(),
+            },
+            ms(0),
+        );
+        assert!(a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+        a.handle(
+            InEvent::DialFailed {
+                addr: "cloud:4860".into(),
+            },
+            ms(5),
+        );
+        a.drain();
+        a.handle_timeout(ms(150));
+        assert!(!a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+        a.handle_timeout(ms(1000));
+        assert!(a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+        a.handle(
+            InEvent::Connected {
+                conn: 7,
+                node: "c".into(),
+                outbound: true,
+                addr: Some("cloud:4860".into()),
+            },
+            ms(1010),
+        );
+        assert!(a.drain().contains(&OutEvent::PeerUp("c".into())));
+        // While connected (and talking) the bootstrap address is not dialled again.
+        for t in (1100..5000).step_by(100) {
+            a.handle(InEvent::Received { conn: 7 }, ms(t));
+            assert!(!a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+        }
+        // Once the connection closes, it is.
+        a.handle(InEvent::Closed { conn: 7 }, ms(5000));
+        assert!(a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+    }
+
+    #[test]
+    fn rebrowse_is_requested_periodically() {
+        let mut a = node("a");
+        let mut count = 0;
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(10) {
+            a.handle_timeout(t);
+            count += a
+                .drain()
+                .iter()
+                .filter(|e| **e == OutEvent::Rebrowse)
+                .count();
+            t = a.poll_timeout().max(t + ms(1));
+        }
+        assert_eq!(count, 5);
+    }
+}

@@ -1,0 +1,7 @@
+//! The sans-IO protocol core: state machines that take events and the current time, and return
+//! actions. Nothing here performs IO, reads a clock or draws unseeded randomness; the network
+//! driver and the simulator feed the same code.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod membership;
+pub mod wire;

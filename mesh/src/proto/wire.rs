@@ -1,0 +1,479 @@
+//! Wire messages between nodes, with a versioned, bounded binary encoding.
+//!
+//! A frame is `length: u32 (big endian) | version: u8 | kind: u8 | body`, where `length` counts
+//! everything after itself. Bodies are built from unsigned LEB128 varints, length-prefixed byte
+//! strings and fixed-size ids. Every length is checked against a bound before anything is
+//! allocated, so a peer sending garbage costs at most one frame's bound of memory, and every
+//! decoding failure names what was wrong.
+
+use std::fmt;
+
+/// The wire version this build speaks. A frame of another version is refused.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Largest frame accepted (length field value). Automerge sync messages for small, windowed
+/// documents stay far below this.
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// Longest string field (names, zones, reasons).
+pub const MAX_STRING_LEN: usize = 1024;
+
+/// Most entries in one catalogue frame; larger catalogues are split over several frames.
+pub const MAX_CATALOGUE_ENTRIES: usize = 65_536;
+
+/// Bytes of the frame header after the length field.
+const HEADER_LEN: usize = 2;
+
+/// A 16-byte document id (the automerge-repo document id's bytes).
+pub type DocIdBytes = [u8; 16];
+
+/// A digest of a document's heads, so peers can tell which documents differ without sending
+/// every head.
+pub type HeadsDigest = [u8; 16];
+
+/// The role a node announces; it feeds the aggregator election's rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// An edge node.
+    Edge,
+    /// A cloud peer.
+    Cloud,
+}
+
+/// Everything one node says to another over a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The first message on a connection, in both directions.
+    Hello(Hello),
+    /// Liveness: sent periodically; any frame also counts as liveness.
+    Heartbeat {
+        /// Increases with every heartbeat of the sender.
+        seq: u64,
+    },
+    /// The documents the sender may share with the receiver, with a digest of their heads.
+    Catalogue {
+        /// True on the last frame of a catalogue that did not fit in one.
+        complete: bool,
+        /// Document id and heads digest.
+        entries: Vec<(DocIdBytes, HeadsDigest)>,
+    },
+    /// An opaque document-sync message (automerge-repo protocol bytes).
+    Sync(Vec<u8>),
+    /// The sender is closing the connection on purpose.
+    Goodbye {
+        /// Why, for the other side's log.
+        reason: String,
+    },
+}
+
+/// The introduction each side sends first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The mesh the sender belongs to.
+    pub mesh_id: String,
+    /// The sender's node id.
+    pub node_id: String,
+    /// The sender's role.
+    pub role: Role,
+    /// The sender's zone path.
+    pub zone: String,
+    /// The UDP port the sender accepts connections on (0 if it does not listen).
+    pub listen_port: u16,
+}
+
+/// Why bytes could not be decoded as a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame announces a length above [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    Oversized(usize),
+    /// The frame is too short to hold a header.
+    #[error("frame of {0} bytes is too short for a header")]
+    TooShort(usize),
+    /// The frame was written by an incompatible version.
+    #[error("frame has wire version {0}, this node speaks version {WIRE_VERSION}")]
+    Version(u8),
+    /// The frame's kind is not one this version knows.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// A field ends beyond the end of the frame.
+    #[error("{0} is truncated")]
+    Truncated(&'static str),
+    /// A field's length exceeds its bound.
+    #[error("{field} of {len} exceeds the limit of {max}")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its announced length.
+        len: u64,
+        /// The bound.
+        max: usize,
+    },
+    /// A field has a value outside its domain.
+    #[error("{0} has an invalid value")]
+    Invalid(&'static str),
+    /// A string field is not UTF-8.
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// Bytes remain after the message ended.
+    #[error("{0} bytes left over after the message")]
+    TrailingBytes(usize),
+}
+
+const KIND_HELLO: u8 = 1;
+const KIND_HEARTBEAT: u8 = 2;
+const KIND_CATALOGUE: u8 = 3;
+const KIND_SYNC: u8 = 4;
+const KIND_GOODBYE: u8 = 5;
+
+impl Message {
+    /// Appends the message as one frame to `out`.
+    ///
+    /// # Panics
+    /// If the encoded frame would exceed [`MAX_FRAME_LEN`] or a string exceeds
+    /// [`MAX_STRING_LEN`]: senders must split or refuse such messages before encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(WIRE_VERSION);
+        match self {
+            Message::Hello(hello) => {
+                out.push(KIND_HELLO);
+                put_str(out, &hello.mesh_id);
+                put_str(out, &hello.node_id);
+                out.push(match hello.role {
+                    Role::Edge => 0,
+                    Role::Cloud => 1,
+                });
+                put_str(out, &hello.zone);
+                out.extend_from_slice(&hello.listen_port.to_be_bytes());
+            }
+            Message::Heartbeat { seq } => {
+                out.push(KIND_HEARTBEAT);
+                put_varint(out, *seq);
+            }
+            Message::Catalogue { complete, entries } => {
+                assert!(
+                    entries.len() <= MAX_CATALOGUE_ENTRIES,
+                    "catalogue too large"
+                );
+                out.push(KIND_CATALOGUE);
+                out.push(u8::from(*complete));
+                put_varint(out, entries.len() as u64);
+                for (id, digest) in entries {
+                    out.extend_from_slice(id);
+                    out.extend_from_slice(digest);
+                }
+            }
+            Message::Sync(bytes) => {
+                out.push(KIND_SYNC);
+                out.extend_from_slice(bytes);
+            }
+            Message::Goodbye { reason } => {
+                out.push(KIND_GOODBYE);
+                put_str(out, reason);
+            }
+        }
+        let len = out.len() - start - 4;
+        assert!(
+            len <= MAX_FRAME_LEN,
+            "frame of {len} bytes exceeds the limit"
+        );
+        out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    }
+
+    /// The message as one frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes one message from the front of `buf`. `Ok(None)` means more bytes are needed;
+    /// `Ok(Some((message, used)))` consumed `used` bytes. A frame is checked whole before it is
+    /// accepted.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
+        let Some(len) = frame_len(buf)? else {
+            return Ok(None);
+        };
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let message = Message::decode_body(&buf[4..4 + len])?;
+        Ok(Some((message, 4 + len)))
+    }
+
+    /// Decodes a frame's content (everything after the length field).
+    pub fn decode_body(frame: &[u8]) -> Result<Message, WireError> {
+        if frame.len() < HEADER_LEN {
+            return Err(WireError::TooShort(frame.len()));
+        }
+        if frame[0] != WIRE_VERSION {
+            return Err(WireError::Version(frame[0]));
+        }
+        let mut r = Reader { buf: &frame[2..] };
+        let message = match frame[1] {
+            KIND_HELLO => {
+                let mesh_id = r.string("hello mesh id")?;
+                let node_id = r.string("hello node id")?;
+                let role = match r.byte("hello role")? {
+                    0 => Role::Edge,
+                    1 => Role::Cloud,
+                    _ => return Err(WireError::Invalid("hello role")),
+                };
+                let zone = r.string("hello zone")?;
+                let port = r.take(2, "hello listen port")?;
+                Message::Hello(Hello {
+                    mesh_id,
+                    node_id,
+                    role,
+                    zone,
+                    listen_port: u16::from_be_bytes([port[0], port[1]]),
+                })
+            }
+            KIND_HEARTBEAT => Message::Heartbeat {
+                seq: r.varint("heartbeat sequence")?,
+            },
+            KIND_CATALOGUE => {
+                let complete = match r.byte("catalogue flag")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("catalogue flag")),
+                };
+                let count = r.varint("catalogue length")?;
+                if count > MAX_CATALOGUE_ENTRIES as u64 {
+                    return Err(WireError::FieldTooLong {
+                        field: "catalogue",
+                        len: count,
+                        max: MAX_CATALOGUE_ENTRIES,
+                    });
+                }
+                // The count is checked against the bytes present before allocating for it.
+                let count = count as usize;
+                if r.buf.len() < count * 32 {
+                    return Err(WireError::Truncated("catalogue entries"));
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let id = r.take(16, "catalogue document id")?;
+                    let digest = r.take(16, "catalogue heads digest")?;
+                    entries.push((
+                        id.try_into().expect("16 bytes"),
+                        digest.try_into().expect("16 bytes"),
+                    ));
+                }
+                Message::Catalogue { complete, entries }
+            }
+            KIND_SYNC => {
+                let bytes = r.buf.to_vec();
+                r.buf = &[];
+                Message::Sync(bytes)
+            }
+            KIND_GOODBYE => Message::Goodbye {
+                reason: r.string("goodbye reason")?,
+            },
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(WireError::TrailingBytes(r.buf.len()));
+        }
+        Ok(message)
+    }
+}
+
+/// The length announced by a frame's first four bytes, checked against the bound. `None` if
+/// fewer than four bytes are available.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::Oversized(len));
+    }
+    Ok(Some(len))
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Edge => "edge",
+            Role::Cloud => "cloud",
+        })
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() <= MAX_STRING_LEN, "string field too long");
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Truncated(field));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(1, field)?[0])
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let byte = self.byte(field)?;
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(WireError::Invalid(field));
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                // Refuse non-minimal encodings so each value has exactly one encoding.
+                if i > 0 && byte == 0 {
+                    return Err(WireError::Invalid(field));
+                }
+                return Ok(value);
+            }
+        }
+        Err(WireError::Invalid(field))
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, WireError> {
+        let len = self.varint(field)?;
+        if len > MAX_STRING_LEN as u64 {
+            return Err(WireError::FieldTooLong {
+                field,
+                len,
+                max: MAX_STRING_LEN,
+            });
+        }
+        let bytes = self.take(len as usize, field)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::NotUtf8(field))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9/._-]{0,40}").unwrap()
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (
+                arb_string(),
+                arb_string(),
+                any::<bool>(),
+                arb_string(),
+                any::<u16>()
+            )
+                .prop_map(|(mesh_id, node_id, cloud, zone, listen_port)| {
+                    Message::Hello(Hello {
+                        mesh_id,
+                        node_id,
+                        role: if cloud { Role::Cloud } else { Role::Edge },
+                        zone,
+                        listen_port,
+                    })
+                }),
+            any::<u64>().prop_map(|seq| Message::Heartbeat { seq }),
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<([u8; 16], [u8; 16])>(), 0..20)
+            )
+                .prop_map(|(complete, entries)| Message::Catalogue { complete, entries }),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Message::Sync),
+            arb_string().prop_map(|reason| Message::Goodbye { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(messages in proptest::collection::vec(arb_message(), 1..8)) {
+            let mut stream = Vec::new();
+            for m in &messages {
+                m.encode(&mut stream);
+            }
+            let mut decoded = Vec::new();
+            let mut at = 0;
+            while let Some((m, used)) = Message::decode(&stream[at..]).unwrap() {
+                decoded.push(m);
+                at += used;
+            }
+            prop_assert_eq!(at, stream.len());
+            prop_assert_eq!(decoded, messages);
+        }
+
+        #[test]
+        fn every_prefix_asks_for_more(message in arb_message()) {
+            let frame = message.to_frame();
+            for cut in 0..frame.len() {
+                prop_assert_eq!(Message::decode(&frame[..cut]), Ok(None));
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Message::decode(&bytes);
+            let _ = Message::decode_body(&bytes);
+        }
+    }
+
+    #[test]
+    fn bad_frames_say_what_is_wrong() {
+        let mut frame = Message::Heartbeat { seq: 1 }.to_frame();
+        frame[4] = 9;
+        assert_eq!(Message::decode(&frame), Err(WireError::Version(9)));
+        let mut frame = Message::Heartbeat { seq: 1 }.to_frame();
+        frame[5] = 77;
+        assert_eq!(Message::decode(&frame), Err(WireError::UnknownKind(77)));
+        let huge = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert_eq!(
+            Message::decode(&huge),
+            Err(WireError::Oversized(MAX_FRAME_LEN + 1))
+        );
+        let mut frame = Message::Goodbye {
+            reason: "bye".into(),
+        }
+        .to_frame();
+        frame.push(0);
+        frame[3] += 1;
+        assert_eq!(Message::decode(&frame), Err(WireError::TrailingBytes(1)));
+        // A catalogue that claims more entries than it carries is refused before allocating.
+        let body = [WIRE_VERSION, KIND_CATALOGUE, 1, 0xff, 0xff, 0x03];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::Truncated("catalogue entries"))
+        );
+        // A non-minimal varint.
+        let body = [WIRE_VERSION, KIND_HEARTBEAT, 0x81, 0x00];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::Invalid("heartbeat sequence"))
+        );
+    }
+}

@@ -278,12 +278,11 @@ impl<R: Rng> Membership<R> {
         addr: Option<Addr>,
         now: Duration,
     ) {
-        if let Some(addr) = &addr {
-            if self.bootstrap_dialling.remove(addr)
-                && let Some(entry) = self.bootstrap.get_mut(addr)
-            {
-                entry.1 = 0;
-            }
+        if let Some(addr) = &addr
+            && self.bootstrap_dialling.remove(addr)
+            && let Some(entry) = self.bootstrap.get_mut(addr)
+        {
+            entry.1 = 0;
         }
         if node == self.me {
             // A bootstrap address that leads back here is never dialled again.

@@ -8,4 +8,6 @@
 //!
 //! Without default features this crate must build without tokio; CI checks it.
 
+#[cfg(feature = "net")]
+pub mod net;
 pub mod proto;

@@ -1,0 +1,4 @@
+//! The network driver: QUIC connections with mutual TLS, discovery, and the loop that feeds
+//! `proto`'s state machines with what happens on the wire.
+
+pub mod identity;

@@ -39,6 +39,9 @@ pub enum Command {
     ///
     /// Refuses to touch a data dir that already holds a node.
     Init(InitArgs),
+    /// Manage the mesh: its certificate authority and revocations.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Inspect and maintain the stored documents.
     #[command(subcommand)]
     Doc(DocCommand),
@@ -61,12 +64,39 @@ pub struct InitArgs {
     /// A tag for workflow selectors; repeat for several.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Join this mesh id instead of starting a new mesh.
-    #[arg(long, env = "RHIZOME_NODE_MESH_ID")]
-    pub mesh_id: Option<String>,
+    /// Join the mesh whose certificate authority is in this directory (made by
+    /// `rhizome mesh create`). Without it the node starts a mesh of its own, with its CA in
+    /// `<data-dir>/mesh`, which other nodes can join with `--mesh <data-dir>/mesh`.
+    #[arg(long, value_name = "DIR")]
+    pub mesh: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Create a new mesh: a certificate authority whose key admits nodes.
+    ///
+    /// Keep the directory (its `ca.key`) safe: whoever holds it can admit nodes. Nodes join
+    /// with `rhizome init --mesh DIR`.
+    Create {
+        /// Where to write `ca.key` and `ca.crt`.
+        #[arg(long, default_value = "./rhizome-mesh")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node: every member refuses its connections once the `mesh` document with the
+    /// revocation reaches it.
+    Revoke {
+        /// The node id to revoke.
+        node: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

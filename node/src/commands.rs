@@ -10,8 +10,8 @@ use crdt_store::{
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::cli::{Command, DemoArgs, DocCommand, InitArgs, Opts, ResultsArgs};
-use crate::config::{Config, DataDir, parse_duration};
+use crate::cli::{Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs};
+use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
 use crate::identity::Identity;
 use crate::node::{Node, now_ms};
 use crate::output;
@@ -20,6 +20,7 @@ pub fn run(opts: Opts) -> Result<()> {
     let root = opts.data_dir;
     match opts.command {
         Command::Init(args) => init(&root, args),
+        Command::Mesh(cmd) => mesh_command(&root, cmd),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
@@ -36,7 +37,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
                 "node_id": id,
                 "name": node.config.node.name,
                 "zone": node.config.node.zone,
-                "mesh_id": node.config.node.mesh_id,
+                "mesh_id": node.mesh_id,
                 "data_dir": root,
             }))?
         );
@@ -44,7 +45,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
         println!("initialised node {} ({id})", node.config.node.name);
         println!("  data dir  {}", root.display());
         println!("  zone      {}", node.config.node.zone);
-        println!("  mesh      {}", node.config.node.mesh_id);
+        println!("  mesh      {}", node.mesh_id);
         println!("  config    {}", node.dir.config().display());
     }
     Ok(())
@@ -77,18 +78,25 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     if !args.tags.is_empty() {
         config.node.tags = args.tags.clone();
     }
-    if let Some(mesh) = &args.mesh_id {
-        config.node.mesh_id = mesh.clone();
-    }
-    if config.node.mesh_id.is_empty() {
-        config.node.mesh_id = hex::encode(rand::random::<[u8; 16]>());
-    }
     config.validate()?;
+    let ca = match &args.mesh {
+        Some(mesh_dir) => crate::mesh_admin::load_ca(mesh_dir)?,
+        None => {
+            let own = root.join(OWN_MESH_DIR);
+            if own.join(CA_KEY_FILE).exists() {
+                crate::mesh_admin::load_ca(&own)?
+            } else {
+                crate::mesh_admin::create_ca(&own)?
+            }
+        }
+    };
+    let mesh_id = ca.mesh_id().to_owned();
     let identity = Identity::generate();
     let node_id = identity.node_id();
-    // The store and the configuration first, the key last: the key marks a finished init, so a
-    // failed init can simply be run again.
-    let mut store = Store::open(&dir.store(), config.store_config(&node_id)?)
+    let cert = ca.issue(&identity.public_key())?;
+    // Store, configuration and certificates first, the key last: the key marks a finished
+    // init, so a failed init can simply be run again.
+    let mut store = Store::open(&dir.store(), config.store_config(&mesh_id, &node_id)?)
         .with_context(|| format!("cannot create the store in {}", root.display()))?;
     let entry = NodeEntry {
         name: config.node.name.clone(),
@@ -103,12 +111,54 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     })?;
     drop(store);
     config.save(&dir.config())?;
+    for (path, text) in [(dir.cert(), cert.as_str()), (dir.ca_cert(), ca.cert_pem())] {
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     identity.save_new(&dir.key())?;
     Ok(Node {
         dir,
         config,
         identity,
+        mesh_id,
     })
+}
+
+fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {
+    match cmd {
+        MeshCommand::Create { dir, json } => {
+            let ca = crate::mesh_admin::create_ca(&dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "mesh_id": ca.mesh_id(),
+                        "dir": dir,
+                    }))?
+                );
+            } else {
+                println!("created mesh {} in {}", ca.mesh_id(), dir.display());
+                println!(
+                    "  {} admits nodes: keep it safe",
+                    dir.join(CA_KEY_FILE).display()
+                );
+                println!("  join a node with: rhizome init --mesh {}", dir.display());
+            }
+        }
+        MeshCommand::Revoke { node, reason } => {
+            if node.len() != 32 || !node.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("`{node}` is not a node id (32 hex characters, see `rhizome doc show mesh`)");
+            }
+            let node_handle = Node::load(root)?;
+            let mut store = node_handle.open_store()?;
+            let revoked_ms = now_ms();
+            store.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
+                mesh.revoked
+                    .insert(node.clone(), crdt_store::Revocation { revoked_ms, reason });
+            })?;
+            println!("revoked node {node}; members refuse it once they have this mesh document");
+        }
+    }
+    Ok(())
 }
 
 fn host_name() -> String {
@@ -303,7 +353,7 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
                 name: Some("demo".into()),
                 zone: Some("demo-site".into()),
                 tags: vec!["demo".into()],
-                mesh_id: None,
+                mesh: None,
                 json: false,
             },
         )?;

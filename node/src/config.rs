@@ -12,6 +12,14 @@ pub const CONFIG_FILE: &str = "rhizome.toml";
 pub const STORE_FILE: &str = "store.redb";
 /// The file name of the node's secret key inside the data dir.
 pub const KEY_FILE: &str = "node.key";
+/// The node's certificate, issued by the mesh CA.
+pub const CERT_FILE: &str = "node.crt";
+/// The mesh CA's certificate.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// The CA's key inside a mesh directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// Where a node that started its own mesh keeps that mesh's CA.
+pub const OWN_MESH_DIR: &str = "mesh";
 
 /// The whole configuration. `Default` is the development configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,8 +39,6 @@ pub struct NodeSection {
     pub zone: String,
     /// Tags matched by workflow selectors.
     pub tags: Vec<String>,
-    /// The mesh this node belongs to; fixed at `rhizome init`.
-    pub mesh_id: String,
 }
 
 impl Default for NodeSection {
@@ -41,7 +47,6 @@ impl Default for NodeSection {
             name: String::new(),
             zone: "default".into(),
             tags: Vec::new(),
-            mesh_id: String::new(),
         }
     }
 }
@@ -166,8 +171,8 @@ impl Config {
     }
 
     /// The store settings in the form the store takes.
-    pub fn store_config(&self, node_id: &str) -> Result<crdt_store::StoreConfig> {
-        let mut config = crdt_store::StoreConfig::new(&self.node.mesh_id, node_id);
+    pub fn store_config(&self, mesh_id: &str, node_id: &str) -> Result<crdt_store::StoreConfig> {
+        let mut config = crdt_store::StoreConfig::new(mesh_id, node_id);
         config.results_window_minutes = (parse_duration(&self.store.results_window)?.as_secs()
             / 60)
             .try_into()
@@ -262,6 +267,12 @@ impl DataDir {
     }
     pub fn key(&self) -> PathBuf {
         self.root.join(KEY_FILE)
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.root.join(CERT_FILE)
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join(CA_CERT_FILE)
     }
 }
 

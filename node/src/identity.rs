@@ -25,6 +25,11 @@ impl Identity {
         hex::encode(&self.key.verifying_key().as_bytes()[..16])
     }
 
+    /// The ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
     pub fn load(path: &Path) -> Result<Identity> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
@@ -52,17 +57,22 @@ impl Identity {
 
     /// Writes the secret key, refusing to overwrite an existing one.
     pub fn save_new(&self, path: &Path) -> Result<()> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("cannot create the node key {}", path.display()))?;
-        writeln!(file, "{}", hex::encode(self.key.to_bytes()))
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("cannot write the node key {}", path.display()))
+        write_private(path, &format!("{}\n", hex::encode(self.key.to_bytes())))
     }
+}
+
+/// Writes a new file readable by its owner only, refusing to overwrite an existing one.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod config;
 mod identity;
+mod mesh_admin;
 mod node;
 mod output;
 

@@ -13,6 +13,8 @@ pub struct Node {
     pub dir: DataDir,
     pub config: Config,
     pub identity: Identity,
+    /// Derived from the mesh CA certificate (`ca.crt`); never configured by hand.
+    pub mesh_id: String,
 }
 
 impl Node {
@@ -29,10 +31,19 @@ impl Node {
         }
         let config = Config::load(&dir.config(), std::env::vars())?;
         let identity = Identity::load(&dir.key())?;
+        let ca = std::fs::read_to_string(dir.ca_cert()).with_context(|| {
+            format!(
+                "cannot read the mesh CA certificate {}",
+                dir.ca_cert().display()
+            )
+        })?;
+        let mesh_id = mesh::net::identity::mesh_id_of_ca(&ca)
+            .with_context(|| format!("{} is corrupt", dir.ca_cert().display()))?;
         Ok(Node {
             dir,
             config,
             identity,
+            mesh_id,
         })
     }
 
@@ -42,7 +53,7 @@ impl Node {
 
     /// Opens the store directly (no node is running on this data dir).
     pub fn open_store(&self) -> Result<Store> {
-        let config = self.config.store_config(&self.node_id())?;
+        let config = self.config.store_config(&self.mesh_id, &self.node_id())?;
         let path = self.dir.store();
         match Store::open(&path, config) {
             Ok(store) => Ok(store),

@@ -79,6 +79,27 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
     Ok(node_id_from_public_key(&key))
 }
 
+/// The mesh id named by a CA certificate (PEM): derived from the CA's public key.
+pub fn mesh_id_of_ca(cert_pem: &str) -> Result<String, IdentityError> {
+    let cert = parse_pem_cert(cert_pem, "mesh CA certificate")?;
+    let der = cert.as_ref();
+    let at = der
+        .windows(ED25519_SPKI_PREFIX.len())
+        .position(|w| w == ED25519_SPKI_PREFIX)
+        .ok_or_else(|| IdentityError::Invalid {
+            what: "mesh CA certificate",
+            reason: "it carries no ed25519 public key".into(),
+        })?;
+    let start = at + ED25519_SPKI_PREFIX.len();
+    let key = der
+        .get(start..start + 32)
+        .ok_or_else(|| IdentityError::Invalid {
+            what: "mesh CA certificate",
+            reason: "its public key is truncated".into(),
+        })?;
+    Ok(mesh_id_of_key(key))
+}
+
 /// A mesh's certificate authority.
 #[derive(Debug)]
 pub struct MeshCa {
@@ -454,6 +475,7 @@ mod tests {
         let ca = MeshCa::create().unwrap();
         let again = MeshCa::load(&ca.key_pem(), ca.cert_pem()).unwrap();
         assert_eq!(again.mesh_id(), ca.mesh_id());
+        assert_eq!(mesh_id_of_ca(ca.cert_pem()).unwrap(), ca.mesh_id());
         let other = MeshCa::create().unwrap();
         assert_ne!(other.mesh_id(), ca.mesh_id());
         let err = MeshCa::load(&other.key_pem(), ca.cert_pem()).unwrap_err();

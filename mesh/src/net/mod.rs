@@ -1,4 +1,5 @@
 //! The network driver: QUIC connections with mutual TLS, discovery, and the loop that feeds
 //! `proto`'s state machines with what happens on the wire.
 
+pub mod discovery;
 pub mod identity;

@@ -1,1 +1,155 @@
+//! Helpers for end-to-end tests that start real processes.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Path of the workspace's `rhizome` binary, of the tests' own profile; built first if missing.
+pub fn rhizome_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let (target_dir, profile) = target_dir_and_profile();
+        let bin = target_dir
+            .join(&profile)
+            .join(format!("rhizome{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            build_rhizome(&target_dir, &profile);
+            assert!(
+                bin.exists(),
+                "`cargo build -p rhizome` succeeded but {} does not exist",
+                bin.display()
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lives inside the workspace")
+}
+
+/// The target directory and the profile directory name (`debug`, `release`, ...) of the running
+/// executable, which sits in `<target>/<profile>/` (binaries) or `<target>/<profile>/deps/`
+/// (test harnesses).
+fn target_dir_and_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("locating the running executable");
+    let mut dir = exe.parent().expect("an executable has a parent directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps has a parent directory");
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("the profile directory has a UTF-8 name")
+        .to_owned();
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => workspace_root().join(t),
+        None => dir
+            .parent()
+            .expect("the profile directory sits in a target directory")
+            .to_owned(),
+    };
+    (target_dir, profile)
+}
+
+fn build_rhizome(target_dir: &Path, profile: &str) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", "rhizome", "--bin", "rhizome", "--target-dir"])
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("could not run `{cmd:?}` to build the rhizome binary: {e}"));
+    assert!(
+        status.success(),
+        "building the rhizome binary failed ({status}); run `{cmd:?}` to see why"
+    );
+}
+
+/// The workload of the crash test: what `crash-writer` appends and what the test expects back.
+pub mod crash {
+    use crdt_store::{RunRecord, RunStatus, StepRecord, StoreConfig};
+
+    /// The mesh id of the crash test's store.
+    pub const MESH: &str = "crash-test";
+
+    /// 2026-01-01T00:00Z: run `n` finishes `n` seconds after this.
+    const BASE_MS: i64 = 1_767_225_600_000;
+
+    /// The store configuration the writer and the checker share. Short windows make a few
+    /// thousand records spread over many results documents, so kills also land while documents
+    /// are created and compacted.
+    pub fn config(node: &str) -> StoreConfig {
+        let mut config = StoreConfig::new(MESH, node);
+        config.results_window_minutes = 1;
+        config
+    }
+
+    /// The run id of run `n` of `node`.
+    pub fn run_id(node: &str, n: u64) -> String {
+        format!("{node}-{n}")
+    }
+
+    /// The record of run `n` of `node`, identical every time, so a reader can check that a
+    /// record came back whole.
+    pub fn record(node: &str, n: u64) -> RunRecord {
+        let finished_ms = BASE_MS + n as i64 * 1000;
+        let started_ms = finished_ms - 400;
+        let failed = n % 7 == 0;
+        let mut steps = vec![StepRecord {
+            step: "read".into(),
+            status: RunStatus::Succeeded,
+            started_ms,
+            duration_us: 150_000 + n % 1000,
+            attempts: 1,
+            output: serde_json::json!({ "temperature": 20.0 + (n % 50) as f64 / 10.0 }).to_string(),
+            error: None,
+        }];
+        if n % 3 != 0 {
+            steps.push(StepRecord {
+                step: "score".into(),
+                status: if failed {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Succeeded
+                },
+                started_ms: started_ms + 160,
+                duration_us: 200_000,
+                attempts: if failed { 3 } else { 1 },
+                output: serde_json::json!({ "anomaly": n % 11 == 0 }).to_string(),
+                error: failed.then(|| "model server refused the connection".into()),
+            });
+        }
+        let status = if failed && steps.len() > 1 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        };
+        RunRecord {
+            run_id: run_id(node, n),
+            workflow: "w".into(),
+            workflow_version: 1 + n / 5000,
+            node: node.into(),
+            started_ms,
+            finished_ms,
+            status,
+            output: steps.last().map(|s| s.output.clone()).unwrap_or_default(),
+            error: (status == RunStatus::Failed)
+                .then(|| "step `score` failed after 3 attempts".into()),
+            steps,
+        }
+    }
+}

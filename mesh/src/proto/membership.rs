@@ -5,10 +5,10 @@
 //! off re-browsing for up to an hour, so liveness is decided here, from traffic: every frame
 //! counts as a sign of life, a heartbeat goes out on each connection every
 //! [`Timing::heartbeat`], and a peer that stays silent for [`Timing::dead_after`] is declared
-//! down and its connection closed. Lost peers are redialled with jittered exponential back-off,
-//! and the driver is asked to re-browse now and then for nodes whose address changed. Known addresses of lost peers are kept and redialled (back-off at most
-//! [`Timing::redial_max`] plus jitter), so a healed partition reconnects without waiting for
-//! discovery.
+//! down and its connection closed. The known addresses of lost peers are kept and redialled
+//! with jittered exponential back-off (at most [`Timing::redial_max`] plus jitter), so a healed
+//! partition reconnects without waiting for discovery; the driver is asked to re-browse now and
+//! then for nodes whose address changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -2,4 +2,5 @@
 //! `proto`'s state machines with what happens on the wire.
 
 pub mod discovery;
+pub mod driver;
 pub mod identity;

@@ -1,0 +1,645 @@
+//! The mesh driver: one actor that owns the QUIC endpoint, discovery and the membership state
+//! machine, and one task per connection that turns a QUIC stream into framed [`Message`]s.
+//!
+//! Each connection carries one bidirectional stream, opened by the dialler. Both sides first send
+//! a [`Hello`]; a hello whose mesh or node id disagrees with the peer's certificate closes the
+//! connection. A frame that does not decode closes that connection with the reason logged; the
+//! node keeps serving its other peers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Interfaces};
+use super::identity::{MESH_SERVER_NAME, NodeCredentials, Revocations, node_id_of};
+use crate::proto::membership::{ConnId, InEvent, Membership, NodeId, OutEvent, PeerInfo, Timing};
+use crate::proto::wire::{Hello, Message, Role, WireError};
+
+/// Commands queued for the actor.
+pub const COMMANDS_CAP: usize = 64;
+/// Events from connection tasks queued for the actor.
+pub const CONN_EVENTS_CAP: usize = 1024;
+/// Messages queued for one connection's writer; a peer that does not read is closed rather
+/// than allowed to grow memory.
+pub const CONN_OUTBOX_CAP: usize = 256;
+/// Events queued for the user of the mesh.
+pub const MESH_EVENTS_CAP: usize = 1024;
+/// How long a dial or a hello may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a node takes part in the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// The node's credentials (certificate, key, mesh CA).
+    pub credentials: NodeCredentials,
+    /// Revoked node ids, refused at the handshake.
+    pub revoked: Revocations,
+    /// The mesh id (derived from the CA).
+    pub mesh_id: String,
+    /// The node's zone path.
+    pub zone: String,
+    /// The node's role.
+    pub role: Role,
+    /// Where the QUIC endpoint listens.
+    pub listen: SocketAddr,
+    /// Peers to dial by address (e.g. the cloud).
+    pub bootstrap: Vec<String>,
+    /// mDNS discovery, or `None` for none.
+    pub discovery: Option<Interfaces>,
+    /// Membership timing.
+    pub timing: Timing,
+    /// Seed of the membership's randomness (jitter).
+    pub seed: u64,
+}
+
+/// Something the user of the mesh should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// A peer is connected and introduced.
+    PeerUp(NodeId),
+    /// A peer is gone.
+    PeerDown(NodeId, String),
+    /// A message for the layer above (catalogues and sync messages).
+    Received(NodeId, Message),
+}
+
+/// Errors of the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The endpoint could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The listen address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
+    /// Discovery failed to start.
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
+    /// The mesh actor has stopped.
+    #[error("the mesh has stopped")]
+    Stopped,
+    /// No connection to that peer.
+    #[error("not connected to {0}")]
+    NotConnected(NodeId),
+}
+
+enum Command {
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Send(NodeId, Message, oneshot::Sender<Result<(), MeshError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum ConnEvent {
+    Ready {
+        conn: ConnId,
+        node: NodeId,
+        outbound: bool,
+        addr: Option<String>,
+        outbox: mpsc::Sender<Message>,
+        connection: quinn::Connection,
+    },
+    Frame(ConnId, Message),
+    Closed(ConnId, String),
+    DialFailed(String, String),
+}
+
+/// A cheap handle to a running mesh node.
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    commands: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl MeshHandle {
+    /// Where the QUIC endpoint listens (with the port chosen when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The known peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Peers(tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sends a message to a connected peer.
+    pub async fn send(&self, node: &str, message: Message) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send(node.to_owned(), message, tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Says goodbye to every peer and on mDNS, then stops.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts a mesh node: binds the endpoint, starts discovery, and runs the actor.
+pub async fn spawn(
+    config: MeshConfig,
+) -> Result<(MeshHandle, mpsc::Receiver<MeshEvent>), MeshError> {
+    let me = config.credentials.node_id()?;
+    let server =
+        QuicServerConfig::try_from(config.credentials.server_config(config.revoked.clone())?)
+            .map_err(|e| {
+                super::identity::IdentityError::Tls(rustls::Error::General(e.to_string()))
+            })?;
+    let client =
+        QuicClientConfig::try_from(config.credentials.client_config(config.revoked.clone())?)
+            .map_err(|e| {
+                super::identity::IdentityError::Tls(rustls::Error::General(e.to_string()))
+            })?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(config.timing.heartbeat));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(config.timing.dead_after * 2).expect("a small timeout"),
+    ));
+    let transport = Arc::new(transport);
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server_config.transport_config(transport.clone());
+    let mut endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+        MeshError::Listen {
+            addr: config.listen,
+            source,
+        }
+    })?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client));
+    client_config.transport_config(transport);
+    endpoint.set_default_client_config(client_config);
+    let local_addr = endpoint.local_addr().map_err(|source| MeshError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (discovery, discovered) = match &config.discovery {
+        Some(interfaces) => {
+            let (d, rx) = Discovery::start(DiscoveryConfig {
+                mesh_id: config.mesh_id.clone(),
+                node_id: me.clone(),
+                port: local_addr.port(),
+                interfaces: interfaces.clone(),
+                addresses: if *interfaces == Interfaces::Loopback {
+                    vec!["127.0.0.1".parse().expect("an address")]
+                } else {
+                    Vec::new()
+                },
+            })?;
+            (Some(d), Some(rx))
+        }
+        None => (None, None),
+    };
+
+    let (commands, command_rx) = mpsc::channel(COMMANDS_CAP);
+    let (events_tx, events) = mpsc::channel(MESH_EVENTS_CAP);
+    let (conn_tx, conn_rx) = mpsc::channel(CONN_EVENTS_CAP);
+    let hello = Hello {
+        mesh_id: config.mesh_id.clone(),
+        node_id: me.clone(),
+        role: config.role,
+        zone: config.zone.clone(),
+        listen_port: local_addr.port(),
+    };
+    let mut membership = Membership::new(
+        me.clone(),
+        config.timing,
+        StdRng::seed_from_u64(config.seed),
+    );
+    let epoch = Instant::now();
+    for addr in &config.bootstrap {
+        membership.handle(InEvent::Bootstrap { addr: addr.clone() }, Duration::ZERO);
+    }
+    let actor = Actor {
+        me,
+        hello,
+        endpoint,
+        discovery,
+        membership,
+        epoch,
+        conns: BTreeMap::new(),
+        next_conn: 1,
+        conn_tx,
+        events: events_tx,
+    };
+    let span = tracing::info_span!("mesh", node = %actor.me);
+    tokio::spawn(tracing::Instrument::instrument(
+        actor.run(command_rx, conn_rx, discovered),
+        span,
+    ));
+    Ok((
+        MeshHandle {
+            commands,
+            local_addr,
+        },
+        events,
+    ))
+}
+
+struct Actor {
+    me: NodeId,
+    hello: Hello,
+    endpoint: quinn::Endpoint,
+    discovery: Option<Discovery>,
+    membership: Membership<StdRng>,
+    epoch: Instant,
+    conns: BTreeMap<ConnId, (mpsc::Sender<Message>, quinn::Connection)>,
+    next_conn: ConnId,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    events: mpsc::Sender<MeshEvent>,
+}
+
+impl Actor {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut conn_events: mpsc::Receiver<ConnEvent>,
+        mut discovered: Option<mpsc::Receiver<DiscoveryEvent>>,
+    ) {
+        let endpoint = self.endpoint.clone();
+        self.flush().await;
+        loop {
+            let wake = self.epoch + self.membership.poll_timeout();
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Peers(reply)) => {
+                        let _ = reply.send(self.membership.peers(self.now()));
+                    }
+                    Some(Command::Send(node, message, reply)) => {
+                        let result = match self.membership.connection(&node).and_then(|c| self.conns.get(&c)) {
+                            Some((outbox, _)) => outbox.try_send(message).map_err(|_| MeshError::NotConnected(node)),
+                            None => Err(MeshError::NotConnected(node)),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                Some(event) = conn_events.recv() => self.on_conn_event(event),
+                Some(incoming) = endpoint.accept() => {
+                    let conn = self.next_conn;
+                    self.next_conn += 1;
+                    let tx = self.conn_tx.clone();
+                    let hello = self.hello.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                            Ok(Ok(connection)) => run_connection(conn, connection, false, None, hello, tx).await,
+                            Ok(Err(e)) => tracing::info!(error = %e, "refused an incoming connection"),
+                            Err(_) => tracing::info!("an incoming handshake timed out"),
+                        }
+                    });
+                }
+                Some(found) = async {
+                    match discovered.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await }
+                } => {
+                    let event = match found {
+                        DiscoveryEvent::Found { node, addr } => InEvent::Discovered { node, addr: addr.to_string() },
+                        DiscoveryEvent::Left { node } => InEvent::Lost { node },
+                    };
+                    let now = self.now();
+                    self.membership.handle(event, now);
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let now = self.now();
+                    self.membership.handle_timeout(now);
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_conn_event(&mut self, event: ConnEvent) {
+        let now = self.now();
+        match event {
+            ConnEvent::Ready {
+                conn,
+                node,
+                outbound,
+                addr,
+                outbox,
+                connection,
+            } => {
+                self.conns.insert(conn, (outbox, connection));
+                self.membership.handle(
+                    InEvent::Connected {
+                        conn,
+                        node,
+                        outbound,
+                        addr,
+                    },
+                    now,
+                );
+            }
+            ConnEvent::Frame(conn, message) => {
+                self.membership.handle(InEvent::Received { conn }, now);
+                if matches!(message, Message::Catalogue { .. } | Message::Sync(_))
+                    && let Some(node) = self.membership.peer_of(conn)
+                {
+                    let _ = self
+                        .events
+                        .try_send(MeshEvent::Received(node.clone(), message));
+                }
+            }
+            ConnEvent::Closed(conn, reason) => {
+                tracing::debug!(conn, %reason, "connection closed");
+                self.conns.remove(&conn);
+                self.membership.handle(InEvent::Closed { conn }, now);
+            }
+            ConnEvent::DialFailed(addr, reason) => {
+                tracing::debug!(%addr, %reason, "dial failed");
+                self.membership.handle(InEvent::DialFailed { addr }, now);
+            }
+        }
+    }
+
+    /// Carries out what the membership asked for.
+    async fn flush(&mut self) {
+        while let Some(action) = self.membership.poll() {
+            match action {
+                OutEvent::Dial(addr) => self.dial(addr),
+                OutEvent::Send(conn, message) => {
+                    if let Some((outbox, _)) = self.conns.get(&conn) {
+                        let _ = outbox.try_send(message);
+                    }
+                }
+                OutEvent::Close(conn, reason) => {
+                    if let Some((outbox, connection)) = self.conns.remove(&conn) {
+                        let _ = outbox.try_send(Message::Goodbye {
+                            reason: reason.clone(),
+                        });
+                        connection.close(0u32.into(), close_reason(&reason));
+                    }
+                }
+                OutEvent::Rebrowse => {
+                    if let Some(d) = &self.discovery
+                        && let Err(e) = d.rebrowse()
+                    {
+                        tracing::warn!(error = %e, "mDNS re-browse failed");
+                    }
+                }
+                OutEvent::PeerUp(node) => {
+                    tracing::info!(peer = %node, "peer up");
+                    let _ = self.events.send(MeshEvent::PeerUp(node)).await;
+                }
+                OutEvent::PeerDown(node, reason) => {
+                    tracing::info!(peer = %node, %reason, "peer down");
+                    let _ = self.events.send(MeshEvent::PeerDown(node, reason)).await;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: String) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let tx = self.conn_tx.clone();
+        let hello = self.hello.clone();
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            let target = match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
+                Ok(Some(target)) => target,
+                Ok(None) | Err(_) => {
+                    let _ = tx
+                        .send(ConnEvent::DialFailed(
+                            addr,
+                            "address does not resolve".into(),
+                        ))
+                        .await;
+                    return;
+                }
+            };
+            let connecting = match endpoint.connect(target, MESH_SERVER_NAME) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(ConnEvent::DialFailed(addr, e.to_string())).await;
+                    return;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                Ok(Ok(connection)) => {
+                    run_connection(conn, connection, true, Some(addr), hello, tx).await
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(ConnEvent::DialFailed(addr, e.to_string())).await;
+                }
+                Err(_) => {
+                    let _ = tx
+                        .send(ConnEvent::DialFailed(addr, "handshake timed out".into()))
+                        .await;
+                }
+            }
+        });
+    }
+
+    async fn shutdown(&mut self) {
+        for (_, (outbox, connection)) in std::mem::take(&mut self.conns) {
+            let _ = outbox.try_send(Message::Goodbye {
+                reason: "node shutting down".into(),
+            });
+            connection.close(0u32.into(), b"node shutting down");
+        }
+        if let Some(d) = self.discovery.take() {
+            d.shutdown().await;
+        }
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tracing::debug!(node = %self.me, "mesh stopped");
+    }
+}
+
+/// Introduces both sides, then pumps frames between the stream and the actor until either side
+/// closes or sends something undecodable.
+async fn run_connection(
+    conn: ConnId,
+    connection: quinn::Connection,
+    outbound: bool,
+    addr: Option<String>,
+    hello: Hello,
+    actor: mpsc::Sender<ConnEvent>,
+) {
+    let dialled = if outbound { addr.clone() } else { None };
+    let fail = |reason: String| {
+        let actor = actor.clone();
+        let connection = connection.clone();
+        let dialled = dialled.clone();
+        async move {
+            tracing::info!(conn, %reason, "closing connection");
+            connection.close(1u32.into(), close_reason(&reason));
+            if let Some(addr) = dialled {
+                let _ = actor.send(ConnEvent::DialFailed(addr, reason)).await;
+            }
+        }
+    };
+    let peer = match peer_node_id(&connection) {
+        Ok(id) => id,
+        Err(e) => return fail(e).await,
+    };
+    let streams = if outbound {
+        connection.open_bi().await
+    } else {
+        connection.accept_bi().await
+    };
+    let (mut send, mut recv) = match streams {
+        Ok(s) => s,
+        Err(e) => return fail(format!("no stream: {e}")).await,
+    };
+    if let Err(e) = send
+        .write_all(&Message::Hello(hello.clone()).to_frame())
+        .await
+    {
+        return fail(format!("cannot send hello: {e}")).await;
+    }
+    let mut reader = FrameReader::default();
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(&mut recv)).await {
+        Ok(Ok(Some(message))) => message,
+        Ok(Ok(None)) => return fail("closed before its hello".into()).await,
+        Ok(Err(e)) => return fail(e).await,
+        Err(_) => return fail("no hello in time".into()).await,
+    };
+    match first {
+        Message::Hello(theirs) if theirs.mesh_id != hello.mesh_id => {
+            return fail(format!("peer says it is of mesh {}", theirs.mesh_id)).await;
+        }
+        Message::Hello(theirs) if theirs.node_id != peer => {
+            return fail(format!(
+                "peer says it is {} but its certificate is {peer}",
+                theirs.node_id
+            ))
+            .await;
+        }
+        Message::Hello(_) => {}
+        other => return fail(format!("expected a hello, got {other:?}")).await,
+    }
+    let (outbox, mut outgoing) = mpsc::channel::<Message>(CONN_OUTBOX_CAP);
+    if actor
+        .send(ConnEvent::Ready {
+            conn,
+            node: peer,
+            outbound,
+            addr,
+            outbox,
+            connection: connection.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(message) = outgoing.recv().await {
+            buf.clear();
+            message.encode(&mut buf);
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+            if matches!(message, Message::Goodbye { .. }) {
+                let _ = send.finish();
+                break;
+            }
+        }
+    });
+    let reason = loop {
+        match reader.next(&mut recv).await {
+            Ok(Some(Message::Goodbye { reason })) => break format!("peer said goodbye: {reason}"),
+            Ok(Some(message)) => {
+                if actor.send(ConnEvent::Frame(conn, message)).await.is_err() {
+                    break "node stopping".into();
+                }
+            }
+            Ok(None) => break "stream ended".into(),
+            Err(e) => {
+                tracing::warn!(conn, error = %e, "closing a connection that sent bad data");
+                connection.close(2u32.into(), close_reason(&e));
+                break e;
+            }
+        }
+    };
+    writer.abort();
+    let _ = actor.send(ConnEvent::Closed(conn, reason)).await;
+}
+
+/// QUIC close reasons must fit in one packet.
+fn close_reason(reason: &str) -> &[u8] {
+    let mut end = reason.len().min(200);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason.as_bytes()[..end]
+}
+
+fn peer_node_id(connection: &quinn::Connection) -> Result<NodeId, String> {
+    let identity = connection
+        .peer_identity()
+        .ok_or("peer presented no certificate")?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity")?;
+    let cert = certs.first().ok_or("peer presented no certificate")?;
+    node_id_of(cert).map_err(|e| e.to_string())
+}
+
+/// Reassembles frames from a stream, holding at most one frame's bound in memory.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Message>, String> {
+        loop {
+            match Message::decode(&self.buf) {
+                Ok(Some((message, used))) => {
+                    self.buf.drain(..used);
+                    return Ok(Some(message));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(protocol_error(e)),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => return Err("stream ended inside a frame".into()),
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+}
+
+fn protocol_error(e: WireError) -> String {
+    format!("protocol error: {e}")
+}

@@ -39,6 +39,20 @@ pub enum Command {
     ///
     /// Refuses to touch a data dir that already holds a node.
     Init(InitArgs),
+    /// Run the node: join the mesh, serve the local HTTP API, until SIGINT or SIGTERM.
+    Start(StartArgs),
+    /// Show this node: identity, mesh, whether it runs, its peers and store.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the running node's peers and their state.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the mesh: its certificate authority and revocations.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -72,6 +86,29 @@ pub struct InitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// QUIC listen address (UDP); port 0 picks a free port. Default: `network.listen`.
+    #[arg(long, env = "RHIZOME_NETWORK_LISTEN")]
+    pub listen: Option<String>,
+    /// Local HTTP API address; port 0 picks a free port. Default: `network.http`.
+    #[arg(long, env = "RHIZOME_NETWORK_HTTP")]
+    pub http: Option<String>,
+    /// A peer to dial by address (`host:port`), for peers mDNS cannot reach; repeat for several.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Run mDNS only on this interface (`lo` for loopback only); repeat for several.
+    #[arg(
+        long = "mdns-interface",
+        value_name = "NAME",
+        conflicts_with = "no_mdns"
+    )]
+    pub mdns_interfaces: Vec<String>,
+    /// No mDNS: find peers only through --peer.
+    #[arg(long)]
+    pub no_mdns: bool,
 }
 
 #[derive(Debug, Subcommand)]

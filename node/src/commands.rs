@@ -21,6 +21,9 @@ pub fn run(opts: Opts) -> Result<()> {
     match opts.command {
         Command::Init(args) => init(&root, args),
         Command::Mesh(cmd) => mesh_command(&root, cmd),
+        Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
+        Command::Status { json } => status(&Node::load(&root)?, json),
+        Command::Peers { json } => peers(&Node::load(&root)?, json),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
@@ -121,6 +124,99 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
         identity,
         mesh_id,
     })
+}
+
+fn peers(node: &Node, json: bool) -> Result<()> {
+    let Some(addr) = crate::client::running_node(&node.dir) else {
+        bail!(
+            "no node is running on {}: start one with `rhizome start --data-dir {}`",
+            node.dir.root.display(),
+            node.dir.root.display()
+        );
+    };
+    let peers: Vec<crate::daemon::PeerView> = crate::client::get(addr, "/peers")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    print_peers(&peers);
+    Ok(())
+}
+
+fn print_peers(peers: &[crate::daemon::PeerView]) {
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone().unwrap_or_else(|| "?".into()),
+                p.node_id.clone(),
+                p.addr.clone().unwrap_or_else(|| "-".into()),
+                p.state.clone(),
+                output::millis(p.silent_ms as i64),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["NAME", "NODE", "ADDRESS", "STATE", "SILENT"], &rows)
+    );
+    let connected = peers.iter().filter(|p| p.state == "connected").count();
+    println!("{} peers, {connected} connected", peers.len());
+}
+
+fn status(node: &Node, json: bool) -> Result<()> {
+    let running = crate::client::running_node(&node.dir);
+    let (health, peers, store) = match running {
+        Some(addr) => {
+            let health: crate::daemon::Health = crate::client::get(addr, "/health")?;
+            let peers: Vec<crate::daemon::PeerView> = crate::client::get(addr, "/peers")?;
+            (Some(health), peers, None)
+        }
+        None => (None, Vec::new(), Some(node.open_store()?.stats()?)),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "node_id": node.node_id(),
+                "name": node.config.node.name,
+                "zone": node.config.node.zone,
+                "mesh_id": node.mesh_id,
+                "running": health.is_some(),
+                "health": health,
+                "peers": peers,
+                "store": store,
+            }))?
+        );
+        return Ok(());
+    }
+    println!("node     {} ({})", node.config.node.name, node.node_id());
+    println!("zone     {}", node.config.node.zone);
+    println!("mesh     {}", node.mesh_id);
+    match &health {
+        Some(h) => {
+            println!(
+                "running  yes, for {} (quic {}, http {})",
+                output::millis(h.uptime_ms as i64),
+                h.quic,
+                h.http
+            );
+            println!();
+            print_peers(&peers);
+        }
+        None => {
+            println!("running  no");
+            if let Some(s) = store {
+                println!(
+                    "store    {} documents, {}, {} results waiting to be folded",
+                    s.documents,
+                    output::bytes(s.chunk_bytes),
+                    s.pending_results
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {

@@ -18,6 +18,8 @@ pub const CERT_FILE: &str = "node.crt";
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// The CA's key inside a mesh directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The running node's HTTP address, written at start and removed at shutdown.
+pub const HTTP_ADDR_FILE: &str = "node.http";
 /// Where a node that started its own mesh keeps that mesh's CA.
 pub const OWN_MESH_DIR: &str = "mesh";
 
@@ -82,6 +84,12 @@ pub struct NetworkSection {
     pub listen: String,
     /// Local HTTP API address.
     pub http: String,
+    /// Peers dialled by address (`host:port`), e.g. the cloud.
+    pub peers: Vec<String>,
+    /// mDNS interfaces: empty for all, `["lo"]` for loopback only; `mdns = false` turns it off.
+    pub mdns_interfaces: Vec<String>,
+    /// Whether mDNS discovery runs.
+    pub mdns: bool,
 }
 
 impl Default for NetworkSection {
@@ -89,6 +97,9 @@ impl Default for NetworkSection {
         NetworkSection {
             listen: "0.0.0.0:4860".into(),
             http: "127.0.0.1:4861".into(),
+            peers: Vec::new(),
+            mdns_interfaces: Vec::new(),
+            mdns: true,
         }
     }
 }
@@ -273,6 +284,9 @@ impl DataDir {
     }
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join(CA_CERT_FILE)
+    }
+    pub fn http_addr(&self) -> PathBuf {
+        self.root.join(HTTP_ADDR_FILE)
     }
 }
 

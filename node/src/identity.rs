@@ -55,6 +55,11 @@ impl Identity {
         })
     }
 
+    /// The 32-byte secret seed, for the TLS configuration.
+    pub fn secret(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// Writes the secret key, refusing to overwrite an existing one.
     pub fn save_new(&self, path: &Path) -> Result<()> {
         write_private(path, &format!("{}\n", hex::encode(self.key.to_bytes())))

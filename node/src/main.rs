@@ -1,8 +1,10 @@
 //! `rhizome`: the one binary every node of a Rhizome mesh runs.
 
 mod cli;
+mod client;
 mod commands;
 mod config;
+mod daemon;
 mod identity;
 mod mesh_admin;
 mod node;
@@ -34,6 +36,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

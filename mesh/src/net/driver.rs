@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Interfaces};
 use super::identity::{MESH_SERVER_NAME, NodeCredentials, Revocations, node_id_of};
 use crate::proto::membership::{ConnId, InEvent, Membership, NodeId, OutEvent, PeerInfo, Timing};
-use crate::proto::wire::{Hello, Message, Role, WireError};
+use crate::proto::wire::{Hello, Message, Role};
 
 /// Commands queued for the actor.
 pub const COMMANDS_CAP: usize = 64;
@@ -526,7 +526,7 @@ async fn run_connection(
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(&mut recv)).await {
         Ok(Ok(Some(message))) => message,
         Ok(Ok(None)) => return fail("closed before its hello".into()).await,
-        Ok(Err(e)) => return fail(e).await,
+        Ok(Err(ReadError::Protocol(e) | ReadError::Io(e))) => return fail(e).await,
         Err(_) => return fail("no hello in time".into()).await,
     };
     match first {
@@ -581,11 +581,12 @@ async fn run_connection(
                 }
             }
             Ok(None) => break "stream ended".into(),
-            Err(e) => {
+            Err(ReadError::Protocol(e)) => {
                 tracing::warn!(conn, error = %e, "closing a connection that sent bad data");
                 connection.close(2u32.into(), close_reason(&e));
                 break e;
             }
+            Err(ReadError::Io(e)) => break e,
         }
     };
     writer.abort();
@@ -612,6 +613,13 @@ fn peer_node_id(connection: &quinn::Connection) -> Result<NodeId, String> {
     node_id_of(cert).map_err(|e| e.to_string())
 }
 
+enum ReadError {
+    /// The peer sent bytes that are not a valid frame.
+    Protocol(String),
+    /// The stream failed or ended early.
+    Io(String),
+}
+
 /// Reassembles frames from a stream, holding at most one frame's bound in memory.
 #[derive(Default)]
 struct FrameReader {
@@ -619,7 +627,7 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Message>, String> {
+    async fn next(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Message>, ReadError> {
         loop {
             match Message::decode(&self.buf) {
                 Ok(Some((message, used))) => {
@@ -627,19 +635,17 @@ impl FrameReader {
                     return Ok(Some(message));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(protocol_error(e)),
+                Err(e) => return Err(ReadError::Protocol(format!("protocol error: {e}"))),
             }
             let mut chunk = [0u8; 16 * 1024];
             match recv.read(&mut chunk).await {
                 Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 Ok(None) if self.buf.is_empty() => return Ok(None),
-                Ok(None) => return Err("stream ended inside a frame".into()),
-                Err(e) => return Err(format!("read failed: {e}")),
+                Ok(None) => {
+                    return Err(ReadError::Protocol("stream ended inside a frame".into()));
+                }
+                Err(e) => return Err(ReadError::Io(format!("read failed: {e}"))),
             }
         }
     }
-}
-
-fn protocol_error(e: WireError) -> String {
-    format!("protocol error: {e}")
 }

@@ -1,0 +1,46 @@
+//! Talking to the node running on a data dir, through its local HTTP API.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+use crate::config::DataDir;
+
+/// The HTTP address of the node running on this data dir, if one answers.
+pub fn running_node(dir: &DataDir) -> Option<SocketAddr> {
+    let addr: SocketAddr = std::fs::read_to_string(dir.http_addr())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // A node killed with SIGKILL leaves its address file behind; only an answer counts.
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    Some(addr)
+}
+
+/// `GET path` on the node's API, decoded from JSON.
+pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the answer to GET {path}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed answer to GET {path}"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        bail!("GET {path} answered {status}: {}", body.trim());
+    }
+    serde_json::from_str(body).with_context(|| format!("decoding the answer to GET {path}"))
+}

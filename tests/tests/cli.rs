@@ -1,0 +1,308 @@
+//! The `rhizome` binary as an operator uses it: init, demo, reading documents and results, and
+//! clear errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rhizome_e2e::rhizome_bin;
+use serde_json::Value;
+
+fn rhizome(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(rhizome_bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("RHIZOME_NODE_NAME")
+        .env_remove("RHIZOME_DATA_DIR")
+        .output()
+        .expect("running rhizome")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "rhizome failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A clean failure: exit code 1 (not a panic's 101) and the error text.
+fn fails(output: Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "expected a clean error: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn init_creates_a_node_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n1");
+    let out = json(&ok(rhizome(
+        &node,
+        &[
+            "init",
+            "--name",
+            "press-7",
+            "--zone",
+            "site-a/line-3",
+            "--json",
+        ],
+    )));
+    let id = out["node_id"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert_eq!(out["zone"], "site-a/line-3");
+    for file in ["node.key", "rhizome.toml", "store.redb"] {
+        assert!(node.join(file).exists(), "{file} missing");
+    }
+    let err = fails(rhizome(&node, &["init"]));
+    assert!(
+        err.contains("already holds node") && err.contains(id),
+        "{err}"
+    );
+
+    let mesh = json(&ok(rhizome(&node, &["doc", "show", "mesh", "--json"])));
+    assert_eq!(mesh["kind"], "mesh");
+    assert_eq!(mesh["content"]["nodes"][id]["name"], "press-7");
+}
+
+#[test]
+fn flags_override_environment_override_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    std::fs::create_dir_all(&node).unwrap();
+    std::fs::write(
+        node.join("rhizome.toml"),
+        "[node]\nname = \"from-file\"\nzone = \"file-zone\"\n",
+    )
+    .unwrap();
+    let out = Command::new(rhizome_bin())
+        .args(["--data-dir"])
+        .arg(&node)
+        .args(["init", "--name", "from-flag", "--json"])
+        .env("RHIZOME_NODE_NAME", "from-env")
+        .env("RHIZOME_NODE_ZONE", "env-zone")
+        .output()
+        .unwrap();
+    let out = json(&ok(out));
+    assert_eq!(out["name"], "from-flag");
+    assert_eq!(out["zone"], "env-zone");
+    let saved = std::fs::read_to_string(node.join("rhizome.toml")).unwrap();
+    assert!(saved.contains("from-flag"), "{saved}");
+}
+
+#[test]
+fn demo_results_and_documents_are_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("demo");
+    let out = ok(rhizome(&node, &["demo", "--runs", "150"]));
+    assert!(out.contains("recorded 150 simulated sensor runs"), "{out}");
+
+    let results = json(&ok(rhizome(&node, &["results", "--json"])));
+    let runs = results.as_array().unwrap();
+    assert_eq!(runs.len(), 150);
+    assert!(runs.iter().all(|r| r["workflow"] == "sensor-zscore"));
+    assert!(
+        runs.windows(2)
+            .all(|w| w[0]["finished_ms"].as_i64() <= w[1]["finished_ms"].as_i64()),
+        "oldest first"
+    );
+    let limited = json(&ok(rhizome(&node, &["results", "--limit", "5", "--json"])));
+    assert_eq!(limited.as_array().unwrap().len(), 5);
+    let none = json(&ok(rhizome(
+        &node,
+        &["results", "--workflow", "other", "--json"],
+    )));
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let recent = json(&ok(rhizome(
+        &node,
+        &["results", "--since", "30m", "--json"],
+    )));
+    let recent = recent.as_array().unwrap().len();
+    assert!(
+        (55..=65).contains(&recent),
+        "30 minutes of 30 s runs: {recent}"
+    );
+
+    let docs = json(&ok(rhizome(&node, &["doc", "list", "--json"])));
+    let names: Vec<&str> = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(names.contains(&"mesh"));
+    let window = names
+        .iter()
+        .find(|n| n.starts_with("results/"))
+        .expect("a results window");
+    let shown = json(&ok(rhizome(&node, &["doc", "show", window, "--json"])));
+    assert_eq!(shown["kind"], "results");
+    assert!(!shown["content"]["runs"].as_object().unwrap().is_empty());
+
+    let compacted = json(&ok(rhizome(&node, &["doc", "compact", "--json"])));
+    assert!(!compacted.as_array().unwrap().is_empty());
+    let again = json(&ok(rhizome(&node, &["results", "--json"])));
+    assert_eq!(
+        again.as_array().unwrap().len(),
+        150,
+        "compaction keeps every run"
+    );
+
+    let text = ok(rhizome(&node, &["results", "--limit", "3"]));
+    assert!(text.starts_with("FINISHED"), "{text}");
+    assert!(text.contains("3 runs"), "{text}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+
+    let err = fails(rhizome(&node, &["results"]));
+    assert!(
+        err.contains("holds no rhizome node") && err.contains("rhizome init"),
+        "{err}"
+    );
+
+    ok(rhizome(&node, &["init"]));
+    let err = fails(rhizome(&node, &["doc", "show", "workflow/nope"]));
+    assert!(err.contains("workflow/nope"), "{err}");
+    let err = fails(rhizome(&node, &["doc", "show", "workflow/a/b"]));
+    assert!(err.contains("workflow/<id>"), "{err}");
+    let err = fails(rhizome(&node, &["results", "--since", "yesterday"]));
+    assert!(err.contains("--since `yesterday`"), "{err}");
+
+    let config = node.join("rhizome.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace("compact_after_chunks", "compact_after_chunk"),
+    )
+    .unwrap();
+    let err = fails(rhizome(&node, &["results"]));
+    assert!(
+        err.contains("rhizome.toml") && err.contains("compact_after_chunk"),
+        "{err}"
+    );
+    std::fs::write(&config, &original).unwrap();
+
+    std::fs::write(node.join("store.redb"), vec![0x5a; 40_000]).unwrap();
+    let err = fails(rhizome(&node, &["results"]));
+    assert!(
+        err.contains("store.redb") && err.contains("corrupt"),
+        "{err}"
+    );
+
+    std::fs::write(node.join("node.key"), "not hex").unwrap();
+    let err = fails(rhizome(&node, &["doc", "list"]));
+    assert!(err.contains("node.key") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn nodes_join_a_mesh_by_its_certificate_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_dir = dir.path().join("mesh");
+    let created = json(&ok(rhizome(
+        dir.path(),
+        &[
+            "mesh",
+            "create",
+            "--dir",
+            mesh_dir.to_str().unwrap(),
+            "--json",
+        ],
+    )));
+    let mesh_id = created["mesh_id"].as_str().unwrap().to_owned();
+    let err = fails(rhizome(
+        dir.path(),
+        &["mesh", "create", "--dir", mesh_dir.to_str().unwrap()],
+    ));
+    assert!(err.contains("already holds a mesh CA"), "{err}");
+
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let out = json(&ok(rhizome(
+            &dir.path().join(name),
+            &["init", "--mesh", mesh_dir.to_str().unwrap(), "--json"],
+        )));
+        assert_eq!(out["mesh_id"], mesh_id.as_str());
+        assert!(dir.path().join(name).join("node.crt").exists());
+        ids.push(out["node_id"].as_str().unwrap().to_owned());
+    }
+    let alone = json(&ok(rhizome(&dir.path().join("alone"), &["init", "--json"])));
+    assert_ne!(
+        alone["mesh_id"],
+        mesh_id.as_str(),
+        "a node without --mesh starts its own"
+    );
+    assert!(dir.path().join("alone/mesh/ca.key").exists());
+
+    let err = fails(rhizome(
+        &dir.path().join("c"),
+        &[
+            "init",
+            "--mesh",
+            dir.path().join("nowhere").to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("nowhere") && err.contains("mesh create"),
+        "{err}"
+    );
+
+    ok(rhizome(&dir.path().join("a"), &["mesh", "revoke", &ids[1]]));
+    let mesh = json(&ok(rhizome(
+        &dir.path().join("a"),
+        &["doc", "show", "mesh", "--json"],
+    )));
+    assert!(mesh["content"]["revoked"][&ids[1]].is_object(), "{mesh}");
+    let err = fails(rhizome(&dir.path().join("a"), &["mesh", "revoke", "bob"]));
+    assert!(err.contains("not a node id"), "{err}");
+}
+
+/// A data dir the user may not write: as root file modes do not apply, so the binary runs as
+/// `nobody` through setpriv.
+#[test]
+fn a_data_dir_without_permission_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let target = locked.join("node");
+    let mut cmd;
+    #[allow(unsafe_code)]
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if is_root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+        cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(rhizome_bin());
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        cmd = Command::new(rhizome_bin());
+    }
+    let output = cmd
+        .arg("--data-dir")
+        .arg(&target)
+        .arg("init")
+        .output()
+        .expect("running rhizome (setpriv is in util-linux, installed by scripts/setup.sh)");
+    let err = fails(output);
+    assert!(
+        err.contains(target.to_str().unwrap()) && err.contains("ermission denied"),
+        "{err}"
+    );
+}

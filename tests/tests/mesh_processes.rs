@@ -1,0 +1,179 @@
+//! Real `rhizome start` processes on loopback: they connect by `--peer`, `rhizome peers` and
+//! `rhizome status` read the running node, a node killed with SIGKILL is noticed by the others
+//! within the failure-detection deadline, and SIGTERM shuts a node down cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rhizome_e2e::rhizome_bin;
+use serde_json::Value;
+
+struct Running {
+    child: Child,
+    dir: PathBuf,
+    quic: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(rhizome_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn init(dir: &Path, name: &str, mesh: Option<&Path>) {
+    let mut args = vec!["init", "--name", name];
+    let mesh_arg;
+    if let Some(m) = mesh {
+        mesh_arg = m.to_str().unwrap().to_owned();
+        args.extend(["--mesh", mesh_arg.as_str()]);
+    }
+    let out = run(dir, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a node and waits for its "serving" line, which names the bound QUIC address.
+fn start(dir: &Path, peers: &[&str]) -> Running {
+    let mut cmd = Command::new(rhizome_bin());
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for p in peers {
+        cmd.args(["--peer", p]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let quic = line
+        .split("quic ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no serving line: {line:?}"))
+        .to_owned();
+    Running {
+        child,
+        dir: dir.to_owned(),
+        quic,
+    }
+}
+
+fn peers(node: &Running) -> Vec<Value> {
+    let out = run(&node.dir, &["peers", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn connected(node: &Running) -> usize {
+    peers(node)
+        .iter()
+        .filter(|p| p["state"] == "connected")
+        .count()
+}
+
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir, c_dir) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    init(&a_dir, "a", None);
+    let mesh = a_dir.join("mesh");
+    init(&b_dir, "b", Some(&mesh));
+    init(&c_dir, "c", Some(&mesh));
+
+    let a = start(&a_dir, &[]);
+    let b = start(&b_dir, &[&a.quic]);
+    let mut c = start(&c_dir, &[&a.quic, &b.quic]);
+    for node in [&a, &b, &c] {
+        wait_until("full mesh", Duration::from_secs(10), || {
+            connected(node) == 2
+        });
+    }
+
+    let status = run(&b_dir, &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["health"]["quic"], b.quic.as_str());
+
+    // SIGKILL: no goodbye, so the others must detect the silence themselves.
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let took = wait_until("c declared down", Duration::from_secs(6), || {
+        connected(&a) == 1 && connected(&b) == 1
+    });
+    eprintln!("a killed node was declared down after {took:?}");
+
+    // Commands fall back to the store once the node is gone, even though c left its address
+    // file behind.
+    let offline = run(&c_dir, &["status", "--json"]);
+    let offline: Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(offline["running"], false);
+    let err = run(&c_dir, &["peers"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no node is running"));
+
+    // SIGTERM: a clean stop, the address file removed, and the peer told at once.
+    #[allow(unsafe_code)]
+    let pid = a.child.id() as i32;
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let mut a = a;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!a_dir.join("node.http").exists());
+    wait_until("b sees a leave", Duration::from_secs(2), || {
+        connected(&b) == 0
+    });
+}

@@ -177,6 +177,9 @@ pub struct Store {
     config: StoreConfig,
     cache: HashMap<DocumentId, CachedDoc>,
     tick: u64,
+    /// Logged results that could not be folded into their document (a corrupt results
+    /// document); they stay in the log and are skipped until the store is reopened.
+    stuck: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -239,6 +242,7 @@ impl Store {
             config,
             cache: HashMap::new(),
             tick: 0,
+            stuck: std::collections::BTreeSet::new(),
         };
         let recovered = store.apply_pending(usize::MAX)?;
         if recovered > 0 {
@@ -564,9 +568,9 @@ impl Store {
         edit: impl FnOnce(&mut T) -> R,
     ) -> Result<R> {
         check_kind::<T>(name)?;
+        let id = self.document_id(name);
         let txn = self.db.begin_write().during("update document")?;
-        let (result, _) = {
-            let id = self.document_id(name);
+        let outcome = (|| {
             self.load_into_cache::<T>(&txn, name, &id)?;
             let cached = self.cache.get_mut(&id).expect("loaded above");
             let before = cached.doc.get_heads();
@@ -574,10 +578,14 @@ impl Store {
             let result = edit(&mut value);
             docs::reconcile(name, &mut cached.doc, &value)?;
             self.commit_doc(&txn, name, &id, &before)?;
-            (result, ())
-        };
-        txn.commit().during("update document")?;
-        Ok(result)
+            txn.commit().during("update document")?;
+            Ok(result)
+        })();
+        if outcome.is_err() {
+            // The cached copy may hold a change that never reached the disk.
+            self.cache.remove(&id);
+        }
+        outcome
     }
 
     /// Makes sure the document is decoded in the cache, creating its genesis (in `txn`) if it
@@ -827,28 +835,34 @@ impl Store {
         {
             let txn = self.db.begin_read().during("read result log")?;
             let log = txn.open_table(RESULT_LOG).during("read result log")?;
-            for item in log.iter().during("read result log")?.take(max) {
+            for item in log.iter().during("read result log")? {
+                if records.len() >= max {
+                    break;
+                }
                 let (seq, bytes) = item.during("read result log")?;
-                let record: RunRecord = serde_json::from_slice(bytes.value()).map_err(|e| {
-                    StoreError::CorruptChunk {
-                        doc: "result log".into(),
-                        key: seq.value().to_string(),
-                        reason: e.to_string(),
+                let seq = seq.value();
+                if self.stuck.contains(&seq) {
+                    continue;
+                }
+                match serde_json::from_slice::<RunRecord>(bytes.value()) {
+                    Ok(record) => records.push((seq, record)),
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "a logged result does not decode; it stays in the log");
+                        self.stuck.insert(seq);
                     }
-                })?;
-                records.push((seq.value(), record));
+                }
             }
         }
-        let Some(last_seq) = records.last().map(|(s, _)| *s) else {
+        if records.is_empty() {
             return Ok(0);
-        };
-        let mut by_doc: BTreeMap<DocName, Vec<&RunRecord>> = BTreeMap::new();
-        for (_, record) in &records {
+        }
+        let mut by_doc: BTreeMap<DocName, Vec<(u64, &RunRecord)>> = BTreeMap::new();
+        for (seq, record) in &records {
             let window = Window::containing(record.finished_ms, self.config.results_window_minutes);
             by_doc
                 .entry(DocName::results(&record.node, window)?)
                 .or_default()
-                .push(record);
+                .push((*seq, record));
         }
         // Not fsynced: the log entries are removed in this same transaction, so if it is lost in
         // a crash they are still in the log and are applied again on open.
@@ -858,46 +872,86 @@ impl Store {
                 operation: "apply results",
                 source: Box::new(e.into()),
             })?;
-        for (name, records) in &by_doc {
+        let mut applied: Vec<u64> = Vec::new();
+        let mut touched: Vec<DocumentId> = Vec::new();
+        for (name, group) in &by_doc {
             let id = self.document_id(name);
-            self.load_into_cache::<ResultsDoc>(&txn, name, &id)?;
-            let cached = self.cache.get_mut(&id).expect("loaded above");
-            let before = cached.doc.get_heads();
-            let runs = match cached.doc.get(automerge::ROOT, "runs") {
-                Ok(Some((automerge::Value::Object(ObjType::Map), runs))) => runs,
-                _ => {
-                    return Err(StoreError::Shape {
-                        doc: name.to_string(),
-                        kind: "results",
-                        reason: "the root has no `runs` map".into(),
-                    });
+            touched.push(id.clone());
+            match self.apply_group(&txn, name, &id, group) {
+                Ok(()) => applied.extend(group.iter().map(|(seq, _)| *seq)),
+                Err(e @ StoreError::Engine { .. }) => {
+                    self.forget(&touched);
+                    return Err(e);
                 }
-            };
-            for record in records {
-                autosurgeon::reconcile_prop(
-                    &mut cached.doc,
-                    &runs,
-                    record.run_id.as_str(),
-                    *record,
-                )
+                Err(e) => {
+                    // One document that cannot take its records must not stop the others, nor
+                    // the node from opening: its records stay logged (nothing is lost) and are
+                    // skipped until the store is reopened.
+                    self.cache.remove(&id);
+                    tracing::error!(doc = %name, records = group.len(), error = %e,
+                        "results cannot be folded into their document; they stay in the log");
+                    self.stuck.extend(group.iter().map(|(seq, _)| *seq));
+                }
+            }
+        }
+        let outcome = (|| {
+            {
+                let mut log = txn.open_table(RESULT_LOG).during("apply results")?;
+                for seq in &applied {
+                    log.remove(*seq).during("apply results")?;
+                }
+                if let Some(last) = applied.iter().max() {
+                    let mut meta = txn.open_table(META).during("apply results")?;
+                    meta.insert(META_APPLIED_SEQ, *last)
+                        .during("apply results")?;
+                }
+            }
+            txn.commit().during("apply results")
+        })();
+        if let Err(e) = outcome {
+            self.forget(&touched);
+            return Err(e);
+        }
+        // Records of stuck documents count as handled for this batch, so callers move on.
+        Ok(records.len())
+    }
+
+    fn apply_group(
+        &mut self,
+        txn: &WriteTransaction,
+        name: &DocName,
+        id: &DocumentId,
+        group: &[(u64, &RunRecord)],
+    ) -> Result<()> {
+        self.load_into_cache::<ResultsDoc>(txn, name, id)?;
+        let cached = self.cache.get_mut(id).expect("loaded above");
+        let before = cached.doc.get_heads();
+        let runs = match cached.doc.get(automerge::ROOT, "runs") {
+            Ok(Some((automerge::Value::Object(ObjType::Map), runs))) => runs,
+            _ => {
+                return Err(StoreError::Shape {
+                    doc: name.to_string(),
+                    kind: "results",
+                    reason: "the root has no `runs` map".into(),
+                });
+            }
+        };
+        for (_, record) in group {
+            autosurgeon::reconcile_prop(&mut cached.doc, &runs, record.run_id.as_str(), *record)
                 .map_err(|e| StoreError::Write {
                     doc: name.to_string(),
                     reason: e.to_string(),
                 })?;
-            }
-            self.commit_doc(&txn, name, &id, &before)?;
         }
-        {
-            let mut log = txn.open_table(RESULT_LOG).during("apply results")?;
-            for (seq, _) in &records {
-                log.remove(*seq).during("apply results")?;
-            }
-            let mut meta = txn.open_table(META).during("apply results")?;
-            meta.insert(META_APPLIED_SEQ, last_seq)
-                .during("apply results")?;
+        self.commit_doc(txn, name, id, &before)
+    }
+
+    /// Drops cached documents whose in-memory changes did not reach the disk, so the next read
+    /// decodes what is stored.
+    fn forget(&mut self, ids: &[DocumentId]) {
+        for id in ids {
+            self.cache.remove(id);
         }
-        txn.commit().during("apply results")?;
-        Ok(records.len())
     }
 
     /// Stored results matching the query, oldest first. Logged results are applied first, so
@@ -915,7 +969,15 @@ impl Store {
             if query.since_ms.is_some_and(|since| window.end_ms() <= since) {
                 continue;
             }
-            let doc: ResultsDoc = self.read(&name)?;
+            let doc: ResultsDoc = match self.read(&name) {
+                Ok(doc) => doc,
+                Err(e @ StoreError::Engine { .. }) => return Err(e),
+                Err(e) => {
+                    // The other windows stay readable; the broken one is named in the log.
+                    tracing::error!(doc = %name, error = %e, "skipping an unreadable results window");
+                    continue;
+                }
+            };
             out.extend(doc.runs.into_values().filter(|r| {
                 query.workflow.as_ref().is_none_or(|w| *w == r.workflow)
                     && query.since_ms.is_none_or(|since| r.finished_ms >= since)

@@ -111,3 +111,45 @@ fn a_data_dir_that_is_a_file_is_named() {
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
+
+#[test]
+fn a_corrupt_results_window_holds_back_only_its_own_records() {
+    use crdt_store::{ResultsQuery, RunRecord, Window};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let hour = 3_600_000;
+    let t0 = 1_795_478_400_000;
+    let record = |id: &str, at: i64| RunRecord {
+        run_id: id.into(),
+        workflow: "w".into(),
+        node: "node-a".into(),
+        started_ms: at,
+        finished_ms: at,
+        ..RunRecord::default()
+    };
+    let broken = DocName::results("node-a", Window::containing(t0, 60)).unwrap();
+    {
+        let mut store = Store::open(&path, config()).unwrap();
+        store.append_results(&[record("first", t0)]).unwrap();
+        store.apply_pending(usize::MAX).unwrap();
+        let id = store.document_id(&broken);
+        let key = StorageKey::from_parts([id.to_string().as_str(), "incremental", "bad"]).unwrap();
+        store
+            .execute(vec![StorageTask::Put {
+                key,
+                value: b"garbage".to_vec(),
+            }])
+            .unwrap();
+        store
+            .append_results(&[record("stuck", t0 + 1), record("fine", t0 + hour)])
+            .unwrap();
+        // The good window takes its record; the broken one keeps its record in the log.
+        let listed = store.results(&ResultsQuery::default()).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, vec!["fine"]);
+        assert_eq!(store.pending_results().unwrap(), 1);
+    }
+    // The node still opens, and the record is still logged.
+    let store = Store::open(&path, config()).unwrap();
+    assert_eq!(store.pending_results().unwrap(), 1);
+}

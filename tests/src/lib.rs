@@ -46,6 +46,7 @@ fn target_dir_and_profile() -> (PathBuf, String) {
         .expect("the profile directory has a UTF-8 name")
         .to_owned();
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        // A relative one is taken from where cargo runs, normally the workspace root.
         Some(t) => workspace_root().join(t),
         None => dir
             .parent()
@@ -75,7 +76,7 @@ fn build_rhizome(target_dir: &Path, profile: &str) {
         .unwrap_or_else(|e| panic!("could not run `{cmd:?}` to build the rhizome binary: {e}"));
     assert!(
         status.success(),
-        "building the rhizome binary failed ({status}); run `{cmd:?}` to see why"
+        "building the rhizome binary failed ({status}); cargo's errors are above. Command: {cmd:?}"
     );
 }
 
@@ -108,7 +109,7 @@ pub mod crash {
     pub fn record(node: &str, n: u64) -> RunRecord {
         let finished_ms = BASE_MS + n as i64 * 1000;
         let started_ms = finished_ms - 400;
-        let failed = n % 7 == 0;
+        let failed = n.is_multiple_of(7);
         let mut steps = vec![StepRecord {
             step: "read".into(),
             status: RunStatus::Succeeded,
@@ -118,7 +119,7 @@ pub mod crash {
             output: serde_json::json!({ "temperature": 20.0 + (n % 50) as f64 / 10.0 }).to_string(),
             error: None,
         }];
-        if n % 3 != 0 {
+        if !n.is_multiple_of(3) {
             steps.push(StepRecord {
                 step: "score".into(),
                 status: if failed {
@@ -129,7 +130,7 @@ pub mod crash {
                 started_ms: started_ms + 160,
                 duration_us: 200_000,
                 attempts: if failed { 3 } else { 1 },
-                output: serde_json::json!({ "anomaly": n % 11 == 0 }).to_string(),
+                output: serde_json::json!({ "anomaly": n.is_multiple_of(11) }).to_string(),
                 error: failed.then(|| "model server refused the connection".into()),
             });
         }

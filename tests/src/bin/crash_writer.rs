@@ -1,5 +1,5 @@
-//! Appends result records to a store from several threads until it is killed, printing
-//! `ack <run_id>` for every record whose append was acknowledged.
+//! Appends result records to a store from several threads until it is killed, printing `open`
+//! once the store is open and then `ack <run_id>` for every record whose append was acknowledged.
 //!
 //! Usage: `crash-writer --store PATH --node NODE --start N`. Runs are numbered from `N`; the
 //! records are `rhizome_e2e::crash::record(NODE, n)`.
@@ -61,31 +61,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Tells the test whether a kill landed before or after opening (and recovering) the store.
+    if writeln!(std::io::stdout().lock(), "open").is_err() {
+        return ExitCode::FAILURE;
+    }
     let handle = StoreHandle::spawn(store);
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(args.start));
     let writers: Vec<_> = (0..THREADS)
         .map(|t| {
             let (handle, args, next) = (handle.clone(), args.clone(), next.clone());
-            std::thread::spawn(move || append_forever(t, &handle, &args.node, &next))
+            std::thread::spawn(move || {
+                let error = append_forever(t, &handle, &args.node, &next);
+                // Exit at once: a writer that keeps going with fewer threads would hide this.
+                eprintln!("crash-writer: {error}");
+                std::process::exit(1);
+            })
         })
         .collect();
     for writer in writers {
-        if let Ok(Err(e)) = writer.join() {
-            eprintln!("crash-writer: {e}");
+        if writer.join().is_err() {
             return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS
 }
 
-/// Returns only on failure: the writer is meant to be killed.
-fn append_forever(
-    thread: usize,
-    handle: &StoreHandle,
-    node: &str,
-    next: &AtomicU64,
-) -> Result<(), String> {
+/// Appends until an append or the output fails, and returns why.
+fn append_forever(thread: usize, handle: &StoreHandle, node: &str, next: &AtomicU64) -> String {
     for size in BATCH_SIZES.iter().cycle().skip(thread) {
         let first = next.fetch_add(*size, Ordering::Relaxed);
         let records: Vec<_> = (first..first + size)
@@ -97,15 +100,14 @@ fn append_forever(
             acks.push_str(&record.run_id);
             acks.push('\n');
         }
-        handle
-            .append(records)
-            .wait()
-            .map_err(|e| format!("appending runs {first}..{}: {e}", first + size))?;
+        if let Err(e) = handle.append(records).wait() {
+            return format!("appending runs {first}..{}: {e}", first + size);
+        }
         // One write per batch under the lock: lines from different threads never interleave.
         let mut out = std::io::stdout().lock();
-        out.write_all(acks.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| format!("writing acks: {e}"))?;
+        if let Err(e) = out.write_all(acks.as_bytes()).and_then(|()| out.flush()) {
+            return format!("writing acks: {e}");
+        }
     }
     unreachable!("the batch sizes cycle forever")
 }

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 # setpriv runs a test process as an unprivileged user (root ignores file permissions).
 command -v setpriv >/dev/null 2>&1 || apt_packages+=(util-linux)
+# ip netns, veth and bridges for the multi-host tests.
+command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

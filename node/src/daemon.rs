@@ -20,6 +20,9 @@ use serde::Serialize;
 use crate::cli::StartArgs;
 use crate::node::{Node, now_ms};
 
+/// How often a running node applies its retention settings (and once at start).
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Health {
@@ -179,6 +182,25 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         started.elapsed()
     ));
 
+    let retention_store = store.clone();
+    let retention = tokio::spawn(async move {
+        let mut every = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            every.tick().await;
+            let now = now_ms();
+            match retention_store
+                .call(move |s| s.enforce_retention(now))
+                .recv()
+                .await
+            {
+                Ok(retired) if !retired.is_empty() => {
+                    tracing::info!(windows = retired.len(), "retention retired old windows");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    });
     let events = tokio::spawn(async move {
         while let Some(event) = mesh_events.recv().await {
             match event {
@@ -195,6 +217,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     tracing::info!("shutting down");
     mesh.shutdown().await;
     events.abort();
+    retention.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     tokio::task::spawn_blocking(move || store.shutdown())
         .await

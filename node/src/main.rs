@@ -14,7 +14,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let opts = cli::Opts::parse();
-    init_tracing(opts.verbose, opts.quiet);
+    // A running node reports peers and retention at info level; one-shot commands stay quiet.
+    let daemon = matches!(opts.command, cli::Command::Start(_));
+    init_tracing(opts.verbose + u8::from(daemon), opts.quiet);
     match commands::run(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

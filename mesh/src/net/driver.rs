@@ -93,11 +93,15 @@ pub enum MeshError {
     /// No connection to that peer.
     #[error("not connected to {0}")]
     NotConnected(NodeId),
+    /// The message would not fit in one frame.
+    #[error("a message of {0} bytes exceeds the frame limit")]
+    TooLarge(usize),
 }
 
 enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
-    Send(NodeId, Message, oneshot::Sender<Result<(), MeshError>>),
+    Outbox(NodeId, oneshot::Sender<Option<mpsc::Sender<Message>>>),
+    Disconnect(NodeId, String),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -138,14 +142,34 @@ impl MeshHandle {
         rx.await.map_err(|_| MeshError::Stopped)
     }
 
-    /// Sends a message to a connected peer.
+    /// Sends a message to a connected peer, waiting while its connection's queue is full
+    /// (backpressure; nothing is dropped). Messages from one caller arrive in order.
     pub async fn send(&self, node: &str, message: Message) -> Result<(), MeshError> {
+        let len = message.encoded_len();
+        if len > 4 + crate::proto::wire::MAX_FRAME_LEN {
+            return Err(MeshError::TooLarge(len));
+        }
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Send(node.to_owned(), message, tx))
+            .send(Command::Outbox(node.to_owned(), tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
-        rx.await.map_err(|_| MeshError::Stopped)?
+        let outbox = rx
+            .await
+            .map_err(|_| MeshError::Stopped)?
+            .ok_or_else(|| MeshError::NotConnected(node.to_owned()))?;
+        outbox
+            .send(message)
+            .await
+            .map_err(|_| MeshError::NotConnected(node.to_owned()))
+    }
+
+    /// Closes the connection to a peer; it is redialled like any lost connection.
+    pub async fn disconnect(&self, node: &str, reason: &str) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::Disconnect(node.to_owned(), reason.to_owned()))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Says goodbye to every peer and on mDNS, then stops.
@@ -158,6 +182,10 @@ impl MeshHandle {
 }
 
 /// Starts a mesh node: binds the endpoint, starts discovery, and runs the actor.
+///
+/// The event receiver must be drained on its own task: when it is full the actor waits for
+/// room (that is how backpressure reaches senders), so a consumer that stops draining while it
+/// waits on the handle would wait forever.
 pub async fn spawn(
     config: MeshConfig,
 ) -> Result<(MeshHandle, mpsc::Receiver<MeshEvent>), MeshError> {
@@ -291,12 +319,20 @@ impl Actor {
                     Some(Command::Peers(reply)) => {
                         let _ = reply.send(self.membership.peers(self.now()));
                     }
-                    Some(Command::Send(node, message, reply)) => {
-                        let result = match self.membership.connection(&node).and_then(|c| self.conns.get(&c)) {
-                            Some((outbox, _)) => outbox.try_send(message).map_err(|_| MeshError::NotConnected(node)),
-                            None => Err(MeshError::NotConnected(node)),
-                        };
-                        let _ = reply.send(result);
+                    Some(Command::Outbox(node, reply)) => {
+                        let outbox = self
+                            .membership
+                            .connection(&node)
+                            .and_then(|c| self.conns.get(&c))
+                            .map(|(outbox, _)| outbox.clone());
+                        let _ = reply.send(outbox);
+                    }
+                    Some(Command::Disconnect(node, reason)) => {
+                        if let Some(conn) = self.membership.connection(&node)
+                            && let Some((_, connection)) = self.conns.get(&conn)
+                        {
+                            connection.close(0u32.into(), close_reason(&reason));
+                        }
                     }
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
@@ -308,7 +344,7 @@ impl Actor {
                         return;
                     }
                 },
-                Some(event) = conn_events.recv() => self.on_conn_event(event),
+                Some(event) = conn_events.recv() => self.on_conn_event(event).await,
                 Some(incoming) = endpoint.accept() => {
                     let conn = self.next_conn;
                     self.next_conn += 1;
@@ -341,7 +377,7 @@ impl Actor {
         }
     }
 
-    fn on_conn_event(&mut self, event: ConnEvent) {
+    async fn on_conn_event(&mut self, event: ConnEvent) {
         let now = self.now();
         match event {
             ConnEvent::Ready {
@@ -365,12 +401,13 @@ impl Actor {
             }
             ConnEvent::Frame(conn, message) => {
                 self.membership.handle(InEvent::Received { conn }, now);
+                // Only the connection in use speaks for its peer; a duplicate about to close
+                // does not. Waiting for room is the backpressure that reaches the sender.
                 if matches!(message, Message::Catalogue { .. } | Message::Sync(_))
-                    && let Some(node) = self.membership.peer_of(conn)
+                    && let Some(node) = self.membership.peer_of(conn).cloned()
+                    && self.membership.connection(&node) == Some(conn)
                 {
-                    let _ = self
-                        .events
-                        .try_send(MeshEvent::Received(node.clone(), message));
+                    let _ = self.events.send(MeshEvent::Received(node, message)).await;
                 }
             }
             ConnEvent::Closed(conn, reason) => {

@@ -303,12 +303,18 @@ impl<R: Rng> Membership<R> {
         if outbound && addr.is_some() {
             peer.addr = addr;
         }
+        let mut replaced = false;
         if let Some(existing) = peer.conn {
-            // Both sides dialled at once: keep the connection dialled by the smaller node id,
-            // which both sides pick alike.
+            // Both sides dialled at once (the two connections go opposite ways): keep the one
+            // dialled by the smaller node id, which both sides pick alike. The same side
+            // dialling again means its old connection is stale (it restarted, or lost it
+            // before this side noticed): keep the new one.
             let existing_outbound = self.conns.get(&existing).is_some_and(|c| c.outbound);
-            let keep_new = dialled_by_smaller(&self.me, &node, outbound)
-                && !dialled_by_smaller(&self.me, &node, existing_outbound);
+            let keep_new = if existing_outbound == outbound {
+                true
+            } else {
+                dialled_by_smaller(&self.me, &node, outbound)
+            };
             if !keep_new {
                 self.conns.insert(
                     conn,
@@ -321,10 +327,13 @@ impl<R: Rng> Membership<R> {
                     .push(OutEvent::Close(conn, "duplicate connection".into()));
                 return;
             }
-            self.out
-                .push(OutEvent::Close(existing, "duplicate connection".into()));
+            self.conns.remove(&existing);
+            self.out.push(OutEvent::Close(
+                existing,
+                "replaced by a newer connection".into(),
+            ));
+            replaced = true;
         }
-        let fresh = peer.conn.is_none();
         peer.conn = Some(conn);
         peer.state = PeerState::Connected;
         peer.last_heard = now;
@@ -337,9 +346,15 @@ impl<R: Rng> Membership<R> {
                 outbound,
             },
         );
-        if fresh {
-            self.out.push(OutEvent::PeerUp(node));
+        if replaced {
+            // Whatever was in flight on the old connection is gone: sessions above must start
+            // over, exactly as after a disconnection.
+            self.out.push(OutEvent::PeerDown(
+                node.clone(),
+                "connection replaced".into(),
+            ));
         }
+        self.out.push(OutEvent::PeerUp(node));
     }
 
     /// Advances timers: heartbeats, failure detection, redials, re-browsing.
@@ -656,13 +671,51 @@ mod tests {
         );
         assert_eq!(a.connection("b"), Some(1));
         assert_eq!(b.connection("a"), Some(1));
+        let a_out = a.drain();
+        let b_out = b.drain();
+        // On a the kept connection came first; on b it replaced the first one, which resets
+        // whatever sessions b had started on it.
         assert!(
-            a.drain()
-                .contains(&OutEvent::Close(2, "duplicate connection".into()))
+            a_out.contains(&OutEvent::Close(2, "duplicate connection".into())),
+            "{a_out:?}"
         );
         assert!(
-            b.drain()
-                .contains(&OutEvent::Close(2, "duplicate connection".into()))
+            b_out.contains(&OutEvent::Close(2, "replaced by a newer connection".into())),
+            "{b_out:?}"
+        );
+        assert!(b_out.contains(&OutEvent::PeerDown(
+            "a".into(),
+            "connection replaced".into()
+        )));
+    }
+
+    #[test]
+    fn a_peer_that_dials_again_replaces_its_stale_connection() {
+        let mut a = node("a");
+        let inbound = |conn| InEvent::Connected {
+            conn,
+            node: "b".into(),
+            outbound: false,
+            addr: None,
+        };
+        a.handle(inbound(1), ms(0));
+        a.drain();
+        // b restarted and dialled again before a noticed that the old connection died.
+        a.handle(inbound(2), ms(500));
+        let out = a.drain();
+        assert_eq!(a.connection("b"), Some(2));
+        assert!(out.contains(&OutEvent::Close(1, "replaced by a newer connection".into())));
+        assert!(out.contains(&OutEvent::PeerDown(
+            "b".into(),
+            "connection replaced".into()
+        )));
+        assert!(out.contains(&OutEvent::PeerUp("b".into())));
+        // The old connection's close does not take the peer down again.
+        a.handle(InEvent::Closed { conn: 1 }, ms(600));
+        assert!(
+            !a.drain()
+                .iter()
+                .any(|e| matches!(e, OutEvent::PeerDown(..)))
         );
     }
 

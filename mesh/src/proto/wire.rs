@@ -182,6 +182,23 @@ impl Message {
         out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     }
 
+    /// The size of the message's frame, length field included. A message whose frame would
+    /// exceed `4 + MAX_FRAME_LEN` cannot be sent (and [`Message::encode`] would panic).
+    pub fn encoded_len(&self) -> usize {
+        let body = match self {
+            Message::Hello(h) => {
+                str_len(&h.mesh_id) + str_len(&h.node_id) + 1 + str_len(&h.zone) + 2
+            }
+            Message::Heartbeat { seq } => varint_len(*seq),
+            Message::Catalogue { entries, .. } => {
+                1 + varint_len(entries.len() as u64) + entries.len() * 32
+            }
+            Message::Sync(bytes) => bytes.len(),
+            Message::Goodbye { reason } => str_len(reason),
+        };
+        4 + HEADER_LEN + body
+    }
+
     /// The message as one frame.
     pub fn to_frame(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -301,6 +318,14 @@ impl fmt::Display for Role {
             Role::Cloud => "cloud",
         })
     }
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn str_len(s: &str) -> usize {
+    varint_len(s.len() as u64) + s.len()
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -425,6 +450,10 @@ mod tests {
                 at += used;
             }
             prop_assert_eq!(at, stream.len());
+            prop_assert_eq!(
+                messages.iter().map(Message::encoded_len).sum::<usize>(),
+                stream.len()
+            );
             prop_assert_eq!(decoded, messages);
         }
 

@@ -454,17 +454,7 @@ impl Store {
     fn chunk_keys(&self, id: &DocumentId) -> Result<Vec<(String, u64)>> {
         let txn = self.db.begin_read().during("read chunks")?;
         let table = txn.open_table(CHUNKS).during("read chunks")?;
-        let mut keys = Vec::new();
-        for prefix in content_prefixes(id) {
-            for item in table.range(prefix.as_str()..).during("read chunks")? {
-                let (k, v) = item.during("read chunks")?;
-                if !k.value().starts_with(prefix.as_str()) {
-                    break;
-                }
-                keys.push((k.value().to_owned(), v.value().len() as u64));
-            }
-        }
-        Ok(keys)
+        content_chunks(&table, id, "read chunks")
     }
 
     /// Decodes a document from its stored chunks. `None` if nothing is stored for it.
@@ -702,16 +692,7 @@ impl Store {
             StorageKey::snapshot_path(id, &CompactionHash::new(&cached.doc.get_heads()))
                 .to_string();
         let mut table = txn.open_table(CHUNKS).during("compact")?;
-        let mut old = Vec::new();
-        for prefix in content_prefixes(id) {
-            for item in table.range(prefix.as_str()..).during("compact")? {
-                let (k, v) = item.during("compact")?;
-                if !k.value().starts_with(prefix.as_str()) {
-                    break;
-                }
-                old.push((k.value().to_owned(), v.value().len() as u64));
-            }
-        }
+        let old = content_chunks(&table, id, "compact")?;
         for (key, _) in &old {
             if *key != snapshot_key {
                 table.remove(key.as_str()).during("compact")?;
@@ -1124,6 +1105,25 @@ fn strict_load() -> automerge::LoadOptions<'static> {
     automerge::LoadOptions::new()
         .on_partial_load(automerge::OnPartialLoad::Error)
         .verification_mode(automerge::VerificationMode::Check)
+}
+
+/// The keys and sizes of a document's snapshot and incremental chunks, in key order.
+fn content_chunks(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &DocumentId,
+    operation: &'static str,
+) -> Result<Vec<(String, u64)>> {
+    let mut keys = Vec::new();
+    for prefix in content_prefixes(id) {
+        for item in table.range(prefix.as_str()..).during(operation)? {
+            let (k, v) = item.during(operation)?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            keys.push((k.value().to_owned(), v.value().len() as u64));
+        }
+    }
+    Ok(keys)
 }
 
 fn content_prefixes(id: &DocumentId) -> [String; 2] {

@@ -225,7 +225,11 @@ impl RunStatus {
 }
 
 /// The record of one workflow run on one node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+///
+/// In a document a record is one JSON string, not a tree of Automerge objects: records are
+/// immutable and written by one node, so per-field merging buys nothing, while a tree costs ~40
+/// operations per record (measured: folding ran at ~2,200 records/s as a tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Unique run id.
     pub run_id: String,
@@ -250,7 +254,7 @@ pub struct RunRecord {
 }
 
 /// The record of one step within a run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Step id.
     pub step: String,
@@ -266,6 +270,22 @@ pub struct StepRecord {
     pub output: String,
     /// The step's last error, if any.
     pub error: Option<String>,
+}
+
+impl Reconcile for RunRecord {
+    type Key<'a> = autosurgeon::reconcile::NoKey;
+
+    fn reconcile<R: autosurgeon::Reconciler>(&self, reconciler: R) -> Result<(), R::Error> {
+        let json = serde_json::to_string(self).expect("a run record always encodes");
+        json.reconcile(reconciler)
+    }
+}
+
+impl Hydrate for RunRecord {
+    fn hydrate_string(json: &str) -> Result<Self, autosurgeon::HydrateError> {
+        serde_json::from_str(json)
+            .map_err(|e| autosurgeon::HydrateError::unexpected("a JSON run record", e.to_string()))
+    }
 }
 
 /// Upper bound on the encoded size of one run record; larger records are refused.

@@ -13,6 +13,9 @@ pub const STORE_QUEUE_CAP: usize = 1024;
 /// Most records acknowledged by one grouped commit.
 pub const MAX_GROUP_RECORDS: usize = 8192;
 
+/// How long the queue must stay quiet before logged results are folded into documents.
+pub const APPLY_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Logged-but-unapplied results above which the thread applies even when busy, so the log
 /// stays bounded under sustained load.
 pub const MAX_PENDING_BEFORE_APPLY: usize = 4 * APPLY_BATCH;
@@ -125,13 +128,16 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
     let mut pending: usize = store.pending_results().unwrap_or(0) as usize;
     loop {
         let first = if pending > 0 {
-            match inbox.try_recv() {
+            // Folding is deferred until the queue has been quiet for a moment: folding after
+            // every commit would put Automerge work between each acknowledgement and the next
+            // request, and fold in tiny batches.
+            match inbox.recv_timeout(APPLY_WHEN_IDLE_FOR) {
                 Ok(request) => request,
-                Err(flume::TryRecvError::Empty) => {
+                Err(flume::RecvTimeoutError::Timeout) => {
                     pending = apply_some(&mut store, pending);
                     continue;
                 }
-                Err(flume::TryRecvError::Disconnected) => break,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         } else {
             match inbox.recv() {

@@ -165,8 +165,32 @@ pub struct StoreStats {
 
 struct CachedDoc {
     doc: AutoCommit,
-    incremental_chunks: usize,
+    chunks: ChunkStats,
     last_used: u64,
+}
+
+/// What a document's stored chunks look like, to decide when to compact.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkStats {
+    incremental_chunks: usize,
+    incremental_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+/// Incremental bytes that trigger a compaction even when there are few chunks.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+impl ChunkStats {
+    /// Compaction re-saves the whole document, so it must wait until enough new bytes have
+    /// accumulated to pay for it (half the snapshot): a trickle of one-record changes into a
+    /// large window would otherwise re-save the window every few records. Many chunks alone
+    /// also trigger it, with a hard cap so loading never has to read too many pieces.
+    fn wants_compaction(&self, compact_after_chunks: usize) -> bool {
+        let paid_for = self.incremental_bytes.saturating_mul(2) >= self.snapshot_bytes;
+        (self.incremental_chunks > compact_after_chunks && paid_for)
+            || self.incremental_chunks > compact_after_chunks.saturating_mul(64)
+            || (self.incremental_bytes >= COMPACT_MIN_BYTES && paid_for)
+    }
 }
 
 /// The document store. Not `Sync`: one thread owns it; share it through a
@@ -461,12 +485,12 @@ impl Store {
     ///
     /// Loading is strict: Automerge's incremental load silently skips bytes it cannot parse,
     /// which would hide a corrupt chunk and lose its changes, so every chunk must parse whole.
-    fn decode(&self, id: &DocumentId, label: &str) -> Result<Option<(AutoCommit, usize)>> {
+    fn decode(&self, id: &DocumentId, label: &str) -> Result<Option<(AutoCommit, ChunkStats)>> {
         let txn = self.db.begin_read().during("read document")?;
         let table = txn.open_table(CHUNKS).during("read document")?;
         let mut all = Vec::new();
         let mut chunks: Vec<(String, std::ops::Range<usize>)> = Vec::new();
-        let mut incremental = 0;
+        let mut stats = ChunkStats::default();
         for prefix in content_prefixes(id) {
             for item in table.range(prefix.as_str()..).during("read document")? {
                 let (k, v) = item.during("read document")?;
@@ -476,8 +500,12 @@ impl Store {
                 let start = all.len();
                 all.extend_from_slice(v.value());
                 chunks.push((k.value().to_owned(), start..all.len()));
+                let len = v.value().len() as u64;
                 if prefix.ends_with("/incremental/") {
-                    incremental += 1;
+                    stats.incremental_chunks += 1;
+                    stats.incremental_bytes += len;
+                } else {
+                    stats.snapshot_bytes += len;
                 }
             }
         }
@@ -519,7 +547,7 @@ impl Store {
             }
         };
         doc.set_actor(self.config.actor.clone());
-        Ok(Some((doc, incremental)))
+        Ok(Some((doc, stats)))
     }
 
     /// The whole Automerge document with this id (a copy; edits to it are not stored).
@@ -591,23 +619,26 @@ impl Store {
             cached.last_used = self.tick;
             return Ok(());
         }
-        let (doc, incremental_chunks) = match self.decode(id, &name.to_string())? {
+        let (doc, stats) = match self.decode(id, &name.to_string())? {
             Some(found) => found,
             None => {
                 let mut doc = docs::genesis_doc::<T>(name)?;
                 let mut chunks = txn.open_table(CHUNKS).during("create document")?;
+                let mut stats = ChunkStats::default();
                 for change in doc.get_changes(&[]) {
                     let key = StorageKey::incremental_path(id, change.hash()).to_string();
                     chunks
                         .insert(key.as_str(), change.raw_bytes())
                         .during("create document")?;
+                    stats.incremental_chunks += 1;
+                    stats.incremental_bytes += change.raw_bytes().len() as u64;
                 }
                 let mut names = txn.open_table(NAMES).during("create document")?;
                 names
                     .insert(id.to_string().as_str(), name.to_string().as_str())
                     .during("create document")?;
                 doc.set_actor(self.config.actor.clone());
-                (doc, 1)
+                (doc, stats)
             }
         };
         if self.cache.len() >= DOC_CACHE_CAP
@@ -623,7 +654,7 @@ impl Store {
             id.clone(),
             CachedDoc {
                 doc,
-                incremental_chunks,
+                chunks: stats,
                 last_used: self.tick,
             },
         );
@@ -658,8 +689,15 @@ impl Store {
                     .during("write document")?;
             }
         }
-        cached.incremental_chunks += changes.len();
-        if cached.incremental_chunks > self.config.compact_after_chunks {
+        cached.chunks.incremental_chunks += changes.len();
+        cached.chunks.incremental_bytes += changes
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
+        if cached
+            .chunks
+            .wants_compaction(self.config.compact_after_chunks)
+        {
             self.compact_in(txn, name.to_string(), id)?;
         }
         Ok(())
@@ -673,7 +711,7 @@ impl Store {
         id: &DocumentId,
     ) -> Result<Compaction> {
         if !self.cache.contains_key(id) {
-            let (doc, incremental_chunks) = self
+            let (doc, chunks) = self
                 .decode(id, &label)?
                 .ok_or_else(|| StoreError::NoSuchDocument(label.clone()))?;
             self.tick += 1;
@@ -681,7 +719,7 @@ impl Store {
                 id.clone(),
                 CachedDoc {
                     doc,
-                    incremental_chunks,
+                    chunks,
                     last_used: self.tick,
                 },
             );
@@ -701,7 +739,11 @@ impl Store {
         table
             .insert(snapshot_key.as_str(), snapshot.as_slice())
             .during("compact")?;
-        cached.incremental_chunks = 0;
+        cached.chunks = ChunkStats {
+            incremental_chunks: 0,
+            incremental_bytes: 0,
+            snapshot_bytes: snapshot.len() as u64,
+        };
         Ok(Compaction {
             doc: label,
             chunks_before: old.len(),

@@ -2,8 +2,21 @@
 //! same durability, bytes on disk per result, compaction, and the open time of a large store.
 //!
 //! A plain `main` rather than a harness, so that one run yields every figure. Each figure is
-//! printed in a table and written as one JSON line to `RHIZOME_BENCH_OUT`. Counts come from
-//! environment variables (see [`Params::from_env`]); `bench/ingest.sh` runs it.
+//! printed in a table and written as one JSON line to `RHIZOME_BENCH_OUT`; `bench/ingest.sh`
+//! runs it. Environment variables (defaults in brackets):
+//!
+//! - `RHIZOME_BENCH_RECORDS` records per throughput workload [20000]
+//! - `RHIZOME_BENCH_PRODUCERS` producer threads of the one-record workloads [1,16,64]
+//! - `RHIZOME_BENCH_BATCH` records per call of the batched workload [100]
+//! - `RHIZOME_BENCH_REPEATS` runs per throughput workload, median reported [3]
+//! - `RHIZOME_BENCH_SIZE_RECORDS` records of the size and compaction measurement [100000]
+//! - `RHIZOME_BENCH_OPEN_RECORDS` results in the store that is reopened [1000000]
+//! - `RHIZOME_BENCH_LATE_RECORDS` records appended one by one to that store afterwards [2000]
+//! - `RHIZOME_BENCH_BUILD_BATCH` records per `append_results` when building stores [10000]
+//! - `RHIZOME_BENCH_SPAN_HOURS` hours the records' finish times cover [6]
+//! - `RHIZOME_BENCH_SECTIONS` any of `throughput,size,open` [all]
+//! - `RHIZOME_BENCH_DIR` where the stores are created [`<target>/tmp`]
+//! - `RHIZOME_BENCH_OUT` the JSON-lines file [`<target>/bench/ingest.jsonl`]
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -377,6 +390,22 @@ fn rate(records: usize, elapsed: Duration) -> f64 {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The file system type holding `dir`, from `/proc` (Linux only).
+fn fs_type(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            dir.starts_with(mount)
+                .then(|| (mount.len(), kind.to_owned()))
+        })
+        .max()
+        .map(|(_, kind)| kind)
 }
 
 /// Peak resident memory of this process, from `/proc` (Linux only).
@@ -1107,11 +1136,15 @@ fn main() {
     let params = Params::from_env();
     std::fs::create_dir_all(&params.dir).expect("creating the data directory");
     let mut report = Report::create(&params);
+    let fs = fs_type(&params.dir).unwrap_or_else(|| "unknown file system".into());
     eprintln!(
-        "ingest bench: data in {}, figures to {}",
+        "ingest bench: data in {} ({fs}), figures to {}",
         params.dir.display(),
         params.out.display()
     );
+    if fs == "tmpfs" || fs == "ramfs" {
+        eprintln!("warning: the data directory is in memory, so fsync costs nothing here");
+    }
     if params.runs("throughput") {
         throughput(&params, &mut report);
     }
@@ -1122,5 +1155,4 @@ fn main() {
         open_large(&params, &mut report);
     }
     report.print_table();
-    println!("\nfigures (JSON lines): {}", params.out.display());
 }

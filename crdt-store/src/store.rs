@@ -66,7 +66,8 @@ pub struct StoreConfig {
     pub actor: ActorId,
     /// Length of a results window in minutes.
     pub results_window_minutes: u32,
-    /// Incremental chunks a document may accumulate before it is compacted into a snapshot.
+    /// Incremental chunks a document may accumulate before it is compacted into a snapshot
+    /// (see `docs/design.md` for the full trigger); `usize::MAX` turns automatic compaction off.
     pub compact_after_chunks: usize,
     /// Retirement of old windows.
     pub retention: RetentionPolicy,
@@ -186,6 +187,9 @@ impl ChunkStats {
     /// large window would otherwise re-save the window every few records. Many chunks alone
     /// also trigger it, with a hard cap so loading never has to read too many pieces.
     fn wants_compaction(&self, compact_after_chunks: usize) -> bool {
+        if compact_after_chunks == usize::MAX {
+            return false;
+        }
         let paid_for = self.incremental_bytes.saturating_mul(2) >= self.snapshot_bytes;
         (self.incremental_chunks > compact_after_chunks && paid_for)
             || self.incremental_chunks > compact_after_chunks.saturating_mul(64)

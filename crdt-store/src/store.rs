@@ -92,7 +92,7 @@ impl StoreConfig {
 }
 
 /// One stored document, as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DocInfo {
     /// automerge-repo document id.
     pub id: String,

@@ -44,3 +44,16 @@ pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
     }
     serde_json::from_str(body).with_context(|| format!("decoding the answer to GET {path}"))
 }
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

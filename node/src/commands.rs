@@ -266,10 +266,13 @@ fn host_name() -> String {
 }
 
 fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
-    let mut store = node.open_store()?;
+    let running = crate::client::running_node(&node.dir);
     match cmd {
         DocCommand::List { json } => {
-            let docs = store.list_docs()?;
+            let docs: Vec<crdt_store::DocInfo> = match running {
+                Some(addr) => crate::client::get(addr, "/docs")?,
+                None => node.open_store()?.list_docs()?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&docs)?);
                 return Ok(());
@@ -297,76 +300,104 @@ fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
             );
         }
         DocCommand::Show { id, json } => {
-            let (doc_id, name) = store.resolve(&id)?;
-            let content = match &name {
-                Some(name) => typed_json(&mut store, name)?,
-                None => {
-                    let doc = store.automerge(&doc_id)?;
-                    serde_json::to_value(crdt_store::automerge::AutoSerde::from(&doc))?
-                }
+            let shown: serde_json::Value = match running {
+                Some(addr) => crate::client::get(
+                    addr,
+                    &format!("/doc?id={}", crate::client::encode_query(&id)),
+                )?,
+                None => show_doc(&mut node.open_store()?, &id)?,
             };
-            let heads: Vec<String> = store
-                .automerge(&doc_id)?
-                .get_heads()
-                .iter()
-                .map(|h| h.to_string())
-                .collect();
-            let shown = json!({
-                "id": doc_id.to_string(),
-                "name": name.as_ref().map(|n| n.to_string()),
-                "kind": name.as_ref().map(|n| n.kind().as_str()),
-                "heads": heads,
-                "content": content,
-            });
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 println!(
-                    "# {} ({doc_id})",
-                    name.map_or_else(|| "(unnamed)".into(), |n| n.to_string())
+                    "# {} ({})",
+                    shown["name"].as_str().unwrap_or("(unnamed)"),
+                    shown["id"].as_str().unwrap_or_default()
                 );
+                let heads: Vec<&str> = shown["heads"]
+                    .as_array()
+                    .map(|h| h.iter().filter_map(|h| h.as_str()).collect())
+                    .unwrap_or_default();
                 println!("# heads: {}", heads.join(", "));
                 println!("{}", serde_json::to_string_pretty(&shown["content"])?);
             }
         }
-        DocCommand::Compact { id, json } => {
-            let started = Instant::now();
-            let reports = match id {
-                Some(id) => vec![store.compact(&id)?],
-                None => store.compact_all()?,
-            };
-            let elapsed = started.elapsed();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-                return Ok(());
-            }
-            let before: u64 = reports.iter().map(|r| r.bytes_before).sum();
-            let after: u64 = reports.iter().map(|r| r.bytes_after).sum();
-            println!(
-                "compacted {} documents in {:.1?}: {} -> {}",
-                reports.len(),
-                elapsed,
-                output::bytes(before),
-                output::bytes(after)
-            );
-        }
-        DocCommand::Retire { json } => {
-            let retired = store.enforce_retention(now_ms())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&retired)?);
-                return Ok(());
-            }
-            for r in &retired {
-                println!(
-                    "retired {} ({}, {:?})",
-                    r.doc,
-                    output::bytes(r.bytes),
-                    r.reason
-                );
-            }
-            println!("{} windows retired", retired.len());
-        }
+        DocCommand::Compact { id, json } => compact(node, id, json)?,
+        DocCommand::Retire { json } => retire(node, json)?,
     }
+    Ok(())
+}
+
+/// A document as `doc show --json` prints it (and `GET /doc` answers): id, name, kind, heads and
+/// the content as JSON.
+pub fn show_doc(store: &mut Store, name_or_id: &str) -> Result<serde_json::Value> {
+    let (doc_id, name) = store.resolve(name_or_id)?;
+    let content = match &name {
+        Some(name) => typed_json(store, name)?,
+        None => {
+            let doc = store.automerge(&doc_id)?;
+            serde_json::to_value(crdt_store::automerge::AutoSerde::from(&doc))?
+        }
+    };
+    let heads: Vec<String> = store
+        .automerge(&doc_id)?
+        .get_heads()
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    Ok(json!({
+        "id": doc_id.to_string(),
+        "name": name.as_ref().map(|n| n.to_string()),
+        "kind": name.as_ref().map(|n| n.kind().as_str()),
+        "heads": heads,
+        "content": content,
+    }))
+}
+
+/// Compaction writes to the store, so it runs on a stopped node.
+fn compact(node: &Node, id: Option<String>, json: bool) -> Result<()> {
+    let mut store = node.open_store()?;
+    let started = Instant::now();
+    let reports = match id {
+        Some(id) => vec![store.compact(&id)?],
+        None => store.compact_all()?,
+    };
+    let elapsed = started.elapsed();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    let before: u64 = reports.iter().map(|r| r.bytes_before).sum();
+    let after: u64 = reports.iter().map(|r| r.bytes_after).sum();
+    println!(
+        "compacted {} documents in {:.1?}: {} -> {}",
+        reports.len(),
+        elapsed,
+        output::bytes(before),
+        output::bytes(after)
+    );
+    Ok(())
+}
+
+/// Retirement writes to the store, so it runs on a stopped node (a running node applies its
+/// retention settings every ten minutes by itself).
+fn retire(node: &Node, json: bool) -> Result<()> {
+    let mut store = node.open_store()?;
+    let retired = store.enforce_retention(now_ms())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&retired)?);
+        return Ok(());
+    }
+    for r in &retired {
+        println!(
+            "retired {} ({}, {:?})",
+            r.doc,
+            output::bytes(r.bytes),
+            r.reason
+        );
+    }
+    println!("{} windows retired", retired.len());
     Ok(())
 }
 
@@ -398,8 +429,22 @@ fn results(node: &Node, args: ResultsArgs) -> Result<()> {
         node: args.node,
         since_ms: args.since.as_deref().map(parse_since).transpose()?,
     };
-    let mut store = node.open_store()?;
-    let mut records = store.results(&query)?;
+    let mut records: Vec<RunRecord> = match crate::client::running_node(&node.dir) {
+        Some(addr) => {
+            let mut path = String::from("/results?");
+            if let Some(w) = &query.workflow {
+                path += &format!("workflow={}&", crate::client::encode_query(w));
+            }
+            if let Some(n) = &query.node {
+                path += &format!("node={}&", crate::client::encode_query(n));
+            }
+            if let Some(since) = query.since_ms {
+                path += &format!("since_ms={since}&");
+            }
+            crate::client::get(addr, path.trim_end_matches(['&', '?']))?
+        }
+        None => node.open_store()?.results(&query)?,
+    };
     if let Some(limit) = args.limit {
         let skip = records.len().saturating_sub(limit);
         records.drain(..skip);

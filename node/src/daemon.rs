@@ -173,6 +173,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let app = Router::new()
         .route("/health", get(get_health))
         .route("/peers", get(get_peers))
+        .route("/docs", get(get_docs))
+        .route("/doc", get(get_doc))
+        .route("/results", get(get_results))
         .with_state(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
@@ -281,4 +284,67 @@ async fn get_peers(
             })
             .collect(),
     ))
+}
+
+type ApiError = (axum::http::StatusCode, String);
+
+fn api_error(e: impl std::fmt::Display) -> ApiError {
+    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn get_docs(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<crdt_store::DocInfo>>, ApiError> {
+    let docs = state
+        .store
+        .call(|s| s.list_docs())
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(docs))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DocQuery {
+    id: String,
+}
+
+async fn get_doc(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<DocQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let shown = state
+        .store
+        .call(move |s| Ok(crate::commands::show_doc(s, &query.id)))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    shown
+        .map(Json)
+        .map_err(|e| (axum::http::StatusCode::NOT_FOUND, format!("{e:#}")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ResultsParams {
+    workflow: Option<String>,
+    node: Option<String>,
+    since_ms: Option<i64>,
+}
+
+async fn get_results(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<ResultsParams>,
+) -> Result<Json<Vec<crdt_store::RunRecord>>, ApiError> {
+    let query = crdt_store::ResultsQuery {
+        workflow: params.workflow,
+        node: params.node,
+        since_ms: params.since_ms,
+    };
+    let records = state
+        .store
+        .call(move |s| s.results(&query))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(records))
 }

@@ -139,6 +139,35 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
     assert_eq!(status["running"], true);
     assert_eq!(status["health"]["quic"], b.quic.as_str());
 
+    // While b runs it holds the store; read commands go through its HTTP API.
+    let docs = run(&b_dir, &["doc", "list", "--json"]);
+    assert!(
+        docs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&docs.stderr)
+    );
+    let docs: Value = serde_json::from_slice(&docs.stdout).unwrap();
+    assert!(docs.as_array().unwrap().iter().any(|d| d["name"] == "mesh"));
+    let mesh = run(&b_dir, &["doc", "show", "mesh", "--json"]);
+    let mesh: Value = serde_json::from_slice(&mesh.stdout).unwrap();
+    assert_eq!(mesh["kind"], "mesh");
+    let missing = run(&b_dir, &["doc", "show", "results/x/2026-11-24T04:00Z+60m"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("results/x/2026-11-24T04:00Z+60m"));
+    let results = run(
+        &b_dir,
+        &["results", "--workflow", "w", "--since", "1h", "--json"],
+    );
+    assert!(
+        results.status.success(),
+        "{}",
+        String::from_utf8_lossy(&results.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&results.stdout).unwrap(),
+        Value::Array(vec![])
+    );
+
     // SIGKILL: no goodbye, so the others must detect the silence themselves.
     c.child.kill().unwrap();
     c.child.wait().unwrap();

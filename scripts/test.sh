@@ -20,10 +20,13 @@ cargo check -p mesh --no-default-features --locked
 step "building binaries"
 cargo build --workspace --bins --locked
 
+step "doc tests"
+cargo test --workspace --doc --locked
+
+# Last, so that the suite's summary line closes the output.
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-cargo test --workspace --doc --locked

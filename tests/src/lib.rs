@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Path of the workspace's `rhizome` binary, of the tests' own profile; built first if missing.
+/// Path of the workspace's `rhizome` binary, of the tests' own profile, built (or brought up to
+/// date) first.
 pub fn rhizome_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -12,14 +13,14 @@ pub fn rhizome_bin() -> PathBuf {
         let bin = target_dir
             .join(&profile)
             .join(format!("rhizome{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            build_rhizome(&target_dir, &profile);
-            assert!(
-                bin.exists(),
-                "`cargo build -p rhizome` succeeded but {} does not exist",
-                bin.display()
-            );
-        }
+        // Always asked of cargo (a no-op when up to date): a binary older than the code under
+        // test would make these tests pass or fail for the wrong reasons.
+        build_rhizome(&target_dir, &profile);
+        assert!(
+            bin.exists(),
+            "`cargo build -p rhizome` succeeded but {} does not exist",
+            bin.display()
+        );
         bin
     })
     .clone()

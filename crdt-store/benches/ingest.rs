@@ -551,6 +551,14 @@ fn rhizome_throughput(dir: &Path, plan: Plan) -> RhizomeRun {
     let store = Store::open(&dir.join("store.redb"), StoreConfig::new(MESH, NODE))
         .expect("opening the store");
     let handle = StoreHandle::spawn(store);
+    let run = through_handle(&handle, plan);
+    handle.shutdown();
+    run
+}
+
+/// Drives the plan through the store thread: time to the last acknowledgement, then to the
+/// last record folded into its document.
+fn through_handle(handle: &StoreHandle, plan: Plan) -> RhizomeRun {
     let acked = drive(plan, |records| {
         handle.append(records).wait().expect("durable append");
     });
@@ -559,9 +567,10 @@ fn rhizome_throughput(dir: &Path, plan: Plan) -> RhizomeRun {
         .call(|store| store.apply_pending(usize::MAX))
         .wait()
         .expect("applying the log");
-    let applied = acked + start.elapsed();
-    handle.shutdown();
-    RhizomeRun { acked, applied }
+    RhizomeRun {
+        acked,
+        applied: acked + start.elapsed(),
+    }
 }
 
 struct SqliteRun {
@@ -1106,15 +1115,7 @@ fn open_large(params: &Params, report: &mut Report) {
         .call(|store| store.apply_pending(usize::MAX))
         .wait()
         .expect("applying the log");
-    let acked = drive(plan, |records| {
-        handle.append(records).wait().expect("durable append");
-    });
-    let start = Instant::now();
-    handle
-        .call(|store| store.apply_pending(usize::MAX))
-        .wait()
-        .expect("applying the log");
-    let applied = acked + start.elapsed();
+    let RhizomeRun { acked, applied } = through_handle(&handle, plan);
     handle.shutdown();
     report.figure(
         SECTION,

@@ -162,6 +162,8 @@ pub struct StepDef {
     pub timeout_ms: u64,
     /// How many times a failed step is retried.
     pub retries: u32,
+    /// Delay before the first retry in milliseconds; doubles with each retry.
+    pub backoff_ms: u64,
 }
 
 impl TypedDoc for WorkflowDoc {

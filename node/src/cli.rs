@@ -56,6 +56,9 @@ pub enum Command {
     /// Manage the mesh: its certificate authority and revocations.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Apply, list and show workflows.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Inspect and maintain the stored documents.
     #[command(subcommand)]
     Doc(DocCommand),
@@ -133,6 +136,35 @@ pub enum MeshCommand {
         /// Why, for the record.
         #[arg(long, default_value = "revoked by an operator")]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Validate a workflow file (YAML) and store it as the next version of its workflow.
+    ///
+    /// Every problem is named: unknown agents or fields, bad durations, missing inputs, cycles.
+    /// With a node running on the data dir the workflow goes through its HTTP API.
+    Apply {
+        /// The workflow file.
+        file: PathBuf,
+        /// Print the stored workflow as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the workflows this node knows.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one workflow.
+    Show {
+        /// The workflow id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

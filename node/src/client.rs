@@ -23,26 +23,51 @@ pub fn running_node(dir: &DataDir) -> Option<SocketAddr> {
 
 /// `GET path` on the node's API, decoded from JSON.
 pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
+    request(addr, "GET", path, None, None)
+}
+
+/// `POST path` with a text body and the node's write token, answer decoded from JSON.
+pub fn post<T: DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<T> {
+    request(addr, "POST", path, Some(token), Some(body))
+}
+
+fn request<T: DeserializeOwned>(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<T> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
-        .with_context(|| format!("reading the answer to GET {path}"))?;
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .with_context(|| format!("malformed answer to GET {path}"))?;
+        .with_context(|| format!("malformed answer to {method} {path}"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
-        bail!("GET {path} answered {status}: {}", body.trim());
+        bail!("{method} {path} answered {status}: {}", body.trim());
     }
-    serde_json::from_str(body).with_context(|| format!("decoding the answer to GET {path}"))
+    serde_json::from_str(body).with_context(|| format!("decoding the answer to {method} {path}"))
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

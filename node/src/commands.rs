@@ -10,7 +10,9 @@ use crdt_store::{
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::cli::{Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs};
+use crate::cli::{
+    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, WorkflowCommand,
+};
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
 use crate::identity::Identity;
 use crate::node::{Node, now_ms};
@@ -25,6 +27,7 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Status { json } => status(&Node::load(&root)?, json),
         Command::Peers { json } => peers(&Node::load(&root)?, json),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
+        Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
     }
@@ -399,6 +402,148 @@ fn retire(node: &Node, json: bool) -> Result<()> {
     }
     println!("{} windows retired", retired.len());
     Ok(())
+}
+
+fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
+    let running = crate::client::running_node(&node.dir);
+    match cmd {
+        WorkflowCommand::Apply { file, json } => {
+            // Validated here too, so a bad file is reported with its name either way.
+            let definition = crate::workflow::load(&file)?;
+            let stored: WorkflowDoc = match running {
+                Some(addr) => {
+                    let yaml = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let token =
+                        std::fs::read_to_string(node.dir.api_token()).with_context(|| {
+                            format!(
+                                "cannot read the running node's API token {}",
+                                node.dir.api_token().display()
+                            )
+                        })?;
+                    crate::client::post(addr, "/workflows", token.trim(), &yaml)?
+                }
+                None => apply_workflow(&mut node.open_store()?, definition, &node.node_id())?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stored)?);
+            } else {
+                println!(
+                    "applied workflow {} version {} ({} steps)",
+                    stored.id,
+                    stored.version,
+                    stored.steps.len()
+                );
+            }
+        }
+        WorkflowCommand::List { json } => {
+            let workflows: Vec<WorkflowDoc> = match running {
+                Some(addr) => crate::client::get(addr, "/workflows")?,
+                None => list_workflows(&mut node.open_store()?)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workflows)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = workflows
+                .iter()
+                .map(|w| {
+                    vec![
+                        w.id.clone(),
+                        w.version.to_string(),
+                        w.trigger.clone(),
+                        w.steps.len().to_string(),
+                        w.description.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["WORKFLOW", "VERSION", "TRIGGER", "STEPS", "DESCRIPTION"],
+                    &rows
+                )
+            );
+        }
+        WorkflowCommand::Show { id, json } => {
+            let name = DocName::workflow(&id)?.to_string();
+            let shown: serde_json::Value = match running {
+                Some(addr) => crate::client::get(
+                    addr,
+                    &format!("/doc?id={}", crate::client::encode_query(&name)),
+                )?,
+                None => show_doc(&mut node.open_store()?, &name)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown["content"])?);
+                return Ok(());
+            }
+            let wf: WorkflowDoc = serde_json::from_value(shown["content"].clone())?;
+            println!(
+                "workflow {} version {}: {}",
+                wf.id, wf.version, wf.description
+            );
+            println!("  trigger         {}", wf.trigger);
+            println!(
+                "  target          nodes {:?}, tags {:?}, zones {:?}",
+                wf.target.nodes, wf.target.tags, wf.target.zones
+            );
+            println!("  max_concurrent  {}", wf.max_concurrent);
+            let rows: Vec<Vec<String>> = wf
+                .steps
+                .iter()
+                .map(|(id, step)| {
+                    vec![
+                        id.clone(),
+                        step.agent.clone(),
+                        step.inputs.join(","),
+                        step.when.clone().unwrap_or_default(),
+                        step.config.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["STEP", "AGENT", "INPUTS", "WHEN", "CONFIG"], &rows)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stores a validated definition as the next version of its workflow: its version is one more
+/// than the stored one, or the file's own if that is higher.
+pub fn apply_workflow(
+    store: &mut Store,
+    definition: WorkflowDoc,
+    node_id: &str,
+) -> Result<WorkflowDoc> {
+    let name = DocName::workflow(&definition.id)?;
+    let updated_ms = now_ms();
+    let stored = store.update::<WorkflowDoc, _>(&name, |doc| {
+        let version = (doc.version + 1).max(definition.version);
+        *doc = WorkflowDoc {
+            version,
+            updated_by: node_id.to_owned(),
+            updated_ms,
+            ..definition
+        };
+        doc.clone()
+    })?;
+    Ok(stored)
+}
+
+/// Every stored workflow, by id.
+pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
+    let mut out = Vec::new();
+    for info in store.list_docs()? {
+        if let Some(name) = info.name.and_then(|n| n.parse::<DocName>().ok())
+            && name.kind() == DocKind::Workflow
+        {
+            out.push(store.read::<WorkflowDoc>(&name)?);
+        }
+    }
+    Ok(out)
 }
 
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {

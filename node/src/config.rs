@@ -20,6 +20,8 @@ pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// The running node's HTTP address, written at start and removed at shutdown.
 pub const HTTP_ADDR_FILE: &str = "node.http";
+/// The running node's API token for writes, readable by its owner only.
+pub const API_TOKEN_FILE: &str = "api.token";
 /// Where a node that started its own mesh keeps that mesh's CA.
 pub const OWN_MESH_DIR: &str = "mesh";
 
@@ -287,6 +289,9 @@ impl DataDir {
     }
     pub fn http_addr(&self) -> PathBuf {
         self.root.join(HTTP_ADDR_FILE)
+    }
+    pub fn api_token(&self) -> PathBuf {
+        self.root.join(API_TOKEN_FILE)
     }
 }
 

@@ -48,6 +48,8 @@ pub struct PeerView {
 }
 
 struct AppState {
+    /// Bearer token that every write request must carry.
+    token: String,
     health: Health,
     started: Instant,
     mesh: MeshHandle,
@@ -164,7 +166,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         uptime_ms: 0,
         version: env!("CARGO_PKG_VERSION").into(),
     };
+    // A fresh token per start, readable only by the node's user: local processes of other
+    // users cannot write through the API.
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let _ = std::fs::remove_file(node.dir.api_token());
+    crate::identity::write_private(&node.dir.api_token(), &token)?;
     let state = Arc::new(AppState {
+        token,
         health,
         started,
         mesh: mesh.clone(),
@@ -176,6 +184,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .route("/docs", get(get_docs))
         .route("/doc", get(get_doc))
         .route("/results", get(get_results))
+        .route("/workflows", get(get_workflows).post(post_workflow))
         .with_state(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
@@ -222,6 +231,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     events.abort();
     retention.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
+    let _ = std::fs::remove_file(node.dir.api_token());
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .context("stopping the store")?;
@@ -347,4 +357,45 @@ async fn get_results(
         .await
         .map_err(api_error)?;
     Ok(Json(records))
+}
+
+async fn get_workflows(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<crdt_store::WorkflowDoc>>, ApiError> {
+    let workflows = state
+        .store
+        .call(|s| Ok(crate::commands::list_workflows(s)))
+        .recv()
+        .await
+        .map_err(api_error)?
+        .map_err(|e| api_error(format!("{e:#}")))?;
+    Ok(Json(workflows))
+}
+
+async fn post_workflow(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    yaml: String,
+) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.token.as_str()) {
+        return Err((
+            axum::http::StatusCode::UNAUTHORIZED,
+            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
+        ));
+    }
+    let definition = crate::workflow::parse(&yaml)
+        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let node_id = state.health.node_id.clone();
+    let stored = state
+        .store
+        .call(move |s| Ok(crate::commands::apply_workflow(s, definition, &node_id)))
+        .recv()
+        .await
+        .map_err(api_error)?
+        .map_err(|e| api_error(format!("{e:#}")))?;
+    Ok(Json(stored))
 }

@@ -9,6 +9,7 @@ mod identity;
 mod mesh_admin;
 mod node;
 mod output;
+mod workflow;
 
 use clap::Parser;
 

@@ -271,6 +271,53 @@ fn nodes_join_a_mesh_by_its_certificate_authority() {
     assert!(err.contains("not a node id"), "{err}");
 }
 
+#[test]
+fn workflows_are_validated_applied_and_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    ok(rhizome(&node, &["init"]));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/sensor-zscore.yaml");
+    let applied = json(&ok(rhizome(
+        &node,
+        &["workflow", "apply", example.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(applied["id"], "sensor-zscore");
+    assert_eq!(applied["version"], 1);
+    assert_eq!(applied["steps"].as_object().unwrap().len(), 3);
+    let again = json(&ok(rhizome(
+        &node,
+        &["workflow", "apply", example.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(again["version"], 2, "every apply is a new version");
+    let listed = json(&ok(rhizome(&node, &["workflow", "list", "--json"])));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let shown = json(&ok(rhizome(
+        &node,
+        &["workflow", "show", "sensor-zscore", "--json"],
+    )));
+    assert_eq!(shown["trigger"], "every 30s");
+
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    std::fs::write(&bad, text.replace("agent: zscore", "agent: zscroe")).unwrap();
+    let err = fails(rhizome(
+        &node,
+        &["workflow", "apply", bad.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("bad.yaml") && err.contains("step `score`") && err.contains("zscroe"),
+        "{err}"
+    );
+    std::fs::write(&bad, text.replace("retries: 2", "retrys: 2")).unwrap();
+    let err = fails(rhizome(
+        &node,
+        &["workflow", "apply", bad.to_str().unwrap()],
+    ));
+    assert!(err.contains("retrys") && err.contains("line"), "{err}");
+    let err = fails(rhizome(&node, &["workflow", "show", "nope"]));
+    assert!(err.contains("workflow/nope"), "{err}");
+}
+
 /// A data dir the user may not write: as root file modes do not apply, so the binary runs as
 /// `nobody` through setpriv.
 #[test]

@@ -168,6 +168,36 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
         Value::Array(vec![])
     );
 
+    // A write through the API: the CLI sends the file with the node's token.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/sensor-zscore.yaml");
+    let applied = run(
+        &b_dir,
+        &["workflow", "apply", example.to_str().unwrap(), "--json"],
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let listed = run(&b_dir, &["workflow", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], "sensor-zscore");
+    assert!(b_dir.join("api.token").exists());
+    // Without the token a write is refused.
+    let http = std::fs::read_to_string(b_dir.join("node.http")).unwrap();
+    let mut stream = std::net::TcpStream::connect(http.trim()).unwrap();
+    use std::io::{Read, Write};
+    let body = std::fs::read_to_string(&example).unwrap();
+    write!(
+        stream,
+        "POST /workflows HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
     // SIGKILL: no goodbye, so the others must detect the silence themselves.
     c.child.kill().unwrap();
     c.child.wait().unwrap();

@@ -430,6 +430,7 @@ mod tests {
                 when: Some("x > 1".into()),
                 timeout_ms: 10,
                 retries: 2,
+                backoff_ms: 100,
             },
         );
         reconcile(&name, &mut doc, &wf).unwrap();

@@ -62,6 +62,8 @@ pub enum Command {
     /// Inspect and maintain the stored documents.
     #[command(subcommand)]
     Doc(DocCommand),
+    /// Run a workflow once on this node, record the run durably and print its record.
+    Run(RunArgs),
     /// List stored run results, oldest first.
     Results(ResultsArgs),
     /// Record a few hours of simulated sensor runs on this node and show them.
@@ -217,6 +219,18 @@ pub struct ResultsArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Print JSON (one array of run records).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow id (applied with `rhizome workflow apply`).
+    pub workflow: String,
+    /// The run's input: a JSON file, or `-` for standard input.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Print the run record as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::cli::{
-    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, WorkflowCommand,
+    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs,
+    WorkflowCommand,
 };
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
 use crate::identity::Identity;
@@ -29,6 +30,7 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
+        Command::Run(args) => run_once(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
     }
 }
@@ -544,6 +546,75 @@ pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
         }
     }
     Ok(out)
+}
+
+fn run_once(node: &Node, args: RunArgs) -> Result<()> {
+    if crate::client::running_node(&node.dir).is_some() {
+        bail!(
+            "a node is running on {}: runs through the running node (POST /run) are not available yet; stop it to run here",
+            node.dir.root.display()
+        );
+    }
+    let input: serde_json::Value = match &args.input {
+        None => serde_json::Value::Null,
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the input from stdin")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the input {}", path.display()))?
+            };
+            serde_json::from_str(&text)
+                .with_context(|| format!("the input {} is not JSON", path.display()))?
+        }
+    };
+    let mut store = node.open_store()?;
+    let name = DocName::workflow(&args.workflow)?;
+    let workflow: WorkflowDoc = store.read(&name)?;
+    if workflow.steps.is_empty() {
+        bail!(
+            "no workflow `{}` on this node: apply it first with `rhizome workflow apply FILE`",
+            args.workflow
+        );
+    }
+    let prepared = crate::engine::Prepared::new(workflow)?;
+    let node_id = node.node_id();
+    let run_id = format!(
+        "{}-{}-{}",
+        output::short_id(&node_id),
+        now_ms(),
+        hex::encode(rand::random::<[u8; 2]>())
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the async runtime")?;
+    let record = runtime.block_on(prepared.run(run_id, &node_id, input, now_ms));
+    store.append_results(std::slice::from_ref(&record))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_results(std::slice::from_ref(&record));
+        for step in &record.steps {
+            println!(
+                "  {:<12} {:<10} {:>8}us  attempts {}  {}",
+                step.step,
+                step.status.as_str(),
+                step.duration_us,
+                step.attempts,
+                step.error.as_deref().unwrap_or(&step.output)
+            );
+        }
+    }
+    if record.status != RunStatus::Succeeded {
+        bail!(
+            "run {} {}: {}",
+            record.run_id,
+            record.status.as_str(),
+            record.error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {

@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod config;
 mod daemon;
+mod engine;
 mod identity;
 mod mesh_admin;
 mod node;

@@ -316,6 +316,57 @@ fn workflows_are_validated_applied_and_versioned() {
     assert!(err.contains("retrys") && err.contains("line"), "{err}");
     let err = fails(rhizome(&node, &["workflow", "show", "nope"]));
     assert!(err.contains("workflow/nope"), "{err}");
+
+    // Run it once: every step recorded, the run stored durably and listed.
+    let record = json(&ok(rhizome(&node, &["run", "sensor-zscore", "--json"])));
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["workflow_version"], 2);
+    let steps: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, vec!["read", "score", "alert"]);
+    assert_eq!(
+        record["steps"][2]["status"], "skipped",
+        "no anomaly on a first reading"
+    );
+    assert!(record["output"].as_str().unwrap().contains("\"z\""));
+    let results = json(&ok(rhizome(
+        &node,
+        &["results", "--workflow", "sensor-zscore", "--json"],
+    )));
+    assert_eq!(results[0]["run_id"], record["run_id"]);
+
+    // A run that fails is recorded as failed, with the step's error, and exits non-zero.
+    let failing = dir.path().join("failing.yaml");
+    std::fs::write(
+        &failing,
+        "id: failing\nsteps:\n  - id: check\n    agent: threshold\n    inputs: [input]\n    config: {field: v, above: 1}\n",
+    )
+    .unwrap();
+    ok(rhizome(
+        &node,
+        &["workflow", "apply", failing.to_str().unwrap()],
+    ));
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, "{\"w\": 3}").unwrap();
+    let err = fails(rhizome(
+        &node,
+        &["run", "failing", "--input", input.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("failed") && err.contains("no field `v`"),
+        "{err}"
+    );
+    let stored = json(&ok(rhizome(
+        &node,
+        &["results", "--workflow", "failing", "--json"],
+    )));
+    assert_eq!(stored[0]["status"], "failed");
+    let err = fails(rhizome(&node, &["run", "nope"]));
+    assert!(err.contains("no workflow `nope`"), "{err}");
 }
 
 /// A data dir the user may not write: as root file modes do not apply, so the binary runs as

@@ -66,9 +66,10 @@ pub enum Command {
     Run(RunArgs),
     /// List stored run results, oldest first.
     Results(ResultsArgs),
-    /// Record a few hours of simulated sensor runs on this node and show them.
+    /// Apply the bundled sensor -> z-score -> threshold workflow, run it over a few hours of
+    /// simulated readings, record every run and show them.
     ///
-    /// Creates the node first if the data dir holds none.
+    /// Creates the node first if the data dir holds none. No networking.
     Demo(DemoArgs),
 }
 
@@ -237,7 +238,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many simulated runs to record.
+    /// How many runs (one per 30 s of simulated time).
     #[arg(long, default_value_t = 360)]
     pub runs: usize,
 }

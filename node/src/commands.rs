@@ -5,9 +5,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use crdt_store::{
     DocKind, DocName, MeshRegistry, NodeEntry, ResultsDoc, ResultsQuery, RollupDoc, RunRecord,
-    RunStatus, StepRecord, Store, StoreHandle, WorkflowDoc, format_timestamp,
+    RunStatus, Store, StoreHandle, WorkflowDoc, format_timestamp,
 };
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::cli::{
@@ -700,6 +699,9 @@ fn print_results(records: &[RunRecord]) {
     println!("{} runs", records.len());
 }
 
+/// The workflow the demo applies and runs.
+const DEMO_WORKFLOW: &str = include_str!("../../docs/examples/sensor-zscore.yaml");
+
 fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
     let node = if DataDir::new(root.to_owned()).key().exists() {
         Node::load(root)?
@@ -718,17 +720,39 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
         node
     };
     let node_id = node.node_id();
-    let store = node.open_store()?;
+    let mut store = node.open_store()?;
+    let definition = crate::workflow::parse(DEMO_WORKFLOW).context("the bundled demo workflow")?;
+    let workflow = apply_workflow(&mut store, definition, &node_id)?;
+    println!(
+        "applied workflow {} version {} (sensor -> zscore -> threshold)",
+        workflow.id, workflow.version
+    );
+    let prepared = crate::engine::Prepared::new(workflow)?;
     let handle = StoreHandle::spawn(store);
-    let records = simulated_runs(&node_id, args.runs, now_ms());
+    // The runs of the last few hours, one every 30 s, replayed on simulated time so that the
+    // sliding window sees a realistic history.
+    const PERIOD_MS: i64 = 30_000;
+    let first = now_ms() - PERIOD_MS * args.runs as i64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the async runtime")?;
     let started = Instant::now();
     let mut acked = 0;
-    for chunk in records.chunks(60) {
-        acked += handle.append(chunk.to_vec()).wait()?.len();
+    let mut batch = Vec::with_capacity(60);
+    for i in 0..args.runs {
+        let at = first + PERIOD_MS * i as i64;
+        let run_id = format!("{}-{at}", output::short_id(&node_id));
+        let record =
+            runtime.block_on(prepared.run(run_id, &node_id, serde_json::Value::Null, || at));
+        batch.push(record);
+        if batch.len() == 60 || i + 1 == args.runs {
+            acked += handle.append(std::mem::take(&mut batch)).wait()?.len();
+        }
     }
     let took = started.elapsed();
     println!(
-        "recorded {acked} simulated sensor runs durably in {took:.1?} ({:.0} runs/s)",
+        "ran it {acked} times and recorded every run durably in {took:.1?} ({:.0} runs/s)",
         acked as f64 / took.as_secs_f64()
     );
     let (docs, recent) = handle
@@ -764,66 +788,4 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
         root.display()
     );
     Ok(())
-}
-
-/// A temperature sensor sampled every 30 s, scored by z-score against a sliding window.
-fn simulated_runs(node_id: &str, runs: usize, now: i64) -> Vec<RunRecord> {
-    const PERIOD_MS: i64 = 30_000;
-    const WINDOW: usize = 20;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(now as u64);
-    let mut history: Vec<f64> = Vec::with_capacity(WINDOW);
-    let mut level = 21.0;
-    let first = now - PERIOD_MS * runs as i64;
-    let mut out = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let started = first + PERIOD_MS * i as i64;
-        level += rng.gen_range(-0.15..0.15);
-        let spike = if rng.gen_bool(0.02) { 4.0 } else { 0.0 };
-        let value = level + rng.gen_range(-0.3..0.3) + spike;
-        let (mean, sd) = mean_sd(&history);
-        let z = if sd > 0.0 { (value - mean) / sd } else { 0.0 };
-        let anomaly = z.abs() > 3.0;
-        history.push(value);
-        if history.len() > WINDOW {
-            history.remove(0);
-        }
-        let step = |name: &str, offset_us: u64, output: serde_json::Value| StepRecord {
-            step: name.into(),
-            status: RunStatus::Succeeded,
-            started_ms: started,
-            duration_us: offset_us,
-            attempts: 1,
-            output: output.to_string(),
-            error: None,
-        };
-        let output = json!({"value": (value * 100.0).round() / 100.0, "z": (z * 100.0).round() / 100.0, "anomaly": anomaly});
-        let steps = vec![
-            step("sensor", 180, json!({"value": value})),
-            step("zscore", 12, json!({"z": z})),
-            step("threshold", 4, json!({"anomaly": anomaly})),
-        ];
-        out.push(RunRecord {
-            run_id: format!("{}-{started}", output::short_id(node_id)),
-            workflow: "sensor-zscore".into(),
-            workflow_version: 1,
-            node: node_id.to_owned(),
-            started_ms: started,
-            finished_ms: started + 1,
-            status: RunStatus::Succeeded,
-            steps,
-            output: output.to_string(),
-            error: None,
-        });
-    }
-    out
-}
-
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    if values.len() < 2 {
-        return (values.first().copied().unwrap_or(0.0), 0.0);
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
 }

@@ -106,7 +106,7 @@ fn demo_results_and_documents_are_readable() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("demo");
     let out = ok(rhizome(&node, &["demo", "--runs", "150"]));
-    assert!(out.contains("recorded 150 simulated sensor runs"), "{out}");
+    assert!(out.contains("ran it 150 times"), "{out}");
 
     let results = json(&ok(rhizome(&node, &["results", "--json"])));
     let runs = results.as_array().unwrap();

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crdt_store::{RunRecord, RunStatus, StepRecord, WorkflowDoc};
 use serde_json::Value;
 
-use crate::workflow::RUN_INPUT;
+use crate::workflow::{Condition, RUN_INPUT};
 
 /// Step timeout when the workflow gives none.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +25,7 @@ pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Prepared {
     workflow: WorkflowDoc,
     agents: BTreeMap<String, Box<dyn Agent>>,
+    conditions: BTreeMap<String, Condition>,
     waves: Vec<Vec<String>>,
 }
 
@@ -34,7 +35,13 @@ impl Prepared {
     pub fn new(workflow: WorkflowDoc) -> Result<Prepared> {
         let registry = Registry;
         let mut agents = BTreeMap::new();
+        let mut conditions = BTreeMap::new();
         for (id, step) in &workflow.steps {
+            // A definition replicated from a peer skipped this node's validation: parse again.
+            if let Some(when) = &step.when {
+                let condition = Condition::parse(when).with_context(|| format!("step `{id}`"))?;
+                conditions.insert(id.clone(), condition);
+            }
             let config: Value = serde_json::from_str(&step.config)
                 .with_context(|| format!("step `{id}`: stored configuration is not JSON"))?;
             let agent = registry
@@ -73,6 +80,7 @@ impl Prepared {
         Ok(Prepared {
             workflow,
             agents,
+            conditions,
             waves,
         })
     }
@@ -171,8 +179,8 @@ impl Prepared {
             .iter()
             .filter_map(|i| outputs.get(i).map(|v| (i.clone(), v.clone())))
             .collect();
-        if let Some(when) = &step.when
-            && !condition_holds(when, &inputs)
+        if let Some(condition) = self.conditions.get(id)
+            && !condition.holds(&inputs)
         {
             record.status = RunStatus::Skipped;
             return (record, None);
@@ -220,42 +228,6 @@ impl Prepared {
     }
 }
 
-/// Evaluates `<input>.<field>` (truthy: true, a non-zero number, a non-empty string) or
-/// `<input>.<field> <op> <number>`. A missing field is false.
-fn condition_holds(when: &str, inputs: &BTreeMap<String, Value>) -> bool {
-    let parts: Vec<&str> = when.split_whitespace().collect();
-    let Some((input, field)) = parts.first().and_then(|p| p.split_once('.')) else {
-        return false;
-    };
-    let Some(value) = inputs.get(input).and_then(|v| v.get(field)) else {
-        return false;
-    };
-    match parts.as_slice() {
-        [_] => match value {
-            Value::Bool(b) => *b,
-            Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-            Value::String(s) => !s.is_empty(),
-            Value::Null => false,
-            _ => true,
-        },
-        [_, op, limit] => {
-            let (Some(v), Ok(limit)) = (value.as_f64(), limit.parse::<f64>()) else {
-                return false;
-            };
-            match *op {
-                "==" => v == limit,
-                "!=" => v != limit,
-                ">" => v > limit,
-                ">=" => v >= limit,
-                "<" => v < limit,
-                "<=" => v <= limit,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +272,9 @@ mod tests {
 
     #[test]
     fn conditions() {
+        let condition_holds = |when: &str, inputs: &BTreeMap<String, Value>| {
+            Condition::parse(when).unwrap().holds(inputs)
+        };
         let inputs: BTreeMap<String, Value> = [(
             "s".to_owned(),
             serde_json::json!({"z": 3.5, "ok": true, "off": 0}),

@@ -251,28 +251,89 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
     })
 }
 
-/// A condition is `<input>.<field>` (truthy) or `<input>.<field> <op> <number>` with `op` one
-/// of `== != > >= < <=`; the input must be one of the step's inputs.
-fn check_condition(when: &str, inputs: &[String]) -> Result<()> {
-    let parts: Vec<&str> = when.split_whitespace().collect();
-    let (path, rest) = match parts.as_slice() {
-        [path] => (*path, None),
-        [path, op, value] => (*path, Some((*op, *value))),
-        _ => bail!("when: `{when}` is not `<input>.<field>` or `<input>.<field> <op> <number>`"),
-    };
-    let Some((input, field)) = path.split_once('.') else {
-        bail!("when: `{path}` must name an input and a field, as `score.anomaly`");
-    };
-    if field.is_empty() || !inputs.iter().any(|i| i == input) {
-        bail!("when: `{input}` is not an input of this step");
+/// A step's `when`: `<input>.<field>` (truthy) or `<input>.<field> <op> <number>` with `op`
+/// one of `== != > >= < <=`. Parsed once, by validation and by the engine alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    input: String,
+    field: String,
+    compare: Option<(String, f64)>,
+}
+
+impl Condition {
+    /// Parses the syntax; which inputs exist is checked by the caller.
+    pub fn parse(when: &str) -> Result<Condition> {
+        let parts: Vec<&str> = when.split_whitespace().collect();
+        let (path, rest) = match parts.as_slice() {
+            [path] => (*path, None),
+            [path, op, value] => (*path, Some((*op, *value))),
+            _ => {
+                bail!("when: `{when}` is not `<input>.<field>` or `<input>.<field> <op> <number>`")
+            }
+        };
+        let Some((input, field)) = path.split_once('.').filter(|(_, f)| !f.is_empty()) else {
+            bail!("when: `{path}` must name an input and a field, as `score.anomaly`");
+        };
+        let compare = match rest {
+            None => None,
+            Some((op, value)) => {
+                if !matches!(op, "==" | "!=" | ">" | ">=" | "<" | "<=") {
+                    bail!("when: unknown comparison `{op}` (use == != > >= < <=)");
+                }
+                let value = value
+                    .parse::<f64>()
+                    .map_err(|_| anyhow::anyhow!("when: `{value}` is not a number"))?;
+                Some((op.to_owned(), value))
+            }
+        };
+        Ok(Condition {
+            input: input.to_owned(),
+            field: field.to_owned(),
+            compare,
+        })
     }
-    if let Some((op, value)) = rest {
-        if !matches!(op, "==" | "!=" | ">" | ">=" | "<" | "<=") {
-            bail!("when: unknown comparison `{op}` (use == != > >= < <=)");
+
+    /// The input the condition reads.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+
+    /// Whether it holds for these inputs: truthy means true, a non-zero number or a non-empty
+    /// string; a missing input or field is false.
+    pub fn holds(&self, inputs: &BTreeMap<String, serde_json::Value>) -> bool {
+        use serde_json::Value;
+        let Some(value) = inputs.get(&self.input).and_then(|v| v.get(&self.field)) else {
+            return false;
+        };
+        match &self.compare {
+            None => match value {
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+                Value::String(s) => !s.is_empty(),
+                Value::Null => false,
+                _ => true,
+            },
+            Some((op, limit)) => {
+                let Some(v) = value.as_f64() else {
+                    return false;
+                };
+                match op.as_str() {
+                    "==" => v == *limit,
+                    "!=" => v != *limit,
+                    ">" => v > *limit,
+                    ">=" => v >= *limit,
+                    "<" => v < *limit,
+                    _ => v <= *limit,
+                }
+            }
         }
-        value
-            .parse::<f64>()
-            .map_err(|_| anyhow::anyhow!("when: `{value}` is not a number"))?;
+    }
+}
+
+fn check_condition(when: &str, inputs: &[String]) -> Result<()> {
+    let condition = Condition::parse(when)?;
+    if !inputs.iter().any(|i| i == condition.input()) {
+        bail!("when: `{}` is not an input of this step", condition.input());
     }
     Ok(())
 }

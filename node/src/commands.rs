@@ -269,14 +269,24 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// Reads through the running node's HTTP API (`GET path`), or from the store when no node runs
+/// on the data dir: a running node holds the store.
+fn read_via<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    path: &str,
+    offline: impl FnOnce(&mut Store) -> Result<T>,
+) -> Result<T> {
+    match crate::client::running_node(&node.dir) {
+        Some(addr) => crate::client::get(addr, path),
+        None => offline(&mut node.open_store()?),
+    }
+}
+
 fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
-    let running = crate::client::running_node(&node.dir);
     match cmd {
         DocCommand::List { json } => {
-            let docs: Vec<crdt_store::DocInfo> = match running {
-                Some(addr) => crate::client::get(addr, "/docs")?,
-                None => node.open_store()?.list_docs()?,
-            };
+            let docs: Vec<crdt_store::DocInfo> =
+                read_via(node, "/docs", |store| Ok(store.list_docs()?))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&docs)?);
                 return Ok(());
@@ -304,13 +314,8 @@ fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
             );
         }
         DocCommand::Show { id, json } => {
-            let shown: serde_json::Value = match running {
-                Some(addr) => crate::client::get(
-                    addr,
-                    &format!("/doc?id={}", crate::client::encode_query(&id)),
-                )?,
-                None => show_doc(&mut node.open_store()?, &id)?,
-            };
+            let path = format!("/doc?id={}", crate::client::encode_query(&id));
+            let shown: serde_json::Value = read_via(node, &path, |store| show_doc(store, &id))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
@@ -406,12 +411,11 @@ fn retire(node: &Node, json: bool) -> Result<()> {
 }
 
 fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
-    let running = crate::client::running_node(&node.dir);
     match cmd {
         WorkflowCommand::Apply { file, json } => {
             // Validated here too, so a bad file is reported with its name either way.
             let definition = crate::workflow::load(&file)?;
-            let stored: WorkflowDoc = match running {
+            let stored: WorkflowDoc = match crate::client::running_node(&node.dir) {
                 Some(addr) => {
                     let yaml = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -438,10 +442,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
             }
         }
         WorkflowCommand::List { json } => {
-            let workflows: Vec<WorkflowDoc> = match running {
-                Some(addr) => crate::client::get(addr, "/workflows")?,
-                None => list_workflows(&mut node.open_store()?)?,
-            };
+            let workflows: Vec<WorkflowDoc> = read_via(node, "/workflows", list_workflows)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&workflows)?);
                 return Ok(());
@@ -468,13 +469,8 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
         }
         WorkflowCommand::Show { id, json } => {
             let name = DocName::workflow(&id)?.to_string();
-            let shown: serde_json::Value = match running {
-                Some(addr) => crate::client::get(
-                    addr,
-                    &format!("/doc?id={}", crate::client::encode_query(&name)),
-                )?,
-                None => show_doc(&mut node.open_store()?, &name)?,
-            };
+            let path = format!("/doc?id={}", crate::client::encode_query(&name));
+            let shown: serde_json::Value = read_via(node, &path, |store| show_doc(store, &name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown["content"])?);
                 return Ok(());
@@ -644,22 +640,19 @@ fn results(node: &Node, args: ResultsArgs) -> Result<()> {
         node: args.node,
         since_ms: args.since.as_deref().map(parse_since).transpose()?,
     };
-    let mut records: Vec<RunRecord> = match crate::client::running_node(&node.dir) {
-        Some(addr) => {
-            let mut path = String::from("/results?");
-            if let Some(w) = &query.workflow {
-                path += &format!("workflow={}&", crate::client::encode_query(w));
-            }
-            if let Some(n) = &query.node {
-                path += &format!("node={}&", crate::client::encode_query(n));
-            }
-            if let Some(since) = query.since_ms {
-                path += &format!("since_ms={since}&");
-            }
-            crate::client::get(addr, path.trim_end_matches(['&', '?']))?
-        }
-        None => node.open_store()?.results(&query)?,
-    };
+    let mut path = String::from("/results?");
+    if let Some(w) = &query.workflow {
+        path += &format!("workflow={}&", crate::client::encode_query(w));
+    }
+    if let Some(n) = &query.node {
+        path += &format!("node={}&", crate::client::encode_query(n));
+    }
+    if let Some(since) = query.since_ms {
+        path += &format!("since_ms={since}&");
+    }
+    let mut records: Vec<RunRecord> = read_via(node, path.trim_end_matches(['&', '?']), |store| {
+        Ok(store.results(&query)?)
+    })?;
     if let Some(limit) = args.limit {
         let skip = records.len().saturating_sub(limit);
         records.drain(..skip);

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Path of the workspace's `rhizome` binary, of the tests' own profile; built first if missing.
 ///
@@ -28,6 +29,17 @@ pub fn rhizome_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// Polls `check` until it holds and returns how long that took; panics naming `what` if it does
+/// not hold `within`.
+pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
 }
 
 fn workspace_root() -> &'static Path {

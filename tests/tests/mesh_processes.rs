@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::rhizome_bin;
+use rhizome_e2e::{rhizome_bin, wait_until};
 use serde_json::Value;
 
 struct Running {
@@ -101,15 +101,6 @@ fn connected(node: &Running) -> usize {
         .iter()
         .filter(|p| p["state"] == "connected")
         .count()
-}
-
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 #[test]

@@ -8,9 +8,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rhizome_e2e::rhizome_bin;
+use rhizome_e2e::{rhizome_bin, wait_until};
 use serde_json::Value;
 
 const NODES: usize = 3;
@@ -177,15 +177,6 @@ fn ip(ns: &str, args: &[&str]) {
     let mut full = vec!["ip", "-n", ns];
     full.extend_from_slice(args);
     sh(&full);
-}
-
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn can_run() -> bool {

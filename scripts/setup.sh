@@ -22,3 +22,36 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest not found: tests will run with cargo test" >&2
 fi
+
+# ONNX Runtime for the `onnx` agent. ort loads it at run time (the build downloads nothing), and
+# PyPI is the one place it can come from: the wheel carries the shared library.
+ort_version=1.32.0
+ort_dir=.cache/onnxruntime
+ort_lib="$ort_dir/libonnxruntime.so.$ort_version"
+if [ ! -f "$ort_lib" ]; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "python3 with pip is needed to fetch ONNX Runtime $ort_version; the onnx agent's tests will fail without it" >&2
+  else
+    mkdir -p "$ort_dir"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      "onnxruntime==$ort_version" -d "$tmp"
+    # A wheel is a zip; python3 unpacks it where unzip may be missing.
+    python3 - "$tmp" "$ort_lib" <<'PY'
+import glob, shutil, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = glob.glob(f"{tmp}/onnxruntime-*.whl")[0]
+name = "onnxruntime/capi/" + dest.rsplit("/", 1)[1]
+with zipfile.ZipFile(wheel) as z, z.open(name) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+shutil.move(dest + ".part", dest)
+PY
+    rm -rf "$tmp"
+    trap - EXIT
+  fi
+fi
+# The unversioned name is what ORT_DYLIB_PATH examples and the agent's lookup expect.
+if [ -f "$ort_lib" ]; then
+  ln -sf "libonnxruntime.so.$ort_version" "$ort_dir/libonnxruntime.so"
+fi

@@ -31,6 +31,9 @@ const META_FORMAT: &str = "format";
 const META_NEXT_SEQ: &str = "result-next-seq";
 const META_APPLIED_SEQ: &str = "result-applied-seq";
 
+/// Told the id of every document a local write changed.
+type ChangeListener = Box<dyn FnMut(&DocumentId) + Send>;
+
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
 
@@ -208,6 +211,8 @@ pub struct Store {
     /// Logged results that could not be folded into their document (a corrupt results
     /// document); they stay in the log and are skipped until the store is reopened.
     stuck: std::collections::BTreeSet<u64>,
+    /// Told the id of every document a local write changed, after the write is durable.
+    change_listener: Option<ChangeListener>,
 }
 
 impl std::fmt::Debug for Store {
@@ -271,6 +276,7 @@ impl Store {
             cache: HashMap::new(),
             tick: 0,
             stuck: std::collections::BTreeSet::new(),
+            change_listener: None,
         };
         let recovered = store.apply_pending(usize::MAX)?;
         if recovered > 0 {
@@ -436,6 +442,83 @@ impl Store {
         let table = txn.open_table(NAMES).during("read names")?;
         let name = table.get(id.to_string().as_str()).during("read names")?;
         Ok(name.and_then(|n| n.value().parse().ok()))
+    }
+
+    /// Calls `listener` with the id of every document that a local write of this store changed,
+    /// once the write is durable, so that document sync can announce it.
+    pub fn set_change_listener(&mut self, listener: impl FnMut(&DocumentId) + Send + 'static) {
+        self.change_listener = Some(Box::new(listener));
+    }
+
+    fn notify_changed(&mut self, id: &DocumentId) {
+        if let Some(listener) = self.change_listener.as_mut() {
+            listener(id);
+        }
+    }
+
+    /// The logical name recorded for a document id.
+    pub fn name_of_id(&self, id: &DocumentId) -> Result<Option<DocName>> {
+        self.name_of(id)
+    }
+
+    /// Every document id with a recorded name, in id order.
+    pub fn names(&self) -> Result<Vec<(DocumentId, DocName)>> {
+        let txn = self.db.begin_read().during("read names")?;
+        let table = txn.open_table(NAMES).during("read names")?;
+        let mut out = Vec::new();
+        for item in table.iter().during("read names")? {
+            let (id, name) = item.during("read names")?;
+            if let (Ok(id), Ok(name)) = (
+                id.value().parse::<DocumentId>(),
+                name.value().parse::<DocName>(),
+            ) {
+                out.push((id, name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the name of a document learnt from a peer. The name must derive to the id within
+    /// this store's mesh, so a peer cannot mislabel a document.
+    pub fn remember_name(&mut self, id: &DocumentId, name: &DocName) -> Result<()> {
+        if self.document_id(name) != *id {
+            return Err(StoreError::Shape {
+                doc: name.to_string(),
+                kind: "name",
+                reason: format!("the name does not derive to document id {id}"),
+            });
+        }
+        let txn = self.db.begin_write().during("record name")?;
+        {
+            let mut names = txn.open_table(NAMES).during("record name")?;
+            names
+                .insert(id.to_string().as_str(), name.to_string().as_str())
+                .during("record name")?;
+        }
+        txn.commit().during("record name")
+    }
+
+    /// The heads of a stored document, or `None` if nothing is stored for it.
+    pub fn heads(&mut self, id: &DocumentId) -> Result<Option<Vec<automerge::ChangeHash>>> {
+        if let Some(cached) = self.cache.get_mut(id) {
+            return Ok(Some(cached.doc.get_heads()));
+        }
+        let label = id.to_string();
+        Ok(self.decode(id, &label)?.map(|(mut doc, _)| doc.get_heads()))
+    }
+
+    /// The raw bytes of every stored change of a document that is not an ancestor of `heads`.
+    pub fn changes_since(
+        &mut self,
+        id: &DocumentId,
+        heads: &[automerge::ChangeHash],
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut doc = self.automerge(id)?;
+        Ok(doc
+            .get_changes(heads)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect())
     }
 
     /// Every stored document with its size.
@@ -606,6 +689,8 @@ impl Store {
         if outcome.is_err() {
             // The cached copy may hold a change that never reached the disk.
             self.cache.remove(&id);
+        } else {
+            self.notify_changed(&id);
         }
         outcome
     }
@@ -938,6 +1023,9 @@ impl Store {
         if let Err(e) = outcome {
             self.forget(&touched);
             return Err(e);
+        }
+        for id in &touched {
+            self.notify_changed(id);
         }
         // Records of stuck documents count as handled for this batch, so callers move on.
         Ok(records.len())

@@ -138,7 +138,7 @@ fn peers(node: &Node, json: bool) -> Result<()> {
             node.dir.root.display()
         );
     };
-    let peers: Vec<crate::daemon::PeerView> = crate::client::get(addr, "/peers")?;
+    let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&peers)?);
         return Ok(());
@@ -147,7 +147,7 @@ fn peers(node: &Node, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_peers(peers: &[crate::daemon::PeerView]) {
+fn print_peers(peers: &[crate::http::PeerView]) {
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|p| {
@@ -172,8 +172,8 @@ fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::client::running_node(&node.dir);
     let (health, peers, store) = match running {
         Some(addr) => {
-            let health: crate::daemon::Health = crate::client::get(addr, "/health")?;
-            let peers: Vec<crate::daemon::PeerView> = crate::client::get(addr, "/peers")?;
+            let health: crate::http::Health = crate::client::get(addr, "/health")?;
+            let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
             (Some(health), peers, None)
         }
         None => (None, Vec::new(), Some(node.open_store()?.stats()?)),
@@ -532,15 +532,7 @@ pub fn apply_workflow(
 
 /// Every stored workflow, by id.
 pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
-    let mut out = Vec::new();
-    for info in store.list_docs()? {
-        if let Some(name) = info.name.and_then(|n| n.parse::<DocName>().ok())
-            && name.kind() == DocKind::Workflow
-        {
-            out.push(store.read::<WorkflowDoc>(&name)?);
-        }
-    }
-    Ok(out)
+    crate::workflow::stored(store)
 }
 
 fn run_once(node: &Node, args: RunArgs) -> Result<()> {

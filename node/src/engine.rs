@@ -6,6 +6,7 @@
 //! to the scheduler that calls it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use agents::{Agent, Registry, RunContext};
@@ -85,6 +86,12 @@ impl Prepared {
         })
     }
 
+    /// The definition this run pins.
+    #[allow(dead_code)] // for the scheduler
+    pub fn workflow(&self) -> &WorkflowDoc {
+        &self.workflow
+    }
+
     /// Runs once. `now_ms` gives wall-clock timestamps for the record.
     pub async fn run(
         &self,
@@ -93,6 +100,21 @@ impl Prepared {
         input: Value,
         now_ms: impl Fn() -> i64,
     ) -> RunRecord {
+        self.run_until(run_id, node, input, now_ms, std::future::pending())
+            .await
+    }
+
+    /// Runs once, or until `cancel` completes: then the run ends `interrupted`, with the records
+    /// of the waves that finished and the steps that were in flight marked interrupted.
+    pub async fn run_until(
+        &self,
+        run_id: String,
+        node: &str,
+        input: Value,
+        now_ms: impl Fn() -> i64,
+        cancel: impl Future<Output = ()>,
+    ) -> RunRecord {
+        let mut cancel = std::pin::pin!(cancel);
         let started_ms = now_ms();
         let run_timeout = match self.workflow.timeout_ms {
             0 => DEFAULT_RUN_TIMEOUT,
@@ -105,17 +127,33 @@ impl Prepared {
         let mut error = None;
         let deadline = tokio::time::Instant::now() + run_timeout;
         'waves: for wave in &self.waves {
+            let wave_started_ms = now_ms();
+            let wave_clock = Instant::now();
             let runs = wave.iter().map(|id| self.run_step(id, &outputs, &now_ms));
-            let finished =
-                match tokio::time::timeout_at(deadline, futures_util::future::join_all(runs)).await
-                {
+            let all = tokio::time::timeout_at(deadline, futures_util::future::join_all(runs));
+            let finished = tokio::select! {
+                biased;
+                () = &mut cancel => {
+                    status = RunStatus::Interrupted;
+                    error = Some("the node shut down while the run was in flight".into());
+                    steps.extend(wave.iter().map(|id| StepRecord {
+                        step: id.clone(),
+                        status: RunStatus::Interrupted,
+                        started_ms: wave_started_ms,
+                        duration_us: wave_clock.elapsed().as_micros() as u64,
+                        ..StepRecord::default()
+                    }));
+                    break 'waves;
+                }
+                finished = all => match finished {
                     Ok(finished) => finished,
                     Err(_) => {
                         status = RunStatus::TimedOut;
                         error = Some(format!("the run exceeded its timeout of {run_timeout:?}"));
                         break 'waves;
                     }
-                };
+                },
+            };
             for (id, (record, output)) in wave.iter().zip(finished) {
                 if let Some(output) = output {
                     outputs.insert(id.clone(), output);

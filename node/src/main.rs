@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod daemon;
 mod engine;
+mod http;
 mod identity;
 mod mesh_admin;
 mod node;

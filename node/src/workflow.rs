@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use crdt_store::{DocName, StepDef, Target, WorkflowDoc};
+use crdt_store::{DocKind, DocName, StepDef, Store, Target, WorkflowDoc};
 use serde::Deserialize;
 
 use crate::config::parse_duration;
@@ -249,6 +249,23 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         updated_by: String::new(),
         updated_ms: 0,
     })
+}
+
+/// Every workflow in the store, by id. A name that was never applied reads as an empty
+/// genesis document and is left out.
+pub fn stored(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
+    let mut out = Vec::new();
+    for info in store.list_docs()? {
+        if let Some(name) = info.name.and_then(|n| n.parse::<DocName>().ok())
+            && name.kind() == DocKind::Workflow
+        {
+            let workflow = store.read::<WorkflowDoc>(&name)?;
+            if !workflow.steps.is_empty() {
+                out.push(workflow);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A step's `when`: `<input>.<field>` (truthy) or `<input>.<field> <op> <number>` with `op`

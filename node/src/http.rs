@@ -1,0 +1,202 @@
+//! The local HTTP API: one router, its shared state, and the read handlers. Writes need the
+//! node's API token (`Authorization: Bearer <data-dir>/api.token`), fresh at every start.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use crdt_store::{DocName, MeshRegistry, StoreHandle};
+use mesh::net::driver::MeshHandle;
+use mesh::proto::membership::PeerState;
+use serde::Serialize;
+
+/// What `GET /health` answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub node_id: String,
+    pub name: String,
+    pub zone: String,
+    pub mesh_id: String,
+    pub quic: String,
+    pub http: String,
+    pub uptime_ms: u64,
+    pub version: String,
+}
+
+/// One entry of `GET /peers`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerView {
+    pub node_id: String,
+    pub name: Option<String>,
+    pub addr: Option<String>,
+    pub state: String,
+    pub silent_ms: u64,
+}
+
+pub struct AppState {
+    /// Bearer token that every write request must carry.
+    pub token: String,
+    pub health: Health,
+    pub started: Instant,
+    pub mesh: MeshHandle,
+    pub store: StoreHandle,
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(get_health))
+        .route("/peers", get(get_peers))
+        .route("/docs", get(get_docs))
+        .route("/doc", get(get_doc))
+        .route("/results", get(get_results))
+        .route("/workflows", get(get_workflows).post(post_workflow))
+        .with_state(state)
+}
+
+async fn get_health(State(state): State<Arc<AppState>>) -> Json<Health> {
+    let mut health = state.health.clone();
+    health.uptime_ms = state.started.elapsed().as_millis() as u64;
+    Json(health)
+}
+
+async fn get_peers(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<PeerView>>, (axum::http::StatusCode, String)> {
+    let unavailable = |e: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e);
+    let peers = state
+        .mesh
+        .peers()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let registry = state
+        .store
+        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+        .recv()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok(Json(
+        peers
+            .into_iter()
+            .map(|p| PeerView {
+                name: registry.nodes.get(&p.node).map(|e| e.name.clone()),
+                node_id: p.node,
+                addr: p.addr,
+                state: match p.state {
+                    PeerState::Connected => "connected",
+                    PeerState::Dialling => "dialling",
+                    PeerState::Idle => "disconnected",
+                }
+                .into(),
+                silent_ms: p.silent_for.as_millis() as u64,
+            })
+            .collect(),
+    ))
+}
+
+type ApiError = (axum::http::StatusCode, String);
+
+fn api_error(e: impl std::fmt::Display) -> ApiError {
+    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn get_docs(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<crdt_store::DocInfo>>, ApiError> {
+    let docs = state
+        .store
+        .call(|s| s.list_docs())
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(docs))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DocQuery {
+    id: String,
+}
+
+async fn get_doc(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<DocQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let shown = state
+        .store
+        .call(move |s| Ok(crate::commands::show_doc(s, &query.id)))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    shown
+        .map(Json)
+        .map_err(|e| (axum::http::StatusCode::NOT_FOUND, format!("{e:#}")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ResultsParams {
+    workflow: Option<String>,
+    node: Option<String>,
+    since_ms: Option<i64>,
+}
+
+async fn get_results(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<ResultsParams>,
+) -> Result<Json<Vec<crdt_store::RunRecord>>, ApiError> {
+    let query = crdt_store::ResultsQuery {
+        workflow: params.workflow,
+        node: params.node,
+        since_ms: params.since_ms,
+    };
+    let records = state
+        .store
+        .call(move |s| s.results(&query))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(records))
+}
+
+async fn get_workflows(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<crdt_store::WorkflowDoc>>, ApiError> {
+    let workflows = state
+        .store
+        .call(|s| Ok(crate::commands::list_workflows(s)))
+        .recv()
+        .await
+        .map_err(api_error)?
+        .map_err(|e| api_error(format!("{e:#}")))?;
+    Ok(Json(workflows))
+}
+
+async fn post_workflow(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    yaml: String,
+) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.token.as_str()) {
+        return Err((
+            axum::http::StatusCode::UNAUTHORIZED,
+            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
+        ));
+    }
+    let definition = crate::workflow::parse(&yaml)
+        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let node_id = state.health.node_id.clone();
+    let stored = state
+        .store
+        .call(move |s| Ok(crate::commands::apply_workflow(s, definition, &node_id)))
+        .recv()
+        .await
+        .map_err(api_error)?
+        .map_err(|e| api_error(format!("{e:#}")))?;
+    Ok(Json(stored))
+}

@@ -1,5 +1,6 @@
 //! The store thread: owns the [`Store`], groups concurrent result appends into one fsynced
-//! commit, and folds logged results into documents when it is idle.
+//! commit, folds logged results into documents when it is idle, and makes commits that were not
+//! fsynced (applied sync messages) durable soon after.
 
 use std::thread::JoinHandle;
 
@@ -19,6 +20,12 @@ pub const APPLY_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_m
 /// Logged-but-unapplied results above which the thread applies even when busy, so the log
 /// stays bounded under sustained load.
 pub const MAX_PENDING_BEFORE_APPLY: usize = 4 * APPLY_BATCH;
+
+/// How long the queue must stay quiet before commits that were not fsynced are made durable.
+pub const FLUSH_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The longest a commit that was not fsynced waits for a durable one, even under load.
+pub const MAX_UNFLUSHED_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 type Call = Box<dyn FnOnce(&mut Store) + Send>;
 type AppendReply = flume::Sender<Result<Vec<u64>>>;
@@ -127,14 +134,25 @@ impl StoreHandle {
 fn run(mut store: Store, inbox: flume::Receiver<Request>) {
     let mut pending: usize = store.pending_results().unwrap_or(0) as usize;
     loop {
-        let first = if pending > 0 {
-            // Folding is deferred until the queue has been quiet for a moment: folding after
-            // every commit would put Automerge work between each acknowledgement and the next
-            // request, and fold in tiny batches.
-            match inbox.recv_timeout(APPLY_WHEN_IDLE_FOR) {
+        // Folding is deferred until the queue has been quiet for a moment: folding after every
+        // commit would put Automerge work between each acknowledgement and the next request,
+        // and fold in tiny batches. Flushing waits for quiet for the same reason.
+        let idle_work = if pending > 0 {
+            Some(APPLY_WHEN_IDLE_FOR)
+        } else if store.unflushed_since().is_some() {
+            Some(FLUSH_WHEN_IDLE_FOR)
+        } else {
+            None
+        };
+        let first = if let Some(quiet) = idle_work {
+            match inbox.recv_timeout(quiet) {
                 Ok(request) => request,
                 Err(flume::RecvTimeoutError::Timeout) => {
-                    pending = apply_some(&mut store, pending);
+                    if pending > 0 {
+                        pending = apply_some(&mut store, pending);
+                    } else {
+                        flush(&mut store);
+                    }
                     continue;
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -172,6 +190,12 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
             call(&mut store);
             pending = store.pending_results().unwrap_or(0) as usize;
         }
+        if store
+            .unflushed_since()
+            .is_some_and(|since| since.elapsed() >= MAX_UNFLUSHED_FOR)
+        {
+            flush(&mut store);
+        }
     }
     if let Err(e) = store.apply_pending(usize::MAX) {
         tracing::error!(error = %e, "applying logged results at shutdown failed; they stay logged");
@@ -197,6 +221,14 @@ fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, AppendReply)>) {
                 }));
             }
         }
+    }
+}
+
+fn flush(store: &mut Store) {
+    if let Err(e) = store.flush() {
+        // What was applied stays in memory and at the peers it came from; the next durable
+        // commit or the next session brings it to disk.
+        tracing::error!(error = %e, "making applied sync messages durable failed");
     }
 }
 

@@ -26,6 +26,7 @@ pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};
 pub use names::{DocKind, DocName, Window, format_timestamp, parse_timestamp};
 pub use samod_core;
 pub use store::{
-    APPLY_BATCH, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION, ResultsQuery,
-    RetentionPolicy, RetireReason, Retired, Store, StoreConfig, StoreStats,
+    APPLY_BATCH, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION,
+    HeadsDigest, RETIRED_DIGEST, ResultsQuery, RetentionPolicy, RetireReason, Retired, Store,
+    StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected, heads_digest,
 };

@@ -15,6 +15,10 @@ use samod_core::{CompactionHash, DocumentId, StorageKey};
 use crate::docs::{self, ResultsDoc, RunRecord, TypedDoc};
 use crate::error::{EngineContext, Result, StoreError};
 use crate::names::{DocKind, DocName, Window};
+use mesh::proto::wire::CatalogueEntry;
+
+mod sync;
+pub use sync::{CatalogueItem, RETIRED_DIGEST, SyncApplied, SyncApply, SyncRejected};
 
 /// Automerge chunks and every other samod key, by the key's parts joined with `/`
 /// (automerge-repo's layout: `<doc>/snapshot/<hash>`, `<doc>/incremental/<hash>`,
@@ -26,13 +30,37 @@ const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names-1");
 const RESULT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("result-log-1");
 /// Counters and the format version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta-1");
+/// Document id → its current heads (32-byte change hashes, concatenated), so the catalogue of
+/// what this node holds is read without decoding any document.
+const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads-1");
+/// Document id → name of a document retired by retention: a tombstone, so that sync does not
+/// fetch it back from a peer that still holds it.
+const RETIRED: TableDefinition<&str, &str> = TableDefinition::new("retired-1");
 
 const META_FORMAT: &str = "format";
 const META_NEXT_SEQ: &str = "result-next-seq";
 const META_APPLIED_SEQ: &str = "result-applied-seq";
+/// Set once the heads index covers every document (stores made before it existed build it on
+/// open).
+const META_HEADS_INDEXED: &str = "heads-indexed";
 
-/// Told the id of every document a local write changed.
-type ChangeListener = Box<dyn FnMut(&DocumentId) + Send>;
+/// Told of every document a write changed: its id, name and new heads digest.
+type ChangeListener = Box<dyn FnMut(CatalogueEntry) + Send>;
+
+/// A digest of a document's heads: equal digests mean equal heads.
+pub type HeadsDigest = [u8; 16];
+
+/// The digest of a set of heads (order does not matter).
+pub fn heads_digest(heads: &[automerge::ChangeHash]) -> HeadsDigest {
+    use sha2::Digest as _;
+    let mut sorted: Vec<&automerge::ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut hash = sha2::Sha256::new();
+    for head in sorted {
+        hash.update(head.0);
+    }
+    hash.finalize()[..16].try_into().expect("16 bytes")
+}
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -211,8 +239,12 @@ pub struct Store {
     /// Logged results that could not be folded into their document (a corrupt results
     /// document); they stay in the log and are skipped until the store is reopened.
     stuck: std::collections::BTreeSet<u64>,
-    /// Told the id of every document a local write changed, after the write is durable.
+    /// Told of every document a write changed, after the write committed.
     change_listener: Option<ChangeListener>,
+    /// Automerge sync state per (document, peer) for the sessions of current connections.
+    sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
+    /// Since when a commit that was not fsynced waits for a durable one (sync applies).
+    unflushed_since: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Store {
@@ -252,6 +284,8 @@ impl Store {
             txn.open_table(CHUNKS).during("open")?;
             txn.open_table(NAMES).during("open")?;
             txn.open_table(RESULT_LOG).during("open")?;
+            txn.open_table(HEADS).during("open")?;
+            txn.open_table(RETIRED).during("open")?;
             let mut meta = txn.open_table(META).during("open")?;
             let found = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
             match found {
@@ -277,7 +311,10 @@ impl Store {
             tick: 0,
             stuck: std::collections::BTreeSet::new(),
             change_listener: None,
+            sync_states: HashMap::new(),
+            unflushed_since: None,
         };
+        store.index_all_heads()?;
         let recovered = store.apply_pending(usize::MAX)?;
         if recovered > 0 {
             tracing::info!(
@@ -302,7 +339,14 @@ impl Store {
     /// Makes every earlier non-durable commit durable.
     pub fn flush(&mut self) -> Result<()> {
         let txn = self.db.begin_write().during("flush")?;
-        txn.commit().during("flush")
+        txn.commit().during("flush")?;
+        self.unflushed_since = None;
+        Ok(())
+    }
+
+    /// Since when a commit waits for [`Store::flush`] to become durable, if one does.
+    pub fn unflushed_since(&self) -> Option<std::time::Instant> {
+        self.unflushed_since
     }
 
     // -----------------------------------------------------------------------------------------
@@ -383,6 +427,7 @@ impl Store {
                 }
             }
             txn.commit().during("storage write")?;
+            self.reindex_after_raw_writes(&tasks)?;
         }
         Ok(results)
     }
@@ -401,6 +446,38 @@ impl Store {
     /// The persisted sync state of a document with one peer.
     pub fn load_sync_state(&self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
         self.load(&sync_state_key(doc, peer)?)
+    }
+
+    /// Raw chunk writes bypass the document cache: index the heads of the documents they
+    /// touched from what is now stored.
+    fn reindex_after_raw_writes(&mut self, tasks: &[StorageTask]) -> Result<()> {
+        let mut touched = std::collections::BTreeSet::new();
+        for task in tasks {
+            if let StorageTask::Put { key, .. } | StorageTask::Delete { key } = task
+                && let Some(first) = key.into_iter().next()
+                && let Ok(id) = first.parse::<DocumentId>()
+            {
+                touched.insert(id);
+            }
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().during("index heads")?;
+        for id in &touched {
+            match self.decode(id, &id.to_string()) {
+                Ok(Some((mut doc, _))) => Self::index_heads(&txn, id, &doc.get_heads())?,
+                Ok(None) => {
+                    let mut heads = txn.open_table(HEADS).during("index heads")?;
+                    heads
+                        .remove(id.to_string().as_str())
+                        .during("index heads")?;
+                }
+                // Corrupt chunks are named when the document is read; the index skips it.
+                Err(_) => {}
+            }
+        }
+        txn.commit().during("index heads")
     }
 
     fn forget_doc_of(&mut self, key: &StorageKey) {
@@ -444,15 +521,33 @@ impl Store {
         Ok(name.and_then(|n| n.value().parse().ok()))
     }
 
-    /// Calls `listener` with the id of every document that a local write of this store changed,
-    /// once the write is durable, so that document sync can announce it.
-    pub fn set_change_listener(&mut self, listener: impl FnMut(&DocumentId) + Send + 'static) {
+    /// Calls `listener` with the catalogue entry (id, name, new heads digest) of every document a
+    /// write changed — local edits, folded results and applied sync messages — once the write
+    /// has committed, so that sync can announce it and the scheduler can notice workflows.
+    pub fn set_change_listener(&mut self, listener: impl FnMut(CatalogueEntry) + Send + 'static) {
         self.change_listener = Some(Box::new(listener));
     }
 
+    /// Tells the listener about a document that changed and is in the cache.
     fn notify_changed(&mut self, id: &DocumentId) {
-        if let Some(listener) = self.change_listener.as_mut() {
-            listener(id);
+        if self.change_listener.is_none() {
+            return;
+        }
+        let Some(cached) = self.cache.get_mut(id) else {
+            return;
+        };
+        let digest = heads_digest(&cached.doc.get_heads());
+        if let Ok(Some(name)) = self.name_of(id)
+            && let Some(listener) = self.change_listener.as_mut()
+        {
+            listener(
+                CatalogueItem {
+                    id: id.clone(),
+                    name,
+                    digest,
+                }
+                .to_entry(),
+            );
         }
     }
 
@@ -503,8 +598,55 @@ impl Store {
         if let Some(cached) = self.cache.get_mut(id) {
             return Ok(Some(cached.doc.get_heads()));
         }
-        let label = id.to_string();
-        Ok(self.decode(id, &label)?.map(|(mut doc, _)| doc.get_heads()))
+        let txn = self.db.begin_read().during("read heads")?;
+        let table = txn.open_table(HEADS).during("read heads")?;
+        Ok(table
+            .get(id.to_string().as_str())
+            .during("read heads")?
+            .map(|v| decode_heads(v.value())))
+    }
+
+    /// Records a document's heads in the index, within `txn`.
+    fn index_heads(
+        txn: &WriteTransaction,
+        id: &DocumentId,
+        heads: &[automerge::ChangeHash],
+    ) -> Result<()> {
+        let mut table = txn.open_table(HEADS).during("index heads")?;
+        let bytes: Vec<u8> = heads.iter().flat_map(|h| h.0).collect();
+        table
+            .insert(id.to_string().as_str(), bytes.as_slice())
+            .during("index heads")?;
+        Ok(())
+    }
+
+    /// Builds the heads index for stores made before it existed (once).
+    fn index_all_heads(&mut self) -> Result<()> {
+        {
+            let txn = self.db.begin_read().during("open")?;
+            let meta = txn.open_table(META).during("open")?;
+            if meta.get(META_HEADS_INDEXED).during("open")?.is_some() {
+                return Ok(());
+            }
+        }
+        let docs = self.list_docs()?;
+        let txn = self.db.begin_write().during("index heads")?;
+        for info in docs {
+            let Ok(id) = info.id.parse::<DocumentId>() else {
+                continue;
+            };
+            // A document that does not decode keeps no index entry; it is named when read.
+            match self.decode(&id, &info.id) {
+                Ok(Some((mut doc, _))) => Self::index_heads(&txn, &id, &doc.get_heads())?,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(doc = %info.id, error = %e, "not indexed"),
+            }
+        }
+        {
+            let mut meta = txn.open_table(META).during("index heads")?;
+            meta.insert(META_HEADS_INDEXED, 1).during("index heads")?;
+        }
+        txn.commit().during("index heads")
     }
 
     /// The raw bytes of every stored change of a document that is not an ancestor of `heads`.
@@ -726,11 +868,20 @@ impl Store {
                 names
                     .insert(id.to_string().as_str(), name.to_string().as_str())
                     .during("create document")?;
+                Self::index_heads(txn, id, &doc.get_heads())?;
                 doc.set_actor(self.config.actor.clone());
                 (doc, stats)
             }
         };
+        self.cache_insert(id, doc, stats);
+        Ok(())
+    }
+
+    /// Keeps a decoded document in the cache, dropping the least recently used beyond the cap.
+    fn cache_insert(&mut self, id: &DocumentId, doc: AutoCommit, chunks: ChunkStats) {
+        self.tick += 1;
         if self.cache.len() >= DOC_CACHE_CAP
+            && !self.cache.contains_key(id)
             && let Some(oldest) = self
                 .cache
                 .iter()
@@ -743,11 +894,10 @@ impl Store {
             id.clone(),
             CachedDoc {
                 doc,
-                chunks: stats,
+                chunks,
                 last_used: self.tick,
             },
         );
-        Ok(())
     }
 
     /// Commits the cached document's pending operations as one change and writes the new
@@ -765,10 +915,24 @@ impl Store {
         };
         let cached = self.cache.get_mut(id).expect("document is cached");
         cached.doc.commit_with(options);
+        self.store_changes(txn, &name.to_string(), id, before)
+    }
+
+    /// Writes the cached document's changes since `before` as incremental chunks and indexes its
+    /// heads, compacting when there are too many chunks, within `txn`.
+    fn store_changes(
+        &mut self,
+        txn: &WriteTransaction,
+        label: &str,
+        id: &DocumentId,
+        before: &[automerge::ChangeHash],
+    ) -> Result<()> {
+        let cached = self.cache.get_mut(id).expect("document is cached");
         let changes = cached.doc.get_changes(before);
         if changes.is_empty() {
             return Ok(());
         }
+        Self::index_heads(txn, id, &cached.doc.get_heads())?;
         {
             let mut table = txn.open_table(CHUNKS).during("write document")?;
             for change in &changes {
@@ -787,7 +951,7 @@ impl Store {
             .chunks
             .wants_compaction(self.config.compact_after_chunks)
         {
-            self.compact_in(txn, name.to_string(), id)?;
+            self.compact_in(txn, label.to_owned(), id)?;
         }
         Ok(())
     }
@@ -803,15 +967,7 @@ impl Store {
             let (doc, chunks) = self
                 .decode(id, &label)?
                 .ok_or_else(|| StoreError::NoSuchDocument(label.clone()))?;
-            self.tick += 1;
-            self.cache.insert(
-                id.clone(),
-                CachedDoc {
-                    doc,
-                    chunks,
-                    last_used: self.tick,
-                },
-            );
+            self.cache_insert(id, doc, chunks);
         }
         let cached = self.cache.get_mut(id).expect("document is cached");
         let snapshot = cached.doc.save();
@@ -1172,6 +1328,7 @@ impl Store {
     fn remove_doc(&mut self, name: &DocName) -> Result<()> {
         let id = self.document_id(name);
         self.cache.remove(&id);
+        self.sync_states.retain(|(doc, _), _| *doc != id);
         let prefix = format!("{id}/");
         let txn = self.db.begin_write().during("retire document")?;
         {
@@ -1191,6 +1348,14 @@ impl Store {
             let mut names = txn.open_table(NAMES).during("retire document")?;
             names
                 .remove(id.to_string().as_str())
+                .during("retire document")?;
+            let mut heads = txn.open_table(HEADS).during("retire document")?;
+            heads
+                .remove(id.to_string().as_str())
+                .during("retire document")?;
+            let mut retired = txn.open_table(RETIRED).during("retire document")?;
+            retired
+                .insert(id.to_string().as_str(), name.to_string().as_str())
                 .during("retire document")?;
         }
         txn.commit().during("retire document")
@@ -1262,6 +1427,13 @@ fn content_chunks(
 
 fn content_prefixes(id: &DocumentId) -> [String; 2] {
     [format!("{id}/snapshot/"), format!("{id}/incremental/")]
+}
+
+fn decode_heads(bytes: &[u8]) -> Vec<automerge::ChangeHash> {
+    bytes
+        .chunks_exact(32)
+        .map(|c| automerge::ChangeHash(c.try_into().expect("32 bytes")))
+        .collect()
 }
 
 fn sync_state_key(doc: &DocumentId, peer: &str) -> Result<StorageKey> {

@@ -97,13 +97,13 @@ async fn three_nodes_connect_by_address_and_exchange_messages() {
     let b_id = credentials(&ca, 2).node_id().unwrap();
     let c_id = credentials(&ca, 3).node_id().unwrap();
     let a_id = credentials(&ca, 1).node_id().unwrap();
-    b.send(&a_id, Message::Sync(b"automerge bytes".to_vec()))
+    b.send(&a_id, sync_message(b"automerge bytes"))
         .await
         .unwrap();
     let got = wait_for(&mut a_events, |e| matches!(e, MeshEvent::Received(..))).await;
     assert_eq!(
         got,
-        MeshEvent::Received(b_id, Message::Sync(b"automerge bytes".to_vec()))
+        MeshEvent::Received(b_id, sync_message(b"automerge bytes"))
     );
 
     // A graceful stop is noticed at once through the goodbye.
@@ -186,12 +186,20 @@ async fn garbage_closes_only_that_connection() {
     }
     // Still serving b.
     let a_id = credentials(&ca, 1).node_id().unwrap();
-    b.send(&a_id, Message::Sync(vec![1, 2, 3])).await.unwrap();
+    b.send(&a_id, sync_message(&[1, 2, 3])).await.unwrap();
     wait_for(
         &mut a_events,
-        |e| matches!(e, MeshEvent::Received(_, Message::Sync(m)) if m == &vec![1, 2, 3]),
+        |e| matches!(e, MeshEvent::Received(_, Message::Sync { payload, .. }) if payload == &vec![1, 2, 3]),
     )
     .await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+fn sync_message(payload: &[u8]) -> Message {
+    Message::Sync {
+        doc: [7; 16],
+        name: None,
+        payload: payload.to_vec(),
+    }
 }

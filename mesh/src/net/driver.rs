@@ -164,6 +164,19 @@ impl MeshHandle {
             .map_err(|_| MeshError::NotConnected(node.to_owned()))
     }
 
+    /// The queue of the connection currently serving a peer, for a caller that sends many
+    /// messages: sending into it costs no round trip through the actor, keeps the caller's
+    /// order, and waits for room when the peer reads slowly. `None` if the peer is not
+    /// connected. The queue closes with its connection; a caller keeps it until `PeerDown`.
+    pub async fn outbox(&self, node: &str) -> Result<Option<mpsc::Sender<Message>>, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Outbox(node.to_owned(), tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
     /// Closes the connection to a peer; it is redialled like any lost connection.
     pub async fn disconnect(&self, node: &str, reason: &str) -> Result<(), MeshError> {
         self.commands
@@ -403,8 +416,10 @@ impl Actor {
                 self.membership.handle(InEvent::Received { conn }, now);
                 // Only the connection in use speaks for its peer; a duplicate about to close
                 // does not. Waiting for room is the backpressure that reaches the sender.
-                if matches!(message, Message::Catalogue { .. } | Message::Sync(_))
-                    && let Some(node) = self.membership.peer_of(conn).cloned()
+                if matches!(
+                    message,
+                    Message::Summary { .. } | Message::Catalogue { .. } | Message::Sync { .. }
+                ) && let Some(node) = self.membership.peer_of(conn).cloned()
                     && self.membership.connection(&node) == Some(conn)
                 {
                     let _ = self.events.send(MeshEvent::Received(node, message)).await;

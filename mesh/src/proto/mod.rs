@@ -4,4 +4,5 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod membership;
+pub mod sync;
 pub mod wire;

@@ -50,20 +50,53 @@ pub enum Message {
         /// Increases with every heartbeat of the sender.
         seq: u64,
     },
-    /// The documents the sender may share with the receiver, with a digest of their heads.
+    /// A digest of every document the sender may share with the receiver and of their heads,
+    /// sent first on a connection: equal summaries mean there is nothing to sync, so a
+    /// reconnect between nodes in sync costs two small frames.
+    Summary {
+        /// Digest over the sender's catalogue for the receiver (ids and heads digests, in id
+        /// order).
+        digest: HeadsDigest,
+        /// How many documents that catalogue holds.
+        docs: u64,
+        /// The sender wants the receiver's summary back even if the receiver sent one already
+        /// (an explicit `sync` request).
+        reply: bool,
+    },
+    /// The documents the sender may share with the receiver, with a digest of their heads and
+    /// their names (a receiver verifies a name against the id, which derives from it).
     Catalogue {
         /// True on the last frame of a catalogue that did not fit in one.
         complete: bool,
-        /// Document id and heads digest.
-        entries: Vec<(DocIdBytes, HeadsDigest)>,
+        /// The documents.
+        entries: Vec<CatalogueEntry>,
     },
-    /// An opaque document-sync message (automerge-repo protocol bytes).
-    Sync(Vec<u8>),
+    /// One Automerge sync message for one document.
+    Sync {
+        /// The document.
+        doc: DocIdBytes,
+        /// The document's name, sent with the first message about a document the receiver may
+        /// not know by name.
+        name: Option<String>,
+        /// The Automerge sync message (`automerge::sync::Message::encode`), opaque here.
+        payload: Vec<u8>,
+    },
     /// The sender is closing the connection on purpose.
     Goodbye {
         /// Why, for the other side's log.
         reason: String,
     },
+}
+
+/// One document of a catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CatalogueEntry {
+    /// The document id.
+    pub doc: DocIdBytes,
+    /// A digest of the sender's heads of the document.
+    pub digest: HeadsDigest,
+    /// The document's name (`workflow/x`, `results/<node>/<window>`, ...).
+    pub name: String,
 }
 
 /// The introduction each side sends first.
@@ -125,6 +158,11 @@ const KIND_HEARTBEAT: u8 = 2;
 const KIND_CATALOGUE: u8 = 3;
 const KIND_SYNC: u8 = 4;
 const KIND_GOODBYE: u8 = 5;
+const KIND_SUMMARY: u8 = 6;
+
+/// Smallest encoding of a catalogue entry (id, digest, empty name), to check a claimed count
+/// against the bytes present before allocating for it.
+const MIN_ENTRY_LEN: usize = 16 + 16 + 1;
 
 impl Message {
     /// Appends the message as one frame to `out`.
@@ -152,6 +190,16 @@ impl Message {
                 out.push(KIND_HEARTBEAT);
                 put_varint(out, *seq);
             }
+            Message::Summary {
+                digest,
+                docs,
+                reply,
+            } => {
+                out.push(KIND_SUMMARY);
+                out.extend_from_slice(digest);
+                put_varint(out, *docs);
+                out.push(u8::from(*reply));
+            }
             Message::Catalogue { complete, entries } => {
                 assert!(
                     entries.len() <= MAX_CATALOGUE_ENTRIES,
@@ -160,14 +208,23 @@ impl Message {
                 out.push(KIND_CATALOGUE);
                 out.push(u8::from(*complete));
                 put_varint(out, entries.len() as u64);
-                for (id, digest) in entries {
-                    out.extend_from_slice(id);
-                    out.extend_from_slice(digest);
+                for entry in entries {
+                    out.extend_from_slice(&entry.doc);
+                    out.extend_from_slice(&entry.digest);
+                    put_str(out, &entry.name);
                 }
             }
-            Message::Sync(bytes) => {
+            Message::Sync { doc, name, payload } => {
                 out.push(KIND_SYNC);
-                out.extend_from_slice(bytes);
+                out.extend_from_slice(doc);
+                match name {
+                    Some(name) => {
+                        out.push(1);
+                        put_str(out, name);
+                    }
+                    None => out.push(0),
+                }
+                out.extend_from_slice(payload);
             }
             Message::Goodbye { reason } => {
                 out.push(KIND_GOODBYE);
@@ -190,10 +247,14 @@ impl Message {
                 str_len(&h.mesh_id) + str_len(&h.node_id) + 1 + str_len(&h.zone) + 2
             }
             Message::Heartbeat { seq } => varint_len(*seq),
+            Message::Summary { docs, .. } => 16 + varint_len(*docs) + 1,
             Message::Catalogue { entries, .. } => {
-                1 + varint_len(entries.len() as u64) + entries.len() * 32
+                1 + varint_len(entries.len() as u64)
+                    + entries.iter().map(|e| 32 + str_len(&e.name)).sum::<usize>()
             }
-            Message::Sync(bytes) => bytes.len(),
+            Message::Sync { name, payload, .. } => {
+                16 + 1 + name.as_deref().map_or(0, str_len) + payload.len()
+            }
             Message::Goodbye { reason } => str_len(reason),
         };
         4 + HEADER_LEN + body
@@ -252,11 +313,7 @@ impl Message {
                 seq: r.varint("heartbeat sequence")?,
             },
             KIND_CATALOGUE => {
-                let complete = match r.byte("catalogue flag")? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError::Invalid("catalogue flag")),
-                };
+                let complete = r.flag("catalogue flag")?;
                 let count = r.varint("catalogue length")?;
                 if count > MAX_CATALOGUE_ENTRIES as u64 {
                     return Err(WireError::FieldTooLong {
@@ -267,24 +324,34 @@ impl Message {
                 }
                 // The count is checked against the bytes present before allocating for it.
                 let count = count as usize;
-                if r.buf.len() < count * 32 {
+                if r.buf.len() < count * MIN_ENTRY_LEN {
                     return Err(WireError::Truncated("catalogue entries"));
                 }
                 let mut entries = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let id = r.take(16, "catalogue document id")?;
-                    let digest = r.take(16, "catalogue heads digest")?;
-                    entries.push((
-                        id.try_into().expect("16 bytes"),
-                        digest.try_into().expect("16 bytes"),
-                    ));
+                    entries.push(CatalogueEntry {
+                        doc: r.id("catalogue document id")?,
+                        digest: r.id("catalogue heads digest")?,
+                        name: r.string("catalogue document name")?,
+                    });
                 }
                 Message::Catalogue { complete, entries }
             }
+            KIND_SUMMARY => Message::Summary {
+                digest: r.id("summary digest")?,
+                docs: r.varint("summary document count")?,
+                reply: r.flag("summary reply flag")?,
+            },
             KIND_SYNC => {
-                let bytes = r.buf.to_vec();
+                let doc = r.id("sync document id")?;
+                let name = if r.flag("sync name flag")? {
+                    Some(r.string("sync document name")?)
+                } else {
+                    None
+                };
+                let payload = r.buf.to_vec();
                 r.buf = &[];
-                Message::Sync(bytes)
+                Message::Sync { doc, name, payload }
             }
             KIND_GOODBYE => Message::Goodbye {
                 reason: r.string("goodbye reason")?,
@@ -364,6 +431,18 @@ impl<'a> Reader<'a> {
         Ok(self.take(1, field)?[0])
     }
 
+    fn flag(&mut self, field: &'static str) -> Result<bool, WireError> {
+        match self.byte(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Invalid(field)),
+        }
+    }
+
+    fn id(&mut self, field: &'static str) -> Result<[u8; 16], WireError> {
+        Ok(self.take(16, field)?.try_into().expect("16 bytes"))
+    }
+
     fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
         let mut value: u64 = 0;
         for i in 0..10 {
@@ -426,12 +505,28 @@ mod tests {
                     })
                 }),
             any::<u64>().prop_map(|seq| Message::Heartbeat { seq }),
+            (any::<[u8; 16]>(), any::<u64>(), any::<bool>()).prop_map(|(digest, docs, reply)| {
+                Message::Summary {
+                    digest,
+                    docs,
+                    reply,
+                }
+            }),
             (
                 any::<bool>(),
-                proptest::collection::vec(any::<([u8; 16], [u8; 16])>(), 0..20)
+                proptest::collection::vec(
+                    (any::<[u8; 16]>(), any::<[u8; 16]>(), arb_string())
+                        .prop_map(|(doc, digest, name)| CatalogueEntry { doc, digest, name }),
+                    0..20
+                )
             )
                 .prop_map(|(complete, entries)| Message::Catalogue { complete, entries }),
-            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Message::Sync),
+            (
+                any::<[u8; 16]>(),
+                proptest::option::of(arb_string()),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(doc, name, payload)| Message::Sync { doc, name, payload }),
             arb_string().prop_map(|reason| Message::Goodbye { reason }),
         ]
     }

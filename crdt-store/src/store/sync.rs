@@ -1,0 +1,431 @@
+//! The store's side of document sync: the catalogue of what this node holds, and Automerge sync
+//! messages generated from and applied to stored documents, with each peer's sync state kept in
+//! memory for the connection and persisted (its shared heads) for the next one.
+//!
+//! Which documents to sync with whom, and when, is decided elsewhere (`mesh::proto::sync`); this
+//! module only answers its requests.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{AutoCommit, ChangeHash};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+use samod_core::DocumentId;
+
+use super::{
+    CHUNKS, ChunkStats, HEADS, HeadsDigest, NAMES, RETIRED, Store, decode_heads, heads_digest,
+    sync_state_key,
+};
+use crate::error::{EngineContext, Result, StoreError};
+use crate::names::DocName;
+use mesh::proto::sync::{Applied, ApplyFailed, ApplyRequest, Replica};
+use mesh::proto::wire::{CatalogueEntry, DocIdBytes};
+
+/// The digest a catalogue gives for a document retired here: peers do not send it back.
+pub const RETIRED_DIGEST: HeadsDigest = [0xff; 16];
+
+/// One document this node holds (or retired), as a catalogue lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueItem {
+    /// The document id.
+    pub id: DocumentId,
+    /// Its name.
+    pub name: DocName,
+    /// The digest of its heads, or [`RETIRED_DIGEST`].
+    pub digest: HeadsDigest,
+}
+
+/// A sync message from a peer, to apply.
+#[derive(Debug, Clone)]
+pub struct SyncApply {
+    /// The document.
+    pub doc: DocumentId,
+    /// The peer that sent it.
+    pub peer: String,
+    /// The document's name as the peer gave it, for a document this node does not hold yet.
+    pub name: Option<String>,
+    /// The Automerge sync message.
+    pub payload: Vec<u8>,
+}
+
+/// The outcome of applying one sync message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncApplied {
+    /// Whether the document changed.
+    pub changed: bool,
+    /// The digest of the local heads afterwards.
+    pub ours: HeadsDigest,
+    /// The digest of the peer's heads as its message gave them.
+    pub theirs: Option<HeadsDigest>,
+}
+
+/// Why one sync message was not applied. The store itself is unharmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncRejected {
+    /// The message does not decode, or Automerge refused its content.
+    #[error("malformed sync message for {doc}: {reason}")]
+    Malformed {
+        /// The document.
+        doc: String,
+        /// Why.
+        reason: String,
+    },
+    /// The name the peer gave does not derive to the document id in this mesh.
+    #[error("document {doc} is not named {name} in this mesh")]
+    WrongName {
+        /// The document.
+        doc: String,
+        /// The name given.
+        name: String,
+    },
+    /// The document is not known here by name (and no valid name came with it).
+    #[error("document {0} has no known name")]
+    Unnamed(String),
+    /// The document was retired here; it is not taken back.
+    #[error("document {0} was retired")]
+    Retired(String),
+    /// The stored document could not be read.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl SyncRejected {
+    /// Whether the peer sent something it should not have (its connection is then closed).
+    pub fn peer_at_fault(&self) -> bool {
+        matches!(
+            self,
+            SyncRejected::Malformed { .. } | SyncRejected::WrongName { .. }
+        )
+    }
+}
+
+impl Store {
+    /// Every document this node holds under a known name, with its heads digest, in id order;
+    /// retired documents are listed with [`RETIRED_DIGEST`].
+    pub fn sync_catalogue(&self) -> Result<Vec<CatalogueItem>> {
+        let txn = self.db.begin_read().during("read catalogue")?;
+        let heads = txn.open_table(HEADS).during("read catalogue")?;
+        let names = txn.open_table(NAMES).during("read catalogue")?;
+        let retired = txn.open_table(RETIRED).during("read catalogue")?;
+        let mut out = Vec::new();
+        for item in names.iter().during("read catalogue")? {
+            let (id, name) = item.during("read catalogue")?;
+            let (Ok(doc), Ok(name)) = (
+                id.value().parse::<DocumentId>(),
+                name.value().parse::<DocName>(),
+            ) else {
+                continue;
+            };
+            if let Some(h) = heads.get(id.value()).during("read catalogue")? {
+                out.push(CatalogueItem {
+                    id: doc,
+                    name,
+                    digest: heads_digest(&decode_heads(h.value())),
+                });
+            }
+        }
+        for item in retired.iter().during("read catalogue")? {
+            let (id, name) = item.during("read catalogue")?;
+            if let (Ok(doc), Ok(name)) = (
+                id.value().parse::<DocumentId>(),
+                name.value().parse::<DocName>(),
+            ) {
+                out.push(CatalogueItem {
+                    id: doc,
+                    name,
+                    digest: RETIRED_DIGEST,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The next Automerge sync message about `doc` for `peer`, or `None` when there is nothing
+    /// to say. A document not held here takes part as an empty one, which asks for everything.
+    pub fn sync_generate(&mut self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
+        self.load_sync_session(doc, peer)?;
+        let state = self
+            .sync_states
+            .get_mut(&(doc.clone(), peer.to_owned()))
+            .expect("loaded above");
+        let message = match self.cache.get_mut(doc) {
+            Some(cached) => cached.doc.sync().generate_sync_message(state),
+            None => {
+                let mut empty = AutoCommit::new();
+                empty.sync().generate_sync_message(state)
+            }
+        };
+        Ok(message.map(sync::Message::encode))
+    }
+
+    /// Applies sync messages from peers, in order, in one transaction. Each message gets its own
+    /// outcome; `Err` means the store itself failed (nothing of the batch is kept).
+    ///
+    /// The commit is not fsynced: what arrives by sync still exists at its sender, and a crash
+    /// loses at most what arrived since the last durable commit, which the next session sends
+    /// again (the persisted sync state is lost with it, so the two stay consistent). The store
+    /// thread makes it durable within a moment ([`Store::unflushed_since`]).
+    pub fn sync_apply(
+        &mut self,
+        batch: Vec<SyncApply>,
+    ) -> Result<Vec<std::result::Result<SyncApplied, SyncRejected>>> {
+        let mut txn = self.db.begin_write().during("apply sync")?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| StoreError::Engine {
+                operation: "apply sync",
+                source: Box::new(e.into()),
+            })?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut touched: Vec<DocumentId> = Vec::new();
+        let mut changed: Vec<DocumentId> = Vec::new();
+        for message in batch {
+            let doc = message.doc.clone();
+            match self.apply_one(&txn, message) {
+                Ok(applied) => {
+                    touched.push(doc.clone());
+                    if applied.changed {
+                        changed.push(doc);
+                    }
+                    outcomes.push(Ok(applied));
+                }
+                Err(ApplyError::Rejected(rejected)) => {
+                    // A refused message may have left the cached copy half-changed.
+                    self.cache.remove(&doc);
+                    outcomes.push(Err(rejected));
+                }
+                Err(ApplyError::Store(e)) => {
+                    self.abandon_sync_batch(&touched);
+                    self.cache.remove(&doc);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = txn.commit().during("apply sync") {
+            self.abandon_sync_batch(&touched);
+            return Err(e);
+        }
+        if !changed.is_empty() && self.unflushed_since.is_none() {
+            self.unflushed_since = Some(std::time::Instant::now());
+        }
+        for id in &changed {
+            self.notify_changed(id);
+        }
+        Ok(outcomes)
+    }
+
+    /// Forgets the sync sessions of a peer: the next one starts from the persisted state.
+    pub fn sync_forget_peer(&mut self, peer: &str) {
+        self.sync_states.retain(|(_, p), _| p != peer);
+    }
+
+    /// A failed transaction leaves cached documents and sync states ahead of the disk.
+    fn abandon_sync_batch(&mut self, touched: &[DocumentId]) {
+        for id in touched {
+            self.cache.remove(id);
+            self.sync_states.retain(|(doc, _), _| doc != id);
+        }
+    }
+
+    fn apply_one(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        message: SyncApply,
+    ) -> std::result::Result<SyncApplied, ApplyError> {
+        let SyncApply {
+            doc,
+            peer,
+            name,
+            payload,
+        } = message;
+        let label = doc.to_string();
+        {
+            let retired = txn.open_table(RETIRED).during("apply sync")?;
+            if retired.get(label.as_str()).during("apply sync")?.is_some() {
+                return Err(SyncRejected::Retired(label).into());
+            }
+        }
+        let known = self.name_of(&doc)?;
+        let label = match (&known, name) {
+            (Some(known), _) => known.to_string(),
+            (None, Some(given)) => {
+                let parsed = given.parse::<DocName>().ok();
+                match parsed {
+                    Some(parsed) if self.document_id(&parsed) == doc => {
+                        let mut names = txn.open_table(NAMES).during("apply sync")?;
+                        names
+                            .insert(label.as_str(), given.as_str())
+                            .during("apply sync")?;
+                        given
+                    }
+                    _ => {
+                        return Err(SyncRejected::WrongName {
+                            doc: label,
+                            name: given,
+                        }
+                        .into());
+                    }
+                }
+            }
+            (None, None) => return Err(SyncRejected::Unnamed(label).into()),
+        };
+        let decoded = sync::Message::decode(&payload).map_err(|e| SyncRejected::Malformed {
+            doc: label.clone(),
+            reason: e.to_string(),
+        })?;
+        self.load_sync_session(&doc, &peer)?;
+        if !self.cache.contains_key(&doc) {
+            let mut empty = AutoCommit::new();
+            empty.set_actor(self.config.actor.clone());
+            self.cache_insert(&doc, empty, ChunkStats::default());
+        }
+        let key = (doc.clone(), peer.clone());
+        let state = self.sync_states.get_mut(&key).expect("loaded above");
+        let shared_before = state.shared_heads.clone();
+        let cached = self.cache.get_mut(&doc).expect("cached above");
+        let before: Vec<ChangeHash> = cached.doc.get_heads();
+        cached
+            .doc
+            .sync()
+            .receive_sync_message(state, decoded)
+            .map_err(|e| SyncRejected::Malformed {
+                doc: label.clone(),
+                reason: e.to_string(),
+            })?;
+        let after = cached.doc.get_heads();
+        let theirs = state.their_heads.as_deref().map(heads_digest);
+        let persist = (state.shared_heads != shared_before).then(|| state.encode());
+        let changed = after != before;
+        if after.is_empty() {
+            // Nothing arrived for a document this node does not hold: keep no empty copy.
+            self.cache.remove(&doc);
+        }
+        if changed {
+            self.store_changes(txn, &label, &doc, &before)?;
+        }
+        if let Some(encoded) = persist {
+            let key = sync_state_key(&doc, &peer)?.to_string();
+            let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
+            chunks
+                .insert(key.as_str(), encoded.as_slice())
+                .during("apply sync")?;
+        }
+        Ok(SyncApplied {
+            changed,
+            ours: heads_digest(&after),
+            theirs,
+        })
+    }
+
+    /// Makes sure the document (if stored) is in the cache and the session with the peer has a
+    /// sync state, restored from the persisted one when there is one.
+    fn load_sync_session(&mut self, doc: &DocumentId, peer: &str) -> Result<()> {
+        if !self.cache.contains_key(doc) {
+            let label = doc.to_string();
+            if let Some((decoded, stats)) = self.decode(doc, &label)? {
+                self.cache_insert(doc, decoded, stats);
+            }
+        } else if let Some(cached) = self.cache.get_mut(doc) {
+            self.tick += 1;
+            cached.last_used = self.tick;
+        }
+        let key = (doc.clone(), peer.to_owned());
+        if !self.sync_states.contains_key(&key) {
+            // A persisted state restores only the heads both sides had in common: the new
+            // session's first message offers what changed since, not the whole history.
+            let state = self
+                .load_sync_state(doc, peer)?
+                .and_then(|bytes| sync::State::decode(&bytes).ok())
+                .unwrap_or_default();
+            self.sync_states.insert(key, state);
+        }
+        Ok(())
+    }
+}
+
+enum ApplyError {
+    Rejected(SyncRejected),
+    Store(StoreError),
+}
+
+impl From<SyncRejected> for ApplyError {
+    fn from(e: SyncRejected) -> Self {
+        ApplyError::Rejected(e)
+    }
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// The id as the protocol carries it (16 bytes).
+fn doc_bytes(id: &DocumentId) -> DocIdBytes {
+    id.as_bytes()
+        .try_into()
+        .expect("document ids of this store are 16 bytes")
+}
+
+fn doc_id(bytes: &DocIdBytes) -> DocumentId {
+    DocumentId::try_from(bytes.to_vec()).expect("16 bytes make a document id")
+}
+
+impl CatalogueItem {
+    /// The entry as a catalogue carries it.
+    pub fn to_entry(&self) -> CatalogueEntry {
+        CatalogueEntry {
+            doc: doc_bytes(&self.id),
+            digest: self.digest,
+            name: self.name.to_string(),
+        }
+    }
+}
+
+impl Replica for Store {
+    type Error = StoreError;
+
+    fn catalogue(&mut self) -> Result<Vec<CatalogueEntry>> {
+        Ok(self
+            .sync_catalogue()?
+            .iter()
+            .map(CatalogueItem::to_entry)
+            .collect())
+    }
+
+    fn generate(&mut self, doc: &DocIdBytes, peer: &str) -> Result<Option<Vec<u8>>> {
+        self.sync_generate(&doc_id(doc), peer)
+    }
+
+    fn apply(
+        &mut self,
+        batch: Vec<ApplyRequest>,
+    ) -> Result<Vec<std::result::Result<Applied, ApplyFailed>>> {
+        let batch = batch
+            .into_iter()
+            .map(|r| SyncApply {
+                doc: doc_id(&r.doc),
+                peer: r.peer,
+                name: r.name,
+                payload: r.payload,
+            })
+            .collect();
+        Ok(self
+            .sync_apply(batch)?
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(a) => Ok(Applied {
+                    changed: a.changed,
+                    ours: a.ours,
+                    theirs: a.theirs,
+                }),
+                Err(rejected) => Err(ApplyFailed {
+                    peer_at_fault: rejected.peer_at_fault(),
+                    reason: rejected.to_string(),
+                }),
+            })
+            .collect())
+    }
+
+    fn forget_peer(&mut self, peer: &str) {
+        self.sync_forget_peer(peer);
+    }
+}

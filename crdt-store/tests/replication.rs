@@ -1,0 +1,492 @@
+//! Replication between stores through the real protocol machine (`mesh::proto::sync`) and the
+//! store's replica, with an in-process network of per-link FIFO queues: edits reach peers,
+//! concurrent edits converge, reconnects send only what is missing (also after a restart, from
+//! the persisted sync state), the share policy keeps results where they belong, and garbage from
+//! a peer closes only that peer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crdt_store::{
+    ChangeTime, DocName, MeshRegistry, NodeEntry, RunRecord, RunStatus, Store, StoreConfig, Window,
+    WorkflowDoc,
+};
+use mesh::proto::sync::{Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve};
+use mesh::proto::wire::Message;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const MESH: &str = "replication-test";
+
+fn config(node: &str) -> StoreConfig {
+    let mut config = StoreConfig::new(MESH, node);
+    config.change_time = ChangeTime::Zero;
+    config.compact_after_chunks = 8;
+    config
+}
+
+struct Node {
+    id: String,
+    store: Store,
+    sync: Replicator,
+}
+
+impl Node {
+    fn new(id: &str, store: Store) -> Node {
+        let mut node = Node {
+            id: id.to_owned(),
+            store,
+            sync: Replicator::new(id.to_owned(), SyncConfig::default()),
+        };
+        let entries = node.store.catalogue().unwrap();
+        node.sync.handle(SyncIn::LocalDocs(entries), Duration::ZERO);
+        node
+    }
+
+    fn in_memory(id: &str) -> Node {
+        Node::new(id, Store::open_in_memory(config(id)).unwrap())
+    }
+
+    /// Edits a typed document and tells the replicator, as the node's change listener does.
+    fn edit_workflow(&mut self, id: &str, description: &str) -> DocName {
+        let name = DocName::workflow(id).unwrap();
+        self.store
+            .update::<WorkflowDoc, _>(&name, |w| {
+                w.id = id.to_owned();
+                w.description = description.to_owned();
+                w.version += 1;
+            })
+            .unwrap();
+        name
+    }
+
+    fn edit_mesh(&mut self, name: &str) -> DocName {
+        let me = self.id.clone();
+        self.store
+            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                m.nodes.insert(
+                    me,
+                    NodeEntry {
+                        name: name.to_owned(),
+                        ..NodeEntry::default()
+                    },
+                );
+            })
+            .unwrap();
+        DocName::Mesh
+    }
+
+    /// What the node's change listener would pass on after a local write.
+    fn changed(&mut self, name: &DocName) -> SyncIn {
+        let entry = self
+            .store
+            .catalogue()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == name.to_string())
+            .unwrap();
+        SyncIn::LocalChanged(entry)
+    }
+}
+
+/// Nodes and the links between connected pairs; frames flow in order on each link.
+struct Net {
+    nodes: BTreeMap<String, Node>,
+    links: BTreeMap<(String, String), VecDeque<Message>>,
+    /// Frames sent per link direction, to count what a reconnect costs.
+    bytes: BTreeMap<(String, String), usize>,
+}
+
+impl Net {
+    fn new(nodes: Vec<Node>) -> Net {
+        Net {
+            nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            links: BTreeMap::new(),
+            bytes: BTreeMap::new(),
+        }
+    }
+
+    fn connect(&mut self, a: &str, b: &str) {
+        self.links.insert((a.into(), b.into()), VecDeque::new());
+        self.links.insert((b.into(), a.into()), VecDeque::new());
+        self.input(a, SyncIn::PeerUp(b.into()));
+        self.input(b, SyncIn::PeerUp(a.into()));
+    }
+
+    fn edit_workflow(&mut self, node: &str, id: &str, description: &str) {
+        let n = self.nodes.get_mut(node).unwrap();
+        let name = n.edit_workflow(id, description);
+        let event = n.changed(&name);
+        self.input(node, event);
+    }
+
+    fn edit_mesh(&mut self, node: &str, text: &str) {
+        let n = self.nodes.get_mut(node).unwrap();
+        let name = n.edit_mesh(text);
+        let event = n.changed(&name);
+        self.input(node, event);
+    }
+
+    fn disconnect(&mut self, a: &str, b: &str) {
+        self.links.remove(&(a.to_owned(), b.to_owned()));
+        self.links.remove(&(b.to_owned(), a.to_owned()));
+        self.input(a, SyncIn::PeerDown(b.into()));
+        self.input(b, SyncIn::PeerDown(a.into()));
+    }
+
+    /// Feeds one event and carries out everything it leads to on that node (store work now,
+    /// frames onto the links).
+    fn input(&mut self, node: &str, event: SyncIn) {
+        let mut pending = vec![event];
+        while !pending.is_empty() {
+            let n = self.nodes.get_mut(node).unwrap();
+            for event in pending.drain(..) {
+                n.sync.handle(event, Duration::ZERO);
+            }
+            let ops = n.sync.drain();
+            let served = serve(&mut n.store, ops).unwrap();
+            pending = served.answers;
+            for out in served.network {
+                match out {
+                    SyncOut::Send(peer, message) => {
+                        let key = (node.to_owned(), peer);
+                        if let Some(link) = self.links.get_mut(&key) {
+                            *self.bytes.entry(key).or_default() += message.encoded_len();
+                            link.push_back(message);
+                        }
+                    }
+                    SyncOut::Close(peer, _) => {
+                        let peer = peer.clone();
+                        self.links.remove(&(node.to_owned(), peer.clone()));
+                        self.links.remove(&(peer.clone(), node.to_owned()));
+                        let n = self.nodes.get_mut(node).unwrap();
+                        n.sync
+                            .handle(SyncIn::PeerDown(peer.clone()), Duration::ZERO);
+                        let _ = n.sync.drain();
+                        n.store.forget_peer(&peer);
+                        self.input(&peer, SyncIn::PeerDown(node.to_owned()));
+                    }
+                    _ => unreachable!("serve leaves only network outputs"),
+                }
+            }
+        }
+    }
+
+    /// Delivers frames, one at a time from a link picked by `rng`, until every link is empty.
+    fn run(&mut self, rng: &mut StdRng) {
+        for _ in 0..1_000_000 {
+            let busy: Vec<(String, String)> = self
+                .links
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            let (from, to) = busy[rng.gen_range(0..busy.len())].clone();
+            let message = self
+                .links
+                .get_mut(&(from.clone(), to.clone()))
+                .unwrap()
+                .pop_front()
+                .unwrap();
+            self.input(&to, SyncIn::Received(from, message));
+        }
+        panic!("the network did not go quiet");
+    }
+
+    fn heads(&mut self, node: &str, name: &DocName) -> Option<Vec<automerge::ChangeHash>> {
+        let store = &mut self.nodes.get_mut(node).unwrap().store;
+        let id = store.document_id(name);
+        store.heads(&id).unwrap()
+    }
+
+    fn pending(&self, node: &str, peer: &str) -> Vec<String> {
+        self.nodes[node].sync.status(peer).unwrap().pending
+    }
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(7)
+}
+
+#[test]
+fn an_edit_reaches_every_connected_node_and_concurrent_edits_merge() {
+    let mut net = Net::new(vec![
+        Node::in_memory("a"),
+        Node::in_memory("b"),
+        Node::in_memory("c"),
+    ]);
+    net.connect("a", "b");
+    net.connect("b", "c");
+    net.run(&mut rng());
+    let flow = DocName::workflow("flow").unwrap();
+
+    net.edit_workflow("a", "flow", "v1");
+    net.run(&mut rng());
+    assert_eq!(net.heads("c", &flow), net.heads("a", &flow));
+
+    // Concurrent edits on a and c, to different fields and to the same one.
+    net.edit_mesh("a", "alpha");
+    net.edit_mesh("c", "gamma");
+    net.edit_workflow("a", "flow", "from a");
+    net.edit_workflow("c", "flow", "from c");
+    net.run(&mut rng());
+    for node in ["a", "b", "c"] {
+        assert_eq!(
+            net.heads(node, &DocName::Mesh),
+            net.heads("a", &DocName::Mesh)
+        );
+        assert_eq!(net.heads(node, &flow), net.heads("a", &flow));
+        let mesh: MeshRegistry = net
+            .nodes
+            .get_mut(node)
+            .unwrap()
+            .store
+            .read(&DocName::Mesh)
+            .unwrap();
+        assert_eq!(mesh.nodes["a"].name, "alpha", "{node} lost a's edit");
+        assert_eq!(mesh.nodes["c"].name, "gamma", "{node} lost c's edit");
+    }
+    assert!(net.pending("b", "a").is_empty());
+    assert!(net.pending("b", "c").is_empty());
+}
+
+#[test]
+fn a_reconnect_between_nodes_in_sync_costs_two_summaries() {
+    let mut net = Net::new(vec![Node::in_memory("a"), Node::in_memory("b")]);
+    net.connect("a", "b");
+    for i in 0..20 {
+        net.edit_workflow("a", &format!("w{i}"), "x");
+    }
+    net.run(&mut rng());
+    net.disconnect("a", "b");
+    net.bytes.clear();
+    net.connect("a", "b");
+    net.run(&mut rng());
+    let total: usize = net.bytes.values().sum();
+    assert!(total < 100, "{total} bytes for a reconnect in sync");
+}
+
+#[test]
+fn a_restarted_node_gets_only_what_it_missed_from_the_persisted_sync_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.redb");
+    let mut net = Net::new(vec![
+        Node::in_memory("a"),
+        Node::new("b", Store::open(&path, config("b")).unwrap()),
+    ]);
+    net.connect("a", "b");
+    let big = "x".repeat(200);
+    for i in 0..200 {
+        net.edit_workflow("a", "flow", &format!("{big}{i}"));
+    }
+    net.run(&mut rng());
+    let flow = DocName::workflow("flow").unwrap();
+    assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
+
+    // b stops; a changes the document a little; b restarts from its file.
+    net.disconnect("a", "b");
+    let b = net.nodes.remove("b").unwrap();
+    drop(b);
+    net.edit_workflow("a", "flow", "one more");
+    net.nodes.insert(
+        "b".into(),
+        Node::new("b", Store::open(&path, config("b")).unwrap()),
+    );
+    net.bytes.clear();
+    net.connect("a", "b");
+    net.run(&mut rng());
+    assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
+    let sent: usize = net.bytes.values().sum();
+    // The history is ~200 changes of >200 bytes; only the one new change may cross.
+    assert!(sent < 3_000, "{sent} bytes to catch up one change");
+}
+
+fn record(node: &str, run: usize) -> RunRecord {
+    RunRecord {
+        run_id: format!("{node}-{run}"),
+        workflow: "flow".into(),
+        workflow_version: 1,
+        node: node.into(),
+        started_ms: 1_795_478_400_000,
+        finished_ms: 1_795_478_400_000 + run as i64,
+        status: RunStatus::Succeeded,
+        ..RunRecord::default()
+    }
+}
+
+#[test]
+fn results_stay_with_their_owner_until_it_has_an_aggregator() {
+    let mut net = Net::new(vec![
+        Node::in_memory("a"),
+        Node::in_memory("agg"),
+        Node::in_memory("c"),
+    ]);
+    net.connect("a", "agg");
+    net.connect("a", "c");
+    net.connect("agg", "c");
+    let a = net.nodes.get_mut("a").unwrap();
+    a.store.append_results(&[record("a", 1)]).unwrap();
+    a.store.apply_pending(usize::MAX).unwrap();
+    let window = Window::containing(1_795_478_400_000, 60);
+    let results = DocName::results("a", window).unwrap();
+    let event = a.changed(&results);
+    net.input("a", event);
+    net.run(&mut rng());
+    assert_eq!(net.heads("agg", &results), None);
+    assert_eq!(net.heads("c", &results), None);
+
+    // Every node learns that agg aggregates a's zone.
+    let mut policy = SharePolicy::default();
+    for node in ["a", "agg", "c"] {
+        policy.zone_of.insert(node.into(), "site".into());
+    }
+    policy.aggregator_of.insert("site".into(), "agg".into());
+    for node in ["a", "agg", "c"] {
+        net.input(node, SyncIn::Policy(policy.clone()));
+    }
+    net.run(&mut rng());
+    assert_eq!(net.heads("agg", &results), net.heads("a", &results));
+    assert_eq!(
+        net.heads("c", &results),
+        None,
+        "c is neither owner nor aggregator"
+    );
+    let at_agg = net
+        .nodes
+        .get_mut("agg")
+        .unwrap()
+        .store
+        .results(&Default::default())
+        .unwrap();
+    assert_eq!(at_agg, vec![record("a", 1)]);
+}
+
+#[test]
+fn garbage_from_a_peer_closes_that_peer_only() {
+    let mut net = Net::new(vec![
+        Node::in_memory("a"),
+        Node::in_memory("b"),
+        Node::in_memory("c"),
+    ]);
+    net.connect("a", "b");
+    net.connect("a", "c");
+    net.run(&mut rng());
+    net.edit_workflow("a", "flow", "v1");
+    net.run(&mut rng());
+    let flow = DocName::workflow("flow").unwrap();
+    let doc: [u8; 16] = net.nodes["a"]
+        .store
+        .document_id(&flow)
+        .as_bytes()
+        .try_into()
+        .unwrap();
+    net.input(
+        "a",
+        SyncIn::Received(
+            "b".into(),
+            Message::Sync {
+                doc,
+                name: None,
+                payload: vec![0x42, 0xff, 0x00, 0x13],
+            },
+        ),
+    );
+    assert!(
+        net.nodes["a"].sync.status("b").is_none(),
+        "b was not closed"
+    );
+    // c is still served.
+    net.edit_workflow("a", "flow", "v2");
+    net.run(&mut rng());
+    assert_eq!(net.heads("c", &flow), net.heads("a", &flow));
+    assert_eq!(net.heads("a", &flow).unwrap().len(), 1);
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Edit { node: usize, doc: usize, text: u8 },
+    Toggle { a: usize, b: usize },
+    Deliver { seed: u64 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3usize, 0..3usize, any::<u8>()).prop_map(|(node, doc, text)| Step::Edit { node, doc, text }),
+        1 => (0..3usize, 0..3usize).prop_map(|(a, b)| Step::Toggle { a, b }),
+        2 => any::<u64>().prop_map(|seed| Step::Deliver { seed }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random edits, random partial deliveries and random disconnects; once everyone is
+    /// connected again and the network is quiet, every replica holds identical heads.
+    #[test]
+    fn replicas_converge_whatever_the_schedule(steps in proptest::collection::vec(step(), 1..40)) {
+        let ids = ["a", "b", "c"];
+        let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                net.connect(a, b);
+            }
+        }
+        for step in steps {
+            match step {
+                Step::Edit { node, doc, text } => {
+                    if doc == 0 {
+                        net.edit_mesh(ids[node], &format!("{text}"));
+                    } else {
+                        net.edit_workflow(ids[node], &format!("w{doc}"), &format!("{}-{text}", ids[node]));
+                    }
+                }
+                Step::Toggle { a, b } if a != b => {
+                    let key = (ids[a].to_owned(), ids[b].to_owned());
+                    if net.links.contains_key(&key) {
+                        net.disconnect(ids[a], ids[b]);
+                    } else {
+                        net.connect(ids[a], ids[b]);
+                    }
+                }
+                Step::Toggle { .. } => {}
+                Step::Deliver { seed } => {
+                    // Deliver some frames, not necessarily all.
+                    let mut rng = StdRng::seed_from_u64(seed);
+                    for _ in 0..rng.gen_range(0..30) {
+                        let busy: Vec<_> = net.links.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| k.clone()).collect();
+                        if busy.is_empty() { break; }
+                        let (from, to) = busy[rng.gen_range(0..busy.len())].clone();
+                        let m = net.links.get_mut(&(from.clone(), to.clone())).unwrap().pop_front().unwrap();
+                        net.input(&to, SyncIn::Received(from, m));
+                    }
+                }
+            }
+        }
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                if !net.links.contains_key(&(a.to_string(), b.to_string())) {
+                    net.connect(a, b);
+                }
+            }
+        }
+        net.run(&mut rng());
+        let names = [DocName::Mesh, DocName::workflow("w1").unwrap(), DocName::workflow("w2").unwrap()];
+        for name in &names {
+            let reference = net.heads("a", name);
+            for id in ids {
+                prop_assert_eq!(net.heads(id, name), reference.clone(), "{} differs on {}", name, id);
+            }
+        }
+        for a in ids {
+            for b in ids {
+                if a != b {
+                    prop_assert!(net.pending(a, b).is_empty(), "{a} still waits for {b}: {:?}", net.pending(a, b));
+                }
+            }
+        }
+    }
+}

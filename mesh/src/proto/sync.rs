@@ -1,0 +1,1216 @@
+//! Document replication: which documents each peer may see, which of them differ, and in which
+//! order their Automerge sync sessions run.
+//!
+//! The Automerge work itself (generating and applying sync messages against stored documents,
+//! keeping each peer's `sync::State`) belongs to whoever stores documents; this machine only asks
+//! for it through [`SyncOut::Generate`] and [`SyncOut::Apply`] and is told the outcome through
+//! [`SyncIn::Generated`] and [`SyncIn::Applied`]. Payloads are opaque here.
+//!
+//! On a new connection both sides send a [`Message::Summary`]: a digest over the catalogue of
+//! documents they may share with the other (ids and heads digests). Equal summaries end the
+//! exchange: nodes in sync reconnect with two small frames. Otherwise both send their catalogue,
+//! and a sync session starts for every shared document whose heads differ, or that one side
+//! lacks. Sessions run by priority (mesh > workflows > rollups > results), at most
+//! [`SyncConfig::max_outstanding`] store operations at a time, under an optional byte rate.
+//! A local change schedules a session with every connected peer that shares the document, so it
+//! is announced at once.
+//!
+//! Which peer may see which document is [`SharePolicy`]: a pure function of the document's name,
+//! the peer and the hierarchy view, evaluated the same way on every node so that an allowed
+//! peer can relay a document onward.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use super::membership::NodeId;
+use super::wire::{
+    CatalogueEntry, DocIdBytes, HeadsDigest, MAX_CATALOGUE_ENTRIES, MAX_FRAME_LEN, Message,
+};
+
+/// A document id (the automerge-repo document id's bytes).
+pub type DocId = DocIdBytes;
+
+/// The digest a catalogue gives for a document the sender does not hold.
+pub const ABSENT: HeadsDigest = [0; 16];
+
+/// The digest a catalogue gives for a document the sender retired (a tombstone): it is not
+/// sent to the sender again, and the sender does not send it either.
+pub const RETIRED: HeadsDigest = [0xff; 16];
+
+/// Catalogue bytes per frame, well under the frame limit.
+const CATALOGUE_FRAME_BYTES: usize = MAX_FRAME_LEN / 4;
+
+/// What the protocol knows of a document from its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DocClass {
+    /// The mesh registry: everyone.
+    Mesh,
+    /// A workflow definition: everyone.
+    Workflow,
+    /// Run results of one node: the owner and its zone's aggregator.
+    Results {
+        /// The node that wrote them.
+        owner: NodeId,
+    },
+    /// Summaries of a zone: the zone's aggregator and the aggregators above it.
+    Rollup {
+        /// The zone summarised.
+        zone: String,
+    },
+}
+
+impl DocClass {
+    /// Classifies a document name (`mesh`, `workflow/<id>`, `results/<node>/<window>`,
+    /// `rollup/<zone>/<window>`). `None` for a name of no known kind.
+    pub fn of(name: &str) -> Option<DocClass> {
+        if name == "mesh" {
+            return Some(DocClass::Mesh);
+        }
+        let (kind, rest) = name.split_once('/')?;
+        match kind {
+            "workflow" if !rest.is_empty() => Some(DocClass::Workflow),
+            "results" => {
+                let (owner, window) = rest.split_once('/')?;
+                (!owner.is_empty() && !window.is_empty() && !window.contains('/')).then(|| {
+                    DocClass::Results {
+                        owner: owner.to_owned(),
+                    }
+                })
+            }
+            "rollup" => {
+                let (zone, window) = rest.rsplit_once('/')?;
+                (!window.is_empty()).then(|| DocClass::Rollup {
+                    zone: zone.to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Sync order: lower first. Membership and definitions before data.
+    pub fn priority(&self) -> u8 {
+        match self {
+            DocClass::Mesh => 0,
+            DocClass::Workflow => 1,
+            DocClass::Rollup { .. } => 2,
+            DocClass::Results { .. } => 3,
+        }
+    }
+}
+
+/// Who may see what. Every node evaluates the same rule on its own view of the hierarchy, so a
+/// pair of nodes with the same view agree on every decision, and a document reaches the nodes
+/// that need it hop by hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharePolicy {
+    /// The zone of each node whose zone is known.
+    pub zone_of: BTreeMap<NodeId, String>,
+    /// The aggregator of each zone whose aggregator is known.
+    pub aggregator_of: BTreeMap<String, NodeId>,
+}
+
+impl SharePolicy {
+    /// Whether `peer` may see (and write) a document of this class.
+    ///
+    /// - `mesh` and workflows: every member (admission already refused strangers).
+    /// - `results/<owner>/…`: the owner and the aggregator of the owner's zone.
+    /// - `rollup/<zone>/…`: the aggregator of the zone and of every zone above it.
+    pub fn shares(&self, class: &DocClass, peer: &str) -> bool {
+        match class {
+            DocClass::Mesh | DocClass::Workflow => true,
+            DocClass::Results { owner } => {
+                owner == peer
+                    || self
+                        .zone_of
+                        .get(owner)
+                        .and_then(|zone| self.aggregator_of.get(zone))
+                        .is_some_and(|aggregator| aggregator == peer)
+            }
+            DocClass::Rollup { zone } => zone_and_ancestors(zone)
+                .any(|z| self.aggregator_of.get(z).is_some_and(|a| a == peer)),
+        }
+    }
+}
+
+/// `a/b/c`, `a/b`, `a`, `` (the root).
+fn zone_and_ancestors(zone: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(zone);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = if current.is_empty() {
+            None
+        } else {
+            Some(current.rsplit_once('/').map_or("", |(parent, _)| parent))
+        };
+        Some(current)
+    })
+}
+
+/// Knobs of the replication machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Store operations (generate) asked for and not yet answered, across all peers; the rest
+    /// wait in priority order. Bounds the work one driver batch does.
+    pub max_outstanding: usize,
+    /// Bytes of sync payload per second, over all peers; `None` for no cap. Sessions wait
+    /// (in priority order) while the budget is spent; received messages are still applied.
+    pub bytes_per_sec: Option<u64>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            max_outstanding: 512,
+            bytes_per_sec: None,
+        }
+    }
+}
+
+/// What the store answered to an [`SyncOut::Apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether the document changed.
+    pub changed: bool,
+    /// The digest of the local heads after applying.
+    pub ours: HeadsDigest,
+    /// The digest of the peer's heads, as the message told them.
+    pub theirs: Option<HeadsDigest>,
+}
+
+/// Why the store could not apply a sync message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyFailed {
+    /// What went wrong.
+    pub reason: String,
+    /// The peer sent something malformed (as opposed to a local failure): its connection is
+    /// closed.
+    pub peer_at_fault: bool,
+}
+
+/// What happened, as the driver tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncIn {
+    /// The documents stored locally at start, with their names and heads digests.
+    LocalDocs(Vec<CatalogueEntry>),
+    /// A local document changed (written here, or by an applied sync message).
+    LocalChanged(CatalogueEntry),
+    /// The hierarchy view changed: the decisions of the share policy may differ now.
+    Policy(SharePolicy),
+    /// A peer is connected.
+    PeerUp(NodeId),
+    /// A peer is gone.
+    PeerDown(NodeId),
+    /// A replication message from a peer (summary, catalogue or sync; others are ignored).
+    Received(NodeId, Message),
+    /// The store's answer to [`SyncOut::Generate`]: the next sync message, or `None` when it
+    /// has nothing to say.
+    Generated {
+        /// The document.
+        doc: DocId,
+        /// The peer.
+        peer: NodeId,
+        /// The Automerge sync message.
+        payload: Option<Vec<u8>>,
+    },
+    /// The store's answer to [`SyncOut::Apply`].
+    Applied {
+        /// The document.
+        doc: DocId,
+        /// The peer.
+        peer: NodeId,
+        /// The outcome.
+        outcome: Result<Applied, ApplyFailed>,
+    },
+    /// Ask a peer (or every peer) to compare summaries again, as `rhizome sync` does.
+    Resync(Option<NodeId>),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOut {
+    /// Send a message to a peer, in order.
+    Send(NodeId, Message),
+    /// Produce the next sync message for a document and a peer, and answer with
+    /// [`SyncIn::Generated`].
+    Generate {
+        /// The document.
+        doc: DocId,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Apply a sync message from a peer, and answer with [`SyncIn::Applied`].
+    Apply {
+        /// The document.
+        doc: DocId,
+        /// The peer.
+        peer: NodeId,
+        /// The document's name when this node did not hold it yet (the store checks that the
+        /// name derives to the id before recording it).
+        name: Option<String>,
+        /// The Automerge sync message.
+        payload: Vec<u8>,
+    },
+    /// Forget the in-memory sync states of a peer: the next session starts from the persisted
+    /// state (a new connection must not inherit in-flight bookkeeping of an old one).
+    ForgetPeer(NodeId),
+    /// Close the connection to a peer that broke the protocol.
+    Close(NodeId, String),
+}
+
+/// A sync message to apply, as [`Replica::apply`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyRequest {
+    /// The document.
+    pub doc: DocId,
+    /// The peer that sent it.
+    pub peer: NodeId,
+    /// The document's name, for a document the replica does not hold yet.
+    pub name: Option<String>,
+    /// The Automerge sync message.
+    pub payload: Vec<u8>,
+}
+
+/// The document store as replication needs it: it generates and applies Automerge sync
+/// messages and keeps each peer's sync state. Production and the simulator use the same
+/// implementation, over a file or in memory.
+pub trait Replica {
+    /// A failure of the store itself (not of one message): replication cannot go on.
+    type Error: std::fmt::Display;
+
+    /// Every document held (or retired, with [`RETIRED`]), with its name and heads digest.
+    fn catalogue(&mut self) -> Result<Vec<CatalogueEntry>, Self::Error>;
+
+    /// The next sync message about a document for a peer, or `None`.
+    fn generate(&mut self, doc: &DocId, peer: &str) -> Result<Option<Vec<u8>>, Self::Error>;
+
+    /// Applies messages in order; each gets its outcome.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        batch: Vec<ApplyRequest>,
+    ) -> Result<Vec<Result<Applied, ApplyFailed>>, Self::Error>;
+
+    /// Forgets a peer's in-memory sync states.
+    fn forget_peer(&mut self, peer: &str);
+}
+
+/// The store operations among `ops` carried out against `replica`, and the rest.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Answers to feed back into the [`Replicator`].
+    pub answers: Vec<SyncIn>,
+    /// What is left for the network driver ([`SyncOut::Send`], [`SyncOut::Close`]), in order.
+    pub network: Vec<SyncOut>,
+}
+
+/// Carries out the store operations among `ops`: applies before generates (a message generated
+/// after applying is at least as current), each run of applies in one batch, and a
+/// [`SyncOut::ForgetPeer`] before anything that follows it.
+pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R::Error> {
+    let mut served = Served::default();
+    let mut applies: Vec<ApplyRequest> = Vec::new();
+    let mut generates: Vec<(DocId, NodeId)> = Vec::new();
+    let flush = |replica: &mut R,
+                 served: &mut Served,
+                 applies: &mut Vec<ApplyRequest>,
+                 generates: &mut Vec<(DocId, NodeId)>|
+     -> Result<(), R::Error> {
+        if !applies.is_empty() {
+            let keys: Vec<(DocId, NodeId)> =
+                applies.iter().map(|a| (a.doc, a.peer.clone())).collect();
+            let outcomes = replica.apply(std::mem::take(applies))?;
+            for ((doc, peer), outcome) in keys.into_iter().zip(outcomes) {
+                served.answers.push(SyncIn::Applied { doc, peer, outcome });
+            }
+        }
+        for (doc, peer) in generates.drain(..) {
+            let payload = replica.generate(&doc, &peer)?;
+            served
+                .answers
+                .push(SyncIn::Generated { doc, peer, payload });
+        }
+        Ok(())
+    };
+    for op in ops {
+        match op {
+            SyncOut::Apply {
+                doc,
+                peer,
+                name,
+                payload,
+            } => applies.push(ApplyRequest {
+                doc,
+                peer,
+                name,
+                payload,
+            }),
+            SyncOut::Generate { doc, peer } => generates.push((doc, peer)),
+            SyncOut::ForgetPeer(peer) => {
+                flush(replica, &mut served, &mut applies, &mut generates)?;
+                replica.forget_peer(&peer);
+            }
+            network @ (SyncOut::Send(..) | SyncOut::Close(..)) => served.network.push(network),
+        }
+    }
+    flush(replica, &mut served, &mut applies, &mut generates)?;
+    Ok(served)
+}
+
+/// Traffic with one peer, for status and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Sync payload bytes sent.
+    pub bytes_sent: u64,
+    /// Sync payload bytes received.
+    pub bytes_received: u64,
+    /// Sync messages sent.
+    pub messages_sent: u64,
+    /// Sync messages received.
+    pub messages_received: u64,
+}
+
+/// Where replication with one peer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSyncStatus {
+    /// The peer.
+    pub peer: NodeId,
+    /// Documents shared with the peer.
+    pub shared: usize,
+    /// Shared documents whose heads are not known to be equal on both sides, by name.
+    pub pending: Vec<String>,
+    /// Traffic since the connection started.
+    pub traffic: PeerTraffic,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// A generate is asked for and not answered.
+    generating: bool,
+    /// Something happened while generating: generate again after the answer.
+    again: bool,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    /// What we know of the peer's heads of each document ([`ABSENT`]: it has none).
+    theirs: BTreeMap<DocId, HeadsDigest>,
+    /// Names the peer told us (catalogue, sync messages), for documents we may not hold.
+    their_names: BTreeMap<DocId, String>,
+    /// Documents the peer knows by name, so sync messages about them carry no name.
+    named: BTreeSet<DocId>,
+    /// The catalogue being received, until its last frame.
+    incoming: Vec<CatalogueEntry>,
+    /// The summary last sent, so a matching summary from the peer can be answered with ours
+    /// when ours has changed since.
+    sent_summary: Option<HeadsDigest>,
+    /// Whether our catalogue went out in this round: one per direction per round (a connection,
+    /// or an explicit resync), so that changing documents cannot make catalogues ping-pong.
+    /// After the round, sync sessions carry each side's heads.
+    catalogue_sent: bool,
+    sessions: BTreeMap<DocId, Session>,
+    traffic: PeerTraffic,
+}
+
+/// The replication state machine of one node.
+#[derive(Debug)]
+pub struct Replicator {
+    me: NodeId,
+    config: SyncConfig,
+    policy: SharePolicy,
+    /// Every local document: name and heads digest.
+    local: BTreeMap<DocId, (String, DocClass, HeadsDigest)>,
+    peers: BTreeMap<NodeId, PeerState>,
+    /// Sessions waiting for a generate, by (priority, order of arrival).
+    queue: BTreeMap<(u8, u64), (NodeId, DocId)>,
+    queued: BTreeSet<(NodeId, DocId)>,
+    next_seq: u64,
+    outstanding: usize,
+    /// Byte budget (token bucket) and when it was last refilled.
+    budget: i64,
+    refilled: Duration,
+    out: VecDeque<SyncOut>,
+}
+
+impl Replicator {
+    /// A replicator for node `me`.
+    pub fn new(me: NodeId, config: SyncConfig) -> Replicator {
+        Replicator {
+            me,
+            config,
+            policy: SharePolicy::default(),
+            local: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            queued: BTreeSet::new(),
+            next_seq: 0,
+            outstanding: 0,
+            budget: config.bytes_per_sec.map_or(0, |r| r as i64),
+            refilled: Duration::ZERO,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Takes one event.
+    pub fn handle(&mut self, event: SyncIn, now: Duration) {
+        self.refill(now);
+        match event {
+            SyncIn::LocalDocs(entries) => {
+                for entry in entries {
+                    self.local_changed(entry);
+                }
+            }
+            SyncIn::LocalChanged(entry) => self.local_changed(entry),
+            SyncIn::Policy(policy) => {
+                if policy != self.policy {
+                    self.policy = policy;
+                    // Shared sets may have grown or shrunk: compare again with everyone.
+                    for peer in self.peers.keys().cloned().collect::<Vec<_>>() {
+                        self.new_round(&peer, false);
+                    }
+                }
+            }
+            SyncIn::PeerUp(peer) => {
+                if peer == self.me {
+                    return;
+                }
+                self.drop_peer(&peer);
+                self.peers.insert(peer.clone(), PeerState::default());
+                self.out.push_back(SyncOut::ForgetPeer(peer.clone()));
+                self.send_summary(&peer, false);
+            }
+            SyncIn::PeerDown(peer) => {
+                if self.drop_peer(&peer) {
+                    self.out.push_back(SyncOut::ForgetPeer(peer));
+                }
+            }
+            SyncIn::Received(peer, message) => self.received(peer, message),
+            SyncIn::Generated { doc, peer, payload } => self.generated(doc, peer, payload),
+            SyncIn::Applied { doc, peer, outcome } => self.applied(doc, peer, outcome),
+            SyncIn::Resync(target) => {
+                let peers: Vec<NodeId> = match target {
+                    Some(peer) => self
+                        .peers
+                        .contains_key(&peer)
+                        .then_some(peer)
+                        .into_iter()
+                        .collect(),
+                    None => self.peers.keys().cloned().collect(),
+                };
+                for peer in peers {
+                    self.new_round(&peer, true);
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// Lets time pass (the byte budget refills).
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.refill(now);
+        self.schedule();
+    }
+
+    /// When [`Replicator::handle_timeout`] must be called next, if ever: only while sessions
+    /// wait for the byte budget.
+    pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
+        let rate = self.config.bytes_per_sec?;
+        if self.queue.is_empty() || self.budget > 0 || rate == 0 {
+            return None;
+        }
+        let missing = (1 - self.budget) as u128;
+        let wait_ns = (missing * 1_000_000_000).div_ceil(u128::from(rate));
+        Some(self.refilled.max(now) + Duration::from_nanos(wait_ns.min(u64::MAX as u128) as u64))
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll(&mut self) -> Option<SyncOut> {
+        self.out.pop_front()
+    }
+
+    /// Everything to do now.
+    pub fn drain(&mut self) -> Vec<SyncOut> {
+        self.out.drain(..).collect()
+    }
+
+    /// The connected peers.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
+    /// Where replication with a connected peer stands; `None` if it is not connected.
+    pub fn status(&self, peer: &str) -> Option<PeerSyncStatus> {
+        let state = self.peers.get(peer)?;
+        let mut shared = 0;
+        let mut pending = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (doc, (name, class, ours)) in &self.local {
+            if !self.policy.shares(class, peer) {
+                continue;
+            }
+            seen.insert(*doc);
+            if *ours == RETIRED {
+                continue;
+            }
+            shared += 1;
+            let theirs = state.theirs.get(doc);
+            if theirs != Some(ours) && theirs != Some(&RETIRED) {
+                pending.push(name.clone());
+            }
+        }
+        // Documents the peer has that this node lacks and may hold.
+        for (doc, digest) in &state.theirs {
+            if seen.contains(doc) || *digest == ABSENT || *digest == RETIRED {
+                continue;
+            }
+            if let Some(name) = state.their_names.get(doc)
+                && DocClass::of(name).is_some_and(|c| self.policy.shares(&c, peer))
+            {
+                shared += 1;
+                pending.push(name.clone());
+            }
+        }
+        Some(PeerSyncStatus {
+            peer: peer.to_owned(),
+            shared,
+            pending,
+            traffic: state.traffic,
+        })
+    }
+
+    /// The share policy in force.
+    pub fn policy(&self) -> &SharePolicy {
+        &self.policy
+    }
+
+    /// The local heads digest of a document, if this node holds it.
+    pub fn local_digest(&self, doc: &DocId) -> Option<HeadsDigest> {
+        self.local.get(doc).map(|(_, _, d)| *d)
+    }
+
+    fn local_changed(&mut self, entry: CatalogueEntry) {
+        let Some(class) = DocClass::of(&entry.name) else {
+            return;
+        };
+        if let Some((_, _, digest)) = self.local.get(&entry.doc)
+            && *digest == entry.digest
+        {
+            return;
+        }
+        let peers: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| self.policy.shares(&class, p))
+            .cloned()
+            .collect();
+        let retired = entry.digest == RETIRED;
+        self.local
+            .insert(entry.doc, (entry.name, class.clone(), entry.digest));
+        if retired {
+            return;
+        }
+        for peer in peers {
+            self.want(&peer, entry.doc, class.priority());
+        }
+    }
+
+    /// The documents shared with a peer, in id order, with our digests.
+    fn catalogue_for(&self, peer: &str) -> Vec<CatalogueEntry> {
+        self.local
+            .iter()
+            .filter(|(_, (_, class, _))| self.policy.shares(class, peer))
+            .map(|(doc, (name, _, digest))| CatalogueEntry {
+                doc: *doc,
+                digest: *digest,
+                name: name.clone(),
+            })
+            .collect()
+    }
+
+    fn summary_of(entries: &[CatalogueEntry]) -> HeadsDigest {
+        let mut hash = Sha256::new();
+        for entry in entries {
+            hash.update(entry.doc);
+            hash.update(entry.digest);
+        }
+        hash.finalize()[..16].try_into().expect("16 bytes")
+    }
+
+    /// Starts a new round of comparison with a peer.
+    fn new_round(&mut self, peer: &str, reply: bool) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.catalogue_sent = false;
+        }
+        self.send_summary(peer, reply);
+    }
+
+    fn send_summary(&mut self, peer: &str, reply: bool) {
+        let entries = self.catalogue_for(peer);
+        let digest = Self::summary_of(&entries);
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.sent_summary = Some(digest);
+        }
+        self.out.push_back(SyncOut::Send(
+            peer.to_owned(),
+            Message::Summary {
+                digest,
+                docs: entries.len() as u64,
+                reply,
+            },
+        ));
+    }
+
+    fn send_catalogue(&mut self, peer: &str) {
+        let entries = self.catalogue_for(peer);
+        let mut frame = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            let len = 33 + entry.name.len();
+            if !frame.is_empty()
+                && (frame.len() == MAX_CATALOGUE_ENTRIES || bytes + len > CATALOGUE_FRAME_BYTES)
+            {
+                self.out.push_back(SyncOut::Send(
+                    peer.to_owned(),
+                    Message::Catalogue {
+                        complete: false,
+                        entries: std::mem::take(&mut frame),
+                    },
+                ));
+                bytes = 0;
+            }
+            bytes += len;
+            frame.push(entry);
+        }
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.named.extend(frame.iter().map(|e| e.doc));
+            state.catalogue_sent = true;
+        }
+        self.out.push_back(SyncOut::Send(
+            peer.to_owned(),
+            Message::Catalogue {
+                complete: true,
+                entries: frame,
+            },
+        ));
+    }
+
+    fn received(&mut self, peer: NodeId, message: Message) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        match message {
+            Message::Summary { digest, reply, .. } => {
+                let ours = self.catalogue_for(&peer);
+                let current = Self::summary_of(&ours);
+                let state = self.peers.get_mut(&peer).expect("checked above");
+                if current == digest {
+                    for entry in &ours {
+                        state.theirs.insert(entry.doc, entry.digest);
+                        state.named.insert(entry.doc);
+                    }
+                    // The peer compared our earlier summary: tell it the current one, which it
+                    // holds too.
+                    if reply || state.sent_summary != Some(current) {
+                        self.send_summary(&peer, false);
+                    }
+                } else if !state.catalogue_sent {
+                    self.send_catalogue(&peer);
+                }
+            }
+            Message::Catalogue { complete, entries } => {
+                let state = self.peers.get_mut(&peer).expect("checked above");
+                // A peer may not make this node buffer more than a catalogue's bound.
+                if state.incoming.len() + entries.len() > MAX_CATALOGUE_ENTRIES * 4 {
+                    self.out.push_back(SyncOut::Close(
+                        peer.clone(),
+                        "catalogue exceeds its bound".into(),
+                    ));
+                    self.drop_peer(&peer);
+                    return;
+                }
+                state.incoming.extend(entries);
+                if complete {
+                    let entries = std::mem::take(&mut state.incoming);
+                    let answer = !state.catalogue_sent;
+                    self.catalogue_received(&peer, entries);
+                    // Each side learns the other's digests once per round, also those that are
+                    // equal and so start no session.
+                    if answer {
+                        self.send_catalogue(&peer);
+                    }
+                }
+            }
+            Message::Sync { doc, name, payload } => self.sync_received(peer, doc, name, payload),
+            _ => {}
+        }
+    }
+
+    fn catalogue_received(&mut self, peer: &NodeId, entries: Vec<CatalogueEntry>) {
+        let mut theirs: BTreeMap<DocId, HeadsDigest> = BTreeMap::new();
+        {
+            let state = self.peers.get_mut(peer).expect("connected");
+            for entry in entries {
+                // Only what this node would share with the peer counts; the rest is ignored.
+                let Some(class) = DocClass::of(&entry.name) else {
+                    continue;
+                };
+                if !self.policy.shares(&class, peer) {
+                    continue;
+                }
+                state.named.insert(entry.doc);
+                state.their_names.insert(entry.doc, entry.name);
+                theirs.insert(entry.doc, entry.digest);
+            }
+        }
+        for entry in self.catalogue_for(peer) {
+            theirs.entry(entry.doc).or_insert(ABSENT);
+        }
+        let wanted: Vec<(DocId, u8)> = theirs
+            .iter()
+            .filter(|(doc, digest)| {
+                let ours = self.local_digest(doc).unwrap_or(ABSENT);
+                ours != **digest && ours != RETIRED && **digest != RETIRED
+            })
+            .map(|(doc, _)| (*doc, self.priority_of(peer, doc)))
+            .collect();
+        self.peers.get_mut(peer).expect("connected").theirs = theirs;
+        for (doc, priority) in wanted {
+            self.want(peer, doc, priority);
+        }
+    }
+
+    fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
+        let state = self.peers.get_mut(&peer).expect("checked by the caller");
+        state.traffic.bytes_received += payload.len() as u64;
+        state.traffic.messages_received += 1;
+        if let Some(name) = &name {
+            state.their_names.insert(doc, name.clone());
+        }
+        state.named.insert(doc);
+        if self.local.get(&doc).is_some_and(|(_, _, d)| *d == RETIRED) {
+            return;
+        }
+        let held = self.local.get(&doc).map(|(n, c, _)| (n.clone(), c.clone()));
+        let (name, class, new) = match held {
+            Some((name, class)) => (name, class, false),
+            None => {
+                let Some(name) = state.their_names.get(&doc).cloned() else {
+                    // Neither held nor named: nothing to classify it by, so it is not shared.
+                    return;
+                };
+                let Some(class) = DocClass::of(&name) else {
+                    return;
+                };
+                (name, class, true)
+            }
+        };
+        if !self.policy.shares(&class, &peer) {
+            return;
+        }
+        self.out.push_back(SyncOut::Apply {
+            doc,
+            peer,
+            name: new.then_some(name),
+            payload,
+        });
+    }
+
+    fn generated(&mut self, doc: DocId, peer: NodeId, payload: Option<Vec<u8>>) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let again = match state.sessions.get_mut(&doc) {
+            Some(session) if session.generating => {
+                session.generating = false;
+                std::mem::take(&mut session.again)
+            }
+            // An answer for a session of an earlier connection.
+            _ => return,
+        };
+        if let Some(payload) = payload {
+            let name = (!state.named.contains(&doc))
+                .then(|| self.local.get(&doc).map(|(n, _, _)| n.clone()))
+                .flatten();
+            state.named.insert(doc);
+            state.traffic.bytes_sent += payload.len() as u64;
+            state.traffic.messages_sent += 1;
+            if self.config.bytes_per_sec.is_some() {
+                self.budget -= payload.len() as i64;
+            }
+            self.out.push_back(SyncOut::Send(
+                peer.clone(),
+                Message::Sync { doc, name, payload },
+            ));
+        }
+        if again {
+            let priority = self.priority_of(&peer, &doc);
+            self.want(&peer, doc, priority);
+        } else {
+            let state = self.peers.get_mut(&peer).expect("connected");
+            state.sessions.remove(&doc);
+        }
+    }
+
+    fn applied(&mut self, doc: DocId, peer: NodeId, outcome: Result<Applied, ApplyFailed>) {
+        match outcome {
+            Ok(applied) => {
+                if let Some(state) = self.peers.get_mut(&peer)
+                    && let Some(theirs) = applied.theirs
+                {
+                    state.theirs.insert(doc, theirs);
+                }
+                if applied.changed {
+                    let name = self.local.get(&doc).map(|(n, _, _)| n.clone()).or_else(|| {
+                        self.peers
+                            .get(&peer)
+                            .and_then(|s| s.their_names.get(&doc).cloned())
+                    });
+                    if let Some(name) = name {
+                        self.local_changed(CatalogueEntry {
+                            doc,
+                            digest: applied.ours,
+                            name,
+                        });
+                    }
+                }
+                // Answer the peer (Automerge sync is a conversation until neither side has
+                // anything to say).
+                if self.peers.contains_key(&peer) {
+                    let priority = self.priority_of(&peer, &doc);
+                    self.want(&peer, doc, priority);
+                }
+            }
+            Err(failed) => {
+                if failed.peer_at_fault && self.drop_peer(&peer) {
+                    self.out.push_back(SyncOut::Close(
+                        peer.clone(),
+                        format!("bad sync message: {}", failed.reason),
+                    ));
+                    self.out.push_back(SyncOut::ForgetPeer(peer));
+                }
+            }
+        }
+    }
+
+    fn priority_of(&self, peer: &str, doc: &DocId) -> u8 {
+        self.local
+            .get(doc)
+            .map(|(_, c, _)| c.priority())
+            .or_else(|| {
+                self.peers
+                    .get(peer)
+                    .and_then(|s| s.their_names.get(doc))
+                    .and_then(|n| DocClass::of(n))
+                    .map(|c| c.priority())
+            })
+            .unwrap_or(u8::MAX)
+    }
+
+    /// Asks for a generate for (peer, doc), now or after the one in flight.
+    fn want(&mut self, peer: &NodeId, doc: DocId, priority: u8) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let session = state.sessions.entry(doc).or_default();
+        if session.generating {
+            session.again = true;
+            return;
+        }
+        if self.queued.insert((peer.clone(), doc)) {
+            self.queue
+                .insert((priority, self.next_seq), (peer.clone(), doc));
+            self.next_seq += 1;
+        }
+    }
+
+    fn schedule(&mut self) {
+        while self.outstanding < self.config.max_outstanding
+            && (self.config.bytes_per_sec.is_none() || self.budget > 0)
+        {
+            let Some((_, (peer, doc))) = self.queue.pop_first() else {
+                break;
+            };
+            self.queued.remove(&(peer.clone(), doc));
+            let Some(state) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let session = state.sessions.entry(doc).or_default();
+            if session.generating {
+                session.again = true;
+                continue;
+            }
+            session.generating = true;
+            self.outstanding += 1;
+            self.out.push_back(SyncOut::Generate { doc, peer });
+        }
+    }
+
+    fn refill(&mut self, now: Duration) {
+        let Some(rate) = self.config.bytes_per_sec else {
+            return;
+        };
+        if now <= self.refilled {
+            return;
+        }
+        let gained = (now - self.refilled).as_nanos() * u128::from(rate) / 1_000_000_000;
+        self.budget = (self.budget as i128 + gained as i128).min(rate as i128) as i64;
+        self.refilled = now;
+    }
+
+    /// Forgets a peer's sessions; their outstanding generates no longer count. Returns whether
+    /// the peer was connected.
+    fn drop_peer(&mut self, peer: &str) -> bool {
+        let Some(state) = self.peers.remove(peer) else {
+            return false;
+        };
+        let generating = state.sessions.values().filter(|s| s.generating).count();
+        self.outstanding = self.outstanding.saturating_sub(generating);
+        self.queued.retain(|(p, _)| p != peer);
+        self.queue.retain(|_, (p, _)| p != peer);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_classify() {
+        assert_eq!(DocClass::of("mesh"), Some(DocClass::Mesh));
+        assert_eq!(DocClass::of("workflow/a"), Some(DocClass::Workflow));
+        assert_eq!(
+            DocClass::of("results/ab12/2026-11-24T04:00Z+60m"),
+            Some(DocClass::Results {
+                owner: "ab12".into()
+            })
+        );
+        assert_eq!(
+            DocClass::of("rollup/site-a/line-3/2026-11-24T04:00Z+60m"),
+            Some(DocClass::Rollup {
+                zone: "site-a/line-3".into()
+            })
+        );
+        assert_eq!(DocClass::of("results/ab12"), None);
+        assert_eq!(DocClass::of("workflow/"), None);
+        assert_eq!(DocClass::of("other/x"), None);
+        assert_eq!(DocClass::of(""), None);
+    }
+
+    #[test]
+    fn policy_routes_results_to_the_owners_aggregator_and_rollups_up_the_chain() {
+        let mut policy = SharePolicy::default();
+        let results = DocClass::of("results/o/w").unwrap();
+        let rollup = DocClass::of("rollup/site-a/line-3/w").unwrap();
+        assert!(policy.shares(&DocClass::Mesh, "x"));
+        assert!(policy.shares(&DocClass::Workflow, "x"));
+        assert!(policy.shares(&results, "o"));
+        assert!(!policy.shares(&results, "agg"));
+        assert!(!policy.shares(&rollup, "agg"));
+
+        policy.zone_of.insert("o".into(), "site-a/line-3".into());
+        policy
+            .aggregator_of
+            .insert("site-a/line-3".into(), "agg".into());
+        policy.aggregator_of.insert("".into(), "cloud".into());
+        assert!(policy.shares(&results, "agg"));
+        assert!(!policy.shares(&results, "cloud"));
+        assert!(policy.shares(&rollup, "agg"));
+        assert!(policy.shares(&rollup, "cloud"));
+        assert!(!policy.shares(&rollup, "o"));
+        assert_eq!(
+            zone_and_ancestors("a/b").collect::<Vec<_>>(),
+            vec!["a/b", "a", ""]
+        );
+    }
+
+    fn entry(doc: u8, digest: u8, name: &str) -> CatalogueEntry {
+        CatalogueEntry {
+            doc: [doc; 16],
+            digest: [digest; 16],
+            name: name.into(),
+        }
+    }
+
+    fn sends(out: &[SyncOut]) -> Vec<&Message> {
+        out.iter()
+            .filter_map(|o| match o {
+                SyncOut::Send(_, m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_summaries_end_the_exchange() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        let mut b = Replicator::new("b".into(), SyncConfig::default());
+        let docs = vec![entry(1, 1, "mesh"), entry(2, 2, "workflow/w")];
+        a.handle(SyncIn::LocalDocs(docs.clone()), now);
+        b.handle(SyncIn::LocalDocs(docs), now);
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        b.handle(SyncIn::PeerUp("a".into()), now);
+        let from_a = a.drain();
+        let from_b = b.drain();
+        for m in sends(&from_b) {
+            a.handle(SyncIn::Received("b".into(), m.clone()), now);
+        }
+        for m in sends(&from_a) {
+            b.handle(SyncIn::Received("a".into(), m.clone()), now);
+        }
+        assert!(a.drain().is_empty());
+        assert!(b.drain().is_empty());
+        assert!(a.status("b").unwrap().pending.is_empty());
+        assert_eq!(a.status("b").unwrap().shared, 2);
+    }
+
+    #[test]
+    fn differing_documents_start_sessions_in_priority_order() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(
+            SyncIn::LocalDocs(vec![
+                entry(1, 1, "results/a/w"),
+                entry(2, 2, "workflow/w"),
+                entry(3, 3, "mesh"),
+            ]),
+            now,
+        );
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.drain();
+        // b holds an older mesh and no workflow; results/a stay with a.
+        a.handle(
+            SyncIn::Received(
+                "b".into(),
+                Message::Catalogue {
+                    complete: true,
+                    entries: vec![entry(3, 9, "mesh")],
+                },
+            ),
+            now,
+        );
+        let out = a.drain();
+        let generates: Vec<DocId> = out
+            .iter()
+            .filter_map(|o| match o {
+                SyncOut::Generate { doc, .. } => Some(*doc),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(generates, vec![[3; 16], [2; 16]]);
+        let pending = a.status("b").unwrap().pending;
+        assert_eq!(pending, vec!["workflow/w".to_string(), "mesh".to_string()]);
+    }
+
+    #[test]
+    fn a_document_unknown_by_name_is_not_applied() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.drain();
+        let sync = |name: Option<&str>| Message::Sync {
+            doc: [5; 16],
+            name: name.map(str::to_owned),
+            payload: vec![1],
+        };
+        a.handle(SyncIn::Received("b".into(), sync(None)), now);
+        assert!(a.drain().is_empty());
+        // Someone else's results are not for this node.
+        a.handle(SyncIn::Received("b".into(), sync(Some("results/c/w"))), now);
+        assert!(a.drain().is_empty());
+        a.handle(SyncIn::Received("b".into(), sync(Some("workflow/x"))), now);
+        assert_eq!(
+            a.drain(),
+            vec![SyncOut::Apply {
+                doc: [5; 16],
+                peer: "b".into(),
+                name: Some("workflow/x".into()),
+                payload: vec![1],
+            }]
+        );
+    }
+
+    #[test]
+    fn generates_are_bounded_and_coalesced() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new(
+            "a".into(),
+            SyncConfig {
+                max_outstanding: 2,
+                bytes_per_sec: None,
+            },
+        );
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.drain();
+        for i in 0..5 {
+            a.handle(
+                SyncIn::LocalChanged(entry(i, 1, &format!("workflow/{i}"))),
+                now,
+            );
+        }
+        let out = a.drain();
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o, SyncOut::Generate { .. }))
+                .count(),
+            2
+        );
+        // A change during a generate asks for one more, after the answer.
+        a.handle(SyncIn::LocalChanged(entry(0, 2, "workflow/0")), now);
+        assert!(a.drain().is_empty());
+        a.handle(
+            SyncIn::Generated {
+                doc: [0; 16],
+                peer: "b".into(),
+                payload: Some(vec![7]),
+            },
+            now,
+        );
+        let out = a.drain();
+        assert!(
+            matches!(&out[0], SyncOut::Send(_, Message::Sync { name: Some(n), .. }) if n == "workflow/0")
+        );
+        assert!(matches!(out[1], SyncOut::Generate { .. }));
+    }
+
+    #[test]
+    fn the_byte_budget_paces_sessions() {
+        let mut a = Replicator::new(
+            "a".into(),
+            SyncConfig {
+                max_outstanding: 100,
+                bytes_per_sec: Some(1000),
+            },
+        );
+        let t0 = Duration::from_secs(1);
+        a.handle(SyncIn::PeerUp("b".into()), t0);
+        a.handle(SyncIn::LocalChanged(entry(1, 1, "workflow/1")), t0);
+        a.drain();
+        a.handle(
+            SyncIn::Generated {
+                doc: [1; 16],
+                peer: "b".into(),
+                payload: Some(vec![0; 3000]),
+            },
+            t0,
+        );
+        a.drain();
+        a.handle(SyncIn::LocalChanged(entry(2, 1, "workflow/2")), t0);
+        assert!(
+            a.drain()
+                .iter()
+                .all(|o| !matches!(o, SyncOut::Generate { .. }))
+        );
+        let wake = a.poll_timeout(t0).expect("waiting for budget");
+        assert!(wake > t0 + Duration::from_secs(1));
+        a.handle_timeout(wake);
+        assert!(
+            a.drain()
+                .iter()
+                .any(|o| matches!(o, SyncOut::Generate { .. }))
+        );
+    }
+}

@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare documents with connected peers now and wait until they are identical.
+    ///
+    /// Needs the node running. Returns when every document shared with the peers is identical
+    /// on both sides; when the timeout passes first, lists what still differs and exits with 1.
+    Sync(SyncArgs),
     /// Manage the mesh: its certificate authority and revocations.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -115,6 +120,19 @@ pub struct StartArgs {
     /// No mDNS: find peers only through --peer.
     #[arg(long)]
     pub no_mdns: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only this peer (node id or name); all connected peers when omitted.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// How long to wait for convergence (`500ms`, `30s`, `5m`).
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

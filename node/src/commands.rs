@@ -10,7 +10,7 @@ use crdt_store::{
 use serde_json::json;
 
 use crate::cli::{
-    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs,
+    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs, SyncArgs,
     WorkflowCommand,
 };
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
@@ -26,6 +26,7 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
         Command::Status { json } => status(&Node::load(&root)?, json),
         Command::Peers { json } => peers(&Node::load(&root)?, json),
+        Command::Sync(args) => sync_now(&Node::load(&root)?, args),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
@@ -144,6 +145,86 @@ fn peers(node: &Node, json: bool) -> Result<()> {
         return Ok(());
     }
     print_peers(&peers);
+    Ok(())
+}
+
+fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
+    let Some(addr) = crate::client::running_node(&node.dir) else {
+        bail!(
+            "no node is running on {}: sync happens between running nodes; start one with \
+             `rhizome start --data-dir {}`",
+            node.dir.root.display(),
+            node.dir.root.display()
+        );
+    };
+    let timeout = parse_duration(&args.timeout).context("--timeout")?;
+    let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
+    let name_of = |id: &str| {
+        peers
+            .iter()
+            .find(|p| p.node_id == id)
+            .and_then(|p| p.name.clone())
+            .unwrap_or_else(|| "?".into())
+    };
+    let peer = match &args.peer {
+        None => None,
+        Some(wanted) => {
+            let found = peers
+                .iter()
+                .find(|p| p.node_id == *wanted || p.name.as_deref() == Some(wanted.as_str()));
+            match found {
+                Some(p) if p.state == "connected" => Some(p.node_id.clone()),
+                Some(p) => bail!("peer {wanted} is {} (see `rhizome peers`)", p.state),
+                None => bail!("no peer {wanted} is known (see `rhizome peers`)"),
+            }
+        }
+    };
+    let token = std::fs::read_to_string(node.dir.api_token())
+        .with_context(|| format!("cannot read {}", node.dir.api_token().display()))?;
+    let body = json!({ "peer": peer, "timeout_ms": timeout.as_millis() as u64 }).to_string();
+    let report: crate::http::SyncReport = crate::client::post_with_timeout(
+        addr,
+        "/sync",
+        token.trim(),
+        &body,
+        timeout + std::time::Duration::from_secs(5),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.peers.is_empty() {
+        println!("no connected peers");
+    } else {
+        for p in &report.peers {
+            if p.pending.is_empty() {
+                println!(
+                    "in sync with {} ({}): {} shared documents",
+                    name_of(&p.peer),
+                    p.peer,
+                    p.shared
+                );
+            } else {
+                println!(
+                    "{} of {} shared documents still differ with {} ({}): {}",
+                    p.pending.len(),
+                    p.shared,
+                    name_of(&p.peer),
+                    p.peer,
+                    p.pending.join(", ")
+                );
+            }
+        }
+    }
+    if !report.converged {
+        bail!(
+            "not converged within {} ({})",
+            args.timeout,
+            if report.peers.is_empty() {
+                "the peer is not connected"
+            } else {
+                "documents still differ"
+            }
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use crdt_store::{DocName, MeshRegistry, NodeEntry, StoreHandle};
 use mesh::net::discovery::Interfaces;
-use mesh::net::driver::{MeshConfig, MeshEvent};
+use mesh::net::driver::MeshConfig;
 use mesh::net::identity::{NodeCredentials, Revocations};
 use mesh::proto::membership::Timing;
 use mesh::proto::wire::Role;
@@ -71,7 +71,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     .with_context(|| format!("the certificates in {}", node.dir.root.display()))?;
     let node_id = node.node_id();
 
-    let store = StoreHandle::spawn(node.open_store()?);
+    // Every committed change reaches document sync (announce to peers) and the node's own
+    // watchers (revocations in the mesh document, workflows).
+    let changes = Arc::new(crate::sync::ChangeFeed::default());
+    let mut opened = node.open_store()?;
+    let feed = changes.clone();
+    opened.set_change_listener(move |entry| feed.push(entry));
+    let store = StoreHandle::spawn(opened);
     let registry: MeshRegistry = store
         .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
         .recv()
@@ -79,9 +85,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let revoked = Revocations::default();
     revoked.set(registry.revoked.keys().cloned());
 
-    let (mesh, mut mesh_events) = mesh::net::driver::spawn(MeshConfig {
+    let (mesh, mesh_events) = mesh::net::driver::spawn(MeshConfig {
         credentials,
-        revoked,
+        revoked: revoked.clone(),
         mesh_id: node.mesh_id.clone(),
         zone: node.config.node.zone.clone(),
         role: Role::Edge,
@@ -100,19 +106,52 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         tags: node.config.node.tags.clone(),
         addresses: vec![quic.to_string()],
         version: env!("CARGO_PKG_VERSION").into(),
-        updated_ms: now_ms(),
         ..NodeEntry::default()
     };
     let id = node_id.clone();
-    store
-        .call(move |s| {
-            s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
-                m.nodes.insert(id, NodeEntry { heartbeat, ..entry });
+    // The registry replicates to every node: rewrite this node's entry only when it says
+    // something new, so a restart with the same settings leaves every document as it was.
+    let unchanged = registry.nodes.get(&id).is_some_and(|old| {
+        NodeEntry {
+            heartbeat: 0,
+            updated_ms: 0,
+            ..old.clone()
+        } == entry
+    });
+    if !unchanged {
+        store
+            .call(move |s| {
+                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                    let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
+                    let updated_ms = now_ms();
+                    m.nodes.insert(
+                        id,
+                        NodeEntry {
+                            heartbeat,
+                            updated_ms,
+                            ..entry
+                        },
+                    );
+                })
             })
-        })
-        .recv()
-        .await?;
+            .recv()
+            .await?;
+    }
+
+    let sync = crate::sync::spawn(
+        node_id.clone(),
+        store.clone(),
+        mesh.clone(),
+        mesh_events,
+        changes.clone(),
+    )
+    .await?;
+    let revocations = tokio::spawn(follow_revocations(
+        changes.clone(),
+        store.clone(),
+        mesh.clone(),
+        revoked,
+    ));
 
     let listener = tokio::net::TcpListener::bind(http)
         .await
@@ -140,6 +179,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         started,
         mesh: mesh.clone(),
         store: store.clone(),
+        sync: sync.clone(),
     });
     let app = crate::http::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
@@ -169,22 +209,14 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
-    let events = tokio::spawn(async move {
-        while let Some(event) = mesh_events.recv().await {
-            match event {
-                MeshEvent::PeerUp(peer) => tracing::info!(%peer, "peer connected"),
-                MeshEvent::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "peer lost"),
-                MeshEvent::Received(peer, _) => tracing::debug!(%peer, "message"),
-            }
-        }
-    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP API")?;
     tracing::info!("shutting down");
+    // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
-    events.abort();
+    revocations.abort();
     retention.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
@@ -193,6 +225,36 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// Keeps the mesh's refusal list in step with the revocations of the replicated `mesh`
+/// document, and closes connections of nodes revoked while connected.
+async fn follow_revocations(
+    changes: Arc<crate::sync::ChangeFeed>,
+    store: StoreHandle,
+    mesh: mesh::net::driver::MeshHandle,
+    revoked: Revocations,
+) {
+    loop {
+        changes.mesh_changed().await;
+        let registry = match store
+            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+            .recv()
+            .await
+        {
+            Ok(registry) => registry,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the mesh document for revocations");
+                continue;
+            }
+        };
+        let before: std::collections::BTreeSet<String> = revoked.snapshot();
+        revoked.set(registry.revoked.keys().cloned());
+        for node in registry.revoked.keys().filter(|n| !before.contains(*n)) {
+            tracing::warn!(%node, "node revoked: refusing it from now on");
+            let _ = mesh.disconnect(node, "revoked").await;
+        }
+    }
 }
 
 /// A line on stdout. A daemon's stdout may be closed by whoever started it; that must not

@@ -11,6 +11,7 @@ mod identity;
 mod mesh_admin;
 mod node;
 mod output;
+mod sync;
 mod workflow;
 
 use clap::Parser;

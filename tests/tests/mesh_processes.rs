@@ -2,106 +2,12 @@
 //! `rhizome status` read the running node, a node killed with SIGKILL is noticed by the others
 //! within the failure-detection deadline, and SIGTERM shuts a node down cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::{rhizome_bin, wait_until};
+use rhizome_e2e::process::{connected, init, run, start};
+use rhizome_e2e::wait_until;
 use serde_json::Value;
-
-struct Running {
-    child: Child,
-    dir: PathBuf,
-    quic: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(rhizome_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn init(dir: &Path, name: &str, mesh: Option<&Path>) {
-    let mut args = vec!["init", "--name", name];
-    let mesh_arg;
-    if let Some(m) = mesh {
-        mesh_arg = m.to_str().unwrap().to_owned();
-        args.extend(["--mesh", mesh_arg.as_str()]);
-    }
-    let out = run(dir, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts a node and waits for its "serving" line, which names the bound QUIC address.
-fn start(dir: &Path, peers: &[&str]) -> Running {
-    let mut cmd = Command::new(rhizome_bin());
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args([
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for p in peers {
-        cmd.args(["--peer", p]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let quic = line
-        .split("quic ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("no serving line: {line:?}"))
-        .to_owned();
-    Running {
-        child,
-        dir: dir.to_owned(),
-        quic,
-    }
-}
-
-fn peers(node: &Running) -> Vec<Value> {
-    let out = run(&node.dir, &["peers", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn connected(node: &Running) -> usize {
-    peers(node)
-        .iter()
-        .filter(|p| p["state"] == "connected")
-        .count()
-}
 
 #[test]
 fn three_processes_connect_notice_a_kill_and_stop_cleanly() {

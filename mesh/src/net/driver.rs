@@ -418,7 +418,10 @@ impl Actor {
                 // does not. Waiting for room is the backpressure that reaches the sender.
                 if matches!(
                     message,
-                    Message::Summary { .. } | Message::Catalogue { .. } | Message::Sync { .. }
+                    Message::Summary { .. }
+                        | Message::Buckets { .. }
+                        | Message::Catalogue { .. }
+                        | Message::Sync { .. }
                 ) && let Some(node) = self.membership.peer_of(conn).cloned()
                     && self.membership.connection(&node) == Some(conn)
                 {

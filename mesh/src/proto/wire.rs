@@ -24,6 +24,9 @@ pub const MAX_CATALOGUE_ENTRIES: usize = 65_536;
 /// Bytes of the frame header after the length field.
 const HEADER_LEN: usize = 2;
 
+/// How many buckets a catalogue is divided into (by the top four bits of document ids).
+pub const BUCKETS: usize = 16;
+
 /// A 16-byte document id (the automerge-repo document id's bytes).
 pub type DocIdBytes = [u8; 16];
 
@@ -63,9 +66,19 @@ pub enum Message {
         /// (an explicit `sync` request).
         reply: bool,
     },
-    /// The documents the sender may share with the receiver, with a digest of their heads and
-    /// their names (a receiver verifies a name against the id, which derives from it).
+    /// After summaries differ: a digest per bucket of the sender's catalogue for the
+    /// receiver (a document's bucket is the top four bits of its id), so that only the buckets
+    /// that differ are listed whole.
+    Buckets {
+        /// [`BUCKETS`] digests, bucket 0 first.
+        digests: Vec<HeadsDigest>,
+    },
+    /// The documents of some buckets that the sender may share with the receiver, with a
+    /// digest of their heads and their names (a receiver verifies a name against the id, which
+    /// derives from it).
     Catalogue {
+        /// The buckets listed, one bit each (bit `k` for bucket `k`).
+        buckets: u16,
         /// True on the last frame of a catalogue that did not fit in one.
         complete: bool,
         /// The documents.
@@ -159,6 +172,7 @@ const KIND_CATALOGUE: u8 = 3;
 const KIND_SYNC: u8 = 4;
 const KIND_GOODBYE: u8 = 5;
 const KIND_SUMMARY: u8 = 6;
+const KIND_BUCKETS: u8 = 7;
 
 /// Smallest encoding of a catalogue entry (id, digest, empty name), to check a claimed count
 /// against the bytes present before allocating for it.
@@ -200,12 +214,24 @@ impl Message {
                 put_varint(out, *docs);
                 out.push(u8::from(*reply));
             }
-            Message::Catalogue { complete, entries } => {
+            Message::Buckets { digests } => {
+                assert!(digests.len() == BUCKETS, "a bucket digest per bucket");
+                out.push(KIND_BUCKETS);
+                for digest in digests {
+                    out.extend_from_slice(digest);
+                }
+            }
+            Message::Catalogue {
+                buckets,
+                complete,
+                entries,
+            } => {
                 assert!(
                     entries.len() <= MAX_CATALOGUE_ENTRIES,
                     "catalogue too large"
                 );
                 out.push(KIND_CATALOGUE);
+                out.extend_from_slice(&buckets.to_be_bytes());
                 out.push(u8::from(*complete));
                 put_varint(out, entries.len() as u64);
                 for entry in entries {
@@ -248,8 +274,10 @@ impl Message {
             }
             Message::Heartbeat { seq } => varint_len(*seq),
             Message::Summary { docs, .. } => 16 + varint_len(*docs) + 1,
+            Message::Buckets { digests } => digests.len() * 16,
             Message::Catalogue { entries, .. } => {
-                1 + varint_len(entries.len() as u64)
+                2 + 1
+                    + varint_len(entries.len() as u64)
                     + entries.iter().map(|e| 32 + str_len(&e.name)).sum::<usize>()
             }
             Message::Sync { name, payload, .. } => {
@@ -312,7 +340,16 @@ impl Message {
             KIND_HEARTBEAT => Message::Heartbeat {
                 seq: r.varint("heartbeat sequence")?,
             },
+            KIND_BUCKETS => {
+                let mut digests = Vec::with_capacity(BUCKETS);
+                for _ in 0..BUCKETS {
+                    digests.push(r.id("bucket digest")?);
+                }
+                Message::Buckets { digests }
+            }
             KIND_CATALOGUE => {
+                let mask = r.take(2, "catalogue buckets")?;
+                let buckets = u16::from_be_bytes([mask[0], mask[1]]);
                 let complete = r.flag("catalogue flag")?;
                 let count = r.varint("catalogue length")?;
                 if count > MAX_CATALOGUE_ENTRIES as u64 {
@@ -335,7 +372,11 @@ impl Message {
                         name: r.string("catalogue document name")?,
                     });
                 }
-                Message::Catalogue { complete, entries }
+                Message::Catalogue {
+                    buckets,
+                    complete,
+                    entries,
+                }
             }
             KIND_SUMMARY => Message::Summary {
                 digest: r.id("summary digest")?,
@@ -512,7 +553,10 @@ mod tests {
                     reply,
                 }
             }),
+            proptest::collection::vec(any::<[u8; 16]>(), BUCKETS)
+                .prop_map(|digests| Message::Buckets { digests }),
             (
+                any::<u16>(),
                 any::<bool>(),
                 proptest::collection::vec(
                     (any::<[u8; 16]>(), any::<[u8; 16]>(), arb_string())
@@ -520,7 +564,11 @@ mod tests {
                     0..20
                 )
             )
-                .prop_map(|(complete, entries)| Message::Catalogue { complete, entries }),
+                .prop_map(|(buckets, complete, entries)| Message::Catalogue {
+                    buckets,
+                    complete,
+                    entries
+                }),
             (
                 any::<[u8; 16]>(),
                 proptest::option::of(arb_string()),
@@ -588,7 +636,7 @@ mod tests {
         frame[3] += 1;
         assert_eq!(Message::decode(&frame), Err(WireError::TrailingBytes(1)));
         // A catalogue that claims more entries than it carries is refused before allocating.
-        let body = [WIRE_VERSION, KIND_CATALOGUE, 1, 0xff, 0xff, 0x03];
+        let body = [WIRE_VERSION, KIND_CATALOGUE, 0, 1, 1, 0xff, 0xff, 0x03];
         assert_eq!(
             Message::decode_body(&body),
             Err(WireError::Truncated("catalogue entries"))

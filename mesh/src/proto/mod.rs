@@ -3,5 +3,6 @@
 //! driver and the simulator feed the same code.
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod election;
 pub mod membership;
 pub mod wire;

@@ -11,13 +11,14 @@ use mesh::net::discovery::Interfaces;
 use mesh::net::driver::{MeshConfig, MeshEvent};
 use mesh::net::identity::{NodeCredentials, Revocations};
 use mesh::proto::membership::Timing;
-use mesh::proto::wire::Role;
 
 use crate::cli::StartArgs;
 use crate::node::{Node, now_ms};
 
 /// How often a running node applies its retention settings (and once at start).
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often a running node reads its capabilities again (free disk changes as it runs).
+const CAPABILITIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn start(node: Node, args: StartArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +61,29 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         Some(Interfaces::Named(mdns_names))
     };
 
+    let role = crate::hierarchy::parse_role(
+        args.role
+            .as_deref()
+            .unwrap_or(node.config.node.role.as_str()),
+    )?;
+    let named_mdns = match &discovery {
+        Some(Interfaces::Named(names)) => names.clone(),
+        _ => Vec::new(),
+    };
+    let zone = crate::hierarchy::effective_zone(
+        &node.config.node.zone,
+        role,
+        matches!(discovery, Some(Interfaces::Loopback)),
+        &named_mdns,
+    )?;
+    let capabilities = crate::resources::capabilities(&node.dir.root, &node.config.node)?;
+    tracing::info!(
+        zone = crate::hierarchy::zone_label(&zone),
+        %role,
+        ?capabilities,
+        "taking part in the zone hierarchy"
+    );
+
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
     };
@@ -83,8 +107,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         credentials,
         revoked,
         mesh_id: node.mesh_id.clone(),
-        zone: node.config.node.zone.clone(),
-        role: Role::Edge,
+        zone: zone.clone(),
+        role,
+        capabilities,
         listen,
         bootstrap,
         discovery,
@@ -96,7 +121,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
 
     let entry = NodeEntry {
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
         tags: node.config.node.tags.clone(),
         addresses: vec![quic.to_string()],
         version: env!("CARGO_PKG_VERSION").into(),
@@ -122,7 +147,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         status: "ok".into(),
         node_id: node_id.clone(),
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
+        role: role.to_string(),
         mesh_id: node.mesh_id.clone(),
         quic: quic.to_string(),
         http: http.to_string(),
@@ -140,7 +166,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         started,
         mesh: mesh.clone(),
         store: store.clone(),
+        role,
+        capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
     });
+    let current_capabilities = state.capabilities.clone();
     let app = crate::http::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
@@ -169,12 +198,38 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
+    let refresh_mesh = mesh.clone();
+    let refresh_dir = node.dir.root.clone();
+    let refresh_section = node.config.node.clone();
+    let refresh = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CAPABILITIES_INTERVAL);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (dir, section) = (refresh_dir.clone(), refresh_section.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::resources::capabilities(&dir, &section)
+            })
+            .await
+            {
+                Ok(Ok(capabilities)) => {
+                    *current_capabilities.lock().expect("not poisoned") = capabilities;
+                    let _ = refresh_mesh.set_capabilities(capabilities).await;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot read capabilities"),
+                Err(_) => {}
+            }
+        }
+    });
     let events = tokio::spawn(async move {
         while let Some(event) = mesh_events.recv().await {
             match event {
                 MeshEvent::PeerUp(peer) => tracing::info!(%peer, "peer connected"),
                 MeshEvent::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "peer lost"),
                 MeshEvent::Received(peer, _) => tracing::debug!(%peer, "message"),
+                MeshEvent::Hierarchy(h) => {
+                    tracing::info!(chain = ?h.chain, aggregates = ?h.aggregates, "aggregator chain");
+                }
             }
         }
     });
@@ -186,6 +241,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     mesh.shutdown().await;
     events.abort();
     retention.abort();
+    refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
     tokio::task::spawn_blocking(move || store.shutdown())

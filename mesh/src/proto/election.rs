@@ -343,7 +343,7 @@ struct Member<'a> {
 /// Feed it with [`Election::handle`] (or [`Election::handle_membership`]) and
 /// [`Election::handle_timeout`]; drain what it asks for with [`Election::poll`] after each call.
 /// It reads no clock: `now` is the time since any fixed origin, the same for every call.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Election {
     me: NodeId,
     zone: Zone,

@@ -426,8 +426,7 @@ impl Election {
                 peer.expired = false;
                 peer.last_heard = self.now;
                 self.update();
-                self.out
-                    .push_back(OutEvent::Send(node, self.announced.clone()));
+                self.out.push_back(OutEvent::Send(node, self.status()));
             }
             InEvent::PeerDown(node) => {
                 if self.peers.remove(&node).is_some() {
@@ -751,7 +750,10 @@ fn decide<'a>(members: impl IntoIterator<Item = Member<'a>>) -> Option<&'a str> 
 }
 
 /// What peers must hear about: everything but the exact free disk and uptime, which change all
-/// the time and matter only through their classes.
+/// the time and matter only through their classes, and but the chain of a node that aggregates
+/// nothing: peers adopt only an aggregator's chain, so a member's chain changes would cost a
+/// message to every peer each time the upper levels change, for nothing. (A new connection
+/// still gets the current chain.)
 fn significant(status: &Status) -> impl Eq + use<> {
     (
         status.zone.clone(),
@@ -762,7 +764,11 @@ fn significant(status: &Status) -> impl Eq + use<> {
         log2_class(status.caps.disk_free_mb),
         uptime_class(Duration::from_secs(status.uptime_s)),
         status.aggregates.clone(),
-        status.chain.clone(),
+        if status.aggregates.is_empty() {
+            Vec::new()
+        } else {
+            status.chain.clone()
+        },
     )
 }
 
@@ -1511,6 +1517,54 @@ mod tests {
         e.handle_timeout(secs(86_405));
         e.drain();
         assert_eq!(e.poll_timeout(), None);
+    }
+
+    #[test]
+    fn only_aggregators_announce_their_chain_changes() {
+        let t = secs(0);
+        let mut a =
+            Election::new("a".into(), "site".into(), EDGE, edge_box(), no_lease(), t).unwrap();
+        let mut m =
+            Election::new("m".into(), "site".into(), EDGE, edge_box(), no_lease(), t).unwrap();
+        let c = Election::new("c".into(), "".into(), CLOUD, edge_box(), no_lease(), t).unwrap();
+        m.handle(InEvent::PeerUp("a".into()), t);
+        m.handle(
+            InEvent::Status {
+                from: "a".into(),
+                status: a.status(),
+            },
+            t,
+        );
+        assert_eq!(m.aggregator_of("site").as_deref(), Some("a"));
+        m.drain();
+        // The cloud reaches a, not m: a's chain changes and a announces it.
+        a.handle(InEvent::PeerUp("c".into()), t);
+        a.handle(
+            InEvent::Status {
+                from: "c".into(),
+                status: c.status(),
+            },
+            t,
+        );
+        let announced = a
+            .drain()
+            .into_iter()
+            .find_map(|e| match e {
+                OutEvent::Broadcast(s) => Some(s),
+                _ => None,
+            })
+            .expect("an aggregator announces its new chain");
+        // m adopts it; its own chain changed, but nobody adopts a member's chain: no message.
+        m.handle(
+            InEvent::Status {
+                from: "a".into(),
+                status: announced,
+            },
+            t,
+        );
+        assert_eq!(m.chain()[1], (String::new(), Some("c".to_owned())));
+        let out = m.drain();
+        assert!(matches!(&out[..], [OutEvent::Changed(_)]), "{out:?}");
     }
 
     #[test]

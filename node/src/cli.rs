@@ -83,7 +83,8 @@ pub struct InitArgs {
     /// Human-readable node name (default: the host name).
     #[arg(long, env = "RHIZOME_NODE_NAME")]
     pub name: Option<String>,
-    /// Zone path, e.g. `site-a/line-3`.
+    /// Zone path, e.g. `site-a/line-3` (`/` is the root zone). Default: one zone per LAN
+    /// segment, derived when the node starts.
     #[arg(long, env = "RHIZOME_NODE_ZONE")]
     pub zone: Option<String>,
     /// A tag for workflow selectors; repeat for several.
@@ -120,6 +121,10 @@ pub struct StartArgs {
     /// No mDNS: find peers only through --peer.
     #[arg(long)]
     pub no_mdns: bool,
+    /// `edge` or `cloud`: a cloud node sits in the root zone (unless a zone is configured) and
+    /// ranks first in aggregator elections. Default: `node.role`.
+    #[arg(long, env = "RHIZOME_NODE_ROLE", value_parser = ["edge", "cloud"])]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Args)]

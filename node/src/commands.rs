@@ -14,6 +14,7 @@ use crate::cli::{
     WorkflowCommand,
 };
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
+use crate::hierarchy::{HierarchyView, zone_label};
 use crate::identity::Identity;
 use crate::node::{Node, now_ms};
 use crate::output;
@@ -52,7 +53,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     } else {
         println!("initialised node {} ({id})", node.config.node.name);
         println!("  data dir  {}", root.display());
-        println!("  zone      {}", node.config.node.zone);
+        println!("  zone      {}", configured_zone(&node.config.node.zone));
         println!("  mesh      {}", node.mesh_id);
         println!("  config    {}", node.dir.config().display());
     }
@@ -81,8 +82,6 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     if let Some(zone) = &args.zone {
         config.node.zone = zone.clone();
     }
-    DocName::rollup(&config.node.zone, crdt_store::Window::containing(0, 1))
-        .context("invalid --zone")?;
     if !args.tags.is_empty() {
         config.node.tags = args.tags.clone();
     }
@@ -251,13 +250,14 @@ fn print_peers(peers: &[crate::http::PeerView]) {
 
 fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::client::running_node(&node.dir);
-    let (health, peers, store) = match running {
+    let (health, peers, hierarchy, store) = match running {
         Some(addr) => {
             let health: crate::http::Health = crate::client::get(addr, "/health")?;
             let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
-            (Some(health), peers, None)
+            let hierarchy: HierarchyView = crate::client::get(addr, "/hierarchy")?;
+            (Some(health), peers, Some(hierarchy), None)
         }
-        None => (None, Vec::new(), Some(node.open_store()?.stats()?)),
+        None => (None, Vec::new(), None, Some(node.open_store()?.stats()?)),
     };
     if json {
         println!(
@@ -265,10 +265,12 @@ fn status(node: &Node, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "node_id": node.node_id(),
                 "name": node.config.node.name,
-                "zone": node.config.node.zone,
+                "zone": hierarchy.as_ref().map_or(node.config.node.zone.as_str(), |h| h.zone.as_str()),
+                "role": hierarchy.as_ref().map_or(node.config.node.role.as_str(), |h| h.role.as_str()),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
                 "health": health,
+                "hierarchy": hierarchy,
                 "peers": peers,
                 "store": store,
             }))?
@@ -276,7 +278,14 @@ fn status(node: &Node, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("node     {} ({})", node.config.node.name, node.node_id());
-    println!("zone     {}", node.config.node.zone);
+    match &hierarchy {
+        Some(h) => println!("zone     {} (role {})", zone_label(&h.zone), h.role),
+        None => println!(
+            "zone     {} (role {})",
+            configured_zone(&node.config.node.zone),
+            node.config.node.role
+        ),
+    }
     println!("mesh     {}", node.mesh_id);
     match &health {
         Some(h) => {
@@ -286,6 +295,9 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 h.quic,
                 h.http
             );
+            if let Some(hierarchy) = &hierarchy {
+                print_hierarchy(hierarchy);
+            }
             println!();
             print_peers(&peers);
         }
@@ -302,6 +314,51 @@ fn status(node: &Node, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The aggregator chain, one line per level from this node's zone up to the root.
+fn print_hierarchy(h: &HierarchyView) {
+    let c = &h.capabilities;
+    println!(
+        "offers   {} CPUs, {} memory, {} free disk, power {}",
+        c.cpus,
+        output::bytes(c.memory_mb << 20),
+        output::bytes(c.disk_free_mb << 20),
+        c.power
+    );
+    let rows: Vec<Vec<String>> = h
+        .chain
+        .iter()
+        .map(|link| {
+            let aggregator = match &link.aggregator {
+                None => "unknown".to_owned(),
+                Some(id) if *id == h.node_id => "this node".to_owned(),
+                Some(id) => match &link.name {
+                    Some(name) => format!("{name} ({})", output::short_id(id)),
+                    // Names arrive with the mesh document; until then the id says who it is.
+                    None => output::short_id(id).to_owned(),
+                },
+            };
+            vec![zone_label(&link.zone).to_owned(), aggregator]
+        })
+        .collect();
+    println!();
+    print!("{}", output::table(&["ZONE", "AGGREGATOR"], &rows));
+    if h.aggregates.is_empty() {
+        println!("aggregates no zone");
+    } else {
+        let zones: Vec<&str> = h.aggregates.iter().map(|z| zone_label(z)).collect();
+        println!("aggregates {}", zones.join(", "));
+    }
+}
+
+/// A configured zone as people read it.
+fn configured_zone(zone: &str) -> &str {
+    match zone {
+        "" => "(automatic: from the LAN when the node starts)",
+        "/" => "(root)",
+        other => other,
+    }
 }
 
 fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {

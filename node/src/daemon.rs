@@ -11,13 +11,14 @@ use mesh::net::discovery::Interfaces;
 use mesh::net::driver::MeshConfig;
 use mesh::net::identity::{NodeCredentials, Revocations};
 use mesh::proto::membership::Timing;
-use mesh::proto::wire::Role;
 
 use crate::cli::StartArgs;
 use crate::node::{Node, now_ms};
 
 /// How often a running node applies its retention settings (and once at start).
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often a running node reads its capabilities again (free disk changes as it runs).
+const CAPABILITIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn start(node: Node, args: StartArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +61,29 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         Some(Interfaces::Named(mdns_names))
     };
 
+    let role = crate::hierarchy::parse_role(
+        args.role
+            .as_deref()
+            .unwrap_or(node.config.node.role.as_str()),
+    )?;
+    let named_mdns = match &discovery {
+        Some(Interfaces::Named(names)) => names.clone(),
+        _ => Vec::new(),
+    };
+    let zone = crate::hierarchy::effective_zone(
+        &node.config.node.zone,
+        role,
+        matches!(discovery, Some(Interfaces::Loopback)),
+        &named_mdns,
+    )?;
+    let capabilities = crate::resources::capabilities(&node.dir.root, &node.config.node)?;
+    tracing::info!(
+        zone = crate::hierarchy::zone_label(&zone),
+        %role,
+        ?capabilities,
+        "taking part in the zone hierarchy"
+    );
+
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
     };
@@ -89,8 +113,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         credentials,
         revoked: revoked.clone(),
         mesh_id: node.mesh_id.clone(),
-        zone: node.config.node.zone.clone(),
-        role: Role::Edge,
+        zone: zone.clone(),
+        role,
+        capabilities,
         listen,
         bootstrap,
         discovery,
@@ -102,7 +127,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
 
     let entry = NodeEntry {
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
         tags: node.config.node.tags.clone(),
         addresses: vec![quic.to_string()],
         version: env!("CARGO_PKG_VERSION").into(),
@@ -138,16 +163,26 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             .await?;
     }
 
+    let (hierarchy_tx, hierarchy_rx) = tokio::sync::watch::channel(None);
     let sync = crate::sync::spawn(
         node_id.clone(),
         store.clone(),
         mesh.clone(),
         mesh_events,
         changes.clone(),
+        hierarchy_tx,
     )
     .await?;
+    let routes = tokio::spawn(follow_routes(
+        node_id.clone(),
+        changes.mesh_changes(),
+        hierarchy_rx,
+        store.clone(),
+        mesh.clone(),
+        sync.clone(),
+    ));
     let revocations = tokio::spawn(follow_revocations(
-        changes.clone(),
+        changes.mesh_changes(),
         store.clone(),
         mesh.clone(),
         revoked,
@@ -161,7 +196,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         status: "ok".into(),
         node_id: node_id.clone(),
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
+        role: role.to_string(),
         mesh_id: node.mesh_id.clone(),
         quic: quic.to_string(),
         http: http.to_string(),
@@ -180,7 +216,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         mesh: mesh.clone(),
         store: store.clone(),
         sync: sync.clone(),
+        role,
+        capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
     });
+    let current_capabilities = state.capabilities.clone();
     let app = crate::http::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
@@ -209,6 +248,29 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
+    let refresh_mesh = mesh.clone();
+    let refresh_dir = node.dir.root.clone();
+    let refresh_section = node.config.node.clone();
+    let refresh = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CAPABILITIES_INTERVAL);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (dir, section) = (refresh_dir.clone(), refresh_section.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::resources::capabilities(&dir, &section)
+            })
+            .await
+            {
+                Ok(Ok(capabilities)) => {
+                    *current_capabilities.lock().expect("not poisoned") = capabilities;
+                    let _ = refresh_mesh.set_capabilities(capabilities).await;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot read capabilities"),
+                Err(_) => {}
+            }
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -217,7 +279,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
     revocations.abort();
+    routes.abort();
     retention.abort();
+    refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
     tokio::task::spawn_blocking(move || store.shutdown())
@@ -230,13 +294,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
 /// Keeps the mesh's refusal list in step with the revocations of the replicated `mesh`
 /// document, and closes connections of nodes revoked while connected.
 async fn follow_revocations(
-    changes: Arc<crate::sync::ChangeFeed>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
     store: StoreHandle,
     mesh: mesh::net::driver::MeshHandle,
     revoked: Revocations,
 ) {
-    loop {
-        changes.mesh_changed().await;
+    while changes.changed().await.is_ok() {
         let registry = match store
             .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
             .recv()
@@ -253,6 +316,45 @@ async fn follow_revocations(
         for node in registry.revoked.keys().filter(|n| !before.contains(*n)) {
             tracing::warn!(%node, "node revoked: refusing it from now on");
             let _ = mesh.disconnect(node, "revoked").await;
+        }
+    }
+}
+
+/// Keeps replication's share policy in step with the election (who aggregates what) and the
+/// registry (which zone each node is in).
+async fn follow_routes(
+    me: String,
+    mut registry_changes: tokio::sync::watch::Receiver<u64>,
+    mut hierarchy: tokio::sync::watch::Receiver<Option<mesh::proto::election::Hierarchy>>,
+    store: StoreHandle,
+    mesh: mesh::net::driver::MeshHandle,
+    sync: crate::sync::SyncHandle,
+) {
+    let Ok(mut view) = mesh.hierarchy().await else {
+        return;
+    };
+    loop {
+        match store
+            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+            .recv()
+            .await
+        {
+            Ok(registry) => {
+                sync.set_policy(crate::hierarchy::share_policy(&me, &view, &registry))
+                    .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),
+        }
+        tokio::select! {
+            changed = registry_changes.changed() => if changed.is_err() { return },
+            changed = hierarchy.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(latest) = hierarchy.borrow_and_update().clone() {
+                    view = latest;
+                }
+            }
         }
     }
 }

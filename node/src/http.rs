@@ -19,6 +19,9 @@ pub struct Health {
     pub node_id: String,
     pub name: String,
     pub zone: String,
+    /// `edge` or `cloud`.
+    #[serde(default)]
+    pub role: String,
     pub mesh_id: String,
     pub quic: String,
     pub http: String,
@@ -93,6 +96,9 @@ pub struct AppState {
     pub mesh: MeshHandle,
     pub store: StoreHandle,
     pub sync: crate::sync::SyncHandle,
+    pub role: mesh::proto::wire::Role,
+    /// The capabilities announced last (refreshed every minute).
+    pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
 }
 
 /// The API's routes.
@@ -100,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(get_health))
         .route("/peers", get(get_peers))
+        .route("/hierarchy", get(get_hierarchy))
         .route("/docs", get(get_docs))
         .route("/doc", get(get_doc))
         .route("/results", get(get_results))
@@ -154,6 +161,33 @@ async fn get_peers(
             })
             .collect(),
     ))
+}
+
+/// The zone, role, capabilities, aggregator chain (with names from the mesh document) and
+/// aggregated zones of this node.
+async fn get_hierarchy(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<crate::hierarchy::HierarchyView>, ApiError> {
+    let unavailable = |e: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e);
+    let hierarchy = state
+        .mesh
+        .hierarchy()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let registry = state
+        .store
+        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+        .recv()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let capabilities = *state.capabilities.lock().expect("not poisoned");
+    Ok(Json(crate::hierarchy::HierarchyView::new(
+        &state.health.node_id,
+        state.role,
+        &capabilities,
+        hierarchy,
+        |id| registry.nodes.get(id).map(|e| e.name.clone()),
+    )))
 }
 
 type ApiError = (axum::http::StatusCode, String);

@@ -6,11 +6,13 @@ mod commands;
 mod config;
 mod daemon;
 mod engine;
+mod hierarchy;
 mod http;
 mod identity;
 mod mesh_admin;
 mod node;
 mod output;
+mod resources;
 mod sync;
 mod workflow;
 

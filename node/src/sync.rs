@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use crdt_store::{StoreError, StoreHandle};
 use mesh::net::driver::{MeshEvent, MeshHandle};
+use mesh::proto::election::Hierarchy;
 use mesh::proto::membership::NodeId;
 use mesh::proto::sync::{
     PeerSyncStatus, Replicator, Served, SharePolicy, SyncConfig, SyncIn, SyncOut,
 };
 use mesh::proto::wire::{CatalogueEntry, DocIdBytes, Message};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Commands queued for the sync actor.
@@ -32,21 +33,34 @@ const FORWARD_CAP: usize = 8192;
 
 /// Local document changes waiting for the actor, coalesced per document (so the set is bounded
 /// by the number of documents).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChangeFeed {
     changed: Mutex<BTreeMap<DocIdBytes, CatalogueEntry>>,
     notify: Notify,
-    mesh: Notify,
-    workflows: Notify,
+    /// Bumped when the `mesh` document changes; several tasks follow it.
+    mesh: watch::Sender<u64>,
+    /// Bumped when a workflow document changes.
+    workflows: watch::Sender<u64>,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed {
+            changed: Mutex::default(),
+            notify: Notify::new(),
+            mesh: watch::channel(0).0,
+            workflows: watch::channel(0).0,
+        }
+    }
 }
 
 impl ChangeFeed {
     /// Records a change; called on the store thread by the store's change listener.
     pub fn push(&self, entry: CatalogueEntry) {
         if entry.name == "mesh" {
-            self.mesh.notify_one();
+            self.mesh.send_modify(|v| *v += 1);
         } else if entry.name.starts_with("workflow/") {
-            self.workflows.notify_one();
+            self.workflows.send_modify(|v| *v += 1);
         }
         self.changed
             .lock()
@@ -55,15 +69,15 @@ impl ChangeFeed {
         self.notify.notify_one();
     }
 
-    /// Resolves when the `mesh` document changed (since the last call returned).
-    pub async fn mesh_changed(&self) {
-        self.mesh.notified().await;
+    /// Follows changes of the `mesh` document.
+    pub fn mesh_changes(&self) -> watch::Receiver<u64> {
+        self.mesh.subscribe()
     }
 
-    /// Resolves when a workflow document changed (since the last call returned).
+    /// Follows changes of workflow documents.
     #[allow(dead_code)] // for the scheduler
-    pub async fn workflows_changed(&self) {
-        self.workflows.notified().await;
+    pub fn workflow_changes(&self) -> watch::Receiver<u64> {
+        self.workflows.subscribe()
     }
 
     fn take(&self) -> Vec<CatalogueEntry> {
@@ -76,7 +90,6 @@ impl ChangeFeed {
 enum Command {
     Status(oneshot::Sender<Vec<PeerSyncStatus>>),
     Resync(Option<NodeId>),
-    #[allow(dead_code)] // fed by the zone election
     Policy(SharePolicy),
 }
 
@@ -112,7 +125,6 @@ impl SyncHandle {
     }
 
     /// Tells replication who aggregates which zone.
-    #[allow(dead_code)] // fed by the zone election
     pub async fn set_policy(&self, policy: SharePolicy) {
         let _ = self.commands.send(Command::Policy(policy)).await;
     }
@@ -158,6 +170,7 @@ pub async fn spawn(
     mesh: MeshHandle,
     events: mpsc::Receiver<MeshEvent>,
     changes: Arc<ChangeFeed>,
+    hierarchy: watch::Sender<Option<Hierarchy>>,
 ) -> Result<SyncHandle, StoreError> {
     let catalogue = store
         .call(mesh::proto::sync::Replica::catalogue)
@@ -172,6 +185,7 @@ pub async fn spawn(
         store,
         mesh,
         forwarders: BTreeMap::new(),
+        hierarchy,
         waiting: Vec::new(),
         epoch,
     };
@@ -188,6 +202,8 @@ struct Actor {
     store: StoreHandle,
     mesh: MeshHandle,
     forwarders: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    /// The election's latest view, for whoever derives the share policy from it.
+    hierarchy: watch::Sender<Option<Hierarchy>>,
     /// Store operations waiting for the batch in flight to finish.
     waiting: Vec<SyncOut>,
     epoch: Instant,
@@ -256,6 +272,10 @@ impl Actor {
                     }
                     Some(MeshEvent::Received(peer, message)) => {
                         self.input(SyncIn::Received(peer, message));
+                    }
+                    Some(MeshEvent::Hierarchy(hierarchy)) => {
+                        tracing::info!(chain = ?hierarchy.chain, aggregates = ?hierarchy.aggregates, "aggregator chain");
+                        let _ = self.hierarchy.send(Some(hierarchy));
                     }
                     None => return,
                 },

@@ -210,7 +210,13 @@ pub mod process {
 
     /// `rhizome init`, in a mesh (its CA directory) or a new one.
     pub fn init(dir: &Path, name: &str, mesh: Option<&Path>) {
+        init_in(dir, name, mesh, &[]);
+    }
+
+    /// [`init`] with more arguments (`--zone`, `--tag`, ...).
+    pub fn init_in(dir: &Path, name: &str, mesh: Option<&Path>, extra: &[&str]) {
         let mut args = vec!["init", "--name", name];
+        args.extend(extra);
         let mesh_arg;
         if let Some(m) = mesh {
             mesh_arg = m.to_str().unwrap().to_owned();
@@ -226,11 +232,20 @@ pub mod process {
 
     /// Starts a node and waits for its "serving" line, which names the bound QUIC address.
     pub fn start(dir: &Path, peers: &[&str]) -> Running {
-        start_on(dir, "127.0.0.1:0", peers)
+        launch(dir, "127.0.0.1:0", peers, &[])
+    }
+
+    /// [`start`] with more arguments (`--role cloud`, ...).
+    pub fn start_with(dir: &Path, peers: &[&str], extra: &[&str]) -> Running {
+        launch(dir, "127.0.0.1:0", peers, extra)
     }
 
     /// [`start`] with a QUIC listen address of the caller's choice.
     pub fn start_on(dir: &Path, listen: &str, peers: &[&str]) -> Running {
+        launch(dir, listen, peers, &[])
+    }
+
+    fn launch(dir: &Path, listen: &str, peers: &[&str], extra: &[&str]) -> Running {
         let mut cmd = Command::new(rhizome_bin());
         cmd.arg("--data-dir")
             .arg(dir)
@@ -247,6 +262,7 @@ pub mod process {
         for p in peers {
             cmd.args(["--peer", p]);
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();

@@ -1,11 +1,12 @@
 //! Real `rhizome start` processes on loopback: they connect by `--peer`, `rhizome peers` and
 //! `rhizome status` read the running node, a node killed with SIGKILL is noticed by the others
-//! within the failure-detection deadline, and SIGTERM shuts a node down cleanly.
+//! within the failure-detection deadline, and SIGTERM shuts a node down cleanly. A cloud node and
+//! a site elect their aggregators, and the site re-elects when its aggregator is killed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::process::{connected, init, run, start};
+use rhizome_e2e::process::{Running, connected, init, init_in, run, start, start_with};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -132,4 +133,108 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
     wait_until("b sees a leave", Duration::from_secs(2), || {
         connected(&b) == 0
     });
+}
+
+fn status(node: &Running) -> Value {
+    let out = run(&node.dir, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(zone, aggregator)` for each level of a node's chain, as `rhizome status --json` shows it.
+fn chain(status: &Value) -> Vec<(String, String)> {
+    status["hierarchy"]["chain"]
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .map(|l| {
+                    (
+                        l["zone"].as_str().unwrap_or_default().to_owned(),
+                        l["aggregator"].as_str().unwrap_or("?").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_cloud_and_a_site_elect_aggregators_and_the_site_re_elects_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c_dir, e1_dir, e2_dir) = (
+        tmp.path().join("cloud"),
+        tmp.path().join("e1"),
+        tmp.path().join("e2"),
+    );
+    init(&c_dir, "cloud", None);
+    let mesh = c_dir.join("mesh");
+    init_in(&e1_dir, "e1", Some(&mesh), &["--zone", "site-a"]);
+    init_in(&e2_dir, "e2", Some(&mesh), &["--zone", "site-a"]);
+
+    let cloud = start_with(&c_dir, &[], &["--role", "cloud"]);
+    let e1 = start(&e1_dir, &[&cloud.quic]);
+    let e2 = start(&e2_dir, &[&cloud.quic, &e1.quic]);
+    let cloud_id = status(&cloud)["node_id"].as_str().unwrap().to_owned();
+    let ids = [&e1, &e2].map(|n| status(n)["node_id"].as_str().unwrap().to_owned());
+
+    // One aggregator for site-a, the same in both members' chains; the cloud has the root.
+    let mut site_aggregator = String::new();
+    wait_until(
+        "site-a and the root elected",
+        Duration::from_secs(15),
+        || {
+            let chains = [chain(&status(&e1)), chain(&status(&e2))];
+            let agreed = chains[0] == chains[1]
+                && chains[0].len() == 2
+                && ids.contains(&chains[0][0].1)
+                && chains[0][1] == (String::new(), cloud_id.clone());
+            if agreed {
+                site_aggregator = chains[0][0].1.clone();
+            }
+            agreed
+        },
+    );
+    let cloud_status = status(&cloud);
+    assert_eq!(cloud_status["zone"], "");
+    assert_eq!(cloud_status["role"], "cloud");
+    assert_eq!(
+        cloud_status["hierarchy"]["aggregates"],
+        serde_json::json!([""])
+    );
+    let (aggregator, other) = if site_aggregator == ids[0] {
+        (e1, e2)
+    } else {
+        (e2, e1)
+    };
+    assert_eq!(
+        status(&aggregator)["hierarchy"]["aggregates"],
+        serde_json::json!(["site-a"])
+    );
+    let text = run(&other.dir, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("AGGREGATOR") && text.contains("(root)") && text.contains(&cloud_id[..12]),
+        "{text}"
+    );
+
+    // SIGKILL the site's aggregator: the other member takes over once the loss is detected.
+    let mut aggregator = aggregator;
+    aggregator.child.kill().unwrap();
+    aggregator.child.wait().unwrap();
+    let other_id = status(&other)["node_id"].as_str().unwrap().to_owned();
+    let took = wait_until("site-a re-elected", Duration::from_secs(10), || {
+        chain(&status(&other))
+            == vec![
+                ("site-a".to_owned(), other_id.clone()),
+                (String::new(), cloud_id.clone()),
+            ]
+    });
+    eprintln!(
+        "after a kill -9 of site-a's aggregator, the site re-elected within {took:?} (loss detection included)"
+    );
 }

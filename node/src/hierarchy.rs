@@ -189,6 +189,33 @@ pub fn zone_label(zone: &str) -> &str {
     if zone.is_empty() { "(root)" } else { zone }
 }
 
+/// Who receives which results and rollups, from this node's view: the zone of every node comes
+/// from the replicated registry (each node writes its own), the aggregators from the election
+/// (this node's chain, the zones it aggregates, and the aggregators of the zones below those).
+pub fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
+    let mut policy = SharePolicy::default();
+    for (node, entry) in &registry.nodes {
+        policy.zone_of.insert(node.clone(), entry.zone.clone());
+    }
+    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+    for (zone, aggregator) in &hierarchy.chain {
+        if let Some(aggregator) = aggregator {
+            policy
+                .aggregator_of
+                .insert(zone.clone(), aggregator.clone());
+        }
+    }
+    for zone in &hierarchy.aggregates {
+        policy.aggregator_of.insert(zone.clone(), me.to_owned());
+    }
+    for (zone, aggregator) in &hierarchy.below {
+        policy
+            .aggregator_of
+            .insert(zone.clone(), aggregator.clone());
+    }
+    policy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,31 +269,4 @@ mod tests {
                 .contains("node.role")
         );
     }
-}
-
-/// Who receives which results and rollups, from this node's view: the zone of every node comes
-/// from the replicated registry (each node writes its own), the aggregators from the election
-/// (this node's chain, the zones it aggregates, and the aggregators of the zones below those).
-pub fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
-    let mut policy = SharePolicy::default();
-    for (node, entry) in &registry.nodes {
-        policy.zone_of.insert(node.clone(), entry.zone.clone());
-    }
-    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
-    for (zone, aggregator) in &hierarchy.chain {
-        if let Some(aggregator) = aggregator {
-            policy
-                .aggregator_of
-                .insert(zone.clone(), aggregator.clone());
-        }
-    }
-    for zone in &hierarchy.aggregates {
-        policy.aggregator_of.insert(zone.clone(), me.to_owned());
-    }
-    for (zone, aggregator) in &hierarchy.below {
-        policy
-            .aggregator_of
-            .insert(zone.clone(), aggregator.clone());
-    }
-    policy
 }

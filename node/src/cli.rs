@@ -43,6 +43,13 @@ pub enum Command {
     Start(StartArgs),
     /// Show this node: identity, mesh, whether it runs, its peers and store.
     Status {
+        /// Show the fleet instead: every zone's workflows as the rollups held here describe
+        /// them (on the cloud peer, the whole fleet).
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only windows that ended after this (`2h`, `7d`, a date or a timestamp).
+        #[arg(long, requires = "fleet")]
+        since: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

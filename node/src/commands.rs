@@ -25,7 +25,12 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Init(args) => init(&root, args),
         Command::Mesh(cmd) => mesh_command(&root, cmd),
         Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
-        Command::Status { json } => status(&Node::load(&root)?, json),
+        Command::Status {
+            fleet: true,
+            since,
+            json,
+        } => fleet(&Node::load(&root)?, since.as_deref(), json),
+        Command::Status { json, .. } => status(&Node::load(&root)?, json),
         Command::Peers { json } => peers(&Node::load(&root)?, json),
         Command::Sync(args) => sync_now(&Node::load(&root)?, args),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
@@ -359,6 +364,66 @@ fn configured_zone(zone: &str) -> &str {
         "/" => "(root)",
         other => other,
     }
+}
+
+fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
+    let since_ms = since.map(parse_since).transpose()?;
+    let path = match since_ms {
+        Some(ms) => format!("/fleet?since_ms={ms}"),
+        None => "/fleet".into(),
+    };
+    let view: crdt_store::FleetView = read_via(node, &path, |store| Ok(store.fleet(since_ms)?))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    if view.zones.is_empty() {
+        println!(
+            "no rollups here yet: rollups are written by zone aggregators and flow up to the \
+             cloud peer"
+        );
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for zone in &view.zones {
+        for w in &zone.workflows {
+            rows.push(vec![
+                if zone.zone.is_empty() {
+                    "/".into()
+                } else {
+                    zone.zone.clone()
+                },
+                w.workflow.clone(),
+                w.nodes.to_string(),
+                w.runs.to_string(),
+                w.failures.to_string(),
+                output::millis(w.mean_ms as i64),
+                output::millis(w.max_ms as i64),
+                format!(
+                    "{} {}",
+                    w.last_status.as_str(),
+                    format_timestamp(w.last_finished_ms)
+                ),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        output::table(
+            &[
+                "ZONE", "WORKFLOW", "NODES", "RUNS", "FAILED", "MEAN", "MAX", "LAST"
+            ],
+            &rows
+        )
+    );
+    println!(
+        "{} zones, {} nodes, {} runs, {} failed",
+        view.zones.len(),
+        view.nodes,
+        view.runs,
+        view.failures
+    );
+    Ok(())
 }
 
 fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {

@@ -173,6 +173,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         hierarchy_tx,
     )
     .await?;
+    let rollups = tokio::spawn(crate::rollup::run(
+        node_id.clone(),
+        store.clone(),
+        changes.clone(),
+        mesh.hierarchy().await?,
+        hierarchy_rx.clone(),
+    ));
     let routes = tokio::spawn(follow_routes(
         node_id.clone(),
         changes.mesh_changes(),
@@ -280,6 +287,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     mesh.shutdown().await;
     revocations.abort();
     routes.abort();
+    rollups.abort();
     retention.abort();
     refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());

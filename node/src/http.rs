@@ -112,6 +112,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/results", get(get_results))
         .route("/workflows", get(get_workflows).post(post_workflow))
         .route("/sync", axum::routing::post(post_sync))
+        .route("/fleet", get(get_fleet))
         .with_state(state)
 }
 
@@ -336,4 +337,23 @@ async fn post_sync(
         waited_ms: started.elapsed().as_millis() as u64,
         peers: peers.into_iter().map(PeerSync::from).collect(),
     }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FleetParams {
+    since_ms: Option<i64>,
+}
+
+/// The fleet as this node's rollups describe it (on the cloud: every zone).
+async fn get_fleet(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<FleetParams>,
+) -> Result<Json<crdt_store::FleetView>, ApiError> {
+    let view = state
+        .store
+        .call(move |s| s.fleet(params.since_ms))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(view))
 }

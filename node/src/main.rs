@@ -13,6 +13,7 @@ mod mesh_admin;
 mod node;
 mod output;
 mod resources;
+mod rollup;
 mod sync;
 mod workflow;
 

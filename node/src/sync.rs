@@ -7,7 +7,7 @@
 //! peer's connection. A peer whose forwarding queue overflows is not reading: its connection is
 //! closed, and the next connection resumes from the persisted sync state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,9 @@ pub struct ChangeFeed {
     mesh: watch::Sender<u64>,
     /// Bumped when a workflow document changes.
     workflows: watch::Sender<u64>,
+    /// Results documents changed since the rollup writer last looked, by name.
+    results: Mutex<BTreeSet<String>>,
+    results_changed: Notify,
 }
 
 impl Default for ChangeFeed {
@@ -50,6 +53,8 @@ impl Default for ChangeFeed {
             notify: Notify::new(),
             mesh: watch::channel(0).0,
             workflows: watch::channel(0).0,
+            results: Mutex::default(),
+            results_changed: Notify::new(),
         }
     }
 }
@@ -61,6 +66,12 @@ impl ChangeFeed {
             self.mesh.send_modify(|v| *v += 1);
         } else if entry.name.starts_with("workflow/") {
             self.workflows.send_modify(|v| *v += 1);
+        } else if entry.name.starts_with("results/") {
+            self.results
+                .lock()
+                .expect("change feed lock")
+                .insert(entry.name.clone());
+            self.results_changed.notify_one();
         }
         self.changed
             .lock()
@@ -72,6 +83,17 @@ impl ChangeFeed {
     /// Follows changes of the `mesh` document.
     pub fn mesh_changes(&self) -> watch::Receiver<u64> {
         self.mesh.subscribe()
+    }
+
+    /// Waits until a results document changed, then takes the names of those that did.
+    pub async fn results_changed(&self) -> BTreeSet<String> {
+        loop {
+            let taken = std::mem::take(&mut *self.results.lock().expect("change feed lock"));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.results_changed.notified().await;
+        }
     }
 
     /// Follows changes of workflow documents.

@@ -84,11 +84,18 @@ impl DocClass {
                     }
                 })
             }
+            // The zone path is written with `+` for `/`, and `+` alone for the root.
             "rollup" => {
-                let (zone, window) = rest.rsplit_once('/')?;
-                (!window.is_empty()).then(|| DocClass::Rollup {
-                    zone: zone.to_owned(),
-                })
+                let (zone, window) = rest.split_once('/')?;
+                if zone.is_empty() || window.is_empty() || window.contains('/') {
+                    return None;
+                }
+                let zone = if zone == "+" {
+                    String::new()
+                } else {
+                    zone.replace('+', "/")
+                };
+                Some(DocClass::Rollup { zone })
             }
             _ => None,
         }
@@ -1075,10 +1082,14 @@ mod tests {
             })
         );
         assert_eq!(
-            DocClass::of("rollup/site-a/line-3/2026-11-24T04:00Z+60m"),
+            DocClass::of("rollup/site-a+line-3/2026-11-24T04:00Z+60m"),
             Some(DocClass::Rollup {
                 zone: "site-a/line-3".into()
             })
+        );
+        assert_eq!(
+            DocClass::of("rollup/+/2026-11-24T04:00Z+60m"),
+            Some(DocClass::Rollup { zone: "".into() })
         );
         assert_eq!(DocClass::of("results/ab12"), None);
         assert_eq!(DocClass::of("workflow/"), None);
@@ -1090,7 +1101,7 @@ mod tests {
     fn policy_routes_results_to_the_owners_aggregator_and_rollups_up_the_chain() {
         let mut policy = SharePolicy::default();
         let results = DocClass::of("results/o/w").unwrap();
-        let rollup = DocClass::of("rollup/site-a/line-3/w").unwrap();
+        let rollup = DocClass::of("rollup/site-a+line-3/w").unwrap();
         assert!(policy.shares(&DocClass::Mesh, "x"));
         assert!(policy.shares(&DocClass::Workflow, "x"));
         assert!(policy.shares(&results, "o"));

@@ -354,7 +354,8 @@ fn configurations_are_checked_without_the_model_when_a_workflow_is_applied() {
             .map_err(|e| e.to_string())
     };
     check(&|_| {}).unwrap();
-    let cases: Vec<(&dyn Fn(&mut Value), &str)> = vec![
+    type Change<'a> = &'a dyn Fn(&mut Value);
+    let cases: Vec<(Change, &str)> = vec![
         (&|c| c["modle"] = json!("x"), "unknown field `modle`"),
         (&|c| c["shape"] = json!([]), "at least one dimension"),
         (&|c| c["shape"] = json!([1, 0]), "`shape[1]` is 0"),

@@ -23,7 +23,8 @@
 //! # Output
 //! An object with `class` (the class index), `label` (`labels[class]` when labels are given,
 //! the model's string label, or else the class index), `probabilities` and `confidence` (the
-//! probability of the chosen class) when a probabilities output is configured, `scores` when the
+//! probability of the chosen class; float32 probabilities are rounded to 7 decimal places) when
+//! a probabilities output is configured, `scores` when the
 //! main output is a float tensor (the class is then its arg-max), and the input's scalar fields
 //! (or those listed in `passthrough`) copied alongside, so that later steps still see them.
 //!
@@ -685,7 +686,14 @@ impl Inner {
             let value = outputs
                 .get(name.as_str())
                 .ok_or_else(|| failed(format!("the model gave no output `{name}`")))?;
-            let probabilities = floats(name, value, kind)?;
+            let mut probabilities = floats(name, value, kind)?;
+            if kind == OutputKind::Float32 {
+                // A float32 holds about 7 decimal digits of a probability; the rest of its
+                // float64 spelling (0.98400807380676270) is noise in a result.
+                for p in &mut probabilities {
+                    *p = (*p * 1e7).round() / 1e7;
+                }
+            }
             if class.is_none() && label.is_none() {
                 class = argmax(&probabilities).map(|i| i as i64);
             }

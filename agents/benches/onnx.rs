@@ -7,11 +7,14 @@
 //! - `agent_run`: `Agent::run` as the engine calls it, which hands inference to tokio's
 //!   blocking pool and waits for it.
 //!
-//! Needs ONNX Runtime (scripts/setup.sh). Run: `cargo bench -p agents --bench onnx`; the
-//! overhead ratios are printed at the end.
+//! Needs ONNX Runtime (scripts/setup.sh). Run: `cargo bench -p agents --bench onnx`. The
+//! overhead ratios are printed at the end twice: from criterion's medians (the three measured
+//! one after the other) and from a paired run that alternates them round by round, which a
+//! shared machine's changing load skews less.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use agents::onnx::{Onnx, OnnxConfig, environment};
 use agents::{Agent, RunContext};
@@ -38,72 +41,146 @@ fn first_test_image() -> Vec<f32> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
-    let pixels = first_test_image();
-    let model = models().join("digits.onnx");
-    let config: OnnxConfig = serde_json::from_value(json!({
-        "model": model,
-        "input": "pixels",
-        "output": "label",
-        "probabilities": "probabilities",
-        "shape": [1, 64],
-        "field": "pixels",
-        "labels": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
-        "threads": 1,
-    }))
-    .unwrap();
-    let agent = Onnx::new(config).unwrap_or_else(|e| panic!("{e}"));
-    let input = json!({ "pixels": pixels, "camera": "door" });
+struct Fixture {
+    pixels: Vec<f32>,
+    input: Value,
+    agent: Onnx,
+    session: Session,
+    runtime: tokio::runtime::Runtime,
+}
 
-    // The same session options as the agent's.
-    let mut session = Session::builder(environment().unwrap())
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .with_inter_threads(1)
-        .unwrap()
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .unwrap()
-        .commit_from_file(&model)
+impl Fixture {
+    fn new() -> Fixture {
+        let model = models().join("digits.onnx");
+        let config: OnnxConfig = serde_json::from_value(json!({
+            "model": model,
+            "input": "pixels",
+            "output": "label",
+            "probabilities": "probabilities",
+            "shape": [1, 64],
+            "field": "pixels",
+            "labels": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            "threads": 1,
+        }))
         .unwrap();
+        let agent = Onnx::new(config).unwrap_or_else(|e| panic!("{e}"));
+        let pixels = first_test_image();
+        let input = json!({ "pixels": pixels, "camera": "door" });
+        // The same session options as the agent's.
+        let session = Session::builder(environment().unwrap())
+            .unwrap()
+            .with_intra_threads(1)
+            .unwrap()
+            .with_inter_threads(1)
+            .unwrap()
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .unwrap()
+            .commit_from_file(&model)
+            .unwrap();
+        // The node's daemon runs a multi-threaded runtime.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let mut fixture = Fixture {
+            pixels,
+            input,
+            agent,
+            session,
+            runtime,
+        };
+        // All paths agree before they are timed.
+        let class = fixture.infer()["class"].as_i64().unwrap();
+        assert_eq!(fixture.bare().0, class);
+        assert_eq!(fixture.run(fixture.input.clone())["class"], class);
+        fixture
+    }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-
-    // Both paths agree before they are timed.
-    let expected = agent.infer(&input).unwrap()["class"].as_i64().unwrap();
-    let bare = |session: &mut Session| {
-        let tensor = Tensor::from_array(([1usize, 64], pixels.clone())).unwrap();
-        let outputs = session.run(ort::inputs!["pixels" => tensor]).unwrap();
+    fn bare(&mut self) -> (i64, f32) {
+        let tensor = Tensor::from_array(([1usize, 64], self.pixels.clone())).unwrap();
+        let outputs = self.session.run(ort::inputs!["pixels" => tensor]).unwrap();
         let label = outputs["label"].try_extract_tensor::<i64>().unwrap().1[0];
         let (_, probabilities) = outputs["probabilities"]
             .try_extract_tensor::<f32>()
             .unwrap();
         (label, probabilities[label as usize])
-    };
-    assert_eq!(bare(&mut session).0, expected);
+    }
 
+    fn infer(&self) -> Value {
+        self.agent.infer(black_box(&self.input)).unwrap()
+    }
+
+    fn run(&self, input: Value) -> Value {
+        self.runtime
+            .block_on(self.agent.run(input, RunContext { now_ms: 0 }))
+            .unwrap()
+    }
+}
+
+fn bench(c: &mut Criterion, fixture: &mut Fixture) {
     let mut group = c.benchmark_group(GROUP);
-    group.bench_function("bare_session_run", |b| {
-        b.iter(|| black_box(bare(&mut session)))
-    });
-    group.bench_function("agent_infer", |b| {
-        b.iter(|| black_box(agent.infer(black_box(&input)).unwrap()))
-    });
+    group.bench_function("bare_session_run", |b| b.iter(|| black_box(fixture.bare())));
+    group.bench_function("agent_infer", |b| b.iter(|| black_box(fixture.infer())));
     group.bench_function("agent_run", |b| {
         b.iter_batched(
-            || input.clone(),
-            |input| {
-                runtime
-                    .block_on(agent.run(input, RunContext { now_ms: 0 }))
-                    .unwrap()
-            },
+            || fixture.input.clone(),
+            |input| fixture.run(input),
             BatchSize::SmallInput,
         )
     });
     group.finish();
+}
+
+/// Nanoseconds per call of `f`, over `iterations` calls.
+fn time_ns(iterations: u32, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(iterations)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The three paths timed in alternation, round after round, so that a change in the shared
+/// machine's load touches all of them alike; medians over the rounds.
+fn paired(fixture: &mut Fixture) {
+    const ROUNDS: usize = 41;
+    const ITERATIONS: u32 = 2_000;
+    let (mut bare, mut infer, mut run) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare.push(time_ns(ITERATIONS, || {
+            black_box(fixture.bare());
+        }));
+        infer.push(time_ns(ITERATIONS, || {
+            black_box(fixture.infer());
+        }));
+        let inputs: Vec<Value> = (0..ITERATIONS).map(|_| fixture.input.clone()).collect();
+        let mut inputs = inputs.into_iter();
+        run.push(time_ns(ITERATIONS, || {
+            black_box(fixture.run(inputs.next().unwrap()));
+        }));
+    }
+    let (bare, infer, run) = (median(bare), median(infer), median(run));
+    println!(
+        "\npaired, {ROUNDS} rounds x {ITERATIONS} calls, median ns per call: \
+         bare_session_run {bare:.0}, agent_infer {infer:.0}, agent_run {run:.0}"
+    );
+    report(bare, infer, run);
+}
+
+fn report(bare: f64, infer: f64, run: f64) {
+    for (name, ns) in [("agent_infer", infer), ("agent_run", run)] {
+        println!(
+            "  {name} / bare_session_run = {:.3} (overhead {:+.1}%, {:+.0} ns)",
+            ns / bare,
+            (ns / bare - 1.0) * 100.0,
+            ns - bare
+        );
+    }
 }
 
 fn output_directory() -> PathBuf {
@@ -127,22 +204,21 @@ fn main() {
     let mut criterion = Criterion::default()
         .output_directory(&output_directory())
         .configure_from_args();
-    bench(&mut criterion);
+    let mut fixture = Fixture::new();
+    bench(&mut criterion, &mut fixture);
     criterion.final_summary();
-    let (Some(bare), Some(infer), Some(run)) = (
+    if let (Some(bare), Some(infer), Some(run)) = (
         median_ns("bare_session_run"),
         median_ns("agent_infer"),
         median_ns("agent_run"),
-    ) else {
-        return;
-    };
-    println!("\nmedians: bare {bare:.0} ns, agent_infer {infer:.0} ns, agent_run {run:.0} ns");
-    for (name, ns) in [("agent_infer", infer), ("agent_run", run)] {
+    ) {
         println!(
-            "{name} / bare_session_run = {:.3} (overhead {:+.1}%, {:+.0} ns)",
-            ns / bare,
-            (ns / bare - 1.0) * 100.0,
-            ns - bare
+            "\ncriterion medians, ns: bare_session_run {bare:.0}, agent_infer {infer:.0}, agent_run {run:.0}"
         );
+        report(bare, infer, run);
+    }
+    // `cargo test --benches` runs each benchmark once: no figures wanted then.
+    if std::env::args().any(|a| a == "--bench") {
+        paired(&mut fixture);
     }
 }

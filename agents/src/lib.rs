@@ -5,6 +5,10 @@
 //! return its output (JSON). An agent instance belongs to one step of one workflow and may keep
 //! state between runs (a sliding window); the engine creates it from the step's configuration
 //! through the [`Registry`], which validates that configuration before a workflow is accepted.
+//!
+//! An agent must never panic or block the async executor: bad input, a missing model or
+//! library, and an unreachable server are [`AgentError`]s that name what was wrong, and
+//! blocking work (ONNX inference) moves to tokio's blocking threads.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -24,9 +24,10 @@
 //! An object with `class` (the class index), `label` (`labels[class]` when labels are given,
 //! the model's string label, or else the class index), `probabilities` and `confidence` (the
 //! probability of the chosen class; float32 probabilities are rounded to 7 decimal places) when
-//! a probabilities output is configured, `scores` when the
-//! main output is a float tensor (the class is then its arg-max), and the input's scalar fields
-//! (or those listed in `passthrough`) copied alongside, so that later steps still see them.
+//! a probabilities output is configured, `scores` when the main output is a float tensor (the
+//! class is then its arg-max, unless it holds a single value: a score, reported alone), and the
+//! input's scalar fields (or those listed in `passthrough`) copied alongside, so that later
+//! steps still see them; the agent's own keys win over input fields of the same name.
 //!
 //! Each run is one example: the input tensor has exactly the configured `shape`. Runs of one
 //! step share one session and take turns; `threads` sets ONNX Runtime's threads inside a run.
@@ -678,7 +679,10 @@ impl Inner {
             }
             OutputKind::Float32 | OutputKind::Float64 => {
                 let scores = floats(&self.config.output, main, self.output_kind)?;
-                class = argmax(&scores).map(|i| i as i64);
+                // One value is a score or a regression, not a choice among classes.
+                if scores.len() > 1 {
+                    class = argmax(&scores).map(|i| i as i64);
+                }
                 out.insert("scores".into(), numbers(&scores));
             }
         }

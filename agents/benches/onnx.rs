@@ -9,8 +9,8 @@
 //!
 //! Needs ONNX Runtime (scripts/setup.sh). Run: `cargo bench -p agents --bench onnx`. The
 //! overhead ratios are printed at the end twice: from criterion's medians (the three measured
-//! one after the other) and from a paired run that alternates them round by round, which a
-//! shared machine's changing load skews less.
+//! one after the other) and from paired runs that alternate the bare session with one agent
+//! path round by round, which a shared machine's changing load skews less.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -145,42 +145,44 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The three paths timed in alternation, round after round, so that a change in the shared
-/// machine's load touches all of them alike; medians over the rounds.
-fn paired(fixture: &mut Fixture) {
+/// Two paths timed in alternation, round after round, so that a change in the shared machine's
+/// load touches both alike; medians over the rounds, in ns per call. The agent's two paths are
+/// paired with the bare session separately: running inference on tokio's blocking threads in
+/// between slows the synchronous path down, which would blur what each costs.
+fn paired(fixture: &mut Fixture, agent_run: bool) -> (f64, f64) {
     const ROUNDS: usize = 41;
     const ITERATIONS: u32 = 2_000;
-    let (mut bare, mut infer, mut run) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut agent) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         bare.push(time_ns(ITERATIONS, || {
             black_box(fixture.bare());
         }));
-        infer.push(time_ns(ITERATIONS, || {
-            black_box(fixture.infer());
-        }));
-        let inputs: Vec<Value> = (0..ITERATIONS).map(|_| fixture.input.clone()).collect();
-        let mut inputs = inputs.into_iter();
-        run.push(time_ns(ITERATIONS, || {
-            black_box(fixture.run(inputs.next().unwrap()));
-        }));
+        if agent_run {
+            let mut inputs = vec![fixture.input.clone(); ITERATIONS as usize].into_iter();
+            agent.push(time_ns(ITERATIONS, || {
+                black_box(fixture.run(inputs.next().unwrap()));
+            }));
+        } else {
+            agent.push(time_ns(ITERATIONS, || {
+                black_box(fixture.infer());
+            }));
+        }
     }
-    let (bare, infer, run) = (median(bare), median(infer), median(run));
-    println!(
-        "\npaired, {ROUNDS} rounds x {ITERATIONS} calls, median ns per call: \
-         bare_session_run {bare:.0}, agent_infer {infer:.0}, agent_run {run:.0}"
-    );
-    report(bare, infer, run);
+    (median(bare), median(agent))
 }
 
 fn report(bare: f64, infer: f64, run: f64) {
-    for (name, ns) in [("agent_infer", infer), ("agent_run", run)] {
-        println!(
-            "  {name} / bare_session_run = {:.3} (overhead {:+.1}%, {:+.0} ns)",
-            ns / bare,
-            (ns / bare - 1.0) * 100.0,
-            ns - bare
-        );
-    }
+    report_one("agent_infer", bare, infer);
+    report_one("agent_run", bare, run);
+}
+
+fn report_one(name: &str, bare: f64, ns: f64) {
+    println!(
+        "  {name} / bare_session_run = {:.3} (overhead {:+.1}%, {:+.0} ns)",
+        ns / bare,
+        (ns / bare - 1.0) * 100.0,
+        ns - bare
+    );
 }
 
 fn output_directory() -> PathBuf {
@@ -219,6 +221,11 @@ fn main() {
     }
     // `cargo test --benches` runs each benchmark once: no figures wanted then.
     if std::env::args().any(|a| a == "--bench") {
-        paired(&mut fixture);
+        let (bare, infer) = paired(&mut fixture, false);
+        println!("\npaired: bare_session_run {bare:.0} ns, agent_infer {infer:.0} ns");
+        report_one("agent_infer", bare, infer);
+        let (bare, run) = paired(&mut fixture, true);
+        println!("paired: bare_session_run {bare:.0} ns, agent_run {run:.0} ns");
+        report_one("agent_run", bare, run);
     }
 }

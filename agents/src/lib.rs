@@ -137,6 +137,42 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Like [`Registry::create`], except that an agent which cannot start on this node
+    /// ([`AgentError::Setup`]: a model file or library missing here) becomes an
+    /// [`Unavailable`] agent whose every run fails with that error. An engine uses it so that a
+    /// workflow replicated to a node that lacks a model records a failed step, with the rest of
+    /// the run around it, instead of failing before the run exists.
+    pub fn create_or_unavailable(
+        &self,
+        kind: &str,
+        config: &Value,
+    ) -> Result<Box<dyn Agent>, AgentError> {
+        match self.create(kind, config) {
+            Err(error @ AgentError::Setup { agent, .. }) => {
+                Ok(Box::new(Unavailable { kind: agent, error }))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Stands for an agent that could not be made on this node: each run fails with the reason.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    kind: &'static str,
+    error: AgentError,
+}
+
+impl Agent for Unavailable {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn run<'a>(&'a self, _: Value, _: RunContext) -> AgentFuture<'a> {
+        Box::pin(std::future::ready(Err(self.error.clone())))
+    }
+}
+
 /// A configuration object, or an empty one for `null`.
 fn parse<T: serde::de::DeserializeOwned + transforms::Named>(
     config: &Value,

@@ -290,6 +290,20 @@ fn a_missing_or_broken_model_is_named_when_the_agent_is_created() {
     );
     // Applying a workflow checks the configuration only: the model lives on the running node.
     Registry.validate("onnx", &config).unwrap();
+    // An engine can record the failure as the step's.
+    let standin = Registry.create_or_unavailable("onnx", &config).unwrap();
+    assert_eq!(standin.kind(), "onnx");
+    let failure = futures_executor::block_on(standin.run(json!({}), RunContext { now_ms: 0 }))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        failure.contains("model file") && failure.contains("not found"),
+        "{failure}"
+    );
+    // Configuration errors are not deferred.
+    let mut bad = config.clone();
+    bad["shape"] = json!([]);
+    assert!(Registry.create_or_unavailable("onnx", &bad).is_err());
 
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.onnx");

@@ -198,7 +198,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
             bail!("step `{name}`: `{RUN_INPUT}` is reserved for the run's input");
         }
         registry
-            .create(&step.agent, &step.config)
+            .validate(&step.agent, &step.config)
             .with_context(context)?;
         for input in &step.inputs {
             if input != RUN_INPUT && !ids.contains(input.as_str()) {

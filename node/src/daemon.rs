@@ -1,5 +1,6 @@
-//! `rhizome start`: the node process. It owns the store thread, the mesh and the local HTTP API,
-//! and shuts them down in order on SIGINT or SIGTERM (mesh goodbyes first, store last).
+//! `rhizome start`: the node process. It owns the store thread, the mesh, the workflow scheduler
+//! and the local HTTP API, and shuts them down in order on SIGINT or SIGTERM: the API stops
+//! accepting, runs in flight are cancelled and recorded, then mesh goodbyes, store last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,12 +135,21 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
+    let scheduler = crate::scheduler::spawn(
+        store.clone(),
+        crate::scheduler::SchedulerConfig {
+            node: node.traits(),
+            agents: crate::engine::registry(),
+            reload_every: crate::scheduler::RELOAD_EVERY,
+        },
+    );
     let state = Arc::new(crate::http::AppState {
         token,
         health,
         started,
         mesh: mesh.clone(),
         store: store.clone(),
+        scheduler: scheduler.clone(),
     });
     let app = crate::http::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
@@ -183,6 +193,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .await
         .context("HTTP API")?;
     tracing::info!("shutting down");
+    // Runs in flight end `interrupted` and are recorded before the store stops.
+    scheduler.shutdown().await;
     mesh.shutdown().await;
     events.abort();
     retention.abort();

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use crdt_store::{DocName, MeshRegistry, StoreHandle};
 use mesh::net::driver::MeshHandle;
 use mesh::proto::membership::PeerState;
 use serde::Serialize;
+
+use crate::scheduler::SchedulerHandle;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -36,6 +38,7 @@ pub struct PeerView {
     pub silent_ms: u64,
 }
 
+#[derive(Debug)]
 pub struct AppState {
     /// Bearer token that every write request must carry.
     pub token: String,
@@ -43,6 +46,7 @@ pub struct AppState {
     pub started: Instant,
     pub mesh: MeshHandle,
     pub store: StoreHandle,
+    pub scheduler: SchedulerHandle,
 }
 
 /// The API's routes.
@@ -54,6 +58,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/doc", get(get_doc))
         .route("/results", get(get_results))
         .route("/workflows", get(get_workflows).post(post_workflow))
+        .route("/run/{workflow}", post(crate::http_runs::post_run))
+        .route("/status/{run}", get(crate::http_runs::get_status))
+        .route("/schedule", get(crate::http_runs::get_schedule))
         .with_state(state)
 }
 
@@ -97,9 +104,9 @@ async fn get_peers(
     ))
 }
 
-type ApiError = (axum::http::StatusCode, String);
+pub type ApiError = (axum::http::StatusCode, String);
 
-fn api_error(e: impl std::fmt::Display) -> ApiError {
+pub fn api_error(e: impl std::fmt::Display) -> ApiError {
     (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -178,16 +185,7 @@ async fn post_workflow(
     headers: axum::http::HeaderMap,
     yaml: String,
 ) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(state.token.as_str()) {
-        return Err((
-            axum::http::StatusCode::UNAUTHORIZED,
-            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
-        ));
-    }
+    authorize(&state, &headers)?;
     let definition = crate::workflow::parse(&yaml)
         .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let node_id = state.health.node_id.clone();
@@ -198,5 +196,22 @@ async fn post_workflow(
         .await
         .map_err(api_error)?
         .map_err(|e| api_error(format!("{e:#}")))?;
+    // New runs use the new version from the moment this answers.
+    state.scheduler.reload().await;
     Ok(Json(stored))
+}
+
+/// Refuses a write that does not carry the node's API token.
+pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.token.as_str()) {
+        return Err((
+            axum::http::StatusCode::UNAUTHORIZED,
+            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
+        ));
+    }
+    Ok(())
 }

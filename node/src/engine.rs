@@ -222,10 +222,13 @@ impl Prepared {
             let step_input = self.step_input(i, outputs, input);
             async move { (i, self.run_step(i, step_input, at_ms, now).await) }
         };
-        for i in 0..count {
-            if waiting[i] == 0 {
-                in_flight.push(start(i, &outputs, &mut in_flight_since, &mut observe));
-            }
+        for (i, _) in self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.after.is_empty())
+        {
+            in_flight.push(start(i, &outputs, &mut in_flight_since, &mut observe));
         }
         let mut starting = true;
         while !in_flight.is_empty() {

@@ -10,7 +10,7 @@
 //! waiting for the disk.
 //!
 //! Rules, as the README states them:
-//! - **Selector**: see [`selects`](crate::workflow::selects). A workflow that does not select
+//! - **Selector**: see [`selects`]. A workflow that does not select
 //!   this node never runs here, whatever its trigger, and `POST /run` is refused (409).
 //! - **Triggers**: `manual` runs only on request; `every` fires as soon as the node learns the
 //!   workflow (start, or a new trigger), then once per period; missed periods are skipped, not
@@ -304,6 +304,13 @@ impl SchedulerHandle {
     /// How many runs have finished (and been recorded, or failed to) since the start.
     pub fn finished_count(&self) -> u64 {
         *self.finished.borrow()
+    }
+
+    /// Waits until at least `count` runs have finished since the start (or the scheduler
+    /// stops).
+    pub async fn wait_finished_count(&self, count: u64) {
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|n| *n >= count).await;
     }
 
     /// Every workflow this node knows, with how it is scheduled here.

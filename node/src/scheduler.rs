@@ -793,7 +793,8 @@ impl Actor {
             let id = doc.id.clone();
             let previous = self.workflows.remove(&id);
             let same_trigger = previous.as_ref().is_some_and(|p| p.trigger == trigger);
-            let next_due = match (&trigger, targeted) {
+            // A definition that cannot run here is reported once, not refused every period.
+            let next_due = match (&trigger, targeted && prepared.is_ok()) {
                 (Ok(Trigger::Every(_)), true) => previous
                     .as_ref()
                     .and_then(|p| p.next_due)

@@ -79,7 +79,7 @@ fn request<T: DeserializeOwned>(
         .split_once("\r\n\r\n")
         .with_context(|| format!("malformed answer to {method} {path}"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
+    if !status.starts_with('2') || status.len() != 3 {
         bail!("{method} {path} answered {status}: {}", body.trim());
     }
     serde_json::from_str(body).with_context(|| format!("decoding the answer to {method} {path}"))

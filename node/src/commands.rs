@@ -657,6 +657,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                         w.id.clone(),
                         w.version.to_string(),
                         w.trigger.clone(),
+                        crate::workflow::describe_target(&w.target),
                         w.steps.len().to_string(),
                         w.description.clone(),
                     ]
@@ -665,7 +666,14 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
             print!(
                 "{}",
                 output::table(
-                    &["WORKFLOW", "VERSION", "TRIGGER", "STEPS", "DESCRIPTION"],
+                    &[
+                        "WORKFLOW",
+                        "VERSION",
+                        "TRIGGER",
+                        "TARGET",
+                        "STEPS",
+                        "DESCRIPTION"
+                    ],
                     &rows
                 )
             );
@@ -738,13 +746,10 @@ pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
     crate::workflow::stored(store)
 }
 
+/// How often `rhizome run` asks a running node whether its run finished.
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn run_once(node: &Node, args: RunArgs) -> Result<()> {
-    if crate::client::running_node(&node.dir).is_some() {
-        bail!(
-            "a node is running on {}: runs through the running node (POST /run) are not available yet; stop it to run here",
-            node.dir.root.display()
-        );
-    }
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
         Some(path) => {
@@ -758,29 +763,11 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
                 .with_context(|| format!("the input {} is not JSON", path.display()))?
         }
     };
-    let mut store = node.open_store()?;
-    let name = DocName::workflow(&args.workflow)?;
-    let workflow: WorkflowDoc = store.read(&name)?;
-    if workflow.steps.is_empty() {
-        bail!(
-            "no workflow `{}` on this node: apply it first with `rhizome workflow apply FILE`",
-            args.workflow
-        );
-    }
-    let prepared = crate::engine::Prepared::new(workflow)?;
-    let node_id = node.node_id();
-    let run_id = format!(
-        "{}-{}-{}",
-        output::short_id(&node_id),
-        now_ms(),
-        hex::encode(rand::random::<[u8; 2]>())
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .context("starting the async runtime")?;
-    let record = runtime.block_on(prepared.run(run_id, &node_id, input, now_ms));
-    store.append_results(std::slice::from_ref(&record))?;
+    DocName::workflow(&args.workflow)?;
+    let record = match crate::client::running_node(&node.dir) {
+        Some(addr) => run_through_node(node, addr, &args.workflow, &input)?,
+        None => run_here(node, &args.workflow, input)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -805,6 +792,71 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `POST /run/{workflow}`, then `GET /status/{run}` until the run is over. The loop ends when
+/// the run finishes (its workflow's run timeout bounds it) or the node stops answering.
+fn run_through_node(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    workflow: &str,
+    input: &serde_json::Value,
+) -> Result<RunRecord> {
+    let token = std::fs::read_to_string(node.dir.api_token()).with_context(|| {
+        format!(
+            "cannot read the running node's API token {}",
+            node.dir.api_token().display()
+        )
+    })?;
+    let body = if input.is_null() {
+        String::new()
+    } else {
+        input.to_string()
+    };
+    let accepted: crate::http_runs::RunAccepted =
+        crate::client::post(addr, &format!("/run/{workflow}"), token.trim(), &body)?;
+    let path = format!("/status/{}", crate::client::encode_query(&accepted.run_id));
+    loop {
+        let view: crate::scheduler::RunView = crate::client::get(addr, &path)
+            .with_context(|| format!("waiting for run {}", accepted.run_id))?;
+        if let crate::scheduler::RunView::Finished { record, .. } = view {
+            return Ok(record);
+        }
+        std::thread::sleep(STATUS_POLL);
+    }
+}
+
+/// One run in this process, recorded in the store (no node runs on the data dir).
+fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<RunRecord> {
+    let mut store = node.open_store()?;
+    let name = DocName::workflow(workflow_id)?;
+    let workflow: WorkflowDoc = store.read(&name)?;
+    if workflow.steps.is_empty() {
+        bail!(
+            "no workflow `{workflow_id}` on this node: apply it first with `rhizome workflow apply FILE`"
+        );
+    }
+    let traits = node.traits();
+    if !crate::workflow::selects(&workflow.target, &traits) {
+        bail!(
+            "workflow `{workflow_id}` targets {}, which does not select this node (name {}, zone {}, tags [{}])",
+            crate::workflow::describe_target(&workflow.target),
+            traits.name,
+            traits.zone,
+            traits.tags.join(", ")
+        );
+    }
+    let prepared = crate::engine::Prepared::new(workflow)?;
+    let node_id = node.node_id();
+    // A random sequence number: this process has no scheduler counting runs.
+    let run_id = crate::scheduler::run_id(&node_id, now_ms(), rand::random::<u16>().into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the async runtime")?;
+    let record = runtime.block_on(prepared.run(run_id, &node_id, input, now_ms));
+    store.append_results(std::slice::from_ref(&record))?;
+    Ok(record)
 }
 
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
@@ -899,7 +951,9 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
             &InitArgs {
                 name: Some("demo".into()),
                 zone: Some("demo-site".into()),
-                tags: vec!["demo".into()],
+                // `sensor` is what the bundled workflow targets, so that `rhizome start` on
+                // this data dir goes on running it every 30 s.
+                tags: vec!["demo".into(), "sensor".into()],
                 mesh: None,
                 json: false,
             },

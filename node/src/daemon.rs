@@ -1,5 +1,6 @@
-//! `rhizome start`: the node process. It owns the store thread, the mesh and the local HTTP API,
-//! and shuts them down in order on SIGINT or SIGTERM (mesh goodbyes first, store last).
+//! `rhizome start`: the node process. It owns the store thread, the mesh, the workflow scheduler
+//! and the local HTTP API, and shuts them down in order on SIGINT or SIGTERM: the API stops
+//! accepting, runs in flight are cancelled and recorded, then mesh goodbyes, store last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,6 +217,14 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
+    let scheduler = crate::scheduler::spawn(
+        store.clone(),
+        crate::scheduler::SchedulerConfig {
+            node: node.traits(),
+            agents: crate::engine::registry(),
+            reload_every: crate::scheduler::RELOAD_EVERY,
+        },
+    );
     let state = Arc::new(crate::http::AppState {
         token,
         health,
@@ -225,6 +234,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         sync: sync.clone(),
         role,
         capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
+        scheduler: scheduler.clone(),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::http::router(state);
@@ -283,6 +293,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .await
         .context("HTTP API")?;
     tracing::info!("shutting down");
+    // Runs in flight end `interrupted` and are recorded before the store stops.
+    scheduler.shutdown().await;
     // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
     revocations.abort();

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use crdt_store::{DocName, MeshRegistry, StoreHandle};
 use mesh::net::driver::MeshHandle;
 use mesh::proto::membership::PeerState;
 use serde::Serialize;
+
+use crate::scheduler::SchedulerHandle;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -88,6 +90,7 @@ struct SyncRequest {
     timeout_ms: Option<u64>,
 }
 
+#[derive(Debug)]
 pub struct AppState {
     /// Bearer token that every write request must carry.
     pub token: String,
@@ -99,6 +102,7 @@ pub struct AppState {
     pub role: mesh::proto::wire::Role,
     /// The capabilities announced last (refreshed every minute).
     pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
+    pub scheduler: SchedulerHandle,
 }
 
 /// The API's routes.
@@ -113,6 +117,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows", get(get_workflows).post(post_workflow))
         .route("/sync", axum::routing::post(post_sync))
         .route("/fleet", get(get_fleet))
+        .route("/run/{workflow}", post(crate::http_runs::post_run))
+        .route("/status/{run}", get(crate::http_runs::get_status))
+        .route("/schedule", get(crate::http_runs::get_schedule))
         .with_state(state)
 }
 
@@ -191,9 +198,9 @@ async fn get_hierarchy(
     )))
 }
 
-type ApiError = (axum::http::StatusCode, String);
+pub type ApiError = (axum::http::StatusCode, String);
 
-fn api_error(e: impl std::fmt::Display) -> ApiError {
+pub fn api_error(e: impl std::fmt::Display) -> ApiError {
     (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -283,10 +290,13 @@ async fn post_workflow(
         .await
         .map_err(api_error)?
         .map_err(|e| api_error(format!("{e:#}")))?;
+    // New runs use the new version from the moment this answers.
+    state.scheduler.reload().await;
     Ok(Json(stored))
 }
 
 /// Writes need the token the node wrote to `<data-dir>/api.token` at start.
+/// Refuses a write that does not carry the node's API token.
 pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)

@@ -1,21 +1,6 @@
 //! `rhizome`: the one binary every node of a Rhizome mesh runs.
 
-mod cli;
-mod client;
-mod commands;
-mod config;
-mod daemon;
-mod engine;
-mod hierarchy;
-mod http;
-mod identity;
-mod mesh_admin;
-mod node;
-mod output;
-mod resources;
-mod rollup;
-mod sync;
-mod workflow;
+use rhizome::{cli, commands};
 
 use clap::Parser;
 

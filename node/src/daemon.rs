@@ -220,11 +220,23 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let scheduler = crate::scheduler::spawn(
         store.clone(),
         crate::scheduler::SchedulerConfig {
-            node: node.traits(),
+            // Selectors match the zone the node runs in (derived from its LAN when not set).
+            node: crate::workflow::NodeTraits {
+                zone: zone.clone(),
+                ..node.traits()
+            },
             agents: crate::engine::registry(),
             reload_every: crate::scheduler::RELOAD_EVERY,
         },
     );
+    // Workflows replicated from peers are picked up at once, not at the next periodic reload.
+    let mut workflow_changes = changes.workflow_changes();
+    let reloader = scheduler.clone();
+    let reloads = tokio::spawn(async move {
+        while workflow_changes.changed().await.is_ok() {
+            reloader.request_reload();
+        }
+    });
     let state = Arc::new(crate::http::AppState {
         token,
         health,
@@ -300,6 +312,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     revocations.abort();
     routes.abort();
     rollups.abort();
+    reloads.abort();
     retention.abort();
     refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());

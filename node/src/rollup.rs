@@ -1,6 +1,12 @@
 //! The rollup writer of a running node: while the node aggregates zones, it keeps their
 //! `rollup/<zone>/<window>` documents up to date from the results documents of the zones' nodes
 //! (which reach it through sync), and sync carries the rollups up the aggregator chain.
+//!
+//! A window is redone when a results document of it changes, and also when its rollup changes
+//! by sync: after a re-election the new aggregator's summaries and the old one's meet at the
+//! parent, and a concurrent write of the same summary may keep the old value; redoing the
+//! window writes the current one again, causally after, so it wins. Summaries of nodes whose
+//! results this node does not hold are left as they are.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -41,7 +41,7 @@ pub struct ChangeFeed {
     mesh: watch::Sender<u64>,
     /// Bumped when a workflow document changes.
     workflows: watch::Sender<u64>,
-    /// Results documents changed since the rollup writer last looked, by name.
+    /// Results and rollup documents changed since the rollup writer last looked, by name.
     results: Mutex<BTreeSet<String>>,
     results_changed: Notify,
 }
@@ -66,7 +66,7 @@ impl ChangeFeed {
             self.mesh.send_modify(|v| *v += 1);
         } else if entry.name.starts_with("workflow/") {
             self.workflows.send_modify(|v| *v += 1);
-        } else if entry.name.starts_with("results/") {
+        } else if entry.name.starts_with("results/") || entry.name.starts_with("rollup/") {
             self.results
                 .lock()
                 .expect("change feed lock")
@@ -85,7 +85,8 @@ impl ChangeFeed {
         self.mesh.subscribe()
     }
 
-    /// Waits until a results document changed, then takes the names of those that did.
+    /// Waits until a results or rollup document changed, then takes the names of those that
+    /// did.
     pub async fn results_changed(&self) -> BTreeSet<String> {
         loop {
             let taken = std::mem::take(&mut *self.results.lock().expect("change feed lock"));
@@ -97,7 +98,6 @@ impl ChangeFeed {
     }
 
     /// Follows changes of workflow documents.
-    #[allow(dead_code)] // for the scheduler
     pub fn workflow_changes(&self) -> watch::Receiver<u64> {
         self.workflows.subscribe()
     }

@@ -313,4 +313,34 @@ pub mod process {
             .filter(|p| p["state"] == "connected")
             .count()
     }
+
+    /// `rhizome status --json`.
+    pub fn status(node: &Running) -> Value {
+        let out = run(&node.dir, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `(zone, aggregator)` for each level of a node's chain, as `rhizome status --json` shows it.
+    /// The aggregator chain of a `status --json`: (zone, aggregator) from the node's zone up.
+    pub fn chain(status: &Value) -> Vec<(String, String)> {
+        status["hierarchy"]["chain"]
+            .as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .map(|l| {
+                        (
+                            l["zone"].as_str().unwrap_or_default().to_owned(),
+                            l["aggregator"].as_str().unwrap_or("?").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }

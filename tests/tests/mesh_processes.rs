@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::process::{Running, connected, init, init_in, run, start, start_with};
+use rhizome_e2e::process::{chain, connected, init, init_in, run, start, start_with, status};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -133,34 +133,6 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
     wait_until("b sees a leave", Duration::from_secs(2), || {
         connected(&b) == 0
     });
-}
-
-fn status(node: &Running) -> Value {
-    let out = run(&node.dir, &["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// `(zone, aggregator)` for each level of a node's chain, as `rhizome status --json` shows it.
-fn chain(status: &Value) -> Vec<(String, String)> {
-    status["hierarchy"]["chain"]
-        .as_array()
-        .map(|links| {
-            links
-                .iter()
-                .map(|l| {
-                    (
-                        l["zone"].as_str().unwrap_or_default().to_owned(),
-                        l["aggregator"].as_str().unwrap_or("?").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

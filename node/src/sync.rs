@@ -255,8 +255,8 @@ impl Actor {
                 .replicator
                 .poll_timeout(self.now())
                 .map(|t| self.epoch + t);
+            // Unbiased: a steady stream of frames from peers must not starve local changes.
             tokio::select! {
-                biased;
                 command = commands.recv() => match command {
                     Some(Command::Status(reply)) => {
                         let peers: Vec<NodeId> = self.replicator.peers().cloned().collect();

@@ -261,7 +261,15 @@ fn print_peers(peers: &[crate::http::PeerView]) {
     print!(
         "{}",
         output::table(
-            &["NAME", "NODE", "ADDRESS", "STATE", "SILENT", "SYNC", "SENT / RECEIVED"],
+            &[
+                "NAME",
+                "NODE",
+                "ADDRESS",
+                "STATE",
+                "SILENT",
+                "SYNC",
+                "SENT / RECEIVED"
+            ],
             &rows
         )
     );

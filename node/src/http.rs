@@ -129,21 +129,24 @@ async fn get_health(State(state): State<Arc<AppState>>) -> Json<Health> {
     Json(health)
 }
 
-async fn get_peers(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<PeerView>>, (axum::http::StatusCode, String)> {
-    let unavailable = |e: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e);
-    let peers = state
-        .mesh
-        .peers()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let registry = state
+/// A part of the node that cannot answer now (stopping, or its store failed).
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// The mesh registry, for names of node ids.
+async fn registry(state: &AppState) -> Result<MeshRegistry, ApiError> {
+    state
         .store
         .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
         .recv()
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(unavailable)
+}
+
+async fn get_peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, ApiError> {
+    let peers = state.mesh.peers().await.map_err(unavailable)?;
+    let registry = registry(&state).await?;
     let mut sync: std::collections::BTreeMap<String, PeerSync> = state
         .sync
         .status()
@@ -176,18 +179,8 @@ async fn get_peers(
 async fn get_hierarchy(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<crate::hierarchy::HierarchyView>, ApiError> {
-    let unavailable = |e: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e);
-    let hierarchy = state
-        .mesh
-        .hierarchy()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let registry = state
-        .store
-        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
-        .recv()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let hierarchy = state.mesh.hierarchy().await.map_err(unavailable)?;
+    let registry = registry(&state).await?;
     let capabilities = *state.capabilities.lock().expect("not poisoned");
     Ok(Json(crate::hierarchy::HierarchyView::new(
         &state.health.node_id,

@@ -9,6 +9,8 @@ apt_packages=()
 command -v setpriv >/dev/null 2>&1 || apt_packages+=(util-linux)
 # ip netns, veth and bridges for the multi-host tests.
 command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
+# nft drops frames at random on a cable of the network-namespace tests (a lossy link).
+command -v nft >/dev/null 2>&1 || apt_packages+=(nftables)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -24,7 +24,8 @@
 //!   `interrupted` with no steps and an error saying they never started.
 //! - **Changes**: [`SchedulerHandle::reload`] re-reads the stored workflows and rebuilds only
 //!   those whose definition changed; it runs after every local apply, every [`RELOAD_EVERY`],
-//!   and whenever the sync layer asks ([`SchedulerHandle::request_reload`]).
+//!   and whenever the sync layer asks ([`SchedulerHandle::request_reload`]). It reads only the
+//!   workflow documents whose heads moved since the last reload.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -241,6 +242,7 @@ pub fn spawn(store: StoreHandle, config: SchedulerConfig) -> SchedulerHandle {
         live: live.clone(),
         finished: finished_tx,
         next_seq: 0,
+        known: crate::workflow::KnownWorkflows::new(),
     };
     tokio::spawn(actor.run(inbox, reload.clone()));
     SchedulerHandle {
@@ -497,6 +499,8 @@ struct Actor {
     live: Arc<Mutex<Live>>,
     finished: watch::Sender<u64>,
     next_seq: u64,
+    /// The stored workflows as of the last reload, so that a reload reads only what changed.
+    known: crate::workflow::KnownWorkflows,
 }
 
 impl Actor {
@@ -738,13 +742,18 @@ impl Actor {
 
     /// Re-reads the stored workflows; rebuilds only those whose definition changed.
     async fn reload(&mut self) {
+        // A failed read forgets what was known: the next reload reads every workflow.
+        let mut known = std::mem::take(&mut self.known);
         let stored = match self
             .store
-            .call(|s| Ok(crate::workflow::stored(s)))
+            .call(move |s| Ok(crate::workflow::stored_since(s, &mut known).map(|w| (w, known))))
             .recv()
             .await
         {
-            Ok(Ok(stored)) => stored,
+            Ok(Ok((stored, known))) => {
+                self.known = known;
+                stored
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %format!("{e:#}"), "reading the stored workflows failed");
                 return;

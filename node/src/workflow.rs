@@ -272,6 +272,38 @@ pub fn stored(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
     Ok(out)
 }
 
+/// What [`stored_since`] knew of each workflow document when it last looked, by document id:
+/// its heads, and the workflow it held (`None`: no steps, nothing to schedule).
+pub type KnownWorkflows = BTreeMap<String, (Vec<automerge::ChangeHash>, Option<WorkflowDoc>)>;
+
+/// [`stored`], reading again only the documents whose heads moved since `known`, which it
+/// updates. A heads lookup costs an index read where hydrating a document decodes all of its
+/// changes, so a node that reloads on every change and every few seconds does not pay for
+/// every workflow it holds each time.
+pub fn stored_since(store: &mut Store, known: &mut KnownWorkflows) -> Result<Vec<WorkflowDoc>> {
+    let mut present = BTreeSet::new();
+    for (id, name) in store.names()? {
+        if name.kind() != DocKind::Workflow {
+            continue;
+        }
+        let heads = store.heads(&id)?.unwrap_or_default();
+        let id = id.to_string();
+        present.insert(id.clone());
+        if known.get(&id).is_some_and(|(seen, _)| *seen == heads) {
+            continue;
+        }
+        let workflow = store.read::<WorkflowDoc>(&name)?;
+        known.insert(
+            id,
+            (heads, (!workflow.steps.is_empty()).then_some(workflow)),
+        );
+    }
+    known.retain(|id, _| present.contains(id));
+    let mut out: Vec<WorkflowDoc> = known.values().filter_map(|(_, w)| w.clone()).collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
 /// When a workflow runs, as stored in its document's `trigger`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
@@ -709,6 +741,51 @@ steps:
         assert!(err.contains("target.zones"), "{err}");
         let err = error("id: w\ntarget: {tags: [\"\"]}\nsteps:\n  - id: a\n    agent: noop\n");
         assert!(err.contains("target.tags"), "{err}");
+    }
+
+    #[test]
+    fn stored_since_rereads_only_the_workflows_that_changed() {
+        let mut store =
+            Store::open_in_memory(crdt_store::StoreConfig::new("mesh", "node")).unwrap();
+        let apply = |store: &mut Store, id: &str, description: &str| {
+            let yaml = format!(
+                "id: {id}\ndescription: {description}\nsteps:\n  - id: a\n    agent: noop\n"
+            );
+            crate::commands::apply_workflow(store, parse(&yaml).unwrap(), "node").unwrap();
+        };
+        apply(&mut store, "w1", "first");
+        apply(&mut store, "w2", "first");
+        let mut known = KnownWorkflows::new();
+        let all = stored(&mut store).unwrap();
+        assert_eq!(stored_since(&mut store, &mut known).unwrap(), all);
+        assert_eq!(all.len(), 2);
+
+        // w2's entry is marked: it is served from `known` as long as its heads stay put.
+        let w2 = known
+            .values_mut()
+            .find_map(|(_, w)| w.as_mut().filter(|w| w.id == "w2"))
+            .unwrap();
+        w2.description = "from what was known".into();
+        apply(&mut store, "w1", "second");
+        apply(&mut store, "w3", "first");
+        let seen = stored_since(&mut store, &mut known).unwrap();
+        let descriptions: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|w| (w.id.as_str(), w.description.as_str()))
+            .collect();
+        assert_eq!(
+            descriptions,
+            [
+                ("w1", "second"),
+                ("w2", "from what was known"),
+                ("w3", "first")
+            ]
+        );
+        apply(&mut store, "w2", "second");
+        assert_eq!(
+            stored_since(&mut store, &mut known).unwrap(),
+            stored(&mut store).unwrap()
+        );
     }
 
     #[test]

@@ -172,7 +172,13 @@ pub mod crash {
     }
 }
 
-/// Real `rhizome` processes on loopback (`--no-mdns`, ports picked by the system).
+pub mod netns;
+
+/// Real `rhizome` processes: on loopback (`--no-mdns`, ports picked by the system), or in a
+/// network namespace of a [`netns::Lab`].
+///
+/// Each node's stderr goes to `<data dir>.log` (appended across restarts; `RHIZOME_LOG` sets
+/// its level), so that a failing test can show what the nodes said.
 pub mod process {
     use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
@@ -189,23 +195,56 @@ pub mod process {
         pub dir: PathBuf,
         /// The QUIC address it bound.
         pub quic: String,
+        /// The network namespace it runs in; `None` for the test's own.
+        pub netns: Option<String>,
     }
 
-    impl Drop for Running {
-        fn drop(&mut self) {
+    impl Running {
+        /// Kills the node with SIGKILL (no goodbye, nothing flushed) and reaps it.
+        pub fn kill(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
 
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// A `rhizome` command, run inside `netns` when one is given.
+    pub fn command(netns: Option<&str>) -> Command {
+        match netns {
+            None => Command::new(rhizome_bin()),
+            Some(ns) => {
+                // `ip netns exec` execs the command: the child's pid is rhizome's own.
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(rhizome_bin());
+                cmd
+            }
+        }
+    }
+
     /// Runs a `rhizome` command on a data dir.
     pub fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-        Command::new(rhizome_bin())
+        run_in(None, dir, args)
+    }
+
+    /// Runs a `rhizome` command on a data dir inside a network namespace (or the test's own):
+    /// a running node's local API is reachable only from its namespace.
+    pub fn run_in(netns: Option<&str>, dir: &Path, args: &[&str]) -> std::process::Output {
+        command(netns)
             .arg("--data-dir")
             .arg(dir)
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Runs a `rhizome` command on a node's data dir, in the node's namespace.
+    pub fn run_on(node: &Running, args: &[&str]) -> std::process::Output {
+        run_in(node.netns.as_deref(), &node.dir, args)
     }
 
     /// `rhizome init`, in a mesh (its CA directory) or a new one.
@@ -232,33 +271,67 @@ pub mod process {
 
     /// Starts a node and waits for its "serving" line, which names the bound QUIC address.
     pub fn start(dir: &Path, peers: &[&str]) -> Running {
-        launch(dir, "127.0.0.1:0", peers, &[])
+        launch(None, dir, "127.0.0.1:0", None, peers, &[])
     }
 
     /// [`start`] with more arguments (`--role cloud`, ...).
     pub fn start_with(dir: &Path, peers: &[&str], extra: &[&str]) -> Running {
-        launch(dir, "127.0.0.1:0", peers, extra)
+        launch(None, dir, "127.0.0.1:0", None, peers, extra)
     }
 
     /// [`start`] with a QUIC listen address of the caller's choice.
     pub fn start_on(dir: &Path, listen: &str, peers: &[&str]) -> Running {
-        launch(dir, listen, peers, &[])
+        launch(None, dir, listen, None, peers, &[])
     }
 
-    fn launch(dir: &Path, listen: &str, peers: &[&str], extra: &[&str]) -> Running {
-        let mut cmd = Command::new(rhizome_bin());
+    /// Starts a node inside network namespace `netns`, listening on `listen`, with mDNS on
+    /// `mdns_interface` only (`None`: `--no-mdns`).
+    pub fn start_in(
+        netns: &str,
+        dir: &Path,
+        listen: &str,
+        mdns_interface: Option<&str>,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Running {
+        launch(Some(netns), dir, listen, mdns_interface, peers, extra)
+    }
+
+    /// The file a node's stderr goes to.
+    pub fn log_file(dir: &Path) -> PathBuf {
+        dir.with_extension("log")
+    }
+
+    /// The last `lines` lines of a node's log.
+    pub fn log_tail(dir: &Path, lines: usize) -> String {
+        let text = std::fs::read_to_string(log_file(dir)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn launch(
+        netns: Option<&str>,
+        dir: &Path,
+        listen: &str,
+        mdns_interface: Option<&str>,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Running {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file(dir))
+            .unwrap();
+        let mut cmd = command(netns);
         cmd.arg("--data-dir")
             .arg(dir)
-            .args([
-                "start",
-                "--listen",
-                listen,
-                "--http",
-                "127.0.0.1:0",
-                "--no-mdns",
-            ])
+            .args(["start", "--listen", listen, "--http", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(log);
+        match mdns_interface {
+            Some(interface) => cmd.args(["--mdns-interface", interface]),
+            None => cmd.arg("--no-mdns"),
+        };
         for p in peers {
             cmd.args(["--peer", p]);
         }
@@ -267,16 +340,43 @@ pub mod process {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let quic = line
+        let Some(quic) = line
             .split("quic ")
             .nth(1)
             .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no serving line: {line:?}"))
-            .to_owned();
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not start: {line:?}\n{}",
+                dir.display(),
+                log_tail(dir, 20)
+            );
+        };
         Running {
+            quic: quic.to_owned(),
             child,
             dir: dir.to_owned(),
-            quic,
+            netns: netns.map(str::to_owned),
+        }
+    }
+
+    /// Prints the end of each node's log if the test panics while it is alive: declare it
+    /// after the nodes' data dirs are known.
+    #[derive(Debug)]
+    pub struct LogsOnPanic(pub Vec<PathBuf>);
+
+    impl Drop for LogsOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                for dir in &self.0 {
+                    eprintln!(
+                        "--- end of {}:\n{}",
+                        log_file(dir).display(),
+                        log_tail(dir, 30)
+                    );
+                }
+            }
         }
     }
 
@@ -293,7 +393,7 @@ pub mod process {
 
     /// `rhizome peers --json`.
     pub fn peers(node: &Running) -> Vec<Value> {
-        let out = run(&node.dir, &["peers", "--json"]);
+        let out = run_on(node, &["peers", "--json"]);
         assert!(
             out.status.success(),
             "{}",
@@ -316,7 +416,7 @@ pub mod process {
 
     /// `rhizome status --json`.
     pub fn status(node: &Running) -> Value {
-        let out = run(&node.dir, &["status", "--json"]);
+        let out = run_on(node, &["status", "--json"]);
         assert!(
             out.status.success(),
             "{}",
@@ -325,7 +425,6 @@ pub mod process {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// `(zone, aggregator)` for each level of a node's chain, as `rhizome status --json` shows it.
     /// The aggregator chain of a `status --json`: (zone, aggregator) from the node's zone up.
     pub fn chain(status: &Value) -> Vec<(String, String)> {
         status["hierarchy"]["chain"]

@@ -391,6 +391,18 @@ pub mod process {
         assert!(status.success(), "the node exited with {status}");
     }
 
+    /// The output of a command that must have succeeded: its stdout as JSON, or `null` when it
+    /// printed something else.
+    pub fn ok(out: std::process::Output) -> Value {
+        assert!(
+            out.status.success(),
+            "rhizome failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     /// `rhizome peers --json`.
     pub fn peers(node: &Running) -> Vec<Value> {
         let out = run_on(node, &["peers", "--json"]);

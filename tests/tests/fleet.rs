@@ -7,18 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rhizome_e2e::process::{Running, chain, init, init_in, run, start, start_with, status};
+use rhizome_e2e::process::{Running, chain, init, init_in, ok, run, start, start_with, status};
 use rhizome_e2e::wait_until;
-use serde_json::Value;
-
-fn ok(out: std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
 
 fn apply(dir: &Path, tmp: &Path, yaml: &str) {
     let file = tmp.join("workflow.yaml");

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Lab, Lan, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, init, run_in, run_on};
+use rhizome_e2e::process::{LogsOnPanic, Running, init, ok, run_in, run_on};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -70,15 +70,6 @@ fn connected_or_0(node: &Running) -> usize {
 
 fn full_mesh(nodes: &[Running]) -> bool {
     nodes.iter().all(|n| connected_or_0(n) == NODES - 1)
-}
-
-fn ok(out: std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// Applies workflow text through the node in namespace `netns` on `dir`.

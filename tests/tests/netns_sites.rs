@@ -32,21 +32,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Cable, Host, Lab, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, chain, init, init_in, run_on, status};
+use rhizome_e2e::process::{LogsOnPanic, Running, chain, init, init_in, ok, run_on, status};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
 const EDGES_PER_SITE: usize = 3;
 const SITE_B_ZONE: &str = "lan-10.78.2.0-24";
-
-fn ok(out: std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
 
 fn probe(trigger: &str) -> String {
     format!(

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rhizome_e2e::process::{Running, connected, init, peers, run, start, start_on, stop};
+use rhizome_e2e::process::{Running, connected, init, ok, peers, run, start, start_on, stop};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -28,15 +28,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn ok(out: std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 fn apply(dir: &Path, file: &Path) {

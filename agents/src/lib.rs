@@ -5,6 +5,10 @@
 //! return its output (JSON). An agent instance belongs to one step of one workflow and may keep
 //! state between runs (a sliding window); the engine creates it from the step's configuration
 //! through the [`Registry`], which validates that configuration before a workflow is accepted.
+//!
+//! An agent must never panic or block the async executor: bad input, a missing model or
+//! library, and an unreachable server are [`AgentError`]s that name what was wrong, and
+//! blocking work (ONNX inference) moves to tokio's blocking threads.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,6 +16,8 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
+pub mod llm;
+pub mod onnx;
 pub mod transforms;
 
 /// A step's output, or why it failed.
@@ -40,6 +46,14 @@ pub enum AgentError {
         /// The agent kind.
         agent: &'static str,
         /// What is wrong.
+        reason: String,
+    },
+    /// The agent cannot be made on this node: a library or a model file is missing or unusable.
+    #[error("agent `{agent}` cannot start on this node: {reason}")]
+    Setup {
+        /// The agent kind.
+        agent: &'static str,
+        /// What is missing, and where it was looked for.
         reason: String,
     },
     /// The input lacks what the agent needs.
@@ -78,6 +92,8 @@ const KNOWN: &[&str] = &[
     "zscore",
     "sensor",
     "noop",
+    "onnx",
+    "llm",
 ];
 
 /// Builds agents from workflow step configurations.
@@ -90,11 +106,26 @@ impl Registry {
         KNOWN
     }
 
-    /// Creates an agent of `kind` from its configuration, refusing unknown kinds, unknown
-    /// fields and bad values with the name of what was wrong.
+    /// Checks a step's configuration without touching this node's files or network: what a
+    /// workflow is refused for when it is applied. Unknown kinds, unknown fields and bad values
+    /// are named. What depends on the node that runs the step (an ONNX model file, the ONNX
+    /// Runtime library) is checked by [`Registry::create`] there.
+    pub fn validate(&self, kind: &str, config: &Value) -> Result<(), AgentError> {
+        match kind {
+            "onnx" => parse::<onnx::OnnxConfig>(config)?.check(),
+            "llm" => llm::Llm::new(parse(config)?).map(drop),
+            _ => self.create(kind, config).map(drop),
+        }
+    }
+
+    /// Creates an agent of `kind` from its configuration, refusing what [`Registry::validate`]
+    /// refuses, and, for agents that need them, a missing library or model file with where it
+    /// was looked for ([`AgentError::Setup`]).
     pub fn create(&self, kind: &str, config: &Value) -> Result<Box<dyn Agent>, AgentError> {
         use transforms::*;
         Ok(match kind {
+            "onnx" => Box::new(onnx::Onnx::new(parse(config)?)?),
+            "llm" => Box::new(llm::Llm::new(parse(config)?)?),
             "select" => Box::new(Select::new(parse(config)?)?),
             "threshold" => Box::new(Threshold::new(parse(config)?)?),
             "window_stats" => Box::new(WindowStats::new(parse(config)?)?),
@@ -103,6 +134,42 @@ impl Registry {
             "noop" => Box::new(Noop),
             other => return Err(AgentError::UnknownAgent(other.to_owned())),
         })
+    }
+}
+
+impl Registry {
+    /// Like [`Registry::create`], except that an agent which cannot start on this node
+    /// ([`AgentError::Setup`]: a model file or library missing here) becomes an
+    /// [`Unavailable`] agent whose every run fails with that error. An engine uses it so that a
+    /// workflow replicated to a node that lacks a model records a failed step, with the rest of
+    /// the run around it, instead of failing before the run exists.
+    pub fn create_or_unavailable(
+        &self,
+        kind: &str,
+        config: &Value,
+    ) -> Result<Box<dyn Agent>, AgentError> {
+        match self.create(kind, config) {
+            Err(error @ AgentError::Setup { agent, .. }) => {
+                Ok(Box::new(Unavailable { kind: agent, error }))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Stands for an agent that could not be made on this node: each run fails with the reason.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    kind: &'static str,
+    error: AgentError,
+}
+
+impl Agent for Unavailable {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn run<'a>(&'a self, _: Value, _: RunContext) -> AgentFuture<'a> {
+        Box::pin(std::future::ready(Err(self.error.clone())))
     }
 }
 
@@ -138,7 +205,7 @@ pub(crate) fn number(agent: &'static str, input: &Value, field: &str) -> Result<
     }
 }
 
-fn fields_of(input: &Value) -> String {
+pub(crate) fn fields_of(input: &Value) -> String {
     match input.as_object() {
         Some(map) if !map.is_empty() => map.keys().cloned().collect::<Vec<_>>().join(", "),
         Some(_) => "no fields".into(),

@@ -246,7 +246,7 @@ struct Stats {
     stddev: f64,
 }
 
-fn parse_duration_ms(text: &str) -> Option<i64> {
+pub(crate) fn parse_duration_ms(text: &str) -> Option<i64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let n: i64 = text[..split].parse().ok()?;
     let unit = match &text[split..] {

@@ -338,7 +338,7 @@ impl TypedDoc for ResultsDoc {
 /// A zone aggregator's summary of one window: one entry per (workflow, source node).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct RollupDoc {
-    /// The zone summarised (with `.` for `/`).
+    /// The zone summarised (its path; `` for the root).
     pub zone: String,
     /// The window, as in the document name.
     pub window: String,
@@ -382,14 +382,16 @@ pub struct RunSummary {
     pub last_finished_ms: i64,
     /// Output of the latest run, JSON text.
     pub last_output: String,
+    /// Run id of the latest run (breaks ties between runs that ended in the same millisecond).
+    pub last_run_id: String,
 }
 
 impl TypedDoc for RollupDoc {
     const KIND: DocKind = DocKind::Rollup;
     fn genesis(name: &DocName) -> Self {
         match name {
-            DocName::Rollup { zone, window } => RollupDoc {
-                zone: zone.clone(),
+            DocName::Rollup { window, .. } => RollupDoc {
+                zone: name.rollup_zone().unwrap_or_default(),
                 window: window.to_string(),
                 summaries: BTreeMap::new(),
             },

@@ -57,7 +57,8 @@ pub enum DocName {
     Workflow { id: String },
     /// `results/<node>/<window>`
     Results { node: String, window: Window },
-    /// `rollup/<zone>/<window>`; the zone path's `/` is written as `.` inside the name.
+    /// `rollup/<zone>/<window>`; inside the name the zone path's `/` is written `+` and the
+    /// root zone is `+` alone (zone levels never contain `+`, so the name reads back exactly).
     Rollup { zone: String, window: Window },
 }
 
@@ -87,14 +88,43 @@ impl DocName {
         })
     }
 
-    /// A rollup document name, checked. `zone` is a zone path such as `site-a/line-3`.
+    /// A rollup document name, checked. `zone` is a zone path such as `site-a/line-3`, or
+    /// `` for the root.
     pub fn rollup(zone: &str, window: Window) -> Result<Self> {
-        let encoded = zone.replace('/', ".");
-        check_segment(&encoded, "zone")?;
+        let encoded = if zone.is_empty() {
+            "+".to_owned()
+        } else {
+            zone.replace('/', "+")
+        };
+        Self::rollup_encoded(&encoded, window)
+    }
+
+    fn rollup_encoded(encoded: &str, window: Window) -> Result<Self> {
+        let levels_ok = encoded == "+"
+            || encoded
+                .split('+')
+                .all(|level| check_segment(level, "zone level").is_ok());
+        if !levels_ok {
+            return Err(StoreError::InvalidName {
+                name: encoded.to_owned(),
+                reason: "a zone is levels of ASCII letters, digits, '-', '_' and '.', \
+                         joined by '/'"
+                    .into(),
+            });
+        }
         Ok(DocName::Rollup {
-            zone: encoded,
+            zone: encoded.to_owned(),
             window,
         })
+    }
+
+    /// The zone path of a rollup document (`site-a/line-3`, `` for the root).
+    pub fn rollup_zone(&self) -> Option<String> {
+        match self {
+            DocName::Rollup { zone, .. } if zone == "+" => Some(String::new()),
+            DocName::Rollup { zone, .. } => Some(zone.replace('+', "/")),
+            _ => None,
+        }
     }
 
     /// The automerge-repo document id of this name within the given mesh.
@@ -160,7 +190,7 @@ impl FromStr for DocName {
             ["mesh"] => Ok(DocName::Mesh),
             ["workflow", id] => DocName::workflow(id),
             ["results", node, window] => DocName::results(node, window.parse()?),
-            ["rollup", zone, window] => DocName::rollup(zone, window.parse()?),
+            ["rollup", zone, window] => DocName::rollup_encoded(zone, window.parse()?),
             ["workflow", ..] => Err(invalid("expected workflow/<id>")),
             ["results", ..] => Err(invalid("expected results/<node>/<window>")),
             ["rollup", ..] => Err(invalid("expected rollup/<zone>/<window>")),
@@ -333,11 +363,26 @@ mod tests {
             "mesh",
             "workflow/ingest-1",
             "results/node-a/2026-11-24T04:00Z+60m",
-            "rollup/site-a.line-3/2026-11-24T00:00Z+1440m",
+            "rollup/site-a+line-3/2026-11-24T00:00Z+1440m",
+            "rollup/lan-192.168.1.0-24/2026-11-24T00:00Z+1440m",
+            "rollup/+/2026-11-24T00:00Z+1440m",
         ] {
             let parsed: DocName = name.parse().unwrap();
             assert_eq!(parsed.to_string(), name);
         }
+        let window = Window::containing(0, 60);
+        for zone in ["site-a/line-3", "lan-192.168.1.0-24", ""] {
+            let name = DocName::rollup(zone, window).unwrap();
+            assert_eq!(name.rollup_zone().as_deref(), Some(zone));
+            let back: DocName = name.to_string().parse().unwrap();
+            assert_eq!(back, name);
+        }
+        assert!(
+            "rollup/a++b/2026-11-24T00:00Z+60m"
+                .parse::<DocName>()
+                .is_err()
+        );
+        assert!(DocName::rollup("a//b", window).is_err());
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::error::{EngineContext, Result, StoreError};
 use crate::names::{DocKind, DocName, Window};
 use mesh::proto::wire::CatalogueEntry;
 
+mod rollup;
 mod sync;
+pub use rollup::{FleetView, WorkflowView, ZoneView, summarize};
 pub use sync::{CatalogueItem, RETIRED_DIGEST, SyncApplied, SyncApply, SyncRejected};
 
 /// Automerge chunks and every other samod key, by the key's parts joined with `/`

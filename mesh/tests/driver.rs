@@ -9,7 +9,7 @@ use mesh::net::discovery::Interfaces;
 use mesh::net::driver::{MeshConfig, MeshEvent, MeshHandle, spawn};
 use mesh::net::identity::{MESH_SERVER_NAME, MeshCa, NodeCredentials, Revocations};
 use mesh::proto::membership::{PeerState, Timing};
-use mesh::proto::wire::{Message, Role};
+use mesh::proto::wire::{Capabilities, Message, Power, Role};
 use ring::signature::KeyPair as _;
 use tokio::sync::mpsc::Receiver;
 
@@ -32,6 +32,12 @@ fn config(
         mesh_id: ca.mesh_id().to_owned(),
         zone: "test".into(),
         role: Role::Edge,
+        capabilities: Capabilities {
+            power: Power::Mains,
+            cpus: 2,
+            memory_mb: 4096,
+            disk_free_mb: 10_000,
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap,
         discovery,

@@ -43,6 +43,13 @@ pub enum Command {
     Start(StartArgs),
     /// Show this node: identity, mesh, whether it runs, its peers and store.
     Status {
+        /// Show the fleet instead: every zone's workflows as the rollups held here describe
+        /// them (on the cloud peer, the whole fleet).
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only windows that ended after this (`2h`, `7d`, a date or a timestamp).
+        #[arg(long, requires = "fleet")]
+        since: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -53,6 +60,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare documents with connected peers now and wait until they are identical.
+    ///
+    /// Needs the node running. Returns when every document shared with the peers is identical
+    /// on both sides; when the timeout passes first, lists what still differs and exits with 1.
+    Sync(SyncArgs),
     /// Manage the mesh: its certificate authority and revocations.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -82,7 +94,8 @@ pub struct InitArgs {
     /// Human-readable node name (default: the host name).
     #[arg(long, env = "RHIZOME_NODE_NAME")]
     pub name: Option<String>,
-    /// Zone path, e.g. `site-a/line-3`.
+    /// Zone path, e.g. `site-a/line-3` (`/` is the root zone). Default: one zone per LAN
+    /// segment, derived when the node starts.
     #[arg(long, env = "RHIZOME_NODE_ZONE")]
     pub zone: Option<String>,
     /// A tag for workflow selectors; repeat for several.
@@ -119,6 +132,23 @@ pub struct StartArgs {
     /// No mDNS: find peers only through --peer.
     #[arg(long)]
     pub no_mdns: bool,
+    /// `edge` or `cloud`: a cloud node sits in the root zone (unless a zone is configured) and
+    /// ranks first in aggregator elections. Default: `node.role`.
+    #[arg(long, env = "RHIZOME_NODE_ROLE", value_parser = ["edge", "cloud"])]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only this peer (node id or name); all connected peers when omitted.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// How long to wait for convergence (`500ms`, `30s`, `5m`).
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,7 +23,7 @@ pub fn running_node(dir: &DataDir) -> Option<SocketAddr> {
 
 /// `GET path` on the node's API, decoded from JSON.
 pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
-    request(addr, "GET", path, None, None)
+    request(addr, "GET", path, None, None, DEFAULT_TIMEOUT)
 }
 
 /// `POST path` with a text body and the node's write token, answer decoded from JSON.
@@ -33,8 +33,22 @@ pub fn post<T: DeserializeOwned>(
     token: &str,
     body: &str,
 ) -> Result<T> {
-    request(addr, "POST", path, Some(token), Some(body))
+    request(addr, "POST", path, Some(token), Some(body), DEFAULT_TIMEOUT)
 }
+
+/// `POST` for a request that takes long on the node's side (waits up to `timeout`).
+pub fn post_with_timeout<T: DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<T> {
+    request(addr, "POST", path, Some(token), Some(body), timeout)
+}
+
+/// How long an answer may take.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn request<T: DeserializeOwned>(
     addr: SocketAddr,
@@ -42,10 +56,11 @@ fn request<T: DeserializeOwned>(
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
+    timeout: Duration,
 ) -> Result<T> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(timeout))?;
     let body = body.unwrap_or_default();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -64,7 +79,7 @@ fn request<T: DeserializeOwned>(
         .split_once("\r\n\r\n")
         .with_context(|| format!("malformed answer to {method} {path}"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
+    if !status.starts_with('2') || status.len() != 3 {
         bail!("{method} {path} answered {status}: {}", body.trim());
     }
     serde_json::from_str(body).with_context(|| format!("decoding the answer to {method} {path}"))

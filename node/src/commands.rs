@@ -10,10 +10,11 @@ use crdt_store::{
 use serde_json::json;
 
 use crate::cli::{
-    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs,
+    Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs, SyncArgs,
     WorkflowCommand,
 };
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
+use crate::hierarchy::{HierarchyView, zone_label};
 use crate::identity::Identity;
 use crate::node::{Node, now_ms};
 use crate::output;
@@ -24,8 +25,14 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Init(args) => init(&root, args),
         Command::Mesh(cmd) => mesh_command(&root, cmd),
         Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
-        Command::Status { json } => status(&Node::load(&root)?, json),
+        Command::Status {
+            fleet: true,
+            since,
+            json,
+        } => fleet(&Node::load(&root)?, since.as_deref(), json),
+        Command::Status { json, .. } => status(&Node::load(&root)?, json),
         Command::Peers { json } => peers(&Node::load(&root)?, json),
+        Command::Sync(args) => sync_now(&Node::load(&root)?, args),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
@@ -52,7 +59,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     } else {
         println!("initialised node {} ({id})", node.config.node.name);
         println!("  data dir  {}", root.display());
-        println!("  zone      {}", node.config.node.zone);
+        println!("  zone      {}", configured_zone(&node.config.node.zone));
         println!("  mesh      {}", node.mesh_id);
         println!("  config    {}", node.dir.config().display());
     }
@@ -81,8 +88,6 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     if let Some(zone) = &args.zone {
         config.node.zone = zone.clone();
     }
-    DocName::rollup(&config.node.zone, crdt_store::Window::containing(0, 1))
-        .context("invalid --zone")?;
     if !args.tags.is_empty() {
         config.node.tags = args.tags.clone();
     }
@@ -148,6 +153,86 @@ fn peers(node: &Node, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
+    let Some(addr) = crate::client::running_node(&node.dir) else {
+        bail!(
+            "no node is running on {}: sync happens between running nodes; start one with \
+             `rhizome start --data-dir {}`",
+            node.dir.root.display(),
+            node.dir.root.display()
+        );
+    };
+    let timeout = parse_duration(&args.timeout).context("--timeout")?;
+    let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
+    let name_of = |id: &str| {
+        peers
+            .iter()
+            .find(|p| p.node_id == id)
+            .and_then(|p| p.name.clone())
+            .unwrap_or_else(|| "?".into())
+    };
+    let peer = match &args.peer {
+        None => None,
+        Some(wanted) => {
+            let found = peers
+                .iter()
+                .find(|p| p.node_id == *wanted || p.name.as_deref() == Some(wanted.as_str()));
+            match found {
+                Some(p) if p.state == "connected" => Some(p.node_id.clone()),
+                Some(p) => bail!("peer {wanted} is {} (see `rhizome peers`)", p.state),
+                None => bail!("no peer {wanted} is known (see `rhizome peers`)"),
+            }
+        }
+    };
+    let token = std::fs::read_to_string(node.dir.api_token())
+        .with_context(|| format!("cannot read {}", node.dir.api_token().display()))?;
+    let body = json!({ "peer": peer, "timeout_ms": timeout.as_millis() as u64 }).to_string();
+    let report: crate::http::SyncReport = crate::client::post_with_timeout(
+        addr,
+        "/sync",
+        token.trim(),
+        &body,
+        timeout + std::time::Duration::from_secs(5),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.peers.is_empty() {
+        println!("no connected peers");
+    } else {
+        for p in &report.peers {
+            if p.pending.is_empty() {
+                println!(
+                    "in sync with {} ({}): {} shared documents",
+                    name_of(&p.peer),
+                    p.peer,
+                    p.shared
+                );
+            } else {
+                println!(
+                    "{} of {} shared documents still differ with {} ({}): {}",
+                    p.pending.len(),
+                    p.shared,
+                    name_of(&p.peer),
+                    p.peer,
+                    p.pending.join(", ")
+                );
+            }
+        }
+    }
+    if !report.converged {
+        bail!(
+            "not converged within {} ({})",
+            args.timeout,
+            if report.peers.is_empty() {
+                "the peer is not connected"
+            } else {
+                "documents still differ"
+            }
+        );
+    }
+    Ok(())
+}
+
 fn print_peers(peers: &[crate::http::PeerView]) {
     let rows: Vec<Vec<String>> = peers
         .iter()
@@ -171,13 +256,14 @@ fn print_peers(peers: &[crate::http::PeerView]) {
 
 fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::client::running_node(&node.dir);
-    let (health, peers, store) = match running {
+    let (health, peers, hierarchy, store) = match running {
         Some(addr) => {
             let health: crate::http::Health = crate::client::get(addr, "/health")?;
             let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
-            (Some(health), peers, None)
+            let hierarchy: HierarchyView = crate::client::get(addr, "/hierarchy")?;
+            (Some(health), peers, Some(hierarchy), None)
         }
-        None => (None, Vec::new(), Some(node.open_store()?.stats()?)),
+        None => (None, Vec::new(), None, Some(node.open_store()?.stats()?)),
     };
     if json {
         println!(
@@ -185,10 +271,12 @@ fn status(node: &Node, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "node_id": node.node_id(),
                 "name": node.config.node.name,
-                "zone": node.config.node.zone,
+                "zone": hierarchy.as_ref().map_or(node.config.node.zone.as_str(), |h| h.zone.as_str()),
+                "role": hierarchy.as_ref().map_or(node.config.node.role.as_str(), |h| h.role.as_str()),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
                 "health": health,
+                "hierarchy": hierarchy,
                 "peers": peers,
                 "store": store,
             }))?
@@ -196,7 +284,14 @@ fn status(node: &Node, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("node     {} ({})", node.config.node.name, node.node_id());
-    println!("zone     {}", node.config.node.zone);
+    match &hierarchy {
+        Some(h) => println!("zone     {} (role {})", zone_label(&h.zone), h.role),
+        None => println!(
+            "zone     {} (role {})",
+            configured_zone(&node.config.node.zone),
+            node.config.node.role
+        ),
+    }
     println!("mesh     {}", node.mesh_id);
     match &health {
         Some(h) => {
@@ -206,6 +301,9 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 h.quic,
                 h.http
             );
+            if let Some(hierarchy) = &hierarchy {
+                print_hierarchy(hierarchy);
+            }
             println!();
             print_peers(&peers);
         }
@@ -221,6 +319,111 @@ fn status(node: &Node, json: bool) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The aggregator chain, one line per level from this node's zone up to the root.
+fn print_hierarchy(h: &HierarchyView) {
+    let c = &h.capabilities;
+    println!(
+        "offers   {} CPUs, {} memory, {} free disk, power {}",
+        c.cpus,
+        output::bytes(c.memory_mb << 20),
+        output::bytes(c.disk_free_mb << 20),
+        c.power
+    );
+    let rows: Vec<Vec<String>> = h
+        .chain
+        .iter()
+        .map(|link| {
+            let aggregator = match &link.aggregator {
+                None => "unknown".to_owned(),
+                Some(id) if *id == h.node_id => "this node".to_owned(),
+                Some(id) => match &link.name {
+                    Some(name) => format!("{name} ({})", output::short_id(id)),
+                    // Names arrive with the mesh document; until then the id says who it is.
+                    None => output::short_id(id).to_owned(),
+                },
+            };
+            vec![zone_label(&link.zone).to_owned(), aggregator]
+        })
+        .collect();
+    println!();
+    print!("{}", output::table(&["ZONE", "AGGREGATOR"], &rows));
+    if h.aggregates.is_empty() {
+        println!("aggregates no zone");
+    } else {
+        let zones: Vec<&str> = h.aggregates.iter().map(|z| zone_label(z)).collect();
+        println!("aggregates {}", zones.join(", "));
+    }
+}
+
+/// A configured zone as people read it.
+fn configured_zone(zone: &str) -> &str {
+    match zone {
+        "" => "(automatic: from the LAN when the node starts)",
+        "/" => "(root)",
+        other => other,
+    }
+}
+
+fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
+    let since_ms = since.map(parse_since).transpose()?;
+    let path = match since_ms {
+        Some(ms) => format!("/fleet?since_ms={ms}"),
+        None => "/fleet".into(),
+    };
+    let view: crdt_store::FleetView = read_via(node, &path, |store| Ok(store.fleet(since_ms)?))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    if view.zones.is_empty() {
+        println!(
+            "no rollups here yet: rollups are written by zone aggregators and flow up to the \
+             cloud peer"
+        );
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for zone in &view.zones {
+        for w in &zone.workflows {
+            rows.push(vec![
+                if zone.zone.is_empty() {
+                    "/".into()
+                } else {
+                    zone.zone.clone()
+                },
+                w.workflow.clone(),
+                w.nodes.to_string(),
+                w.runs.to_string(),
+                w.failures.to_string(),
+                output::millis(w.mean_ms as i64),
+                output::millis(w.max_ms as i64),
+                format!(
+                    "{} {}",
+                    w.last_status.as_str(),
+                    format_timestamp(w.last_finished_ms)
+                ),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        output::table(
+            &[
+                "ZONE", "WORKFLOW", "NODES", "RUNS", "FAILED", "MEAN", "MAX", "LAST"
+            ],
+            &rows
+        )
+    );
+    println!(
+        "{} zones, {} nodes, {} runs, {} failed",
+        view.zones.len(),
+        view.nodes,
+        view.runs,
+        view.failures
+    );
     Ok(())
 }
 
@@ -455,6 +658,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                         w.id.clone(),
                         w.version.to_string(),
                         w.trigger.clone(),
+                        crate::workflow::describe_target(&w.target),
                         w.steps.len().to_string(),
                         w.description.clone(),
                     ]
@@ -463,7 +667,14 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
             print!(
                 "{}",
                 output::table(
-                    &["WORKFLOW", "VERSION", "TRIGGER", "STEPS", "DESCRIPTION"],
+                    &[
+                        "WORKFLOW",
+                        "VERSION",
+                        "TRIGGER",
+                        "TARGET",
+                        "STEPS",
+                        "DESCRIPTION"
+                    ],
                     &rows
                 )
             );
@@ -536,13 +747,10 @@ pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
     crate::workflow::stored(store)
 }
 
+/// How often `rhizome run` asks a running node whether its run finished.
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn run_once(node: &Node, args: RunArgs) -> Result<()> {
-    if crate::client::running_node(&node.dir).is_some() {
-        bail!(
-            "a node is running on {}: runs through the running node (POST /run) are not available yet; stop it to run here",
-            node.dir.root.display()
-        );
-    }
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
         Some(path) => {
@@ -556,29 +764,11 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
                 .with_context(|| format!("the input {} is not JSON", path.display()))?
         }
     };
-    let mut store = node.open_store()?;
-    let name = DocName::workflow(&args.workflow)?;
-    let workflow: WorkflowDoc = store.read(&name)?;
-    if workflow.steps.is_empty() {
-        bail!(
-            "no workflow `{}` on this node: apply it first with `rhizome workflow apply FILE`",
-            args.workflow
-        );
-    }
-    let prepared = crate::engine::Prepared::new(workflow)?;
-    let node_id = node.node_id();
-    let run_id = format!(
-        "{}-{}-{}",
-        output::short_id(&node_id),
-        now_ms(),
-        hex::encode(rand::random::<[u8; 2]>())
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .context("starting the async runtime")?;
-    let record = runtime.block_on(prepared.run(run_id, &node_id, input, now_ms));
-    store.append_results(std::slice::from_ref(&record))?;
+    DocName::workflow(&args.workflow)?;
+    let record = match crate::client::running_node(&node.dir) {
+        Some(addr) => run_through_node(node, addr, &args.workflow, &input)?,
+        None => run_here(node, &args.workflow, input)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -603,6 +793,71 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `POST /run/{workflow}`, then `GET /status/{run}` until the run is over. The loop ends when
+/// the run finishes (its workflow's run timeout bounds it) or the node stops answering.
+fn run_through_node(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    workflow: &str,
+    input: &serde_json::Value,
+) -> Result<RunRecord> {
+    let token = std::fs::read_to_string(node.dir.api_token()).with_context(|| {
+        format!(
+            "cannot read the running node's API token {}",
+            node.dir.api_token().display()
+        )
+    })?;
+    let body = if input.is_null() {
+        String::new()
+    } else {
+        input.to_string()
+    };
+    let accepted: crate::http_runs::RunAccepted =
+        crate::client::post(addr, &format!("/run/{workflow}"), token.trim(), &body)?;
+    let path = format!("/status/{}", crate::client::encode_query(&accepted.run_id));
+    loop {
+        let view: crate::scheduler::RunView = crate::client::get(addr, &path)
+            .with_context(|| format!("waiting for run {}", accepted.run_id))?;
+        if let crate::scheduler::RunView::Finished { record, .. } = view {
+            return Ok(record);
+        }
+        std::thread::sleep(STATUS_POLL);
+    }
+}
+
+/// One run in this process, recorded in the store (no node runs on the data dir).
+fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<RunRecord> {
+    let mut store = node.open_store()?;
+    let name = DocName::workflow(workflow_id)?;
+    let workflow: WorkflowDoc = store.read(&name)?;
+    if workflow.steps.is_empty() {
+        bail!(
+            "no workflow `{workflow_id}` on this node: apply it first with `rhizome workflow apply FILE`"
+        );
+    }
+    let traits = node.traits();
+    if !crate::workflow::selects(&workflow.target, &traits) {
+        bail!(
+            "workflow `{workflow_id}` targets {}, which does not select this node (name {}, zone {}, tags [{}])",
+            crate::workflow::describe_target(&workflow.target),
+            traits.name,
+            traits.zone,
+            traits.tags.join(", ")
+        );
+    }
+    let prepared = crate::engine::Prepared::new(workflow)?;
+    let node_id = node.node_id();
+    // A random sequence number: this process has no scheduler counting runs.
+    let run_id = crate::scheduler::run_id(&node_id, now_ms(), rand::random::<u16>().into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the async runtime")?;
+    let record = runtime.block_on(prepared.run(run_id, &node_id, input, now_ms));
+    store.append_results(std::slice::from_ref(&record))?;
+    Ok(record)
 }
 
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
@@ -697,7 +952,9 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
             &InitArgs {
                 name: Some("demo".into()),
                 zone: Some("demo-site".into()),
-                tags: vec!["demo".into()],
+                // `sensor` is what the bundled workflow targets, so that `rhizome start` on
+                // this data dir goes on running it every 30 s.
+                tags: vec!["demo".into(), "sensor".into()],
                 mesh: None,
                 json: false,
             },

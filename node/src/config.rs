@@ -39,18 +39,31 @@ pub struct Config {
 pub struct NodeSection {
     /// Human-readable node name.
     pub name: String,
-    /// Zone path, e.g. `site-a/line-3`.
+    /// Zone path, e.g. `site-a/line-3`; `/` is the root zone; empty derives it from the LAN
+    /// (see `hierarchy.rs`).
     pub zone: String,
     /// Tags matched by workflow selectors.
     pub tags: Vec<String>,
+    /// `edge` or `cloud`; the cloud ranks first in every election it takes part in.
+    pub role: String,
+    /// Power source: `auto` (detected), `mains`, `battery` or `unknown`.
+    pub power: String,
+    /// Logical CPUs to announce; 0 detects them.
+    pub cpus: u32,
+    /// Total memory to announce (`16GiB`); empty detects it.
+    pub memory: String,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
             name: String::new(),
-            zone: "default".into(),
+            zone: String::new(),
             tags: Vec::new(),
+            role: "edge".into(),
+            power: "auto".into(),
+            cpus: 0,
+            memory: String::new(),
         }
     }
 }
@@ -155,6 +168,13 @@ impl Config {
 
     /// Checks the values that are parsed on use, so mistakes surface at startup.
     pub fn validate(&self) -> Result<()> {
+        crate::hierarchy::check_configured_zone(&self.node.zone)
+            .context("node.zone (RHIZOME_NODE_ZONE, --zone)")?;
+        crate::hierarchy::parse_role(&self.node.role)?;
+        crate::resources::parse_power(&self.node.power)?;
+        if !self.node.memory.is_empty() {
+            parse_size(&self.node.memory).context("node.memory (RHIZOME_NODE_MEMORY)")?;
+        }
         let window = parse_duration(&self.store.results_window)
             .context("store.results_window (RHIZOME_STORE_RESULTS_WINDOW)")?;
         if window.as_secs() < 60 || window.as_secs() % 60 != 0 {
@@ -354,6 +374,24 @@ mod tests {
             Config::load(&path, env(&[("RHIZOME_STORE_RESULTS_WINDOW", "90s")])).unwrap_err()
         );
         assert!(err.contains("whole number of minutes"), "{err}");
+        for (var, value, named) in [
+            ("RHIZOME_NODE_ZONE", "site-a/", "node.zone"),
+            ("RHIZOME_NODE_ROLE", "fog", "node.role"),
+            ("RHIZOME_NODE_POWER", "solar", "node.power"),
+            ("RHIZOME_NODE_MEMORY", "lots", "node.memory"),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::load(&path, env(&[(var, value)])).unwrap_err()
+            );
+            assert!(err.contains(named) && err.contains(value), "{err}");
+        }
+        let config = Config::load(
+            &path,
+            env(&[("RHIZOME_NODE_ROLE", "cloud"), ("RHIZOME_NODE_CPUS", "16")]),
+        )
+        .unwrap();
+        assert_eq!((config.node.role.as_str(), config.node.cpus), ("cloud", 16));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `rhizome start`: the node process. It owns the store thread, the mesh and the local HTTP API,
-//! and shuts them down in order on SIGINT or SIGTERM (mesh goodbyes first, store last).
+//! `rhizome start`: the node process. It owns the store thread, the mesh, the workflow scheduler
+//! and the local HTTP API, and shuts them down in order on SIGINT or SIGTERM: the API stops
+//! accepting, runs in flight are cancelled and recorded, then mesh goodbyes, store last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +9,17 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use crdt_store::{DocName, MeshRegistry, NodeEntry, StoreHandle};
 use mesh::net::discovery::Interfaces;
-use mesh::net::driver::{MeshConfig, MeshEvent};
+use mesh::net::driver::MeshConfig;
 use mesh::net::identity::{NodeCredentials, Revocations};
 use mesh::proto::membership::Timing;
-use mesh::proto::wire::Role;
 
 use crate::cli::StartArgs;
 use crate::node::{Node, now_ms};
 
 /// How often a running node applies its retention settings (and once at start).
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often a running node reads its capabilities again (free disk changes as it runs).
+const CAPABILITIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn start(node: Node, args: StartArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +62,29 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         Some(Interfaces::Named(mdns_names))
     };
 
+    let role = crate::hierarchy::parse_role(
+        args.role
+            .as_deref()
+            .unwrap_or(node.config.node.role.as_str()),
+    )?;
+    let named_mdns = match &discovery {
+        Some(Interfaces::Named(names)) => names.clone(),
+        _ => Vec::new(),
+    };
+    let zone = crate::hierarchy::effective_zone(
+        &node.config.node.zone,
+        role,
+        matches!(discovery, Some(Interfaces::Loopback)),
+        &named_mdns,
+    )?;
+    let capabilities = crate::resources::capabilities(&node.dir.root, &node.config.node)?;
+    tracing::info!(
+        zone = crate::hierarchy::zone_label(&zone),
+        %role,
+        ?capabilities,
+        "taking part in the zone hierarchy"
+    );
+
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
     };
@@ -71,7 +96,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     .with_context(|| format!("the certificates in {}", node.dir.root.display()))?;
     let node_id = node.node_id();
 
-    let store = StoreHandle::spawn(node.open_store()?);
+    // Every committed change reaches document sync (announce to peers) and the node's own
+    // watchers (revocations in the mesh document, workflows).
+    let changes = Arc::new(crate::sync::ChangeFeed::default());
+    let mut opened = node.open_store()?;
+    let feed = changes.clone();
+    opened.set_change_listener(move |entry| feed.push(entry));
+    let store = StoreHandle::spawn(opened);
     let registry: MeshRegistry = store
         .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
         .recv()
@@ -79,12 +110,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let revoked = Revocations::default();
     revoked.set(registry.revoked.keys().cloned());
 
-    let (mesh, mut mesh_events) = mesh::net::driver::spawn(MeshConfig {
+    let (mesh, mesh_events) = mesh::net::driver::spawn(MeshConfig {
         credentials,
-        revoked,
+        revoked: revoked.clone(),
         mesh_id: node.mesh_id.clone(),
-        zone: node.config.node.zone.clone(),
-        role: Role::Edge,
+        zone: zone.clone(),
+        role,
+        capabilities,
         listen,
         bootstrap,
         discovery,
@@ -96,23 +128,73 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
 
     let entry = NodeEntry {
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
         tags: node.config.node.tags.clone(),
         addresses: vec![quic.to_string()],
         version: env!("CARGO_PKG_VERSION").into(),
-        updated_ms: now_ms(),
         ..NodeEntry::default()
     };
     let id = node_id.clone();
-    store
-        .call(move |s| {
-            s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
-                m.nodes.insert(id, NodeEntry { heartbeat, ..entry });
+    // The registry replicates to every node: rewrite this node's entry only when it says
+    // something new, so a restart with the same settings leaves every document as it was.
+    let unchanged = registry.nodes.get(&id).is_some_and(|old| {
+        NodeEntry {
+            heartbeat: 0,
+            updated_ms: 0,
+            ..old.clone()
+        } == entry
+    });
+    if !unchanged {
+        store
+            .call(move |s| {
+                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                    let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
+                    let updated_ms = now_ms();
+                    m.nodes.insert(
+                        id,
+                        NodeEntry {
+                            heartbeat,
+                            updated_ms,
+                            ..entry
+                        },
+                    );
+                })
             })
-        })
-        .recv()
-        .await?;
+            .recv()
+            .await?;
+    }
+
+    let (hierarchy_tx, hierarchy_rx) = tokio::sync::watch::channel(None);
+    let sync = crate::sync::spawn(
+        node_id.clone(),
+        store.clone(),
+        mesh.clone(),
+        mesh_events,
+        changes.clone(),
+        hierarchy_tx,
+    )
+    .await?;
+    let rollups = tokio::spawn(crate::rollup::run(
+        node_id.clone(),
+        store.clone(),
+        changes.clone(),
+        mesh.hierarchy().await?,
+        hierarchy_rx.clone(),
+    ));
+    let routes = tokio::spawn(follow_routes(
+        node_id.clone(),
+        changes.mesh_changes(),
+        hierarchy_rx,
+        store.clone(),
+        mesh.clone(),
+        sync.clone(),
+    ));
+    let revocations = tokio::spawn(follow_revocations(
+        changes.mesh_changes(),
+        store.clone(),
+        mesh.clone(),
+        revoked,
+    ));
 
     let listener = tokio::net::TcpListener::bind(http)
         .await
@@ -122,7 +204,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         status: "ok".into(),
         node_id: node_id.clone(),
         name: node.config.node.name.clone(),
-        zone: node.config.node.zone.clone(),
+        zone: zone.clone(),
+        role: role.to_string(),
         mesh_id: node.mesh_id.clone(),
         quic: quic.to_string(),
         http: http.to_string(),
@@ -134,13 +217,38 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
+    let scheduler = crate::scheduler::spawn(
+        store.clone(),
+        crate::scheduler::SchedulerConfig {
+            // Selectors match the zone the node runs in (derived from its LAN when not set).
+            node: crate::workflow::NodeTraits {
+                zone: zone.clone(),
+                ..node.traits()
+            },
+            agents: crate::engine::registry(),
+            reload_every: crate::scheduler::RELOAD_EVERY,
+        },
+    );
+    // Workflows replicated from peers are picked up at once, not at the next periodic reload.
+    let mut workflow_changes = changes.workflow_changes();
+    let reloader = scheduler.clone();
+    let reloads = tokio::spawn(async move {
+        while workflow_changes.changed().await.is_ok() {
+            reloader.request_reload();
+        }
+    });
     let state = Arc::new(crate::http::AppState {
         token,
         health,
         started,
         mesh: mesh.clone(),
         store: store.clone(),
+        sync: sync.clone(),
+        role,
+        capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
+        scheduler: scheduler.clone(),
     });
+    let current_capabilities = state.capabilities.clone();
     let app = crate::http::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
@@ -169,12 +277,26 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
-    let events = tokio::spawn(async move {
-        while let Some(event) = mesh_events.recv().await {
-            match event {
-                MeshEvent::PeerUp(peer) => tracing::info!(%peer, "peer connected"),
-                MeshEvent::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "peer lost"),
-                MeshEvent::Received(peer, _) => tracing::debug!(%peer, "message"),
+    let refresh_mesh = mesh.clone();
+    let refresh_dir = node.dir.root.clone();
+    let refresh_section = node.config.node.clone();
+    let refresh = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CAPABILITIES_INTERVAL);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (dir, section) = (refresh_dir.clone(), refresh_section.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::resources::capabilities(&dir, &section)
+            })
+            .await
+            {
+                Ok(Ok(capabilities)) => {
+                    *current_capabilities.lock().expect("not poisoned") = capabilities;
+                    let _ = refresh_mesh.set_capabilities(capabilities).await;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot read capabilities"),
+                Err(_) => {}
             }
         }
     });
@@ -183,9 +305,16 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .await
         .context("HTTP API")?;
     tracing::info!("shutting down");
+    // Runs in flight end `interrupted` and are recorded before the store stops.
+    scheduler.shutdown().await;
+    // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
-    events.abort();
+    revocations.abort();
+    routes.abort();
+    rollups.abort();
+    reloads.abort();
     retention.abort();
+    refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
     tokio::task::spawn_blocking(move || store.shutdown())
@@ -193,6 +322,74 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// Keeps the mesh's refusal list in step with the revocations of the replicated `mesh`
+/// document, and closes connections of nodes revoked while connected.
+async fn follow_revocations(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    store: StoreHandle,
+    mesh: mesh::net::driver::MeshHandle,
+    revoked: Revocations,
+) {
+    while changes.changed().await.is_ok() {
+        let registry = match store
+            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+            .recv()
+            .await
+        {
+            Ok(registry) => registry,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the mesh document for revocations");
+                continue;
+            }
+        };
+        let before: std::collections::BTreeSet<String> = revoked.snapshot();
+        revoked.set(registry.revoked.keys().cloned());
+        for node in registry.revoked.keys().filter(|n| !before.contains(*n)) {
+            tracing::warn!(%node, "node revoked: refusing it from now on");
+            let _ = mesh.disconnect(node, "revoked").await;
+        }
+    }
+}
+
+/// Keeps replication's share policy in step with the election (who aggregates what) and the
+/// registry (which zone each node is in).
+async fn follow_routes(
+    me: String,
+    mut registry_changes: tokio::sync::watch::Receiver<u64>,
+    mut hierarchy: tokio::sync::watch::Receiver<Option<mesh::proto::election::Hierarchy>>,
+    store: StoreHandle,
+    mesh: mesh::net::driver::MeshHandle,
+    sync: crate::sync::SyncHandle,
+) {
+    let Ok(mut view) = mesh.hierarchy().await else {
+        return;
+    };
+    loop {
+        match store
+            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+            .recv()
+            .await
+        {
+            Ok(registry) => {
+                sync.set_policy(crate::hierarchy::share_policy(&me, &view, &registry))
+                    .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),
+        }
+        tokio::select! {
+            changed = registry_changes.changed() => if changed.is_err() { return },
+            changed = hierarchy.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(latest) = hierarchy.borrow_and_update().clone() {
+                    view = latest;
+                }
+            }
+        }
+    }
 }
 
 /// A line on stdout. A daemon's stdout may be closed by whoever started it; that must not

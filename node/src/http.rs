@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use crdt_store::{DocName, MeshRegistry, StoreHandle};
 use mesh::net::driver::MeshHandle;
 use mesh::proto::membership::PeerState;
 use serde::Serialize;
+
+use crate::scheduler::SchedulerHandle;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -19,6 +21,9 @@ pub struct Health {
     pub node_id: String,
     pub name: String,
     pub zone: String,
+    /// `edge` or `cloud`.
+    #[serde(default)]
+    pub role: String,
     pub mesh_id: String,
     pub quic: String,
     pub http: String,
@@ -34,8 +39,58 @@ pub struct PeerView {
     pub addr: Option<String>,
     pub state: String,
     pub silent_ms: u64,
+    /// Replication with this peer, while connected.
+    #[serde(default)]
+    pub sync: Option<PeerSync>,
 }
 
+/// Where document sync with one peer stands.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerSync {
+    pub peer: String,
+    /// Documents this node and the peer may share.
+    pub shared: usize,
+    /// Shared documents not yet known to be identical on both sides.
+    pub pending: Vec<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+}
+
+impl From<mesh::proto::sync::PeerSyncStatus> for PeerSync {
+    fn from(s: mesh::proto::sync::PeerSyncStatus) -> Self {
+        PeerSync {
+            peer: s.peer,
+            shared: s.shared,
+            pending: s.pending,
+            bytes_sent: s.traffic.bytes_sent,
+            bytes_received: s.traffic.bytes_received,
+            messages_sent: s.traffic.messages_sent,
+            messages_received: s.traffic.messages_received,
+        }
+    }
+}
+
+/// What `POST /sync` answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SyncReport {
+    /// Every shared document is identical with every peer asked about.
+    pub converged: bool,
+    pub waited_ms: u64,
+    pub peers: Vec<PeerSync>,
+}
+
+/// What `POST /sync` takes (all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SyncRequest {
+    /// Only this peer (node id).
+    peer: Option<String>,
+    /// How long to wait for convergence; default 10 s, at most 10 minutes.
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug)]
 pub struct AppState {
     /// Bearer token that every write request must carry.
     pub token: String,
@@ -43,6 +98,11 @@ pub struct AppState {
     pub started: Instant,
     pub mesh: MeshHandle,
     pub store: StoreHandle,
+    pub sync: crate::sync::SyncHandle,
+    pub role: mesh::proto::wire::Role,
+    /// The capabilities announced last (refreshed every minute).
+    pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
+    pub scheduler: SchedulerHandle,
 }
 
 /// The API's routes.
@@ -50,10 +110,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(get_health))
         .route("/peers", get(get_peers))
+        .route("/hierarchy", get(get_hierarchy))
         .route("/docs", get(get_docs))
         .route("/doc", get(get_doc))
         .route("/results", get(get_results))
         .route("/workflows", get(get_workflows).post(post_workflow))
+        .route("/sync", axum::routing::post(post_sync))
+        .route("/fleet", get(get_fleet))
+        .route("/run/{workflow}", post(crate::http_runs::post_run))
+        .route("/status/{run}", get(crate::http_runs::get_status))
+        .route("/schedule", get(crate::http_runs::get_schedule))
         .with_state(state)
 }
 
@@ -78,10 +144,18 @@ async fn get_peers(
         .recv()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
+    let mut sync: std::collections::BTreeMap<String, PeerSync> = state
+        .sync
+        .status()
+        .await
+        .into_iter()
+        .map(|s| (s.peer.clone(), s.into()))
+        .collect();
     Ok(Json(
         peers
             .into_iter()
             .map(|p| PeerView {
+                sync: sync.remove(&p.node),
                 name: registry.nodes.get(&p.node).map(|e| e.name.clone()),
                 node_id: p.node,
                 addr: p.addr,
@@ -97,9 +171,36 @@ async fn get_peers(
     ))
 }
 
-type ApiError = (axum::http::StatusCode, String);
+/// The zone, role, capabilities, aggregator chain (with names from the mesh document) and
+/// aggregated zones of this node.
+async fn get_hierarchy(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<crate::hierarchy::HierarchyView>, ApiError> {
+    let unavailable = |e: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e);
+    let hierarchy = state
+        .mesh
+        .hierarchy()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let registry = state
+        .store
+        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+        .recv()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let capabilities = *state.capabilities.lock().expect("not poisoned");
+    Ok(Json(crate::hierarchy::HierarchyView::new(
+        &state.health.node_id,
+        state.role,
+        &capabilities,
+        hierarchy,
+        |id| registry.nodes.get(id).map(|e| e.name.clone()),
+    )))
+}
 
-fn api_error(e: impl std::fmt::Display) -> ApiError {
+pub type ApiError = (axum::http::StatusCode, String);
+
+pub fn api_error(e: impl std::fmt::Display) -> ApiError {
     (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -178,16 +279,7 @@ async fn post_workflow(
     headers: axum::http::HeaderMap,
     yaml: String,
 ) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(state.token.as_str()) {
-        return Err((
-            axum::http::StatusCode::UNAUTHORIZED,
-            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
-        ));
-    }
+    authorize(&state, &headers)?;
     let definition = crate::workflow::parse(&yaml)
         .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     let node_id = state.health.node_id.clone();
@@ -198,5 +290,80 @@ async fn post_workflow(
         .await
         .map_err(api_error)?
         .map_err(|e| api_error(format!("{e:#}")))?;
+    // New runs use the new version from the moment this answers.
+    state.scheduler.reload().await;
     Ok(Json(stored))
+}
+
+/// Writes need the token the node wrote to `<data-dir>/api.token` at start.
+/// Refuses a write that does not carry the node's API token.
+pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.token.as_str()) {
+        return Err((
+            axum::http::StatusCode::UNAUTHORIZED,
+            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Compares documents with the peers again and waits until they are identical or the timeout
+/// passes. The body is optional JSON: `{"peer": "<node id>", "timeout_ms": 10000}`.
+async fn post_sync(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Result<Json<SyncReport>, ApiError> {
+    authorize(&state, &headers)?;
+    let request: SyncRequest = if body.trim().is_empty() {
+        SyncRequest::default()
+    } else {
+        serde_json::from_str(&body).map_err(|e| {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("the body must be JSON like {{\"peer\": \"<node id>\", \"timeout_ms\": 10000}}: {e}"),
+            )
+        })?
+    };
+    let timeout =
+        std::time::Duration::from_millis(request.timeout_ms.unwrap_or(10_000).min(600_000));
+    if let Some(peer) = &request.peer {
+        let connected = state.sync.status().await.iter().any(|s| &s.peer == peer);
+        if !connected {
+            return Err((
+                axum::http::StatusCode::NOT_FOUND,
+                format!("not connected to {peer} (see GET /peers)"),
+            ));
+        }
+    }
+    let started = Instant::now();
+    let (converged, peers) = state.sync.sync(request.peer, timeout).await;
+    Ok(Json(SyncReport {
+        converged,
+        waited_ms: started.elapsed().as_millis() as u64,
+        peers: peers.into_iter().map(PeerSync::from).collect(),
+    }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FleetParams {
+    since_ms: Option<i64>,
+}
+
+/// The fleet as this node's rollups describe it (on the cloud: every zone).
+async fn get_fleet(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<FleetParams>,
+) -> Result<Json<crdt_store::FleetView>, ApiError> {
+    let view = state
+        .store
+        .call(move |s| s.fleet(params.since_ms))
+        .recv()
+        .await
+        .map_err(api_error)?;
+    Ok(Json(view))
 }

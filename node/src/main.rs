@@ -1,17 +1,6 @@
 //! `rhizome`: the one binary every node of a Rhizome mesh runs.
 
-mod cli;
-mod client;
-mod commands;
-mod config;
-mod daemon;
-mod engine;
-mod http;
-mod identity;
-mod mesh_admin;
-mod node;
-mod output;
-mod workflow;
+use rhizome::{cli, commands};
 
 use clap::Parser;
 

@@ -51,6 +51,16 @@ impl Node {
         self.identity.node_id()
     }
 
+    /// What workflow target selectors are matched against.
+    pub fn traits(&self) -> crate::workflow::NodeTraits {
+        crate::workflow::NodeTraits {
+            id: self.node_id(),
+            name: self.config.node.name.clone(),
+            zone: self.config.node.zone.clone(),
+            tags: self.config.node.tags.clone(),
+        }
+    }
+
     /// Opens the store directly (no node is running on this data dir).
     pub fn open_store(&self) -> Result<Store> {
         let config = self.config.store_config(&self.mesh_id, &self.node_id())?;

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use crdt_store::{DocKind, DocName, StepDef, Store, Target, WorkflowDoc};
@@ -146,7 +147,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
             after: None,
         }) => {
             let ms = duration_ms("trigger.every", &Some(every.clone()))?;
-            if ms < 100 {
+            if ms < MIN_PERIOD.as_millis() as u64 {
                 bail!("trigger.every: `{every}` is shorter than the minimum of 100ms");
             }
             format!("every {every}")
@@ -163,6 +164,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         }
         TriggerSpec::Keyed(_) => bail!("trigger: give exactly one of `every` and `after`"),
     };
+    check_target(&file.target)?;
     if !(1..=MAX_CONCURRENT).contains(&file.max_concurrent) {
         bail!(
             "max_concurrent: {} is outside 1..={MAX_CONCURRENT}",
@@ -198,7 +200,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
             bail!("step `{name}`: `{RUN_INPUT}` is reserved for the run's input");
         }
         registry
-            .create(&step.agent, &step.config)
+            .validate(&step.agent, &step.config)
             .with_context(context)?;
         for input in &step.inputs {
             if input != RUN_INPUT && !ids.contains(input.as_str()) {
@@ -253,19 +255,116 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
 
 /// Every workflow in the store, by id. A name that was never applied reads as an empty
 /// genesis document and is left out.
+///
+/// Reads the name registry rather than listing every document, so that the scheduler can call
+/// it every few seconds on a store full of results windows.
 pub fn stored(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
     let mut out = Vec::new();
-    for info in store.list_docs()? {
-        if let Some(name) = info.name.and_then(|n| n.parse::<DocName>().ok())
-            && name.kind() == DocKind::Workflow
-        {
+    for (_, name) in store.names()? {
+        if name.kind() == DocKind::Workflow {
             let workflow = store.read::<WorkflowDoc>(&name)?;
             if !workflow.steps.is_empty() {
                 out.push(workflow);
             }
         }
     }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// When a workflow runs, as stored in its document's `trigger`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Only when asked: `POST /run/{workflow}` or `rhizome run`.
+    Manual,
+    /// Periodically, the first time as soon as the node knows the workflow.
+    Every(Duration),
+    /// After each succeeded run of the named workflow on this node, with its output as input.
+    After(String),
+}
+
+/// The shortest period of an `every` trigger.
+pub const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+impl Trigger {
+    /// Parses a stored trigger (`manual`, `every 30s`, `after other-workflow`). Definitions
+    /// replicated from peers skipped this node's validation, so this checks again.
+    pub fn parse(stored: &str) -> Result<Trigger> {
+        match stored.split_once(' ') {
+            None if stored == "manual" || stored.is_empty() => Ok(Trigger::Manual),
+            Some(("every", period)) => {
+                let period = parse_duration(period).context("trigger")?;
+                if period < MIN_PERIOD {
+                    bail!(
+                        "trigger: every {period:?} is shorter than the minimum of {MIN_PERIOD:?}"
+                    );
+                }
+                Ok(Trigger::Every(period))
+            }
+            Some(("after", other)) => {
+                DocName::workflow(other).context("trigger")?;
+                Ok(Trigger::After(other.to_owned()))
+            }
+            _ => bail!(
+                "trigger: `{stored}` is not `manual`, `every <duration>` or `after <workflow>`"
+            ),
+        }
+    }
+}
+
+/// What a target selector is matched against: this node's id, name, zone and tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTraits {
+    pub id: String,
+    pub name: String,
+    pub zone: String,
+    pub tags: Vec<String>,
+}
+
+/// Whether a target selects this node. Each non-empty list must match, empty lists match every
+/// node: `nodes` when it names the node's name or id, `tags` when the node carries every tag
+/// listed, `zones` when one of them is the node's zone or an ancestor of it (`site-a` selects
+/// `site-a` and `site-a/line-3`, not `site-ab`).
+pub fn selects(target: &Target, node: &NodeTraits) -> bool {
+    let named = target.nodes.is_empty()
+        || target
+            .nodes
+            .iter()
+            .any(|n| *n == node.name || *n == node.id);
+    let tagged = target.tags.iter().all(|t| node.tags.contains(t));
+    let zoned =
+        target.zones.is_empty() || target.zones.iter().any(|z| zone_contains(z, &node.zone));
+    named && tagged && zoned
+}
+
+/// Whether `zone` is `ancestor` or lies below it, by whole path segments.
+pub fn zone_contains(ancestor: &str, zone: &str) -> bool {
+    let ancestor = ancestor.trim_end_matches('/');
+    let zone = zone.trim_end_matches('/');
+    ancestor.is_empty()
+        || zone == ancestor
+        || zone
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A target in one line, as `workflow list` and refusals show it.
+pub fn describe_target(target: &Target) -> String {
+    let mut parts = Vec::new();
+    for (what, list) in [
+        ("nodes", &target.nodes),
+        ("tags", &target.tags),
+        ("zones", &target.zones),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{what}={}", list.join(",")));
+        }
+    }
+    if parts.is_empty() {
+        "all nodes".to_owned()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// A step's `when`: `<input>.<field>` (truthy) or `<input>.<field> <op> <number>` with `op`
@@ -345,6 +444,24 @@ impl Condition {
             }
         }
     }
+}
+
+fn check_target(target: &TargetSpec) -> Result<()> {
+    for (what, list) in [
+        ("nodes", &target.nodes),
+        ("tags", &target.tags),
+        ("zones", &target.zones),
+    ] {
+        if let Some(bad) = list.iter().find(|v| v.trim().is_empty()) {
+            bail!("target.{what}: `{bad}` is empty");
+        }
+    }
+    for zone in &target.zones {
+        if zone.trim_end_matches('/').split('/').any(str::is_empty) {
+            bail!("target.zones: `{zone}` is not a zone path such as `site-a/line-3`");
+        }
+    }
+    Ok(())
 }
 
 fn check_condition(when: &str, inputs: &[String]) -> Result<()> {
@@ -499,6 +616,99 @@ steps:
             let err = error(&text);
             assert!(err.contains(expected), "expected `{expected}` in: {err}");
         }
+    }
+
+    #[test]
+    fn selectors_match_names_tags_and_zones() {
+        let node = NodeTraits {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            name: "press-7".into(),
+            zone: "site-a/line-3".into(),
+            tags: vec!["camera".into(), "sensor".into()],
+        };
+        let target = |nodes: &[&str], tags: &[&str], zones: &[&str]| Target {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            zones: zones.iter().map(|s| s.to_string()).collect(),
+        };
+        let cases = [
+            (target(&[], &[], &[]), true, "empty selects every node"),
+            (target(&["press-7"], &[], &[]), true, "by name"),
+            (target(&["other", &node.id], &[], &[]), true, "by id"),
+            (target(&["other"], &[], &[]), false, "another name"),
+            (target(&[], &["sensor"], &[]), true, "a tag it carries"),
+            (target(&[], &["sensor", "camera"], &[]), true, "every tag"),
+            (
+                target(&[], &["sensor", "gpu"], &[]),
+                false,
+                "one tag missing",
+            ),
+            (target(&[], &[], &["site-a/line-3"]), true, "its zone"),
+            (target(&[], &[], &["site-a"]), true, "a parent zone"),
+            (target(&[], &[], &["site-a/"]), true, "a trailing slash"),
+            (
+                target(&[], &[], &["site-b", "site-a"]),
+                true,
+                "any of the zones",
+            ),
+            (
+                target(&[], &[], &["site-a/line-3/cell-1"]),
+                false,
+                "a sub-zone of its zone",
+            ),
+            (
+                target(&[], &[], &["site-ab"]),
+                false,
+                "a zone that only shares a prefix",
+            ),
+            (
+                target(&[], &[], &["site-a/line"]),
+                false,
+                "a partial segment",
+            ),
+            (
+                target(&["press-7"], &["sensor"], &["site-b"]),
+                false,
+                "every list must match",
+            ),
+            (
+                target(&["press-7"], &["sensor"], &["site-a"]),
+                true,
+                "all lists match",
+            ),
+        ];
+        for (target, expected, what) in cases {
+            assert_eq!(selects(&target, &node), expected, "{what}: {target:?}");
+        }
+        assert_eq!(describe_target(&target(&[], &[], &[])), "all nodes");
+        assert_eq!(
+            describe_target(&target(&["a"], &["t1", "t2"], &[])),
+            "nodes=a tags=t1,t2"
+        );
+    }
+
+    #[test]
+    fn stored_triggers_parse_back() {
+        let trigger = |yaml: &str| {
+            let wf = parse(&format!(
+                "id: w\ntrigger: {yaml}\nsteps:\n  - id: a\n    agent: noop\n"
+            ))
+            .unwrap();
+            Trigger::parse(&wf.trigger).unwrap()
+        };
+        assert_eq!(trigger("manual"), Trigger::Manual);
+        assert_eq!(
+            trigger("{every: 30s}"),
+            Trigger::Every(Duration::from_secs(30))
+        );
+        assert_eq!(trigger("{after: other}"), Trigger::After("other".into()));
+        for bad in ["every 10ms", "every soon", "after a/b", "hourly", "every"] {
+            assert!(Trigger::parse(bad).is_err(), "{bad}");
+        }
+        let err = error("id: w\ntarget: {zones: [\"a//b\"]}\nsteps:\n  - id: a\n    agent: noop\n");
+        assert!(err.contains("target.zones"), "{err}");
+        let err = error("id: w\ntarget: {tags: [\"\"]}\nsteps:\n  - id: a\n    agent: noop\n");
+        assert!(err.contains("target.tags"), "{err}");
     }
 
     #[test]

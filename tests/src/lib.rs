@@ -171,3 +171,176 @@ pub mod crash {
         }
     }
 }
+
+/// Real `rhizome` processes on loopback (`--no-mdns`, ports picked by the system).
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    use serde_json::Value;
+
+    use super::rhizome_bin;
+
+    /// A running `rhizome start`; killed when dropped.
+    #[derive(Debug)]
+    pub struct Running {
+        pub child: Child,
+        pub dir: PathBuf,
+        /// The QUIC address it bound.
+        pub quic: String,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Runs a `rhizome` command on a data dir.
+    pub fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(rhizome_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `rhizome init`, in a mesh (its CA directory) or a new one.
+    pub fn init(dir: &Path, name: &str, mesh: Option<&Path>) {
+        init_in(dir, name, mesh, &[]);
+    }
+
+    /// [`init`] with more arguments (`--zone`, `--tag`, ...).
+    pub fn init_in(dir: &Path, name: &str, mesh: Option<&Path>, extra: &[&str]) {
+        let mut args = vec!["init", "--name", name];
+        args.extend(extra);
+        let mesh_arg;
+        if let Some(m) = mesh {
+            mesh_arg = m.to_str().unwrap().to_owned();
+            args.extend(["--mesh", mesh_arg.as_str()]);
+        }
+        let out = run(dir, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a node and waits for its "serving" line, which names the bound QUIC address.
+    pub fn start(dir: &Path, peers: &[&str]) -> Running {
+        launch(dir, "127.0.0.1:0", peers, &[])
+    }
+
+    /// [`start`] with more arguments (`--role cloud`, ...).
+    pub fn start_with(dir: &Path, peers: &[&str], extra: &[&str]) -> Running {
+        launch(dir, "127.0.0.1:0", peers, extra)
+    }
+
+    /// [`start`] with a QUIC listen address of the caller's choice.
+    pub fn start_on(dir: &Path, listen: &str, peers: &[&str]) -> Running {
+        launch(dir, listen, peers, &[])
+    }
+
+    fn launch(dir: &Path, listen: &str, peers: &[&str], extra: &[&str]) -> Running {
+        let mut cmd = Command::new(rhizome_bin());
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args([
+                "start",
+                "--listen",
+                listen,
+                "--http",
+                "127.0.0.1:0",
+                "--no-mdns",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        cmd.args(extra);
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let quic = line
+            .split("quic ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no serving line: {line:?}"))
+            .to_owned();
+        Running {
+            child,
+            dir: dir.to_owned(),
+            quic,
+        }
+    }
+
+    /// Stops a node with SIGTERM and waits for it to exit; panics unless it exits cleanly.
+    pub fn stop(mut node: Running) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+        unsafe {
+            libc::kill(node.child.id() as i32, libc::SIGTERM);
+        }
+        let status = node.child.wait().unwrap();
+        assert!(status.success(), "the node exited with {status}");
+    }
+
+    /// `rhizome peers --json`.
+    pub fn peers(node: &Running) -> Vec<Value> {
+        let out = run(&node.dir, &["peers", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// How many peers are connected.
+    pub fn connected(node: &Running) -> usize {
+        peers(node)
+            .iter()
+            .filter(|p| p["state"] == "connected")
+            .count()
+    }
+
+    /// `rhizome status --json`.
+    pub fn status(node: &Running) -> Value {
+        let out = run(&node.dir, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `(zone, aggregator)` for each level of a node's chain, as `rhizome status --json` shows it.
+    /// The aggregator chain of a `status --json`: (zone, aggregator) from the node's zone up.
+    pub fn chain(status: &Value) -> Vec<(String, String)> {
+        status["hierarchy"]["chain"]
+            .as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .map(|l| {
+                        (
+                            l["zone"].as_str().unwrap_or_default().to_owned(),
+                            l["aggregator"].as_str().unwrap_or("?").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -275,7 +275,8 @@ fn nodes_join_a_mesh_by_its_certificate_authority() {
 fn workflows_are_validated_applied_and_versioned() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("n");
-    ok(rhizome(&node, &["init"]));
+    // The example targets nodes tagged `sensor`.
+    ok(rhizome(&node, &["init", "--tag", "sensor"]));
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/sensor-zscore.yaml");
     let applied = json(&ok(rhizome(
         &node,
@@ -367,6 +368,28 @@ fn workflows_are_validated_applied_and_versioned() {
     assert_eq!(stored[0]["status"], "failed");
     let err = fails(rhizome(&node, &["run", "nope"]));
     assert!(err.contains("no workflow `nope`"), "{err}");
+
+    // The selector decides where a workflow runs, on request too.
+    let elsewhere = dir.path().join("elsewhere.yaml");
+    std::fs::write(
+        &elsewhere,
+        "id: elsewhere\ntarget: {zones: [site-b]}\nsteps:\n  - id: a\n    agent: noop\n",
+    )
+    .unwrap();
+    ok(rhizome(
+        &node,
+        &["workflow", "apply", elsewhere.to_str().unwrap()],
+    ));
+    let err = fails(rhizome(&node, &["run", "elsewhere"]));
+    assert!(
+        err.contains("zones=site-b") && err.contains("does not select this node"),
+        "{err}"
+    );
+    let listed = ok(rhizome(&node, &["workflow", "list"]));
+    assert!(
+        listed.contains("TARGET") && listed.contains("zones=site-b"),
+        "{listed}"
+    );
 }
 
 /// A data dir the user may not write: as root file modes do not apply, so the binary runs as

@@ -1,107 +1,14 @@
 //! Real `rhizome start` processes on loopback: they connect by `--peer`, `rhizome peers` and
 //! `rhizome status` read the running node, a node killed with SIGKILL is noticed by the others
-//! within the failure-detection deadline, and SIGTERM shuts a node down cleanly.
+//! within the failure-detection deadline, and SIGTERM shuts a node down cleanly. A cloud node and
+//! a site elect their aggregators, and the site re-elects when its aggregator is killed.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::{rhizome_bin, wait_until};
+use rhizome_e2e::process::{chain, connected, init, init_in, run, start, start_with, status};
+use rhizome_e2e::wait_until;
 use serde_json::Value;
-
-struct Running {
-    child: Child,
-    dir: PathBuf,
-    quic: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(rhizome_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn init(dir: &Path, name: &str, mesh: Option<&Path>) {
-    let mut args = vec!["init", "--name", name];
-    let mesh_arg;
-    if let Some(m) = mesh {
-        mesh_arg = m.to_str().unwrap().to_owned();
-        args.extend(["--mesh", mesh_arg.as_str()]);
-    }
-    let out = run(dir, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts a node and waits for its "serving" line, which names the bound QUIC address.
-fn start(dir: &Path, peers: &[&str]) -> Running {
-    let mut cmd = Command::new(rhizome_bin());
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args([
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for p in peers {
-        cmd.args(["--peer", p]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let quic = line
-        .split("quic ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("no serving line: {line:?}"))
-        .to_owned();
-    Running {
-        child,
-        dir: dir.to_owned(),
-        quic,
-    }
-}
-
-fn peers(node: &Running) -> Vec<Value> {
-    let out = run(&node.dir, &["peers", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn connected(node: &Running) -> usize {
-    peers(node)
-        .iter()
-        .filter(|p| p["state"] == "connected")
-        .count()
-}
 
 #[test]
 fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
@@ -226,4 +133,80 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
     wait_until("b sees a leave", Duration::from_secs(2), || {
         connected(&b) == 0
     });
+}
+
+#[test]
+fn a_cloud_and_a_site_elect_aggregators_and_the_site_re_elects_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c_dir, e1_dir, e2_dir) = (
+        tmp.path().join("cloud"),
+        tmp.path().join("e1"),
+        tmp.path().join("e2"),
+    );
+    init(&c_dir, "cloud", None);
+    let mesh = c_dir.join("mesh");
+    init_in(&e1_dir, "e1", Some(&mesh), &["--zone", "site-a"]);
+    init_in(&e2_dir, "e2", Some(&mesh), &["--zone", "site-a"]);
+
+    let cloud = start_with(&c_dir, &[], &["--role", "cloud"]);
+    let e1 = start(&e1_dir, &[&cloud.quic]);
+    let e2 = start(&e2_dir, &[&cloud.quic, &e1.quic]);
+    let cloud_id = status(&cloud)["node_id"].as_str().unwrap().to_owned();
+    let ids = [&e1, &e2].map(|n| status(n)["node_id"].as_str().unwrap().to_owned());
+
+    // One aggregator for site-a, the same in both members' chains; the cloud has the root.
+    let mut site_aggregator = String::new();
+    wait_until(
+        "site-a and the root elected",
+        Duration::from_secs(15),
+        || {
+            let chains = [chain(&status(&e1)), chain(&status(&e2))];
+            let agreed = chains[0] == chains[1]
+                && chains[0].len() == 2
+                && ids.contains(&chains[0][0].1)
+                && chains[0][1] == (String::new(), cloud_id.clone());
+            if agreed {
+                site_aggregator = chains[0][0].1.clone();
+            }
+            agreed
+        },
+    );
+    let cloud_status = status(&cloud);
+    assert_eq!(cloud_status["zone"], "");
+    assert_eq!(cloud_status["role"], "cloud");
+    assert_eq!(
+        cloud_status["hierarchy"]["aggregates"],
+        serde_json::json!([""])
+    );
+    let (aggregator, other) = if site_aggregator == ids[0] {
+        (e1, e2)
+    } else {
+        (e2, e1)
+    };
+    assert_eq!(
+        status(&aggregator)["hierarchy"]["aggregates"],
+        serde_json::json!(["site-a"])
+    );
+    let text = run(&other.dir, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("AGGREGATOR") && text.contains("(root)") && text.contains(&cloud_id[..12]),
+        "{text}"
+    );
+
+    // SIGKILL the site's aggregator: the other member takes over once the loss is detected.
+    let mut aggregator = aggregator;
+    aggregator.child.kill().unwrap();
+    aggregator.child.wait().unwrap();
+    let other_id = status(&other)["node_id"].as_str().unwrap().to_owned();
+    let took = wait_until("site-a re-elected", Duration::from_secs(10), || {
+        chain(&status(&other))
+            == vec![
+                ("site-a".to_owned(), other_id.clone()),
+                (String::new(), cloud_id.clone()),
+            ]
+    });
+    eprintln!(
+        "after a kill -9 of site-a's aggregator, the site re-elected within {took:?} (loss detection included)"
+    );
 }

@@ -5,8 +5,13 @@
 //! a [`Hello`]; a hello whose mesh or node id disagrees with the peer's certificate closes the
 //! connection. A frame that does not decode closes that connection with the reason logged; the
 //! node keeps serving its other peers.
+//!
+//! The actor also owns the zone aggregator election: it sends this node's [`Status`] on every
+//! new connection and to every peer when it changes, feeds received statuses, liveness and
+//! membership changes into the election, and reports changes of the aggregator chain as
+//! [`MeshEvent::Hierarchy`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +24,9 @@ use tokio::time::Instant;
 
 use super::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Interfaces};
 use super::identity::{MESH_SERVER_NAME, NodeCredentials, Revocations, node_id_of};
+use crate::proto::election::{self, Election, ElectionTiming, Hierarchy, ZoneError};
 use crate::proto::membership::{ConnId, InEvent, Membership, NodeId, OutEvent, PeerInfo, Timing};
-use crate::proto::wire::{Hello, Message, Role};
+use crate::proto::wire::{Capabilities, Hello, Message, Role, Status};
 
 /// Commands queued for the actor.
 pub const COMMANDS_CAP: usize = 64;
@@ -33,6 +39,9 @@ pub const CONN_OUTBOX_CAP: usize = 256;
 pub const MESH_EVENTS_CAP: usize = 1024;
 /// How long a dial or a hello may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a status that found a peer's queue full is sent again (the latest status then, so
+/// a peer never keeps an outdated one).
+pub const STATUS_RETRY: Duration = Duration::from_millis(50);
 
 /// How a node takes part in the mesh.
 #[derive(Debug, Clone)]
@@ -47,6 +56,8 @@ pub struct MeshConfig {
     pub zone: String,
     /// The node's role.
     pub role: Role,
+    /// What the node offers as an aggregator (with the role, its rank in elections).
+    pub capabilities: Capabilities,
     /// Where the QUIC endpoint listens.
     pub listen: SocketAddr,
     /// Peers to dial by address (e.g. the cloud).
@@ -68,6 +79,8 @@ pub enum MeshEvent {
     PeerDown(NodeId, String),
     /// A message for the layer above (catalogues and sync messages).
     Received(NodeId, Message),
+    /// This node's aggregator chain or the zones it aggregates changed.
+    Hierarchy(Hierarchy),
 }
 
 /// Errors of the driver.
@@ -96,6 +109,9 @@ pub enum MeshError {
     /// The message would not fit in one frame.
     #[error("a message of {0} bytes exceeds the frame limit")]
     TooLarge(usize),
+    /// The configured zone is not a valid zone path.
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
 }
 
 enum Command {
@@ -103,6 +119,8 @@ enum Command {
     Outbox(NodeId, oneshot::Sender<Option<mpsc::Sender<Message>>>),
     Disconnect(NodeId, String),
     Shutdown(oneshot::Sender<()>),
+    Hierarchy(oneshot::Sender<Hierarchy>),
+    SetCapabilities(Capabilities),
 }
 
 enum ConnEvent {
@@ -185,6 +203,26 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
+    /// This node's place in the hierarchy now: its zone, aggregator chain and the zones it
+    /// aggregates.
+    pub async fn hierarchy(&self) -> Result<Hierarchy, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Hierarchy(tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Updates what this node offers as an aggregator (free disk changes as it runs); peers
+    /// hear of it when its rank changes.
+    pub async fn set_capabilities(&self, capabilities: Capabilities) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::SetCapabilities(capabilities))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
     /// Says goodbye to every peer and on mDNS, then stops.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -203,6 +241,14 @@ pub async fn spawn(
     config: MeshConfig,
 ) -> Result<(MeshHandle, mpsc::Receiver<MeshEvent>), MeshError> {
     let me = config.credentials.node_id()?;
+    let election = Election::new(
+        me.clone(),
+        config.zone.clone(),
+        config.role,
+        config.capabilities,
+        ElectionTiming::default(),
+        Duration::ZERO,
+    )?;
     let server =
         QuicServerConfig::try_from(config.credentials.server_config(config.revoked.clone())?)
             .map_err(|e| {
@@ -278,6 +324,8 @@ pub async fn spawn(
         endpoint,
         discovery,
         membership,
+        election,
+        stale_status: BTreeSet::new(),
         epoch,
         conns: BTreeMap::new(),
         next_conn: 1,
@@ -304,6 +352,9 @@ struct Actor {
     endpoint: quinn::Endpoint,
     discovery: Option<Discovery>,
     membership: Membership<StdRng>,
+    election: Election,
+    /// Peers whose queue was full when a status was due: they get the latest one shortly.
+    stale_status: BTreeSet<NodeId>,
     epoch: Instant,
     conns: BTreeMap<ConnId, (mpsc::Sender<Message>, quinn::Connection)>,
     next_conn: ConnId,
@@ -325,7 +376,13 @@ impl Actor {
         let endpoint = self.endpoint.clone();
         self.flush().await;
         loop {
-            let wake = self.epoch + self.membership.poll_timeout();
+            let mut wake = self.epoch + self.membership.poll_timeout();
+            if let Some(at) = self.election.poll_timeout() {
+                wake = wake.min(self.epoch + at);
+            }
+            if !self.stale_status.is_empty() {
+                wake = wake.min(Instant::now() + STATUS_RETRY);
+            }
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -346,6 +403,13 @@ impl Actor {
                         {
                             connection.close(0u32.into(), close_reason(&reason));
                         }
+                    }
+                    Some(Command::Hierarchy(reply)) => {
+                        let _ = reply.send(self.election.hierarchy());
+                    }
+                    Some(Command::SetCapabilities(capabilities)) => {
+                        let now = self.now();
+                        self.election.set_capabilities(capabilities, now);
                     }
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
@@ -384,6 +448,7 @@ impl Actor {
                 () = tokio::time::sleep_until(wake) => {
                     let now = self.now();
                     self.membership.handle_timeout(now);
+                    self.election.handle_timeout(now);
                 }
             }
             self.flush().await;
@@ -414,11 +479,15 @@ impl Actor {
             }
             ConnEvent::Frame(conn, message) => {
                 self.membership.handle(InEvent::Received { conn }, now);
+                self.feed_election(conn, &message, now);
                 // Only the connection in use speaks for its peer; a duplicate about to close
                 // does not. Waiting for room is the backpressure that reaches the sender.
                 if matches!(
                     message,
-                    Message::Summary { .. } | Message::Catalogue { .. } | Message::Sync { .. }
+                    Message::Summary { .. }
+                        | Message::Buckets { .. }
+                        | Message::Catalogue { .. }
+                        | Message::Sync { .. }
                 ) && let Some(node) = self.membership.peer_of(conn).cloned()
                     && self.membership.connection(&node) == Some(conn)
                 {
@@ -437,9 +506,33 @@ impl Actor {
         }
     }
 
-    /// Carries out what the membership asked for.
+    /// Every frame on a peer's connection in use renews its election lease; a status is the
+    /// election's input.
+    fn feed_election(&mut self, conn: ConnId, message: &Message, now: Duration) {
+        let Some(node) = self.membership.peer_of(conn).cloned() else {
+            return;
+        };
+        if self.membership.connection(&node) != Some(conn) {
+            return;
+        }
+        match message {
+            Message::Status(status) => self.election.handle(
+                election::InEvent::Status {
+                    from: node,
+                    status: status.clone(),
+                },
+                now,
+            ),
+            _ => self.election.handle(election::InEvent::Heard(node), now),
+        }
+    }
+
+    /// Carries out what the membership and the election asked for.
     async fn flush(&mut self) {
-        while let Some(action) = self.membership.poll() {
+        let actions = self.membership.drain();
+        let now = self.now();
+        self.election.handle_membership(&actions, now);
+        for action in actions {
             match action {
                 OutEvent::Dial(addr) => self.dial(addr),
                 OutEvent::Send(conn, message) => {
@@ -471,6 +564,60 @@ impl Actor {
                     let _ = self.events.send(MeshEvent::PeerDown(node, reason)).await;
                 }
             }
+        }
+        self.flush_election().await;
+    }
+
+    async fn flush_election(&mut self) {
+        for node in std::mem::take(&mut self.stale_status) {
+            let status = self.election.status();
+            self.send_status(&node, status);
+        }
+        while let Some(action) = self.election.poll() {
+            match action {
+                election::OutEvent::Send(node, status) => self.send_status(&node, status),
+                election::OutEvent::Broadcast(status) => {
+                    let peers: Vec<NodeId> = self
+                        .conns
+                        .keys()
+                        .filter_map(|c| self.membership.peer_of(*c))
+                        .filter(|n| self.membership.connection(n).is_some())
+                        .cloned()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    for node in peers {
+                        self.send_status(&node, status.clone());
+                    }
+                }
+                election::OutEvent::Changed(hierarchy) => {
+                    tracing::info!(
+                        chain = ?hierarchy.chain,
+                        aggregates = ?hierarchy.aggregates,
+                        "aggregator chain changed"
+                    );
+                    let _ = self.events.send(MeshEvent::Hierarchy(hierarchy)).await;
+                }
+                election::OutEvent::Refused { from, reason } => {
+                    tracing::warn!(peer = %from, %reason, "ignored an election status");
+                }
+            }
+        }
+    }
+
+    /// Queues a status for a peer without waiting: a full queue marks the peer for a retry
+    /// with the latest status, so that the actor never blocks on one slow peer.
+    fn send_status(&mut self, node: &str, status: Status) {
+        let outbox = self
+            .membership
+            .connection(node)
+            .and_then(|c| self.conns.get(&c))
+            .map(|(outbox, _)| outbox);
+        if let Some(outbox) = outbox
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                outbox.try_send(Message::Status(status))
+        {
+            self.stale_status.insert(node.to_owned());
         }
     }
 

@@ -257,6 +257,11 @@ impl Revocations {
     pub fn contains(&self, node_id: &str) -> bool {
         self.0.read().expect("revocations lock").contains(node_id)
     }
+
+    /// The revoked ids now.
+    pub fn snapshot(&self) -> std::collections::BTreeSet<String> {
+        self.0.read().expect("revocations lock").clone()
+    }
 }
 
 /// What a node needs to take part in its mesh.

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::membership::NodeId;
 use super::wire::{
-    CatalogueEntry, DocIdBytes, HeadsDigest, MAX_CATALOGUE_ENTRIES, MAX_FRAME_LEN, Message,
+    BUCKETS, CatalogueEntry, DocIdBytes, HeadsDigest, MAX_CATALOGUE_ENTRIES, MAX_FRAME_LEN, Message,
 };
 
 /// A document id (the automerge-repo document id's bytes).
@@ -38,6 +38,11 @@ pub const ABSENT: HeadsDigest = [0; 16];
 /// The digest a catalogue gives for a document the sender retired (a tombstone): it is not
 /// sent to the sender again, and the sender does not send it either.
 pub const RETIRED: HeadsDigest = [0xff; 16];
+
+/// The bucket of a document: the top four bits of its id.
+fn bucket_of(doc: &DocId) -> usize {
+    usize::from(doc[0] >> 4)
+}
 
 /// Catalogue bytes per frame, well under the frame limit.
 const CATALOGUE_FRAME_BYTES: usize = MAX_FRAME_LEN / 4;
@@ -79,11 +84,18 @@ impl DocClass {
                     }
                 })
             }
+            // The zone path is written with `+` for `/`, and `+` alone for the root.
             "rollup" => {
-                let (zone, window) = rest.rsplit_once('/')?;
-                (!window.is_empty()).then(|| DocClass::Rollup {
-                    zone: zone.to_owned(),
-                })
+                let (zone, window) = rest.split_once('/')?;
+                if zone.is_empty() || window.is_empty() || window.contains('/') {
+                    return None;
+                }
+                let zone = if zone == "+" {
+                    String::new()
+                } else {
+                    zone.replace('+', "/")
+                };
+                Some(DocClass::Rollup { zone })
             }
             _ => None,
         }
@@ -358,16 +370,17 @@ pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R
     Ok(served)
 }
 
-/// Traffic with one peer, for status and benchmarks.
+/// Replication traffic with one peer since the connection started (summaries, catalogues and
+/// sync messages, as framed on the wire), for status and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerTraffic {
-    /// Sync payload bytes sent.
+    /// Frame bytes sent.
     pub bytes_sent: u64,
-    /// Sync payload bytes received.
+    /// Frame bytes received.
     pub bytes_received: u64,
-    /// Sync messages sent.
+    /// Frames sent.
     pub messages_sent: u64,
-    /// Sync messages received.
+    /// Frames received.
     pub messages_received: u64,
 }
 
@@ -405,10 +418,12 @@ struct PeerState {
     /// The summary last sent, so a matching summary from the peer can be answered with ours
     /// when ours has changed since.
     sent_summary: Option<HeadsDigest>,
-    /// Whether our catalogue went out in this round: one per direction per round (a connection,
-    /// or an explicit resync), so that changing documents cannot make catalogues ping-pong.
-    /// After the round, sync sessions carry each side's heads.
-    catalogue_sent: bool,
+    /// Whether our bucket digests went out in this round.
+    buckets_sent: bool,
+    /// The buckets whose catalogue went out in this round: one per bucket, direction and round
+    /// (a connection, a policy change or an explicit resync), so that changing documents cannot
+    /// make catalogues ping-pong. After the round, sync sessions carry each side's heads.
+    catalogue_sent: u16,
     sessions: BTreeMap<DocId, Session>,
     traffic: PeerTraffic,
 }
@@ -628,7 +643,7 @@ impl Replicator {
             .collect()
     }
 
-    fn summary_of(entries: &[CatalogueEntry]) -> HeadsDigest {
+    fn summary_of<'a>(entries: impl IntoIterator<Item = &'a CatalogueEntry>) -> HeadsDigest {
         let mut hash = Sha256::new();
         for entry in entries {
             hash.update(entry.doc);
@@ -637,10 +652,19 @@ impl Replicator {
         hash.finalize()[..16].try_into().expect("16 bytes")
     }
 
+    /// The digest of each bucket of the catalogue for a peer.
+    fn bucket_digests(&self, peer: &str) -> Vec<HeadsDigest> {
+        let entries = self.catalogue_for(peer);
+        (0..BUCKETS)
+            .map(|k| Self::summary_of(entries.iter().filter(|e| bucket_of(&e.doc) == k)))
+            .collect()
+    }
+
     /// Starts a new round of comparison with a peer.
     fn new_round(&mut self, peer: &str, reply: bool) {
         if let Some(state) = self.peers.get_mut(peer) {
-            state.catalogue_sent = false;
+            state.buckets_sent = false;
+            state.catalogue_sent = 0;
         }
         self.send_summary(peer, reply);
     }
@@ -651,32 +675,53 @@ impl Replicator {
         if let Some(state) = self.peers.get_mut(peer) {
             state.sent_summary = Some(digest);
         }
-        self.out.push_back(SyncOut::Send(
-            peer.to_owned(),
+        self.send(
+            peer,
             Message::Summary {
                 digest,
                 docs: entries.len() as u64,
                 reply,
             },
-        ));
+        );
     }
 
-    fn send_catalogue(&mut self, peer: &str) {
+    fn send_buckets(&mut self, peer: &str) {
+        let digests = self.bucket_digests(peer);
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.buckets_sent = true;
+        }
+        self.send(peer, Message::Buckets { digests });
+    }
+
+    /// Sends the catalogue of the buckets in `mask` not sent yet in this round.
+    fn send_catalogue(&mut self, peer: &str, mask: u16) {
+        let Some(state) = self.peers.get(peer) else {
+            return;
+        };
+        let mask = mask & !state.catalogue_sent;
+        if mask == 0 {
+            return;
+        }
         let entries = self.catalogue_for(peer);
         let mut frame = Vec::new();
         let mut bytes = 0;
         for entry in entries {
+            if mask & (1 << bucket_of(&entry.doc)) == 0 {
+                continue;
+            }
             let len = 33 + entry.name.len();
             if !frame.is_empty()
                 && (frame.len() == MAX_CATALOGUE_ENTRIES || bytes + len > CATALOGUE_FRAME_BYTES)
             {
-                self.out.push_back(SyncOut::Send(
-                    peer.to_owned(),
+                let entries = std::mem::take(&mut frame);
+                self.send(
+                    peer,
                     Message::Catalogue {
+                        buckets: mask,
                         complete: false,
-                        entries: std::mem::take(&mut frame),
+                        entries,
                     },
-                ));
+                );
                 bytes = 0;
             }
             bytes += len;
@@ -684,20 +729,39 @@ impl Replicator {
         }
         if let Some(state) = self.peers.get_mut(peer) {
             state.named.extend(frame.iter().map(|e| e.doc));
-            state.catalogue_sent = true;
+            state.catalogue_sent |= mask;
         }
-        self.out.push_back(SyncOut::Send(
-            peer.to_owned(),
+        self.send(
+            peer,
             Message::Catalogue {
+                buckets: mask,
                 complete: true,
                 entries: frame,
             },
-        ));
+        );
+    }
+
+    fn send(&mut self, peer: &str, message: Message) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.traffic.bytes_sent += message.encoded_len() as u64;
+            state.traffic.messages_sent += 1;
+        }
+        self.out.push_back(SyncOut::Send(peer.to_owned(), message));
     }
 
     fn received(&mut self, peer: NodeId, message: Message) {
-        if !self.peers.contains_key(&peer) {
+        let Some(state) = self.peers.get_mut(&peer) else {
             return;
+        };
+        if matches!(
+            message,
+            Message::Summary { .. }
+                | Message::Buckets { .. }
+                | Message::Catalogue { .. }
+                | Message::Sync { .. }
+        ) {
+            state.traffic.bytes_received += message.encoded_len() as u64;
+            state.traffic.messages_received += 1;
         }
         match message {
             Message::Summary { digest, reply, .. } => {
@@ -714,11 +778,38 @@ impl Replicator {
                     if reply || state.sent_summary != Some(current) {
                         self.send_summary(&peer, false);
                     }
-                } else if !state.catalogue_sent {
-                    self.send_catalogue(&peer);
+                } else if !state.buckets_sent {
+                    self.send_buckets(&peer);
                 }
             }
-            Message::Catalogue { complete, entries } => {
+            Message::Buckets { digests } => {
+                let ours = self.bucket_digests(&peer);
+                let mut differ: u16 = 0;
+                let mut same = Vec::new();
+                for (k, (mine, theirs)) in ours.iter().zip(&digests).enumerate() {
+                    if mine == theirs {
+                        same.push(k);
+                    } else {
+                        differ |= 1 << k;
+                    }
+                }
+                let entries = self.catalogue_for(&peer);
+                let state = self.peers.get_mut(&peer).expect("checked above");
+                for entry in entries.iter().filter(|e| same.contains(&bucket_of(&e.doc))) {
+                    state.theirs.insert(entry.doc, entry.digest);
+                    state.named.insert(entry.doc);
+                }
+                let answer_buckets = !state.buckets_sent;
+                if answer_buckets {
+                    self.send_buckets(&peer);
+                }
+                self.send_catalogue(&peer, differ);
+            }
+            Message::Catalogue {
+                buckets,
+                complete,
+                entries,
+            } => {
                 let state = self.peers.get_mut(&peer).expect("checked above");
                 // A peer may not make this node buffer more than a catalogue's bound.
                 if state.incoming.len() + entries.len() > MAX_CATALOGUE_ENTRIES * 4 {
@@ -732,13 +823,10 @@ impl Replicator {
                 state.incoming.extend(entries);
                 if complete {
                     let entries = std::mem::take(&mut state.incoming);
-                    let answer = !state.catalogue_sent;
-                    self.catalogue_received(&peer, entries);
-                    // Each side learns the other's digests once per round, also those that are
-                    // equal and so start no session.
-                    if answer {
-                        self.send_catalogue(&peer);
-                    }
+                    self.catalogue_received(&peer, entries, buckets);
+                    // Each side learns the other's digests of a bucket once per round, also
+                    // those that are equal and so start no session.
+                    self.send_catalogue(&peer, buckets);
                 }
             }
             Message::Sync { doc, name, payload } => self.sync_received(peer, doc, name, payload),
@@ -746,11 +834,15 @@ impl Replicator {
         }
     }
 
-    fn catalogue_received(&mut self, peer: &NodeId, entries: Vec<CatalogueEntry>) {
+    fn catalogue_received(&mut self, peer: &NodeId, entries: Vec<CatalogueEntry>, buckets: u16) {
+        let listed = |doc: &DocId| buckets & (1 << bucket_of(doc)) != 0;
         let mut theirs: BTreeMap<DocId, HeadsDigest> = BTreeMap::new();
         {
             let state = self.peers.get_mut(peer).expect("connected");
             for entry in entries {
+                if !listed(&entry.doc) {
+                    continue;
+                }
                 // Only what this node would share with the peer counts; the rest is ignored.
                 let Some(class) = DocClass::of(&entry.name) else {
                     continue;
@@ -764,7 +856,9 @@ impl Replicator {
             }
         }
         for entry in self.catalogue_for(peer) {
-            theirs.entry(entry.doc).or_insert(ABSENT);
+            if listed(&entry.doc) {
+                theirs.entry(entry.doc).or_insert(ABSENT);
+            }
         }
         let wanted: Vec<(DocId, u8)> = theirs
             .iter()
@@ -774,7 +868,9 @@ impl Replicator {
             })
             .map(|(doc, _)| (*doc, self.priority_of(peer, doc)))
             .collect();
-        self.peers.get_mut(peer).expect("connected").theirs = theirs;
+        let state = self.peers.get_mut(peer).expect("connected");
+        state.theirs.retain(|doc, _| !listed(doc));
+        state.theirs.extend(theirs);
         for (doc, priority) in wanted {
             self.want(peer, doc, priority);
         }
@@ -782,8 +878,6 @@ impl Replicator {
 
     fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
         let state = self.peers.get_mut(&peer).expect("checked by the caller");
-        state.traffic.bytes_received += payload.len() as u64;
-        state.traffic.messages_received += 1;
         if let Some(name) = &name {
             state.their_names.insert(doc, name.clone());
         }
@@ -988,10 +1082,14 @@ mod tests {
             })
         );
         assert_eq!(
-            DocClass::of("rollup/site-a/line-3/2026-11-24T04:00Z+60m"),
+            DocClass::of("rollup/site-a+line-3/2026-11-24T04:00Z+60m"),
             Some(DocClass::Rollup {
                 zone: "site-a/line-3".into()
             })
+        );
+        assert_eq!(
+            DocClass::of("rollup/+/2026-11-24T04:00Z+60m"),
+            Some(DocClass::Rollup { zone: "".into() })
         );
         assert_eq!(DocClass::of("results/ab12"), None);
         assert_eq!(DocClass::of("workflow/"), None);
@@ -1003,7 +1101,7 @@ mod tests {
     fn policy_routes_results_to_the_owners_aggregator_and_rollups_up_the_chain() {
         let mut policy = SharePolicy::default();
         let results = DocClass::of("results/o/w").unwrap();
-        let rollup = DocClass::of("rollup/site-a/line-3/w").unwrap();
+        let rollup = DocClass::of("rollup/site-a+line-3/w").unwrap();
         assert!(policy.shares(&DocClass::Mesh, "x"));
         assert!(policy.shares(&DocClass::Workflow, "x"));
         assert!(policy.shares(&results, "o"));
@@ -1086,6 +1184,7 @@ mod tests {
             SyncIn::Received(
                 "b".into(),
                 Message::Catalogue {
+                    buckets: u16::MAX,
                     complete: true,
                     entries: vec![entry(3, 9, "mesh")],
                 },

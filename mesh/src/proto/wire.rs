@@ -21,8 +21,15 @@ pub const MAX_STRING_LEN: usize = 1024;
 /// Most entries in one catalogue frame; larger catalogues are split over several frames.
 pub const MAX_CATALOGUE_ENTRIES: usize = 65_536;
 
+/// Most zones one status message names in its claims, and most entries in its chain. A zone
+/// path has at most `election::MAX_ZONE_DEPTH` levels, so real messages stay far below this.
+pub const MAX_STATUS_ZONES: usize = 32;
+
 /// Bytes of the frame header after the length field.
 const HEADER_LEN: usize = 2;
+
+/// How many buckets a catalogue is divided into (by the top four bits of document ids).
+pub const BUCKETS: usize = 16;
 
 /// A 16-byte document id (the automerge-repo document id's bytes).
 pub type DocIdBytes = [u8; 16];
@@ -38,6 +45,61 @@ pub enum Role {
     Edge,
     /// A cloud peer.
     Cloud,
+}
+
+/// The power source a node announces; it feeds the aggregator election's rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Power {
+    /// Not known (no power supply information, or not configured).
+    Unknown,
+    /// Running on battery.
+    Battery,
+    /// Mains power.
+    Mains,
+}
+
+/// What a node can offer as an aggregator, as it announces it. Uptime is not here: the election
+/// measures it itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Capabilities {
+    /// Power source.
+    pub power: Power,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Total memory, MiB.
+    pub memory_mb: u64,
+    /// Free space on the filesystem of the node's data dir, MiB.
+    pub disk_free_mb: u64,
+}
+
+/// A zone the sender aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Claim {
+    /// The zone path (`""` is the root).
+    pub zone: String,
+    /// True once the sender has held the claim for the election's settling time: an
+    /// established claim outranks a fresh one when two nodes claim the same zone.
+    pub established: bool,
+}
+
+/// A node's election status: its zone, rank inputs, the zones it aggregates and the aggregator
+/// chain it sees. Sent on every new connection and whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The sender's zone path (`""` is the root).
+    pub zone: String,
+    /// The sender's role.
+    pub role: Role,
+    /// The sender's capabilities.
+    pub caps: Capabilities,
+    /// Seconds since the sender's election started, when this status was made.
+    pub uptime_s: u64,
+    /// The zones the sender aggregates, from its own zone upwards (at most
+    /// [`MAX_STATUS_ZONES`]).
+    pub aggregates: Vec<Claim>,
+    /// The sender's aggregator chain, from its zone up to the root: each zone with its
+    /// aggregator, if known (at most [`MAX_STATUS_ZONES`] entries).
+    pub chain: Vec<(String, Option<String>)>,
 }
 
 /// Everything one node says to another over a connection.
@@ -63,9 +125,19 @@ pub enum Message {
         /// (an explicit `sync` request).
         reply: bool,
     },
-    /// The documents the sender may share with the receiver, with a digest of their heads and
-    /// their names (a receiver verifies a name against the id, which derives from it).
+    /// After summaries differ: a digest per bucket of the sender's catalogue for the
+    /// receiver (a document's bucket is the top four bits of its id), so that only the buckets
+    /// that differ are listed whole.
+    Buckets {
+        /// [`BUCKETS`] digests, bucket 0 first.
+        digests: Vec<HeadsDigest>,
+    },
+    /// The documents of some buckets that the sender may share with the receiver, with a
+    /// digest of their heads and their names (a receiver verifies a name against the id, which
+    /// derives from it).
     Catalogue {
+        /// The buckets listed, one bit each (bit `k` for bucket `k`).
+        buckets: u16,
         /// True on the last frame of a catalogue that did not fit in one.
         complete: bool,
         /// The documents.
@@ -86,6 +158,8 @@ pub enum Message {
         /// Why, for the other side's log.
         reason: String,
     },
+    /// The sender's election status (capabilities, claims, aggregator chain).
+    Status(Status),
 }
 
 /// One document of a catalogue.
@@ -158,7 +232,9 @@ const KIND_HEARTBEAT: u8 = 2;
 const KIND_CATALOGUE: u8 = 3;
 const KIND_SYNC: u8 = 4;
 const KIND_GOODBYE: u8 = 5;
-const KIND_SUMMARY: u8 = 6;
+const KIND_STATUS: u8 = 6;
+const KIND_SUMMARY: u8 = 7;
+const KIND_BUCKETS: u8 = 8;
 
 /// Smallest encoding of a catalogue entry (id, digest, empty name), to check a claimed count
 /// against the bytes present before allocating for it.
@@ -179,10 +255,7 @@ impl Message {
                 out.push(KIND_HELLO);
                 put_str(out, &hello.mesh_id);
                 put_str(out, &hello.node_id);
-                out.push(match hello.role {
-                    Role::Edge => 0,
-                    Role::Cloud => 1,
-                });
+                out.push(role_byte(hello.role));
                 put_str(out, &hello.zone);
                 out.extend_from_slice(&hello.listen_port.to_be_bytes());
             }
@@ -200,12 +273,24 @@ impl Message {
                 put_varint(out, *docs);
                 out.push(u8::from(*reply));
             }
-            Message::Catalogue { complete, entries } => {
+            Message::Buckets { digests } => {
+                assert!(digests.len() == BUCKETS, "a bucket digest per bucket");
+                out.push(KIND_BUCKETS);
+                for digest in digests {
+                    out.extend_from_slice(digest);
+                }
+            }
+            Message::Catalogue {
+                buckets,
+                complete,
+                entries,
+            } => {
                 assert!(
                     entries.len() <= MAX_CATALOGUE_ENTRIES,
                     "catalogue too large"
                 );
                 out.push(KIND_CATALOGUE);
+                out.extend_from_slice(&buckets.to_be_bytes());
                 out.push(u8::from(*complete));
                 put_varint(out, entries.len() as u64);
                 for entry in entries {
@@ -230,6 +315,37 @@ impl Message {
                 out.push(KIND_GOODBYE);
                 put_str(out, reason);
             }
+            Message::Status(status) => {
+                assert!(
+                    status.aggregates.len() <= MAX_STATUS_ZONES
+                        && status.chain.len() <= MAX_STATUS_ZONES,
+                    "status names too many zones"
+                );
+                out.push(KIND_STATUS);
+                put_str(out, &status.zone);
+                out.push(role_byte(status.role));
+                out.push(power_byte(status.caps.power));
+                put_varint(out, u64::from(status.caps.cpus));
+                put_varint(out, status.caps.memory_mb);
+                put_varint(out, status.caps.disk_free_mb);
+                put_varint(out, status.uptime_s);
+                put_varint(out, status.aggregates.len() as u64);
+                for claim in &status.aggregates {
+                    put_str(out, &claim.zone);
+                    out.push(u8::from(claim.established));
+                }
+                put_varint(out, status.chain.len() as u64);
+                for (zone, node) in &status.chain {
+                    put_str(out, zone);
+                    match node {
+                        None => out.push(0),
+                        Some(node) => {
+                            out.push(1);
+                            put_str(out, node);
+                        }
+                    }
+                }
+            }
         }
         let len = out.len() - start - 4;
         assert!(
@@ -248,14 +364,36 @@ impl Message {
             }
             Message::Heartbeat { seq } => varint_len(*seq),
             Message::Summary { docs, .. } => 16 + varint_len(*docs) + 1,
+            Message::Buckets { digests } => digests.len() * 16,
             Message::Catalogue { entries, .. } => {
-                1 + varint_len(entries.len() as u64)
+                2 + 1
+                    + varint_len(entries.len() as u64)
                     + entries.iter().map(|e| 32 + str_len(&e.name)).sum::<usize>()
             }
             Message::Sync { name, payload, .. } => {
                 16 + 1 + name.as_deref().map_or(0, str_len) + payload.len()
             }
             Message::Goodbye { reason } => str_len(reason),
+            Message::Status(status) => {
+                str_len(&status.zone)
+                    + 2
+                    + varint_len(u64::from(status.caps.cpus))
+                    + varint_len(status.caps.memory_mb)
+                    + varint_len(status.caps.disk_free_mb)
+                    + varint_len(status.uptime_s)
+                    + varint_len(status.aggregates.len() as u64)
+                    + status
+                        .aggregates
+                        .iter()
+                        .map(|c| str_len(&c.zone) + 1)
+                        .sum::<usize>()
+                    + varint_len(status.chain.len() as u64)
+                    + status
+                        .chain
+                        .iter()
+                        .map(|(zone, node)| str_len(zone) + 1 + node.as_deref().map_or(0, str_len))
+                        .sum::<usize>()
+            }
         };
         4 + HEADER_LEN + body
     }
@@ -312,7 +450,16 @@ impl Message {
             KIND_HEARTBEAT => Message::Heartbeat {
                 seq: r.varint("heartbeat sequence")?,
             },
+            KIND_BUCKETS => {
+                let mut digests = Vec::with_capacity(BUCKETS);
+                for _ in 0..BUCKETS {
+                    digests.push(r.id("bucket digest")?);
+                }
+                Message::Buckets { digests }
+            }
             KIND_CATALOGUE => {
+                let mask = r.take(2, "catalogue buckets")?;
+                let buckets = u16::from_be_bytes([mask[0], mask[1]]);
                 let complete = r.flag("catalogue flag")?;
                 let count = r.varint("catalogue length")?;
                 if count > MAX_CATALOGUE_ENTRIES as u64 {
@@ -335,7 +482,11 @@ impl Message {
                         name: r.string("catalogue document name")?,
                     });
                 }
-                Message::Catalogue { complete, entries }
+                Message::Catalogue {
+                    buckets,
+                    complete,
+                    entries,
+                }
             }
             KIND_SUMMARY => Message::Summary {
                 digest: r.id("summary digest")?,
@@ -356,12 +507,85 @@ impl Message {
             KIND_GOODBYE => Message::Goodbye {
                 reason: r.string("goodbye reason")?,
             },
+            KIND_STATUS => Message::Status(decode_status(&mut r)?),
             other => return Err(WireError::UnknownKind(other)),
         };
         if !r.buf.is_empty() {
             return Err(WireError::TrailingBytes(r.buf.len()));
         }
         Ok(message)
+    }
+}
+
+fn decode_status(r: &mut Reader<'_>) -> Result<Status, WireError> {
+    let zone = r.string("status zone")?;
+    let role = match r.byte("status role")? {
+        0 => Role::Edge,
+        1 => Role::Cloud,
+        _ => return Err(WireError::Invalid("status role")),
+    };
+    let power = match r.byte("status power")? {
+        0 => Power::Unknown,
+        1 => Power::Battery,
+        2 => Power::Mains,
+        _ => return Err(WireError::Invalid("status power")),
+    };
+    let cpus =
+        u32::try_from(r.varint("status cpus")?).map_err(|_| WireError::Invalid("status cpus"))?;
+    let memory_mb = r.varint("status memory")?;
+    let disk_free_mb = r.varint("status free disk")?;
+    let uptime_s = r.varint("status uptime")?;
+    // Each claim takes at least two bytes and each chain entry at least two, so a count is
+    // checked against both its bound and the bytes present before anything is allocated.
+    let claims = r.count("status claims", MAX_STATUS_ZONES, 2)?;
+    let mut aggregates = Vec::with_capacity(claims);
+    for _ in 0..claims {
+        let zone = r.string("status claim zone")?;
+        let established = match r.byte("status claim flag")? {
+            0 => false,
+            1 => true,
+            _ => return Err(WireError::Invalid("status claim flag")),
+        };
+        aggregates.push(Claim { zone, established });
+    }
+    let entries = r.count("status chain", MAX_STATUS_ZONES, 2)?;
+    let mut chain = Vec::with_capacity(entries);
+    for _ in 0..entries {
+        let zone = r.string("status chain zone")?;
+        let node = match r.byte("status chain flag")? {
+            0 => None,
+            1 => Some(r.string("status chain node")?),
+            _ => return Err(WireError::Invalid("status chain flag")),
+        };
+        chain.push((zone, node));
+    }
+    Ok(Status {
+        zone,
+        role,
+        caps: Capabilities {
+            power,
+            cpus,
+            memory_mb,
+            disk_free_mb,
+        },
+        uptime_s,
+        aggregates,
+        chain,
+    })
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Edge => 0,
+        Role::Cloud => 1,
+    }
+}
+
+fn power_byte(power: Power) -> u8 {
+    match power {
+        Power::Unknown => 0,
+        Power::Battery => 1,
+        Power::Mains => 2,
     }
 }
 
@@ -376,6 +600,16 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
         return Err(WireError::Oversized(len));
     }
     Ok(Some(len))
+}
+
+impl fmt::Display for Power {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Power::Unknown => "unknown",
+            Power::Battery => "battery",
+            Power::Mains => "mains",
+        })
+    }
 }
 
 impl fmt::Display for Role {
@@ -463,6 +697,28 @@ impl<'a> Reader<'a> {
         Err(WireError::Invalid(field))
     }
 
+    /// A length-prefixed count of items of at least `min_item` bytes each, at most `max`.
+    fn count(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        min_item: usize,
+    ) -> Result<usize, WireError> {
+        let count = self.varint(field)?;
+        if count > max as u64 {
+            return Err(WireError::FieldTooLong {
+                field,
+                len: count,
+                max,
+            });
+        }
+        let count = count as usize;
+        if self.buf.len() < count * min_item {
+            return Err(WireError::Truncated(field));
+        }
+        Ok(count)
+    }
+
     fn string(&mut self, field: &'static str) -> Result<String, WireError> {
         let len = self.varint(field)?;
         if len > MAX_STRING_LEN as u64 {
@@ -512,7 +768,10 @@ mod tests {
                     reply,
                 }
             }),
+            proptest::collection::vec(any::<[u8; 16]>(), BUCKETS)
+                .prop_map(|digests| Message::Buckets { digests }),
             (
+                any::<u16>(),
                 any::<bool>(),
                 proptest::collection::vec(
                     (any::<[u8; 16]>(), any::<[u8; 16]>(), arb_string())
@@ -520,7 +779,11 @@ mod tests {
                     0..20
                 )
             )
-                .prop_map(|(complete, entries)| Message::Catalogue { complete, entries }),
+                .prop_map(|(buckets, complete, entries)| Message::Catalogue {
+                    buckets,
+                    complete,
+                    entries
+                }),
             (
                 any::<[u8; 16]>(),
                 proptest::option::of(arb_string()),
@@ -528,7 +791,44 @@ mod tests {
             )
                 .prop_map(|(doc, name, payload)| Message::Sync { doc, name, payload }),
             arb_string().prop_map(|reason| Message::Goodbye { reason }),
+            arb_status().prop_map(Message::Status),
         ]
+    }
+
+    fn arb_status() -> impl Strategy<Value = Status> {
+        (
+            (
+                arb_string(),
+                any::<bool>(),
+                0u8..3,
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            proptest::collection::vec((arb_string(), any::<bool>()), 0..6),
+            proptest::collection::vec((arb_string(), proptest::option::of(arb_string())), 0..6),
+        )
+            .prop_map(
+                |((zone, cloud, power, cpus, memory_mb, disk_free_mb, uptime_s), claims, chain)| {
+                    Status {
+                        zone,
+                        role: if cloud { Role::Cloud } else { Role::Edge },
+                        caps: Capabilities {
+                            power: [Power::Unknown, Power::Battery, Power::Mains][power as usize],
+                            cpus,
+                            memory_mb,
+                            disk_free_mb,
+                        },
+                        uptime_s,
+                        aggregates: claims
+                            .into_iter()
+                            .map(|(zone, established)| Claim { zone, established })
+                            .collect(),
+                        chain,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -565,6 +865,23 @@ mod tests {
             let _ = Message::decode(&bytes);
             let _ = Message::decode_body(&bytes);
         }
+
+        /// Random bytes rarely reach deep into a message; damaged valid frames do. Whatever
+        /// still decodes must re-encode to exactly the bytes it came from.
+        #[test]
+        fn damaged_frames_never_panic_and_reencode_exactly(
+            message in arb_message(),
+            damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut frame = message.to_frame();
+            for (at, byte) in damage {
+                let at = 4 + at % (frame.len() - 4);
+                frame[at] = byte;
+            }
+            if let Ok(Some((decoded, used))) = Message::decode(&frame) {
+                prop_assert_eq!(decoded.to_frame(), &frame[..used]);
+            }
+        }
     }
 
     #[test]
@@ -588,10 +905,36 @@ mod tests {
         frame[3] += 1;
         assert_eq!(Message::decode(&frame), Err(WireError::TrailingBytes(1)));
         // A catalogue that claims more entries than it carries is refused before allocating.
-        let body = [WIRE_VERSION, KIND_CATALOGUE, 1, 0xff, 0xff, 0x03];
+        let body = [WIRE_VERSION, KIND_CATALOGUE, 0, 1, 1, 0xff, 0xff, 0x03];
         assert_eq!(
             Message::decode_body(&body),
             Err(WireError::Truncated("catalogue entries"))
+        );
+        // A status that claims more zones than allowed, or more than it carries.
+        let body = [WIRE_VERSION, KIND_STATUS, 0, 0, 2, 1, 1, 1, 1, 33];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::FieldTooLong {
+                field: "status claims",
+                len: 33,
+                max: MAX_STATUS_ZONES
+            })
+        );
+        let body = [WIRE_VERSION, KIND_STATUS, 0, 0, 2, 1, 1, 1, 1, 3, 0, 0];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::Truncated("status claims"))
+        );
+        let body = [WIRE_VERSION, KIND_STATUS, 0, 0, 3, 1, 1, 1, 1, 0, 0];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::Invalid("status power"))
+        );
+        // A chain entry whose presence flag is neither 0 nor 1.
+        let body = [WIRE_VERSION, KIND_STATUS, 0, 0, 2, 1, 1, 1, 1, 0, 1, 0, 2];
+        assert_eq!(
+            Message::decode_body(&body),
+            Err(WireError::Invalid("status chain flag"))
         );
         // A non-minimal varint.
         let body = [WIRE_VERSION, KIND_HEARTBEAT, 0x81, 0x00];

@@ -1,0 +1,26 @@
+//! The `rhizome` node: CLI, configuration, the local HTTP API, the workflow engine and its
+//! scheduler, and the glue between mesh, store and agents.
+//!
+//! The binary (`src/main.rs`) only parses the command line and sets up logging; everything else
+//! lives here so that benchmarks reach the engine and the scheduler. This is the binary's
+//! inside, not a stable API for other programs. It must never hold protocol logic of its own:
+//! that belongs to `mesh::proto`, documents to `crdt-store`, agents to `agents`.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod hierarchy;
+pub mod http;
+pub mod http_runs;
+pub mod identity;
+pub mod mesh_admin;
+pub mod node;
+pub mod output;
+pub mod resources;
+pub mod rollup;
+pub mod scheduler;
+pub mod sync;
+pub mod workflow;

@@ -1,0 +1,385 @@
+//! Document sync in a running node: the replication machine of `mesh::proto::sync` driven over
+//! the mesh, with the store as its replica.
+//!
+//! One actor owns the [`Replicator`]. It never waits on the network or the store while events
+//! are waiting: store work runs as one batch at a time on the store thread (answers come back
+//! as events), and frames go to one forwarding task per peer, which waits for room in that
+//! peer's connection. A peer whose forwarding queue overflows is not reading: its connection is
+//! closed, and the next connection resumes from the persisted sync state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crdt_store::{StoreError, StoreHandle};
+use mesh::net::driver::{MeshEvent, MeshHandle};
+use mesh::proto::election::Hierarchy;
+use mesh::proto::membership::NodeId;
+use mesh::proto::sync::{
+    PeerSyncStatus, Replicator, Served, SharePolicy, SyncConfig, SyncIn, SyncOut,
+};
+use mesh::proto::wire::{CatalogueEntry, DocIdBytes, Message};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// Commands queued for the sync actor.
+const COMMANDS_CAP: usize = 64;
+/// Frames queued for one peer's forwarding task. The protocol bounds what is in flight (a
+/// generate per document and peer, at most `max_outstanding` at once), so a full queue means
+/// the peer stopped reading.
+const FORWARD_CAP: usize = 8192;
+
+/// Local document changes waiting for the actor, coalesced per document (so the set is bounded
+/// by the number of documents).
+#[derive(Debug)]
+pub struct ChangeFeed {
+    changed: Mutex<BTreeMap<DocIdBytes, CatalogueEntry>>,
+    notify: Notify,
+    /// Bumped when the `mesh` document changes; several tasks follow it.
+    mesh: watch::Sender<u64>,
+    /// Bumped when a workflow document changes.
+    workflows: watch::Sender<u64>,
+    /// Results and rollup documents changed since the rollup writer last looked, by name.
+    results: Mutex<BTreeSet<String>>,
+    results_changed: Notify,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed {
+            changed: Mutex::default(),
+            notify: Notify::new(),
+            mesh: watch::channel(0).0,
+            workflows: watch::channel(0).0,
+            results: Mutex::default(),
+            results_changed: Notify::new(),
+        }
+    }
+}
+
+impl ChangeFeed {
+    /// Records a change; called on the store thread by the store's change listener.
+    pub fn push(&self, entry: CatalogueEntry) {
+        if entry.name == "mesh" {
+            self.mesh.send_modify(|v| *v += 1);
+        } else if entry.name.starts_with("workflow/") {
+            self.workflows.send_modify(|v| *v += 1);
+        } else if entry.name.starts_with("results/") || entry.name.starts_with("rollup/") {
+            self.results
+                .lock()
+                .expect("change feed lock")
+                .insert(entry.name.clone());
+            self.results_changed.notify_one();
+        }
+        self.changed
+            .lock()
+            .expect("change feed lock")
+            .insert(entry.doc, entry);
+        self.notify.notify_one();
+    }
+
+    /// Follows changes of the `mesh` document.
+    pub fn mesh_changes(&self) -> watch::Receiver<u64> {
+        self.mesh.subscribe()
+    }
+
+    /// Waits until a results or rollup document changed, then takes the names of those that
+    /// did.
+    pub async fn results_changed(&self) -> BTreeSet<String> {
+        loop {
+            let taken = std::mem::take(&mut *self.results.lock().expect("change feed lock"));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.results_changed.notified().await;
+        }
+    }
+
+    /// Follows changes of workflow documents.
+    pub fn workflow_changes(&self) -> watch::Receiver<u64> {
+        self.workflows.subscribe()
+    }
+
+    fn take(&self) -> Vec<CatalogueEntry> {
+        std::mem::take(&mut *self.changed.lock().expect("change feed lock"))
+            .into_values()
+            .collect()
+    }
+}
+
+enum Command {
+    Status(oneshot::Sender<Vec<PeerSyncStatus>>),
+    Resync(Option<NodeId>),
+    Policy(SharePolicy),
+}
+
+/// A cheap handle to the sync actor.
+#[derive(Debug, Clone)]
+pub struct SyncHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Status(_) => "Status",
+            Command::Resync(_) => "Resync",
+            Command::Policy(_) => "Policy",
+        })
+    }
+}
+
+impl SyncHandle {
+    /// Where replication with each connected peer stands.
+    pub async fn status(&self) -> Vec<PeerSyncStatus> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Status(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Compares catalogues with a peer (or all) again.
+    pub async fn resync(&self, peer: Option<NodeId>) {
+        let _ = self.commands.send(Command::Resync(peer)).await;
+    }
+
+    /// Tells replication who aggregates which zone.
+    pub async fn set_policy(&self, policy: SharePolicy) {
+        let _ = self.commands.send(Command::Policy(policy)).await;
+    }
+
+    /// Asks connected peers (or one) to compare again, then waits until every shared document
+    /// is known to be equal on both sides, or until `timeout`. Returns the last status of the
+    /// peers asked about.
+    pub async fn sync(
+        &self,
+        peer: Option<NodeId>,
+        timeout: Duration,
+    ) -> (bool, Vec<PeerSyncStatus>) {
+        self.resync(peer.clone()).await;
+        let deadline = Instant::now() + timeout;
+        // The resync request reaches the peer and its answer comes back before the status means
+        // anything; polling covers that and any sessions it starts.
+        let mut wait = Duration::from_millis(5);
+        loop {
+            tokio::time::sleep(wait).await;
+            let status: Vec<PeerSyncStatus> = self
+                .status()
+                .await
+                .into_iter()
+                .filter(|s| peer.as_ref().is_none_or(|p| *p == s.peer))
+                .collect();
+            let converged = status.iter().all(|s| s.pending.is_empty())
+                && (peer.is_none() || !status.is_empty());
+            if converged || Instant::now() >= deadline {
+                return (converged, status);
+            }
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+type StoreCall = Pin<Box<dyn Future<Output = Result<Served, StoreError>> + Send>>;
+
+/// Starts the sync actor. `events` are the mesh's events (the actor consumes all of them);
+/// `changes` is fed by the store's change listener.
+pub async fn spawn(
+    me: NodeId,
+    store: StoreHandle,
+    mesh: MeshHandle,
+    events: mpsc::Receiver<MeshEvent>,
+    changes: Arc<ChangeFeed>,
+    hierarchy: watch::Sender<Option<Hierarchy>>,
+) -> Result<SyncHandle, StoreError> {
+    let catalogue = store
+        .call(mesh::proto::sync::Replica::catalogue)
+        .recv()
+        .await?;
+    let epoch = Instant::now();
+    let mut replicator = Replicator::new(me.clone(), SyncConfig::default());
+    replicator.handle(SyncIn::LocalDocs(catalogue), Duration::ZERO);
+    let (commands, command_rx) = mpsc::channel(COMMANDS_CAP);
+    let actor = Actor {
+        replicator,
+        store,
+        mesh,
+        forwarders: BTreeMap::new(),
+        hierarchy,
+        waiting: Vec::new(),
+        epoch,
+    };
+    let span = tracing::info_span!("sync", node = %me);
+    tokio::spawn(tracing::Instrument::instrument(
+        actor.run(command_rx, events, changes),
+        span,
+    ));
+    Ok(SyncHandle { commands })
+}
+
+struct Actor {
+    replicator: Replicator,
+    store: StoreHandle,
+    mesh: MeshHandle,
+    forwarders: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    /// The election's latest view, for whoever derives the share policy from it.
+    hierarchy: watch::Sender<Option<Hierarchy>>,
+    /// Store operations waiting for the batch in flight to finish.
+    waiting: Vec<SyncOut>,
+    epoch: Instant,
+}
+
+impl Actor {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<MeshEvent>,
+        changes: Arc<ChangeFeed>,
+    ) {
+        // One store batch at a time; what arrives meanwhile waits in `waiting`.
+        let mut store_call: Option<StoreCall> = None;
+        loop {
+            if store_call.is_none() && !self.waiting.is_empty() {
+                let ops = std::mem::take(&mut self.waiting);
+                let ticket = self.store.call(move |s| mesh::proto::sync::serve(s, ops));
+                store_call = Some(Box::pin(ticket.recv()));
+            }
+            let wake = self
+                .replicator
+                .poll_timeout(self.now())
+                .map(|t| self.epoch + t);
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Status(reply)) => {
+                        let peers: Vec<NodeId> = self.replicator.peers().cloned().collect();
+                        let status = peers.iter().filter_map(|p| self.replicator.status(p)).collect();
+                        let _ = reply.send(status);
+                    }
+                    Some(Command::Resync(peer)) => self.input(SyncIn::Resync(peer)),
+                    Some(Command::Policy(policy)) => self.input(SyncIn::Policy(policy)),
+                    None => return,
+                },
+                served = async { store_call.as_mut().expect("guarded").await }, if store_call.is_some() => {
+                    store_call = None;
+                    match served {
+                        Ok(served) => {
+                            self.route(served.network);
+                            for answer in served.answers {
+                                self.input(answer);
+                            }
+                        }
+                        Err(e) => {
+                            // The store cannot take sync work: stop replicating rather than
+                            // tell peers we hold what we could not store.
+                            tracing::error!(error = %e, "document sync stops: the store failed");
+                            return;
+                        }
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(MeshEvent::PeerUp(peer)) => {
+                        self.start_forwarder(&peer);
+                        self.input(SyncIn::PeerUp(peer));
+                    }
+                    Some(MeshEvent::PeerDown(peer, _)) => {
+                        self.forwarders.remove(&peer);
+                        self.input(SyncIn::PeerDown(peer));
+                    }
+                    Some(MeshEvent::Received(peer, message)) => {
+                        self.input(SyncIn::Received(peer, message));
+                    }
+                    Some(MeshEvent::Hierarchy(hierarchy)) => {
+                        tracing::info!(chain = ?hierarchy.chain, aggregates = ?hierarchy.aggregates, "aggregator chain");
+                        let _ = self.hierarchy.send(Some(hierarchy));
+                    }
+                    None => return,
+                },
+                () = changes.notify.notified() => {
+                    for entry in changes.take() {
+                        self.input(SyncIn::LocalChanged(entry));
+                    }
+                }
+                () = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = self.now();
+                    self.replicator.handle_timeout(now);
+                    self.dispatch();
+                }
+            }
+        }
+    }
+
+    fn input(&mut self, event: SyncIn) {
+        let now = self.now();
+        self.replicator.handle(event, now);
+        self.dispatch();
+    }
+
+    /// Sends frames now; store operations wait for the next batch.
+    fn dispatch(&mut self) {
+        let mut network = Vec::new();
+        for out in self.replicator.drain() {
+            match out {
+                SyncOut::Send(..) | SyncOut::Close(..) => network.push(out),
+                store_op => self.waiting.push(store_op),
+            }
+        }
+        self.route(network);
+    }
+
+    fn route(&mut self, network: Vec<SyncOut>) {
+        for out in network {
+            match out {
+                SyncOut::Send(peer, message) => {
+                    let Some(forwarder) = self.forwarders.get(&peer) else {
+                        continue;
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = forwarder.try_send(message) {
+                        self.close(peer, "not reading: its sync queue is full".into());
+                    }
+                }
+                SyncOut::Close(peer, reason) => self.close(peer, reason),
+                _ => unreachable!("only network outputs are routed"),
+            }
+        }
+    }
+
+    fn close(&mut self, peer: NodeId, reason: String) {
+        tracing::warn!(%peer, %reason, "closing the connection");
+        self.forwarders.remove(&peer);
+        let mesh = self.mesh.clone();
+        tokio::spawn(async move {
+            let _ = mesh.disconnect(&peer, &reason).await;
+        });
+    }
+
+    /// One task per connected peer moves frames into its connection's queue, waiting for room
+    /// there without holding up the actor.
+    fn start_forwarder(&mut self, peer: &NodeId) {
+        let (tx, mut rx) = mpsc::channel::<Message>(FORWARD_CAP);
+        self.forwarders.insert(peer.clone(), tx);
+        let mesh = self.mesh.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let Ok(Some(outbox)) = mesh.outbox(&peer).await else {
+                return;
+            };
+            while let Some(message) = rx.recv().await {
+                if outbox.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

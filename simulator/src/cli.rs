@@ -9,8 +9,8 @@ use crate::{Options, Plant, Scenario};
 /// Run a whole mesh in one process on virtual time, inject faults, check invariants.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// A bundled scenario (partition-heal, flapping-links, churn, swizzle, long-offline,
-    /// fleet-1000) or the path of a scenario TOML file.
+    /// A bundled scenario (partition-heal, flapping-links, churn, swizzle, aggregator-crash,
+    /// long-offline, fleet-1000) or the path of a scenario TOML file.
     #[arg(long, default_value = "partition-heal")]
     pub scenario: String,
     /// Edge nodes (default: the scenario's).

@@ -14,8 +14,12 @@ pub enum Kind {
     Hello,
     /// Heartbeat.
     Heartbeat,
+    /// Election status.
+    Status,
     /// Summary.
     Summary,
+    /// Bucket digests.
+    Buckets,
     /// Catalogue.
     Catalogue,
     /// Sync.
@@ -24,10 +28,12 @@ pub enum Kind {
     Goodbye,
 }
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 8] = [
     "hello",
     "heartbeat",
+    "status",
     "summary",
+    "buckets",
     "catalogue",
     "sync",
     "goodbye",
@@ -39,13 +45,12 @@ impl Kind {
         match msg {
             Message::Hello(_) => Kind::Hello,
             Message::Heartbeat { .. } => Kind::Heartbeat,
+            Message::Status(_) => Kind::Status,
             Message::Summary { .. } => Kind::Summary,
+            Message::Buckets { .. } => Kind::Buckets,
             Message::Catalogue { .. } => Kind::Catalogue,
             Message::Sync { .. } => Kind::Sync,
             Message::Goodbye { .. } => Kind::Goodbye,
-            // Kinds added to the wire later count with the heartbeats (control traffic).
-            #[allow(unreachable_patterns)]
-            _ => Kind::Heartbeat,
         }
     }
 }
@@ -54,9 +59,9 @@ impl Kind {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeTraffic {
     /// Frames by kind.
-    pub frames: [u64; 6],
+    pub frames: [u64; 8],
     /// Bytes by kind (whole frames).
-    pub bytes: [u64; 6],
+    pub bytes: [u64; 8],
 }
 
 impl NodeTraffic {
@@ -228,15 +233,15 @@ impl Report {
         }
         let _ = writeln!(w, "\ntraffic per node (sent)");
         let n = self.traffic.len().max(1) as u64;
-        let mut frames = [0u64; 6];
-        let mut bytes = [0u64; 6];
+        let mut frames = [0u64; 8];
+        let mut bytes = [0u64; 8];
         for (_, t) in &self.traffic {
-            for k in 0..6 {
+            for k in 0..8 {
                 frames[k] += t.frames[k];
                 bytes[k] += t.bytes[k];
             }
         }
-        for k in 0..6 {
+        for k in 0..8 {
             let _ = writeln!(
                 w,
                 "  {:<10} {:>12} frames {:>14} B   mean per node {:>10} frames {:>12} B",

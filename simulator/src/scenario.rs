@@ -20,6 +20,10 @@ pub const BUNDLED: &[(&str, &str)] = &[
         include_str!("../scenarios/flapping-links.toml"),
     ),
     ("churn", include_str!("../scenarios/churn.toml")),
+    (
+        "aggregator-crash",
+        include_str!("../scenarios/aggregator-crash.toml"),
+    ),
     ("swizzle", include_str!("../scenarios/swizzle.toml")),
     (
         "long-offline",
@@ -29,7 +33,13 @@ pub const BUNDLED: &[(&str, &str)] = &[
 ];
 
 /// The scenarios the CI sweep runs over many seeds, at small node counts.
-pub const STANDARD: &[&str] = &["partition-heal", "flapping-links", "churn", "swizzle"];
+pub const STANDARD: &[&str] = &[
+    "partition-heal",
+    "flapping-links",
+    "churn",
+    "swizzle",
+    "aggregator-crash",
+];
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +277,9 @@ pub enum Aggregation {
     /// The first node of each zone aggregates it, fixed for the whole run, and every node is
     /// told so through the share policy.
     Static,
+    /// Each zone elects its aggregator (`mesh::proto::election`), and each node routes results
+    /// by its own election's view and the registry's zones.
+    Election,
 }
 
 /// The kinds of fault.

@@ -12,11 +12,12 @@ use crdt_store::{
     ChangeTime, DocName, MeshRegistry, NodeEntry, ResultsQuery, RetentionPolicy, RunRecord,
     RunStatus, StepDef, Store, StoreConfig, Window, WorkflowDoc,
 };
+use mesh::proto::election::{self, Election, ElectionTiming, Hierarchy};
 use mesh::proto::membership::{self, Addr, ConnId, Membership, NodeId, PeerState, Timing};
 use mesh::proto::sync::{
     ABSENT, DocId, RETIRED, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
 };
-use mesh::proto::wire::{CatalogueEntry, HeadsDigest, Message, Role};
+use mesh::proto::wire::{Capabilities, CatalogueEntry, HeadsDigest, Message, Power, Role};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -197,6 +198,12 @@ impl Ord for Scheduled {
 struct Live {
     membership: Membership<StdRng>,
     replicator: Replicator,
+    /// The zone election, when the scenario elects aggregators.
+    election: Option<Election>,
+    /// The election's latest view of the hierarchy.
+    hierarchy: Option<Hierarchy>,
+    /// The share policy must be recomputed (the hierarchy or the registry changed).
+    policy_dirty: bool,
     /// Connections open at this node.
     conns: BTreeSet<ConnId>,
     /// Store work asked for by the replicator, done at the next serve.
@@ -219,6 +226,7 @@ struct Node {
     segment: Option<usize>,
     zone: String,
     gateway: bool,
+    caps: Capabilities,
     inc: u32,
     store: Option<Store>,
     live: Option<Live>,
@@ -243,8 +251,9 @@ struct Acked {
     owner: usize,
     run_id: String,
     window: Window,
-    /// The owner lost its store; the record need only survive where it had reached.
-    must_be_at_aggregator: Option<bool>,
+    /// The owner lost its store: the node that held the record then (its aggregator), if any.
+    /// The record must survive as long as that node does (relayed to a new aggregator).
+    held_by: Option<usize>,
 }
 
 struct Segment {
@@ -263,6 +272,7 @@ pub struct World {
     rng: StdRng,
     nodes: Vec<Node>,
     by_addr: BTreeMap<Addr, usize>,
+    by_id: BTreeMap<NodeId, usize>,
     net: Net,
     segments: Vec<Segment>,
     cloud: Option<usize>,
@@ -348,6 +358,7 @@ impl World {
             rng,
             nodes: Vec::new(),
             by_addr: BTreeMap::new(),
+            by_id: BTreeMap::new(),
             net,
             segments: Vec::new(),
             cloud: None,
@@ -406,6 +417,17 @@ impl World {
 
     fn add_node(&mut self, segment: Option<usize>, zone: String, gateway: bool, index: usize) {
         let id = format!("{:016x}", self.rng.r#gen::<u64>());
+        let caps = Capabilities {
+            power: Power::Mains,
+            cpus: if segment.is_none() {
+                16
+            } else {
+                [2, 4, 8][self.rng.gen_range(0..3)]
+            },
+            memory_mb: [2048, 4096, 8192][self.rng.gen_range(0..3)],
+            disk_free_mb: self.rng.gen_range(1_000..100_000),
+        };
+        self.by_id.insert(id.clone(), index);
         let addr = match segment {
             Some(s) => format!("10.{}.{}.{}:4860", s, index / 250, index % 250 + 1),
             None => "cloud.example:4860".to_owned(),
@@ -421,6 +443,7 @@ impl World {
             segment,
             zone,
             gateway,
+            caps,
             inc: 0,
             store: None,
             live: None,
@@ -660,6 +683,22 @@ impl World {
         replicator.handle(SyncIn::LocalDocs(catalogue), self.now);
         replicator.handle(SyncIn::Policy(self.policy.clone()), self.now);
         let mut membership = Membership::new(node.id.clone(), timing, StdRng::seed_from_u64(mseed));
+        let election = (self.sc.aggregation == Aggregation::Election).then(|| {
+            let role = if node.segment.is_none() {
+                Role::Cloud
+            } else {
+                Role::Edge
+            };
+            Election::new(
+                node.id.clone(),
+                node.zone.clone(),
+                role,
+                node.caps,
+                ElectionTiming::default(),
+                self.now,
+            )
+            .expect("segment zones are valid zone paths")
+        });
         if node.gateway
             && let Some(cloud) = self.cloud
         {
@@ -668,9 +707,13 @@ impl World {
         }
         let node = &mut self.nodes[i];
         node.store = Some(store);
+        let elects = election.is_some();
         node.live = Some(Live {
             membership,
             replicator,
+            election,
+            hierarchy: None,
+            policy_dirty: elects,
             conns: BTreeSet::new(),
             ops: Vec::new(),
             serve_pending: false,
@@ -682,7 +725,11 @@ impl World {
         });
         self.dirty = true;
         self.after_membership(i);
+        self.after_election(i);
         self.after_sync(i);
+        if elects {
+            self.schedule_serve(i);
+        }
         // `rhizome start` writes the node's own registry entry.
         self.write_registry(i);
         self.announce(i);
@@ -892,6 +939,9 @@ impl World {
             if actions.is_empty() {
                 break;
             }
+            if let Some(e) = live.election.as_mut() {
+                e.handle_membership(&actions, self.now);
+            }
             for action in actions {
                 match action {
                     membership::OutEvent::Dial(addr) => self.dial(i, addr),
@@ -904,8 +954,51 @@ impl World {
                     }
                 }
             }
+            self.after_election(i);
         }
         self.reschedule_wake(i);
+    }
+
+    /// Carries out what the election asked for, as the network driver does.
+    fn after_election(&mut self, i: usize) {
+        let now = self.now;
+        let Some(live) = self.nodes[i].live.as_mut() else {
+            return;
+        };
+        let Some(e) = live.election.as_mut() else {
+            return;
+        };
+        let outs = e.drain();
+        for out in outs {
+            let Some(live) = self.nodes[i].live.as_mut() else {
+                return;
+            };
+            match out {
+                election::OutEvent::Send(peer, status) => {
+                    if let Some(conn) = live.membership.connection(&peer) {
+                        self.send(i, conn, Message::Status(status));
+                    }
+                }
+                election::OutEvent::Broadcast(status) => {
+                    let conns: Vec<ConnId> = live
+                        .membership
+                        .peers(now)
+                        .iter()
+                        .filter_map(|p| live.membership.connection(&p.node))
+                        .collect();
+                    for conn in conns {
+                        self.send(i, conn, Message::Status(status.clone()));
+                    }
+                }
+                election::OutEvent::Changed(hierarchy) => {
+                    live.hierarchy = Some(hierarchy);
+                    live.policy_dirty = true;
+                    self.dirty = true;
+                    self.schedule_serve(i);
+                }
+                election::OutEvent::Refused { .. } => {}
+            }
+        }
     }
 
     fn after_sync(&mut self, i: usize) {
@@ -972,6 +1065,13 @@ impl World {
         if std::mem::take(&mut live.fold_pending) {
             store.apply_pending(usize::MAX).expect("results fold");
         }
+        if std::mem::take(&mut live.policy_dirty)
+            && let Some(hierarchy) = &live.hierarchy
+        {
+            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let policy = share_policy(&node.id, hierarchy, &registry);
+            live.replicator.handle(SyncIn::Policy(policy), now);
+        }
         let ops = std::mem::take(&mut live.ops);
         let generates = ops
             .iter()
@@ -1002,6 +1102,7 @@ impl World {
             return;
         }
         let own_prefix = format!("results/{}/", self.nodes[i].id);
+        let mut needs_serve = false;
         for entry in entries {
             let node = &mut self.nodes[i];
             if node.digests.get(&entry.doc) != Some(&entry.digest) {
@@ -1014,9 +1115,16 @@ impl World {
                 node.own_results.insert(entry.doc, window);
             }
             if let Some(live) = node.live.as_mut() {
+                if entry.name == "mesh" && live.election.is_some() && !live.policy_dirty {
+                    live.policy_dirty = true;
+                    needs_serve = true;
+                }
                 live.replicator
                     .handle(SyncIn::LocalChanged(entry), self.now);
             }
+        }
+        if needs_serve {
+            self.schedule_serve(i);
         }
         self.after_sync(i);
         self.mark_dirty();
@@ -1037,6 +1145,9 @@ impl World {
         };
         let mut next = live.membership.poll_timeout();
         if let Some(t) = live.replicator.poll_timeout(now) {
+            next = next.min(t);
+        }
+        if let Some(t) = live.election.as_ref().and_then(Election::poll_timeout) {
             next = next.min(t);
         }
         if live.wake_at.is_some_and(|w| w <= next) {
@@ -1067,7 +1178,11 @@ impl World {
         live.wake_at = None;
         live.membership.handle_timeout(now);
         live.replicator.handle_timeout(now);
+        if let Some(e) = live.election.as_mut() {
+            e.handle_timeout(now);
+        }
         self.after_membership(i);
+        self.after_election(i);
         self.after_sync(i);
         // A machine may ask to be woken again at the same instant (a peer just declared down
         // is redialled on the next pass), but not over and over: a real driver would spin.
@@ -1076,7 +1191,13 @@ impl World {
         let due = live
             .membership
             .poll_timeout()
-            .min(live.replicator.poll_timeout(now).unwrap_or(Duration::MAX));
+            .min(live.replicator.poll_timeout(now).unwrap_or(Duration::MAX))
+            .min(
+                live.election
+                    .as_ref()
+                    .and_then(Election::poll_timeout)
+                    .unwrap_or(Duration::MAX),
+            );
         if due > now {
             live.spins = 0;
             return;
@@ -1313,9 +1434,13 @@ impl World {
             return;
         }
         self.membership_input(node, membership::InEvent::Received { conn });
+        self.feed_election(node, conn, &msg);
         if matches!(
             msg,
-            Message::Summary { .. } | Message::Catalogue { .. } | Message::Sync { .. }
+            Message::Summary { .. }
+                | Message::Buckets { .. }
+                | Message::Catalogue { .. }
+                | Message::Sync { .. }
         ) {
             let Some(live) = self.nodes[node].live.as_ref() else {
                 return;
@@ -1327,6 +1452,35 @@ impl World {
                 self.sync_input(node, SyncIn::Received(peer, msg));
             }
         }
+    }
+
+    /// Every frame on a peer's connection in use renews its election lease; a status is the
+    /// election's input (as in the network driver).
+    fn feed_election(&mut self, node: usize, conn: ConnId, msg: &Message) {
+        let now = self.now;
+        let Some(live) = self.nodes[node].live.as_mut() else {
+            return;
+        };
+        let Some(peer) = live.membership.peer_of(conn).cloned() else {
+            return;
+        };
+        if live.membership.connection(&peer) != Some(conn) {
+            return;
+        }
+        let Some(e) = live.election.as_mut() else {
+            return;
+        };
+        match msg {
+            Message::Status(status) => e.handle(
+                election::InEvent::Status {
+                    from: peer,
+                    status: status.clone(),
+                },
+                now,
+            ),
+            _ => e.handle(election::InEvent::Heard(peer), now),
+        }
+        self.after_election(node);
     }
 
     /// Closes this node's end: the peer learns it from a goodbye that follows what was already
@@ -1480,7 +1634,7 @@ impl World {
     fn pick(&mut self, count: usize, aggregators: bool) -> Vec<usize> {
         let mut candidates: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].alive() && self.nodes[i].segment.is_some())
-            .filter(|i| !aggregators || self.aggregator.values().any(|a| a == i))
+            .filter(|&i| !aggregators || self.is_aggregator(i))
             .collect();
         candidates.shuffle(&mut self.rng);
         candidates.truncate(count);
@@ -1618,7 +1772,7 @@ impl World {
                 let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
                 let label = format!("leave {}", self.names(&picked));
                 for &i in &picked {
-                    if self.aggregator.values().any(|a| *a == i) {
+                    if self.sc.aggregation == Aggregation::Static && self.is_aggregator(i) {
                         // Static aggregation has no one to take over: keep aggregators.
                         continue;
                     }
@@ -1730,7 +1884,8 @@ impl World {
 
     fn record_store_loss(&mut self, i: usize) {
         let zone = self.nodes[i].zone.clone();
-        let aggregator = self.aggregator.get(&zone).copied().filter(|&a| a != i);
+        let _ = zone;
+        let aggregator = self.aggregator_for(i).filter(|&a| a != i);
         let at_aggregator = match aggregator {
             Some(a) if self.nodes[a].store.is_some() => {
                 let owner = self.nodes[i].id.clone();
@@ -1739,7 +1894,7 @@ impl World {
             _ => BTreeSet::new(),
         };
         for acked in self.ledger.iter_mut().filter(|a| a.owner == i) {
-            acked.must_be_at_aggregator = Some(at_aggregator.contains(&acked.run_id));
+            acked.held_by = aggregator.filter(|_| at_aggregator.contains(&acked.run_id));
         }
     }
 
@@ -1832,7 +1987,7 @@ impl World {
                 owner: i,
                 run_id: record.run_id,
                 window,
-                must_be_at_aggregator: None,
+                held_by: None,
             });
             if let Some(live) = self.nodes[i].live.as_mut() {
                 live.fold_pending = true;
@@ -1894,6 +2049,42 @@ impl World {
     // ----------------------------------------------------------------------------------------
     // invariants
 
+    /// The aggregator of a node's zone: fixed (static aggregation) or as the node's own election
+    /// sees it.
+    fn aggregator_for(&self, owner: usize) -> Option<usize> {
+        match self.sc.aggregation {
+            Aggregation::None => None,
+            Aggregation::Static => self.aggregator.get(&self.nodes[owner].zone).copied(),
+            Aggregation::Election => {
+                let live = self.nodes[owner].live.as_ref()?;
+                let e = live.election.as_ref()?;
+                let id = e.aggregator_of(&self.nodes[owner].zone)?;
+                self.by_id.get(&id).copied()
+            }
+        }
+    }
+
+    /// The aggregator of a zone as its first live member sees it.
+    fn zone_aggregator(&self, zone: &str) -> Option<usize> {
+        let member = (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].alive() && self.nodes[i].zone == zone && self.nodes[i].segment.is_some()
+        })?;
+        self.aggregator_for(member)
+    }
+
+    /// Whether a node currently aggregates its own zone.
+    fn is_aggregator(&self, i: usize) -> bool {
+        match self.sc.aggregation {
+            Aggregation::None => false,
+            Aggregation::Static => self.aggregator.values().any(|a| *a == i),
+            Aggregation::Election => self.nodes[i]
+                .live
+                .as_ref()
+                .and_then(|l| l.election.as_ref())
+                .is_some_and(|e| e.aggregates().contains(&self.nodes[i].zone)),
+        }
+    }
+
     /// Whether a window may have been retired by now.
     fn retirable(&self, window: &Window) -> bool {
         self.sc.store.retention.is_some_and(|age| {
@@ -1923,7 +2114,7 @@ impl World {
             differing -= count * (count - 1) / 2;
         }
         for &o in &live {
-            let Some(&a) = self.aggregator.get(&self.nodes[o].zone) else {
+            let Some(a) = self.aggregator_for(o) else {
                 continue;
             };
             if a == o || !self.nodes[a].alive() || signature[&o] != signature[&a] {
@@ -1995,7 +2186,7 @@ impl World {
         }
         // Liveness: results reach the aggregator.
         for &o in &live {
-            let Some(&a) = self.aggregator.get(&self.nodes[o].zone) else {
+            let Some(a) = self.aggregator_for(o) else {
                 continue;
             };
             if a == o || !self.nodes[a].alive() {
@@ -2033,9 +2224,7 @@ impl World {
             let zone = self.nodes[owner].zone.clone();
             let at_owner = self.results_at(owner, &owner_id);
             let aggregator = self
-                .aggregator
-                .get(&zone)
-                .copied()
+                .zone_aggregator(&zone)
                 .filter(|&a| a != owner && self.nodes[a].alive());
             let at_aggregator = aggregator.map(|a| self.results_at(a, &owner_id));
             let store_kept = self.nodes[owner].store.is_some();
@@ -2045,7 +2234,7 @@ impl World {
                     continue;
                 }
                 let run = acked.run_id.clone();
-                let must_agg = acked.must_be_at_aggregator;
+                let held_by = acked.held_by;
                 if store_kept {
                     self.check("no acknowledged result is lost");
                     if !at_owner.contains(&run) {
@@ -2056,13 +2245,10 @@ impl World {
                         self.violate("no acknowledged result is lost", detail);
                     }
                 }
-                if let Some(found) = &at_aggregator {
-                    let required = if store_kept {
-                        self.nodes[owner].alive()
-                    } else {
-                        must_agg == Some(true)
-                    };
-                    if required {
+                if store_kept {
+                    if let Some(found) = &at_aggregator
+                        && self.nodes[owner].alive()
+                    {
                         self.check("acknowledged results reach the aggregator");
                         if !found.contains(&run) {
                             let detail = format!(
@@ -2072,8 +2258,26 @@ impl World {
                             self.violate("acknowledged results reach the aggregator", detail);
                         }
                     }
+                } else if let Some(h) = held_by.filter(|&h| !self.nodes[h].gone) {
+                    // The owner's disk is gone: the copy its aggregator held then must survive,
+                    // there or at the zone's aggregator now. (The share policy lets only the
+                    // owner and the current aggregator hold results, so a former aggregator
+                    // cannot hand such a copy on.)
+                    self.check("no acknowledged result is lost");
+                    let at_holder = self.results_at(h, &owner_id).contains(&run);
+                    let at_current = at_aggregator.as_ref().is_some_and(|f| f.contains(&run));
+                    if !at_holder && !at_current {
+                        let detail = format!(
+                            "{}'s result {run} (its store is lost) is gone from {}, which held it",
+                            self.nodes[owner].name, self.nodes[h].name
+                        );
+                        self.violate("no acknowledged result is lost", detail);
+                    }
                 }
             }
+        }
+        if self.sc.aggregation == Aggregation::Election {
+            self.check_elections(&live);
         }
         // The registry lists every live node everywhere.
         let live_ids: BTreeSet<String> = live
@@ -2132,6 +2336,80 @@ impl World {
             }
         }
         let _ = PeerState::Connected;
+    }
+
+    /// After stabilisation: at most one aggregator per zone in each connected component, and
+    /// every member of a zone sees the same one.
+    fn check_elections(&mut self, live: &[usize]) {
+        // Connected components over connections both ends consider in use.
+        let mut component: BTreeMap<usize, usize> = BTreeMap::new();
+        for &start in live {
+            if component.contains_key(&start) {
+                continue;
+            }
+            let mut stack = vec![start];
+            component.insert(start, start);
+            while let Some(n) = stack.pop() {
+                let l = self.nodes[n].live.as_ref().expect("live");
+                for p in l.membership.peers(self.now) {
+                    let Some(&j) = self.by_id.get(&p.node) else {
+                        continue;
+                    };
+                    if l.membership.connection(&p.node).is_some()
+                        && self.nodes[j].alive()
+                        && !component.contains_key(&j)
+                    {
+                        component.insert(j, start);
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        let mut claims: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
+        for &i in live {
+            let e = self.nodes[i]
+                .live
+                .as_ref()
+                .and_then(|l| l.election.as_ref());
+            for zone in e.map(|e| e.aggregates()).unwrap_or_default() {
+                claims.entry((component[&i], zone)).or_default().push(i);
+            }
+        }
+        for ((_, zone), nodes) in &claims {
+            self.check("at most one aggregator per zone per connected component");
+            if nodes.len() > 1 {
+                let detail = format!(
+                    "zone {:?} has {} aggregators in one connected component: {}",
+                    zone,
+                    nodes.len(),
+                    self.names(nodes)
+                );
+                self.violate(
+                    "at most one aggregator per zone per connected component",
+                    detail,
+                );
+            }
+        }
+        let mut seen: BTreeMap<(usize, String), BTreeSet<Option<usize>>> = BTreeMap::new();
+        for &i in live {
+            if self.nodes[i].segment.is_some() {
+                let zone = self.nodes[i].zone.clone();
+                seen.entry((component[&i], zone))
+                    .or_default()
+                    .insert(self.aggregator_for(i));
+            }
+        }
+        for ((_, zone), views) in seen {
+            self.check("the members of a zone agree on its aggregator");
+            if views.len() > 1 || views.contains(&None) {
+                let names: Vec<String> = views
+                    .iter()
+                    .map(|v| v.map_or("none".to_owned(), |a| self.nodes[a].name.clone()))
+                    .collect();
+                let detail = format!("zone {zone:?}: members see {}", names.join(", "));
+                self.violate("the members of a zone agree on its aggregator", detail);
+            }
+        }
     }
 
     fn should_connect(&self, i: usize, j: usize) -> bool {
@@ -2198,4 +2476,31 @@ fn doc_bytes(name: &DocName) -> DocId {
         .as_bytes()
         .try_into()
         .expect("16-byte document ids")
+}
+
+/// Who receives which results: the zone of every node from the replicated registry, the
+/// aggregators from this node's election. The node computes its policy by the same rule
+/// (`rhizome`'s `hierarchy::share_policy`, which the simulator cannot link).
+fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
+    let mut policy = SharePolicy::default();
+    for (node, entry) in &registry.nodes {
+        policy.zone_of.insert(node.clone(), entry.zone.clone());
+    }
+    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+    for (zone, aggregator) in &hierarchy.chain {
+        if let Some(aggregator) = aggregator {
+            policy
+                .aggregator_of
+                .insert(zone.clone(), aggregator.clone());
+        }
+    }
+    for zone in &hierarchy.aggregates {
+        policy.aggregator_of.insert(zone.clone(), me.to_owned());
+    }
+    for (zone, aggregator) in &hierarchy.below {
+        policy
+            .aggregator_of
+            .insert(zone.clone(), aggregator.clone());
+    }
+    policy
 }

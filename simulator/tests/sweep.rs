@@ -4,8 +4,8 @@
 use simulator::scenario::{STANDARD, Scenario};
 use simulator::{Options, Plant, Report};
 
-/// Seeds per standard scenario; four scenarios make the 200-run sweep.
-const SWEEP_SEEDS: u64 = 50;
+/// Seeds per standard scenario; five scenarios make the 200-run sweep.
+const SWEEP_SEEDS: u64 = 40;
 
 fn run(scenario: &str, nodes: usize, seed: u64, plant: Option<Plant>) -> Report {
     simulator::run(Options {
@@ -60,6 +60,11 @@ fn sweep_churn() {
 #[test]
 fn sweep_swizzle() {
     sweep("swizzle");
+}
+
+#[test]
+fn sweep_aggregator_crash() {
+    sweep("aggregator-crash");
 }
 
 #[derive(Debug, serde::Deserialize)]

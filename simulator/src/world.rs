@@ -620,7 +620,7 @@ impl World {
             Ev::ResultAppend { node, inc } => self.result_append(node, inc),
             Ev::RegistryWrite { node, inc } => {
                 if self.is_live(node, inc) {
-                    self.write_registry(node);
+                    self.write_registry(node, false);
                     if let Some(every) = self.sc.workload.registry_every {
                         let at = self.now + self.exp(every.0);
                         if at < self.sc.quiet_from() {
@@ -731,7 +731,7 @@ impl World {
             self.schedule_serve(i);
         }
         // `rhizome start` writes the node's own registry entry.
-        self.write_registry(i);
+        self.write_registry(i, true);
         self.announce(i);
         let quiet = self.sc.quiet_from();
         if let Some(every) = self.sc.workload.result_every
@@ -1997,7 +1997,9 @@ impl World {
         }
     }
 
-    fn write_registry(&mut self, i: usize) {
+    /// Writes the node's own registry entry. At start, as `rhizome start` does, only when it
+    /// says something new (so a restart with the same settings changes no document).
+    fn write_registry(&mut self, i: usize, at_start: bool) {
         let now_ms = EPOCH_MS + self.now.as_millis() as i64;
         let node = &mut self.nodes[i];
         let entry = NodeEntry {
@@ -2005,15 +2007,34 @@ impl World {
             zone: node.zone.clone(),
             addresses: vec![node.addr.clone()],
             version: env!("CARGO_PKG_VERSION").into(),
-            heartbeat: u64::from(node.inc),
-            updated_ms: now_ms,
             ..NodeEntry::default()
         };
         let id = node.id.clone();
         let store = node.store.as_mut().expect("a live node has a store");
+        if at_start {
+            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let unchanged = registry.nodes.get(&id).is_some_and(|old| {
+                NodeEntry {
+                    heartbeat: 0,
+                    updated_ms: 0,
+                    ..old.clone()
+                } == entry
+            });
+            if unchanged {
+                return;
+            }
+        }
         store
             .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                m.nodes.insert(id, entry);
+                let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
+                m.nodes.insert(
+                    id,
+                    NodeEntry {
+                        heartbeat,
+                        updated_ms: now_ms,
+                        ..entry
+                    },
+                );
             })
             .expect("registry write");
         self.drain_changes(i);

@@ -409,12 +409,17 @@ impl<R: Rng> Membership<R> {
             self.out.push(OutEvent::Close(conn, reason.clone()));
             self.out.push(OutEvent::PeerDown(node, reason));
         }
-        let connected_addrs: BTreeSet<&Addr> = self
-            .peers
-            .values()
-            .filter(|p| p.state != PeerState::Idle)
-            .filter_map(|p| p.addr.as_ref())
-            .collect();
+        // Most nodes have no bootstrap address: skip collecting every peer's address for them
+        // (this runs after every event).
+        let connected_addrs: BTreeSet<&Addr> = if self.bootstrap.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.peers
+                .values()
+                .filter(|p| p.state != PeerState::Idle)
+                .filter_map(|p| p.addr.as_ref())
+                .collect()
+        };
         let mut bootstrap_dials = Vec::new();
         for (addr, (next, _)) in &self.bootstrap {
             if now >= *next
@@ -458,6 +463,9 @@ impl<R: Rng> Membership<R> {
         // (or being dialled as a known peer) keeps its past due time and must not make the
         // driver's timer fire again and again; it is dialled when its connection ends, which
         // reaches `handle_timeout` through `handle`.
+        if self.bootstrap.is_empty() {
+            return next;
+        }
         let connected_addrs: BTreeSet<&Addr> = self
             .peers
             .values()

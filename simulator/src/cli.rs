@@ -32,6 +32,9 @@ pub struct SimArgs {
     /// List the bundled scenarios and exit.
     #[arg(long)]
     pub list: bool,
+    /// Print simulated time, events and wall time to stderr every 10 simulated seconds.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// Why the command failed.
@@ -83,13 +86,17 @@ pub fn main(args: SimArgs) -> Result<(), CliError> {
             seed,
             plant,
         };
-        let (report, wall) = timed(options);
+        let (report, wall) = timed(options, args.progress);
         print!("{}", report.render_text());
         let simulated = report.simulated.as_secs_f64();
+        let speedup = simulated / wall.max(1e-9);
         println!(
-            "wall time {:.2} s · {:.0}× real time (not part of the report)\n",
-            wall,
-            simulated / wall.max(1e-9)
+            "wall time {wall:.2} s · {} real time (not part of the report)\n",
+            if speedup >= 10.0 {
+                format!("{speedup:.0}×")
+            } else {
+                format!("{speedup:.2}×")
+            }
         );
         if let Some(path) = &args.report {
             std::fs::write(path, report.render_html()).map_err(|source| CliError::Write {
@@ -109,8 +116,19 @@ pub fn main(args: SimArgs) -> Result<(), CliError> {
 
 /// Runs and measures wall time, which stays out of the report.
 #[allow(clippy::disallowed_methods)]
-fn timed(options: Options) -> (crate::Report, f64) {
+fn timed(options: Options, progress: bool) -> (crate::Report, f64) {
     let started = std::time::Instant::now();
-    let report = crate::run(options);
+    let every = if progress {
+        std::time::Duration::from_secs(10)
+    } else {
+        std::time::Duration::MAX
+    };
+    let report = crate::run_with_progress(options, every, &mut |simulated, events| {
+        eprintln!(
+            "simulated {} · {events} events · wall {:.1} s",
+            crate::report::human(simulated),
+            started.elapsed().as_secs_f64()
+        );
+    });
     (report, started.elapsed().as_secs_f64())
 }

@@ -25,3 +25,13 @@ pub use world::{Options, Plant};
 pub fn run(options: Options) -> Report {
     world::World::new(options).run()
 }
+
+/// Runs one simulation, calling `progress` with the simulated time and the events processed
+/// each time another `every` of simulated time has passed.
+pub fn run_with_progress(
+    options: Options,
+    every: std::time::Duration,
+    progress: &mut dyn FnMut(std::time::Duration, u64),
+) -> Report {
+    world::World::new(options).run_with_progress(every, progress)
+}

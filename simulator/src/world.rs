@@ -507,11 +507,26 @@ impl World {
     }
 
     /// Runs the scenario to its end and checks the final invariants.
-    pub fn run(mut self) -> Report {
+    pub fn run(self) -> Report {
+        self.run_with_progress(Duration::MAX, &mut |_, _| {})
+    }
+
+    /// Runs the scenario, calling `progress` with the simulated time and the events so far
+    /// each time another `every` of simulated time has passed.
+    pub fn run_with_progress(
+        mut self,
+        every: Duration,
+        progress: &mut dyn FnMut(Duration, u64),
+    ) -> Report {
         let end = self.sc.duration.0;
+        let mut next_progress = every;
         while let Some(Reverse(next)) = self.queue.pop() {
             if next.at > end {
                 break;
+            }
+            while next.at >= next_progress {
+                progress(next_progress, self.events);
+                next_progress = next_progress.saturating_add(every);
             }
             self.now = next.at;
             self.events += 1;

@@ -396,7 +396,15 @@ struct Inner {
     output_kind: OutputKind,
     probabilities_kind: Option<OutputKind>,
     loaded: Mutex<Loaded>,
+    /// The model is quick enough to run on the async executor itself (see [`INLINE_BELOW`]).
+    inline: bool,
 }
+
+/// A model whose inference takes less than this (timed once, after the dry run) runs on the
+/// async executor's own thread: it holds the executor no longer than the JSON work around it
+/// (tokio's rule of thumb is 10–100 µs between two awaits), and a hand-off to the blocking pool
+/// would cost more than the inference. Slower models run on the blocking pool.
+pub const INLINE_BELOW: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The `onnx` agent: one loaded model.
 #[derive(Debug, Clone)]
@@ -560,26 +568,31 @@ impl Onnx {
             )));
         }
 
-        let onnx = Onnx(Arc::new(Inner {
+        let mut inner = Inner {
             elements,
             output_kind,
             probabilities_kind: probabilities.map(|(kind, _)| kind),
             loaded: Mutex::new(Loaded { session, buffer }),
             path,
             config,
-        }));
+            inline: false,
+        };
         // A dry run finds what the declared types do not show (a fixed reshape inside the
         // model), and moves the first run's one-off cost out of the first real step.
-        onnx.0
-            .run_values(&vec![0.0; onnx.0.elements])
-            .map_err(|e| {
-                setup_error(format!(
-                    "model {} does not run on a zero input of shape {:?}: {e}",
-                    onnx.0.path.display(),
-                    onnx.0.config.shape
-                ))
-            })?;
-        Ok(onnx)
+        let zeros = vec![0.0; inner.elements];
+        inner.run_values(&zeros).map_err(|e| {
+            setup_error(format!(
+                "model {} does not run on a zero input of shape {:?}: {e}",
+                inner.path.display(),
+                inner.config.shape
+            ))
+        })?;
+        // Timed after the dry run, which pays the first run's one-off costs. The time decides
+        // only where inferences run, never what they return.
+        let timed = std::time::Instant::now();
+        let _ = inner.run_values(&zeros);
+        inner.inline = timed.elapsed() < INLINE_BELOW;
+        Ok(Onnx(Arc::new(inner)))
     }
 
     /// The configuration the agent was made from.
@@ -864,8 +877,9 @@ impl Agent for Onnx {
     fn run<'a>(&'a self, input: Value, _: RunContext) -> AgentFuture<'a> {
         let inner = Arc::clone(&self.0);
         Box::pin(async move {
-            // Without a tokio runtime the caller is blocking already: run in place.
-            if tokio::runtime::Handle::try_current().is_err() {
+            // Without a tokio runtime the caller is blocking already, and a quick model costs
+            // less than the hand-off to the blocking pool: run in place.
+            if inner.inline || tokio::runtime::Handle::try_current().is_err() {
                 return inner.infer(&input);
             }
             tokio::task::spawn_blocking(move || inner.infer(&input))

@@ -1,10 +1,12 @@
 //! Automerge documents persisted in one redb file.
 //!
 //! This crate is the node's memory. It stores every replicated document as automerge-repo
-//! chunks (so samod's sync engine reads and writes it directly, see [`Store::execute`]), maps
-//! the document kinds of the mesh onto Rust types ([`docs`]), takes result records through a
-//! durable log whose acknowledgement means *fsynced* ([`Store::append_results`]), and retires old
-//! windows by a retention policy.
+//! chunks (the key layout samod uses, so an automerge-repo endpoint can serve the same store,
+//! see [`Store::execute`]), maps the document kinds of the mesh onto Rust types ([`docs`]),
+//! takes result records through a durable log whose acknowledgement means *fsynced*
+//! ([`Store::append_results`]), retires old windows by a retention policy, writes zone rollups
+//! ([`Store::roll_up`]), and is the replica that document sync (`mesh::proto::sync`) generates
+//! and applies Automerge sync messages against, with each peer's sync state persisted.
 //!
 //! It must never do networking, and its API uses no async runtime: blocking work happens on the
 //! store thread behind [`StoreHandle`], whose answers can be awaited from any executor.

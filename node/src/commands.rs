@@ -243,12 +243,28 @@ fn print_peers(peers: &[crate::http::PeerView]) {
                 p.addr.clone().unwrap_or_else(|| "-".into()),
                 p.state.clone(),
                 output::millis(p.silent_ms as i64),
+                match &p.sync {
+                    Some(s) if s.pending.is_empty() => format!("in sync ({} docs)", s.shared),
+                    Some(s) => format!("{} of {} docs pending", s.pending.len(), s.shared),
+                    None => "-".into(),
+                },
+                match &p.sync {
+                    Some(s) => format!(
+                        "{} / {}",
+                        output::bytes(s.bytes_sent),
+                        output::bytes(s.bytes_received)
+                    ),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
     print!(
         "{}",
-        output::table(&["NAME", "NODE", "ADDRESS", "STATE", "SILENT"], &rows)
+        output::table(
+            &["NAME", "NODE", "ADDRESS", "STATE", "SILENT", "SYNC", "SENT / RECEIVED"],
+            &rows
+        )
     );
     let connected = peers.iter().filter(|p| p.state == "connected").count();
     println!("{} peers, {connected} connected", peers.len());

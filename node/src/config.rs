@@ -32,6 +32,7 @@ pub struct Config {
     pub node: NodeSection,
     pub store: StoreSection,
     pub network: NetworkSection,
+    pub sync: SyncSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,7 +120,27 @@ impl Default for NetworkSection {
     }
 }
 
-const SECTIONS: &[&str] = &["node", "store", "network"];
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// Where this node's raw results go: `aggregator` (its zone's; the cloud gets rollups) or
+    /// `cloud` (straight to the root zone's aggregator, for small fleets that want every record
+    /// centrally).
+    pub results_to: String,
+    /// Cap on replication traffic, per second over all peers (`1MB`); empty for none.
+    pub max_rate: String,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection {
+            results_to: "aggregator".into(),
+            max_rate: String::new(),
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["node", "store", "network", "sync"];
 
 impl Config {
     /// Loads `rhizome.toml` from `path` (defaults if it does not exist), then applies `RHIZOME_*`

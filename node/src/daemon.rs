@@ -33,6 +33,21 @@ pub fn start(node: Node, args: StartArgs) -> Result<()> {
 async fn run(node: Node, args: StartArgs) -> Result<()> {
     let started = Instant::now();
     let net = &node.config.network;
+    let results_to_cloud = match node.config.sync.results_to.as_str() {
+        "aggregator" => false,
+        "cloud" => true,
+        other => anyhow::bail!("sync.results_to is `{other}`: use aggregator or cloud"),
+    };
+    let sync_config = mesh::proto::sync::SyncConfig {
+        bytes_per_sec: match node.config.sync.max_rate.as_str() {
+            "" => None,
+            rate => Some(
+                crate::config::parse_size(rate)
+                    .with_context(|| format!("sync.max_rate `{rate}`"))?,
+            ),
+        },
+        ..mesh::proto::sync::SyncConfig::default()
+    };
     let listen: SocketAddr = args
         .listen
         .as_deref()
@@ -167,6 +182,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let (hierarchy_tx, hierarchy_rx) = tokio::sync::watch::channel(None);
     let sync = crate::sync::spawn(
         node_id.clone(),
+        sync_config,
         store.clone(),
         mesh.clone(),
         mesh_events,
@@ -176,6 +192,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     .await?;
     let rollups = tokio::spawn(crate::rollup::run(
         node_id.clone(),
+        results_to_cloud,
         store.clone(),
         changes.clone(),
         mesh.hierarchy().await?,
@@ -183,6 +200,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     ));
     let routes = tokio::spawn(follow_routes(
         node_id.clone(),
+        results_to_cloud,
         changes.mesh_changes(),
         hierarchy_rx,
         store.clone(),
@@ -357,6 +375,7 @@ async fn follow_revocations(
 /// registry (which zone each node is in).
 async fn follow_routes(
     me: String,
+    results_to_cloud: bool,
     mut registry_changes: tokio::sync::watch::Receiver<u64>,
     mut hierarchy: tokio::sync::watch::Receiver<Option<mesh::proto::election::Hierarchy>>,
     store: StoreHandle,
@@ -373,8 +392,9 @@ async fn follow_routes(
             .await
         {
             Ok(registry) => {
-                sync.set_policy(crate::hierarchy::share_policy(&me, &view, &registry))
-                    .await;
+                let policy =
+                    crate::hierarchy::share_policy(&me, &view, &registry, results_to_cloud);
+                sync.set_policy(policy).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),
         }

@@ -192,12 +192,25 @@ pub fn zone_label(zone: &str) -> &str {
 /// Who receives which results and rollups, from this node's view: the zone of every node comes
 /// from the replicated registry (each node writes its own), the aggregators from the election
 /// (this node's chain, the zones it aggregates, and the aggregators of the zones below those).
-pub fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
+///
+/// With `results_to_cloud`, results are routed as if every node were in the root zone: straight
+/// to the root's aggregator (the cloud), which every node of the mesh must then agree on.
+pub fn share_policy(
+    me: &str,
+    hierarchy: &Hierarchy,
+    registry: &MeshRegistry,
+    results_to_cloud: bool,
+) -> SharePolicy {
     let mut policy = SharePolicy::default();
     for (node, entry) in &registry.nodes {
         policy.zone_of.insert(node.clone(), entry.zone.clone());
     }
     policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+    if results_to_cloud {
+        for zone in policy.zone_of.values_mut() {
+            zone.clear();
+        }
+    }
     for (zone, aggregator) in &hierarchy.chain {
         if let Some(aggregator) = aggregator {
             policy

@@ -188,6 +188,7 @@ type StoreCall = Pin<Box<dyn Future<Output = Result<Served, StoreError>> + Send>
 /// `changes` is fed by the store's change listener.
 pub async fn spawn(
     me: NodeId,
+    config: SyncConfig,
     store: StoreHandle,
     mesh: MeshHandle,
     events: mpsc::Receiver<MeshEvent>,
@@ -199,7 +200,7 @@ pub async fn spawn(
         .recv()
         .await?;
     let epoch = Instant::now();
-    let mut replicator = Replicator::new(me.clone(), SyncConfig::default());
+    let mut replicator = Replicator::new(me.clone(), config);
     replicator.handle(SyncIn::LocalDocs(catalogue), Duration::ZERO);
     let (commands, command_rx) = mpsc::channel(COMMANDS_CAP);
     let actor = Actor {
@@ -254,8 +255,8 @@ impl Actor {
                 .replicator
                 .poll_timeout(self.now())
                 .map(|t| self.epoch + t);
+            // Unbiased: a steady stream of frames from peers must not starve local changes.
             tokio::select! {
-                biased;
                 command = commands.recv() => match command {
                     Some(Command::Status(reply)) => {
                         let peers: Vec<NodeId> = self.replicator.peers().cloned().collect();

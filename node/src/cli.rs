@@ -83,6 +83,10 @@ pub enum Command {
     ///
     /// Creates the node first if the data dir holds none. No networking.
     Demo(DemoArgs),
+    /// Simulate a whole mesh in this process on virtual time: faults, invariants, a report.
+    ///
+    /// Same flags as the `simulator` binary. A failing run prints the command that replays it.
+    Sim(simulator::cli::SimArgs),
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,7 @@ pub fn run(opts: Opts) -> Result<()> {
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
+        Command::Sim(args) => Ok(simulator::cli::main(args)?),
     }
 }
 

@@ -409,12 +409,17 @@ impl<R: Rng> Membership<R> {
             self.out.push(OutEvent::Close(conn, reason.clone()));
             self.out.push(OutEvent::PeerDown(node, reason));
         }
-        let connected_addrs: BTreeSet<&Addr> = self
-            .peers
-            .values()
-            .filter(|p| p.state != PeerState::Idle)
-            .filter_map(|p| p.addr.as_ref())
-            .collect();
+        // Most nodes have no bootstrap address: skip collecting every peer's address for them
+        // (this runs after every event).
+        let connected_addrs: BTreeSet<&Addr> = if self.bootstrap.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.peers
+                .values()
+                .filter(|p| p.state != PeerState::Idle)
+                .filter_map(|p| p.addr.as_ref())
+                .collect()
+        };
         let mut bootstrap_dials = Vec::new();
         for (addr, (next, _)) in &self.bootstrap {
             if now >= *next
@@ -454,8 +459,21 @@ impl<R: Rng> Membership<R> {
             };
             next = next.min(at);
         }
+        // Exactly the bootstrap addresses `handle_timeout` would dial: one that is connected
+        // (or being dialled as a known peer) keeps its past due time and must not make the
+        // driver's timer fire again and again; it is dialled when its connection ends, which
+        // reaches `handle_timeout` through `handle`.
+        if self.bootstrap.is_empty() {
+            return next;
+        }
+        let connected_addrs: BTreeSet<&Addr> = self
+            .peers
+            .values()
+            .filter(|p| p.state != PeerState::Idle)
+            .filter_map(|p| p.addr.as_ref())
+            .collect();
         for (addr, (at, _)) in &self.bootstrap {
-            if !self.bootstrap_dialling.contains(addr) {
+            if !self.bootstrap_dialling.contains(addr) && !connected_addrs.contains(addr) {
                 next = next.min(*at);
             }
         }
@@ -783,6 +801,49 @@ mod tests {
         // Once the connection closes, it is.
         a.handle(InEvent::Closed { conn: 7 }, ms(5000));
         assert!(a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+    }
+
+    #[test]
+    fn a_connected_bootstrap_peer_does_not_keep_the_timer_due() {
+        // Found by the simulator (fleet-1000 scenario): poll_timeout returned the bootstrap
+        // entry's past due time while handle_timeout skipped the connected address, so a
+        // driver's timer fired again at once, forever.
+        let mut a = node("z");
+        a.handle(
+            InEvent::Bootstrap {
+                addr: "cloud:4860".into(),
+            },
+            ms(0),
+        );
+        a.handle(
+            InEvent::Connected {
+                conn: 7,
+                node: "c".into(),
+                outbound: true,
+                addr: Some("cloud:4860".into()),
+            },
+            ms(10),
+        );
+        a.drain();
+        for t in [100, 600, 1100] {
+            a.handle(InEvent::Received { conn: 7 }, ms(t));
+            a.handle_timeout(ms(t));
+            a.drain();
+            assert!(a.poll_timeout() > ms(t), "due again at once at {t} ms");
+        }
+        // While the lost cloud peer is redialled as a known peer, the bootstrap entry waits too.
+        a.handle(InEvent::Closed { conn: 7 }, ms(1200));
+        let dials = a.drain();
+        assert_eq!(
+            dials
+                .iter()
+                .filter(|e| **e == OutEvent::Dial("cloud:4860".into()))
+                .count(),
+            1,
+            "{dials:?}"
+        );
+        a.handle_timeout(ms(1500));
+        assert!(a.poll_timeout() > ms(1500));
     }
 
     #[test]

@@ -911,7 +911,8 @@ impl Replicator {
     }
 
     fn generated(&mut self, doc: DocId, peer: NodeId, payload: Option<Vec<u8>>) {
-        self.outstanding = self.outstanding.saturating_sub(1);
+        // An answer for a session of an earlier connection is not counted again: dropping the
+        // peer already took its generates off `outstanding`.
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -920,9 +921,9 @@ impl Replicator {
                 session.generating = false;
                 std::mem::take(&mut session.again)
             }
-            // An answer for a session of an earlier connection.
             _ => return,
         };
+        self.outstanding = self.outstanding.saturating_sub(1);
         if let Some(payload) = payload {
             let name = (!state.named.contains(&doc))
                 .then(|| self.local.get(&doc).map(|(n, _, _)| n.clone()))
@@ -1273,6 +1274,46 @@ mod tests {
             matches!(&out[0], SyncOut::Send(_, Message::Sync { name: Some(n), .. }) if n == "workflow/0")
         );
         assert!(matches!(out[1], SyncOut::Generate { .. }));
+    }
+
+    #[test]
+    fn a_late_answer_from_an_earlier_connection_does_not_lift_the_bound() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new(
+            "a".into(),
+            SyncConfig {
+                max_outstanding: 1,
+                bytes_per_sec: None,
+            },
+        );
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.handle(SyncIn::LocalChanged(entry(1, 1, "workflow/1")), now);
+        a.drain();
+        // The connection drops and comes back while the store still works on doc 1.
+        a.handle(SyncIn::PeerDown("b".into()), now);
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.handle(SyncIn::LocalChanged(entry(2, 1, "workflow/2")), now);
+        a.handle(SyncIn::LocalChanged(entry(3, 1, "workflow/3")), now);
+        let generates = |out: &[SyncOut]| {
+            out.iter()
+                .filter(|o| matches!(o, SyncOut::Generate { .. }))
+                .count()
+        };
+        assert_eq!(generates(&a.drain()), 1);
+        // The answer of the earlier connection's session arrives: it frees nothing.
+        a.handle(
+            SyncIn::Generated {
+                doc: [1; 16],
+                peer: "b".into(),
+                payload: None,
+            },
+            now,
+        );
+        assert_eq!(
+            generates(&a.drain()),
+            0,
+            "two generates outstanding, bound 1"
+        );
     }
 
     #[test]

@@ -1,0 +1,2542 @@
+//! The world: nodes, the event queue on virtual time, the network, mDNS, faults, workloads and
+//! invariants. This module is the second driver of `mesh::proto` (the first is `mesh::net`):
+//! it feeds membership and replication the same events the network driver does, and carries
+//! out their actions against simulated connections and real in-memory stores.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crdt_store::{
+    ChangeTime, DocName, MeshRegistry, NodeEntry, ResultsQuery, RetentionPolicy, RunRecord,
+    RunStatus, StepDef, Store, StoreConfig, Window, WorkflowDoc,
+};
+use mesh::proto::election::{self, Election, ElectionTiming, Hierarchy};
+use mesh::proto::membership::{self, Addr, ConnId, Membership, NodeId, PeerState, Timing};
+use mesh::proto::sync::{
+    ABSENT, DocId, RETIRED, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
+};
+use mesh::proto::wire::{Capabilities, CatalogueEntry, HeadsDigest, Message, Power, Role};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::net::{Conn, Cut, End, Model, Net};
+use crate::report::{Heal, Kind, NodeTraffic, Report, Violation};
+use crate::scenario::{Aggregation, FaultKind, FaultSpec, GroupBy, Scenario};
+
+/// The mesh id of every simulated store.
+const MESH_ID: &str = "sim";
+/// Virtual time zero as a Unix timestamp (2026-01-01T00:00Z), for result timestamps.
+const EPOCH_MS: i64 = 1_767_225_600_000;
+/// How long a dial to an unreachable address takes to fail (the driver's handshake timeout).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long mDNS keeps a crashed node's records (its TTL) before peers see it leave.
+const MDNS_TTL: Duration = Duration::from_secs(120);
+/// How often divergence is sampled while something changes.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// Violations kept in full; more are counted.
+const MAX_VIOLATIONS: usize = 50;
+/// Passes of a node's timers at one instant after which its driver is spinning.
+const SPIN_LIMIT: u32 = 100;
+
+/// A bug planted in the simulated network, to check that the invariants catch what a correct
+/// protocol cannot survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// Every catalogue frame is silently dropped.
+    DropCatalogue,
+    /// The first sync frame of each document on each connection is silently dropped.
+    DropFirstSync,
+}
+
+impl Plant {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::DropCatalogue => "drop-catalogue",
+            Plant::DropFirstSync => "drop-first-sync",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Option<Plant> {
+        match name {
+            "drop-catalogue" => Some(Plant::DropCatalogue),
+            "drop-first-sync" => Some(Plant::DropFirstSync),
+            _ => None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// How the scenario was named on the command line (for the replay command).
+    pub scenario_arg: String,
+    /// Node count (default: the scenario's).
+    pub nodes: Option<usize>,
+    /// The seed that decides everything.
+    pub seed: u64,
+    /// A planted bug, if any.
+    pub plant: Option<Plant>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Start(usize),
+    Wake {
+        node: usize,
+        inc: u32,
+        generation: u64,
+    },
+    Serve {
+        node: usize,
+        inc: u32,
+    },
+    Connected {
+        node: usize,
+        inc: u32,
+        conn: ConnId,
+        outbound: bool,
+        addr: Option<Addr>,
+    },
+    DialFailed {
+        node: usize,
+        inc: u32,
+        addr: Addr,
+    },
+    Arrive {
+        conn: ConnId,
+        to: usize,
+        msg: Message,
+    },
+    Closed {
+        node: usize,
+        inc: u32,
+        conn: ConnId,
+    },
+    Discovered {
+        node: usize,
+        inc: u32,
+        about: usize,
+    },
+    Lost {
+        node: usize,
+        inc: u32,
+        about: usize,
+        about_inc: Option<u32>,
+    },
+    Fault(usize),
+    HealCut {
+        cut: u64,
+        label: String,
+    },
+    SwizzleStop {
+        nodes: Vec<usize>,
+        cuts: Vec<u64>,
+        step: Duration,
+        hold: Duration,
+        label: String,
+    },
+    SwizzleRestore {
+        cuts: Vec<u64>,
+        step: Duration,
+        label: String,
+    },
+    FlapStep {
+        until: Duration,
+        step: Duration,
+    },
+    Restart {
+        node: usize,
+        lose_store: bool,
+    },
+    WorkflowEdit,
+    ResultAppend {
+        node: usize,
+        inc: u32,
+    },
+    RegistryWrite {
+        node: usize,
+        inc: u32,
+    },
+    Retention {
+        node: usize,
+        inc: u32,
+    },
+    Sample,
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The volatile state of a running node: lost in a crash.
+struct Live {
+    membership: Membership<StdRng>,
+    replicator: Replicator,
+    /// The zone election, when the scenario elects aggregators.
+    election: Option<Election>,
+    /// The election's latest view of the hierarchy.
+    hierarchy: Option<Hierarchy>,
+    /// The share policy must be recomputed (the hierarchy or the registry changed).
+    policy_dirty: bool,
+    /// Connections open at this node.
+    conns: BTreeSet<ConnId>,
+    /// Store work asked for by the replicator, done at the next serve.
+    ops: Vec<SyncOut>,
+    serve_pending: bool,
+    /// Acknowledged results not yet folded into documents.
+    fold_pending: bool,
+    wake_at: Option<Duration>,
+    wake_generation: u64,
+    /// Wakes that found the timer already due again at the same instant.
+    spins: u32,
+    /// Documents for which a sync frame went out on each connection (planted bug).
+    first_sync_dropped: BTreeSet<(ConnId, DocId)>,
+}
+
+struct Node {
+    name: String,
+    id: NodeId,
+    addr: Addr,
+    segment: Option<usize>,
+    zone: String,
+    gateway: bool,
+    caps: Capabilities,
+    inc: u32,
+    store: Option<Store>,
+    live: Option<Live>,
+    /// Left for good, or replaced after losing its store.
+    gone: bool,
+    /// Heads digests of stored documents, as the store's change listener reported them.
+    digests: BTreeMap<DocId, HeadsDigest>,
+    /// This node's own results documents and their windows.
+    own_results: BTreeMap<DocId, Window>,
+    changes: Arc<Mutex<Vec<CatalogueEntry>>>,
+    results_seq: u64,
+    traffic: NodeTraffic,
+}
+
+impl Node {
+    fn alive(&self) -> bool {
+        self.live.is_some()
+    }
+}
+
+struct Acked {
+    owner: usize,
+    run_id: String,
+    window: Window,
+    /// The owner lost its store: the node that held the record then (its aggregator), if any.
+    /// The record must survive as long as that node does (relayed to a new aggregator).
+    held_by: Option<usize>,
+}
+
+struct Segment {
+    zone: String,
+    members: Vec<usize>,
+}
+
+/// The simulation.
+#[allow(missing_debug_implementations)]
+pub struct World {
+    sc: Scenario,
+    opts: Options,
+    now: Duration,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    rng: StdRng,
+    nodes: Vec<Node>,
+    by_addr: BTreeMap<Addr, usize>,
+    by_id: BTreeMap<NodeId, usize>,
+    net: Net,
+    segments: Vec<Segment>,
+    cloud: Option<usize>,
+    policy: SharePolicy,
+    /// Aggregator node index per zone (static aggregation).
+    aggregator: BTreeMap<String, usize>,
+    common_docs: Vec<DocId>,
+    ledger: Vec<Acked>,
+    violations: Vec<Violation>,
+    violation_count: u64,
+    checks: BTreeMap<&'static str, u64>,
+    events: u64,
+    dirty: bool,
+    sample_pending: bool,
+    divergence: Vec<(Duration, u64)>,
+    fault_spans: Vec<(Duration, Duration, String)>,
+    heals: Vec<Heal>,
+    writes: u64,
+    edits: u64,
+    last_write: Duration,
+    last_fault_end: Duration,
+}
+
+impl World {
+    /// Builds the world of a scenario: nodes placed on segments, nothing started yet.
+    pub fn new(opts: Options) -> World {
+        let sc = opts.scenario.clone();
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let n = &sc.network;
+        let model = Model {
+            lan: (n.lan_latency[0].0, n.lan_latency[1].0),
+            wan: (n.wan_latency[0].0, n.wan_latency[1].0),
+            jitter: n.jitter.0,
+            bytes_per_sec: n.bandwidth_mbit * 1e6 / 8.0,
+            loss: n.loss,
+        };
+        let net = Net::new(model, rng.r#gen());
+        let mut segments: Vec<Segment> = if sc.segments.is_empty() {
+            vec![Segment {
+                zone: "lan".into(),
+                members: Vec::new(),
+            }]
+        } else {
+            sc.segments
+                .iter()
+                .map(|s| Segment {
+                    zone: s.zone.clone().unwrap_or_else(|| s.name.clone()),
+                    members: Vec::new(),
+                })
+                .collect()
+        };
+        let count = opts.nodes.unwrap_or(sc.nodes).max(1);
+        // Nodes go to segments by weight, largest remainder first, deterministically.
+        let weights: Vec<f64> = if sc.segments.is_empty() {
+            vec![1.0]
+        } else {
+            sc.segments.iter().map(|s| s.weight).collect()
+        };
+        let total: f64 = weights.iter().sum();
+        let mut placed = 0;
+        for (i, w) in weights.iter().enumerate() {
+            let share = if i + 1 == weights.len() {
+                count - placed
+            } else {
+                ((w / total) * count as f64).round() as usize
+            };
+            let share = share.min(count - placed);
+            for _ in 0..share {
+                segments[i].members.push(placed);
+                placed += 1;
+            }
+        }
+        let mut common_docs = vec![doc_bytes(&DocName::Mesh)];
+        for k in 0..sc.workload.workflows {
+            common_docs.push(doc_bytes(&workflow_name(k)));
+        }
+        let mut world = World {
+            sc,
+            opts,
+            now: Duration::ZERO,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            nodes: Vec::new(),
+            by_addr: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            net,
+            segments: Vec::new(),
+            cloud: None,
+            policy: SharePolicy::default(),
+            aggregator: BTreeMap::new(),
+            common_docs,
+            ledger: Vec::new(),
+            violations: Vec::new(),
+            violation_count: 0,
+            checks: BTreeMap::new(),
+            events: 0,
+            dirty: false,
+            sample_pending: false,
+            divergence: vec![(Duration::ZERO, 0)],
+            fault_spans: Vec::new(),
+            heals: Vec::new(),
+            writes: 0,
+            edits: 0,
+            last_write: Duration::ZERO,
+            last_fault_end: Duration::ZERO,
+        };
+        let gateways = world.sc.cloud.as_ref().map(|c| c.gateways_per_segment);
+        for (s, seg) in segments.iter().enumerate() {
+            for (k, &i) in seg.members.iter().enumerate() {
+                debug_assert_eq!(i, world.nodes.len());
+                let gateway = gateways.is_some_and(|g| g == 0 || k < g);
+                world.add_node(Some(s), seg.zone.clone(), gateway, i);
+            }
+        }
+        world.segments = segments;
+        if world.sc.cloud.is_some() {
+            let i = world.nodes.len();
+            world.add_node(None, String::new(), false, i);
+            world.cloud = Some(i);
+        }
+        if world.sc.aggregation == Aggregation::Static {
+            for seg in &world.segments {
+                if let Some(&first) = seg.members.first() {
+                    world.aggregator.entry(seg.zone.clone()).or_insert(first);
+                }
+            }
+            world.rebuild_policy();
+        }
+        for i in 0..world.nodes.len() {
+            world.schedule(Duration::ZERO, Ev::Start(i));
+        }
+        for (i, f) in world.sc.faults.clone().iter().enumerate() {
+            world.schedule(f.at.0, Ev::Fault(i));
+        }
+        if let Some(every) = world.sc.workload.workflow_edit_every {
+            let first = world.exp(every.0);
+            world.schedule(first, Ev::WorkflowEdit);
+        }
+        world
+    }
+
+    fn add_node(&mut self, segment: Option<usize>, zone: String, gateway: bool, index: usize) {
+        let id = format!("{:016x}", self.rng.r#gen::<u64>());
+        let caps = Capabilities {
+            power: Power::Mains,
+            cpus: if segment.is_none() {
+                16
+            } else {
+                [2, 4, 8][self.rng.gen_range(0..3)]
+            },
+            memory_mb: [2048, 4096, 8192][self.rng.gen_range(0..3)],
+            disk_free_mb: self.rng.gen_range(1_000..100_000),
+        };
+        self.by_id.insert(id.clone(), index);
+        let addr = match segment {
+            Some(s) => format!("10.{}.{}.{}:4860", s, index / 250, index % 250 + 1),
+            None => "cloud.example:4860".to_owned(),
+        };
+        self.by_addr.insert(addr.clone(), index);
+        self.nodes.push(Node {
+            name: match segment {
+                Some(_) => format!("n{index:04}"),
+                None => "cloud".to_owned(),
+            },
+            id,
+            addr,
+            segment,
+            zone,
+            gateway,
+            caps,
+            inc: 0,
+            store: None,
+            live: None,
+            gone: false,
+            digests: BTreeMap::new(),
+            own_results: BTreeMap::new(),
+            changes: Arc::new(Mutex::new(Vec::new())),
+            results_seq: 0,
+            traffic: NodeTraffic::default(),
+        });
+    }
+
+    fn rebuild_policy(&mut self) {
+        let mut policy = SharePolicy::default();
+        for node in &self.nodes {
+            if !node.gone && node.segment.is_some() {
+                policy.zone_of.insert(node.id.clone(), node.zone.clone());
+            }
+        }
+        for (zone, &agg) in &self.aggregator {
+            policy
+                .aggregator_of
+                .insert(zone.clone(), self.nodes[agg].id.clone());
+        }
+        self.policy = policy;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive() {
+                let policy = self.policy.clone();
+                self.sync_input(i, SyncIn::Policy(policy));
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn exp(&mut self, mean: Duration) -> Duration {
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64(-u.ln() * mean.as_secs_f64())
+    }
+
+    fn check(&mut self, name: &'static str) {
+        *self.checks.entry(name).or_default() += 1;
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        self.violation_count += 1;
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations.push(Violation {
+                at: self.now,
+                invariant,
+                detail,
+            });
+        }
+    }
+
+    /// Runs the scenario to its end and checks the final invariants.
+    pub fn run(self) -> Report {
+        self.run_with_progress(Duration::MAX, &mut |_, _| {})
+    }
+
+    /// Runs the scenario, calling `progress` with the simulated time and the events so far
+    /// each time another `every` of simulated time has passed.
+    pub fn run_with_progress(
+        mut self,
+        every: Duration,
+        progress: &mut dyn FnMut(Duration, u64),
+    ) -> Report {
+        let end = self.sc.duration.0;
+        let mut next_progress = every;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > end {
+                break;
+            }
+            while next.at >= next_progress {
+                progress(next_progress, self.events);
+                next_progress = next_progress.saturating_add(every);
+            }
+            self.now = next.at;
+            self.events += 1;
+            self.dispatch(next.ev);
+        }
+        self.now = end;
+        self.sample();
+        self.final_checks();
+        self.report()
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(i) => self.start(i),
+            Ev::Wake {
+                node,
+                inc,
+                generation,
+            } => self.wake(node, inc, generation),
+            Ev::Serve { node, inc } => {
+                if self.is_live(node, inc) {
+                    self.serve(node);
+                }
+            }
+            Ev::Connected {
+                node,
+                inc,
+                conn,
+                outbound,
+                addr,
+            } => self.connected(node, inc, conn, outbound, addr),
+            Ev::DialFailed { node, inc, addr } => {
+                if self.is_live(node, inc) {
+                    self.membership_input(node, membership::InEvent::DialFailed { addr });
+                }
+            }
+            Ev::Arrive { conn, to, msg } => self.arrive(conn, to, msg),
+            Ev::Closed { node, inc, conn } => {
+                if self.is_live(node, inc) {
+                    self.membership_input(node, membership::InEvent::Closed { conn });
+                }
+            }
+            Ev::Discovered { node, inc, about } => {
+                // The record travels from `about` to `node`.
+                if self.is_live(node, inc)
+                    && !self.nodes[about].gone
+                    && !self.net.is_cut(about, node)
+                {
+                    let event = membership::InEvent::Discovered {
+                        node: self.nodes[about].id.clone(),
+                        addr: self.nodes[about].addr.clone(),
+                    };
+                    self.membership_input(node, event);
+                }
+            }
+            Ev::Lost {
+                node,
+                inc,
+                about,
+                about_inc,
+            } => {
+                // An expiring record (about_inc set) does not expire if the node came back.
+                let expired = about_inc
+                    .is_none_or(|i| self.nodes[about].inc == i && !self.nodes[about].alive());
+                if self.is_live(node, inc) && expired {
+                    let event = membership::InEvent::Lost {
+                        node: self.nodes[about].id.clone(),
+                    };
+                    self.membership_input(node, event);
+                }
+            }
+            Ev::Fault(i) => self.fault(i),
+            Ev::HealCut { cut, label } => {
+                self.net.heal(cut);
+                self.release_held();
+                // A single flapping link is not a heal of its own.
+                if !label.is_empty() {
+                    self.healed(label);
+                }
+            }
+            Ev::SwizzleStop {
+                nodes,
+                cuts,
+                step,
+                hold,
+                label,
+            } => self.swizzle_stop(nodes, cuts, step, hold, label),
+            Ev::SwizzleRestore {
+                mut cuts,
+                step,
+                label,
+            } => {
+                if let Some(cut) = cuts.pop() {
+                    self.net.heal(cut);
+                    self.release_held();
+                }
+                if cuts.is_empty() {
+                    self.healed(label);
+                } else {
+                    self.schedule(self.now + step, Ev::SwizzleRestore { cuts, step, label });
+                }
+            }
+            Ev::FlapStep { until, step } => self.flap_step(until, step),
+            Ev::Restart { node, lose_store } => self.restart(node, lose_store),
+            Ev::WorkflowEdit => self.workflow_edit(),
+            Ev::ResultAppend { node, inc } => self.result_append(node, inc),
+            Ev::RegistryWrite { node, inc } => {
+                if self.is_live(node, inc) {
+                    self.write_registry(node, false);
+                    if let Some(every) = self.sc.workload.registry_every {
+                        let at = self.now + self.exp(every.0);
+                        if at < self.sc.quiet_from() {
+                            self.schedule(at, Ev::RegistryWrite { node, inc });
+                        }
+                    }
+                }
+            }
+            Ev::Retention { node, inc } => self.retention(node, inc),
+            Ev::Sample => {
+                self.sample_pending = false;
+                self.sample();
+            }
+        }
+    }
+
+    fn is_live(&self, node: usize, inc: u32) -> bool {
+        let n = &self.nodes[node];
+        n.inc == inc && n.alive()
+    }
+
+    fn wan(&self, a: usize, b: usize) -> bool {
+        let (sa, sb) = (self.nodes[a].segment, self.nodes[b].segment);
+        sa.is_none() || sb.is_none() || sa != sb
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // node life
+
+    fn start(&mut self, i: usize) {
+        let timing = Timing::default();
+        let mseed = self.rng.r#gen();
+        let node = &mut self.nodes[i];
+        node.inc += 1;
+        let inc = node.inc;
+        let mut store = match node.store.take() {
+            Some(store) => store,
+            None => {
+                let mut config = StoreConfig::new(MESH_ID, &node.id);
+                config.change_time = ChangeTime::Zero;
+                config.results_window_minutes = self.sc.store.window_minutes;
+                config.retention = RetentionPolicy {
+                    max_age_ms: self.sc.store.retention.map(|d| d.0.as_millis() as i64),
+                    max_bytes: None,
+                };
+                Store::open_in_memory(config).expect("an in-memory store opens")
+            }
+        };
+        let changes = node.changes.clone();
+        changes.lock().expect("not poisoned").clear();
+        store.set_change_listener(move |entry| changes.lock().expect("not poisoned").push(entry));
+        // What reopening the store does: acknowledged results left in the log are folded in.
+        store
+            .apply_pending(usize::MAX)
+            .expect("the store folds its log");
+        let catalogue = store.catalogue().expect("the store lists its documents");
+        node.changes.lock().expect("not poisoned").clear();
+        node.digests = catalogue.iter().map(|e| (e.doc, e.digest)).collect();
+        let mut replicator = Replicator::new(node.id.clone(), SyncConfig::default());
+        replicator.handle(SyncIn::LocalDocs(catalogue), self.now);
+        replicator.handle(SyncIn::Policy(self.policy.clone()), self.now);
+        let mut membership = Membership::new(node.id.clone(), timing, StdRng::seed_from_u64(mseed));
+        let election = (self.sc.aggregation == Aggregation::Election).then(|| {
+            let role = if node.segment.is_none() {
+                Role::Cloud
+            } else {
+                Role::Edge
+            };
+            Election::new(
+                node.id.clone(),
+                node.zone.clone(),
+                role,
+                node.caps,
+                ElectionTiming::default(),
+                self.now,
+            )
+            .expect("segment zones are valid zone paths")
+        });
+        if node.gateway
+            && let Some(cloud) = self.cloud
+        {
+            let addr = self.nodes[cloud].addr.clone();
+            membership.handle(membership::InEvent::Bootstrap { addr }, self.now);
+        }
+        let node = &mut self.nodes[i];
+        node.store = Some(store);
+        let elects = election.is_some();
+        node.live = Some(Live {
+            membership,
+            replicator,
+            election,
+            hierarchy: None,
+            policy_dirty: elects,
+            conns: BTreeSet::new(),
+            ops: Vec::new(),
+            serve_pending: false,
+            fold_pending: false,
+            wake_at: None,
+            wake_generation: 0,
+            spins: 0,
+            first_sync_dropped: BTreeSet::new(),
+        });
+        self.dirty = true;
+        self.after_membership(i);
+        self.after_election(i);
+        self.after_sync(i);
+        if elects {
+            self.schedule_serve(i);
+        }
+        // `rhizome start` writes the node's own registry entry.
+        self.write_registry(i, true);
+        self.announce(i);
+        let quiet = self.sc.quiet_from();
+        if let Some(every) = self.sc.workload.result_every
+            && self.nodes[i].segment.is_some()
+        {
+            let at = self.now + self.exp(every.0);
+            if at < quiet {
+                self.schedule(at, Ev::ResultAppend { node: i, inc });
+            }
+        }
+        if let Some(every) = self.sc.workload.registry_every {
+            let at = self.now + self.exp(every.0);
+            if at < quiet {
+                self.schedule(at, Ev::RegistryWrite { node: i, inc });
+            }
+        }
+        if self.sc.store.retention.is_some() {
+            let every = self.sc.store.retention_every.0;
+            let at =
+                self.now + Duration::from_nanos(self.rng.gen_range(0..every.as_nanos() as u64));
+            self.schedule(at, Ev::Retention { node: i, inc });
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let Some(live) = self.nodes[i].live.take() else {
+            return;
+        };
+        for conn in live.conns {
+            if let Some(c) = self.net.conns.get_mut(&conn)
+                && let Some(e) = c.end_of(i, self.nodes[i].inc)
+            {
+                c.ends[e].open = false;
+                c.ends[e].held.clear();
+                c.ends[1 - e].held.clear();
+            }
+        }
+        self.nodes[i].changes.lock().expect("not poisoned").clear();
+        self.dirty = true;
+        // No goodbye on mDNS: peers forget the node when its records expire.
+        if let Some(s) = self.nodes[i].segment {
+            let inc = self.nodes[i].inc;
+            for p in self.segments[s].members.clone() {
+                if p != i && self.nodes[p].alive() {
+                    let pinc = self.nodes[p].inc;
+                    self.schedule(
+                        self.now + MDNS_TTL,
+                        Ev::Lost {
+                            node: p,
+                            inc: pinc,
+                            about: i,
+                            about_inc: Some(inc),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize, lose_store: bool) {
+        if self.nodes[i].gone || self.nodes[i].alive() {
+            return;
+        }
+        let label = format!(
+            "restart {}{}",
+            self.nodes[i].name,
+            if lose_store { " as a replacement" } else { "" }
+        );
+        self.healed(label);
+        if !lose_store {
+            // The store survives; its in-memory sync sessions do not.
+            let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id.clone()).collect();
+            if let Some(store) = self.nodes[i].store.as_mut() {
+                for id in &ids {
+                    store.forget_peer(id);
+                }
+            }
+            self.start(i);
+            self.check_results_survived(i);
+            return;
+        }
+        // The disk is gone: a replacement with a new identity and an empty store takes the
+        // same address and place.
+        let old = i;
+        self.nodes[old].gone = true;
+        self.nodes[old].store = None;
+        let index = self.nodes.len();
+        let (segment, zone, gateway) = {
+            let n = &self.nodes[old];
+            (n.segment, n.zone.clone(), n.gateway)
+        };
+        let addr = self.nodes[old].addr.clone();
+        self.add_node(segment, zone.clone(), gateway, index);
+        self.by_addr.remove(&self.nodes[index].addr.clone());
+        self.nodes[index].addr = addr.clone();
+        self.nodes[index].name = format!("{}'", self.nodes[old].name);
+        self.by_addr.insert(addr, index);
+        if let Some(s) = segment {
+            let members = &mut self.segments[s].members;
+            members.retain(|&m| m != old);
+            members.push(index);
+        }
+        if self.aggregator.get(&zone) == Some(&old) {
+            self.aggregator.insert(zone, index);
+        }
+        self.rebuild_policy();
+        self.start(index);
+    }
+
+    /// After a restart with the store intact, every result it acknowledged is still there.
+    fn check_results_survived(&mut self, i: usize) {
+        let owner = self.nodes[i].id.clone();
+        let found = self.results_at(i, &owner);
+        let missing: Vec<String> = self
+            .ledger
+            .iter()
+            .filter(|a| a.owner == i && !found.contains(&a.run_id))
+            .map(|a| a.run_id.clone())
+            .collect();
+        self.check("acknowledged results survive a restart");
+        if !missing.is_empty() {
+            let detail = format!(
+                "{} restarted without {} acknowledged results (first: {})",
+                self.nodes[i].name,
+                missing.len(),
+                missing[0]
+            );
+            self.violate("no acknowledged result is lost", detail);
+        }
+    }
+
+    fn results_at(&mut self, at: usize, owner: &str) -> BTreeSet<String> {
+        let Some(store) = self.nodes[at].store.as_mut() else {
+            return BTreeSet::new();
+        };
+        let query = ResultsQuery {
+            node: Some(owner.to_owned()),
+            ..ResultsQuery::default()
+        };
+        let records = store.results(&query).expect("results read");
+        self.drain_changes(at);
+        records.into_iter().map(|r| r.run_id).collect()
+    }
+
+    fn leave(&mut self, i: usize) {
+        let inc = self.nodes[i].inc;
+        let conns: Vec<ConnId> = self.nodes[i]
+            .live
+            .as_ref()
+            .map(|l| l.conns.iter().copied().collect())
+            .unwrap_or_default();
+        for conn in conns {
+            self.close(i, conn);
+        }
+        if let Some(s) = self.nodes[i].segment {
+            for p in self.segments[s].members.clone() {
+                if p != i && self.nodes[p].alive() && !self.net.is_cut(i, p) {
+                    let lat = self.net.latency(i, p, false);
+                    let pinc = self.nodes[p].inc;
+                    self.schedule(
+                        self.now + lat,
+                        Ev::Lost {
+                            node: p,
+                            inc: pinc,
+                            about: i,
+                            about_inc: None,
+                        },
+                    );
+                }
+            }
+            self.segments[s].members.retain(|&m| m != i);
+        }
+        self.nodes[i].live = None;
+        self.nodes[i].gone = true;
+        self.nodes[i].store = None;
+        let _ = inc;
+        self.dirty = true;
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // the driver: feeding membership and replication, carrying out their actions
+
+    fn membership_input(&mut self, i: usize, event: membership::InEvent) {
+        let now = self.now;
+        if let Some(live) = self.nodes[i].live.as_mut() {
+            live.membership.handle(event, now);
+        }
+        self.after_membership(i);
+    }
+
+    fn sync_input(&mut self, i: usize, event: SyncIn) {
+        let now = self.now;
+        if let Some(live) = self.nodes[i].live.as_mut() {
+            live.replicator.handle(event, now);
+        }
+        self.after_sync(i);
+    }
+
+    fn after_membership(&mut self, i: usize) {
+        loop {
+            let Some(live) = self.nodes[i].live.as_mut() else {
+                return;
+            };
+            let actions = live.membership.drain();
+            if actions.is_empty() {
+                break;
+            }
+            if let Some(e) = live.election.as_mut() {
+                e.handle_membership(&actions, self.now);
+            }
+            for action in actions {
+                match action {
+                    membership::OutEvent::Dial(addr) => self.dial(i, addr),
+                    membership::OutEvent::Send(conn, msg) => self.send(i, conn, msg),
+                    membership::OutEvent::Close(conn, _) => self.close(i, conn),
+                    membership::OutEvent::Rebrowse => self.rebrowse(i),
+                    membership::OutEvent::PeerUp(peer) => self.sync_input(i, SyncIn::PeerUp(peer)),
+                    membership::OutEvent::PeerDown(peer, _) => {
+                        self.sync_input(i, SyncIn::PeerDown(peer))
+                    }
+                }
+            }
+            self.after_election(i);
+        }
+        self.reschedule_wake(i);
+    }
+
+    /// Carries out what the election asked for, as the network driver does.
+    fn after_election(&mut self, i: usize) {
+        let now = self.now;
+        let Some(live) = self.nodes[i].live.as_mut() else {
+            return;
+        };
+        let Some(e) = live.election.as_mut() else {
+            return;
+        };
+        let outs = e.drain();
+        for out in outs {
+            let Some(live) = self.nodes[i].live.as_mut() else {
+                return;
+            };
+            match out {
+                election::OutEvent::Send(peer, status) => {
+                    if let Some(conn) = live.membership.connection(&peer) {
+                        self.send(i, conn, Message::Status(status));
+                    }
+                }
+                election::OutEvent::Broadcast(status) => {
+                    let conns: Vec<ConnId> = live
+                        .membership
+                        .peers(now)
+                        .iter()
+                        .filter_map(|p| live.membership.connection(&p.node))
+                        .collect();
+                    for conn in conns {
+                        self.send(i, conn, Message::Status(status.clone()));
+                    }
+                }
+                election::OutEvent::Changed(hierarchy) => {
+                    live.hierarchy = Some(hierarchy);
+                    live.policy_dirty = true;
+                    self.dirty = true;
+                    self.schedule_serve(i);
+                }
+                election::OutEvent::Refused { .. } => {}
+            }
+        }
+    }
+
+    fn after_sync(&mut self, i: usize) {
+        let Some(live) = self.nodes[i].live.as_mut() else {
+            return;
+        };
+        let outs = live.replicator.drain();
+        let mut network = Vec::new();
+        for out in outs {
+            match out {
+                SyncOut::Send(..) | SyncOut::Close(..) => network.push(out),
+                op => live.ops.push(op),
+            }
+        }
+        let needs_serve = !live.ops.is_empty() && !live.serve_pending;
+        for out in network {
+            let Some(live) = self.nodes[i].live.as_ref() else {
+                return;
+            };
+            match out {
+                SyncOut::Send(peer, msg) => {
+                    // The driver sends to the peer's current connection; with none the message
+                    // is dropped, as `MeshHandle::send` refuses it.
+                    if let Some(conn) = live.membership.connection(&peer) {
+                        self.send(i, conn, msg);
+                    }
+                }
+                SyncOut::Close(peer, _) => {
+                    if let Some(conn) = live.membership.connection(&peer) {
+                        self.close(i, conn);
+                    }
+                }
+                _ => unreachable!("only network actions are collected"),
+            }
+        }
+        if needs_serve {
+            self.schedule_serve(i);
+        }
+        self.reschedule_wake(i);
+    }
+
+    fn schedule_serve(&mut self, i: usize) {
+        let delay = self.sc.store.store_delay.0;
+        let Some(live) = self.nodes[i].live.as_mut() else {
+            return;
+        };
+        if live.serve_pending {
+            return;
+        }
+        live.serve_pending = true;
+        let inc = self.nodes[i].inc;
+        self.schedule(self.now + delay, Ev::Serve { node: i, inc });
+    }
+
+    /// The store thread's turn: folds acknowledged results, runs the replicator's store work,
+    /// and answers.
+    fn serve(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let (Some(live), Some(store)) = (node.live.as_mut(), node.store.as_mut()) else {
+            return;
+        };
+        live.serve_pending = false;
+        if std::mem::take(&mut live.fold_pending) {
+            store.apply_pending(usize::MAX).expect("results fold");
+        }
+        if std::mem::take(&mut live.policy_dirty)
+            && let Some(hierarchy) = &live.hierarchy
+        {
+            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let policy = share_policy(&node.id, hierarchy, &registry);
+            live.replicator.handle(SyncIn::Policy(policy), now);
+        }
+        let ops = std::mem::take(&mut live.ops);
+        let generates = ops
+            .iter()
+            .filter(|o| matches!(o, SyncOut::Generate { .. }))
+            .count();
+        let served = serve(store, ops).expect("the in-memory store serves");
+        for answer in served.answers {
+            live.replicator.handle(answer, now);
+        }
+        let bound = SyncConfig::default().max_outstanding;
+        self.check("store work per batch stays within the replicator's bound");
+        if generates > bound {
+            let detail = format!(
+                "{} asked for {generates} generates at once, more than the bound of {bound}",
+                self.nodes[i].name
+            );
+            self.violate("replication work is bounded", detail);
+        }
+        self.drain_changes(i);
+        self.after_sync(i);
+    }
+
+    /// Passes what the store's change listener saw on to the replicator, as the node does.
+    fn drain_changes(&mut self, i: usize) {
+        let entries: Vec<CatalogueEntry> =
+            std::mem::take(&mut *self.nodes[i].changes.lock().expect("not poisoned"));
+        if entries.is_empty() {
+            return;
+        }
+        let own_prefix = format!("results/{}/", self.nodes[i].id);
+        let mut needs_serve = false;
+        for entry in entries {
+            let node = &mut self.nodes[i];
+            if node.digests.get(&entry.doc) != Some(&entry.digest) {
+                node.digests.insert(entry.doc, entry.digest);
+                self.dirty = true;
+            }
+            if entry.name.starts_with(&own_prefix)
+                && let Ok(DocName::Results { window, .. }) = entry.name.parse::<DocName>()
+            {
+                node.own_results.insert(entry.doc, window);
+            }
+            if let Some(live) = node.live.as_mut() {
+                if entry.name == "mesh" && live.election.is_some() && !live.policy_dirty {
+                    live.policy_dirty = true;
+                    needs_serve = true;
+                }
+                live.replicator
+                    .handle(SyncIn::LocalChanged(entry), self.now);
+            }
+        }
+        if needs_serve {
+            self.schedule_serve(i);
+        }
+        self.after_sync(i);
+        self.mark_dirty();
+    }
+
+    fn mark_dirty(&mut self) {
+        if self.dirty && !self.sample_pending {
+            self.sample_pending = true;
+            self.schedule(self.now + SAMPLE_EVERY, Ev::Sample);
+        }
+    }
+
+    fn reschedule_wake(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(live) = node.live.as_mut() else {
+            return;
+        };
+        let mut next = live.membership.poll_timeout();
+        if let Some(t) = live.replicator.poll_timeout(now) {
+            next = next.min(t);
+        }
+        if let Some(t) = live.election.as_ref().and_then(Election::poll_timeout) {
+            next = next.min(t);
+        }
+        if live.wake_at.is_some_and(|w| w <= next) {
+            return;
+        }
+        live.wake_generation += 1;
+        live.wake_at = Some(next);
+        let (inc, generation) = (node.inc, live.wake_generation);
+        self.schedule(
+            next,
+            Ev::Wake {
+                node: i,
+                inc,
+                generation,
+            },
+        );
+    }
+
+    fn wake(&mut self, i: usize, inc: u32, generation: u64) {
+        let now = self.now;
+        if !self.is_live(i, inc) {
+            return;
+        }
+        let live = self.nodes[i].live.as_mut().expect("live");
+        if live.wake_generation != generation {
+            return;
+        }
+        live.wake_at = None;
+        live.membership.handle_timeout(now);
+        live.replicator.handle_timeout(now);
+        if let Some(e) = live.election.as_mut() {
+            e.handle_timeout(now);
+        }
+        self.after_membership(i);
+        self.after_election(i);
+        self.after_sync(i);
+        // A machine may ask to be woken again at the same instant (a peer just declared down
+        // is redialled on the next pass), but not over and over: a real driver would spin.
+        self.check("timers advance after they fire");
+        let live = self.nodes[i].live.as_mut().expect("live");
+        let due = live
+            .membership
+            .poll_timeout()
+            .min(live.replicator.poll_timeout(now).unwrap_or(Duration::MAX))
+            .min(
+                live.election
+                    .as_ref()
+                    .and_then(Election::poll_timeout)
+                    .unwrap_or(Duration::MAX),
+            );
+        if due > now {
+            live.spins = 0;
+            return;
+        }
+        live.spins += 1;
+        if live.spins < SPIN_LIMIT {
+            return;
+        }
+        if live.spins == SPIN_LIMIT {
+            let _ = live;
+            let detail = format!(
+                "{}: after {SPIN_LIMIT} passes of handle_timeout at {} poll_timeout() is still {} \
+                 (not in the future), so a driver's timer fires again and again: it spins",
+                self.nodes[i].name,
+                crate::report::clock(now),
+                crate::report::clock(due)
+            );
+            self.violate("timers advance", detail);
+        }
+        // Keep the simulation going without spinning: look again a millisecond later.
+        let live = self.nodes[i].live.as_mut().expect("live");
+        live.wake_generation += 1;
+        live.wake_at = Some(now + Duration::from_millis(1));
+        let generation = live.wake_generation;
+        self.schedule(
+            now + Duration::from_millis(1),
+            Ev::Wake {
+                node: i,
+                inc,
+                generation,
+            },
+        );
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // network
+
+    fn dial(&mut self, from: usize, addr: Addr) {
+        let inc = self.nodes[from].inc;
+        let target = self.by_addr.get(&addr).copied();
+        let reachable = target.filter(|&t| {
+            t != from
+                && self.nodes[t].alive()
+                && !self.net.is_cut(from, t)
+                && !self.net.is_cut(t, from)
+        });
+        let Some(t) = reachable else {
+            self.schedule(
+                self.now + DIAL_TIMEOUT,
+                Ev::DialFailed {
+                    node: from,
+                    inc,
+                    addr,
+                },
+            );
+            return;
+        };
+        let wan = self.wan(from, t);
+        let lat = self.net.latency(from, t, wan);
+        let conn = self.net.next_conn_id();
+        // QUIC's handshake takes a round trip, then both sides exchange hellos: the acceptor is
+        // ready after 1.5 round trips, the dialler after 2.
+        let accept_at = self.now + lat * 3;
+        let dial_at = self.now + lat * 4;
+        let tinc = self.nodes[t].inc;
+        self.net.conns.insert(
+            conn,
+            Conn {
+                ends: [
+                    End {
+                        node: from,
+                        inc,
+                        open: true,
+                        last_arrival: dial_at,
+                        held: Default::default(),
+                    },
+                    End {
+                        node: t,
+                        inc: tinc,
+                        open: true,
+                        last_arrival: accept_at,
+                        held: Default::default(),
+                    },
+                ],
+            },
+        );
+        for (n, peer) in [(from, t), (t, from)] {
+            let hello = Message::Hello(mesh::proto::wire::Hello {
+                mesh_id: MESH_ID.into(),
+                node_id: self.nodes[n].id.clone(),
+                role: if self.nodes[n].segment.is_none() {
+                    Role::Cloud
+                } else {
+                    Role::Edge
+                },
+                zone: self.nodes[n].zone.clone(),
+                listen_port: 4860,
+            });
+            self.nodes[n]
+                .traffic
+                .count(Kind::Hello, hello.encoded_len());
+            let _ = peer;
+        }
+        if let Some(live) = self.nodes[from].live.as_mut() {
+            live.conns.insert(conn);
+        }
+        if let Some(live) = self.nodes[t].live.as_mut() {
+            live.conns.insert(conn);
+        }
+        self.schedule(
+            accept_at,
+            Ev::Connected {
+                node: t,
+                inc: tinc,
+                conn,
+                outbound: false,
+                addr: None,
+            },
+        );
+        self.schedule(
+            dial_at,
+            Ev::Connected {
+                node: from,
+                inc,
+                conn,
+                outbound: true,
+                addr: Some(addr),
+            },
+        );
+    }
+
+    fn connected(
+        &mut self,
+        node: usize,
+        inc: u32,
+        conn: ConnId,
+        outbound: bool,
+        addr: Option<Addr>,
+    ) {
+        if !self.is_live(node, inc) {
+            return;
+        }
+        let Some(c) = self.net.conns.get(&conn) else {
+            return;
+        };
+        let Some(e) = c.end_of(node, inc) else {
+            return;
+        };
+        if !c.ends[e].open {
+            return;
+        }
+        let peer = self.nodes[c.ends[1 - e].node].id.clone();
+        self.membership_input(
+            node,
+            membership::InEvent::Connected {
+                conn,
+                node: peer,
+                outbound,
+                addr,
+            },
+        );
+    }
+
+    fn send(&mut self, from: usize, conn: ConnId, msg: Message) {
+        let inc = self.nodes[from].inc;
+        let Some(c) = self.net.conns.get(&conn) else {
+            return;
+        };
+        let Some(s) = c.end_of(from, inc) else {
+            return;
+        };
+        if !c.ends[s].open {
+            return;
+        }
+        let to = c.ends[1 - s].node;
+        let len = msg.encoded_len();
+        self.nodes[from].traffic.count(Kind::of(&msg), len);
+        if let Some(plant) = self.opts.plant {
+            let drop = match (&msg, plant) {
+                (Message::Catalogue { .. }, Plant::DropCatalogue) => true,
+                (Message::Sync { doc, .. }, Plant::DropFirstSync) => self.nodes[from]
+                    .live
+                    .as_mut()
+                    .is_some_and(|l| l.first_sync_dropped.insert((conn, *doc))),
+                _ => false,
+            };
+            if drop {
+                return;
+            }
+        }
+        let wan = self.wan(from, to);
+        let at = self.net.arrival(self.now, from, to, len, wan);
+        let c = self.net.conns.get_mut(&conn).expect("checked above");
+        let r = 1 - s;
+        let at = at.max(c.ends[r].last_arrival);
+        c.ends[r].last_arrival = at;
+        self.schedule(at, Ev::Arrive { conn, to: r, msg });
+    }
+
+    fn arrive(&mut self, conn: ConnId, to: usize, msg: Message) {
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let (from, node, inc) = (c.ends[1 - to].node, c.ends[to].node, c.ends[to].inc);
+        if !c.ends[to].open || !c.ends[1 - to].open && !matches!(msg, Message::Goodbye { .. }) {
+            // A closed connection discards what was in flight towards it; a closed sender's
+            // unacknowledged data is abandoned too.
+            if !c.ends[to].open {
+                return;
+            }
+        }
+        let cut = self.net.is_cut(from, node);
+        let c = self.net.conns.get_mut(&conn).expect("present");
+        if cut || !c.ends[to].held.is_empty() {
+            c.ends[to].held.push_back(msg);
+            return;
+        }
+        if !self.is_live(node, inc) {
+            return;
+        }
+        self.deliver(node, conn, to, msg);
+    }
+
+    fn deliver(&mut self, node: usize, conn: ConnId, to: usize, msg: Message) {
+        if let Message::Goodbye { .. } = msg {
+            if let Some(c) = self.net.conns.get_mut(&conn) {
+                c.ends[to].open = false;
+            }
+            if let Some(live) = self.nodes[node].live.as_mut() {
+                live.conns.remove(&conn);
+            }
+            self.membership_input(node, membership::InEvent::Received { conn });
+            self.membership_input(node, membership::InEvent::Closed { conn });
+            return;
+        }
+        self.membership_input(node, membership::InEvent::Received { conn });
+        self.feed_election(node, conn, &msg);
+        if matches!(
+            msg,
+            Message::Summary { .. }
+                | Message::Buckets { .. }
+                | Message::Catalogue { .. }
+                | Message::Sync { .. }
+        ) {
+            let Some(live) = self.nodes[node].live.as_ref() else {
+                return;
+            };
+            // Only the connection in use speaks for its peer, as in the network driver.
+            if let Some(peer) = live.membership.peer_of(conn).cloned()
+                && live.membership.connection(&peer) == Some(conn)
+            {
+                self.sync_input(node, SyncIn::Received(peer, msg));
+            }
+        }
+    }
+
+    /// Every frame on a peer's connection in use renews its election lease; a status is the
+    /// election's input (as in the network driver).
+    fn feed_election(&mut self, node: usize, conn: ConnId, msg: &Message) {
+        let now = self.now;
+        let Some(live) = self.nodes[node].live.as_mut() else {
+            return;
+        };
+        let Some(peer) = live.membership.peer_of(conn).cloned() else {
+            return;
+        };
+        if live.membership.connection(&peer) != Some(conn) {
+            return;
+        }
+        let Some(e) = live.election.as_mut() else {
+            return;
+        };
+        match msg {
+            Message::Status(status) => e.handle(
+                election::InEvent::Status {
+                    from: peer,
+                    status: status.clone(),
+                },
+                now,
+            ),
+            _ => e.handle(election::InEvent::Heard(peer), now),
+        }
+        self.after_election(node);
+    }
+
+    /// Closes this node's end: the peer learns it from a goodbye that follows what was already
+    /// sent, unless a cut swallows it.
+    fn close(&mut self, i: usize, conn: ConnId) {
+        let inc = self.nodes[i].inc;
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(s) = c.end_of(i, inc) else {
+            return;
+        };
+        if !c.ends[s].open {
+            return;
+        }
+        c.ends[s].open = false;
+        c.ends[s].held.clear();
+        let r = 1 - s;
+        let to = c.ends[r].node;
+        let peer_open = c.ends[r].open;
+        if let Some(live) = self.nodes[i].live.as_mut() {
+            live.conns.remove(&conn);
+        }
+        self.schedule(self.now, Ev::Closed { node: i, inc, conn });
+        let goodbye = Message::Goodbye {
+            reason: "closed".into(),
+        };
+        let len = goodbye.encoded_len();
+        self.nodes[i].traffic.count(Kind::Goodbye, len);
+        let held = !self.net.conns[&conn].ends[r].held.is_empty();
+        if !peer_open || held || self.net.is_cut(i, to) {
+            // Unacknowledged data and the close itself are lost; the peer finds out by silence.
+            if let Some(c) = self.net.conns.get_mut(&conn) {
+                c.ends[r].held.clear();
+            }
+            return;
+        }
+        let wan = self.wan(i, to);
+        let at = self.net.arrival(self.now, i, to, len, wan);
+        let c = self.net.conns.get_mut(&conn).expect("present");
+        let at = at.max(c.ends[r].last_arrival);
+        c.ends[r].last_arrival = at;
+        self.schedule(
+            at,
+            Ev::Arrive {
+                conn,
+                to: r,
+                msg: goodbye,
+            },
+        );
+    }
+
+    /// After a cut heals, frames it held travel on, in order.
+    fn release_held(&mut self) {
+        let waiting: Vec<(ConnId, usize)> = self
+            .net
+            .conns
+            .iter()
+            .flat_map(|(id, c)| {
+                (0..2)
+                    .filter(|&e| !c.ends[e].held.is_empty())
+                    .map(move |e| (*id, e))
+            })
+            .collect();
+        for (conn, to) in waiting {
+            let c = &self.net.conns[&conn];
+            let (from, node) = (c.ends[1 - to].node, c.ends[to].node);
+            if self.net.is_cut(from, node) {
+                continue;
+            }
+            let wan = self.wan(from, node);
+            let frames: Vec<Message> = self.net.conns.get_mut(&conn).expect("present").ends[to]
+                .held
+                .drain(..)
+                .collect();
+            for msg in frames {
+                // Retransmitted after the heal: they arrive a latency later, in order.
+                let at = self.net.arrival(self.now, from, node, 0, wan);
+                let c = self.net.conns.get_mut(&conn).expect("present");
+                let at = at.max(c.ends[to].last_arrival);
+                c.ends[to].last_arrival = at;
+                self.schedule(at, Ev::Arrive { conn, to, msg });
+            }
+        }
+        // Forget connections closed at both ends with nothing in flight.
+        let now = self.now;
+        self.net.conns.retain(|_, c| {
+            c.ends.iter().any(|e| e.open) || c.ends.iter().any(|e| e.last_arrival > now)
+        });
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // mDNS
+
+    fn announce(&mut self, i: usize) {
+        let Some(s) = self.nodes[i].segment else {
+            return;
+        };
+        let inc = self.nodes[i].inc;
+        for p in self.segments[s].members.clone() {
+            if p == i || !self.nodes[p].alive() {
+                continue;
+            }
+            let pinc = self.nodes[p].inc;
+            // The announcement reaches p; p's answer to the browse reaches i.
+            let a = Duration::from_millis(self.rng.gen_range(750..=1000));
+            let b = Duration::from_millis(self.rng.gen_range(750..=1000));
+            self.schedule(
+                self.now + a,
+                Ev::Discovered {
+                    node: p,
+                    inc: pinc,
+                    about: i,
+                },
+            );
+            self.schedule(
+                self.now + b,
+                Ev::Discovered {
+                    node: i,
+                    inc,
+                    about: p,
+                },
+            );
+        }
+    }
+
+    fn rebrowse(&mut self, i: usize) {
+        let Some(s) = self.nodes[i].segment else {
+            return;
+        };
+        let inc = self.nodes[i].inc;
+        for p in self.segments[s].members.clone() {
+            if p == i || !self.nodes[p].alive() || self.net.is_cut(i, p) {
+                continue;
+            }
+            let at = self.now + Duration::from_millis(self.rng.gen_range(20..=120));
+            self.schedule(
+                at,
+                Ev::Discovered {
+                    node: i,
+                    inc,
+                    about: p,
+                },
+            );
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // faults
+
+    fn pick(&mut self, count: usize, aggregators: bool) -> Vec<usize> {
+        let mut candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive() && self.nodes[i].segment.is_some())
+            .filter(|&i| !aggregators || self.is_aggregator(i))
+            .collect();
+        candidates.shuffle(&mut self.rng);
+        candidates.truncate(count);
+        candidates.sort_unstable();
+        candidates
+    }
+
+    fn names(&self, nodes: &[usize]) -> String {
+        let names: Vec<&str> = nodes.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+        if names.len() > 6 {
+            format!("{} nodes", names.len())
+        } else {
+            names.join(" ")
+        }
+    }
+
+    fn fault(&mut self, index: usize) {
+        let spec: FaultSpec = self.sc.faults[index].clone();
+        let quiet = self.sc.quiet_from();
+        if let Some(every) = spec.every {
+            let next = self.now + every.0;
+            let end = next + spec.lasts.map_or(Duration::ZERO, |d| d.0);
+            if end < quiet {
+                self.schedule(next, Ev::Fault(index));
+            }
+        }
+        let lasts = spec.lasts.map(|d| d.0);
+        let end = lasts.map(|d| self.now + d);
+        let all: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].gone)
+            .collect();
+        match spec.kind {
+            FaultKind::Partition => {
+                let groups = spec.groups.unwrap_or(2);
+                let mut of = vec![u8::MAX; self.nodes.len()];
+                match spec.by {
+                    GroupBy::Random => {
+                        let mut order = all.clone();
+                        order.shuffle(&mut self.rng);
+                        for (k, i) in order.into_iter().enumerate() {
+                            of[i] = (k % groups) as u8;
+                        }
+                    }
+                    GroupBy::Segment => {
+                        let mut segs: Vec<usize> = (0..self.segments.len()).collect();
+                        segs.shuffle(&mut self.rng);
+                        for (k, s) in segs.into_iter().enumerate() {
+                            for &i in &self.segments[s].members {
+                                of[i] = (k % groups) as u8;
+                            }
+                        }
+                        if let Some(c) = self.cloud {
+                            of[c] = self.rng.gen_range(0..groups) as u8;
+                        }
+                    }
+                }
+                let cut = self.net.cut(Cut::Groups(of));
+                let label = format!("partition into {groups}");
+                self.open_fault(cut, end.expect("validated"), label);
+            }
+            FaultKind::OneWay => {
+                let mut order = all.clone();
+                order.shuffle(&mut self.rng);
+                let k = ((order.len() as f64) * spec.fraction.unwrap_or(0.5)).ceil() as usize;
+                let mut from = vec![false; self.nodes.len()];
+                let mut to = vec![true; self.nodes.len()];
+                for &i in &order[..k.min(order.len())] {
+                    from[i] = true;
+                    to[i] = false;
+                }
+                let cut = self.net.cut(Cut::OneWay { from, to });
+                let label = format!("one-way cut of {k}");
+                self.open_fault(cut, end.expect("validated"), label);
+            }
+            FaultKind::Isolate => {
+                for i in self.pick(spec.count.unwrap_or(1), spec.aggregators) {
+                    let cut = self.net.cut(Cut::Node(i));
+                    let label = format!("isolate {}", self.nodes[i].name);
+                    self.open_fault(cut, end.expect("validated"), label);
+                }
+            }
+            FaultKind::Swizzle => {
+                let mut order: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.nodes[i].alive())
+                    .collect();
+                order.shuffle(&mut self.rng);
+                let k = ((order.len() as f64) * spec.fraction.unwrap_or(0.5)).ceil() as usize;
+                order.truncate(k);
+                order.reverse();
+                let label = format!("swizzle {k}");
+                self.fault_spans
+                    .push((self.now, end.expect("validated"), label.clone()));
+                self.swizzle_stop(
+                    order,
+                    Vec::new(),
+                    spec.step.expect("validated").0,
+                    lasts.expect("validated"),
+                    label,
+                );
+            }
+            FaultKind::Flap => {
+                let until = end.expect("validated");
+                self.fault_spans
+                    .push((self.now, until, "flapping links".into()));
+                self.flap_step(until, spec.step.expect("validated").0);
+            }
+            FaultKind::Crash => {
+                let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                let label = format!(
+                    "crash {}{}",
+                    self.names(&picked),
+                    if spec.lose_store { " (store lost)" } else { "" }
+                );
+                for &i in &picked {
+                    if spec.lose_store {
+                        self.record_store_loss(i);
+                    }
+                    self.crash(i);
+                    if let Some(lasts) = lasts {
+                        self.schedule(
+                            self.now + lasts,
+                            Ev::Restart {
+                                node: i,
+                                lose_store: spec.lose_store,
+                            },
+                        );
+                    }
+                }
+                let until = end.unwrap_or(self.now);
+                self.fault_spans.push((self.now, until, label));
+            }
+            FaultKind::Leave => {
+                let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                let label = format!("leave {}", self.names(&picked));
+                for &i in &picked {
+                    if self.sc.aggregation == Aggregation::Static && self.is_aggregator(i) {
+                        // Static aggregation has no one to take over: keep aggregators.
+                        continue;
+                    }
+                    self.leave(i);
+                }
+                self.fault_spans.push((self.now, self.now, label));
+                self.rebuild_policy();
+            }
+            FaultKind::Join => {
+                let count = spec.count.unwrap_or(1);
+                for _ in 0..count {
+                    let s = self.rng.gen_range(0..self.segments.len());
+                    let index = self.nodes.len();
+                    let zone = self.segments[s].zone.clone();
+                    let gateway = self
+                        .sc
+                        .cloud
+                        .as_ref()
+                        .is_some_and(|c| c.gateways_per_segment == 0);
+                    self.add_node(Some(s), zone, gateway, index);
+                    self.segments[s].members.push(index);
+                    self.schedule(self.now, Ev::Start(index));
+                }
+                self.fault_spans
+                    .push((self.now, self.now, format!("join {count}")));
+                self.rebuild_policy();
+            }
+        }
+        self.dirty = true;
+        self.mark_dirty();
+    }
+
+    fn open_fault(&mut self, cut: u64, end: Duration, label: String) {
+        self.fault_spans.push((self.now, end, label.clone()));
+        self.schedule(end, Ev::HealCut { cut, label });
+    }
+
+    fn healed(&mut self, label: String) {
+        self.last_fault_end = self.last_fault_end.max(self.now);
+        self.heals.push(Heal::new(self.now, label));
+        self.dirty = true;
+        self.mark_dirty();
+        let bytes: u64 = self.nodes.iter().map(|n| n.traffic.total_bytes()).sum();
+        if let Some(h) = self.heals.last_mut() {
+            h.bytes_before = bytes;
+        }
+    }
+
+    /// Stops one node's links per step; once all are stopped, holds, then restores them one
+    /// per step in random order.
+    fn swizzle_stop(
+        &mut self,
+        mut nodes: Vec<usize>,
+        mut cuts: Vec<u64>,
+        step: Duration,
+        hold: Duration,
+        label: String,
+    ) {
+        let Some(i) = nodes.pop() else {
+            return;
+        };
+        cuts.push(self.net.cut(Cut::Node(i)));
+        if nodes.is_empty() {
+            cuts.shuffle(&mut self.rng);
+            let stopping = step * cuts.len() as u32;
+            let restore_at = self.now + hold.saturating_sub(stopping * 2).max(step);
+            self.schedule(restore_at, Ev::SwizzleRestore { cuts, step, label });
+        } else {
+            self.schedule(
+                self.now + step,
+                Ev::SwizzleStop {
+                    nodes,
+                    cuts,
+                    step,
+                    hold,
+                    label,
+                },
+            );
+        }
+    }
+
+    fn flap_step(&mut self, until: Duration, step: Duration) {
+        if self.now >= until {
+            self.healed("flapping links stop".into());
+            return;
+        }
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive())
+            .collect();
+        if alive.len() >= 2 {
+            let a = alive[self.rng.gen_range(0..alive.len())];
+            let mut b = alive[self.rng.gen_range(0..alive.len())];
+            if a == b {
+                b = alive[(alive.iter().position(|&x| x == a).expect("present") + 1) % alive.len()];
+            }
+            let down_for = Duration::from_millis(self.rng.gen_range(200..4000));
+            let cut = self.net.cut(Cut::Pair(a, b));
+            let heal_at = (self.now + down_for).min(until);
+            self.schedule(
+                heal_at,
+                Ev::HealCut {
+                    cut,
+                    label: String::new(),
+                },
+            );
+        }
+        self.schedule(self.now + step, Ev::FlapStep { until, step });
+    }
+
+    fn record_store_loss(&mut self, i: usize) {
+        let zone = self.nodes[i].zone.clone();
+        let _ = zone;
+        let aggregator = self.aggregator_for(i).filter(|&a| a != i);
+        let at_aggregator = match aggregator {
+            Some(a) if self.nodes[a].store.is_some() => {
+                let owner = self.nodes[i].id.clone();
+                self.results_at(a, &owner)
+            }
+            _ => BTreeSet::new(),
+        };
+        for acked in self.ledger.iter_mut().filter(|a| a.owner == i) {
+            acked.held_by = aggregator.filter(|_| at_aggregator.contains(&acked.run_id));
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // workload
+
+    fn workflow_edit(&mut self) {
+        let quiet = self.sc.quiet_from();
+        if let Some(every) = self.sc.workload.workflow_edit_every {
+            let at = self.now + self.exp(every.0);
+            if at < quiet {
+                self.schedule(at, Ev::WorkflowEdit);
+            }
+        }
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive() && self.nodes[i].segment.is_some())
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        let i = alive[self.rng.gen_range(0..alive.len())];
+        let k = self.rng.gen_range(0..self.sc.workload.workflows);
+        self.edits += 1;
+        let edit = self.edits;
+        let name = workflow_name(k);
+        let (by, updated_ms) = (
+            self.nodes[i].id.clone(),
+            EPOCH_MS + self.now.as_millis() as i64,
+        );
+        let step = format!("s{}", self.rng.gen_range(0..4));
+        let store = self.nodes[i]
+            .store
+            .as_mut()
+            .expect("a live node has a store");
+        store
+            .update::<WorkflowDoc, _>(&name, |w| {
+                w.id = format!("wf-{k}");
+                w.version += 1;
+                w.description = format!("edit {edit}");
+                w.updated_by = by;
+                w.updated_ms = updated_ms;
+                w.steps.insert(
+                    step,
+                    StepDef {
+                        agent: "transform".into(),
+                        config: format!("{{\"edit\":{edit}}}"),
+                        ..StepDef::default()
+                    },
+                );
+            })
+            .expect("workflow edit");
+        self.note_write();
+        self.drain_changes(i);
+    }
+
+    fn note_write(&mut self) {
+        self.writes += 1;
+        self.last_write = self.now;
+    }
+
+    fn result_append(&mut self, i: usize, inc: u32) {
+        if !self.is_live(i, inc) {
+            return;
+        }
+        if let Some(every) = self.sc.workload.result_every {
+            let at = self.now + self.exp(every.0);
+            if at < self.sc.quiet_from() {
+                self.schedule(at, Ev::ResultAppend { node: i, inc });
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.results_seq += 1;
+        let finished = EPOCH_MS + self.now.as_millis() as i64;
+        let record = RunRecord {
+            run_id: format!("{}-{}", node.id, node.results_seq),
+            workflow: "wf-0".into(),
+            workflow_version: 1,
+            node: node.id.clone(),
+            started_ms: finished - 5,
+            finished_ms: finished,
+            status: RunStatus::Succeeded,
+            output: format!("{{\"value\":{}}}", node.results_seq),
+            ..RunRecord::default()
+        };
+        let window = Window::containing(finished, self.sc.store.window_minutes);
+        let store = node.store.as_mut().expect("a live node has a store");
+        // Acknowledged means `append_results` returned: from here on it must never be lost.
+        if store.append_results(std::slice::from_ref(&record)).is_ok() {
+            self.ledger.push(Acked {
+                owner: i,
+                run_id: record.run_id,
+                window,
+                held_by: None,
+            });
+            if let Some(live) = self.nodes[i].live.as_mut() {
+                live.fold_pending = true;
+            }
+            self.schedule_serve(i);
+            self.note_write();
+        }
+    }
+
+    /// Writes the node's own registry entry. At start, as `rhizome start` does, only when it
+    /// says something new (so a restart with the same settings changes no document).
+    fn write_registry(&mut self, i: usize, at_start: bool) {
+        let now_ms = EPOCH_MS + self.now.as_millis() as i64;
+        let node = &mut self.nodes[i];
+        let entry = NodeEntry {
+            name: node.name.clone(),
+            zone: node.zone.clone(),
+            addresses: vec![node.addr.clone()],
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..NodeEntry::default()
+        };
+        let id = node.id.clone();
+        let store = node.store.as_mut().expect("a live node has a store");
+        if at_start {
+            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let unchanged = registry.nodes.get(&id).is_some_and(|old| {
+                NodeEntry {
+                    heartbeat: 0,
+                    updated_ms: 0,
+                    ..old.clone()
+                } == entry
+            });
+            if unchanged {
+                return;
+            }
+        }
+        store
+            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
+                m.nodes.insert(
+                    id,
+                    NodeEntry {
+                        heartbeat,
+                        updated_ms: now_ms,
+                        ..entry
+                    },
+                );
+            })
+            .expect("registry write");
+        self.drain_changes(i);
+    }
+
+    fn retention(&mut self, i: usize, inc: u32) {
+        if !self.is_live(i, inc) {
+            return;
+        }
+        let every = self.sc.store.retention_every.0;
+        self.schedule(self.now + every, Ev::Retention { node: i, inc });
+        let now_ms = EPOCH_MS + self.now.as_millis() as i64;
+        let store = self.nodes[i].store.as_mut().expect("live");
+        let retired = store.enforce_retention(now_ms).expect("retention");
+        self.drain_changes(i);
+        for r in retired {
+            let Ok(name) = r.doc.parse::<DocName>() else {
+                continue;
+            };
+            let doc = doc_bytes(&name);
+            self.nodes[i].digests.insert(doc, RETIRED);
+            self.sync_input(
+                i,
+                SyncIn::LocalChanged(CatalogueEntry {
+                    doc,
+                    digest: RETIRED,
+                    name: r.doc,
+                }),
+            );
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // invariants
+
+    /// The aggregator of a node's zone: fixed (static aggregation) or as the node's own election
+    /// sees it.
+    fn aggregator_for(&self, owner: usize) -> Option<usize> {
+        match self.sc.aggregation {
+            Aggregation::None => None,
+            Aggregation::Static => self.aggregator.get(&self.nodes[owner].zone).copied(),
+            Aggregation::Election => {
+                let live = self.nodes[owner].live.as_ref()?;
+                let e = live.election.as_ref()?;
+                let id = e.aggregator_of(&self.nodes[owner].zone)?;
+                self.by_id.get(&id).copied()
+            }
+        }
+    }
+
+    /// The aggregator of a zone as its first live member sees it.
+    fn zone_aggregator(&self, zone: &str) -> Option<usize> {
+        let member = (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].alive() && self.nodes[i].zone == zone && self.nodes[i].segment.is_some()
+        })?;
+        self.aggregator_for(member)
+    }
+
+    /// Whether a node currently aggregates its own zone.
+    fn is_aggregator(&self, i: usize) -> bool {
+        match self.sc.aggregation {
+            Aggregation::None => false,
+            Aggregation::Static => self.aggregator.values().any(|a| *a == i),
+            Aggregation::Election => self.nodes[i]
+                .live
+                .as_ref()
+                .and_then(|l| l.election.as_ref())
+                .is_some_and(|e| e.aggregates().contains(&self.nodes[i].zone)),
+        }
+    }
+
+    /// Whether a window may have been retired by now.
+    fn retirable(&self, window: &Window) -> bool {
+        self.sc.store.retention.is_some_and(|age| {
+            window.end_ms() < EPOCH_MS + self.now.as_millis() as i64 - age.0.as_millis() as i64
+        })
+    }
+
+    /// Node pairs that hold different heads of a document they both may hold.
+    fn divergence(&self) -> u64 {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive())
+            .collect();
+        let mut groups: BTreeMap<Vec<HeadsDigest>, u64> = BTreeMap::new();
+        let mut signature: BTreeMap<usize, Vec<HeadsDigest>> = BTreeMap::new();
+        for &i in &live {
+            let sig: Vec<HeadsDigest> = self
+                .common_docs
+                .iter()
+                .map(|d| self.nodes[i].digests.get(d).copied().unwrap_or(ABSENT))
+                .collect();
+            *groups.entry(sig.clone()).or_default() += 1;
+            signature.insert(i, sig);
+        }
+        let n = live.len() as u64;
+        let mut differing = n * n.saturating_sub(1) / 2;
+        for count in groups.values() {
+            differing -= count * (count - 1) / 2;
+        }
+        for &o in &live {
+            let Some(a) = self.aggregator_for(o) else {
+                continue;
+            };
+            if a == o || !self.nodes[a].alive() || signature[&o] != signature[&a] {
+                continue;
+            }
+            let differs = self.nodes[o].own_results.iter().any(|(doc, window)| {
+                let ours = self.nodes[o].digests.get(doc);
+                ours != Some(&RETIRED)
+                    && !self.retirable(window)
+                    && self.nodes[a].digests.get(doc) != ours
+            });
+            if differs {
+                differing += 1;
+            }
+        }
+        differing
+    }
+
+    fn sample(&mut self) {
+        self.dirty = false;
+        let value = self.divergence();
+        if self.divergence.last().map(|(_, v)| *v) != Some(value) {
+            self.divergence.push((self.now, value));
+        }
+        if value == 0 {
+            let bytes: u64 = self.nodes.iter().map(|n| n.traffic.total_bytes()).sum();
+            let live = self.nodes.iter().filter(|n| n.alive()).count().max(1) as u64;
+            for heal in self.heals.iter_mut().filter(|h| h.converged_at.is_none()) {
+                heal.converged_at = Some(self.now);
+                heal.bytes_per_node = (bytes - heal.bytes_before) / live;
+            }
+        }
+    }
+
+    fn final_checks(&mut self) {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive())
+            .collect();
+        // Liveness: identical heads of every document all may hold, from the stores themselves.
+        let mut docs: Vec<(DocId, String)> = vec![(doc_bytes(&DocName::Mesh), "mesh".into())];
+        for k in 0..self.sc.workload.workflows {
+            docs.push((doc_bytes(&workflow_name(k)), workflow_name(k).to_string()));
+        }
+        for (doc, name) in &docs {
+            let mut by_digest: BTreeMap<HeadsDigest, Vec<usize>> = BTreeMap::new();
+            for &i in &live {
+                let truth = self.truth(i, doc);
+                if self.nodes[i].digests.get(doc).copied().unwrap_or(ABSENT) != truth {
+                    let detail = format!(
+                        "{}: the store's heads of {name} differ from what its change listener \
+                         reported",
+                        self.nodes[i].name
+                    );
+                    self.violate("the change listener reports every change", detail);
+                }
+                by_digest.entry(truth).or_default().push(i);
+            }
+            self.check("all nodes converge on shared documents");
+            if by_digest.len() > 1 {
+                let sides: Vec<String> = by_digest.values().map(|v| self.names(v)).collect();
+                let detail = format!(
+                    "{name} still has {} different heads {} after the last fault and write: {}",
+                    by_digest.len(),
+                    crate::report::human(self.now.saturating_sub(self.quiet_point())),
+                    sides.join(" | ")
+                );
+                self.violate("all nodes converge on shared documents", detail);
+            }
+        }
+        // Liveness: results reach the aggregator.
+        for &o in &live {
+            let Some(a) = self.aggregator_for(o) else {
+                continue;
+            };
+            if a == o || !self.nodes[a].alive() {
+                continue;
+            }
+            let own: Vec<(DocId, Window)> = self.nodes[o]
+                .own_results
+                .iter()
+                .map(|(d, w)| (*d, *w))
+                .collect();
+            for (doc, window) in own {
+                if self.retirable(&window) {
+                    continue;
+                }
+                self.check("results reach their aggregator");
+                let (ours, theirs) = (self.truth(o, &doc), self.truth(a, &doc));
+                if ours != RETIRED && ours != theirs {
+                    let detail = format!(
+                        "results of {} for {} differ between owner and aggregator {}",
+                        self.nodes[o].name,
+                        crdt_store::format_timestamp(window.start_ms),
+                        self.nodes[a].name
+                    );
+                    self.violate("results reach their aggregator", detail);
+                }
+            }
+        }
+        // Safety: every acknowledged result is at its owner (and at the aggregator).
+        let mut by_owner: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (k, acked) in self.ledger.iter().enumerate() {
+            by_owner.entry(acked.owner).or_default().push(k);
+        }
+        for (owner, entries) in by_owner {
+            let owner_id = self.nodes[owner].id.clone();
+            let zone = self.nodes[owner].zone.clone();
+            let at_owner = self.results_at(owner, &owner_id);
+            let aggregator = self
+                .zone_aggregator(&zone)
+                .filter(|&a| a != owner && self.nodes[a].alive());
+            let at_aggregator = aggregator.map(|a| self.results_at(a, &owner_id));
+            let store_kept = self.nodes[owner].store.is_some();
+            for k in entries {
+                let acked = &self.ledger[k];
+                if self.retirable(&acked.window) {
+                    continue;
+                }
+                let run = acked.run_id.clone();
+                let held_by = acked.held_by;
+                if store_kept {
+                    self.check("no acknowledged result is lost");
+                    if !at_owner.contains(&run) {
+                        let detail = format!(
+                            "{} lost its acknowledged result {run}",
+                            self.nodes[owner].name
+                        );
+                        self.violate("no acknowledged result is lost", detail);
+                    }
+                }
+                if store_kept {
+                    if let Some(found) = &at_aggregator
+                        && self.nodes[owner].alive()
+                    {
+                        self.check("acknowledged results reach the aggregator");
+                        if !found.contains(&run) {
+                            let detail = format!(
+                                "the aggregator of {} lacks its acknowledged result {run}",
+                                self.nodes[owner].name
+                            );
+                            self.violate("acknowledged results reach the aggregator", detail);
+                        }
+                    }
+                } else if let Some(h) = held_by.filter(|&h| !self.nodes[h].gone) {
+                    // The owner's disk is gone: the copy its aggregator held then must survive,
+                    // there or at the zone's aggregator now. (The share policy lets only the
+                    // owner and the current aggregator hold results, so a former aggregator
+                    // cannot hand such a copy on.)
+                    self.check("no acknowledged result is lost");
+                    let at_holder = self.results_at(h, &owner_id).contains(&run);
+                    let at_current = at_aggregator.as_ref().is_some_and(|f| f.contains(&run));
+                    if !at_holder && !at_current {
+                        let detail = format!(
+                            "{}'s result {run} (its store is lost) is gone from {}, which held it",
+                            self.nodes[owner].name, self.nodes[h].name
+                        );
+                        self.violate("no acknowledged result is lost", detail);
+                    }
+                }
+            }
+        }
+        if self.sc.aggregation == Aggregation::Election {
+            self.check_elections(&live);
+        }
+        // The registry lists every live node everywhere.
+        let live_ids: BTreeSet<String> = live
+            .iter()
+            .filter(|&&i| self.nodes[i].segment.is_some() || self.cloud == Some(i))
+            .map(|&i| self.nodes[i].id.clone())
+            .collect();
+        for &i in &live {
+            let store = self.nodes[i].store.as_mut().expect("live");
+            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let missing = live_ids
+                .iter()
+                .filter(|id| !registry.nodes.contains_key(*id))
+                .count();
+            self.check("the registry lists every live node");
+            if missing > 0 {
+                let detail = format!(
+                    "{}'s registry lacks {missing} of {} live nodes",
+                    self.nodes[i].name,
+                    live_ids.len()
+                );
+                self.violate("the registry lists every live node", detail);
+            }
+        }
+        // Membership: nodes that can reach each other are connected.
+        for &i in &live {
+            for &j in &live {
+                if i >= j || !self.should_connect(i, j) {
+                    continue;
+                }
+                self.check("reachable nodes are connected");
+                let (a, b) = (&self.nodes[i], &self.nodes[j]);
+                let la = a.live.as_ref().expect("live");
+                let lb = b.live.as_ref().expect("live");
+                let connected = la.membership.connection(&b.id).is_some()
+                    && lb.membership.connection(&a.id).is_some();
+                if !connected {
+                    let state = |l: &Live, id: &str| {
+                        l.membership
+                            .peers(self.now)
+                            .into_iter()
+                            .find(|p| p.node == id)
+                            .map_or("unknown".to_owned(), |p| format!("{:?}", p.state))
+                    };
+                    let detail = format!(
+                        "{} and {} are not connected ({} sees {}, {} sees {})",
+                        a.name,
+                        b.name,
+                        a.name,
+                        state(la, &b.id),
+                        b.name,
+                        state(lb, &a.id)
+                    );
+                    self.violate("reachable nodes are connected", detail);
+                }
+            }
+        }
+        let _ = PeerState::Connected;
+    }
+
+    /// After stabilisation: at most one aggregator per zone in each connected component, and
+    /// every member of a zone sees the same one.
+    fn check_elections(&mut self, live: &[usize]) {
+        // Connected components over connections both ends consider in use.
+        let mut component: BTreeMap<usize, usize> = BTreeMap::new();
+        for &start in live {
+            if component.contains_key(&start) {
+                continue;
+            }
+            let mut stack = vec![start];
+            component.insert(start, start);
+            while let Some(n) = stack.pop() {
+                let l = self.nodes[n].live.as_ref().expect("live");
+                for p in l.membership.peers(self.now) {
+                    let Some(&j) = self.by_id.get(&p.node) else {
+                        continue;
+                    };
+                    if l.membership.connection(&p.node).is_some()
+                        && self.nodes[j].alive()
+                        && !component.contains_key(&j)
+                    {
+                        component.insert(j, start);
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        let mut claims: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
+        for &i in live {
+            let e = self.nodes[i]
+                .live
+                .as_ref()
+                .and_then(|l| l.election.as_ref());
+            for zone in e.map(|e| e.aggregates()).unwrap_or_default() {
+                claims.entry((component[&i], zone)).or_default().push(i);
+            }
+        }
+        for ((_, zone), nodes) in &claims {
+            self.check("at most one aggregator per zone per connected component");
+            if nodes.len() > 1 {
+                let detail = format!(
+                    "zone {:?} has {} aggregators in one connected component: {}",
+                    zone,
+                    nodes.len(),
+                    self.names(nodes)
+                );
+                self.violate(
+                    "at most one aggregator per zone per connected component",
+                    detail,
+                );
+            }
+        }
+        let mut seen: BTreeMap<(usize, String), BTreeSet<Option<usize>>> = BTreeMap::new();
+        for &i in live {
+            if self.nodes[i].segment.is_some() {
+                let zone = self.nodes[i].zone.clone();
+                seen.entry((component[&i], zone))
+                    .or_default()
+                    .insert(self.aggregator_for(i));
+            }
+        }
+        for ((_, zone), views) in seen {
+            self.check("the members of a zone agree on its aggregator");
+            if views.len() > 1 || views.contains(&None) {
+                let names: Vec<String> = views
+                    .iter()
+                    .map(|v| v.map_or("none".to_owned(), |a| self.nodes[a].name.clone()))
+                    .collect();
+                let detail = format!("zone {zone:?}: members see {}", names.join(", "));
+                self.violate("the members of a zone agree on its aggregator", detail);
+            }
+        }
+    }
+
+    fn should_connect(&self, i: usize, j: usize) -> bool {
+        let (a, b) = (&self.nodes[i], &self.nodes[j]);
+        match (a.segment, b.segment) {
+            (Some(x), Some(y)) => x == y,
+            (None, Some(_)) => b.gateway,
+            (Some(_), None) => a.gateway,
+            (None, None) => false,
+        }
+    }
+
+    fn quiet_point(&self) -> Duration {
+        self.last_fault_end.max(self.last_write)
+    }
+
+    /// The heads digest a node's store holds for a document.
+    fn truth(&mut self, i: usize, doc: &DocId) -> HeadsDigest {
+        let store = self.nodes[i].store.as_mut().expect("live");
+        let catalogue = store.catalogue().expect("catalogue");
+        catalogue
+            .into_iter()
+            .find(|e| e.doc == *doc)
+            .map_or(ABSENT, |e| e.digest)
+    }
+
+    fn report(self) -> Report {
+        let live = self.nodes.iter().filter(|n| n.alive()).count();
+        let mut traffic: Vec<(String, NodeTraffic)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.traffic.clone()))
+            .collect();
+        traffic.sort_by(|a, b| a.0.cmp(&b.0));
+        Report {
+            scenario: self.sc.name.clone(),
+            scenario_arg: self.opts.scenario_arg.clone(),
+            seed: self.opts.seed,
+            nodes: self.opts.nodes.unwrap_or(self.sc.nodes),
+            nodes_at_end: live,
+            plant: self.opts.plant.map(Plant::name),
+            simulated: self.sc.duration.0,
+            events: self.events,
+            writes: self.writes,
+            acknowledged: self.ledger.len() as u64,
+            heals: self.heals,
+            faults: self.fault_spans,
+            traffic,
+            checks: self.checks.into_iter().collect(),
+            violations: self.violations,
+            violation_count: self.violation_count,
+            divergence: self.divergence,
+            quiet_from: self.sc.quiet_from(),
+        }
+    }
+}
+
+fn workflow_name(k: usize) -> DocName {
+    DocName::workflow(&format!("wf-{k}")).expect("a valid workflow id")
+}
+
+fn doc_bytes(name: &DocName) -> DocId {
+    name.document_id(MESH_ID)
+        .as_bytes()
+        .try_into()
+        .expect("16-byte document ids")
+}
+
+/// Who receives which results: the zone of every node from the replicated registry, the
+/// aggregators from this node's election. The node computes its policy by the same rule
+/// (`rhizome`'s `hierarchy::share_policy`, which the simulator cannot link).
+fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
+    let mut policy = SharePolicy::default();
+    for (node, entry) in &registry.nodes {
+        policy.zone_of.insert(node.clone(), entry.zone.clone());
+    }
+    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+    for (zone, aggregator) in &hierarchy.chain {
+        if let Some(aggregator) = aggregator {
+            policy
+                .aggregator_of
+                .insert(zone.clone(), aggregator.clone());
+        }
+    }
+    for zone in &hierarchy.aggregates {
+        policy.aggregator_of.insert(zone.clone(), me.to_owned());
+    }
+    for (zone, aggregator) in &hierarchy.below {
+        policy
+            .aggregator_of
+            .insert(zone.clone(), aggregator.clone());
+    }
+    policy
+}

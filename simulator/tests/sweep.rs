@@ -1,0 +1,193 @@
+//! The simulator as a test: a sweep of seeds over the standard scenarios at small node counts,
+//! the regression seeds of `seeds.toml`, planted bugs that must be caught, and determinism.
+
+use simulator::scenario::{STANDARD, Scenario};
+use simulator::{Options, Plant, Report};
+
+/// Seeds per standard scenario; five scenarios make the 200-run sweep.
+const SWEEP_SEEDS: u64 = 40;
+
+fn run(scenario: &str, nodes: usize, seed: u64, plant: Option<Plant>) -> Report {
+    simulator::run(Options {
+        scenario: Scenario::load(scenario).unwrap(),
+        scenario_arg: scenario.to_owned(),
+        nodes: Some(nodes),
+        seed,
+        plant,
+    })
+}
+
+/// Runs seeds 1..=SWEEP_SEEDS (and the scenario's own) and fails listing every failing replay
+/// command.
+fn sweep(scenario: &str) {
+    let mut seeds: Vec<u64> = (1..=SWEEP_SEEDS).collect();
+    seeds.extend(Scenario::load(scenario).unwrap().seeds);
+    seeds.sort_unstable();
+    seeds.dedup();
+    let mut failures = Vec::new();
+    for seed in seeds {
+        // Node counts vary with the seed so that odd and even meshes both run.
+        let nodes = 4 + (seed % 3) as usize;
+        let report = run(scenario, nodes, seed, None);
+        if !report.passed() {
+            eprintln!("{}", report.render_text());
+            failures.push(report.replay_command());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing runs:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn sweep_partition_heal() {
+    assert!(STANDARD.contains(&"partition-heal"));
+    sweep("partition-heal");
+}
+
+#[test]
+fn sweep_flapping_links() {
+    sweep("flapping-links");
+}
+
+#[test]
+fn sweep_churn() {
+    sweep("churn");
+}
+
+#[test]
+fn sweep_swizzle() {
+    sweep("swizzle");
+}
+
+#[test]
+fn sweep_aggregator_crash() {
+    sweep("aggregator-crash");
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Seeds {
+    regression: Vec<Regression>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Regression {
+    scenario: String,
+    nodes: usize,
+    seed: u64,
+    #[allow(dead_code)]
+    found: String,
+}
+
+#[test]
+fn regression_seeds_pass() {
+    let text = include_str!("../seeds.toml");
+    let seeds: Seeds = toml::from_str(text).unwrap();
+    assert!(!seeds.regression.is_empty());
+    for r in seeds.regression {
+        let report = run(&r.scenario, r.nodes, r.seed, None);
+        assert!(report.passed(), "{}", report.render_text());
+    }
+}
+
+#[test]
+fn planted_bugs_are_caught_with_a_replay_command() {
+    for plant in [Plant::DropCatalogue, Plant::DropFirstSync] {
+        for seed in 1..=3 {
+            let report = run("partition-heal", 5, seed, Some(plant));
+            assert!(
+                !report.passed(),
+                "{} went unnoticed with seed {seed}",
+                plant.name()
+            );
+            let text = report.render_text();
+            let command = format!(
+                "replay with: cargo run --release -p simulator -- --scenario partition-heal \
+                 --nodes 5 --seed {seed} --plant-bug {}",
+                plant.name()
+            );
+            assert!(text.contains(&command), "{text}");
+            // What they break: documents stay different after the faults stopped.
+            assert!(
+                report
+                    .violations
+                    .iter()
+                    .any(|v| v.invariant == "all nodes converge on shared documents"),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report_byte_for_byte() {
+    let a = run("churn", 6, 11, None);
+    let b = run("churn", 6, 11, None);
+    assert_eq!(a.render_text(), b.render_text());
+    assert_eq!(a.render_html(), b.render_html());
+    let c = run("churn", 6, 12, None);
+    assert_ne!(a.render_text(), c.render_text(), "the seed changes nothing");
+}
+
+#[test]
+fn a_child_process_produces_the_same_report() {
+    let here = run("partition-heal", 5, 4, None).render_text();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simulator"))
+        .args([
+            "--scenario",
+            "partition-heal",
+            "--nodes",
+            "5",
+            "--seed",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: String = stdout
+        .lines()
+        .filter(|l| !l.starts_with("wall time"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(report.trim_end(), here.trim_end());
+}
+
+#[test]
+fn a_failing_command_line_run_prints_the_replay_command_and_fails() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simulator"))
+        .args([
+            "--scenario",
+            "partition-heal",
+            "--nodes",
+            "4",
+            "--seed",
+            "2",
+            "--plant-bug",
+            "drop-catalogue",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "replay with: cargo run --release -p simulator -- --scenario partition-heal --nodes 4 --seed 2 --plant-bug drop-catalogue"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_html_report_has_a_plot_and_no_scripts() {
+    let html = run("partition-heal", 4, 1, None).render_html();
+    assert!(html.contains("<svg"));
+    assert!(html.contains("<polyline"));
+    assert!(!html.contains("<script"));
+}

@@ -491,14 +491,29 @@ impl Election {
 
     /// Advances timers: expired leases, uptime classes, claims becoming established.
     pub fn handle_timeout(&mut self, now: Duration) {
+        let before = self.now;
         self.now = self.now.max(now);
         let lease = self.timing.lease;
+        let mut expired = false;
         for peer in self.peers.values_mut() {
             if peer.up && !peer.expired && self.now >= peer.last_heard + lease {
                 peer.expired = true;
+                expired = true;
             }
         }
-        self.update();
+        // Deciding again costs a pass over every member of every zone: do it only when a
+        // lease ran out or a time that enters the decision (an uptime class, a claim becoming
+        // established) passed since the last call. Drivers wake this machine for every timer of
+        // the node, most of which concern other machines.
+        let crossed = |at: Duration| before < at && at <= self.now;
+        let boundary = UPTIME_CLASSES.iter().any(|b| crossed(self.started + *b))
+            || self
+                .claims
+                .iter()
+                .any(|(_, since)| crossed(*since + self.timing.establish));
+        if expired || boundary {
+            self.update();
+        }
     }
 
     /// When [`Election::handle_timeout`] must next be called, if anything is scheduled.

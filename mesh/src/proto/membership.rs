@@ -175,6 +175,13 @@ pub struct Membership<R> {
     bootstrap: BTreeMap<Addr, (Duration, u32)>,
     bootstrap_dialling: BTreeSet<Addr>,
     next_rebrowse: Duration,
+    /// When connected peers are next looked at (heartbeats due, silence too long): one tick
+    /// for all of them every half heartbeat, so a node with many peers wakes a few times a
+    /// second rather than once per peer and heartbeat.
+    next_tick: Duration,
+    /// What [`Membership::poll_timeout`] answers, kept up to date by every call that can move
+    /// it (frames received cannot), so that asking costs nothing.
+    next_wake: Duration,
     out: Vec<OutEvent>,
 }
 
@@ -190,6 +197,8 @@ impl<R: Rng> Membership<R> {
             bootstrap: BTreeMap::new(),
             bootstrap_dialling: BTreeSet::new(),
             next_rebrowse: Duration::ZERO,
+            next_tick: Duration::ZERO,
+            next_wake: Duration::ZERO,
             out: Vec::new(),
         }
     }
@@ -256,6 +265,9 @@ impl<R: Rng> Membership<R> {
                 {
                     peer.last_heard = now;
                 }
+                // Liveness is looked at on the tick: a frame moves no timer, so nothing else
+                // runs per frame (the most frequent event by far).
+                return;
             }
             InEvent::Closed { conn } => {
                 if let Some(c) = self.conns.remove(&conn)
@@ -360,14 +372,22 @@ impl<R: Rng> Membership<R> {
     /// Advances timers: heartbeats, failure detection, redials, re-browsing.
     pub fn handle_timeout(&mut self, now: Duration) {
         let timing = self.timing;
+        let tick = Self::tick(&timing);
+        let ticking = now >= self.next_tick;
+        if ticking {
+            self.next_tick = now + tick;
+        }
         let mut down = Vec::new();
         for (node, peer) in self.peers.iter_mut() {
             match peer.state {
+                PeerState::Connected if !ticking => {}
                 PeerState::Connected => {
                     let conn = peer.conn.expect("a connected peer has a connection");
+                    // A heartbeat due before the next tick goes now (half a tick early at
+                    // most), so every quiet connection still carries one per `heartbeat`.
                     if now.saturating_sub(peer.last_heard) >= timing.dead_after {
                         down.push((node.clone(), conn));
-                    } else if now.saturating_sub(peer.last_sent) >= timing.heartbeat {
+                    } else if now + tick / 2 >= peer.last_sent + timing.heartbeat {
                         peer.heartbeat_seq += 1;
                         peer.last_sent = now;
                         self.out.push(OutEvent::Send(
@@ -437,17 +457,25 @@ impl<R: Rng> Membership<R> {
             self.next_rebrowse = now + timing.rebrowse;
             self.out.push(OutEvent::Rebrowse);
         }
+        self.next_wake = self.compute_next_wake();
+    }
+
+    /// How often connected peers are looked at.
+    fn tick(timing: &Timing) -> Duration {
+        timing.heartbeat / 2
     }
 
     /// When [`Membership::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Duration {
+        self.next_wake
+    }
+
+    fn compute_next_wake(&self) -> Duration {
         let timing = self.timing;
         let mut next = self.next_rebrowse;
         for (node, peer) in &self.peers {
             let at = match peer.state {
-                PeerState::Connected => {
-                    (peer.last_sent + timing.heartbeat).min(peer.last_heard + timing.dead_after)
-                }
+                PeerState::Connected => self.next_tick,
                 PeerState::Idle if peer.addr.is_some() => {
                     if self.me < *node {
                         peer.next_dial
@@ -633,8 +661,14 @@ mod tests {
         );
         a.drain();
         let mut heartbeats = 0;
-        for t in (100..20_000).step_by(100) {
-            a.handle(InEvent::Received { conn: 1 }, ms(t));
+        for t in (10..20_000).step_by(10) {
+            if t % 100 == 0 {
+                a.handle(InEvent::Received { conn: 1 }, ms(t));
+            }
+            // As a driver does: the timer fires when it is due.
+            if a.poll_timeout() <= ms(t) {
+                a.handle_timeout(ms(t));
+            }
             for e in a.drain() {
                 match e {
                     OutEvent::Send(1, Message::Heartbeat { .. }) => heartbeats += 1,

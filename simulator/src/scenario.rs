@@ -30,6 +30,10 @@ pub const BUNDLED: &[(&str, &str)] = &[
         include_str!("../scenarios/long-offline.toml"),
     ),
     ("fleet-1000", include_str!("../scenarios/fleet-1000.toml")),
+    (
+        "hierarchy-500",
+        include_str!("../scenarios/hierarchy-500.toml"),
+    ),
 ];
 
 /// The scenarios the CI sweep runs over many seeds, at small node counts.

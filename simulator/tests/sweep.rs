@@ -67,6 +67,26 @@ fn sweep_aggregator_crash() {
     sweep("aggregator-crash");
 }
 
+/// The 500-node hierarchy scenario at 60 nodes (three per zone): twenty zones under the cloud,
+/// partitions by zone, aggregators crashing, losing their store and cut off. The full size runs
+/// from the command line (`--scenario hierarchy-500`); BENCHMARKS.md has its figures.
+#[test]
+fn hierarchy_of_twenty_zones() {
+    let mut failures = Vec::new();
+    for seed in [1, 2] {
+        let report = run("hierarchy-500", 60, seed, None);
+        if !report.passed() {
+            eprintln!("{}", report.render_text());
+            failures.push(report.replay_command());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing runs:\n{}",
+        failures.join("\n")
+    );
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct Seeds {
     regression: Vec<Regression>,

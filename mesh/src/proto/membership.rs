@@ -454,8 +454,16 @@ impl<R: Rng> Membership<R> {
             };
             next = next.min(at);
         }
+        // A bootstrap address whose peer is connected (or being dialled) is not dialled, so its
+        // past due time is no deadline: counting it would wake the driver in a busy loop.
+        let in_use: BTreeSet<&Addr> = self
+            .peers
+            .values()
+            .filter(|p| p.state != PeerState::Idle)
+            .filter_map(|p| p.addr.as_ref())
+            .collect();
         for (addr, (at, _)) in &self.bootstrap {
-            if !self.bootstrap_dialling.contains(addr) {
+            if !self.bootstrap_dialling.contains(addr) && !in_use.contains(addr) {
                 next = next.min(*at);
             }
         }
@@ -775,10 +783,12 @@ mod tests {
             ms(1010),
         );
         assert!(a.drain().contains(&OutEvent::PeerUp("c".into())));
-        // While connected (and talking) the bootstrap address is not dialled again.
+        // While connected (and talking) the bootstrap address is not dialled again, and its
+        // past due time is no deadline (the driver would spin on it).
         for t in (1100..5000).step_by(100) {
             a.handle(InEvent::Received { conn: 7 }, ms(t));
             assert!(!a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+            assert!(a.poll_timeout() > ms(t), "deadline in the past at {t} ms");
         }
         // Once the connection closes, it is.
         a.handle(InEvent::Closed { conn: 7 }, ms(5000));

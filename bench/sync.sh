@@ -5,6 +5,7 @@
 #
 # The JavaScript side (bench/js: an automerge-repo WebSocket sync server and client) is installed
 # from npm into bench/js/node_modules (not committed) with the versions of bench/js/package-lock.json.
+# Its install scripts are left unapproved: cbor-x then encodes without its optional native addon.
 # Without node and npm it is skipped and said so.
 #
 # Usage: bench/sync.sh [cargo bench arguments]
@@ -20,7 +21,9 @@ mkdir -p "$(dirname "$RHIZOME_BENCH_OUT")"
 sections="${RHIZOME_BENCH_SECTIONS:-lag,throughput,reconnect,node}"
 
 if command -v node >/dev/null && command -v npm >/dev/null; then
-    (cd "$root/bench/js" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    # `npm install --no-save` installs what the lock file says and leaves it as it is (`npm ci`
+    # refuses this lock: npm leaves cbor-extract's optional per-platform packages out of it).
+    (cd "$root/bench/js" && npm install --no-save --no-audit --no-fund --loglevel=error >&2)
     export RHIZOME_BENCH_JS="$root/bench/js"
     js="node $(node --version), automerge-repo $(node -p 'require("'"$root"'/bench/js/node_modules/@automerge/automerge-repo/package.json").version'), automerge $(node -p 'require("'"$root"'/bench/js/node_modules/@automerge/automerge/package.json").version')"
 else

@@ -491,7 +491,7 @@ async fn lag_series(
     first_edit: usize,
     edits: usize,
     pace: Option<Duration>,
-) -> (Vec<f64>, usize) {
+) -> (Vec<f64>, usize, Duration) {
     // A's commits of this series, in order, per document.
     let a_from = a.log.len();
     let b_from = b.log.len();
@@ -554,13 +554,17 @@ async fn lag_series(
         *covered = (*covered).max(n + 1);
     }
     let lost = a_entries.len() - lags.len();
-    (lags, lost)
+    let series = match (a_entries.first(), a_entries.last()) {
+        (Some(first), Some(last)) => last.2.duration_since(first.2),
+        _ => Duration::ZERO,
+    };
+    (lags, lost, series)
 }
 
 fn lag(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, report: &mut Report) {
     println!("\n## Sync lag: an edit committed on A until B's store has it\n");
     println!(
-        "| document | edits | mode | p50 ms | p90 ms | p99 ms | max ms | not seen |\n|---|---:|---|---:|---:|---:|---:|---:|"
+        "| document | edits | mode | edits took | p50 ms | p90 ms | p99 ms | max ms | not seen |\n|---|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     for &size in &params.lag_sizes {
         // Small documents: several of them, edited in turn, so that each stays near its size.
@@ -587,7 +591,7 @@ fn lag(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, report: &
         });
         let mut first_edit = next_edit;
         for (mode, pace) in [("paced", Some(params.pace)), ("back to back", None)] {
-            let (mut lags, lost) = driver.block_on(lag_series(
+            let (mut lags, lost, series) = driver.block_on(lag_series(
                 &a,
                 &b,
                 &prefix,
@@ -614,13 +618,15 @@ fn lag(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, report: &
                 None => mode.to_owned(),
             };
             println!(
-                "| {label} | {} | {mode_label} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} | {lost} |",
-                params.lag_edits
+                "| {label} | {} | {mode_label} | {:.0} ms | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} | {lost} |",
+                params.lag_edits,
+                series.as_secs_f64() * 1e3
             );
             report.record(json!({
                 "section": "lag", "doc_changes": size, "docs": docs, "mode": mode,
                 "pace_ms": pace.map(|p| p.as_millis() as u64), "edits": params.lag_edits,
                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max, "not_seen": lost,
+                "series_ms": series.as_secs_f64() * 1e3,
             }));
         }
         driver.block_on(async {
@@ -845,7 +851,12 @@ fn throughput(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, re
                 None => ("–".into(), "–".into(), "–".into(), "–".into(), "–".into()),
             };
             println!(
-                "| {docs} docs × {changes} changes | {held_ms:.0} ms | {js_ms} | {speedup} | {} / {} ({:.2}×) | {js_ws} | {} / {} | {js_tcp} | {} / {js_raw} |",
+                "| {} × {changes} changes | {held_ms:.0} ms | {js_ms} | {speedup} | {} / {} ({:.2}×) | {js_ws} | {} / {} | {js_tcp} | {} / {js_raw} |",
+                if *docs == 1 {
+                    "1 doc".to_owned()
+                } else {
+                    format!("{docs} docs")
+                },
                 wire.frames_ab,
                 wire.frames_ba,
                 wire.frames() as f64 / raw,

@@ -5,7 +5,6 @@
 #
 # The JavaScript side (bench/js: an automerge-repo WebSocket sync server and client) is installed
 # from npm into bench/js/node_modules (not committed) with the versions of bench/js/package-lock.json.
-# Its install scripts are left unapproved: cbor-x then encodes without its optional native addon.
 # Without node and npm it is skipped and said so.
 #
 # Usage: bench/sync.sh [cargo bench arguments]

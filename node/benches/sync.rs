@@ -401,6 +401,9 @@ struct Wire {
     /// UDP payload bytes A→B and B→A as B's connection counted them.
     udp_ab: u64,
     udp_ba: u64,
+    /// UDP datagrams A→B and B→A.
+    datagrams_ab: u64,
+    datagrams_ba: u64,
 }
 
 impl Wire {
@@ -438,6 +441,8 @@ async fn quiet_wire(a: &Node, b: &Node) -> Wire {
                 messages: now.2,
                 udp_ab: link.udp_bytes_received,
                 udp_ba: link.udp_bytes_sent,
+                datagrams_ab: link.datagrams_received,
+                datagrams_ba: link.datagrams_sent,
             };
         }
         assert!(Instant::now() < deadline, "replication did not settle");
@@ -791,6 +796,7 @@ fn throughput(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, re
                 "section": "reconnect", "docs": docs, "changes_per_doc": changes,
                 "frame_bytes_ab": wire.frames_ab, "frame_bytes_ba": wire.frames_ba,
                 "frames": wire.messages, "udp_bytes_ab": wire.udp_ab, "udp_bytes_ba": wire.udp_ba,
+                "datagrams_ab": wire.datagrams_ab, "datagrams_ba": wire.datagrams_ba,
                 "settled_ms": took.as_secs_f64() * 1e3,
             }));
         }
@@ -872,17 +878,19 @@ fn throughput(params: &Params, mesh: &Mesh, driver: &tokio::runtime::Runtime, re
     if with_reconnect {
         println!("\n## Reconnect after B restarts, documents identical on both\n");
         println!(
-            "| store | frames | frame bytes A→B / B→A | UDP bytes A→B / B→A (handshake included) | until quiet |"
+            "| store | frames | frame bytes A→B / B→A | UDP bytes A→B / B→A (handshake included) | datagrams A→B / B→A | until quiet |"
         );
-        println!("|---|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|");
         for (docs, changes, wire, took) in reconnects {
             println!(
-                "| {docs} docs × {changes} changes | {} | {} / {} | {} / {} | {:.0} ms |",
+                "| {docs} docs × {changes} changes | {} | {} / {} | {} / {} | {} / {} | {:.0} ms |",
                 wire.messages,
                 wire.frames_ab,
                 wire.frames_ba,
                 wire.udp_ab,
                 wire.udp_ba,
+                wire.datagrams_ab,
+                wire.datagrams_ba,
                 took.as_secs_f64() * 1e3
             );
         }

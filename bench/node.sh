@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10}"
 cargo build --release -p rhizome >&2
-bin="$PWD/target/release/rhizome"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/rhizome"
 work="$(mktemp -d)"
-trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 "$bin" --data-dir "$work/a" init --name a -q >/dev/null
 "$bin" --data-dir "$work/b" init --name b --mesh "$work/a/mesh" -q >/dev/null
@@ -34,8 +35,11 @@ echo "start to serving (exec -> serving line), $runs runs: median ${median} us, 
 coproc A { exec "$bin" --data-dir "$work/a" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns 2>/dev/null; }
 read -r line <&"${A[0]}"
 quic=$(echo "$line" | sed -E 's/.*quic ([0-9.:]+),.*/\1/')
+pids+=("$A_PID")
 "$bin" --data-dir "$work/b" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns --peer "$quic" >/dev/null 2>&1 &
+pids+=("$!")
 "$bin" --data-dir "$work/c" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns --peer "$quic" >/dev/null 2>&1 &
+pids+=("$!")
 sleep 5
 peers=$("$bin" --data-dir "$work/a" peers --json | grep -c '"connected"' || true)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$A_PID/status")

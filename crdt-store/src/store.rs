@@ -530,15 +530,17 @@ impl Store {
         self.change_listener = Some(Box::new(listener));
     }
 
-    /// Tells the listener about a document that changed and is in the cache.
+    /// Tells the listener about a document that changed. A batch that changed more documents
+    /// than the cache holds has evicted some of them by now: their heads come from the index,
+    /// which the same commit wrote.
     fn notify_changed(&mut self, id: &DocumentId) {
         if self.change_listener.is_none() {
             return;
         }
-        let Some(cached) = self.cache.get_mut(id) else {
+        let Ok(Some(heads)) = self.heads(id) else {
             return;
         };
-        let digest = heads_digest(&cached.doc.get_heads());
+        let digest = heads_digest(&heads);
         if let Ok(Some(name)) = self.name_of(id)
             && let Some(listener) = self.change_listener.as_mut()
         {

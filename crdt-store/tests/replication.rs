@@ -5,13 +5,16 @@
 //! a peer closes only that peer.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crdt_store::{
     ChangeTime, DocName, MeshRegistry, NodeEntry, RunRecord, RunStatus, Store, StoreConfig, Window,
     WorkflowDoc,
 };
-use mesh::proto::sync::{Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve};
+use mesh::proto::sync::{
+    ApplyRequest, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
+};
 use mesh::proto::wire::Message;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -303,6 +306,57 @@ fn a_restarted_node_gets_only_what_it_missed_from_the_persisted_sync_state() {
     let sent: usize = net.bytes.values().sum();
     // The history is ~200 changes of >200 bytes; only the one new change may cross.
     assert!(sent < 3_000, "{sent} bytes to catch up one change");
+}
+
+/// One sync batch may change more documents than the store keeps decoded: the change listener
+/// (which announces changes to other peers and to the node's own watchers) still hears of each.
+#[test]
+fn every_document_of_a_batch_wider_than_the_cache_reaches_the_change_listener() {
+    let docs = crdt_store::DOC_CACHE_CAP + 16;
+    let mut a = Store::open_in_memory(config("a")).unwrap();
+    let mut b = Store::open_in_memory(config("b")).unwrap();
+    let heard: Arc<Mutex<BTreeMap<[u8; 16], [u8; 16]>>> = Arc::default();
+    let listener = heard.clone();
+    b.set_change_listener(move |entry| {
+        listener.lock().unwrap().insert(entry.doc, entry.digest);
+    });
+    for i in 0..docs {
+        let name = DocName::workflow(&format!("w{i}")).unwrap();
+        a.update::<WorkflowDoc, _>(&name, |w| w.description = format!("document {i}"))
+            .unwrap();
+    }
+    let catalogue = a.catalogue().unwrap();
+    // Each round is one batch per side: b asks about every document, a answers them all.
+    for _ in 0..4 {
+        let mut to_a = Vec::new();
+        for entry in &catalogue {
+            if let Some(payload) = b.generate(&entry.doc, "a").unwrap() {
+                to_a.push(ApplyRequest {
+                    doc: entry.doc,
+                    peer: "b".into(),
+                    name: None,
+                    payload,
+                });
+            }
+        }
+        assert!(a.apply(to_a).unwrap().iter().all(Result::is_ok));
+        let mut to_b = Vec::new();
+        for entry in &catalogue {
+            if let Some(payload) = a.generate(&entry.doc, "b").unwrap() {
+                to_b.push(ApplyRequest {
+                    doc: entry.doc,
+                    peer: "a".into(),
+                    name: Some(entry.name.clone()),
+                    payload,
+                });
+            }
+        }
+        assert!(b.apply(to_b).unwrap().iter().all(Result::is_ok));
+    }
+    assert_eq!(b.catalogue().unwrap(), catalogue, "b holds what a holds");
+    let expected: BTreeMap<[u8; 16], [u8; 16]> =
+        catalogue.iter().map(|e| (e.doc, e.digest)).collect();
+    assert_eq!(*heard.lock().unwrap(), expected);
 }
 
 fn record(node: &str, run: usize) -> RunRecord {

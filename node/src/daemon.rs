@@ -111,33 +111,40 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     .with_context(|| format!("the certificates in {}", node.dir.root.display()))?;
     let node_id = node.node_id();
 
-    // Every committed change reaches document sync (announce to peers) and the node's own
-    // watchers (revocations in the mesh document, workflows).
-    let changes = Arc::new(crate::sync::ChangeFeed::default());
+    // Revocations are read before the mesh starts, so a revoked node is refused from the first
+    // handshake.
     let mut opened = node.open_store()?;
-    let feed = changes.clone();
-    opened.set_change_listener(move |entry| feed.push(entry));
-    let store = StoreHandle::spawn(opened);
-    let registry: MeshRegistry = store
-        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
-        .recv()
-        .await?;
+    let registry: MeshRegistry = opened.read::<MeshRegistry>(&DocName::Mesh)?;
     let revoked = Revocations::default();
     revoked.set(registry.revoked.keys().cloned());
 
-    let (mesh, mesh_events) = mesh::net::driver::spawn(MeshConfig {
-        credentials,
-        revoked: revoked.clone(),
-        mesh_id: node.mesh_id.clone(),
-        zone: zone.clone(),
-        role,
-        capabilities,
-        listen,
-        bootstrap,
-        discovery,
-        timing: Timing::default(),
-        seed: u64::from_le_bytes(node.identity.public_key()[..8].try_into().expect("8 bytes")),
-    })
+    // Every committed change reaches document sync (announce to peers) and the node's own
+    // watchers (revocations in the mesh document, workflows).
+    let crate::sync::Replication {
+        store,
+        mesh,
+        sync,
+        changes,
+        hierarchy: hierarchy_rx,
+    } = crate::sync::start(
+        node_id.clone(),
+        sync_config,
+        opened,
+        MeshConfig {
+            credentials,
+            revoked: revoked.clone(),
+            mesh_id: node.mesh_id.clone(),
+            zone: zone.clone(),
+            role,
+            capabilities,
+            listen,
+            bootstrap,
+            discovery,
+            timing: Timing::default(),
+            seed: u64::from_le_bytes(node.identity.public_key()[..8].try_into().expect("8 bytes")),
+        },
+        |_| {},
+    )
     .await?;
     let quic = mesh.local_addr();
 
@@ -152,6 +159,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let id = node_id.clone();
     // The registry replicates to every node: rewrite this node's entry only when it says
     // something new, so a restart with the same settings leaves every document as it was.
+    // Sync announces the rewrite like any other change.
     let unchanged = registry.nodes.get(&id).is_some_and(|old| {
         NodeEntry {
             heartbeat: 0,
@@ -179,17 +187,6 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             .await?;
     }
 
-    let (hierarchy_tx, hierarchy_rx) = tokio::sync::watch::channel(None);
-    let sync = crate::sync::spawn(
-        node_id.clone(),
-        sync_config,
-        store.clone(),
-        mesh.clone(),
-        mesh_events,
-        changes.clone(),
-        hierarchy_tx,
-    )
-    .await?;
     let rollups = tokio::spawn(crate::rollup::run(
         node_id.clone(),
         results_to_cloud,

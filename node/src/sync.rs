@@ -13,8 +13,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_store::{StoreError, StoreHandle};
-use mesh::net::driver::{MeshEvent, MeshHandle};
+use crdt_store::{Store, StoreError, StoreHandle};
+use mesh::net::driver::{MeshConfig, MeshEvent, MeshHandle};
 use mesh::proto::election::Hierarchy;
 use mesh::proto::membership::NodeId;
 use mesh::proto::sync::{
@@ -180,6 +180,60 @@ impl SyncHandle {
             wait = (wait * 2).min(Duration::from_millis(100));
         }
     }
+}
+
+/// The parts of a node that replicate documents, running.
+#[derive(Debug)]
+pub struct Replication {
+    /// The store thread.
+    pub store: StoreHandle,
+    /// The mesh driver.
+    pub mesh: MeshHandle,
+    /// The sync actor.
+    pub sync: SyncHandle,
+    /// Every committed change of the store, as the node's tasks follow it.
+    pub changes: Arc<ChangeFeed>,
+    /// The election's latest view, as the sync actor passes it on.
+    pub hierarchy: watch::Receiver<Option<Hierarchy>>,
+}
+
+/// Starts a node's replication as `rhizome start` does: the store on its thread with its
+/// change listener feeding a [`ChangeFeed`], the mesh driver, and the sync actor over both.
+/// `observe` also sees every committed change, on the store thread just before the feed (the
+/// daemon passes a no-op; benchmarks timestamp changes with it, so it must return at once).
+pub async fn start(
+    me: NodeId,
+    config: SyncConfig,
+    mut store: Store,
+    mesh: MeshConfig,
+    mut observe: impl FnMut(&CatalogueEntry) + Send + 'static,
+) -> anyhow::Result<Replication> {
+    let changes = Arc::new(ChangeFeed::default());
+    let feed = changes.clone();
+    store.set_change_listener(move |entry| {
+        observe(&entry);
+        feed.push(entry);
+    });
+    let store = StoreHandle::spawn(store);
+    let (mesh, events) = mesh::net::driver::spawn(mesh).await?;
+    let (hierarchy_tx, hierarchy) = watch::channel(None);
+    let sync = spawn(
+        me,
+        config,
+        store.clone(),
+        mesh.clone(),
+        events,
+        changes.clone(),
+        hierarchy_tx,
+    )
+    .await?;
+    Ok(Replication {
+        store,
+        mesh,
+        sync,
+        changes,
+        hierarchy,
+    })
 }
 
 type StoreCall = Pin<Box<dyn Future<Output = Result<Served, StoreError>> + Send>>;

@@ -114,8 +114,25 @@ pub enum MeshError {
     Zone(#[from] ZoneError),
 }
 
+/// What the QUIC connection serving a peer has carried, as quinn counts it: UDP payload bytes
+/// and datagrams in each direction since the connection started (handshake included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// UDP payload bytes sent.
+    pub udp_bytes_sent: u64,
+    /// UDP payload bytes received.
+    pub udp_bytes_received: u64,
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// The current round-trip time estimate.
+    pub rtt: Duration,
+}
+
 enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    LinkStats(NodeId, oneshot::Sender<Option<LinkStats>>),
     Outbox(NodeId, oneshot::Sender<Option<mpsc::Sender<Message>>>),
     Disconnect(NodeId, String),
     Shutdown(oneshot::Sender<()>),
@@ -155,6 +172,17 @@ impl MeshHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Peers(tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// What the connection currently serving a peer has carried; `None` if the peer is not
+    /// connected.
+    pub async fn link_stats(&self, node: &str) -> Result<Option<LinkStats>, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::LinkStats(node.to_owned(), tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)
@@ -388,6 +416,23 @@ impl Actor {
                 command = commands.recv() => match command {
                     Some(Command::Peers(reply)) => {
                         let _ = reply.send(self.membership.peers(self.now()));
+                    }
+                    Some(Command::LinkStats(node, reply)) => {
+                        let stats = self
+                            .membership
+                            .connection(&node)
+                            .and_then(|c| self.conns.get(&c))
+                            .map(|(_, connection)| {
+                                let stats = connection.stats();
+                                LinkStats {
+                                    udp_bytes_sent: stats.udp_tx.bytes,
+                                    udp_bytes_received: stats.udp_rx.bytes,
+                                    datagrams_sent: stats.udp_tx.datagrams,
+                                    datagrams_received: stats.udp_rx.datagrams,
+                                    rtt: stats.path.rtt,
+                                }
+                            });
+                        let _ = reply.send(stats);
                     }
                     Some(Command::Outbox(node, reply)) => {
                         let outbox = self

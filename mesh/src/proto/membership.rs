@@ -827,10 +827,12 @@ mod tests {
             ms(1010),
         );
         assert!(a.drain().contains(&OutEvent::PeerUp("c".into())));
-        // While connected (and talking) the bootstrap address is not dialled again.
+        // While connected (and talking) the bootstrap address is not dialled again, and its
+        // past due time is no deadline (the driver would spin on it).
         for t in (1100..5000).step_by(100) {
             a.handle(InEvent::Received { conn: 7 }, ms(t));
             assert!(!a.drain().contains(&OutEvent::Dial("cloud:4860".into())));
+            assert!(a.poll_timeout() > ms(t), "deadline in the past at {t} ms");
         }
         // Once the connection closes, it is.
         a.handle(InEvent::Closed { conn: 7 }, ms(5000));

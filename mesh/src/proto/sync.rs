@@ -778,7 +778,14 @@ impl Replicator {
                     if reply || state.sent_summary != Some(current) {
                         self.send_summary(&peer, false);
                     }
-                } else if !state.buckets_sent {
+                } else {
+                    // A summary opens a round on the sender's side (a connection, a policy
+                    // change, a resync): take part in it afresh, whatever this side sent in
+                    // its own last round, or a side that has just started to share a document
+                    // might never hear of it. Only summaries open rounds, and a round sends
+                    // each bucket's catalogue once each way, so this cannot loop.
+                    state.buckets_sent = false;
+                    state.catalogue_sent = 0;
                     self.send_buckets(&peer);
                 }
             }
@@ -860,11 +867,13 @@ impl Replicator {
                 theirs.entry(entry.doc).or_insert(ABSENT);
             }
         }
+        // A document one side lacks is asked for by that side alone: if both opened a session,
+        // each opening would be answered with the whole document, and it would cross twice.
         let wanted: Vec<(DocId, u8)> = theirs
             .iter()
             .filter(|(doc, digest)| {
                 let ours = self.local_digest(doc).unwrap_or(ABSENT);
-                ours != **digest && ours != RETIRED && **digest != RETIRED
+                ours != **digest && ours != RETIRED && **digest != RETIRED && **digest != ABSENT
             })
             .map(|(doc, _)| (*doc, self.priority_of(peer, doc)))
             .collect();
@@ -1167,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn differing_documents_start_sessions_in_priority_order() {
+    fn differing_documents_start_sessions_and_a_missing_one_is_asked_for() {
         let now = Duration::ZERO;
         let mut a = Replicator::new("a".into(), SyncConfig::default());
         a.handle(
@@ -1200,7 +1209,8 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(generates, vec![[3; 16], [2; 16]]);
+        // The mesh differs on both sides: a session. The workflow b lacks: b asks for it.
+        assert_eq!(generates, vec![[3; 16]]);
         let pending = a.status("b").unwrap().pending;
         assert_eq!(pending, vec!["workflow/w".to_string(), "mesh".to_string()]);
     }

@@ -97,6 +97,21 @@ pub struct Heal {
     pub bytes_per_node: u64,
 }
 
+/// A zone's aggregator lost (crashed, cut off, gone), and how long its members took to agree on
+/// another.
+#[derive(Debug, Clone)]
+pub struct Reelection {
+    /// The zone.
+    pub zone: String,
+    /// The aggregator lost.
+    pub lost: String,
+    /// When it was lost.
+    pub at: Duration,
+    /// When every live member of the zone first named the same live aggregator other than the
+    /// lost one.
+    pub agreed_at: Option<Duration>,
+}
+
 impl Heal {
     /// A heal at `at`.
     pub fn new(at: Duration, label: String) -> Heal {
@@ -146,6 +161,8 @@ pub struct Report {
     pub acknowledged: u64,
     /// Fault ends and the convergence after each.
     pub heals: Vec<Heal>,
+    /// Aggregators lost, and the re-election of each.
+    pub reelections: Vec<Reelection>,
     /// Faults: start, end, label.
     pub faults: Vec<(Duration, Duration, String)>,
     /// Traffic sent by each node, by name.
@@ -229,6 +246,42 @@ impl Report {
                 None => {
                     let _ = writeln!(w, "  {:>10}  {:<40} did not converge", clock(h.at), h.label);
                 }
+            }
+        }
+        if !self.reelections.is_empty() {
+            let _ = writeln!(
+                w,
+                "\nre-elections (from the loss to every member of the zone naming the same new \
+                 aggregator)"
+            );
+            let mut times = Vec::new();
+            for r in &self.reelections {
+                let what = format!("{} lost ({})", r.lost, r.zone);
+                match r.agreed_at {
+                    Some(t) => {
+                        times.push(t.saturating_sub(r.at));
+                        let _ = writeln!(
+                            w,
+                            "  {:>10}  {what:<40} agreed in {:>9}",
+                            clock(r.at),
+                            human(t.saturating_sub(r.at))
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(w, "  {:>10}  {what:<40} no agreement", clock(r.at));
+                    }
+                }
+            }
+            times.sort_unstable();
+            if let (Some(min), Some(max)) = (times.first(), times.last()) {
+                let _ = writeln!(
+                    w,
+                    "  {} re-elections: min {} · median {} · max {}",
+                    times.len(),
+                    human(*min),
+                    human(times[times.len() / 2]),
+                    human(*max)
+                );
             }
         }
         let _ = writeln!(w, "\ntraffic per node (sent)");

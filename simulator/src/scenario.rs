@@ -203,6 +203,10 @@ pub struct SegmentSpec {
     /// The zone of its nodes (default: the segment's name).
     #[serde(default)]
     pub zone: Option<String>,
+    /// Several zones sharing this LAN (the lines of one site, `site-a/line-1`, ...): nodes are
+    /// dealt to them in turn. Excludes `zone`.
+    #[serde(default)]
+    pub zones: Vec<String>,
     /// Share of the nodes placed here, relative to the other segments' weights.
     #[serde(default = "one")]
     pub weight: f64,
@@ -427,6 +431,16 @@ impl Scenario {
             if s.weight <= 0.0 || !s.weight.is_finite() {
                 return Err(format!("segment {:?}: `weight` must be positive", s.name));
             }
+            if s.zone.is_some() && !s.zones.is_empty() {
+                return Err(format!(
+                    "segment {:?}: give either `zone` or `zones`, not both",
+                    s.name
+                ));
+            }
+            for zone in s.zone.iter().chain(&s.zones) {
+                mesh::proto::election::check_zone(zone)
+                    .map_err(|e| format!("segment {:?}: zone {zone:?}: {e}", s.name))?;
+            }
         }
         let n = &self.network;
         if n.lan_latency[0] > n.lan_latency[1] || n.wan_latency[0] > n.wan_latency[1] {
@@ -521,5 +535,11 @@ mod tests {
         );
         let err = Scenario::load("no-such-scenario").unwrap_err().to_string();
         assert!(err.contains("partition-heal"), "{err}");
+        let both = format!("{base}[[segments]]\nname = \"s\"\nzone = \"a\"\nzones = [\"a/1\"]\n");
+        let err = Scenario::parse(&both, "t").unwrap_err().to_string();
+        assert!(err.contains("either `zone` or `zones`"), "{err}");
+        let bad = format!("{base}[[segments]]\nname = \"s\"\nzones = [\"a//1\"]\n");
+        let err = Scenario::parse(&bad, "t").unwrap_err().to_string();
+        assert!(err.contains("a//1"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::net::{Conn, Cut, End, Model, Net};
-use crate::report::{Heal, Kind, NodeTraffic, Report, Violation};
+use crate::report::{Heal, Kind, NodeTraffic, Reelection, Report, Violation};
 use crate::scenario::{Aggregation, FaultKind, FaultSpec, GroupBy, Scenario};
 
 /// The mesh id of every simulated store.
@@ -257,8 +257,16 @@ struct Acked {
 }
 
 struct Segment {
-    zone: String,
+    /// The zones on this LAN; its nodes are dealt to them in turn.
+    zones: Vec<String>,
     members: Vec<usize>,
+}
+
+impl Segment {
+    /// The zone of the segment's `k`-th node.
+    fn zone_of_member(&self, k: usize) -> String {
+        self.zones[k % self.zones.len()].clone()
+    }
 }
 
 /// The simulation.
@@ -290,6 +298,8 @@ pub struct World {
     divergence: Vec<(Duration, u64)>,
     fault_spans: Vec<(Duration, Duration, String)>,
     heals: Vec<Heal>,
+    /// Aggregators lost, measured until their zones agree on another.
+    reelections: Vec<Reelection>,
     writes: u64,
     edits: u64,
     last_write: Duration,
@@ -312,14 +322,18 @@ impl World {
         let net = Net::new(model, rng.r#gen());
         let mut segments: Vec<Segment> = if sc.segments.is_empty() {
             vec![Segment {
-                zone: "lan".into(),
+                zones: vec!["lan".into()],
                 members: Vec::new(),
             }]
         } else {
             sc.segments
                 .iter()
                 .map(|s| Segment {
-                    zone: s.zone.clone().unwrap_or_else(|| s.name.clone()),
+                    zones: if s.zones.is_empty() {
+                        vec![s.zone.clone().unwrap_or_else(|| s.name.clone())]
+                    } else {
+                        s.zones.clone()
+                    },
                     members: Vec::new(),
                 })
                 .collect()
@@ -375,6 +389,7 @@ impl World {
             divergence: vec![(Duration::ZERO, 0)],
             fault_spans: Vec::new(),
             heals: Vec::new(),
+            reelections: Vec::new(),
             writes: 0,
             edits: 0,
             last_write: Duration::ZERO,
@@ -385,7 +400,7 @@ impl World {
             for (k, &i) in seg.members.iter().enumerate() {
                 debug_assert_eq!(i, world.nodes.len());
                 let gateway = gateways.is_some_and(|g| g == 0 || k < g);
-                world.add_node(Some(s), seg.zone.clone(), gateway, i);
+                world.add_node(Some(s), seg.zone_of_member(k), gateway, i);
             }
         }
         world.segments = segments;
@@ -396,8 +411,11 @@ impl World {
         }
         if world.sc.aggregation == Aggregation::Static {
             for seg in &world.segments {
-                if let Some(&first) = seg.members.first() {
-                    world.aggregator.entry(seg.zone.clone()).or_insert(first);
+                for (k, &node) in seg.members.iter().enumerate() {
+                    world
+                        .aggregator
+                        .entry(seg.zone_of_member(k))
+                        .or_insert(node);
                 }
             }
             world.rebuild_policy();
@@ -1010,8 +1028,60 @@ impl World {
                     live.policy_dirty = true;
                     self.dirty = true;
                     self.schedule_serve(i);
+                    self.settle_reelections();
                 }
                 election::OutEvent::Refused { .. } => {}
+            }
+        }
+    }
+
+    /// Starts timing a re-election for each picked node that aggregates its zone.
+    fn losing_aggregators(&mut self, picked: &[usize]) {
+        if self.sc.aggregation != Aggregation::Election {
+            return;
+        }
+        for &i in picked {
+            if self.is_aggregator(i) {
+                self.reelections.push(Reelection {
+                    zone: self.nodes[i].zone.clone(),
+                    lost: self.nodes[i].name.clone(),
+                    at: self.now,
+                    agreed_at: None,
+                });
+            }
+        }
+    }
+
+    /// Closes the re-elections whose zones now agree on a live aggregator other than the lost
+    /// one. Only election changes (and losses) can close one, so this runs on each.
+    fn settle_reelections(&mut self) {
+        if self.reelections.iter().all(|r| r.agreed_at.is_some()) {
+            return;
+        }
+        for k in 0..self.reelections.len() {
+            let r = &self.reelections[k];
+            if r.agreed_at.is_some() {
+                continue;
+            }
+            let mut named = None;
+            let mut agreed = false;
+            for m in 0..self.nodes.len() {
+                let n = &self.nodes[m];
+                if !n.alive() || n.segment.is_none() || n.zone != r.zone || n.name == r.lost {
+                    continue;
+                }
+                let view = self.aggregator_for(m);
+                let good =
+                    view.is_some_and(|a| self.nodes[a].alive() && self.nodes[a].name != r.lost);
+                if !good || (named.is_some() && named != view) {
+                    agreed = false;
+                    break;
+                }
+                named = view;
+                agreed = true;
+            }
+            if agreed {
+                self.reelections[k].agreed_at = Some(self.now);
             }
         }
     }
@@ -1725,7 +1795,9 @@ impl World {
                 self.open_fault(cut, end.expect("validated"), label);
             }
             FaultKind::Isolate => {
-                for i in self.pick(spec.count.unwrap_or(1), spec.aggregators) {
+                let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                self.losing_aggregators(&picked);
+                for i in picked {
                     let cut = self.net.cut(Cut::Node(i));
                     let label = format!("isolate {}", self.nodes[i].name);
                     self.open_fault(cut, end.expect("validated"), label);
@@ -1760,6 +1832,7 @@ impl World {
             }
             FaultKind::Crash => {
                 let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                self.losing_aggregators(&picked);
                 let label = format!(
                     "crash {}{}",
                     self.names(&picked),
@@ -1785,6 +1858,7 @@ impl World {
             }
             FaultKind::Leave => {
                 let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                self.losing_aggregators(&picked);
                 let label = format!("leave {}", self.names(&picked));
                 for &i in &picked {
                     if self.sc.aggregation == Aggregation::Static && self.is_aggregator(i) {
@@ -1801,7 +1875,7 @@ impl World {
                 for _ in 0..count {
                     let s = self.rng.gen_range(0..self.segments.len());
                     let index = self.nodes.len();
-                    let zone = self.segments[s].zone.clone();
+                    let zone = self.segments[s].zone_of_member(self.segments[s].members.len());
                     let gateway = self
                         .sc
                         .cloud
@@ -2492,6 +2566,7 @@ impl World {
             writes: self.writes,
             acknowledged: self.ledger.len() as u64,
             heals: self.heals,
+            reelections: self.reelections,
             faults: self.fault_spans,
             traffic,
             checks: self.checks.into_iter().collect(),

@@ -932,6 +932,19 @@ impl Store {
         before: &[automerge::ChangeHash],
     ) -> Result<()> {
         let cached = self.cache.get_mut(id).expect("document is cached");
+        if before.is_empty() {
+            // New to this store (every held document has at least its genesis change), most
+            // often fetched whole from a peer: one snapshot. Splitting thousands of changes
+            // out of the document into chunks of their own, only for the chunk count to fold
+            // them into a snapshot in the same transaction, cost twice as much as the fetch.
+            let heads = cached.doc.get_heads();
+            if heads.is_empty() {
+                return Ok(());
+            }
+            Self::index_heads(txn, id, &heads)?;
+            self.compact_in(txn, label.to_owned(), id)?;
+            return Ok(());
+        }
         let changes = cached.doc.get_changes(before);
         if changes.is_empty() {
             return Ok(());

@@ -1026,6 +1026,14 @@ impl Store {
         Ok(report)
     }
 
+    /// Drops the decoded copy of a document, as the cache does when it is full: the next use
+    /// decodes it again from what is stored. Sync sessions keep their state.
+    pub fn evict(&mut self, name_or_id: &str) -> Result<()> {
+        let (id, _) = self.resolve(name_or_id)?;
+        self.cache.remove(&id);
+        Ok(())
+    }
+
     /// Compacts every document that has more than one chunk.
     pub fn compact_all(&mut self) -> Result<Vec<Compaction>> {
         let mut reports = Vec::new();

@@ -93,12 +93,17 @@ impl Node {
     }
 }
 
+/// A link direction: (from, to).
+type Link = (String, String);
+
 /// Nodes and the links between connected pairs; frames flow in order on each link.
 struct Net {
     nodes: BTreeMap<String, Node>,
     links: BTreeMap<(String, String), VecDeque<Message>>,
     /// Frames sent per link direction, to count what a reconnect costs.
     bytes: BTreeMap<(String, String), usize>,
+    /// Every sync payload delivered, by link direction, when asked for.
+    sync_log: Option<Vec<(Link, Vec<u8>)>>,
 }
 
 impl Net {
@@ -107,6 +112,7 @@ impl Net {
             nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
             links: BTreeMap::new(),
             bytes: BTreeMap::new(),
+            sync_log: None,
         }
     }
 
@@ -195,6 +201,9 @@ impl Net {
                 .unwrap()
                 .pop_front()
                 .unwrap();
+            if let (Some(log), Message::Sync { payload, .. }) = (&mut self.sync_log, &message) {
+                log.push(((from.clone(), to.clone()), payload.clone()));
+            }
             self.input(&to, SyncIn::Received(from, message));
         }
         panic!("the network did not go quiet");
@@ -306,6 +315,96 @@ fn a_restarted_node_gets_only_what_it_missed_from_the_persisted_sync_state() {
     let sent: usize = net.bytes.values().sum();
     // The history is ~200 changes of >200 bytes; only the one new change may cross.
     assert!(sent < 3_000, "{sent} bytes to catch up one change");
+}
+
+/// A node that holds nothing of a document gets the holder's stored chunks as they are (a
+/// snapshot and the changes since): the holder answers without loading the document (its message then carries no Bloom filter, which
+/// a message generated from the loaded document always does), and the session goes on normally
+/// from there in both directions.
+#[test]
+fn a_node_holding_nothing_gets_the_stored_snapshot_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let flow = DocName::workflow("flow").unwrap();
+    {
+        let mut a = Node::new("a", Store::open(&path, config("a")).unwrap());
+        for i in 0..300 {
+            a.edit_workflow("flow", &format!("edit {i}"));
+        }
+        a.store.compact(&flow.to_string()).unwrap();
+        for i in 300..303 {
+            a.edit_workflow("flow", &format!("edit {i}"));
+        }
+    }
+    // Reopened: nothing decoded in memory.
+    let mut net = Net::new(vec![
+        Node::new("a", Store::open(&path, config("a")).unwrap()),
+        Node::in_memory("b"),
+    ]);
+    let snapshot = {
+        let store = &net.nodes["a"].store;
+        let id = store.document_id(&flow);
+        let chunks = store
+            .load_range(
+                &crdt_store::samod_core::StorageKey::from_parts([
+                    id.to_string().as_str(),
+                    "snapshot",
+                ])
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(chunks.len(), 1, "compacted into one snapshot");
+        chunks.into_values().next().unwrap()
+    };
+    net.sync_log = Some(Vec::new());
+    net.connect("a", "b");
+    net.run(&mut rng());
+    assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
+    let whole: Vec<automerge::sync::Message> = net
+        .sync_log
+        .take()
+        .unwrap()
+        .into_iter()
+        .filter(|(link, _)| link == &("a".to_owned(), "b".to_owned()))
+        .map(|(_, payload)| automerge::sync::Message::decode(&payload).unwrap())
+        .filter(|m| !m.changes.is_empty())
+        .collect();
+    assert_eq!(whole.len(), 1, "the document crossed once");
+    // The snapshot, then the three changes made after it.
+    let chunks: Vec<&[u8]> = whole[0].changes.iter().collect();
+    assert_eq!(chunks.len(), 1);
+    assert!(chunks[0].starts_with(&snapshot) && chunks[0].len() > snapshot.len());
+    assert!(
+        whole[0].have.is_empty(),
+        "answered without loading the document"
+    );
+    let read = net
+        .nodes
+        .get_mut("b")
+        .unwrap()
+        .store
+        .read::<WorkflowDoc>(&flow)
+        .unwrap();
+    assert_eq!(read.description, "edit 302");
+
+    // The sessions go on: an edit on either side reaches the other, and only the edit crosses.
+    net.bytes.clear();
+    net.edit_workflow("a", "flow", "from a");
+    net.run(&mut rng());
+    assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
+    net.edit_workflow("b", "flow", "from b");
+    net.run(&mut rng());
+    assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
+    let read = net
+        .nodes
+        .get_mut("a")
+        .unwrap()
+        .store
+        .read::<WorkflowDoc>(&flow)
+        .unwrap();
+    assert_eq!(read.description, "from b");
+    let sent: usize = net.bytes.values().sum();
+    assert!(sent < 3_000, "{sent} bytes for two small edits");
 }
 
 /// One sync batch may change more documents than the store keeps decoded: the change listener
@@ -465,6 +564,7 @@ enum Step {
     Edit { node: usize, doc: usize, text: u8 },
     Toggle { a: usize, b: usize },
     Deliver { seed: u64 },
+    Cold { node: usize, doc: usize },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -472,6 +572,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0..3usize, 0..3usize, any::<u8>()).prop_map(|(node, doc, text)| Step::Edit { node, doc, text }),
         1 => (0..3usize, 0..3usize).prop_map(|(a, b)| Step::Toggle { a, b }),
         2 => any::<u64>().prop_map(|seed| Step::Deliver { seed }),
+        1 => (0..3usize, 0..3usize).prop_map(|(node, doc)| Step::Cold { node, doc }),
     ]
 }
 
@@ -507,6 +608,15 @@ proptest! {
                     }
                 }
                 Step::Toggle { .. } => {}
+                Step::Cold { node, doc } => {
+                    // One snapshot, nothing decoded: the store answers a peer that holds
+                    // nothing from the snapshot without loading the document.
+                    let name = if doc == 0 { DocName::Mesh } else { DocName::workflow(&format!("w{doc}")).unwrap() };
+                    let store = &mut net.nodes.get_mut(ids[node]).unwrap().store;
+                    if store.compact(&name.to_string()).is_ok() {
+                        store.evict(&name.to_string()).unwrap();
+                    }
+                }
                 Step::Deliver { seed } => {
                     // Deliver some frames, not necessarily all.
                     let mut rng = StdRng::seed_from_u64(seed);

@@ -11,8 +11,8 @@ use redb::{Durability, ReadableDatabase, ReadableTable};
 use samod_core::DocumentId;
 
 use super::{
-    CHUNKS, ChunkStats, HEADS, HeadsDigest, NAMES, RETIRED, Store, decode_heads, heads_digest,
-    sync_state_key,
+    CHUNKS, ChunkStats, HEADS, HeadsDigest, NAMES, RETIRED, Store, content_chunks, decode_heads,
+    heads_digest, sync_state_key,
 };
 use crate::error::{EngineContext, Result, StoreError};
 use crate::names::DocName;
@@ -142,6 +142,12 @@ impl Store {
     /// The next Automerge sync message about `doc` for `peer`, or `None` when there is nothing
     /// to say. A document not held here takes part as an empty one, which asks for everything.
     pub fn sync_generate(&mut self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
+        if !self.cache.contains_key(doc) {
+            self.ensure_sync_state(doc, peer)?;
+            if let Some(answer) = self.answer_from_stored_chunks(doc, peer)? {
+                return Ok(answer);
+            }
+        }
         self.load_sync_session(doc, peer)?;
         let state = self
             .sync_states
@@ -271,6 +277,40 @@ impl Store {
             doc: label.clone(),
             reason: e.to_string(),
         })?;
+        if !self.cache.contains_key(&doc)
+            && opens_from_nothing(&decoded)
+            && let Some(ours) = self.stored_heads(txn, &doc)?
+        {
+            // The peer holds nothing of a document this node has not loaded: what the message
+            // does to the session does not depend on the document (see `opens_from_nothing`),
+            // and the answer can be the stored chunks. Loading a large document here would
+            // only delay that answer.
+            self.ensure_sync_state(&doc, &peer)?;
+            let key = (doc.clone(), peer.clone());
+            let state = self.sync_states.get_mut(&key).expect("ensured above");
+            let shared_before = state.shared_heads.clone();
+            AutoCommit::new()
+                .sync()
+                .receive_sync_message(state, decoded)
+                .map_err(|e| SyncRejected::Malformed {
+                    doc: label.clone(),
+                    reason: e.to_string(),
+                })?;
+            let theirs = state.their_heads.as_deref().map(heads_digest);
+            if state.shared_heads != shared_before {
+                let encoded = state.encode();
+                let key = sync_state_key(&doc, &peer)?.to_string();
+                let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
+                chunks
+                    .insert(key.as_str(), encoded.as_slice())
+                    .during("apply sync")?;
+            }
+            return Ok(SyncApplied {
+                changed: false,
+                ours: heads_digest(&ours),
+                theirs,
+            });
+        }
         self.load_sync_session(&doc, &peer)?;
         if !self.cache.contains_key(&doc) {
             let mut empty = AutoCommit::new();
@@ -327,6 +367,11 @@ impl Store {
             self.tick += 1;
             cached.last_used = self.tick;
         }
+        self.ensure_sync_state(doc, peer)
+    }
+
+    /// Makes sure the session with the peer has a sync state, without loading the document.
+    fn ensure_sync_state(&mut self, doc: &DocumentId, peer: &str) -> Result<()> {
         let key = (doc.clone(), peer.to_owned());
         if !self.sync_states.contains_key(&key) {
             // A persisted state restores only the heads both sides had in common: the new
@@ -339,6 +384,115 @@ impl Store {
         }
         Ok(())
     }
+
+    /// The heads of a document as the store holds it, `None` when it holds none of it.
+    fn stored_heads(
+        &self,
+        txn: &redb::WriteTransaction,
+        doc: &DocumentId,
+    ) -> Result<Option<Vec<ChangeHash>>> {
+        let table = txn.open_table(HEADS).during("apply sync")?;
+        let heads = table
+            .get(doc.to_string().as_str())
+            .during("apply sync")?
+            .map(|h| decode_heads(h.value()));
+        Ok(heads.filter(|h| !h.is_empty()))
+    }
+
+    /// The answer to a peer that holds nothing of a document not loaded here: its stored chunks
+    /// as they are, which carry what Automerge would send (a whole document in one V2 message)
+    /// after loading the document and saving it again. `None` when that does not apply.
+    ///
+    /// The session's state moves as Automerge's own generation would move it, except that the
+    /// hashes sent are not recorded; they only spare resending changes to a peer that has not
+    /// yet acknowledged them, and the peer's next message acknowledges everything at once.
+    fn answer_from_stored_chunks(
+        &mut self,
+        doc: &DocumentId,
+        peer: &str,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        let key = (doc.clone(), peer.to_owned());
+        let state = self.sync_states.get(&key).expect("ensured by the caller");
+        // What they need does not matter: a peer without heads gets the whole document.
+        let wants_everything = state.their_heads.as_deref() == Some(&[])
+            && state
+                .their_have
+                .as_ref()
+                .is_some_and(|have| have.iter().all(|h| h.last_sync.is_empty()))
+            && state
+                .their_capabilities
+                .as_ref()
+                .is_some_and(|caps| caps.contains(&sync::Capability::MessageV2))
+            && !state.read_only
+            && !state.peer_read_only
+            && !state.needs_reset;
+        if !wants_everything {
+            return Ok(None);
+        }
+        let label = doc.to_string();
+        let txn = self.db.begin_read().during("generate sync")?;
+        let Some(heads) = txn
+            .open_table(HEADS)
+            .during("generate sync")?
+            .get(label.as_str())
+            .during("generate sync")?
+            .map(|h| decode_heads(h.value()))
+            .filter(|h| !h.is_empty())
+        else {
+            return Ok(None);
+        };
+        let state = self
+            .sync_states
+            .get_mut(&key)
+            .expect("ensured by the caller");
+        if state.have_responded && state.in_flight && state.last_sent_heads == heads {
+            // Sent already and not yet acknowledged: Automerge would say nothing either.
+            return Ok(Some(None));
+        }
+        // Snapshots first, then the changes since: one run of chunks that loading on the other
+        // side takes as it takes a stored document (a change whose dependencies come later
+        // waits for them).
+        let chunks = txn.open_table(CHUNKS).during("generate sync")?;
+        let mut whole = Vec::new();
+        for (chunk_key, _) in content_chunks(&chunks, doc, "generate sync")? {
+            if let Some(bytes) = chunks.get(chunk_key.as_str()).during("generate sync")? {
+                whole.extend_from_slice(bytes.value());
+            }
+        }
+        if whole.is_empty() {
+            return Ok(None);
+        }
+        let mut flags = sync::MessageFlags::new();
+        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        let message = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            // No Bloom filter: the peer holds nothing to compare against it, and an empty
+            // `have` asks it for nothing but what it needs (nothing).
+            have: Vec::new(),
+            changes: sync::ChunkList::from(vec![whole]),
+            flags: Some(flags),
+            version: sync::MessageVersion::V2,
+        };
+        state.have_responded = true;
+        state.last_sent_heads = heads;
+        state.in_flight = true;
+        Ok(Some(Some(message.encode())))
+    }
+}
+
+/// Whether a sync message comes from a peer that holds nothing of the document and can take
+/// a whole document in one message: no heads, no changes, flags present (V2).
+/// Receiving such a message sets the same session state whatever the receiving document holds
+/// (Automerge's "the peer has lost all its data" reset), so it can be received without loading
+/// the document.
+fn opens_from_nothing(message: &sync::Message) -> bool {
+    message.heads.is_empty()
+        && message.changes.is_empty()
+        && message.have.iter().all(|h| h.last_sync.is_empty())
+        && message
+            .flags
+            .is_some_and(|f| !f.contains(sync::MessageFlags::READ_ONLY))
 }
 
 enum ApplyError {

@@ -453,8 +453,20 @@ impl Store {
         // side takes as it takes a stored document (a change whose dependencies come later
         // waits for them).
         let chunks = txn.open_table(CHUNKS).during("generate sync")?;
+        let stored = content_chunks(&chunks, doc, "generate sync")?;
+        let snapshot_prefix = format!("{label}/snapshot/");
+        let (snapshots, changes): (Vec<_>, Vec<_>) = stored
+            .iter()
+            .partition(|(chunk_key, _)| chunk_key.starts_with(&snapshot_prefix));
+        let snapshot_bytes: u64 = snapshots.iter().map(|(_, n)| n).sum();
+        let change_bytes: u64 = changes.iter().map(|(_, n)| n).sum();
+        if snapshot_bytes == 0 || change_bytes > snapshot_bytes / 2 {
+            // Changes stored one by one are several times the size of the same changes in a
+            // compressed save: decoding and saving sends fewer bytes then.
+            return Ok(None);
+        }
         let mut whole = Vec::new();
-        for (chunk_key, _) in content_chunks(&chunks, doc, "generate sync")? {
+        for (chunk_key, _) in stored {
             if let Some(bytes) = chunks.get(chunk_key.as_str()).during("generate sync")? {
                 whole.extend_from_slice(bytes.value());
             }

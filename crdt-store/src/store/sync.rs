@@ -273,10 +273,7 @@ impl Store {
             }
             (None, None) => return Err(SyncRejected::Unnamed(label).into()),
         };
-        let decoded = sync::Message::decode(&payload).map_err(|e| SyncRejected::Malformed {
-            doc: label.clone(),
-            reason: e.to_string(),
-        })?;
+        let decoded = sync::Message::decode(&payload).map_err(|e| malformed(&label, e))?;
         if !self.cache.contains_key(&doc)
             && opens_from_nothing(&decoded)
             && let Some(ours) = self.stored_heads(txn, &doc)?
@@ -292,18 +289,11 @@ impl Store {
             AutoCommit::new()
                 .sync()
                 .receive_sync_message(state, decoded)
-                .map_err(|e| SyncRejected::Malformed {
-                    doc: label.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| malformed(&label, e))?;
             let theirs = state.their_heads.as_deref().map(heads_digest);
             if state.shared_heads != shared_before {
                 let encoded = state.encode();
-                let key = sync_state_key(&doc, &peer)?.to_string();
-                let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
-                chunks
-                    .insert(key.as_str(), encoded.as_slice())
-                    .during("apply sync")?;
+                persist_sync_state(txn, &doc, &peer, &encoded)?;
             }
             return Ok(SyncApplied {
                 changed: false,
@@ -326,10 +316,7 @@ impl Store {
             .doc
             .sync()
             .receive_sync_message(state, decoded)
-            .map_err(|e| SyncRejected::Malformed {
-                doc: label.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| malformed(&label, e))?;
         let after = cached.doc.get_heads();
         let theirs = state.their_heads.as_deref().map(heads_digest);
         let persist = (state.shared_heads != shared_before).then(|| state.encode());
@@ -342,11 +329,7 @@ impl Store {
             self.store_changes(txn, &label, &doc, &before)?;
         }
         if let Some(encoded) = persist {
-            let key = sync_state_key(&doc, &peer)?.to_string();
-            let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
-            chunks
-                .insert(key.as_str(), encoded.as_slice())
-                .during("apply sync")?;
+            persist_sync_state(txn, &doc, &peer, &encoded)?;
         }
         Ok(SyncApplied {
             changed,
@@ -491,6 +474,26 @@ impl Store {
         state.in_flight = true;
         Ok(Some(Some(message.encode())))
     }
+}
+
+fn malformed(doc: &str, reason: impl ToString) -> SyncRejected {
+    SyncRejected::Malformed {
+        doc: doc.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Keeps the heads a session's two sides have in common, for the next session.
+fn persist_sync_state(
+    txn: &redb::WriteTransaction,
+    doc: &DocumentId,
+    peer: &str,
+    encoded: &[u8],
+) -> Result<()> {
+    let key = sync_state_key(doc, peer)?.to_string();
+    let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
+    chunks.insert(key.as_str(), encoded).during("apply sync")?;
+    Ok(())
 }
 
 /// Whether a sync message comes from a peer that holds nothing of the document and can take

@@ -189,9 +189,8 @@ pub fn zone_label(zone: &str) -> &str {
     if zone.is_empty() { "(root)" } else { zone }
 }
 
-/// Who receives which results and rollups, from this node's view: the zone of every node comes
-/// from the replicated registry (each node writes its own), the aggregators from the election
-/// (this node's chain, the zones it aggregates, and the aggregators of the zones below those).
+/// Who receives which results and rollups, from this node's view
+/// ([`SharePolicy::from_view`]) with the zones of the replicated registry.
 ///
 /// With `results_to_cloud`, results are routed as if every node were in the root zone: straight
 /// to the root's aggregator (the cloud), which every node of the mesh must then agree on.
@@ -201,30 +200,15 @@ pub fn share_policy(
     registry: &MeshRegistry,
     results_to_cloud: bool,
 ) -> SharePolicy {
-    let mut policy = SharePolicy::default();
-    for (node, entry) in &registry.nodes {
-        policy.zone_of.insert(node.clone(), entry.zone.clone());
-    }
-    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+    let zones = registry
+        .nodes
+        .iter()
+        .map(|(node, entry)| (node, &entry.zone));
+    let mut policy = SharePolicy::from_view(me, hierarchy, zones);
     if results_to_cloud {
         for zone in policy.zone_of.values_mut() {
             zone.clear();
         }
-    }
-    for (zone, aggregator) in &hierarchy.chain {
-        if let Some(aggregator) = aggregator {
-            policy
-                .aggregator_of
-                .insert(zone.clone(), aggregator.clone());
-        }
-    }
-    for zone in &hierarchy.aggregates {
-        policy.aggregator_of.insert(zone.clone(), me.to_owned());
-    }
-    for (zone, aggregator) in &hierarchy.below {
-        policy
-            .aggregator_of
-            .insert(zone.clone(), aggregator.clone());
     }
     policy
 }

@@ -1154,7 +1154,8 @@ impl World {
             && let Some(hierarchy) = &live.hierarchy
         {
             let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
-            let policy = share_policy(&node.id, hierarchy, &registry);
+            let zones = registry.nodes.iter().map(|(n, e)| (n, &e.zone));
+            let policy = SharePolicy::from_view(&node.id, hierarchy, zones);
             live.replicator.handle(SyncIn::Policy(policy), now);
         }
         let ops = std::mem::take(&mut live.ops);
@@ -2587,31 +2588,4 @@ fn doc_bytes(name: &DocName) -> DocId {
         .as_bytes()
         .try_into()
         .expect("16-byte document ids")
-}
-
-/// Who receives which results: the zone of every node from the replicated registry, the
-/// aggregators from this node's election. The node computes its policy by the same rule
-/// (`rhizome`'s `hierarchy::share_policy`, which the simulator cannot link).
-fn share_policy(me: &str, hierarchy: &Hierarchy, registry: &MeshRegistry) -> SharePolicy {
-    let mut policy = SharePolicy::default();
-    for (node, entry) in &registry.nodes {
-        policy.zone_of.insert(node.clone(), entry.zone.clone());
-    }
-    policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
-    for (zone, aggregator) in &hierarchy.chain {
-        if let Some(aggregator) = aggregator {
-            policy
-                .aggregator_of
-                .insert(zone.clone(), aggregator.clone());
-        }
-    }
-    for zone in &hierarchy.aggregates {
-        policy.aggregator_of.insert(zone.clone(), me.to_owned());
-    }
-    for (zone, aggregator) in &hierarchy.below {
-        policy
-            .aggregator_of
-            .insert(zone.clone(), aggregator.clone());
-    }
-    policy
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use super::election::Hierarchy;
 use super::membership::NodeId;
 use super::wire::{
     BUCKETS, CatalogueEntry, DocIdBytes, HeadsDigest, MAX_CATALOGUE_ENTRIES, MAX_FRAME_LEN, Message,
@@ -124,6 +125,38 @@ pub struct SharePolicy {
 }
 
 impl SharePolicy {
+    /// The policy a node derives from its own view: the zone of every node it knows (`zones`,
+    /// from the replicated registry, where each node writes its own) and the aggregators its
+    /// election names (its chain, the zones it aggregates, and the aggregators of the zones
+    /// just below those). Nodes with the same view derive the same policy.
+    pub fn from_view<'a>(
+        me: &str,
+        hierarchy: &Hierarchy,
+        zones: impl IntoIterator<Item = (&'a NodeId, &'a String)>,
+    ) -> SharePolicy {
+        let mut policy = SharePolicy::default();
+        for (node, zone) in zones {
+            policy.zone_of.insert(node.clone(), zone.clone());
+        }
+        policy.zone_of.insert(me.to_owned(), hierarchy.zone.clone());
+        for (zone, aggregator) in &hierarchy.chain {
+            if let Some(aggregator) = aggregator {
+                policy
+                    .aggregator_of
+                    .insert(zone.clone(), aggregator.clone());
+            }
+        }
+        for zone in &hierarchy.aggregates {
+            policy.aggregator_of.insert(zone.clone(), me.to_owned());
+        }
+        for (zone, aggregator) in &hierarchy.below {
+            policy
+                .aggregator_of
+                .insert(zone.clone(), aggregator.clone());
+        }
+        policy
+    }
+
     /// Whether `peer` may see (and write) a document of this class.
     ///
     /// - `mesh` and workflows: every member (admission already refused strangers).

@@ -92,6 +92,35 @@ pub struct NodeEntry {
     pub updated_ms: i64,
 }
 
+impl MeshRegistry {
+    /// Whether the registry holds `entry` for `node` already, apart from the liveness fields
+    /// (`heartbeat`, `updated_ms`). The registry replicates to every node: a node rewrites its
+    /// entry only when it says something new, so a restart with the same settings changes no
+    /// document.
+    pub fn holds(&self, node: &str, entry: &NodeEntry) -> bool {
+        self.nodes.get(node).is_some_and(|old| {
+            NodeEntry {
+                heartbeat: entry.heartbeat,
+                updated_ms: entry.updated_ms,
+                ..old.clone()
+            } == *entry
+        })
+    }
+
+    /// Writes `node`'s entry, one heartbeat after its previous one, as written at `now_ms`.
+    pub fn write_entry(&mut self, node: &str, entry: NodeEntry, now_ms: i64) {
+        let heartbeat = self.nodes.get(node).map_or(0, |e| e.heartbeat) + 1;
+        self.nodes.insert(
+            node.to_owned(),
+            NodeEntry {
+                heartbeat,
+                updated_ms: now_ms,
+                ..entry
+            },
+        );
+    }
+}
+
 /// Why and when a node was revoked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct Revocation {
@@ -450,5 +479,27 @@ mod tests {
             err.contains("workflow/w") && err.contains("results"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_registry_entry_is_rewritten_only_when_it_says_something_new() {
+        let mut registry = MeshRegistry::default();
+        let entry = NodeEntry {
+            name: "press-7".into(),
+            zone: "site-a".into(),
+            ..NodeEntry::default()
+        };
+        assert!(!registry.holds("n1", &entry));
+        registry.write_entry("n1", entry.clone(), 1_000);
+        registry.write_entry("n1", entry.clone(), 2_000);
+        assert_eq!(registry.nodes["n1"].heartbeat, 2);
+        assert_eq!(registry.nodes["n1"].updated_ms, 2_000);
+        // Liveness alone is nothing new; another zone is.
+        assert!(registry.holds("n1", &entry));
+        let moved = NodeEntry {
+            zone: "site-b".into(),
+            ..entry
+        };
+        assert!(!registry.holds("n1", &moved));
     }
 }

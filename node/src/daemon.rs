@@ -157,31 +157,11 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         ..NodeEntry::default()
     };
     let id = node_id.clone();
-    // The registry replicates to every node: rewrite this node's entry only when it says
-    // something new, so a restart with the same settings leaves every document as it was.
-    // Sync announces the rewrite like any other change.
-    let unchanged = registry.nodes.get(&id).is_some_and(|old| {
-        NodeEntry {
-            heartbeat: 0,
-            updated_ms: 0,
-            ..old.clone()
-        } == entry
-    });
-    if !unchanged {
+    // Sync announces a rewrite like any other change.
+    if !registry.holds(&id, &entry) {
         store
             .call(move |s| {
-                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                    let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
-                    let updated_ms = now_ms();
-                    m.nodes.insert(
-                        id,
-                        NodeEntry {
-                            heartbeat,
-                            updated_ms,
-                            ..entry
-                        },
-                    );
-                })
+                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms()))
             })
             .recv()
             .await?;

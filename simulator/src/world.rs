@@ -2103,29 +2103,12 @@ impl World {
         let store = node.store.as_mut().expect("a live node has a store");
         if at_start {
             let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
-            let unchanged = registry.nodes.get(&id).is_some_and(|old| {
-                NodeEntry {
-                    heartbeat: 0,
-                    updated_ms: 0,
-                    ..old.clone()
-                } == entry
-            });
-            if unchanged {
+            if registry.holds(&id, &entry) {
                 return;
             }
         }
         store
-            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                let heartbeat = m.nodes.get(&id).map_or(0, |e| e.heartbeat) + 1;
-                m.nodes.insert(
-                    id,
-                    NodeEntry {
-                        heartbeat,
-                        updated_ms: now_ms,
-                        ..entry
-                    },
-                );
-            })
+            .update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms))
             .expect("registry write");
         self.drain_changes(i);
     }

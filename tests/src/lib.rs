@@ -174,6 +174,40 @@ pub mod crash {
 
 pub mod netns;
 
+/// Workflow files the tests apply.
+pub mod workflows {
+    /// A manual workflow `line`: simulated readings scored by z-score. Tests derive their
+    /// concurrent edits from it by replacing the seed or the threshold.
+    pub const LINE: &str = "
+id: line
+description: base
+trigger: manual
+steps:
+  - id: read
+    agent: sensor
+    config: {seed: 1}
+  - id: score
+    agent: zscore
+    inputs: [read]
+    config: {field: value, last: 20, threshold: 3}
+";
+
+    /// A workflow `probe` on `trigger` for nodes tagged `sensor`: one simulated reading.
+    pub fn probe(trigger: &str) -> String {
+        format!(
+            "
+id: probe
+trigger: {trigger}
+target: {{tags: [sensor]}}
+steps:
+  - id: read
+    agent: sensor
+    config: {{seed: 3}}
+"
+        )
+    }
+}
+
 /// Real `rhizome` processes: on loopback (`--no-mdns`, ports picked by the system), or in a
 /// network namespace of a [`netns::Lab`].
 ///
@@ -401,6 +435,15 @@ pub mod process {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The document names of a `rhizome doc list --json` output.
+    pub fn doc_names(list: &Value) -> Vec<String> {
+        list.as_array()
+            .expect("`doc list --json` prints an array")
+            .iter()
+            .filter_map(|d| d["name"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// `rhizome peers --json`.

@@ -7,27 +7,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rhizome_e2e::process::{Running, chain, init, init_in, ok, run, start, start_with, status};
+use rhizome_e2e::process::{
+    Running, chain, doc_names, init, init_in, ok, run, start, start_with, status,
+};
 use rhizome_e2e::wait_until;
+use rhizome_e2e::workflows::probe;
 
 fn apply(dir: &Path, tmp: &Path, yaml: &str) {
     let file = tmp.join("workflow.yaml");
     std::fs::write(&file, yaml).unwrap();
     ok(run(dir, &["workflow", "apply", file.to_str().unwrap()]));
-}
-
-fn workflow(trigger: &str) -> String {
-    format!(
-        "
-id: probe
-trigger: {trigger}
-target: {{tags: [sensor]}}
-steps:
-  - id: read
-    agent: sensor
-    config: {{seed: 3}}
-"
-    )
 }
 
 /// Runs of `probe` that a node recorded itself.
@@ -74,7 +63,7 @@ fn results_reach_the_cloud_through_the_site_aggregator_across_a_re_election() {
     });
 
     // Applied on the cloud, which the target does not select: only the edges run it.
-    apply(&c_dir, tmp.path(), &workflow("{every: 200ms}"));
+    apply(&c_dir, tmp.path(), &probe("{every: 200ms}"));
     let took = wait_until(
         "both edges' runs reach the cloud",
         Duration::from_secs(20),
@@ -90,12 +79,7 @@ fn results_reach_the_cloud_through_the_site_aggregator_across_a_re_election() {
 
     // The cloud holds rollups, not the raw results of the edges.
     let docs = ok(run(&c_dir, &["doc", "list", "--json"]));
-    let names: Vec<&str> = docs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .collect();
+    let names = doc_names(&docs);
     assert!(
         names.iter().any(|n| n.starts_with("rollup/site-a/")),
         "{names:?}"
@@ -136,7 +120,7 @@ fn results_reach_the_cloud_through_the_site_aggregator_across_a_re_election() {
     } else {
         e2 = restarted;
     }
-    apply(&c_dir, tmp.path(), &workflow("manual"));
+    apply(&c_dir, tmp.path(), &probe("manual"));
     let took = wait_until(
         "the cloud counts every recorded run",
         Duration::from_secs(30),

@@ -21,23 +21,10 @@ use std::time::{Duration, Instant};
 use rhizome_e2e::netns::{Lab, Lan, start_node};
 use rhizome_e2e::process::{LogsOnPanic, Running, init, ok, run_in, run_on};
 use rhizome_e2e::wait_until;
+use rhizome_e2e::workflows::LINE;
 use serde_json::Value;
 
 const NODES: usize = 3;
-
-const BASE: &str = "
-id: line
-description: base
-trigger: manual
-steps:
-  - id: read
-    agent: sensor
-    config: {seed: 1}
-  - id: score
-    agent: zscore
-    inputs: [read]
-    config: {field: value, last: 20, threshold: 3}
-";
 
 /// Data dirs of `NODES` nodes of one mesh, initialised; the first made the mesh.
 fn init_nodes(tmp: &Path) -> Vec<PathBuf> {
@@ -153,7 +140,7 @@ fn assert_converged(node: &Running) {
 
 /// A workflow of its own for bulk writes.
 fn bulk(prefix: &str, i: usize) -> String {
-    BASE.replace("id: line", &format!("id: {prefix}-{i}"))
+    LINE.replace("id: line", &format!("id: {prefix}-{i}"))
 }
 
 #[test]
@@ -207,7 +194,7 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
     });
 
     // Applied on node 0, the workflow reaches the others.
-    apply(&nodes[0], "base", BASE);
+    apply(&nodes[0], "base", LINE);
     let took = wait_until(
         "the workflow reaches every node",
         Duration::from_secs(10),
@@ -223,11 +210,11 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
     wait_until("partition noticed", Duration::from_secs(8), || {
         connected_or_0(&nodes[0]) == 1 && connected_or_0(&nodes[2]) == 0
     });
-    apply(&nodes[0], "a", &BASE.replace("{seed: 1}", "{seed: 2}"));
+    apply(&nodes[0], "a", &LINE.replace("{seed: 1}", "{seed: 2}"));
     apply(
         &nodes[2],
         "c",
-        &BASE.replace("threshold: 3}", "threshold: 4}"),
+        &LINE.replace("threshold: 3}", "threshold: 4}"),
     );
     assert_eq!(
         step_config(&workflow(&nodes[1], "line").unwrap(), "read")["seed"],

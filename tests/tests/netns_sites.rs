@@ -32,26 +32,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Cable, Host, Lab, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, chain, init, init_in, ok, run_on, status};
+use rhizome_e2e::process::{
+    LogsOnPanic, Running, chain, doc_names, init, init_in, ok, run_on, status,
+};
 use rhizome_e2e::wait_until;
+use rhizome_e2e::workflows::probe;
 use serde_json::Value;
 
 const EDGES_PER_SITE: usize = 3;
 const SITE_B_ZONE: &str = "lan-10.78.2.0-24";
-
-fn probe(trigger: &str) -> String {
-    format!(
-        "
-id: probe
-trigger: {trigger}
-target: {{tags: [sensor]}}
-steps:
-  - id: read
-    agent: sensor
-    config: {{seed: 3}}
-"
-    )
-}
 
 fn apply(node: &Running, yaml: &str) {
     let file = node.dir.with_extension("probe.yaml");
@@ -355,12 +344,7 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
     );
     // The cloud holds the sites' rollups, not the edges' raw results.
     let docs = ok(run_on(&cloud, &["doc", "list", "--json"]));
-    let names: Vec<&str> = docs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .collect();
+    let names = doc_names(&docs);
     assert!(names.iter().any(|n| n.starts_with("rollup/")), "{names:?}");
     assert!(
         !names.iter().any(|n| n.starts_with("results/")),

@@ -6,23 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rhizome_e2e::process::{Running, connected, init, ok, peers, run, start, start_on, stop};
+use rhizome_e2e::process::{
+    Running, connected, doc_names, init, ok, peers, run, start, start_on, stop,
+};
 use rhizome_e2e::wait_until;
+use rhizome_e2e::workflows::LINE;
 use serde_json::Value;
-
-const BASE: &str = "
-id: line
-description: base
-trigger: manual
-steps:
-  - id: read
-    agent: sensor
-    config: {seed: 1}
-  - id: score
-    agent: zscore
-    inputs: [read]
-    config: {field: value, last: 20, threshold: 3}
-";
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -79,7 +68,7 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
     }
 
     // Applied on a, the workflow reaches c; the mesh registry lists all three everywhere.
-    apply(a_dir, &write(tmp.path(), "base.yaml", BASE));
+    apply(a_dir, &write(tmp.path(), "base.yaml", LINE));
     let took = wait_until("the workflow reaches c", Duration::from_secs(10), || {
         workflow(c_dir, "line").is_some()
     });
@@ -101,8 +90,8 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
     wait_until("b declared down", Duration::from_secs(6), || {
         connected(&a) == 1
     });
-    let from_a = BASE.replace("{seed: 1}", "{seed: 2}");
-    let from_b = BASE.replace("threshold: 3}", "threshold: 4}");
+    let from_a = LINE.replace("{seed: 1}", "{seed: 2}");
+    let from_b = LINE.replace("threshold: 3}", "threshold: 4}");
     apply(a_dir, &write(tmp.path(), "a.yaml", &from_a));
     apply(b_dir, &write(tmp.path(), "b.yaml", &from_b));
     b = start(b_dir, &[&a.quic, &c.quic]);
@@ -129,7 +118,7 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
     c.child.kill().unwrap();
     c.child.wait().unwrap();
     for i in 0..10 {
-        let text = BASE.replace("id: line", &format!("id: extra-{i}"));
+        let text = LINE.replace("id: line", &format!("id: extra-{i}"));
         apply(a_dir, &write(tmp.path(), &format!("extra-{i}.yaml"), &text));
     }
     c = start(c_dir, &[&a.quic, &b.quic]);
@@ -162,7 +151,7 @@ fn a_node_of_another_mesh_learns_nothing() {
     init(&a_dir, "a", None);
     init(&s_dir, "stranger", None);
     let a = start(&a_dir, &[]);
-    apply(&a_dir, &write(tmp.path(), "base.yaml", BASE));
+    apply(&a_dir, &write(tmp.path(), "base.yaml", LINE));
     let stranger = start(&s_dir, &[&a.quic]);
     // Long enough for several dial attempts.
     std::thread::sleep(Duration::from_secs(2));
@@ -170,12 +159,7 @@ fn a_node_of_another_mesh_learns_nothing() {
     assert_eq!(connected(&stranger), 0);
     assert!(workflow(&s_dir, "line").is_none());
     let docs = ok(run(&s_dir, &["doc", "list", "--json"]));
-    let names: Vec<&str> = docs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .collect();
+    let names = doc_names(&docs);
     assert_eq!(names, vec!["mesh"], "the stranger holds {names:?}");
     let registry = ok(run(&s_dir, &["doc", "show", "mesh", "--json"]));
     assert_eq!(

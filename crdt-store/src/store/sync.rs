@@ -223,6 +223,12 @@ impl Store {
         self.sync_states.retain(|(_, p), _| p != peer);
     }
 
+    /// Forgets the in-memory sync session of one document with a peer: the next message
+    /// starts from the persisted state (heads and a Bloom filter, no changes).
+    pub fn sync_restart_session(&mut self, doc: &DocumentId, peer: &str) {
+        self.sync_states.remove(&(doc.clone(), peer.to_owned()));
+    }
+
     /// A failed transaction leaves cached documents and sync states ahead of the disk.
     fn abandon_sync_batch(&mut self, touched: &[DocumentId]) {
         for id in touched {
@@ -596,5 +602,9 @@ impl Replica for Store {
 
     fn forget_peer(&mut self, peer: &str) {
         self.sync_forget_peer(peer);
+    }
+
+    fn restart_session(&mut self, doc: &DocIdBytes, peer: &str) {
+        self.sync_restart_session(&doc_id(doc), peer);
     }
 }

@@ -15,6 +15,15 @@
 //! A local change schedules a session with every connected peer that shares the document, so it
 //! is announced at once.
 //!
+//! A change that arrived from a peer is relayed lazily: after [`SyncConfig::relay_delay`], to
+//! each other sharing peer whose heads are not known to match, with a session that starts
+//! afresh from the persisted sync state, so its first message carries heads and a Bloom filter
+//! and no changes. In a LAN's full mesh the writer's own push has reached everyone by then,
+//! and the probe costs a small frame each way instead of the change crossing every link; where
+//! the writer is not connected to everyone (a gateway, the cloud, a half-healed partition) the
+//! probe finds what is missing and the session sends it. Relays to a peer are coalesced per
+//! document, and a session that runs anyway (the peer wrote to us) replaces the probe.
+//!
 //! Which peer may see which document is [`SharePolicy`]: a pure function of the document's name,
 //! the peer and the hierarchy view, evaluated the same way on every node so that an allowed
 //! peer can relay a document onward.
@@ -202,6 +211,10 @@ pub struct SyncConfig {
     /// Bytes of sync payload per second, over all peers; `None` for no cap. Sessions wait
     /// (in priority order) while the budget is spent; received messages are still applied.
     pub bytes_per_sec: Option<u64>,
+    /// How long a change that arrived from one peer waits before it is offered to the others.
+    /// A few LAN round trips, so that the writer's own push lands first; relays that fall due
+    /// meanwhile are coalesced per peer and document.
+    pub relay_delay: Duration,
 }
 
 impl Default for SyncConfig {
@@ -209,6 +222,7 @@ impl Default for SyncConfig {
         SyncConfig {
             max_outstanding: 512,
             bytes_per_sec: None,
+            relay_delay: Duration::from_millis(200),
         }
     }
 }
@@ -284,6 +298,9 @@ pub enum SyncOut {
         doc: DocId,
         /// The peer.
         peer: NodeId,
+        /// Start the session afresh from the persisted sync state (a relay's probe): the
+        /// message then carries heads and a Bloom filter, not changes the peer may hold.
+        fresh: bool,
     },
     /// Apply a sync message from a peer, and answer with [`SyncIn::Applied`].
     Apply {
@@ -330,6 +347,10 @@ pub trait Replica {
     /// The next sync message about a document for a peer, or `None`.
     fn generate(&mut self, doc: &DocId, peer: &str) -> Result<Option<Vec<u8>>, Self::Error>;
 
+    /// Forgets the in-memory sync state of one document with one peer: the next message
+    /// starts from the persisted state.
+    fn restart_session(&mut self, doc: &DocId, peer: &str);
+
     /// Applies messages in order; each gets its outcome.
     #[allow(clippy::type_complexity)]
     fn apply(
@@ -356,11 +377,11 @@ pub struct Served {
 pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R::Error> {
     let mut served = Served::default();
     let mut applies: Vec<ApplyRequest> = Vec::new();
-    let mut generates: Vec<(DocId, NodeId)> = Vec::new();
+    let mut generates: Vec<(DocId, NodeId, bool)> = Vec::new();
     let flush = |replica: &mut R,
                  served: &mut Served,
                  applies: &mut Vec<ApplyRequest>,
-                 generates: &mut Vec<(DocId, NodeId)>|
+                 generates: &mut Vec<(DocId, NodeId, bool)>|
      -> Result<(), R::Error> {
         if !applies.is_empty() {
             let keys: Vec<(DocId, NodeId)> =
@@ -370,7 +391,10 @@ pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R
                 served.answers.push(SyncIn::Applied { doc, peer, outcome });
             }
         }
-        for (doc, peer) in generates.drain(..) {
+        for (doc, peer, fresh) in generates.drain(..) {
+            if fresh {
+                replica.restart_session(&doc, &peer);
+            }
             let payload = replica.generate(&doc, &peer)?;
             served
                 .answers
@@ -391,7 +415,7 @@ pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R
                 name,
                 payload,
             }),
-            SyncOut::Generate { doc, peer } => generates.push((doc, peer)),
+            SyncOut::Generate { doc, peer, fresh } => generates.push((doc, peer, fresh)),
             SyncOut::ForgetPeer(peer) => {
                 flush(replica, &mut served, &mut applies, &mut generates)?;
                 replica.forget_peer(&peer);
@@ -436,6 +460,15 @@ struct Session {
     generating: bool,
     /// Something happened while generating: generate again after the answer.
     again: bool,
+    /// A relay's probe: the next generate starts from the persisted sync state.
+    fresh: bool,
+}
+
+impl PeerState {
+    /// Whether the peer holds these heads of a document and knows that we hold them too.
+    fn in_step(&self, doc: &DocId, digest: &HeadsDigest) -> bool {
+        self.theirs.get(doc) == Some(digest) && self.told.get(doc) == Some(digest)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -458,6 +491,12 @@ struct PeerState {
     /// make catalogues ping-pong. After the round, sync sessions carry each side's heads.
     catalogue_sent: u16,
     sessions: BTreeMap<DocId, Session>,
+    /// Relays waiting for their time: when each falls due.
+    relays: BTreeMap<DocId, Duration>,
+    /// Our heads digest when our last sync message about each document went to the peer: what
+    /// the peer knows we hold. Automerge does not answer a message whose heads equal its own,
+    /// so without this the sender of such a message would never learn that the heads match.
+    told: BTreeMap<DocId, HeadsDigest>,
     traffic: PeerTraffic,
 }
 
@@ -473,6 +512,8 @@ pub struct Replicator {
     /// Sessions waiting for a generate, by (priority, order of arrival).
     queue: BTreeMap<(u8, u64), (NodeId, DocId)>,
     queued: BTreeSet<(NodeId, DocId)>,
+    /// Relays waiting for their time, by when they fall due (see [`PeerState::relays`]).
+    relays: BTreeSet<(Duration, NodeId, DocId)>,
     next_seq: u64,
     outstanding: usize,
     /// Byte budget (token bucket) and when it was last refilled.
@@ -492,6 +533,7 @@ impl Replicator {
             peers: BTreeMap::new(),
             queue: BTreeMap::new(),
             queued: BTreeSet::new(),
+            relays: BTreeSet::new(),
             next_seq: 0,
             outstanding: 0,
             budget: config.bytes_per_sec.map_or(0, |r| r as i64),
@@ -506,10 +548,10 @@ impl Replicator {
         match event {
             SyncIn::LocalDocs(entries) => {
                 for entry in entries {
-                    self.local_changed(entry);
+                    self.local_changed(entry, None, now);
                 }
             }
-            SyncIn::LocalChanged(entry) => self.local_changed(entry),
+            SyncIn::LocalChanged(entry) => self.local_changed(entry, None, now),
             SyncIn::Policy(policy) => {
                 if policy != self.policy {
                     self.policy = policy;
@@ -535,7 +577,7 @@ impl Replicator {
             }
             SyncIn::Received(peer, message) => self.received(peer, message),
             SyncIn::Generated { doc, peer, payload } => self.generated(doc, peer, payload),
-            SyncIn::Applied { doc, peer, outcome } => self.applied(doc, peer, outcome),
+            SyncIn::Applied { doc, peer, outcome } => self.applied(doc, peer, outcome, now),
             SyncIn::Resync(target) => {
                 let peers: Vec<NodeId> = match target {
                     Some(peer) => self
@@ -554,22 +596,37 @@ impl Replicator {
         self.schedule();
     }
 
-    /// Lets time pass (the byte budget refills).
+    /// Lets time pass: relays that fell due start, the byte budget refills.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.refill(now);
+        while let Some((due, peer, doc)) = self.relays.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.relays.pop_first();
+            self.relay_due(&peer, doc);
+        }
         self.schedule();
     }
 
-    /// When [`Replicator::handle_timeout`] must be called next, if ever: only while sessions
-    /// wait for the byte budget.
+    /// When [`Replicator::handle_timeout`] must be called next, if ever: when the next relay
+    /// falls due, or while sessions wait for the byte budget.
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        let rate = self.config.bytes_per_sec?;
-        if self.queue.is_empty() || self.budget > 0 || rate == 0 {
-            return None;
+        let relay = self.relays.first().map(|(due, _, _)| *due);
+        let budget = self.config.bytes_per_sec.and_then(|rate| {
+            if self.queue.is_empty() || self.budget > 0 || rate == 0 {
+                return None;
+            }
+            let missing = (1 - self.budget) as u128;
+            let wait_ns = (missing * 1_000_000_000).div_ceil(u128::from(rate));
+            Some(
+                self.refilled.max(now) + Duration::from_nanos(wait_ns.min(u64::MAX as u128) as u64),
+            )
+        });
+        match (relay, budget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let missing = (1 - self.budget) as u128;
-        let wait_ns = (missing * 1_000_000_000).div_ceil(u128::from(rate));
-        Some(self.refilled.max(now) + Duration::from_nanos(wait_ns.min(u64::MAX as u128) as u64))
     }
 
     /// The next thing to do, if any.
@@ -637,7 +694,10 @@ impl Replicator {
         self.local.get(doc).map(|(_, _, d)| *d)
     }
 
-    fn local_changed(&mut self, entry: CatalogueEntry) {
+    /// A local document changed: written here (`from` is `None`), or by a sync message from
+    /// `from`. A local write goes to every sharing peer at once; a change from a peer is
+    /// relayed after [`SyncConfig::relay_delay`] (see the module documentation).
+    fn local_changed(&mut self, entry: CatalogueEntry, from: Option<&NodeId>, now: Duration) {
         let Some(class) = DocClass::of(&entry.name) else {
             return;
         };
@@ -659,7 +719,53 @@ impl Replicator {
             return;
         }
         for peer in peers {
-            self.want(&peer, entry.doc, class.priority());
+            match from {
+                None => self.want(&peer, entry.doc, class.priority()),
+                Some(from) if *from == peer => {}
+                Some(_) => self.schedule_relay(&peer, entry.doc, entry.digest, now),
+            }
+        }
+    }
+
+    /// Offers a document that changed by a peer's message to another peer, after the delay,
+    /// unless a relay is already waiting or both sides know that they hold the same heads.
+    fn schedule_relay(&mut self, peer: &NodeId, doc: DocId, digest: HeadsDigest, now: Duration) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if state.relays.contains_key(&doc) || state.in_step(&doc, &digest) {
+            return;
+        }
+        let due = now + self.config.relay_delay;
+        state.relays.insert(doc, due);
+        self.relays.insert((due, peer.clone(), doc));
+    }
+
+    /// A relay fell due: probe the peer, unless both sides know by now that they hold the
+    /// same heads, or a session with it runs anyway.
+    fn relay_due(&mut self, peer: &NodeId, doc: DocId) {
+        let priority = self.priority_of(peer, &doc);
+        let ours = self.local_digest(&doc);
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.relays.remove(&doc);
+        if ours.is_none_or(|ours| state.in_step(&doc, &ours)) {
+            return;
+        }
+        if state.sessions.contains_key(&doc) || self.queued.contains(&(peer.clone(), doc)) {
+            return;
+        }
+        state.sessions.entry(doc).or_default().fresh = true;
+        self.want(peer, doc, priority);
+    }
+
+    /// A session with the peer runs anyway: a relay waiting for it is not needed.
+    fn cancel_relay(&mut self, peer: &NodeId, doc: &DocId) {
+        if let Some(state) = self.peers.get_mut(peer)
+            && let Some(due) = state.relays.remove(doc)
+        {
+            self.relays.remove(&(due, peer.clone(), *doc));
         }
     }
 
@@ -919,6 +1025,7 @@ impl Replicator {
     }
 
     fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
+        self.cancel_relay(&peer, &doc);
         let state = self.peers.get_mut(&peer).expect("checked by the caller");
         if let Some(name) = &name {
             state.their_names.insert(doc, name.clone());
@@ -970,6 +1077,9 @@ impl Replicator {
             let name = (!state.named.contains(&doc))
                 .then(|| self.local.get(&doc).map(|(n, _, _)| n.clone()))
                 .flatten();
+            if let Some((_, _, digest)) = self.local.get(&doc) {
+                state.told.insert(doc, *digest);
+            }
             state.named.insert(doc);
             state.traffic.bytes_sent += payload.len() as u64;
             state.traffic.messages_sent += 1;
@@ -990,13 +1100,23 @@ impl Replicator {
         }
     }
 
-    fn applied(&mut self, doc: DocId, peer: NodeId, outcome: Result<Applied, ApplyFailed>) {
+    fn applied(
+        &mut self,
+        doc: DocId,
+        peer: NodeId,
+        outcome: Result<Applied, ApplyFailed>,
+        now: Duration,
+    ) {
         match outcome {
             Ok(applied) => {
+                // The peer says it holds our heads; Automerge does not answer that, so unless
+                // our last message said so too, say it with a fresh session's first message.
+                let mut ack = false;
                 if let Some(state) = self.peers.get_mut(&peer)
                     && let Some(theirs) = applied.theirs
                 {
                     state.theirs.insert(doc, theirs);
+                    ack = theirs == applied.ours && state.told.get(&doc) != Some(&theirs);
                 }
                 if applied.changed {
                     let name = self.local.get(&doc).map(|(n, _, _)| n.clone()).or_else(|| {
@@ -1005,16 +1125,23 @@ impl Replicator {
                             .and_then(|s| s.their_names.get(&doc).cloned())
                     });
                     if let Some(name) = name {
-                        self.local_changed(CatalogueEntry {
-                            doc,
-                            digest: applied.ours,
-                            name,
-                        });
+                        self.local_changed(
+                            CatalogueEntry {
+                                doc,
+                                digest: applied.ours,
+                                name,
+                            },
+                            Some(&peer),
+                            now,
+                        );
                     }
                 }
                 // Answer the peer (Automerge sync is a conversation until neither side has
                 // anything to say).
-                if self.peers.contains_key(&peer) {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    if ack {
+                        state.sessions.entry(doc).or_default().fresh = true;
+                    }
                     let priority = self.priority_of(&peer, &doc);
                     self.want(&peer, doc, priority);
                 }
@@ -1079,8 +1206,9 @@ impl Replicator {
                 continue;
             }
             session.generating = true;
+            let fresh = std::mem::take(&mut session.fresh);
             self.outstanding += 1;
-            self.out.push_back(SyncOut::Generate { doc, peer });
+            self.out.push_back(SyncOut::Generate { doc, peer, fresh });
         }
     }
 
@@ -1106,6 +1234,9 @@ impl Replicator {
         self.outstanding = self.outstanding.saturating_sub(generating);
         self.queued.retain(|(p, _)| p != peer);
         self.queue.retain(|_, (p, _)| p != peer);
+        for (doc, due) in state.relays {
+            self.relays.remove(&(due, peer.to_owned(), doc));
+        }
         true
     }
 }
@@ -1284,6 +1415,7 @@ mod tests {
             SyncConfig {
                 max_outstanding: 2,
                 bytes_per_sec: None,
+                ..SyncConfig::default()
             },
         );
         a.handle(SyncIn::PeerUp("b".into()), now);
@@ -1327,6 +1459,7 @@ mod tests {
             SyncConfig {
                 max_outstanding: 1,
                 bytes_per_sec: None,
+                ..SyncConfig::default()
             },
         );
         a.handle(SyncIn::PeerUp("b".into()), now);
@@ -1366,6 +1499,7 @@ mod tests {
             SyncConfig {
                 max_outstanding: 100,
                 bytes_per_sec: Some(1000),
+                ..SyncConfig::default()
             },
         );
         let t0 = Duration::from_secs(1);

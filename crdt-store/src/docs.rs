@@ -71,6 +71,28 @@ pub struct MeshRegistry {
     pub revoked: BTreeMap<String, Revocation>,
 }
 
+/// The zone of every node in a registry document, read without decoding the rest of each
+/// entry (tags, addresses, ...): routing needs only this, and a fleet's registry is large.
+/// An entry whose zone is missing or not a string is left out, as decoding it would fail.
+pub fn registry_zones(doc: &AutoCommit) -> BTreeMap<String, String> {
+    use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
+    let mut zones = BTreeMap::new();
+    let Ok(Some((Value::Object(ObjType::Map), nodes))) = doc.get(ROOT, "nodes") else {
+        return zones;
+    };
+    for node in doc.keys(&nodes) {
+        let Ok(Some((Value::Object(ObjType::Map), entry))) = doc.get(&nodes, &node) else {
+            continue;
+        };
+        if let Ok(Some((Value::Scalar(zone), _))) = doc.get(&entry, "zone")
+            && let ScalarValue::Str(zone) = zone.as_ref()
+        {
+            zones.insert(node, zone.to_string());
+        }
+    }
+    zones
+}
+
 /// One member of the mesh as it describes itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct NodeEntry {
@@ -479,6 +501,32 @@ mod tests {
             err.contains("workflow/w") && err.contains("results"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn registry_zones_reads_what_decoding_the_registry_gives() {
+        let mut registry = MeshRegistry::default();
+        for (node, zone) in [("n1", "site-a/line-1"), ("n2", ""), ("n3", "site-b")] {
+            let entry = NodeEntry {
+                name: node.into(),
+                zone: zone.into(),
+                tags: vec!["press".into()],
+                addresses: vec!["10.0.0.1:7400".into()],
+                ..NodeEntry::default()
+            };
+            registry.write_entry(node, entry, 1_000);
+        }
+        let mut doc = genesis_doc::<MeshRegistry>(&DocName::Mesh).unwrap();
+        reconcile(&DocName::Mesh, &mut doc, &registry).unwrap();
+        doc.commit();
+        let decoded: MeshRegistry = hydrate(&DocName::Mesh, &doc).unwrap();
+        let expected: BTreeMap<String, String> = decoded
+            .nodes
+            .into_iter()
+            .map(|(node, entry)| (node, entry.zone))
+            .collect();
+        assert_eq!(registry_zones(&doc), expected);
+        assert_eq!(expected.len(), 3);
     }
 
     #[test]

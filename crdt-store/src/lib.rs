@@ -29,7 +29,7 @@ pub use names::{DocKind, DocName, Window, format_timestamp, parse_timestamp};
 pub use samod_core;
 pub use store::{
     APPLY_BATCH, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION,
-    FleetView, HeadsDigest, RETIRED_DIGEST, ResultsQuery, RetentionPolicy, RetireReason, Retired,
-    Store, StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected, WorkflowView, ZoneView,
-    heads_digest, summarize,
+    FleetView, HeadsDigest, MAX_HEADS, MERGE_HEADS_EVERY, RETIRED_DIGEST, ResultsQuery,
+    RetentionPolicy, RetireReason, Retired, Store, StoreConfig, StoreStats, SyncApplied, SyncApply,
+    SyncRejected, WorkflowView, ZoneView, heads_digest, summarize,
 };

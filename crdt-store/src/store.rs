@@ -39,6 +39,14 @@ const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads-1");
 /// fetch it back from a peer that still holds it.
 const RETIRED: TableDefinition<&str, &str> = TableDefinition::new("retired-1");
 
+/// Heads a document may have before [`Store::merge_heads`] folds them into one.
+pub const MAX_HEADS: usize = 8;
+
+/// How often a driver offers the registry to [`Store::merge_heads`], at a random phase per
+/// node: rarely enough that merges seldom cross (a LAN delivers one in milliseconds), often
+/// enough that a fleet's start-up leaves many heads for a few seconds only.
+pub const MERGE_HEADS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 const META_FORMAT: &str = "format";
 const META_NEXT_SEQ: &str = "result-next-seq";
 const META_APPLIED_SEQ: &str = "result-applied-seq";
@@ -247,6 +255,8 @@ pub struct Store {
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
     unflushed_since: Option<std::time::Instant>,
+    /// The zone of every node in the registry, and the registry heads it was read at.
+    zones: Option<(Vec<automerge::ChangeHash>, BTreeMap<String, String>)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -315,6 +325,7 @@ impl Store {
             change_listener: None,
             sync_states: HashMap::new(),
             unflushed_since: None,
+            zones: None,
         };
         store.index_all_heads()?;
         let recovered = store.apply_pending(usize::MAX)?;
@@ -811,6 +822,29 @@ impl Store {
         }
     }
 
+    /// The zone of every node in the registry. Routing derives the share policy from it
+    /// whenever the election or the registry changes; reading 1,000 entries each time would
+    /// cost more than everything else a node does while a fleet starts, so the answer is kept
+    /// until the registry's heads move.
+    pub fn node_zones(&mut self) -> Result<BTreeMap<String, String>> {
+        let id = self.document_id(&DocName::Mesh);
+        let heads = self.heads(&id)?.unwrap_or_default();
+        if let Some((at, zones)) = &self.zones
+            && *at == heads
+        {
+            return Ok(zones.clone());
+        }
+        let zones = match self.cache.get(&id) {
+            Some(cached) => docs::registry_zones(&cached.doc),
+            None => match self.decode(&id, "mesh")? {
+                Some((doc, _)) => docs::registry_zones(&doc),
+                None => BTreeMap::new(),
+            },
+        };
+        self.zones = Some((heads, zones.clone()));
+        Ok(zones)
+    }
+
     /// Edits a typed document: `edit` changes the value, and the difference is committed as one
     /// Automerge change and stored durably before this returns.
     pub fn update<T: TypedDoc, R>(
@@ -839,6 +873,42 @@ impl Store {
             self.notify_changed(&id);
         }
         outcome
+    }
+
+    /// Folds the heads of a document into one with an empty change (whose dependencies are
+    /// all current heads), when it has more than [`MAX_HEADS`]; returns whether it wrote.
+    ///
+    /// Every node writes its own entry of the registry, so after a fleet starts the registry
+    /// has a head per node, and every Automerge sync message about it carries them all (and
+    /// as many again as the last shared heads): 32 bytes each, 64 KB a message at 1,000 nodes.
+    /// One node's merge makes one head of them for everyone it reaches. Drivers call this now
+    /// and then, at a random phase per node ([`MERGE_HEADS_EVERY`]), so that merges rarely run
+    /// concurrently (concurrent merges make one head each, still far fewer).
+    pub fn merge_heads<T: TypedDoc>(&mut self, name: &DocName) -> Result<bool> {
+        check_kind::<T>(name)?;
+        let id = self.document_id(name);
+        if self
+            .heads(&id)?
+            .is_none_or(|heads| heads.len() <= MAX_HEADS)
+        {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write().during("merge heads")?;
+        let outcome = (|| {
+            self.load_into_cache::<T>(&txn, name, &id)?;
+            let options = self.commit_options();
+            let cached = self.cache.get_mut(&id).expect("loaded above");
+            let before = cached.doc.get_heads();
+            cached.doc.empty_change(options);
+            self.store_changes(&txn, &name.to_string(), &id, &before)?;
+            txn.commit().during("merge heads")
+        })();
+        if outcome.is_err() {
+            self.cache.remove(&id);
+        } else {
+            self.notify_changed(&id);
+        }
+        outcome.map(|()| true)
     }
 
     /// Makes sure the document is decoded in the cache, creating its genesis (in `txn`) if it
@@ -904,6 +974,14 @@ impl Store {
         );
     }
 
+    /// The options of a change written here: its time as configured.
+    fn commit_options(&self) -> CommitOptions {
+        match self.config.change_time {
+            ChangeTime::Wall => CommitOptions::default(),
+            ChangeTime::Zero => CommitOptions::default().with_time(0),
+        }
+    }
+
     /// Commits the cached document's pending operations as one change and writes the new
     /// changes as incremental chunks, compacting when there are too many.
     fn commit_doc(
@@ -913,10 +991,7 @@ impl Store {
         id: &DocumentId,
         before: &[automerge::ChangeHash],
     ) -> Result<()> {
-        let options = match self.config.change_time {
-            ChangeTime::Wall => CommitOptions::default(),
-            ChangeTime::Zero => CommitOptions::default().with_time(0),
-        };
+        let options = self.commit_options();
         let cached = self.cache.get_mut(id).expect("document is cached");
         cached.doc.commit_with(options);
         self.store_changes(txn, &name.to_string(), id, before)

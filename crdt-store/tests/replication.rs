@@ -341,6 +341,36 @@ fn a_relayed_change_does_not_cross_links_it_already_reached() {
     }
 }
 
+/// Every node writes its own registry entry, so a fleet's registry has a head per node until
+/// one node folds them into one; the merge reaches the others like any change.
+#[test]
+fn many_heads_are_merged_into_one_that_replicates() {
+    let ids: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+    let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
+    for id in &ids {
+        net.edit_mesh(id, id);
+    }
+    for id in &ids[1..] {
+        net.connect("n00", id);
+    }
+    net.run(&mut rng());
+    let heads = net.heads("n00", &DocName::Mesh).unwrap();
+    assert!(heads.len() > crdt_store::MAX_HEADS, "{} heads", heads.len());
+    let store = &mut net.nodes.get_mut("n01").unwrap().store;
+    assert_eq!(store.node_zones().unwrap().len(), 12);
+    assert!(store.merge_heads::<MeshRegistry>(&DocName::Mesh).unwrap());
+    assert!(!store.merge_heads::<MeshRegistry>(&DocName::Mesh).unwrap());
+    let event = net.nodes.get_mut("n01").unwrap().changed(&DocName::Mesh);
+    net.input("n01", event);
+    net.run(&mut rng());
+    for id in &ids {
+        let heads = net.heads(id, &DocName::Mesh).unwrap();
+        assert_eq!(heads.len(), 1, "{id} has {} heads", heads.len());
+        let store = &mut net.nodes.get_mut(id.as_str()).unwrap().store;
+        assert_eq!(store.node_zones().unwrap().len(), 12, "{id}");
+    }
+}
+
 #[test]
 fn a_reconnect_between_nodes_in_sync_costs_two_summaries() {
     let mut net = Net::new(vec![Node::in_memory("a"), Node::in_memory("b")]);

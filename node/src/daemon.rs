@@ -272,6 +272,24 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
+    // A fleet's registry has a head per node after it starts; any node folds them into one,
+    // at a random phase so that two merges rarely cross.
+    let merge_store = store.clone();
+    let merges = tokio::spawn(async move {
+        let phase = rand::random::<f64>() * crdt_store::MERGE_HEADS_EVERY.as_secs_f64();
+        tokio::time::sleep(std::time::Duration::from_secs_f64(phase)).await;
+        let mut every = tokio::time::interval(crdt_store::MERGE_HEADS_EVERY);
+        loop {
+            every.tick().await;
+            let merged = merge_store
+                .call(|s| s.merge_heads::<MeshRegistry>(&DocName::Mesh))
+                .recv()
+                .await;
+            if let Err(e) = merged {
+                tracing::warn!(error = %e, "cannot merge the registry's heads");
+            }
+        }
+    });
     let refresh_mesh = mesh.clone();
     let refresh_dir = node.dir.root.clone();
     let refresh_section = node.config.node.clone();
@@ -309,6 +327,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     rollups.abort();
     reloads.abort();
     retention.abort();
+    merges.abort();
     refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
@@ -363,29 +382,45 @@ async fn follow_routes(
         return;
     };
     loop {
-        match store
-            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
-            .recv()
-            .await
-        {
-            Ok(registry) => {
-                let policy =
-                    crate::hierarchy::share_policy(&me, &view, &registry, results_to_cloud);
+        match store.call(|s| s.node_zones()).recv().await {
+            Ok(zones) => {
+                let policy = crate::hierarchy::share_policy(&me, &view, &zones, results_to_cloud);
                 sync.set_policy(policy).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),
         }
         tokio::select! {
-            changed = registry_changes.changed() => if changed.is_err() { return },
+            changed = registry_changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(mesh::proto::sync::POLICY_SETTLE) => {}
+                    changed = hierarchy.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        take_view(&mut hierarchy, &mut view);
+                    }
+                }
+            }
             changed = hierarchy.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                if let Some(latest) = hierarchy.borrow_and_update().clone() {
-                    view = latest;
-                }
+                take_view(&mut hierarchy, &mut view);
             }
         }
+    }
+}
+
+/// Takes the latest hierarchy view, if one was published.
+fn take_view(
+    hierarchy: &mut tokio::sync::watch::Receiver<Option<mesh::proto::election::Hierarchy>>,
+    view: &mut mesh::proto::election::Hierarchy,
+) {
+    if let Some(latest) = hierarchy.borrow_and_update().clone() {
+        *view = latest;
     }
 }
 

@@ -13,10 +13,10 @@
 //! Nodes on one segment therefore share a zone without configuration, and two sites get two
 //! zones. A configured `zone = "/"` is the root zone.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
-use crdt_store::MeshRegistry;
 use mesh::proto::election::{Hierarchy, check_zone};
 use mesh::proto::sync::SharePolicy;
 use mesh::proto::wire::{Capabilities, Role};
@@ -197,13 +197,9 @@ pub fn zone_label(zone: &str) -> &str {
 pub fn share_policy(
     me: &str,
     hierarchy: &Hierarchy,
-    registry: &MeshRegistry,
+    zones: &BTreeMap<String, String>,
     results_to_cloud: bool,
 ) -> SharePolicy {
-    let zones = registry
-        .nodes
-        .iter()
-        .map(|(node, entry)| (node, &entry.zone));
     let mut policy = SharePolicy::from_view(me, hierarchy, zones);
     if results_to_cloud {
         for zone in policy.zone_of.values_mut() {

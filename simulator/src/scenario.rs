@@ -427,6 +427,20 @@ impl Scenario {
                     .into(),
             );
         }
+        if self.aggregation == Aggregation::Election
+            && self
+                .cloud
+                .as_ref()
+                .is_some_and(|c| c.gateways_per_segment > 0)
+        {
+            return Err(
+                "`cloud.gateways_per_segment` must be 0 (every node dials the cloud) with \
+                 `aggregation = \"election\"`: any node of a zone may be elected, and an \
+                 aggregator that cannot reach the cloud would claim the root zone for itself \
+                 (the members of a zone must reach each other)"
+                    .into(),
+            );
+        }
         for s in &self.segments {
             if s.weight <= 0.0 || !s.weight.is_finite() {
                 return Err(format!("segment {:?}: `weight` must be positive", s.name));

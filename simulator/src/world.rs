@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crdt_store::{
-    ChangeTime, DocName, MeshRegistry, NodeEntry, ResultsQuery, RetentionPolicy, RunRecord,
-    RunStatus, StepDef, Store, StoreConfig, Window, WorkflowDoc,
+    ChangeTime, DocName, MERGE_HEADS_EVERY, MeshRegistry, NodeEntry, ResultsQuery, RetentionPolicy,
+    RunRecord, RunStatus, StepDef, Store, StoreConfig, Window, WorkflowDoc,
 };
 use mesh::proto::election::{self, Election, ElectionTiming, Hierarchy};
 use mesh::proto::membership::{self, Addr, ConnId, Membership, NodeId, PeerState, Timing};
 use mesh::proto::sync::{
-    ABSENT, DocId, RETIRED, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
+    ABSENT, DocId, POLICY_SETTLE, RETIRED, Replica, Replicator, SharePolicy, SyncConfig, SyncIn,
+    SyncOut, serve,
 };
 use mesh::proto::wire::{Capabilities, CatalogueEntry, HeadsDigest, Message, Power, Role};
 use rand::rngs::StdRng;
@@ -168,6 +169,14 @@ enum Ev {
         node: usize,
         inc: u32,
     },
+    MergeHeads {
+        node: usize,
+        inc: u32,
+    },
+    PolicyDue {
+        node: usize,
+        inc: u32,
+    },
     Sample,
 }
 
@@ -204,6 +213,8 @@ struct Live {
     hierarchy: Option<Hierarchy>,
     /// The share policy must be recomputed (the hierarchy or the registry changed).
     policy_dirty: bool,
+    /// Registry changes gather until a [`POLICY_SETTLE`] pause ends, as the node's do.
+    policy_due: bool,
     /// Connections open at this node.
     conns: BTreeSet<ConnId>,
     /// Store work asked for by the replicator, done at the next serve.
@@ -663,6 +674,15 @@ impl World {
                 }
             }
             Ev::Retention { node, inc } => self.retention(node, inc),
+            Ev::MergeHeads { node, inc } => self.merge_heads(node, inc),
+            Ev::PolicyDue { node, inc } => {
+                if self.is_live(node, inc) {
+                    let live = self.nodes[node].live.as_mut().expect("live");
+                    live.policy_due = false;
+                    live.policy_dirty = true;
+                    self.schedule_serve(node);
+                }
+            }
             Ev::Sample => {
                 self.sample_pending = false;
                 self.sample();
@@ -747,6 +767,7 @@ impl World {
             election,
             hierarchy: None,
             policy_dirty: elects,
+            policy_due: false,
             conns: BTreeSet::new(),
             ops: Vec::new(),
             serve_pending: false,
@@ -787,6 +808,11 @@ impl World {
                 self.now + Duration::from_nanos(self.rng.gen_range(0..every.as_nanos() as u64));
             self.schedule(at, Ev::Retention { node: i, inc });
         }
+        let phase = self.rng.gen_range(0..MERGE_HEADS_EVERY.as_nanos() as u64);
+        self.schedule(
+            self.now + Duration::from_nanos(phase),
+            Ev::MergeHeads { node: i, inc },
+        );
     }
 
     fn crash(&mut self, i: usize) {
@@ -1153,9 +1179,8 @@ impl World {
         if std::mem::take(&mut live.policy_dirty)
             && let Some(hierarchy) = &live.hierarchy
         {
-            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
-            let zones = registry.nodes.iter().map(|(n, e)| (n, &e.zone));
-            let policy = SharePolicy::from_view(&node.id, hierarchy, zones);
+            let zones = store.node_zones().expect("registry reads");
+            let policy = SharePolicy::from_view(&node.id, hierarchy, &zones);
             live.replicator.handle(SyncIn::Policy(policy), now);
         }
         let ops = std::mem::take(&mut live.ops);
@@ -1188,7 +1213,7 @@ impl World {
             return;
         }
         let own_prefix = format!("results/{}/", self.nodes[i].id);
-        let mut needs_serve = false;
+        let mut policy_due = false;
         for entry in entries {
             let node = &mut self.nodes[i];
             if node.digests.get(&entry.doc) != Some(&entry.digest) {
@@ -1201,16 +1226,17 @@ impl World {
                 node.own_results.insert(entry.doc, window);
             }
             if let Some(live) = node.live.as_mut() {
-                if entry.name == "mesh" && live.election.is_some() && !live.policy_dirty {
-                    live.policy_dirty = true;
-                    needs_serve = true;
+                if entry.name == "mesh" && live.election.is_some() && !live.policy_due {
+                    live.policy_due = true;
+                    policy_due = true;
                 }
                 live.replicator
                     .handle(SyncIn::LocalChanged(entry), self.now);
             }
         }
-        if needs_serve {
-            self.schedule_serve(i);
+        if policy_due {
+            let inc = self.nodes[i].inc;
+            self.schedule(self.now + POLICY_SETTLE, Ev::PolicyDue { node: i, inc });
         }
         self.after_sync(i);
         self.mark_dirty();
@@ -2111,6 +2137,25 @@ impl World {
             .update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms))
             .expect("registry write");
         self.drain_changes(i);
+    }
+
+    /// Folds the registry's heads into one when it has many, as the node's upkeep does.
+    fn merge_heads(&mut self, i: usize, inc: u32) {
+        if !self.is_live(i, inc) {
+            return;
+        }
+        self.schedule(
+            self.now + MERGE_HEADS_EVERY,
+            Ev::MergeHeads { node: i, inc },
+        );
+        let store = self.nodes[i].store.as_mut().expect("live");
+        if store
+            .merge_heads::<MeshRegistry>(&DocName::Mesh)
+            .expect("merge heads")
+        {
+            self.drain_changes(i);
+            self.schedule_serve(i);
+        }
     }
 
     fn retention(&mut self, i: usize, inc: u32) {

@@ -188,6 +188,12 @@ impl SharePolicy {
     }
 }
 
+/// How long a driver lets registry changes gather before it derives the share policy again
+/// (an election's change goes through at once). A fleet's start is a storm of registry
+/// changes, one per node, and deriving the policy reads the whole registry: without a pause a
+/// node of a 1,000-node fleet would read 1,000 entries a thousand times over.
+pub const POLICY_SETTLE: Duration = Duration::from_millis(250);
+
 /// `a/b/c`, `a/b`, `a`, `` (the root).
 fn zone_and_ancestors(zone: &str) -> impl Iterator<Item = &str> {
     let mut next = Some(zone);

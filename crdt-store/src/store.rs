@@ -881,9 +881,10 @@ impl Store {
     /// Every node writes its own entry of the registry, so after a fleet starts the registry
     /// has a head per node, and every Automerge sync message about it carries them all (and
     /// as many again as the last shared heads): 32 bytes each, 64 KB a message at 1,000 nodes.
-    /// One node's merge makes one head of them for everyone it reaches. Drivers call this now
-    /// and then, at a random phase per node ([`MERGE_HEADS_EVERY`]), so that merges rarely run
-    /// concurrently (concurrent merges make one head each, still far fewer).
+    /// One node's merge makes one head of them for everyone it reaches. Drivers call this on
+    /// zone aggregators now and then, at a random phase per node ([`MERGE_HEADS_EVERY`]), so
+    /// that few merges run concurrently (concurrent merges make one head each, still far
+    /// fewer).
     pub fn merge_heads<T: TypedDoc>(&mut self, name: &DocName) -> Result<bool> {
         check_kind::<T>(name)?;
         let id = self.document_id(name);

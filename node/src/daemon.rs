@@ -179,7 +179,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         node_id.clone(),
         results_to_cloud,
         changes.mesh_changes(),
-        hierarchy_rx,
+        hierarchy_rx.clone(),
         store.clone(),
         mesh.clone(),
         sync.clone(),
@@ -272,15 +272,24 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
-    // A fleet's registry has a head per node after it starts; any node folds them into one,
+    // A fleet's registry has a head per node after it starts; aggregators fold them into one
+    // (one merger per zone: were every node to merge, merges would be most of the changes),
     // at a random phase so that two merges rarely cross.
     let merge_store = store.clone();
+    let merge_view = hierarchy_rx.clone();
     let merges = tokio::spawn(async move {
         let phase = rand::random::<f64>() * crdt_store::MERGE_HEADS_EVERY.as_secs_f64();
         tokio::time::sleep(std::time::Duration::from_secs_f64(phase)).await;
         let mut every = tokio::time::interval(crdt_store::MERGE_HEADS_EVERY);
         loop {
             every.tick().await;
+            let aggregates = merge_view
+                .borrow()
+                .as_ref()
+                .is_some_and(|h| !h.aggregates.is_empty());
+            if !aggregates {
+                continue;
+            }
             let merged = merge_store
                 .call(|s| s.merge_heads::<MeshRegistry>(&DocName::Mesh))
                 .recv()

@@ -2139,7 +2139,8 @@ impl World {
         self.drain_changes(i);
     }
 
-    /// Folds the registry's heads into one when it has many, as the node's upkeep does.
+    /// Folds the registry's heads into one when it has many and this node aggregates a zone,
+    /// as the node's upkeep does.
     fn merge_heads(&mut self, i: usize, inc: u32) {
         if !self.is_live(i, inc) {
             return;
@@ -2148,6 +2149,14 @@ impl World {
             self.now + MERGE_HEADS_EVERY,
             Ev::MergeHeads { node: i, inc },
         );
+        let aggregates = self.nodes[i]
+            .live
+            .as_ref()
+            .and_then(|l| l.hierarchy.as_ref())
+            .is_some_and(|h| !h.aggregates.is_empty());
+        if !aggregates {
+            return;
+        }
         let store = self.nodes[i].store.as_mut().expect("live");
         if store
             .merge_heads::<MeshRegistry>(&DocName::Mesh)
@@ -2426,10 +2435,10 @@ impl World {
             .collect();
         for &i in &live {
             let store = self.nodes[i].store.as_mut().expect("live");
-            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
+            let listed = store.node_zones().expect("registry reads");
             let missing = live_ids
                 .iter()
-                .filter(|id| !registry.nodes.contains_key(*id))
+                .filter(|id| !listed.contains_key(*id))
                 .count();
             self.check("the registry lists every live node");
             if missing > 0 {

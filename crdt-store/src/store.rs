@@ -813,13 +813,24 @@ impl Store {
     pub fn read<T: TypedDoc>(&mut self, name: &DocName) -> Result<T> {
         check_kind::<T>(name)?;
         let id = self.document_id(name);
-        match self.cache.get(&id) {
-            Some(cached) => docs::hydrate(name, &cached.doc),
-            None => match self.decode(&id, &name.to_string())? {
-                Some((doc, _)) => docs::hydrate(name, &doc),
-                None => docs::hydrate(name, &docs::genesis_doc::<T>(name)?),
-            },
+        match self.with_stored(&id, &name.to_string(), |doc| docs::hydrate(name, doc))? {
+            Some(value) => value,
+            None => docs::hydrate(name, &docs::genesis_doc::<T>(name)?),
         }
+    }
+
+    /// `read` applied to the stored document, the cached copy or else decoded for the
+    /// occasion (and not kept); `None` when nothing of it is stored.
+    fn with_stored<R>(
+        &self,
+        id: &DocumentId,
+        label: &str,
+        read: impl FnOnce(&AutoCommit) -> R,
+    ) -> Result<Option<R>> {
+        if let Some(cached) = self.cache.get(id) {
+            return Ok(Some(read(&cached.doc)));
+        }
+        Ok(self.decode(id, label)?.map(|(doc, _)| read(&doc)))
     }
 
     /// The zone of every node in the registry. Routing derives the share policy from it
@@ -834,13 +845,9 @@ impl Store {
         {
             return Ok(zones.clone());
         }
-        let zones = match self.cache.get(&id) {
-            Some(cached) => docs::registry_zones(&cached.doc),
-            None => match self.decode(&id, "mesh")? {
-                Some((doc, _)) => docs::registry_zones(&doc),
-                None => BTreeMap::new(),
-            },
-        };
+        let zones = self
+            .with_stored(&id, "mesh", docs::registry_zones)?
+            .unwrap_or_default();
         self.zones = Some((heads, zones.clone()));
         Ok(zones)
     }
@@ -853,21 +860,36 @@ impl Store {
         edit: impl FnOnce(&mut T) -> R,
     ) -> Result<R> {
         check_kind::<T>(name)?;
-        let id = self.document_id(name);
-        let txn = self.db.begin_write().during("update document")?;
-        let outcome = (|| {
-            self.load_into_cache::<T>(&txn, name, &id)?;
-            let cached = self.cache.get_mut(&id).expect("loaded above");
+        self.write_doc::<T, R>(name, "update document", |store, txn, id| {
+            let cached = store.cache.get_mut(id).expect("loaded by write_doc");
             let before = cached.doc.get_heads();
             let mut value: T = docs::hydrate(name, &cached.doc)?;
             let result = edit(&mut value);
             docs::reconcile(name, &mut cached.doc, &value)?;
-            self.commit_doc(&txn, name, &id, &before)?;
-            txn.commit().during("update document")?;
+            store.commit_doc(txn, name, id, &before)?;
+            Ok(result)
+        })
+    }
+
+    /// Runs `write` against the document loaded into the cache (its genesis created if it was
+    /// never stored), in one write transaction committed durably. On failure the cached copy
+    /// is dropped, as it may hold a change that never reached the disk; on success the change
+    /// listener hears of the document.
+    fn write_doc<T: TypedDoc, R>(
+        &mut self,
+        name: &DocName,
+        operation: &'static str,
+        write: impl FnOnce(&mut Self, &WriteTransaction, &DocumentId) -> Result<R>,
+    ) -> Result<R> {
+        let id = self.document_id(name);
+        let txn = self.db.begin_write().during(operation)?;
+        let outcome = (|| {
+            self.load_into_cache::<T>(&txn, name, &id)?;
+            let result = write(self, &txn, &id)?;
+            txn.commit().during(operation)?;
             Ok(result)
         })();
         if outcome.is_err() {
-            // The cached copy may hold a change that never reached the disk.
             self.cache.remove(&id);
         } else {
             self.notify_changed(&id);
@@ -894,22 +916,14 @@ impl Store {
         {
             return Ok(false);
         }
-        let txn = self.db.begin_write().during("merge heads")?;
-        let outcome = (|| {
-            self.load_into_cache::<T>(&txn, name, &id)?;
-            let options = self.commit_options();
-            let cached = self.cache.get_mut(&id).expect("loaded above");
+        self.write_doc::<T, ()>(name, "merge heads", |store, txn, id| {
+            let options = store.commit_options();
+            let cached = store.cache.get_mut(id).expect("loaded by write_doc");
             let before = cached.doc.get_heads();
             cached.doc.empty_change(options);
-            self.store_changes(&txn, &name.to_string(), &id, &before)?;
-            txn.commit().during("merge heads")
-        })();
-        if outcome.is_err() {
-            self.cache.remove(&id);
-        } else {
-            self.notify_changed(&id);
-        }
-        outcome.map(|()| true)
+            store.store_changes(txn, &name.to_string(), id, &before)
+        })?;
+        Ok(true)
     }
 
     /// Makes sure the document is decoded in the cache, creating its genesis (in `txn`) if it

@@ -245,8 +245,12 @@ impl Net {
         panic!("the network did not go quiet");
     }
 
+    fn store(&mut self, node: &str) -> &mut Store {
+        &mut self.nodes.get_mut(node).unwrap().store
+    }
+
     fn heads(&mut self, node: &str, name: &DocName) -> Option<Vec<automerge::ChangeHash>> {
-        let store = &mut self.nodes.get_mut(node).unwrap().store;
+        let store = self.store(node);
         let id = store.document_id(name);
         store.heads(&id).unwrap()
     }
@@ -288,13 +292,7 @@ fn an_edit_reaches_every_connected_node_and_concurrent_edits_merge() {
             net.heads("a", &DocName::Mesh)
         );
         assert_eq!(net.heads(node, &flow), net.heads("a", &flow));
-        let mesh: MeshRegistry = net
-            .nodes
-            .get_mut(node)
-            .unwrap()
-            .store
-            .read(&DocName::Mesh)
-            .unwrap();
+        let mesh: MeshRegistry = net.store(node).read(&DocName::Mesh).unwrap();
         assert_eq!(mesh.nodes["a"].name, "alpha", "{node} lost a's edit");
         assert_eq!(mesh.nodes["c"].name, "gamma", "{node} lost c's edit");
     }
@@ -356,7 +354,7 @@ fn many_heads_are_merged_into_one_that_replicates() {
     net.run(&mut rng());
     let heads = net.heads("n00", &DocName::Mesh).unwrap();
     assert!(heads.len() > crdt_store::MAX_HEADS, "{} heads", heads.len());
-    let store = &mut net.nodes.get_mut("n01").unwrap().store;
+    let store = net.store("n01");
     assert_eq!(store.node_zones().unwrap().len(), 12);
     assert!(store.merge_heads::<MeshRegistry>(&DocName::Mesh).unwrap());
     assert!(!store.merge_heads::<MeshRegistry>(&DocName::Mesh).unwrap());
@@ -366,8 +364,7 @@ fn many_heads_are_merged_into_one_that_replicates() {
     for id in &ids {
         let heads = net.heads(id, &DocName::Mesh).unwrap();
         assert_eq!(heads.len(), 1, "{id} has {} heads", heads.len());
-        let store = &mut net.nodes.get_mut(id.as_str()).unwrap().store;
-        assert_eq!(store.node_zones().unwrap().len(), 12, "{id}");
+        assert_eq!(net.store(id).node_zones().unwrap().len(), 12, "{id}");
     }
 }
 
@@ -483,13 +480,7 @@ fn a_node_holding_nothing_gets_the_stored_snapshot_and_the_session_goes_on() {
         whole[0].have.is_empty(),
         "answered without loading the document"
     );
-    let read = net
-        .nodes
-        .get_mut("b")
-        .unwrap()
-        .store
-        .read::<WorkflowDoc>(&flow)
-        .unwrap();
+    let read = net.store("b").read::<WorkflowDoc>(&flow).unwrap();
     assert_eq!(read.description, "edit 302");
 
     // The sessions go on: an edit on either side reaches the other, and only the edit crosses.
@@ -500,13 +491,7 @@ fn a_node_holding_nothing_gets_the_stored_snapshot_and_the_session_goes_on() {
     net.edit_workflow("b", "flow", "from b");
     net.run(&mut rng());
     assert_eq!(net.heads("b", &flow), net.heads("a", &flow));
-    let read = net
-        .nodes
-        .get_mut("a")
-        .unwrap()
-        .store
-        .read::<WorkflowDoc>(&flow)
-        .unwrap();
+    let read = net.store("a").read::<WorkflowDoc>(&flow).unwrap();
     assert_eq!(read.description, "from b");
     let sent: usize = net.bytes.values().sum();
     assert!(sent < 3_000, "{sent} bytes for two small edits");
@@ -613,13 +598,7 @@ fn results_stay_with_their_owner_until_it_has_an_aggregator() {
         None,
         "c is neither owner nor aggregator"
     );
-    let at_agg = net
-        .nodes
-        .get_mut("agg")
-        .unwrap()
-        .store
-        .results(&Default::default())
-        .unwrap();
+    let at_agg = net.store("agg").results(&Default::default()).unwrap();
     assert_eq!(at_agg, vec![record("a", 1)]);
 }
 
@@ -717,7 +696,7 @@ proptest! {
                     // One snapshot, nothing decoded: the store answers a peer that holds
                     // nothing from the snapshot without loading the document.
                     let name = if doc == 0 { DocName::Mesh } else { DocName::workflow(&format!("w{doc}")).unwrap() };
-                    let store = &mut net.nodes.get_mut(ids[node]).unwrap().store;
+                    let store = net.store(ids[node]);
                     if store.compact(&name.to_string()).is_ok() {
                         store.evict(&name.to_string()).unwrap();
                     }

@@ -286,7 +286,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             let aggregates = merge_view
                 .borrow()
                 .as_ref()
-                .is_some_and(|h| !h.aggregates.is_empty());
+                .is_some_and(|h| h.is_aggregator());
             if !aggregates {
                 continue;
             }

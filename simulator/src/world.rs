@@ -2153,7 +2153,7 @@ impl World {
             .live
             .as_ref()
             .and_then(|l| l.hierarchy.as_ref())
-            .is_some_and(|h| !h.aggregates.is_empty());
+            .is_some_and(Hierarchy::is_aggregator);
         if !aggregates {
             return;
         }

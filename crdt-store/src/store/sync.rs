@@ -418,18 +418,11 @@ impl Store {
         if !wants_everything {
             return Ok(None);
         }
-        let label = doc.to_string();
-        let txn = self.db.begin_read().during("generate sync")?;
-        let Some(heads) = txn
-            .open_table(HEADS)
-            .during("generate sync")?
-            .get(label.as_str())
-            .during("generate sync")?
-            .map(|h| decode_heads(h.value()))
-            .filter(|h| !h.is_empty())
-        else {
+        let Some(heads) = self.heads(doc)?.filter(|h| !h.is_empty()) else {
             return Ok(None);
         };
+        let label = doc.to_string();
+        let txn = self.db.begin_read().during("generate sync")?;
         let state = self
             .sync_states
             .get_mut(&key)

@@ -316,6 +316,14 @@ pub struct Hierarchy {
     pub below: Vec<(Zone, NodeId)>,
 }
 
+impl Hierarchy {
+    /// Whether this node aggregates a zone. An aggregator also does its zone's upkeep
+    /// (folding the registry's heads), so that one node per zone does it.
+    pub fn is_aggregator(&self) -> bool {
+        !self.aggregates.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Peer {
     up: bool,

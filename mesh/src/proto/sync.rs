@@ -629,10 +629,7 @@ impl Replicator {
                 self.refilled.max(now) + Duration::from_nanos(wait_ns.min(u64::MAX as u128) as u64),
             )
         });
-        match (relay, budget) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        relay.into_iter().chain(budget).min()
     }
 
     /// The next thing to do, if any.
@@ -756,13 +753,18 @@ impl Replicator {
             return;
         };
         state.relays.remove(&doc);
-        if ours.is_none_or(|ours| state.in_step(&doc, &ours)) {
+        // A session exists from the moment one is wanted until its last generate is answered.
+        if ours.is_none_or(|ours| state.in_step(&doc, &ours)) || state.sessions.contains_key(&doc) {
             return;
         }
-        if state.sessions.contains_key(&doc) || self.queued.contains(&(peer.clone(), doc)) {
-            return;
+        self.want_fresh(peer, doc, priority);
+    }
+
+    /// Asks for a generate that starts the session afresh from the persisted sync state.
+    fn want_fresh(&mut self, peer: &NodeId, doc: DocId, priority: u8) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.sessions.entry(doc).or_default().fresh = true;
         }
-        state.sessions.entry(doc).or_default().fresh = true;
         self.want(peer, doc, priority);
     }
 
@@ -1080,10 +1082,11 @@ impl Replicator {
         };
         self.outstanding = self.outstanding.saturating_sub(1);
         if let Some(payload) = payload {
-            let name = (!state.named.contains(&doc))
-                .then(|| self.local.get(&doc).map(|(n, _, _)| n.clone()))
-                .flatten();
-            if let Some((_, _, digest)) = self.local.get(&doc) {
+            let local = self.local.get(&doc);
+            let name = local
+                .filter(|_| !state.named.contains(&doc))
+                .map(|(n, _, _)| n.clone());
+            if let Some((_, _, digest)) = local {
                 state.told.insert(doc, *digest);
             }
             state.named.insert(doc);
@@ -1144,12 +1147,13 @@ impl Replicator {
                 }
                 // Answer the peer (Automerge sync is a conversation until neither side has
                 // anything to say).
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    if ack {
-                        state.sessions.entry(doc).or_default().fresh = true;
-                    }
+                if self.peers.contains_key(&peer) {
                     let priority = self.priority_of(&peer, &doc);
-                    self.want(&peer, doc, priority);
+                    if ack {
+                        self.want_fresh(&peer, doc, priority);
+                    } else {
+                        self.want(&peer, doc, priority);
+                    }
                 }
             }
             Err(failed) => {

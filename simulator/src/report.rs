@@ -24,11 +24,13 @@ pub enum Kind {
     Catalogue,
     /// Sync.
     Sync,
+    /// Heads of one document.
+    Heads,
     /// Goodbye.
     Goodbye,
 }
 
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "hello",
     "heartbeat",
     "status",
@@ -36,6 +38,7 @@ const KINDS: [&str; 8] = [
     "buckets",
     "catalogue",
     "sync",
+    "heads",
     "goodbye",
 ];
 
@@ -50,6 +53,7 @@ impl Kind {
             Message::Buckets { .. } => Kind::Buckets,
             Message::Catalogue { .. } => Kind::Catalogue,
             Message::Sync { .. } => Kind::Sync,
+            Message::Heads { .. } => Kind::Heads,
             Message::Goodbye { .. } => Kind::Goodbye,
         }
     }
@@ -59,9 +63,9 @@ impl Kind {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeTraffic {
     /// Frames by kind.
-    pub frames: [u64; 8],
+    pub frames: [u64; KINDS.len()],
     /// Bytes by kind (whole frames).
-    pub bytes: [u64; 8],
+    pub bytes: [u64; KINDS.len()],
 }
 
 impl NodeTraffic {
@@ -286,8 +290,8 @@ impl Report {
         }
         let _ = writeln!(w, "\ntraffic per node (sent)");
         let n = self.traffic.len().max(1) as u64;
-        let mut frames = [0u64; 8];
-        let mut bytes = [0u64; 8];
+        let mut frames = [0u64; KINDS.len()];
+        let mut bytes = [0u64; KINDS.len()];
         for (_, t) in &self.traffic {
             for k in 0..8 {
                 frames[k] += t.frames[k];

@@ -1553,6 +1553,7 @@ impl World {
                 | Message::Buckets { .. }
                 | Message::Catalogue { .. }
                 | Message::Sync { .. }
+                | Message::Heads { .. }
         ) {
             let Some(live) = self.nodes[node].live.as_ref() else {
                 return;

@@ -5,6 +5,7 @@
 //! Which documents to sync with whom, and when, is decided elsewhere (`mesh::proto::sync`); this
 //! module only answers its requests.
 
+use automerge::patches::PatchLog;
 use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
 use redb::{Durability, ReadableDatabase, ReadableTable};
@@ -318,10 +319,14 @@ impl Store {
         let shared_before = state.shared_heads.clone();
         let cached = self.cache.get_mut(&doc).expect("cached above");
         let before: Vec<ChangeHash> = cached.doc.get_heads();
+        // A patch log of its own, dropped at once: Automerge 0.12 records the events of every
+        // applied change in the document's patch log even while it is inactive, never clears
+        // them, and re-indexes them all whenever a change brings a new actor. With the
+        // registry's one actor per node that grew without bound and was re-walked per node met.
         cached
             .doc
             .sync()
-            .receive_sync_message(state, decoded)
+            .receive_sync_message_log_patches(state, decoded, &mut PatchLog::null())
             .map_err(|e| malformed(&label, e))?;
         let after = cached.doc.get_heads();
         let theirs = state.their_heads.as_deref().map(heads_digest);

@@ -533,6 +533,7 @@ impl Actor {
                         | Message::Buckets { .. }
                         | Message::Catalogue { .. }
                         | Message::Sync { .. }
+                        | Message::Heads { .. }
                 ) && let Some(node) = self.membership.peer_of(conn).cloned()
                     && self.membership.connection(&node) == Some(conn)
                 {

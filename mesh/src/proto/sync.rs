@@ -16,13 +16,14 @@
 //! is announced at once.
 //!
 //! A change that arrived from a peer is relayed lazily: after [`SyncConfig::relay_delay`], to
-//! each other sharing peer whose heads are not known to match, with a session that starts
-//! afresh from the persisted sync state, so its first message carries heads and a Bloom filter
-//! and no changes. In a LAN's full mesh the writer's own push has reached everyone by then,
-//! and the probe costs a small frame each way instead of the change crossing every link; where
+//! each other sharing peer whose heads are not known to match, as a [`Message::Heads`] (the
+//! heads digest). A peer whose heads differ starts a session afresh from the persisted sync
+//! state; one whose heads match does nothing, or says that they match if we cannot know. In a
+//! LAN's full mesh the writer's own push has reached everyone by then, and a relay costs a
+//! small frame each way and no Automerge work instead of the change crossing every link; where
 //! the writer is not connected to everyone (a gateway, the cloud, a half-healed partition) the
-//! probe finds what is missing and the session sends it. Relays to a peer are coalesced per
-//! document, and a session that runs anyway (the peer wrote to us) replaces the probe.
+//! peer that lacks the change asks for it. Relays to a peer are coalesced per document, and a
+//! session that runs anyway (the peer wrote to us) replaces the relay.
 //!
 //! Which peer may see which document is [`SharePolicy`]: a pure function of the document's name,
 //! the peer and the hierarchy view, evaluated the same way on every node so that an allowed
@@ -304,8 +305,9 @@ pub enum SyncOut {
         doc: DocId,
         /// The peer.
         peer: NodeId,
-        /// Start the session afresh from the persisted sync state (a relay's probe): the
-        /// message then carries heads and a Bloom filter, not changes the peer may hold.
+        /// Start the session afresh from the persisted sync state (the peer told heads that
+        /// differ from ours): the message then carries heads and a Bloom filter, whatever the
+        /// in-memory session believed the peer had heard.
         fresh: bool,
     },
     /// Apply a sync message from a peer, and answer with [`SyncIn::Applied`].
@@ -466,7 +468,7 @@ struct Session {
     generating: bool,
     /// Something happened while generating: generate again after the answer.
     again: bool,
-    /// A relay's probe: the next generate starts from the persisted sync state.
+    /// The next generate starts from the persisted sync state (see [`SyncOut::Generate`]).
     fresh: bool,
 }
 
@@ -744,20 +746,35 @@ impl Replicator {
         self.relays.insert((due, peer.clone(), doc));
     }
 
-    /// A relay fell due: probe the peer, unless both sides know by now that they hold the
-    /// same heads, or a session with it runs anyway.
+    /// A relay fell due: tell the peer our heads, unless both sides know by now that they hold
+    /// the same heads, or a session with it runs anyway.
     fn relay_due(&mut self, peer: &NodeId, doc: DocId) {
-        let priority = self.priority_of(peer, &doc);
-        let ours = self.local_digest(&doc);
+        let Some(ours) = self.local_digest(&doc) else {
+            return;
+        };
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
         state.relays.remove(&doc);
         // A session exists from the moment one is wanted until its last generate is answered.
-        if ours.is_none_or(|ours| state.in_step(&doc, &ours)) || state.sessions.contains_key(&doc) {
+        if state.in_step(&doc, &ours) || state.sessions.contains_key(&doc) {
             return;
         }
-        self.want_fresh(peer, doc, priority);
+        self.send_heads(peer, doc, ours);
+    }
+
+    /// Tells the peer our heads of a document.
+    fn send_heads(&mut self, peer: &NodeId, doc: DocId, digest: HeadsDigest) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let name = if state.named.insert(doc) {
+            self.local.get(&doc).map(|(n, _, _)| n.clone())
+        } else {
+            None
+        };
+        state.told.insert(doc, digest);
+        self.send(peer, Message::Heads { doc, digest, name });
     }
 
     /// Asks for a generate that starts the session afresh from the persisted sync state.
@@ -906,6 +923,7 @@ impl Replicator {
                 | Message::Buckets { .. }
                 | Message::Catalogue { .. }
                 | Message::Sync { .. }
+                | Message::Heads { .. }
         ) {
             state.traffic.bytes_received += message.encoded_len() as u64;
             state.traffic.messages_received += 1;
@@ -984,6 +1002,7 @@ impl Replicator {
                 }
             }
             Message::Sync { doc, name, payload } => self.sync_received(peer, doc, name, payload),
+            Message::Heads { doc, digest, name } => self.heads_received(peer, doc, digest, name),
             _ => {}
         }
     }
@@ -1032,33 +1051,67 @@ impl Replicator {
         }
     }
 
-    fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
-        self.cancel_relay(&peer, &doc);
-        let state = self.peers.get_mut(&peer).expect("checked by the caller");
-        if let Some(name) = &name {
-            state.their_names.insert(doc, name.clone());
+    /// Notes what a peer's message about a document says of its name, and decides whether
+    /// the document is one to sync with the peer: not retired here, known by name, shared by
+    /// policy. Returns its name and whether this node lacks it.
+    fn shared_by_message(
+        &mut self,
+        peer: &NodeId,
+        doc: DocId,
+        name: Option<String>,
+    ) -> Option<(String, bool)> {
+        let state = self.peers.get_mut(peer).expect("checked by the caller");
+        if let Some(name) = name {
+            state.their_names.insert(doc, name);
         }
         state.named.insert(doc);
-        if self.local.get(&doc).is_some_and(|(_, _, d)| *d == RETIRED) {
-            return;
-        }
-        let held = self.local.get(&doc).map(|(n, c, _)| (n.clone(), c.clone()));
-        let (name, class, new) = match held {
-            Some((name, class)) => (name, class, false),
+        let (name, class, new) = match self.local.get(&doc) {
+            Some((_, _, digest)) if *digest == RETIRED => return None,
+            Some((name, class, _)) => (name.clone(), class.clone(), false),
             None => {
-                let Some(name) = state.their_names.get(&doc).cloned() else {
-                    // Neither held nor named: nothing to classify it by, so it is not shared.
-                    return;
-                };
-                let Some(class) = DocClass::of(&name) else {
-                    return;
-                };
+                // Neither held nor named: nothing to classify it by, so it is not shared.
+                let name = state.their_names.get(&doc)?.clone();
+                let class = DocClass::of(&name)?;
                 (name, class, true)
             }
         };
-        if !self.policy.shares(&class, &peer) {
+        self.policy.shares(&class, peer).then_some((name, new))
+    }
+
+    /// The peer told us its heads of a document: nothing to do if they match ours (but say
+    /// that ours match if the peer does not know), otherwise a session from our side finds
+    /// out what differs.
+    fn heads_received(
+        &mut self,
+        peer: NodeId,
+        doc: DocId,
+        digest: HeadsDigest,
+        name: Option<String>,
+    ) {
+        if self.shared_by_message(&peer, doc, name).is_none() || digest == RETIRED {
             return;
         }
+        self.cancel_relay(&peer, &doc);
+        let ours = self.local_digest(&doc);
+        let priority = self.priority_of(&peer, &doc);
+        let state = self.peers.get_mut(&peer).expect("checked by the caller");
+        state.theirs.insert(doc, digest);
+        if ours == Some(digest) {
+            if state.told.get(&doc) != Some(&digest) {
+                self.send_heads(&peer, doc, digest);
+            }
+        } else if digest != ABSENT {
+            // A session from the persisted sync state: the in-memory one may believe that the
+            // peer has heard everything, and would then say nothing.
+            self.want_fresh(&peer, doc, priority);
+        }
+    }
+
+    fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
+        self.cancel_relay(&peer, &doc);
+        let Some((name, new)) = self.shared_by_message(&peer, doc, name) else {
+            return;
+        };
         self.out.push_back(SyncOut::Apply {
             doc,
             peer,
@@ -1119,7 +1172,7 @@ impl Replicator {
         match outcome {
             Ok(applied) => {
                 // The peer says it holds our heads; Automerge does not answer that, so unless
-                // our last message said so too, say it with a fresh session's first message.
+                // our last message said so too, say it with our heads.
                 let mut ack = false;
                 if let Some(state) = self.peers.get_mut(&peer)
                     && let Some(theirs) = applied.theirs
@@ -1147,13 +1200,11 @@ impl Replicator {
                 }
                 // Answer the peer (Automerge sync is a conversation until neither side has
                 // anything to say).
-                if self.peers.contains_key(&peer) {
+                if ack {
+                    self.send_heads(&peer, doc, applied.ours);
+                } else if self.peers.contains_key(&peer) {
                     let priority = self.priority_of(&peer, &doc);
-                    if ack {
-                        self.want_fresh(&peer, doc, priority);
-                    } else {
-                        self.want(&peer, doc, priority);
-                    }
+                    self.want(&peer, doc, priority);
                 }
             }
             Err(failed) => {
@@ -1387,6 +1438,50 @@ mod tests {
         assert_eq!(generates, vec![[3; 16]]);
         let pending = a.status("b").unwrap().pending;
         assert_eq!(pending, vec!["workflow/w".to_string(), "mesh".to_string()]);
+    }
+
+    #[test]
+    fn told_heads_are_answered_once_when_equal_and_open_a_fresh_session_when_not() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(SyncIn::LocalDocs(vec![entry(1, 1, "workflow/w")]), now);
+        a.handle(SyncIn::PeerUp("b".into()), now);
+        a.drain();
+        let heads = |digest: u8, name: Option<&str>| Message::Heads {
+            doc: [1; 16],
+            digest: [digest; 16],
+            name: name.map(str::to_owned),
+        };
+        // b holds what a holds: a says so once (b cannot know), and then nothing more. b knows
+        // the document by name, since it told its heads.
+        a.handle(SyncIn::Received("b".into(), heads(1, None)), now);
+        assert_eq!(sends(&a.drain()), vec![&heads(1, None)]);
+        a.handle(SyncIn::Received("b".into(), heads(1, None)), now);
+        assert!(a.drain().is_empty());
+        assert!(a.status("b").unwrap().pending.is_empty());
+        // b moved on: a opens a session afresh rather than answering with heads.
+        a.handle(SyncIn::Received("b".into(), heads(2, None)), now);
+        assert_eq!(
+            a.drain(),
+            vec![SyncOut::Generate {
+                doc: [1; 16],
+                peer: "b".into(),
+                fresh: true
+            }]
+        );
+        // Heads of a document a may not share with b (someone else's results) are ignored.
+        a.handle(
+            SyncIn::Received(
+                "b".into(),
+                Message::Heads {
+                    doc: [7; 16],
+                    digest: [7; 16],
+                    name: Some("results/c/w".into()),
+                },
+            ),
+            now,
+        );
+        assert!(a.drain().is_empty());
     }
 
     #[test]

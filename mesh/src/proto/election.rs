@@ -365,6 +365,10 @@ pub struct Election {
     started: Duration,
     now: Duration,
     peers: BTreeMap<NodeId, Peer>,
+    /// No lease of a live peer runs out before this (it may be earlier than the first that
+    /// does): a frame moves a lease later without touching it, so renewing a lease on every
+    /// frame costs no pass over the peers, and neither do `poll_timeout` and most wakes.
+    lease_check: Option<Duration>,
     /// The zones this node claims, along its path from its zone upwards, with when each claim
     /// began.
     claims: Vec<(Zone, Duration)>,
@@ -372,6 +376,11 @@ pub struct Election {
     reported: Hierarchy,
     announced: Status,
     out: VecDeque<OutEvent>,
+}
+
+/// Keeps `check` no later than `runs_out`, a lease's end.
+fn lease_runs_out(check: &mut Option<Duration>, runs_out: Duration) {
+    *check = Some(check.map_or(runs_out, |at| at.min(runs_out)));
 }
 
 impl Election {
@@ -408,6 +417,7 @@ impl Election {
             timing,
             started: now,
             now,
+            lease_check: None,
             peers: BTreeMap::new(),
             claims: Vec::new(),
             chain: Vec::new(),
@@ -438,6 +448,7 @@ impl Election {
                 peer.up = true;
                 peer.expired = false;
                 peer.last_heard = self.now;
+                self.lease_starts();
                 self.update();
                 self.out.push_back(OutEvent::Send(node, self.status()));
             }
@@ -451,6 +462,7 @@ impl Election {
                     peer.last_heard = self.now;
                     if peer.expired {
                         peer.expired = false;
+                        self.lease_starts();
                         self.update();
                     }
                 }
@@ -465,6 +477,7 @@ impl Election {
                 };
                 peer.last_heard = self.now;
                 peer.expired = false;
+                lease_runs_out(&mut self.lease_check, self.now + self.timing.lease);
                 if let Err(reason) = check_status(&status) {
                     self.out.push_back(OutEvent::Refused { from, reason });
                     return;
@@ -497,16 +510,31 @@ impl Election {
         }
     }
 
+    /// A lease began now (a peer came up, or was heard again after its lease ran out).
+    fn lease_starts(&mut self) {
+        lease_runs_out(&mut self.lease_check, self.now + self.timing.lease);
+    }
+
     /// Advances timers: expired leases, uptime classes, claims becoming established.
     pub fn handle_timeout(&mut self, now: Duration) {
         let before = self.now;
         self.now = self.now.max(now);
         let lease = self.timing.lease;
         let mut expired = false;
-        for peer in self.peers.values_mut() {
-            if peer.up && !peer.expired && self.now >= peer.last_heard + lease {
-                peer.expired = true;
-                expired = true;
+        if self.lease_check.is_some_and(|at| at <= self.now) {
+            self.lease_check = None;
+            for peer in self.peers.values_mut() {
+                if !peer.up || peer.expired {
+                    continue;
+                }
+                let runs_out = peer.last_heard + lease;
+                if self.now >= runs_out {
+                    peer.expired = true;
+                    expired = true;
+                } else {
+                    self.lease_check =
+                        Some(self.lease_check.map_or(runs_out, |at| at.min(runs_out)));
+                }
             }
         }
         // Deciding again costs a pass over every member of every zone: do it only when a
@@ -526,11 +554,6 @@ impl Election {
 
     /// When [`Election::handle_timeout`] must next be called, if anything is scheduled.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let leases = self
-            .peers
-            .values()
-            .filter(|p| p.up && !p.expired)
-            .map(|p| p.last_heard + self.timing.lease);
         let uptime = UPTIME_CLASSES
             .iter()
             .map(|b| self.started + *b)
@@ -540,7 +563,11 @@ impl Election {
             .iter()
             .map(|(_, since)| *since + self.timing.establish)
             .filter(|at| *at > self.now);
-        leases.chain(uptime).chain(establish).min()
+        self.lease_check
+            .into_iter()
+            .chain(uptime)
+            .chain(establish)
+            .min()
     }
 
     /// The next action for the driver, if any.
@@ -1373,6 +1400,11 @@ mod tests {
         b.drain();
         // Heard within the lease: still the aggregator.
         b.handle(InEvent::Heard("a".into()), Duration::from_millis(2_500));
+        // Hearing a peer does not move the wake-up (that would cost a pass over the peers per
+        // frame): b wakes when the first lease could have run out, and learns the next one.
+        assert_eq!(b.poll_timeout(), Some(Duration::from_millis(3_000)));
+        b.handle_timeout(Duration::from_millis(3_000));
+        assert_eq!(b.aggregator_of("site").as_deref(), Some("a"));
         assert_eq!(b.poll_timeout(), Some(Duration::from_millis(5_500)));
         b.handle_timeout(Duration::from_millis(5_499));
         assert_eq!(b.aggregator_of("site").as_deref(), Some("a"));

@@ -138,6 +138,8 @@ struct Peer {
     addr: Option<Addr>,
     state: PeerState,
     conn: Option<ConnId>,
+    /// When the peer was last heard from, as of its last connection's end (while connected,
+    /// the connection's own [`Conn::last_heard`] is the live value).
     last_heard: Duration,
     last_sent: Duration,
     failures: u32,
@@ -149,6 +151,9 @@ struct Peer {
 struct Conn {
     node: NodeId,
     outbound: bool,
+    /// Kept here rather than on the peer so that a frame, the most frequent event by far,
+    /// costs one lookup by connection number and none by node id.
+    last_heard: Duration,
 }
 
 /// A peer as reported to status commands.
@@ -259,11 +264,9 @@ impl<R: Rng> Membership<R> {
                 }
             }
             InEvent::Received { conn } => {
-                if let Some(c) = self.conns.get(&conn)
-                    && let Some(peer) = self.peers.get_mut(&c.node)
-                    && peer.conn == Some(conn)
-                {
-                    peer.last_heard = now;
+                // Only the connection in use speaks for its peer: the tick reads that one's.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.last_heard = now;
                 }
                 // Liveness is looked at on the tick: a frame moves no timer, so nothing else
                 // runs per frame (the most frequent event by far).
@@ -274,6 +277,7 @@ impl<R: Rng> Membership<R> {
                     && let Some(peer) = self.peers.get_mut(&c.node)
                     && peer.conn == Some(conn)
                 {
+                    peer.last_heard = c.last_heard;
                     peer.conn = None;
                     peer.state = PeerState::Idle;
                     peer.next_dial = now + self.timing.redial_min;
@@ -333,6 +337,7 @@ impl<R: Rng> Membership<R> {
                     Conn {
                         node: node.clone(),
                         outbound,
+                        last_heard: now,
                     },
                 );
                 self.out
@@ -356,6 +361,7 @@ impl<R: Rng> Membership<R> {
             Conn {
                 node: node.clone(),
                 outbound,
+                last_heard: now,
             },
         );
         if replaced {
@@ -383,6 +389,9 @@ impl<R: Rng> Membership<R> {
                 PeerState::Connected if !ticking => {}
                 PeerState::Connected => {
                     let conn = peer.conn.expect("a connected peer has a connection");
+                    if let Some(c) = self.conns.get(&conn) {
+                        peer.last_heard = c.last_heard;
+                    }
                     // A heartbeat due before the next tick goes now (half a tick early at
                     // most), so every quiet connection still carries one per `heartbeat`.
                     if now.saturating_sub(peer.last_heard) >= timing.dead_after {
@@ -429,23 +438,9 @@ impl<R: Rng> Membership<R> {
             self.out.push(OutEvent::Close(conn, reason.clone()));
             self.out.push(OutEvent::PeerDown(node, reason));
         }
-        // Most nodes have no bootstrap address: skip collecting every peer's address for them
-        // (this runs after every event).
-        let connected_addrs: BTreeSet<&Addr> = if self.bootstrap.is_empty() {
-            BTreeSet::new()
-        } else {
-            self.peers
-                .values()
-                .filter(|p| p.state != PeerState::Idle)
-                .filter_map(|p| p.addr.as_ref())
-                .collect()
-        };
         let mut bootstrap_dials = Vec::new();
         for (addr, (next, _)) in &self.bootstrap {
-            if now >= *next
-                && !connected_addrs.contains(addr)
-                && !self.bootstrap_dialling.contains(addr)
-            {
+            if now >= *next && !self.bootstrap_dialling.contains(addr) && !self.reaching(addr) {
                 bootstrap_dials.push(addr.clone());
             }
         }
@@ -491,21 +486,21 @@ impl<R: Rng> Membership<R> {
         // (or being dialled as a known peer) keeps its past due time and must not make the
         // driver's timer fire again and again; it is dialled when its connection ends, which
         // reaches `handle_timeout` through `handle`.
-        if self.bootstrap.is_empty() {
-            return next;
-        }
-        let connected_addrs: BTreeSet<&Addr> = self
-            .peers
-            .values()
-            .filter(|p| p.state != PeerState::Idle)
-            .filter_map(|p| p.addr.as_ref())
-            .collect();
         for (addr, (at, _)) in &self.bootstrap {
-            if !self.bootstrap_dialling.contains(addr) && !connected_addrs.contains(addr) {
-                next = next.min(*at);
+            if *at < next && !self.bootstrap_dialling.contains(addr) && !self.reaching(addr) {
+                next = *at;
             }
         }
         next
+    }
+
+    /// Whether a known peer at this address is connected or being dialled. A pass over the
+    /// peers, but most nodes have one bootstrap address or none, and this allocates nothing
+    /// (it runs after every event).
+    fn reaching(&self, addr: &Addr) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.state != PeerState::Idle && p.addr.as_ref() == Some(addr))
     }
 
     /// The next action for the driver, if any.
@@ -540,7 +535,11 @@ impl<R: Rng> Membership<R> {
                 node: node.clone(),
                 addr: p.addr.clone(),
                 state: p.state,
-                silent_for: now.saturating_sub(p.last_heard),
+                silent_for: now.saturating_sub(
+                    p.conn
+                        .and_then(|c| self.conns.get(&c))
+                        .map_or(p.last_heard, |c| c.last_heard),
+                ),
             })
             .collect()
     }

@@ -534,8 +534,7 @@ impl Actor {
                         | Message::Catalogue { .. }
                         | Message::Sync { .. }
                         | Message::Heads { .. }
-                ) && let Some(node) = self.membership.peer_of(conn).cloned()
-                    && self.membership.connection(&node) == Some(conn)
+                ) && let Some(node) = self.membership.speaker(conn).cloned()
                 {
                     let _ = self.events.send(MeshEvent::Received(node, message)).await;
                 }
@@ -555,21 +554,18 @@ impl Actor {
     /// Every frame on a peer's connection in use renews its election lease; a status is the
     /// election's input.
     fn feed_election(&mut self, conn: ConnId, message: &Message, now: Duration) {
-        let Some(node) = self.membership.peer_of(conn).cloned() else {
+        let Some(node) = self.membership.speaker(conn) else {
             return;
         };
-        if self.membership.connection(&node) != Some(conn) {
-            return;
-        }
         match message {
             Message::Status(status) => self.election.handle(
                 election::InEvent::Status {
-                    from: node,
+                    from: node.clone(),
                     status: status.clone(),
                 },
                 now,
             ),
-            _ => self.election.handle(election::InEvent::Heard(node), now),
+            _ => self.election.heard(node, now),
         }
     }
 

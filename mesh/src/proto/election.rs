@@ -457,16 +457,7 @@ impl Election {
                     self.update();
                 }
             }
-            InEvent::Heard(node) => {
-                if let Some(peer) = self.peers.get_mut(&node) {
-                    peer.last_heard = self.now;
-                    if peer.expired {
-                        peer.expired = false;
-                        self.lease_starts();
-                        self.update();
-                    }
-                }
-            }
+            InEvent::Heard(node) => self.heard(&node, now),
             InEvent::Status { from, status } => {
                 let Some(peer) = self.peers.get_mut(&from) else {
                     self.out.push_back(OutEvent::Refused {
@@ -506,6 +497,20 @@ impl Election {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A frame arrived from a peer: renews its lease. [`InEvent::Heard`] by reference, for
+    /// drivers that call it on every frame.
+    pub fn heard(&mut self, node: &str, now: Duration) {
+        self.now = self.now.max(now);
+        if let Some(peer) = self.peers.get_mut(node) {
+            peer.last_heard = self.now;
+            if peer.expired {
+                peer.expired = false;
+                self.lease_starts();
+                self.update();
             }
         }
     }

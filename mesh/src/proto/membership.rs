@@ -154,6 +154,8 @@ struct Conn {
     /// Kept here rather than on the peer so that a frame, the most frequent event by far,
     /// costs one lookup by connection number and none by node id.
     last_heard: Duration,
+    /// The peer's connection in use (not a duplicate about to close).
+    in_use: bool,
 }
 
 /// A peer as reported to status commands.
@@ -338,6 +340,7 @@ impl<R: Rng> Membership<R> {
                         node: node.clone(),
                         outbound,
                         last_heard: now,
+                        in_use: false,
                     },
                 );
                 self.out
@@ -362,6 +365,7 @@ impl<R: Rng> Membership<R> {
                 node: node.clone(),
                 outbound,
                 last_heard: now,
+                in_use: true,
             },
         );
         if replaced {
@@ -525,6 +529,12 @@ impl<R: Rng> Membership<R> {
     /// The peer on a connection.
     pub fn peer_of(&self, conn: ConnId) -> Option<&NodeId> {
         self.conns.get(&conn).map(|c| &c.node)
+    }
+
+    /// The peer a connection speaks for: its peer, if it is the connection in use (a duplicate
+    /// about to close speaks for nobody).
+    pub fn speaker(&self, conn: ConnId) -> Option<&NodeId> {
+        self.conns.get(&conn).filter(|c| c.in_use).map(|c| &c.node)
     }
 
     /// Every known peer, by node id.

@@ -93,6 +93,17 @@ pub fn registry_zones(doc: &AutoCommit) -> BTreeMap<String, String> {
     zones
 }
 
+/// Whether a registry change may change a node's zone: it writes a `zone` key (a new entry
+/// writes one too). A change without operations (a merge of heads) never does.
+pub fn sets_a_zone(change: &automerge::Change) -> bool {
+    !change.is_empty()
+        && change
+            .decode()
+            .operations
+            .iter()
+            .any(|op| matches!(&op.key, automerge::legacy::Key::Map(key) if key == "zone"))
+}
+
 /// One member of the mesh as it describes itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct NodeEntry {

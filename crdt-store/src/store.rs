@@ -1039,7 +1039,24 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        Self::index_heads(txn, id, &cached.doc.get_heads())?;
+        let after = cached.doc.get_heads();
+        Self::index_heads(txn, id, &after)?;
+        // The zones read at `before` still hold at `after` if no new change sets a zone: most
+        // registry changes after a fleet's start are merges of heads (no operations at all) and
+        // liveness updates, and re-reading a thousand entries for each was most of a
+        // 1,000-node simulation's time.
+        let registry = self
+            .zones
+            .as_ref()
+            .is_some_and(|(at, _)| at.as_slice() == before)
+            && *id == self.document_id(&DocName::Mesh);
+        if registry
+            && !changes.iter().any(docs::sets_a_zone)
+            && let Some((at, _)) = &mut self.zones
+        {
+            *at = after;
+        }
+        let cached = self.cache.get_mut(id).expect("document is cached");
         {
             let mut table = txn.open_table(CHUNKS).during("write document")?;
             for change in &changes {

@@ -368,6 +368,63 @@ fn many_heads_are_merged_into_one_that_replicates() {
     }
 }
 
+/// `node` moves its own registry entry to `zone`, and the change is announced.
+fn move_zone(net: &mut Net, node: &str, zone: &str) {
+    let n = net.nodes.get_mut(node).unwrap();
+    let me = n.id.clone();
+    n.store
+        .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+            m.nodes.get_mut(&me).unwrap().zone = zone.to_owned();
+        })
+        .unwrap();
+    let event = n.changed(&DocName::Mesh);
+    net.input(node, event);
+}
+
+#[test]
+fn zones_follow_the_registry_through_merges_renames_and_moves() {
+    // Enough writers for the registry to have heads to merge.
+    let ids: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
+    for id in &ids {
+        net.edit_mesh(id, id);
+    }
+    for id in &ids[1..] {
+        net.connect("n0", id);
+    }
+    net.run(&mut rng());
+    let zone_of = |net: &mut Net, node: &str, of: &str| {
+        net.store(node).node_zones().unwrap().get(of).cloned()
+    };
+    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
+    // Changes that set no zone (a merge, a rename) keep what was read; one that does is seen,
+    // whether it arrives by sync or is written here.
+    assert!(
+        net.store("n0")
+            .merge_heads::<MeshRegistry>(&DocName::Mesh)
+            .unwrap()
+    );
+    let event = net.nodes.get_mut("n0").unwrap().changed(&DocName::Mesh);
+    net.input("n0", event);
+    net.run(&mut rng());
+    assert_eq!(net.heads("n9", &DocName::Mesh).unwrap().len(), 1);
+    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
+    net.edit_mesh("n1", "renamed");
+    net.run(&mut rng());
+    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
+    move_zone(&mut net, "n1", "site-2/line-1");
+    net.run(&mut rng());
+    for id in &ids {
+        assert_eq!(
+            zone_of(&mut net, id, "n1").as_deref(),
+            Some("site-2/line-1"),
+            "{id}"
+        );
+    }
+    move_zone(&mut net, "n9", "site-3");
+    assert_eq!(zone_of(&mut net, "n9", "n9").as_deref(), Some("site-3"));
+}
+
 #[test]
 fn a_reconnect_between_nodes_in_sync_costs_two_summaries() {
     let mut net = Net::new(vec![Node::in_memory("a"), Node::in_memory("b")]);

@@ -1298,6 +1298,9 @@ impl World {
         live.membership.handle_timeout(now);
         live.replicator.handle_timeout(now);
         if let Some(e) = live.election.as_mut() {
+            if e.leases_due(now) {
+                e.renew(live.membership.heard_times());
+            }
             e.handle_timeout(now);
         }
         self.after_membership(i);
@@ -1593,7 +1596,9 @@ impl World {
                 },
                 now,
             ),
-            _ => e.heard(peer, now),
+            // Other frames renew the peer's lease through membership, at the lease check,
+            // as in the network driver.
+            _ => {}
         }
         self.after_election(node);
     }

@@ -493,6 +493,9 @@ impl Actor {
                 () = tokio::time::sleep_until(wake) => {
                     let now = self.now();
                     self.membership.handle_timeout(now);
+                    if self.election.leases_due(now) {
+                        self.election.renew(self.membership.heard_times());
+                    }
                     self.election.handle_timeout(now);
                 }
             }
@@ -565,7 +568,8 @@ impl Actor {
                 },
                 now,
             ),
-            _ => self.election.heard(node, now),
+            // Other frames renew the peer's lease through membership, at the lease check.
+            _ => {}
         }
     }
 

@@ -14,8 +14,9 @@
 //! Every node sends a [`Status`] on each new connection and to every peer whenever it changes:
 //! its zone, role and [`Capabilities`], its uptime, the zones it aggregates ([`Claim`]s) and the
 //! aggregator chain it sees. A peer counts as a live member once it is up (membership says so),
-//! its status has arrived, and it has been heard from within [`ElectionTiming::lease`]
-//! ([`InEvent::Heard`] renews the lease on any frame).
+//! its status has arrived, and it has been heard from within [`ElectionTiming::lease`]: the
+//! drivers renew leases from membership's last-heard times when they fall due
+//! ([`Election::renew`]), or report frames one by one ([`InEvent::Heard`]).
 //!
 //! # Rank
 //! Candidates are ordered by [`Rank`], compared field by field, higher first:
@@ -457,7 +458,7 @@ impl Election {
                     self.update();
                 }
             }
-            InEvent::Heard(node) => self.heard(&node, now),
+            InEvent::Heard(node) => self.heard(&node, self.now),
             InEvent::Status { from, status } => {
                 let Some(peer) = self.peers.get_mut(&from) else {
                     self.out.push_back(OutEvent::Refused {
@@ -501,17 +502,31 @@ impl Election {
         }
     }
 
-    /// A frame arrived from a peer: renews its lease. [`InEvent::Heard`] by reference, for
-    /// drivers that call it on every frame.
-    pub fn heard(&mut self, node: &str, now: Duration) {
-        self.now = self.now.max(now);
+    /// A frame arrived from a peer: renews its lease.
+    fn heard(&mut self, node: &str, at: Duration) {
         if let Some(peer) = self.peers.get_mut(node) {
-            peer.last_heard = self.now;
-            if peer.expired {
+            peer.last_heard = peer.last_heard.max(at);
+            if peer.expired && self.now < peer.last_heard + self.timing.lease {
                 peer.expired = false;
                 self.lease_starts();
                 self.update();
             }
+        }
+    }
+
+    /// Whether leases are to be looked at now: a driver that does not report every frame
+    /// ([`InEvent::Heard`]) calls [`Election::renew`] first, with when each peer was last
+    /// heard from.
+    pub fn leases_due(&self, now: Duration) -> bool {
+        self.lease_check.is_some_and(|at| at <= now)
+    }
+
+    /// Renews leases from when each peer was last heard from, as membership knows it (it
+    /// sees every frame). Drivers call this when [`Election::leases_due`] rather than
+    /// reporting every frame, which cost a lookup by node id per frame.
+    pub fn renew<'a>(&mut self, heard: impl IntoIterator<Item = (&'a NodeId, Duration)>) {
+        for (node, at) in heard {
+            self.heard(node, at);
         }
     }
 
@@ -1384,6 +1399,38 @@ mod tests {
         net.settle();
         net.check_one_aggregator_per_zone().unwrap();
         assert_eq!(net.aggregators()["site"], "b");
+    }
+
+    #[test]
+    fn leases_are_renewed_from_when_membership_last_heard_a_peer() {
+        let timing = ElectionTiming::default();
+        let mut b =
+            Election::new("b".into(), "site".into(), EDGE, edge_box(), timing, secs(0)).unwrap();
+        let a =
+            Election::new("a".into(), "site".into(), EDGE, edge_box(), timing, secs(0)).unwrap();
+        b.handle(InEvent::PeerUp("a".into()), secs(0));
+        b.handle(
+            InEvent::Status {
+                from: "a".into(),
+                status: a.status(),
+            },
+            secs(0),
+        );
+        assert_eq!(b.aggregator_of("site").as_deref(), Some("a"));
+        let a_id: NodeId = "a".into();
+        assert!(!b.leases_due(Duration::from_millis(2_999)));
+        assert!(b.leases_due(secs(3)));
+        // Membership heard a at 2.5 s: the lease runs to 5.5 s.
+        b.renew([(&a_id, Duration::from_millis(2_500))]);
+        b.handle_timeout(secs(3));
+        assert_eq!(b.aggregator_of("site").as_deref(), Some("a"));
+        assert_eq!(b.poll_timeout(), Some(Duration::from_millis(5_500)));
+        // Not heard since: the lease runs out, and an old time does not bring it back.
+        b.renew([(&a_id, Duration::from_millis(2_500))]);
+        b.handle_timeout(Duration::from_millis(5_500));
+        assert_eq!(b.aggregator_of("site").as_deref(), Some("b"));
+        b.renew([(&a_id, Duration::from_millis(2_500))]);
+        assert_eq!(b.aggregator_of("site").as_deref(), Some("b"));
     }
 
     #[test]

@@ -535,6 +535,14 @@ impl<R: Rng> Membership<R> {
         self.conns.get(&conn).map(|c| &c.node)
     }
 
+    /// When each connected peer was last heard from (any frame on its connection in use).
+    pub fn heard_times(&self) -> impl Iterator<Item = (&NodeId, Duration)> {
+        self.peers.iter().filter_map(|(node, peer)| {
+            let conn = self.conns.get(&peer.conn?)?;
+            Some((node, conn.last_heard))
+        })
+    }
+
     /// The peer a connection speaks for: its peer, if it is the connection in use (a duplicate
     /// about to close speaks for nobody).
     pub fn speaker(&self, conn: ConnId) -> Option<&NodeId> {

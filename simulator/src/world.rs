@@ -1575,10 +1575,13 @@ impl World {
         }
     }
 
-    /// Every frame on a peer's connection in use renews its election lease; a status is the
-    /// election's input (as in the network driver).
+    /// A status from a peer's connection in use is the election's input; other frames renew
+    /// leases through membership at the lease check (as in the network driver).
     fn feed_election(&mut self, node: usize, conn: ConnId, msg: &Message) {
         let now = self.now;
+        let Message::Status(status) = msg else {
+            return;
+        };
         let Some(live) = self.nodes[node].live.as_mut() else {
             return;
         };
@@ -1588,18 +1591,13 @@ impl World {
         let Some(e) = live.election.as_mut() else {
             return;
         };
-        match msg {
-            Message::Status(status) => e.handle(
-                election::InEvent::Status {
-                    from: peer.clone(),
-                    status: status.clone(),
-                },
-                now,
-            ),
-            // Other frames renew the peer's lease through membership, at the lease check,
-            // as in the network driver.
-            _ => {}
-        }
+        e.handle(
+            election::InEvent::Status {
+                from: peer.clone(),
+                status: status.clone(),
+            },
+            now,
+        );
         self.after_election(node);
     }
 

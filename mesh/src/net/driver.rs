@@ -554,23 +554,23 @@ impl Actor {
         }
     }
 
-    /// Every frame on a peer's connection in use renews its election lease; a status is the
-    /// election's input.
+    /// A status from a peer's connection in use is the election's input. Other frames renew
+    /// the peer's lease through membership, which sees every frame, when the lease check
+    /// falls due.
     fn feed_election(&mut self, conn: ConnId, message: &Message, now: Duration) {
+        let Message::Status(status) = message else {
+            return;
+        };
         let Some(node) = self.membership.speaker(conn) else {
             return;
         };
-        match message {
-            Message::Status(status) => self.election.handle(
-                election::InEvent::Status {
-                    from: node.clone(),
-                    status: status.clone(),
-                },
-                now,
-            ),
-            // Other frames renew the peer's lease through membership, at the lease check.
-            _ => {}
-        }
+        self.election.handle(
+            election::InEvent::Status {
+                from: node.clone(),
+                status: status.clone(),
+            },
+            now,
+        );
     }
 
     /// Carries out what the membership and the election asked for.

@@ -231,6 +231,11 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
     eprintln!(
         "netns: edits from both sides of a partition merged everywhere {took:?} after the heal"
     );
+    // The edits can meet through node 1 before node 2 has redialled node 0 (its back-off grew
+    // while cut off): convergence with both peers is asked once all three are connected.
+    wait_until("full mesh after the heal", Duration::from_secs(15), || {
+        full_mesh(&nodes)
+    });
     for node in &nodes {
         assert_converged(node);
     }

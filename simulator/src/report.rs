@@ -293,12 +293,12 @@ impl Report {
         let mut frames = [0u64; KINDS.len()];
         let mut bytes = [0u64; KINDS.len()];
         for (_, t) in &self.traffic {
-            for k in 0..8 {
+            for k in 0..KINDS.len() {
                 frames[k] += t.frames[k];
                 bytes[k] += t.bytes[k];
             }
         }
-        for k in 0..8 {
+        for k in 0..KINDS.len() {
             let _ = writeln!(
                 w,
                 "  {:<10} {:>12} frames {:>14} B   mean per node {:>10} frames {:>12} B",

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use simulator::report::Kind;
 use simulator::scenario::{STANDARD, Scenario};
 use simulator::{Options, Plant, Report};
 
@@ -159,6 +160,37 @@ fn planted_bugs_are_caught_with_a_replay_command() {
             );
         }
     }
+}
+
+#[test]
+fn the_traffic_section_lists_and_totals_every_frame_kind() {
+    // Churn has nodes leave, so goodbyes (the last kind) are sent.
+    let report = run("churn", 5, 1, None);
+    let text = report.render_text();
+    let sent = |kind: Kind| -> u64 {
+        report
+            .traffic
+            .iter()
+            .map(|(_, t)| t.frames[kind as usize])
+            .sum()
+    };
+    let goodbyes = sent(Kind::Goodbye);
+    assert!(goodbyes > 0, "{text}");
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in\n{text}"))
+            .to_owned()
+    };
+    assert!(
+        line("goodbye").contains(&format!(" {goodbyes} frames")),
+        "{text}"
+    );
+    let total: u64 = report.traffic.iter().map(|(_, t)| t.total_frames()).sum();
+    assert!(
+        line("total").contains(&format!(" {total} frames")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1062,29 +1062,29 @@ impl Replicator {
 
     /// Notes what a peer's message about a document says of its name, and decides whether
     /// the document is one to sync with the peer: not retired here, known by name, shared by
-    /// policy. Returns its name and whether this node lacks it.
+    /// policy. `Some(None)` for a document held here; `Some(Some(name))` for one this node
+    /// lacks (the store creates it by that name).
     fn shared_by_message(
         &mut self,
         peer: &NodeId,
         doc: DocId,
         name: Option<String>,
-    ) -> Option<(String, bool)> {
+    ) -> Option<Option<String>> {
         let state = self.peers.get_mut(peer).expect("checked by the caller");
         if let Some(name) = name {
             state.their_names.insert(doc, name);
         }
         state.named.insert(doc);
-        let (name, class, new) = match self.local.get(&doc) {
-            Some((_, _, digest)) if *digest == RETIRED => return None,
-            Some((name, class, _)) => (name.clone(), class.clone(), false),
+        match self.local.get(&doc) {
+            Some((_, _, digest)) if *digest == RETIRED => None,
+            Some((_, class, _)) => self.policy.shares(class, peer).then_some(None),
             None => {
                 // Neither held nor named: nothing to classify it by, so it is not shared.
-                let name = state.their_names.get(&doc)?.clone();
-                let class = DocClass::of(&name)?;
-                (name, class, true)
+                let name = state.their_names.get(&doc)?;
+                let class = DocClass::of(name)?;
+                self.policy.shares(&class, peer).then(|| Some(name.clone()))
             }
-        };
-        self.policy.shares(&class, peer).then_some((name, new))
+        }
     }
 
     /// The peer told us its heads of a document: nothing to do if they match ours (but say
@@ -1102,7 +1102,6 @@ impl Replicator {
         }
         self.cancel_relay(&peer, &doc);
         let ours = self.local_digest(&doc);
-        let priority = self.priority_of(&peer, &doc);
         let state = self.peers.get_mut(&peer).expect("checked by the caller");
         state.theirs.insert(doc, digest);
         if ours == Some(digest) {
@@ -1112,19 +1111,20 @@ impl Replicator {
         } else if digest != ABSENT {
             // A session from the persisted sync state: the in-memory one may believe that the
             // peer has heard everything, and would then say nothing.
+            let priority = self.priority_of(&peer, &doc);
             self.want_fresh(&peer, doc, priority);
         }
     }
 
     fn sync_received(&mut self, peer: NodeId, doc: DocId, name: Option<String>, payload: Vec<u8>) {
         self.cancel_relay(&peer, &doc);
-        let Some((name, new)) = self.shared_by_message(&peer, doc, name) else {
+        let Some(name) = self.shared_by_message(&peer, doc, name) else {
             return;
         };
         self.out.push_back(SyncOut::Apply {
             doc,
             peer,
-            name: new.then_some(name),
+            name,
             payload,
         });
     }

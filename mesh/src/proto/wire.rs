@@ -379,9 +379,9 @@ impl Message {
                     + entries.iter().map(|e| 32 + str_len(&e.name)).sum::<usize>()
             }
             Message::Sync { name, payload, .. } => {
-                16 + 1 + name.as_deref().map_or(0, str_len) + payload.len()
+                16 + optional_str_len(name.as_deref()) + payload.len()
             }
-            Message::Heads { name, .. } => 16 + 16 + 1 + name.as_deref().map_or(0, str_len),
+            Message::Heads { name, .. } => 16 + 16 + optional_str_len(name.as_deref()),
             Message::Goodbye { reason } => str_len(reason),
             Message::Status(status) => {
                 str_len(&status.zone)
@@ -400,7 +400,7 @@ impl Message {
                     + status
                         .chain
                         .iter()
-                        .map(|(zone, node)| str_len(zone) + 1 + node.as_deref().map_or(0, str_len))
+                        .map(|(zone, node)| str_len(zone) + optional_str_len(node.as_deref()))
                         .sum::<usize>()
             }
         };
@@ -633,6 +633,11 @@ fn varint_len(v: u64) -> usize {
 
 fn str_len(s: &str) -> usize {
     varint_len(s.len() as u64) + s.len()
+}
+
+/// The length [`put_optional_str`] writes.
+fn optional_str_len(s: Option<&str>) -> usize {
+    1 + s.map_or(0, str_len)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -339,11 +339,10 @@ fn a_relayed_change_does_not_cross_links_it_already_reached() {
     }
 }
 
-/// Every node writes its own registry entry, so a fleet's registry has a head per node until
-/// one node folds them into one; the merge reaches the others like any change.
-#[test]
-fn many_heads_are_merged_into_one_that_replicates() {
-    let ids: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+/// `count` nodes `n00`, `n01`, ... that each wrote their own registry entry, connected to
+/// `n00` and synced: the registry has a head per node.
+fn registry_writers(count: usize) -> (Vec<String>, Net) {
+    let ids: Vec<String> = (0..count).map(|i| format!("n{i:02}")).collect();
     let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
     for id in &ids {
         net.edit_mesh(id, id);
@@ -352,6 +351,14 @@ fn many_heads_are_merged_into_one_that_replicates() {
         net.connect("n00", id);
     }
     net.run(&mut rng());
+    (ids, net)
+}
+
+/// Every node writes its own registry entry, so a fleet's registry has a head per node until
+/// one node folds them into one; the merge reaches the others like any change.
+#[test]
+fn many_heads_are_merged_into_one_that_replicates() {
+    let (ids, mut net) = registry_writers(12);
     let heads = net.heads("n00", &DocName::Mesh).unwrap();
     assert!(heads.len() > crdt_store::MAX_HEADS, "{} heads", heads.len());
     let store = net.store("n01");
@@ -384,45 +391,37 @@ fn move_zone(net: &mut Net, node: &str, zone: &str) {
 #[test]
 fn zones_follow_the_registry_through_merges_renames_and_moves() {
     // Enough writers for the registry to have heads to merge.
-    let ids: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
-    let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
-    for id in &ids {
-        net.edit_mesh(id, id);
-    }
-    for id in &ids[1..] {
-        net.connect("n0", id);
-    }
-    net.run(&mut rng());
+    let (ids, mut net) = registry_writers(10);
     let zone_of = |net: &mut Net, node: &str, of: &str| {
         net.store(node).node_zones().unwrap().get(of).cloned()
     };
-    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
+    assert_eq!(zone_of(&mut net, "n09", "n01").as_deref(), Some(""));
     // Changes that set no zone (a merge, a rename) keep what was read; one that does is seen,
     // whether it arrives by sync or is written here.
     assert!(
-        net.store("n0")
+        net.store("n00")
             .merge_heads::<MeshRegistry>(&DocName::Mesh)
             .unwrap()
     );
-    let event = net.nodes.get_mut("n0").unwrap().changed(&DocName::Mesh);
-    net.input("n0", event);
+    let event = net.nodes.get_mut("n00").unwrap().changed(&DocName::Mesh);
+    net.input("n00", event);
     net.run(&mut rng());
-    assert_eq!(net.heads("n9", &DocName::Mesh).unwrap().len(), 1);
-    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
-    net.edit_mesh("n1", "renamed");
+    assert_eq!(net.heads("n09", &DocName::Mesh).unwrap().len(), 1);
+    assert_eq!(zone_of(&mut net, "n09", "n01").as_deref(), Some(""));
+    net.edit_mesh("n01", "renamed");
     net.run(&mut rng());
-    assert_eq!(zone_of(&mut net, "n9", "n1").as_deref(), Some(""));
-    move_zone(&mut net, "n1", "site-2/line-1");
+    assert_eq!(zone_of(&mut net, "n09", "n01").as_deref(), Some(""));
+    move_zone(&mut net, "n01", "site-2/line-1");
     net.run(&mut rng());
     for id in &ids {
         assert_eq!(
-            zone_of(&mut net, id, "n1").as_deref(),
+            zone_of(&mut net, id, "n01").as_deref(),
             Some("site-2/line-1"),
             "{id}"
         );
     }
-    move_zone(&mut net, "n9", "site-3");
-    assert_eq!(zone_of(&mut net, "n9", "n9").as_deref(), Some("site-3"));
+    move_zone(&mut net, "n09", "site-3");
+    assert_eq!(zone_of(&mut net, "n09", "n09").as_deref(), Some("site-3"));
 }
 
 #[test]

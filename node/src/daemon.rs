@@ -276,7 +276,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // (one merger per zone: were every node to merge, merges would be most of the changes),
     // at a random phase so that two merges rarely cross.
     let merge_store = store.clone();
-    let merge_view = hierarchy_rx.clone();
+    let merge_view = hierarchy_rx;
     let merges = tokio::spawn(async move {
         let phase = rand::random::<f64>() * crdt_store::MERGE_HEADS_EVERY.as_secs_f64();
         tokio::time::sleep(std::time::Duration::from_secs_f64(phase)).await;

@@ -732,6 +732,16 @@ impl Store {
     fn decode(&self, id: &DocumentId, label: &str) -> Result<Option<(AutoCommit, ChunkStats)>> {
         let txn = self.db.begin_read().during("read document")?;
         let table = txn.open_table(CHUNKS).during("read document")?;
+        self.decode_from(&table, id, label)
+    }
+
+    /// [`Store::decode`] from a table of chunks as a transaction sees it.
+    fn decode_from(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        id: &DocumentId,
+        label: &str,
+    ) -> Result<Option<(AutoCommit, ChunkStats)>> {
         let mut all = Vec::new();
         let mut chunks: Vec<(String, std::ops::Range<usize>)> = Vec::new();
         let mut stats = ChunkStats::default();

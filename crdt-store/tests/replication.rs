@@ -15,7 +15,7 @@ use crdt_store::{
 use mesh::proto::sync::{
     ApplyRequest, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
 };
-use mesh::proto::wire::Message;
+use mesh::proto::wire::{CatalogueEntry, Message};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -602,6 +602,162 @@ fn every_document_of_a_batch_wider_than_the_cache_reaches_the_change_listener() 
     let expected: BTreeMap<[u8; 16], [u8; 16]> =
         catalogue.iter().map(|e| (e.doc, e.digest)).collect();
     assert_eq!(*heard.lock().unwrap(), expected);
+}
+
+/// Every message of `from` about the documents in `catalogue` that it has something to say
+/// about, as one batch for `to`.
+fn messages(
+    from: &mut Store,
+    sender: &str,
+    to: &str,
+    catalogue: &[CatalogueEntry],
+) -> Vec<ApplyRequest> {
+    catalogue
+        .iter()
+        .filter_map(|entry| {
+            let payload = from.generate(&entry.doc, to).unwrap()?;
+            Some(ApplyRequest {
+                doc: entry.doc,
+                peer: sender.into(),
+                name: Some(entry.name.clone()),
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// Syncs `a` and `b` on the documents in `catalogue` until neither has anything to say.
+fn sync_pair(a: (&mut Store, &str), b: (&mut Store, &str), catalogue: &[CatalogueEntry]) {
+    let ((a, a_id), (b, b_id)) = (a, b);
+    for _ in 0..8 {
+        let to_b = messages(a, a_id, b_id, catalogue);
+        let to_a = messages(b, b_id, a_id, catalogue);
+        if to_a.is_empty() && to_b.is_empty() {
+            return;
+        }
+        assert!(b.apply(to_b).unwrap().iter().all(Result::is_ok));
+        assert!(a.apply(to_a).unwrap().iter().all(Result::is_ok));
+    }
+    panic!("{a_id} and {b_id} still talking after 8 rounds");
+}
+
+/// b holds what a1 holds: a document `shared` and `others` more; a2 holds `shared` too, and
+/// each pair has synced, so the next edits travel as sync messages carrying changes.
+struct TwoWriters {
+    a1: Store,
+    a2: Store,
+    b: Store,
+    shared: DocName,
+    catalogue: Vec<CatalogueEntry>,
+    shared_only: Vec<CatalogueEntry>,
+}
+
+impl TwoWriters {
+    fn new(others: usize) -> TwoWriters {
+        let mut a1 = Store::open_in_memory(config("a1")).unwrap();
+        let mut a2 = Store::open_in_memory(config("a2")).unwrap();
+        let mut b = Store::open_in_memory(config("b")).unwrap();
+        let shared = DocName::workflow("shared").unwrap();
+        for i in 0..others {
+            let name = DocName::workflow(&format!("w{i}")).unwrap();
+            a1.update::<WorkflowDoc, _>(&name, |w| w.description = "first".into())
+                .unwrap();
+        }
+        a1.update::<WorkflowDoc, _>(&shared, |w| w.description = "first".into())
+            .unwrap();
+        let catalogue = a1.catalogue().unwrap();
+        let shared_only: Vec<CatalogueEntry> = catalogue
+            .iter()
+            .filter(|e| e.name == shared.to_string())
+            .cloned()
+            .collect();
+        sync_pair((&mut a1, "a1"), (&mut b, "b"), &catalogue);
+        sync_pair((&mut a1, "a1"), (&mut a2, "a2"), &shared_only);
+        sync_pair((&mut a2, "a2"), (&mut b, "b"), &shared_only);
+        TwoWriters {
+            a1,
+            a2,
+            b,
+            shared,
+            catalogue,
+            shared_only,
+        }
+    }
+
+    /// Concurrent edits of `shared` on a1 and a2 (a1 edits every other document too); a1's
+    /// messages to b, `shared`'s first, and a2's.
+    fn concurrent_edits(&mut self) -> (Vec<ApplyRequest>, Vec<ApplyRequest>) {
+        for entry in &self.catalogue {
+            let name: DocName = entry.name.parse().unwrap();
+            self.a1
+                .update::<WorkflowDoc, _>(&name, |w| w.description = "from a1".into())
+                .unwrap();
+        }
+        self.a2
+            .update::<WorkflowDoc, _>(&self.shared, |w| w.trigger = "from a2".into())
+            .unwrap();
+        let mut from_a1 = messages(&mut self.a1, "a1", "b", &self.catalogue);
+        assert_eq!(from_a1.len(), self.catalogue.len(), "a1 sends every edit");
+        let first = from_a1
+            .iter()
+            .position(|m| m.name.as_deref() == Some(self.shared.to_string().as_str()))
+            .unwrap();
+        let message = from_a1.remove(first);
+        from_a1.insert(0, message);
+        let from_a2 = messages(&mut self.a2, "a2", "b", &self.shared_only);
+        assert_eq!(from_a2.len(), 1);
+        (from_a1, from_a2)
+    }
+
+    fn assert_b_holds_both_edits(&mut self) {
+        let id = self.b.document_id(&self.shared);
+        let mut expected = self.a1.automerge(&id).unwrap();
+        expected
+            .merge(&mut self.a2.automerge(&id).unwrap())
+            .unwrap();
+        let mut expected = expected.get_heads();
+        expected.sort();
+        let mut held = self.b.heads(&id).unwrap().unwrap();
+        held.sort();
+        assert_eq!(held, expected, "both edits are held");
+        let read = self.b.read::<WorkflowDoc>(&self.shared).unwrap();
+        assert_eq!(
+            (read.description.as_str(), read.trigger.as_str()),
+            ("from a1", "from a2")
+        );
+    }
+}
+
+/// Two messages about one document in a batch that loads more documents between them than the
+/// store keeps decoded: the second must land on the document the first changed, not on the
+/// copy on disk (the batch's transaction is not committed yet), or the first's change would
+/// be missing from memory and the heads index while its sender believes it delivered.
+#[test]
+fn a_document_changed_early_in_a_batch_wider_than_the_cache_keeps_that_change() {
+    let mut net = TwoWriters::new(crdt_store::DOC_CACHE_CAP + 16);
+    let (mut batch, from_a2) = net.concurrent_edits();
+    batch.extend(from_a2);
+    assert!(net.b.apply(batch).unwrap().iter().all(Result::is_ok));
+    net.assert_b_holds_both_edits();
+}
+
+/// The same after a refused message between the two: the document is read again as the
+/// batch left it, not as it is on disk.
+#[test]
+fn a_refused_message_between_two_good_ones_loses_neither() {
+    let mut net = TwoWriters::new(0);
+    let (mut batch, from_a2) = net.concurrent_edits();
+    let garbage = ApplyRequest {
+        payload: b"not a sync message".to_vec(),
+        peer: "stranger".into(),
+        ..batch[0].clone()
+    };
+    batch.push(garbage);
+    batch.extend(from_a2);
+    let outcomes = net.b.apply(batch).unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(outcomes[1].as_ref().unwrap_err().peer_at_fault);
+    net.assert_b_holds_both_edits();
 }
 
 fn record(node: &str, run: usize) -> RunRecord {

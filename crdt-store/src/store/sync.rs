@@ -181,31 +181,45 @@ impl Store {
                 operation: "apply sync",
                 source: Box::new(e.into()),
             })?;
-        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Option<std::result::Result<SyncApplied, SyncRejected>>> =
+            vec![None; batch.len()];
         let mut touched: Vec<DocumentId> = Vec::new();
         let mut changed: Vec<DocumentId> = Vec::new();
-        for message in batch {
-            let doc = message.doc.clone();
-            match self.apply_one(&txn, message) {
-                Ok(applied) => {
-                    touched.push(doc.clone());
-                    if applied.changed {
-                        changed.push(doc);
+        // Each document's messages in turn: a document changed by one message cannot be evicted
+        // from the cache (by loading others) before its next, which would then be applied to
+        // the copy on disk, without the changes of this uncommitted transaction.
+        for (doc, messages) in by_document(batch) {
+            for (index, message) in messages {
+                match self.apply_one(&txn, message) {
+                    Ok(applied) => {
+                        touched.push(doc.clone());
+                        if applied.changed {
+                            changed.push(doc.clone());
+                        }
+                        outcomes[index] = Some(Ok(applied));
                     }
-                    outcomes.push(Ok(applied));
-                }
-                Err(ApplyError::Rejected(rejected)) => {
-                    // A refused message may have left the cached copy half-changed.
-                    self.cache.remove(&doc);
-                    outcomes.push(Err(rejected));
-                }
-                Err(ApplyError::Store(e)) => {
-                    self.abandon_sync_batch(&touched);
-                    self.cache.remove(&doc);
-                    return Err(e);
+                    Err(ApplyError::Rejected(rejected)) => {
+                        // A refused message may have left the cached copy half-changed: read
+                        // it again as this transaction holds it, with what earlier messages
+                        // of the batch stored.
+                        self.cache.remove(&doc);
+                        if changed.contains(&doc)
+                            && let Err(e) = self.reload_in(&txn, &doc)
+                        {
+                            self.abandon_sync_batch(&touched);
+                            return Err(e);
+                        }
+                        outcomes[index] = Some(Err(rejected));
+                    }
+                    Err(ApplyError::Store(e)) => {
+                        self.abandon_sync_batch(&touched);
+                        self.cache.remove(&doc);
+                        return Err(e);
+                    }
                 }
             }
         }
+        changed.dedup();
         if let Err(e) = txn.commit().during("apply sync") {
             self.abandon_sync_batch(&touched);
             return Err(e);
@@ -216,7 +230,10 @@ impl Store {
         for id in &changed {
             self.notify_changed(id);
         }
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every message has an outcome"))
+            .collect())
     }
 
     /// Forgets the sync sessions of a peer: the next one starts from the persisted state.
@@ -330,8 +347,8 @@ impl Store {
             .map_err(|e| malformed(&label, e))?;
         let after = cached.doc.get_heads();
         let theirs = state.their_heads.as_deref().map(heads_digest);
-        let persist = (state.shared_heads != shared_before).then(|| state.encode());
         let changed = after != before;
+        let persist = (state.shared_heads != shared_before).then(|| state.encode());
         if after.is_empty() {
             // Nothing arrived for a document this node does not hold: keep no empty copy.
             self.cache.remove(&doc);
@@ -347,6 +364,16 @@ impl Store {
             ours: heads_digest(&after),
             theirs,
         })
+    }
+
+    /// Loads a document into the cache as `txn` holds it.
+    fn reload_in(&mut self, txn: &redb::WriteTransaction, doc: &DocumentId) -> Result<()> {
+        let table = txn.open_table(CHUNKS).during("apply sync")?;
+        if let Some((decoded, stats)) = self.decode_from(&table, doc, &doc.to_string())? {
+            drop(table);
+            self.cache_insert(doc, decoded, stats);
+        }
+        Ok(())
     }
 
     /// Makes sure the document (if stored) is in the cache and the session with the peer has a
@@ -512,6 +539,19 @@ fn opens_from_nothing(message: &sync::Message) -> bool {
         && message
             .flags
             .is_some_and(|f| !f.contains(sync::MessageFlags::READ_ONLY))
+}
+
+/// A batch's messages grouped by document, in the order each document first appears, each with
+/// its place in the batch; messages about one document keep their order.
+fn by_document(batch: Vec<SyncApply>) -> Vec<(DocumentId, Vec<(usize, SyncApply)>)> {
+    let mut groups: Vec<(DocumentId, Vec<(usize, SyncApply)>)> = Vec::new();
+    for (index, message) in batch.into_iter().enumerate() {
+        match groups.iter_mut().find(|(doc, _)| *doc == message.doc) {
+            Some((_, messages)) => messages.push((index, message)),
+            None => groups.push((message.doc.clone(), vec![(index, message)])),
+        }
+    }
+    groups
 }
 
 enum ApplyError {

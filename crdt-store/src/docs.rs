@@ -75,33 +75,107 @@ pub struct MeshRegistry {
 /// entry (tags, addresses, ...): routing needs only this, and a fleet's registry is large.
 /// An entry whose zone is missing or not a string is left out, as decoding it would fail.
 pub fn registry_zones(doc: &AutoCommit) -> BTreeMap<String, String> {
-    use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
+    use automerge::{ObjType, ROOT, ReadDoc, Value};
     let mut zones = BTreeMap::new();
     let Ok(Some((Value::Object(ObjType::Map), nodes))) = doc.get(ROOT, "nodes") else {
         return zones;
     };
     for node in doc.keys(&nodes) {
-        let Ok(Some((Value::Object(ObjType::Map), entry))) = doc.get(&nodes, &node) else {
-            continue;
-        };
-        if let Ok(Some((Value::Scalar(zone), _))) = doc.get(&entry, "zone")
-            && let ScalarValue::Str(zone) = zone.as_ref()
-        {
-            zones.insert(node, zone.to_string());
+        if let Some(zone) = entry_zone(doc, &nodes, &node) {
+            zones.insert(node, zone);
         }
     }
     zones
 }
 
-/// Whether a registry change may change a node's zone: it writes a `zone` key (a new entry
-/// writes one too). A change without operations (a merge of heads) never does.
-pub fn sets_a_zone(change: &automerge::Change) -> bool {
-    !change.is_empty()
-        && change
-            .decode()
-            .operations
-            .iter()
-            .any(|op| matches!(&op.key, automerge::legacy::Key::Map(key) if key == "zone"))
+/// The zone of one registry entry, if the entry exists and its zone is a string.
+fn entry_zone(doc: &AutoCommit, nodes: &automerge::ObjId, node: &str) -> Option<String> {
+    use automerge::{ObjType, ReadDoc, ScalarValue, Value};
+    let Ok(Some((Value::Object(ObjType::Map), entry))) = doc.get(nodes, node) else {
+        return None;
+    };
+    match doc.get(&entry, "zone") {
+        Ok(Some((Value::Scalar(zone), _))) => match zone.as_ref() {
+            ScalarValue::Str(zone) => Some(zone.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What registry changes do to the nodes' zones, read from their operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneEffect {
+    /// They set no zone and delete no key: merges of heads (no operations), liveness updates,
+    /// renames.
+    None,
+    /// They set zones only in entries they create, under these node ids (a node's first
+    /// entry: every change of a fleet's start-up storm).
+    NewEntries(Vec<String>),
+    /// They may change the zone of an entry they did not create (a move), or delete a key.
+    Unknown,
+}
+
+/// The [`ZoneEffect`] of a set of registry changes.
+pub fn zone_effect(changes: &[automerge::Change]) -> ZoneEffect {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let mut created = Vec::new();
+    for change in changes.iter().filter(|c| !c.is_empty()) {
+        let decoded = change.decode();
+        let start = decoded.start_op.get();
+        for op in &decoded.operations {
+            match (&op.action, &op.key) {
+                (OpType::Delete, Key::Map(_)) => return ZoneEffect::Unknown,
+                (OpType::Put(_) | OpType::Make(_), Key::Map(key)) if key == "zone" => {
+                    // The entry written to must be a map made by an earlier operation of this
+                    // change, at a node id's key.
+                    let ObjectId::Id(obj) = &op.obj else {
+                        return ZoneEffect::Unknown;
+                    };
+                    let maker = obj
+                        .counter()
+                        .checked_sub(start)
+                        .filter(|_| *obj.actor() == decoded.actor_id)
+                        .and_then(|i| decoded.operations.get(usize::try_from(i).ok()?));
+                    match maker {
+                        Some(maker) if matches!(maker.action, OpType::Make(_)) => {
+                            match &maker.key {
+                                Key::Map(node) => created.push(node.to_string()),
+                                Key::Seq(_) => return ZoneEffect::Unknown,
+                            }
+                        }
+                        _ => return ZoneEffect::Unknown,
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if created.is_empty() {
+        ZoneEffect::None
+    } else {
+        ZoneEffect::NewEntries(created)
+    }
+}
+
+/// Updates `zones` for entries created by registry changes: reads only those entries. `false`
+/// if one of them is not where an entry would be (the whole registry must be read then).
+pub fn read_new_zones(
+    doc: &AutoCommit,
+    nodes: &[String],
+    zones: &mut BTreeMap<String, String>,
+) -> bool {
+    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    let Ok(Some((Value::Object(ObjType::Map), registry))) = doc.get(ROOT, "nodes") else {
+        return false;
+    };
+    for node in nodes {
+        let Some(zone) = entry_zone(doc, &registry, node) else {
+            return false;
+        };
+        zones.insert(node.clone(), zone);
+    }
+    true
 }
 
 /// One member of the mesh as it describes itself.
@@ -512,6 +586,79 @@ mod tests {
             err.contains("workflow/w") && err.contains("results"),
             "{err}"
         );
+    }
+
+    /// Commits an edit of the registry as one change by `actor`, and returns that change.
+    fn registry_change(
+        doc: &mut AutoCommit,
+        actor: &str,
+        edit: impl FnOnce(&mut MeshRegistry),
+    ) -> automerge::Change {
+        doc.set_actor(ActorId::from(actor.as_bytes()));
+        let before = doc.get_heads();
+        let mut registry: MeshRegistry = hydrate(&DocName::Mesh, doc).unwrap();
+        edit(&mut registry);
+        reconcile(&DocName::Mesh, doc, &registry).unwrap();
+        doc.commit();
+        let changes = doc.get_changes(&before);
+        assert!(changes.len() <= 1);
+        changes.into_iter().next().unwrap_or_else(|| {
+            doc.empty_change(CommitOptions::default());
+            doc.get_changes(&before)[0].clone()
+        })
+    }
+
+    fn entry(name: &str, zone: &str) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            zone: zone.into(),
+            tags: vec!["press".into()],
+            ..NodeEntry::default()
+        }
+    }
+
+    #[test]
+    fn zone_effect_names_new_entries_and_gives_up_on_moves_and_deletions() {
+        let mut doc = genesis_doc::<MeshRegistry>(&DocName::Mesh).unwrap();
+        let n1 = registry_change(&mut doc, "n1", |r| {
+            r.write_entry("n1", entry("one", "site-a"), 1)
+        });
+        let n2 = registry_change(&mut doc, "n2", |r| r.write_entry("n2", entry("two", ""), 1));
+        assert_eq!(
+            zone_effect(std::slice::from_ref(&n1)),
+            ZoneEffect::NewEntries(vec!["n1".into()])
+        );
+        assert_eq!(
+            zone_effect(&[n1, n2]),
+            ZoneEffect::NewEntries(vec!["n1".into(), "n2".into()])
+        );
+        let mut zones = BTreeMap::new();
+        assert!(read_new_zones(
+            &doc,
+            &["n1".into(), "n2".into()],
+            &mut zones
+        ));
+        assert_eq!(zones, registry_zones(&doc));
+        assert!(!read_new_zones(&doc, &["n9".into()], &mut zones));
+
+        let merge = registry_change(&mut doc, "n3", |_| {});
+        assert!(merge.is_empty());
+        let rename = registry_change(&mut doc, "n1", |r| {
+            r.nodes.get_mut("n1").unwrap().name = "uno".into();
+        });
+        let liveness = registry_change(&mut doc, "n2", |r| {
+            r.write_entry("n2", entry("two", ""), 2);
+        });
+        assert_eq!(zone_effect(&[merge, rename, liveness]), ZoneEffect::None);
+
+        let moved = registry_change(&mut doc, "n2", |r| {
+            r.nodes.get_mut("n2").unwrap().zone = "site-b".into();
+        });
+        assert_eq!(zone_effect(&[moved]), ZoneEffect::Unknown);
+        let removed = registry_change(&mut doc, "n1", |r| {
+            r.nodes.remove("n1");
+        });
+        assert_eq!(zone_effect(&[removed]), ZoneEffect::Unknown);
     }
 
     #[test]

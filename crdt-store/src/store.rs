@@ -1051,20 +1051,26 @@ impl Store {
         }
         let after = cached.doc.get_heads();
         Self::index_heads(txn, id, &after)?;
-        // The zones read at `before` still hold at `after` if no new change sets a zone: most
-        // registry changes after a fleet's start are merges of heads (no operations at all) and
-        // liveness updates, and re-reading a thousand entries for each was most of a
-        // 1,000-node simulation's time.
+        // The zones read at `before` are carried to `after` when the changes set no zone (merges
+        // of heads, liveness updates) or only those of entries they create (a fleet's start):
+        // re-reading a thousand entries for each was most of a 1,000-node simulation's time.
         let registry = self
             .zones
             .as_ref()
             .is_some_and(|(at, _)| at.as_slice() == before)
             && *id == self.document_id(&DocName::Mesh);
-        if registry
-            && !changes.iter().any(docs::sets_a_zone)
-            && let Some((at, _)) = &mut self.zones
-        {
-            *at = after;
+        if registry && let Some((at, zones)) = &mut self.zones {
+            let carried = match docs::zone_effect(&changes) {
+                docs::ZoneEffect::None => true,
+                docs::ZoneEffect::NewEntries(nodes) => {
+                    let cached = self.cache.get(id).expect("document is cached");
+                    docs::read_new_zones(&cached.doc, &nodes, zones)
+                }
+                docs::ZoneEffect::Unknown => false,
+            };
+            if carried {
+                *at = after;
+            }
         }
         let cached = self.cache.get_mut(id).expect("document is cached");
         {

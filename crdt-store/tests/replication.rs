@@ -388,6 +388,43 @@ fn move_zone(net: &mut Net, node: &str, zone: &str) {
     net.input(node, event);
 }
 
+/// `node` writes its first registry entry, in `zone`, and the change is announced.
+fn register(net: &mut Net, node: &str, zone: &str) {
+    let n = net.nodes.get_mut(node).unwrap();
+    let me = n.id.clone();
+    n.store
+        .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+            let entry = NodeEntry {
+                name: me.clone(),
+                zone: zone.to_owned(),
+                ..NodeEntry::default()
+            };
+            m.write_entry(&me, entry, 0);
+        })
+        .unwrap();
+    let event = n.changed(&DocName::Mesh);
+    net.input(node, event);
+}
+
+/// New entries arriving after the zones were read are read alone (the rest is carried
+/// forward): what routing gets must equal a full read of the registry every time.
+#[test]
+fn zones_of_new_entries_match_a_full_read_of_the_registry() {
+    let ids: Vec<String> = (0..8).map(|i| format!("n{i:02}")).collect();
+    let mut net = Net::new(ids.iter().map(|id| Node::in_memory(id)).collect());
+    register(&mut net, "n00", "site-0");
+    let mesh = net.store("n00").document_id(&DocName::Mesh);
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        assert_eq!(net.store("n00").node_zones().unwrap().len(), i);
+        register(&mut net, id, &format!("site-{}", i % 3));
+        net.connect("n00", id);
+        net.run(&mut rng());
+        let full = crdt_store::docs::registry_zones(&net.store("n00").automerge(&mesh).unwrap());
+        assert_eq!(full.len(), i + 1);
+        assert_eq!(net.store("n00").node_zones().unwrap(), full, "after {id}");
+    }
+}
+
 #[test]
 fn zones_follow_the_registry_through_merges_renames_and_moves() {
     // Enough writers for the registry to have heads to merge.

@@ -167,6 +167,44 @@ impl SharePolicy {
         policy
     }
 
+    /// The peers with whom what is shared may differ between this policy and `next`: the old
+    /// and new aggregators of every zone whose aggregator changed, and those of the old and new
+    /// zone of every node whose zone changed (its results go to them). [`SharePolicy::shares`]
+    /// depends on nothing else, so no other peer gains or loses a document. A fleet's start
+    /// changes the policy with every new registry entry; comparing again with every peer each
+    /// time kept a storm of catalogue rounds going.
+    pub fn peers_affected_by(&self, next: &SharePolicy) -> BTreeSet<NodeId> {
+        let mut affected = BTreeSet::new();
+        let mut zones = BTreeSet::new();
+        for (zone, aggregator) in &self.aggregator_of {
+            if next.aggregator_of.get(zone) != Some(aggregator) {
+                zones.insert(zone.as_str());
+            }
+        }
+        for (zone, aggregator) in &next.aggregator_of {
+            if self.aggregator_of.get(zone) != Some(aggregator) {
+                zones.insert(zone.as_str());
+            }
+        }
+        for (node, zone) in &self.zone_of {
+            if next.zone_of.get(node) != Some(zone) {
+                zones.insert(zone.as_str());
+                zones.extend(next.zone_of.get(node).map(String::as_str));
+            }
+        }
+        for (node, zone) in &next.zone_of {
+            if !self.zone_of.contains_key(node) {
+                zones.insert(zone.as_str());
+            }
+        }
+        for zone in zones {
+            for policy in [self, next] {
+                affected.extend(policy.aggregator_of.get(zone).cloned());
+            }
+        }
+        affected
+    }
+
     /// Whether `peer` may see (and write) a document of this class.
     ///
     /// - `mesh` and workflows: every member (admission already refused strangers).
@@ -562,9 +600,16 @@ impl Replicator {
             SyncIn::LocalChanged(entry) => self.local_changed(entry, None, now),
             SyncIn::Policy(policy) => {
                 if policy != self.policy {
+                    let affected = self.policy.peers_affected_by(&policy);
                     self.policy = policy;
-                    // Shared sets may have grown or shrunk: compare again with everyone.
-                    for peer in self.peers.keys().cloned().collect::<Vec<_>>() {
+                    // Shared sets may have grown or shrunk: compare again with those peers.
+                    let peers: Vec<NodeId> = self
+                        .peers
+                        .keys()
+                        .filter(|p| affected.contains(*p))
+                        .cloned()
+                        .collect();
+                    for peer in peers {
                         self.new_round(&peer, false);
                     }
                 }
@@ -1366,6 +1411,87 @@ mod tests {
             zone_and_ancestors("a/b").collect::<Vec<_>>(),
             vec!["a/b", "a", ""]
         );
+    }
+
+    #[test]
+    fn a_policy_change_touches_only_the_aggregators_whose_shares_move() {
+        let mut before = SharePolicy::default();
+        before.zone_of.insert("o".into(), "site-a".into());
+        before.zone_of.insert("p".into(), "site-b".into());
+        before.aggregator_of.insert("site-a".into(), "agg-a".into());
+        before.aggregator_of.insert("site-b".into(), "agg-b".into());
+        before.aggregator_of.insert("".into(), "cloud".into());
+        assert!(before.peers_affected_by(&before.clone()).is_empty());
+
+        // A new node in site-a: only site-a's aggregator gains its results.
+        let mut joined = before.clone();
+        joined.zone_of.insert("n".into(), "site-a".into());
+        assert_eq!(
+            before.peers_affected_by(&joined),
+            BTreeSet::from(["agg-a".to_owned()])
+        );
+        // A node moving zones: both aggregators; a new aggregator: the old and the new one.
+        let mut moved = before.clone();
+        moved.zone_of.insert("o".into(), "site-b".into());
+        assert_eq!(
+            before.peers_affected_by(&moved),
+            BTreeSet::from(["agg-a".to_owned(), "agg-b".to_owned()])
+        );
+        let mut elected = before.clone();
+        elected.aggregator_of.insert("site-b".into(), "p".into());
+        assert_eq!(
+            before.peers_affected_by(&elected),
+            BTreeSet::from(["agg-b".to_owned(), "p".to_owned()])
+        );
+        // A zone without an aggregator affects nobody yet.
+        let mut unknown = before.clone();
+        unknown.zone_of.insert("q".into(), "site-c".into());
+        assert!(before.peers_affected_by(&unknown).is_empty());
+
+        // Whatever the change, a peer outside the set shares exactly what it shared before.
+        let classes = [
+            DocClass::of("results/o/w").unwrap(),
+            DocClass::of("results/n/w").unwrap(),
+            DocClass::of("results/q/w").unwrap(),
+            DocClass::of("rollup/site-b/w").unwrap(),
+            DocClass::Mesh,
+        ];
+        for next in [&joined, &moved, &elected, &unknown] {
+            let affected = before.peers_affected_by(next);
+            for peer in ["o", "p", "n", "q", "agg-a", "agg-b", "cloud"] {
+                if affected.contains(peer) {
+                    continue;
+                }
+                for class in &classes {
+                    assert_eq!(before.shares(class, peer), next.shares(class, peer));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_registry_entry_starts_a_round_with_its_aggregator_only() {
+        let now = Duration::ZERO;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(SyncIn::LocalDocs(vec![entry(1, 1, "mesh")]), now);
+        for peer in ["agg", "b", "c"] {
+            a.handle(SyncIn::PeerUp(peer.into()), now);
+        }
+        let mut policy = SharePolicy::default();
+        policy.aggregator_of.insert("site".into(), "agg".into());
+        a.handle(SyncIn::Policy(policy.clone()), now);
+        a.drain();
+        policy.zone_of.insert("new".into(), "site".into());
+        a.handle(SyncIn::Policy(policy), now);
+        let summaries_to: Vec<NodeId> = a
+            .drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                SyncOut::Send(peer, Message::Summary { .. }) => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(summaries_to, vec!["agg".to_owned()]);
     }
 
     fn entry(doc: u8, digest: u8, name: &str) -> CatalogueEntry {

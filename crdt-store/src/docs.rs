@@ -160,9 +160,9 @@ pub fn zone_effect(changes: &[automerge::Change]) -> ZoneEffect {
 
 /// Updates `zones` for entries created by registry changes: reads only those entries. `false`
 /// if one of them is not where an entry would be (the whole registry must be read then).
-pub fn read_new_zones(
+pub fn read_new_zones<'a>(
     doc: &AutoCommit,
-    nodes: &[String],
+    nodes: impl IntoIterator<Item = &'a String>,
     zones: &mut BTreeMap<String, String>,
 ) -> bool {
     use automerge::{ObjType, ROOT, ReadDoc, Value};

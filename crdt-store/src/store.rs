@@ -1,7 +1,7 @@
 //! The store: one redb file holding every document's Automerge chunks, the durable result log,
 //! per-peer sync state and the name registry. Owned by one thread (see [`crate::StoreHandle`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, transaction::CommitOptions};
@@ -255,8 +255,18 @@ pub struct Store {
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
     unflushed_since: Option<std::time::Instant>,
-    /// The zone of every node in the registry, and the registry heads it was read at.
-    zones: Option<(Vec<automerge::ChangeHash>, BTreeMap<String, String>)>,
+    /// The zone of every node in the registry as of some registry heads.
+    zones: Option<ZoneCache>,
+}
+
+/// The zones [`Store::node_zones`] read, kept across registry changes that cannot move them.
+struct ZoneCache {
+    /// The registry heads `zones` and `unread` describe.
+    at: Vec<automerge::ChangeHash>,
+    zones: BTreeMap<String, String>,
+    /// Entries created since `zones` was read: their zones are read when next asked for,
+    /// once for all of them (a fleet's start brings them one sync message at a time).
+    unread: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -850,15 +860,28 @@ impl Store {
     pub fn node_zones(&mut self) -> Result<BTreeMap<String, String>> {
         let id = self.document_id(&DocName::Mesh);
         let heads = self.heads(&id)?.unwrap_or_default();
-        if let Some((at, zones)) = &self.zones
-            && *at == heads
+        if let Some(mut cache) = self.zones.take()
+            && cache.at == heads
         {
-            return Ok(zones.clone());
+            let unread = std::mem::take(&mut cache.unread);
+            let read = unread.is_empty()
+                || self.with_stored(&id, "mesh", |doc| {
+                    docs::read_new_zones(doc, &unread, &mut cache.zones)
+                })? == Some(true);
+            if read {
+                let zones = cache.zones.clone();
+                self.zones = Some(cache);
+                return Ok(zones);
+            }
         }
         let zones = self
             .with_stored(&id, "mesh", docs::registry_zones)?
             .unwrap_or_default();
-        self.zones = Some((heads, zones.clone()));
+        self.zones = Some(ZoneCache {
+            at: heads,
+            zones: zones.clone(),
+            unread: BTreeSet::new(),
+        });
         Ok(zones)
     }
 
@@ -1057,19 +1080,16 @@ impl Store {
         let registry = self
             .zones
             .as_ref()
-            .is_some_and(|(at, _)| at.as_slice() == before)
+            .is_some_and(|cache| cache.at.as_slice() == before)
             && *id == self.document_id(&DocName::Mesh);
-        if registry && let Some((at, zones)) = &mut self.zones {
-            let carried = match docs::zone_effect(&changes) {
-                docs::ZoneEffect::None => true,
+        if registry && let Some(cache) = &mut self.zones {
+            match docs::zone_effect(&changes) {
+                docs::ZoneEffect::None => cache.at = after,
                 docs::ZoneEffect::NewEntries(nodes) => {
-                    let cached = self.cache.get(id).expect("document is cached");
-                    docs::read_new_zones(&cached.doc, &nodes, zones)
+                    cache.unread.extend(nodes);
+                    cache.at = after;
                 }
-                docs::ZoneEffect::Unknown => false,
-            };
-            if carried {
-                *at = after;
+                docs::ZoneEffect::Unknown => {}
             }
         }
         let cached = self.cache.get_mut(id).expect("document is cached");

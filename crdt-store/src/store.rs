@@ -540,8 +540,7 @@ impl Store {
     fn name_of(&self, id: &DocumentId) -> Result<Option<DocName>> {
         let txn = self.db.begin_read().during("read names")?;
         let table = txn.open_table(NAMES).during("read names")?;
-        let name = table.get(id.to_string().as_str()).during("read names")?;
-        Ok(name.and_then(|n| n.value().parse().ok()))
+        name_in(&table, id, "read names")
     }
 
     /// Calls `listener` with the catalogue entry (id, name, new heads digest) of every document a
@@ -1572,6 +1571,16 @@ fn strict_load() -> automerge::LoadOptions<'static> {
     automerge::LoadOptions::new()
         .on_partial_load(automerge::OnPartialLoad::Error)
         .verification_mode(automerge::VerificationMode::Check)
+}
+
+/// The recorded name of a document, as a transaction sees the names table.
+fn name_in(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    id: &DocumentId,
+    operation: &'static str,
+) -> Result<Option<DocName>> {
+    let name = table.get(id.to_string().as_str()).during(operation)?;
+    Ok(name.and_then(|n| n.value().parse().ok()))
 }
 
 /// The keys and sizes of a document's snapshot and incremental chunks, in key order.

@@ -797,6 +797,21 @@ fn a_refused_message_between_two_good_ones_loses_neither() {
     net.assert_b_holds_both_edits();
 }
 
+/// Two peers' first messages about a document new here, in one batch: the first names it,
+/// and the second (whose sender may already have named it) finds the name this batch wrote.
+#[test]
+fn a_document_named_earlier_in_a_batch_is_known_to_the_rest_of_it() {
+    let mut net = TwoWriters::new(0);
+    let mut c = Store::open_in_memory(config("c")).unwrap();
+    let mut first = messages(&mut net.a1, "a1", "c", &net.shared_only);
+    let mut second = messages(&mut net.a2, "a2", "c", &net.shared_only);
+    assert!(first[0].name.is_some());
+    second[0].name = None;
+    first.append(&mut second);
+    let outcomes = c.apply(first).unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+}
+
 fn record(node: &str, run: usize) -> RunRecord {
     RunRecord {
         run_id: format!("{node}-{run}"),

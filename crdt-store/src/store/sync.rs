@@ -13,7 +13,7 @@ use samod_core::DocumentId;
 
 use super::{
     CHUNKS, ChunkStats, HEADS, HeadsDigest, NAMES, RETIRED, Store, content_chunks, decode_heads,
-    heads_digest, sync_state_key,
+    heads_digest, name_in, sync_state_key,
 };
 use crate::error::{EngineContext, Result, StoreError};
 use crate::names::DocName;
@@ -149,7 +149,7 @@ impl Store {
                 return Ok(answer);
             }
         }
-        self.load_sync_session(doc, peer)?;
+        self.load_sync_session(doc, peer, None)?;
         let state = self
             .sync_states
             .get_mut(&(doc.clone(), peer.to_owned()))
@@ -181,45 +181,32 @@ impl Store {
                 operation: "apply sync",
                 source: Box::new(e.into()),
             })?;
-        let mut outcomes: Vec<Option<std::result::Result<SyncApplied, SyncRejected>>> =
-            vec![None; batch.len()];
+        let mut outcomes = Vec::with_capacity(batch.len());
         let mut touched: Vec<DocumentId> = Vec::new();
         let mut changed: Vec<DocumentId> = Vec::new();
-        // Each document's messages in turn: a document changed by one message cannot be evicted
-        // from the cache (by loading others) before its next, which would then be applied to
-        // the copy on disk, without the changes of this uncommitted transaction.
-        for (doc, messages) in by_document(batch) {
-            for (index, message) in messages {
-                match self.apply_one(&txn, message) {
-                    Ok(applied) => {
-                        touched.push(doc.clone());
-                        if applied.changed {
-                            changed.push(doc.clone());
-                        }
-                        outcomes[index] = Some(Ok(applied));
+        for message in batch {
+            let doc = message.doc.clone();
+            match self.apply_one(&txn, message) {
+                Ok(applied) => {
+                    if applied.changed && !changed.contains(&doc) {
+                        changed.push(doc.clone());
                     }
-                    Err(ApplyError::Rejected(rejected)) => {
-                        // A refused message may have left the cached copy half-changed: read
-                        // it again as this transaction holds it, with what earlier messages
-                        // of the batch stored.
-                        self.cache.remove(&doc);
-                        if changed.contains(&doc)
-                            && let Err(e) = self.reload_in(&txn, &doc)
-                        {
-                            self.abandon_sync_batch(&touched);
-                            return Err(e);
-                        }
-                        outcomes[index] = Some(Err(rejected));
-                    }
-                    Err(ApplyError::Store(e)) => {
-                        self.abandon_sync_batch(&touched);
-                        self.cache.remove(&doc);
-                        return Err(e);
-                    }
+                    touched.push(doc);
+                    outcomes.push(Ok(applied));
+                }
+                Err(ApplyError::Rejected(rejected)) => {
+                    // A refused message may have left the cached copy half-changed; the next
+                    // message about it reads it again as this transaction holds it.
+                    self.cache.remove(&doc);
+                    outcomes.push(Err(rejected));
+                }
+                Err(ApplyError::Store(e)) => {
+                    self.abandon_sync_batch(&touched);
+                    self.cache.remove(&doc);
+                    return Err(e);
                 }
             }
         }
-        changed.dedup();
         if let Err(e) = txn.commit().during("apply sync") {
             self.abandon_sync_batch(&touched);
             return Err(e);
@@ -230,10 +217,7 @@ impl Store {
         for id in &changed {
             self.notify_changed(id);
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| outcome.expect("every message has an outcome"))
-            .collect())
+        Ok(outcomes)
     }
 
     /// Forgets the sync sessions of a peer: the next one starts from the persisted state.
@@ -273,7 +257,13 @@ impl Store {
                 return Err(SyncRejected::Retired(label).into());
             }
         }
-        let known = self.name_of(&doc)?;
+        // The name as this batch's transaction holds it: an earlier message may have named a
+        // document new here, and its sender names it only once.
+        let known = name_in(
+            &txn.open_table(NAMES).during("apply sync")?,
+            &doc,
+            "apply sync",
+        )?;
         let label = match (&known, name) {
             (Some(known), _) => known.to_string(),
             (None, Some(given)) => {
@@ -325,7 +315,7 @@ impl Store {
                 theirs,
             });
         }
-        self.load_sync_session(&doc, &peer)?;
+        self.load_sync_session(&doc, &peer, Some(txn))?;
         if !self.cache.contains_key(&doc) {
             let mut empty = AutoCommit::new();
             empty.set_actor(self.config.actor.clone());
@@ -347,8 +337,8 @@ impl Store {
             .map_err(|e| malformed(&label, e))?;
         let after = cached.doc.get_heads();
         let theirs = state.their_heads.as_deref().map(heads_digest);
-        let changed = after != before;
         let persist = (state.shared_heads != shared_before).then(|| state.encode());
+        let changed = after != before;
         if after.is_empty() {
             // Nothing arrived for a document this node does not hold: keep no empty copy.
             self.cache.remove(&doc);
@@ -366,22 +356,27 @@ impl Store {
         })
     }
 
-    /// Loads a document into the cache as `txn` holds it.
-    fn reload_in(&mut self, txn: &redb::WriteTransaction, doc: &DocumentId) -> Result<()> {
-        let table = txn.open_table(CHUNKS).during("apply sync")?;
-        if let Some((decoded, stats)) = self.decode_from(&table, doc, &doc.to_string())? {
-            drop(table);
-            self.cache_insert(doc, decoded, stats);
-        }
-        Ok(())
-    }
-
     /// Makes sure the document (if stored) is in the cache and the session with the peer has a
-    /// sync state, restored from the persisted one when there is one.
-    fn load_sync_session(&mut self, doc: &DocumentId, peer: &str) -> Result<()> {
+    /// sync state, restored from the persisted one when there is one. Within a sync batch
+    /// (`txn`) the document is read as the batch's transaction holds it: an earlier message of
+    /// the batch may have changed it, and it may have left the cache since (loading others
+    /// evicts it, a refused message drops it).
+    fn load_sync_session(
+        &mut self,
+        doc: &DocumentId,
+        peer: &str,
+        txn: Option<&redb::WriteTransaction>,
+    ) -> Result<()> {
         if !self.cache.contains_key(doc) {
             let label = doc.to_string();
-            if let Some((decoded, stats)) = self.decode(doc, &label)? {
+            let decoded = match txn {
+                Some(txn) => {
+                    let chunks = txn.open_table(CHUNKS).during("apply sync")?;
+                    self.decode_from(&chunks, doc, &label)?
+                }
+                None => self.decode(doc, &label)?,
+            };
+            if let Some((decoded, stats)) = decoded {
                 self.cache_insert(doc, decoded, stats);
             }
         } else if let Some(cached) = self.cache.get_mut(doc) {
@@ -539,19 +534,6 @@ fn opens_from_nothing(message: &sync::Message) -> bool {
         && message
             .flags
             .is_some_and(|f| !f.contains(sync::MessageFlags::READ_ONLY))
-}
-
-/// A batch's messages grouped by document, in the order each document first appears, each with
-/// its place in the batch; messages about one document keep their order.
-fn by_document(batch: Vec<SyncApply>) -> Vec<(DocumentId, Vec<(usize, SyncApply)>)> {
-    let mut groups: Vec<(DocumentId, Vec<(usize, SyncApply)>)> = Vec::new();
-    for (index, message) in batch.into_iter().enumerate() {
-        match groups.iter_mut().find(|(doc, _)| *doc == message.doc) {
-            Some((_, messages)) => messages.push((index, message)),
-            None => groups.push((message.doc.clone(), vec![(index, message)])),
-        }
-    }
-    groups
 }
 
 enum ApplyError {

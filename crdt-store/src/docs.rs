@@ -75,9 +75,9 @@ pub struct MeshRegistry {
 /// entry (tags, addresses, ...): routing needs only this, and a fleet's registry is large.
 /// An entry whose zone is missing or not a string is left out, as decoding it would fail.
 pub fn registry_zones(doc: &AutoCommit) -> BTreeMap<String, String> {
-    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    use automerge::ReadDoc;
     let mut zones = BTreeMap::new();
-    let Ok(Some((Value::Object(ObjType::Map), nodes))) = doc.get(ROOT, "nodes") else {
+    let Some(nodes) = registry_nodes(doc) else {
         return zones;
     };
     for node in doc.keys(&nodes) {
@@ -86,6 +86,15 @@ pub fn registry_zones(doc: &AutoCommit) -> BTreeMap<String, String> {
         }
     }
     zones
+}
+
+/// The registry's map of entries by node id.
+fn registry_nodes(doc: &AutoCommit) -> Option<automerge::ObjId> {
+    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    match doc.get(ROOT, "nodes") {
+        Ok(Some((Value::Object(ObjType::Map), nodes))) => Some(nodes),
+        _ => None,
+    }
 }
 
 /// The zone of one registry entry, if the entry exists and its zone is a string.
@@ -165,8 +174,7 @@ pub fn read_new_zones<'a>(
     nodes: impl IntoIterator<Item = &'a String>,
     zones: &mut BTreeMap<String, String>,
 ) -> bool {
-    use automerge::{ObjType, ROOT, ReadDoc, Value};
-    let Ok(Some((Value::Object(ObjType::Map), registry))) = doc.get(ROOT, "nodes") else {
+    let Some(registry) = registry_nodes(doc) else {
         return false;
     };
     for node in nodes {

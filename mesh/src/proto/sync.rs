@@ -174,35 +174,17 @@ impl SharePolicy {
     /// changes the policy with every new registry entry; comparing again with every peer each
     /// time kept a storm of catalogue rounds going.
     pub fn peers_affected_by(&self, next: &SharePolicy) -> BTreeSet<NodeId> {
-        let mut affected = BTreeSet::new();
-        let mut zones = BTreeSet::new();
-        for (zone, aggregator) in &self.aggregator_of {
-            if next.aggregator_of.get(zone) != Some(aggregator) {
-                zones.insert(zone.as_str());
-            }
+        let mut zones: BTreeSet<&str> =
+            differing_keys(&self.aggregator_of, &next.aggregator_of).collect();
+        for node in differing_keys(&self.zone_of, &next.zone_of) {
+            zones.extend(self.zone_of.get(node).map(String::as_str));
+            zones.extend(next.zone_of.get(node).map(String::as_str));
         }
-        for (zone, aggregator) in &next.aggregator_of {
-            if self.aggregator_of.get(zone) != Some(aggregator) {
-                zones.insert(zone.as_str());
-            }
-        }
-        for (node, zone) in &self.zone_of {
-            if next.zone_of.get(node) != Some(zone) {
-                zones.insert(zone.as_str());
-                zones.extend(next.zone_of.get(node).map(String::as_str));
-            }
-        }
-        for (node, zone) in &next.zone_of {
-            if !self.zone_of.contains_key(node) {
-                zones.insert(zone.as_str());
-            }
-        }
-        for zone in zones {
-            for policy in [self, next] {
-                affected.extend(policy.aggregator_of.get(zone).cloned());
-            }
-        }
-        affected
+        zones
+            .into_iter()
+            .flat_map(|zone| [self, next].map(|policy| policy.aggregator_of.get(zone).cloned()))
+            .flatten()
+            .collect()
     }
 
     /// Whether `peer` may see (and write) a document of this class.
@@ -225,6 +207,19 @@ impl SharePolicy {
                 .any(|z| self.aggregator_of.get(z).is_some_and(|a| a == peer)),
         }
     }
+}
+
+/// The keys whose values differ between two maps, or that one of them lacks.
+fn differing_keys<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = &'a str> {
+    let changed = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str());
+    let added = b.keys().filter(|k| !a.contains_key(*k)).map(String::as_str);
+    changed.chain(added)
 }
 
 /// How long a driver lets registry changes gather before it derives the share policy again
@@ -599,17 +594,12 @@ impl Replicator {
             }
             SyncIn::LocalChanged(entry) => self.local_changed(entry, None, now),
             SyncIn::Policy(policy) => {
-                if policy != self.policy {
-                    let affected = self.policy.peers_affected_by(&policy);
-                    self.policy = policy;
-                    // Shared sets may have grown or shrunk: compare again with those peers.
-                    let peers: Vec<NodeId> = self
-                        .peers
-                        .keys()
-                        .filter(|p| affected.contains(*p))
-                        .cloned()
-                        .collect();
-                    for peer in peers {
+                // Shared sets may have grown or shrunk: compare again with the peers concerned
+                // (none when the policy is the same).
+                let affected = self.policy.peers_affected_by(&policy);
+                self.policy = policy;
+                for peer in affected {
+                    if self.peers.contains_key(&peer) {
                         self.new_round(&peer, false);
                     }
                 }

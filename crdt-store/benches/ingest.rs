@@ -18,6 +18,8 @@
 //! - `RHIZOME_BENCH_DIR` where the stores are created [`<target>/tmp`]
 //! - `RHIZOME_BENCH_OUT` the JSON-lines file [`<target>/bench/ingest.jsonl`]
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::sync::Barrier;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{env_list, env_usize};
 use crdt_store::{
     DocName, MAX_GROUP_RECORDS, RunRecord, RunStatus, STORE_QUEUE_CAP, StepRecord, Store,
     StoreConfig, StoreHandle, Window,
@@ -119,31 +122,6 @@ impl Params {
             "sections": self.sections,
             "dir": self.dir,
         })
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a count")),
-        Err(_) => default,
-    }
-}
-
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a list of counts"))
-            })
-            .collect(),
-        Err(_) => default.to_vec(),
     }
 }
 

@@ -3,7 +3,13 @@
 //! Concurrency is designed into the shapes. Everything that two nodes may write at once lives
 //! under a map key of its own (a node's registry entry, a workflow step, a run record), so that
 //! concurrent writes touch different keys and all of them survive the merge. A scalar written
-//! concurrently (a workflow's description) ends with one of the written values on every replica.
+//! concurrently ends with one of the written values on every replica.
+//!
+//! A workflow definition is the exception to merging: it is one atomic value per version (a
+//! JSON text under one key), because a definition merged field by field from two versions is a
+//! definition nobody wrote or validated. Versions written concurrently stand side by side as
+//! an Automerge conflict until one is applied over them; [`WorkflowVersions`] reads them all
+//! and resolves them by the workflow's [`ConflictPolicy`].
 //!
 //! Every document starts from a *genesis* change that all nodes produce byte for byte (fixed
 //! actor, time zero, content derived from the name only). Two nodes that create the same document
@@ -23,28 +29,54 @@ use crate::names::{DocKind, DocName};
 const GENESIS_ACTOR: &[u8] = b"rhizome-genesis";
 
 /// A Rust type that is the content of one document kind.
-pub trait TypedDoc: Reconcile + Hydrate + Sized {
+pub trait TypedDoc: Sized {
     /// The kind of document this type describes.
     const KIND: DocKind;
 
     /// The content a document of this name starts with on every node.
     fn genesis(name: &DocName) -> Self;
+
+    /// Reads the value out of a document.
+    fn read_from(doc: &AutoCommit) -> Result<Self, autosurgeon::HydrateError>;
+
+    /// Writes the value into a document as the smallest set of changes.
+    fn write_to(&self, doc: &mut AutoCommit) -> Result<(), autosurgeon::ReconcileError>;
+}
+
+/// [`TypedDoc`] for a type whose fields Automerge merges key by key, as autosurgeon maps them.
+macro_rules! merged_by_key {
+    ($type:ty, $kind:expr, $genesis:expr) => {
+        impl TypedDoc for $type {
+            const KIND: DocKind = $kind;
+            fn genesis(name: &DocName) -> Self {
+                $genesis(name)
+            }
+            fn read_from(doc: &AutoCommit) -> Result<Self, autosurgeon::HydrateError> {
+                autosurgeon::hydrate(doc)
+            }
+            fn write_to(&self, doc: &mut AutoCommit) -> Result<(), autosurgeon::ReconcileError> {
+                autosurgeon::reconcile(doc, self)
+            }
+        }
+    };
 }
 
 /// Creates the genesis of a document: the same bytes on every node for the same name.
 pub fn genesis_doc<T: TypedDoc>(name: &DocName) -> Result<AutoCommit> {
     let mut doc = AutoCommit::new().with_actor(ActorId::from(GENESIS_ACTOR));
-    autosurgeon::reconcile(&mut doc, T::genesis(name)).map_err(|e| StoreError::Write {
-        doc: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    T::genesis(name)
+        .write_to(&mut doc)
+        .map_err(|e| StoreError::Write {
+            doc: name.to_string(),
+            reason: e.to_string(),
+        })?;
     doc.commit_with(CommitOptions::default().with_time(0));
     Ok(doc)
 }
 
 /// Reads a typed value out of a document.
 pub fn hydrate<T: TypedDoc>(name: &DocName, doc: &AutoCommit) -> Result<T> {
-    autosurgeon::hydrate(doc).map_err(|e| StoreError::Shape {
+    T::read_from(doc).map_err(|e| StoreError::Shape {
         doc: name.to_string(),
         kind: T::KIND.as_str(),
         reason: e.to_string(),
@@ -53,7 +85,7 @@ pub fn hydrate<T: TypedDoc>(name: &DocName, doc: &AutoCommit) -> Result<T> {
 
 /// Writes a typed value into a document as the smallest set of changes.
 pub fn reconcile<T: TypedDoc>(name: &DocName, doc: &mut AutoCommit, value: &T) -> Result<()> {
-    autosurgeon::reconcile(doc, value).map_err(|e| StoreError::Write {
+    value.write_to(doc).map_err(|e| StoreError::Write {
         doc: name.to_string(),
         reason: e.to_string(),
     })
@@ -245,18 +277,85 @@ pub struct Revocation {
     pub reason: String,
 }
 
-impl TypedDoc for MeshRegistry {
-    const KIND: DocKind = DocKind::Mesh;
-    fn genesis(_: &DocName) -> Self {
-        MeshRegistry::default()
-    }
-}
+merged_by_key!(MeshRegistry, DocKind::Mesh, |_: &DocName| {
+    MeshRegistry::default()
+});
 
 // ---------------------------------------------------------------------------------------------
 // workflow
 
-/// A workflow definition as replicated: a DAG of steps keyed by step id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+/// The root key holding a workflow's definition: one JSON string per version, so that two
+/// versions applied concurrently are two values of one key (an Automerge conflict that
+/// [`WorkflowVersions`] exposes), never a field-by-field merge into a definition nobody wrote.
+pub const DEFINITION_KEY: &str = "definition";
+
+/// Largest encoded workflow definition, in bytes: larger ones are refused when written and
+/// not read when they arrive from a peer.
+pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of collections in a workflow definition (JSON arrays and objects, YAML
+/// sequences and mappings): the step configurations the agents take need a handful of levels,
+/// and parsers' cost and stack grow with depth.
+pub const MAX_DEFINITION_DEPTH: usize = 64;
+
+/// Keys of the layout before definitions were atomic (every field a key of the root), read
+/// when a document has no [`DEFINITION_KEY`] yet and deleted by the first write of the new one.
+const LEGACY_KEYS: [&str; 9] = [
+    "version",
+    "description",
+    "trigger",
+    "target",
+    "steps",
+    "timeout_ms",
+    "max_concurrent",
+    "updated_by",
+    "updated_ms",
+];
+
+/// How the versions of a workflow that were applied concurrently are resolved.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The version written last wins, by (`updated_ms`, `updated_by`), then by its encoded text:
+    /// every replica orders the same values the same way.
+    #[default]
+    LastWrite,
+    /// A version written by a node holding the `control` role wins over the others (the last
+    /// written among them); without one, as [`ConflictPolicy::LastWrite`].
+    ControlWins,
+    /// Nothing wins: the competing versions are shown until someone applies a new one.
+    Manual,
+}
+
+impl ConflictPolicy {
+    /// The policy as written in workflow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::LastWrite => "last_write",
+            ConflictPolicy::ControlWins => "control_wins",
+            ConflictPolicy::Manual => "manual",
+        }
+    }
+
+    /// Reads a policy as written in workflow files.
+    pub fn parse(text: &str) -> Option<ConflictPolicy> {
+        [
+            ConflictPolicy::LastWrite,
+            ConflictPolicy::ControlWins,
+            ConflictPolicy::Manual,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+    }
+}
+
+/// A workflow definition as replicated: a DAG of steps keyed by step id. A document holds it
+/// as one atomic value ([`DEFINITION_KEY`]); reading a `WorkflowDoc` gives the newest version
+/// by the last-write order, whatever the policy. What a node runs is decided by
+/// [`WorkflowVersions::resolve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowDoc {
     /// The workflow id (the `<id>` of `workflow/<id>`).
     pub id: String,
@@ -274,10 +373,321 @@ pub struct WorkflowDoc {
     pub timeout_ms: u64,
     /// How many runs of this workflow may be in flight on one node.
     pub max_concurrent: u32,
-    /// Who applied the last version (node id).
+    /// How concurrent versions are resolved (absent in definitions older than policies).
+    #[serde(default)]
+    pub conflict: ConflictPolicy,
+    /// Who applied this version (node id).
     pub updated_by: String,
     /// When, milliseconds since the Unix epoch.
     pub updated_ms: i64,
+}
+
+impl WorkflowDoc {
+    /// What a workflow that was never applied reads as.
+    fn unapplied(id: &str) -> WorkflowDoc {
+        WorkflowDoc {
+            id: id.to_owned(),
+            ..WorkflowDoc::default()
+        }
+    }
+
+    /// The definition as stored: one JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a workflow definition always encodes")
+    }
+
+    /// Checks that the definition fits in a document ([`MAX_DEFINITION_BYTES`]); writers call
+    /// this before storing, as readers refuse a larger one.
+    pub fn check_size(&self) -> Result<(), BoundsError> {
+        let bytes = self.encode().len();
+        if bytes > MAX_DEFINITION_BYTES {
+            return Err(BoundsError::TooLarge {
+                bytes,
+                limit: MAX_DEFINITION_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes a stored definition of workflow `id`, bounded before parsing.
+    fn decode(id: &str, text: &str) -> Result<WorkflowDoc, String> {
+        check_json_bounds(text, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH)
+            .map_err(|e| format!("the definition is refused unread: {e}"))?;
+        let doc: WorkflowDoc = serde_json::from_str(text)
+            .map_err(|e| format!("the definition is not a workflow definition: {e}"))?;
+        if doc.id != id {
+            return Err(format!(
+                "the definition is of workflow `{}`, not `{id}`",
+                doc.id
+            ));
+        }
+        Ok(doc)
+    }
+}
+
+/// A size or nesting limit that a text exceeds, found before parsing it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    /// The text is longer than the limit.
+    #[error("{bytes} bytes exceed the limit of {limit} bytes")]
+    TooLarge {
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Collections nest deeper than the limit.
+    #[error("nesting exceeds the limit of {limit} levels at line {line}, column {column}")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+        /// Where the limit was exceeded, 1-based.
+        line: usize,
+        /// The column (in characters), 1-based.
+        column: usize,
+    },
+}
+
+/// Checks a JSON text's length and the nesting of its arrays and objects, in one pass that
+/// costs the same whatever the text holds, so that a hostile text is refused before a parser
+/// spends time or stack on it. Brackets inside strings do not count.
+pub fn check_json_bounds(
+    text: &str,
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<(), BoundsError> {
+    if text.len() > max_bytes {
+        return Err(BoundsError::TooLarge {
+            bytes: text.len(),
+            limit: max_bytes,
+        });
+    }
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        column += 1;
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(BoundsError::TooDeep {
+                        limit: max_depth,
+                        line,
+                        column,
+                    });
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '\n' => {
+                line += 1;
+                column = 0;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A stored value of a workflow's definition that is not a definition this node can read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedVersion {
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// Why it was not read.
+    pub reason: String,
+}
+
+/// Every version of a workflow that stands in its document: one, or several applied
+/// concurrently that nobody has resolved by applying again (an Automerge conflict on
+/// [`DEFINITION_KEY`]), or none before the first apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowVersions {
+    /// The workflow id.
+    pub id: String,
+    /// The readable versions, newest first by the last-write order.
+    pub versions: Vec<WorkflowDoc>,
+    /// Values that are not readable definitions (too large, too deep, not JSON, another
+    /// workflow's); they take no part in resolving.
+    pub rejected: Vec<RejectedVersion>,
+}
+
+/// What a workflow's versions come to under its conflict policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution<'a> {
+    /// No readable version: never applied, or only rejected values.
+    Unapplied,
+    /// The version in effect (the only one, or the policy's winner).
+    Resolved(&'a WorkflowDoc),
+    /// Versions that compete under the `manual` policy, newest first.
+    Competing(&'a [WorkflowDoc]),
+}
+
+impl WorkflowVersions {
+    /// Whether concurrent versions stand unresolved (by a new apply).
+    pub fn in_conflict(&self) -> bool {
+        self.versions.len() + self.rejected.len() > 1
+    }
+
+    /// The newest readable version by the last-write order.
+    pub fn latest(&self) -> Option<&WorkflowDoc> {
+        self.versions.first()
+    }
+
+    /// The policy that decides between the competing versions: the most cautious any of them
+    /// asks for (`manual`, then `control_wins`, then `last_write`), so that every replica uses
+    /// the same one and a version asking for a manual decision is never overruled silently.
+    pub fn policy(&self) -> ConflictPolicy {
+        self.versions
+            .iter()
+            .map(|v| v.conflict)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The version in effect under the policy. `is_control` says whether a writer (node id)
+    /// holds the `control` role; every replica must answer alike for the same winner.
+    pub fn resolve(&self, is_control: impl Fn(&str) -> bool) -> Resolution<'_> {
+        match self.versions.as_slice() {
+            [] => Resolution::Unapplied,
+            [only] => Resolution::Resolved(only),
+            all => match self.policy() {
+                ConflictPolicy::LastWrite => Resolution::Resolved(&all[0]),
+                ConflictPolicy::ControlWins => Resolution::Resolved(
+                    all.iter()
+                        .find(|v| is_control(&v.updated_by))
+                        .unwrap_or(&all[0]),
+                ),
+                ConflictPolicy::Manual => Resolution::Competing(all),
+            },
+        }
+    }
+
+    /// Reads the versions standing in a workflow document.
+    fn read(doc: &AutoCommit) -> Result<WorkflowVersions, autosurgeon::HydrateError> {
+        use automerge::{ROOT, ReadDoc, ScalarValue, Value};
+        let obj = &ROOT;
+        let id: String = autosurgeon::hydrate_prop(doc, obj, "id")?;
+        let values = doc.get_all(obj, DEFINITION_KEY)?;
+        let mut read = WorkflowVersions {
+            id,
+            ..WorkflowVersions::default()
+        };
+        if values.is_empty() {
+            if doc.get(obj, "steps")?.is_some() {
+                match LegacyWorkflow::hydrate_map(doc, obj) {
+                    // The old genesis wrote every field: a workflow never applied has no steps.
+                    Ok(legacy) if legacy.steps.is_empty() && legacy.version == 0 => {}
+                    Ok(legacy) => read.versions.push(legacy.into()),
+                    Err(e) => read.rejected.push(RejectedVersion {
+                        bytes: 0,
+                        reason: format!("a definition in the old layout that cannot be read: {e}"),
+                    }),
+                }
+            }
+            return Ok(read);
+        }
+        let mut decoded: Vec<(WorkflowDoc, String)> = Vec::new();
+        for (value, _) in values {
+            match value {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(text) => match WorkflowDoc::decode(&read.id, text) {
+                        Ok(doc) => decoded.push((doc, text.to_string())),
+                        Err(reason) => read.rejected.push(RejectedVersion {
+                            bytes: text.len(),
+                            reason,
+                        }),
+                    },
+                    other => read.rejected.push(RejectedVersion {
+                        bytes: 0,
+                        reason: format!("the definition is a {other:?}, not a JSON text"),
+                    }),
+                },
+                Value::Object(kind) => read.rejected.push(RejectedVersion {
+                    bytes: 0,
+                    reason: format!("the definition is a {kind:?} object, not a JSON text"),
+                }),
+            }
+        }
+        decoded.sort_by(|(a, a_text), (b, b_text)| {
+            (b.updated_ms, &b.updated_by, b_text).cmp(&(a.updated_ms, &a.updated_by, a_text))
+        });
+        decoded.dedup_by(|(_, a), (_, b)| a == b);
+        read.versions = decoded.into_iter().map(|(doc, _)| doc).collect();
+        Ok(read)
+    }
+}
+
+/// The version that every competing value of a workflow's definition replaced, when they all
+/// replaced the same one: what the fleet agreed on before versions were applied concurrently
+/// (each value's change depends on the heads its writer had, at which exactly what it replaced
+/// stood). `None` without a conflict, or when the writers started from different versions.
+pub fn workflow_base(doc: &AutoCommit) -> Option<WorkflowDoc> {
+    use automerge::{ROOT, ReadDoc, ScalarValue, Value};
+    let values = doc.get_all(ROOT, DEFINITION_KEY).ok()?;
+    if values.len() < 2 {
+        return None;
+    }
+    let mut base: Option<(automerge::ObjId, String)> = None;
+    for (_, op) in &values {
+        let change = doc.get_change_by_hash(&doc.hash_for_opid(op)?)?;
+        let replaced = doc.get_all_at(ROOT, DEFINITION_KEY, change.deps()).ok()?;
+        let [(Value::Scalar(value), replaced_op)] = replaced.as_slice() else {
+            return None;
+        };
+        let ScalarValue::Str(text) = value.as_ref() else {
+            return None;
+        };
+        match &base {
+            None => base = Some((replaced_op.clone(), text.to_string())),
+            Some((seen, _)) if seen == replaced_op => {}
+            Some(_) => return None,
+        }
+    }
+    let id: String = autosurgeon::hydrate_prop(doc, ROOT, "id").ok()?;
+    WorkflowDoc::decode(&id, &base?.1).ok()
+}
+
+/// A definition in the layout before definitions were atomic.
+#[derive(Debug, Hydrate)]
+struct LegacyWorkflow {
+    id: String,
+    version: u64,
+    description: String,
+    trigger: String,
+    target: Target,
+    steps: BTreeMap<String, StepDef>,
+    timeout_ms: u64,
+    max_concurrent: u32,
+    updated_by: String,
+    updated_ms: i64,
+}
+
+impl From<LegacyWorkflow> for WorkflowDoc {
+    fn from(w: LegacyWorkflow) -> WorkflowDoc {
+        WorkflowDoc {
+            id: w.id,
+            version: w.version,
+            description: w.description,
+            trigger: w.trigger,
+            target: w.target,
+            steps: w.steps,
+            timeout_ms: w.timeout_ms,
+            max_concurrent: w.max_concurrent,
+            conflict: ConflictPolicy::LastWrite,
+            updated_by: w.updated_by,
+            updated_ms: w.updated_ms,
+        }
+    }
 }
 
 /// A selector of nodes. Empty lists select everything; non-empty lists must all match.
@@ -310,16 +720,75 @@ pub struct StepDef {
     pub backoff_ms: u64,
 }
 
+fn workflow_id_of(name: &DocName) -> String {
+    match name {
+        DocName::Workflow { id } => id.clone(),
+        _ => String::new(),
+    }
+}
+
 impl TypedDoc for WorkflowDoc {
     const KIND: DocKind = DocKind::Workflow;
+
     fn genesis(name: &DocName) -> Self {
-        let id = match name {
-            DocName::Workflow { id } => id.clone(),
-            _ => String::new(),
+        WorkflowDoc::unapplied(&workflow_id_of(name))
+    }
+
+    fn read_from(doc: &AutoCommit) -> Result<Self, autosurgeon::HydrateError> {
+        let read = WorkflowVersions::read(doc)?;
+        Ok(match read.versions.into_iter().next() {
+            Some(latest) => latest,
+            None => WorkflowDoc::unapplied(&read.id),
+        })
+    }
+
+    /// Writes the definition over every version standing, unless it is the one reading gives:
+    /// a write that changes nothing leaves competing versions in place.
+    fn write_to(&self, doc: &mut AutoCommit) -> Result<(), autosurgeon::ReconcileError> {
+        use automerge::{ROOT, ReadDoc, transaction::Transactable};
+        // The id is the genesis's; rewriting it would orphan every stored definition.
+        if doc.get(ROOT, "id")?.is_none() {
+            doc.put(ROOT, "id", self.id.as_str())?;
+        }
+        let in_effect = match WorkflowVersions::read(doc) {
+            Ok(read) => read.versions.into_iter().next(),
+            Err(_) => None,
         };
-        WorkflowDoc {
-            id,
-            ..WorkflowDoc::default()
+        if *self == in_effect.unwrap_or_else(|| WorkflowDoc::unapplied(&self.id)) {
+            return Ok(());
+        }
+        doc.put(ROOT, DEFINITION_KEY, self.encode())?;
+        for key in LEGACY_KEYS {
+            if doc.get(ROOT, key)?.is_some() {
+                doc.delete(ROOT, key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The same document as [`WorkflowDoc`], read with every competing version; its genesis is
+/// byte for byte the same.
+impl TypedDoc for WorkflowVersions {
+    const KIND: DocKind = DocKind::Workflow;
+
+    fn genesis(name: &DocName) -> Self {
+        WorkflowVersions {
+            id: workflow_id_of(name),
+            ..WorkflowVersions::default()
+        }
+    }
+
+    fn read_from(doc: &AutoCommit) -> Result<Self, autosurgeon::HydrateError> {
+        WorkflowVersions::read(doc)
+    }
+
+    /// Writes the only version there is. Several versions are what a merge produces, not
+    /// something to write: they write nothing (apply one to resolve them).
+    fn write_to(&self, doc: &mut AutoCommit) -> Result<(), autosurgeon::ReconcileError> {
+        match self.versions.as_slice() {
+            [only] => only.write_to(doc),
+            _ => WorkflowDoc::unapplied(&self.id).write_to(doc),
         }
     }
 }
@@ -462,19 +931,14 @@ impl RunRecord {
     }
 }
 
-impl TypedDoc for ResultsDoc {
-    const KIND: DocKind = DocKind::Results;
-    fn genesis(name: &DocName) -> Self {
-        match name {
-            DocName::Results { node, window } => ResultsDoc {
-                node: node.clone(),
-                window: window.to_string(),
-                runs: BTreeMap::new(),
-            },
-            _ => ResultsDoc::default(),
-        }
-    }
-}
+merged_by_key!(ResultsDoc, DocKind::Results, |name: &DocName| match name {
+    DocName::Results { node, window } => ResultsDoc {
+        node: node.clone(),
+        window: window.to_string(),
+        runs: BTreeMap::new(),
+    },
+    _ => ResultsDoc::default(),
+});
 
 // ---------------------------------------------------------------------------------------------
 // rollup
@@ -530,19 +994,14 @@ pub struct RunSummary {
     pub last_run_id: String,
 }
 
-impl TypedDoc for RollupDoc {
-    const KIND: DocKind = DocKind::Rollup;
-    fn genesis(name: &DocName) -> Self {
-        match name {
-            DocName::Rollup { window, .. } => RollupDoc {
-                zone: name.rollup_zone().unwrap_or_default(),
-                window: window.to_string(),
-                summaries: BTreeMap::new(),
-            },
-            _ => RollupDoc::default(),
-        }
-    }
-}
+merged_by_key!(RollupDoc, DocKind::Rollup, |name: &DocName| match name {
+    DocName::Rollup { window, .. } => RollupDoc {
+        zone: name.rollup_zone().unwrap_or_default(),
+        window: window.to_string(),
+        summaries: BTreeMap::new(),
+    },
+    _ => RollupDoc::default(),
+});
 
 #[cfg(test)]
 mod tests {
@@ -593,6 +1052,255 @@ mod tests {
         assert!(
             err.contains("workflow/w") && err.contains("results"),
             "{err}"
+        );
+    }
+
+    fn version(writer: &str, ms: i64, description: &str, conflict: ConflictPolicy) -> WorkflowDoc {
+        WorkflowDoc {
+            id: "w".into(),
+            version: 2,
+            description: description.into(),
+            trigger: "manual".into(),
+            steps: BTreeMap::from([(
+                "a".into(),
+                StepDef {
+                    agent: "noop".into(),
+                    config: "null".into(),
+                    ..StepDef::default()
+                },
+            )]),
+            max_concurrent: 1,
+            conflict,
+            updated_by: writer.into(),
+            updated_ms: ms,
+            ..WorkflowDoc::default()
+        }
+    }
+
+    /// A document holding `base`, then one fork per version writing it concurrently, merged.
+    fn concurrent(base: Option<&WorkflowDoc>, versions: &[WorkflowDoc]) -> AutoCommit {
+        let name = DocName::workflow("w").unwrap();
+        let mut doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        if let Some(base) = base {
+            doc.set_actor(ActorId::from(b"base".as_slice()));
+            reconcile(&name, &mut doc, base).unwrap();
+            doc.commit();
+        }
+        let mut forks: Vec<AutoCommit> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut fork = doc.fork().with_actor(ActorId::from(vec![i as u8 + 1]));
+                reconcile(&name, &mut fork, v).unwrap();
+                fork.commit();
+                fork
+            })
+            .collect();
+        for fork in &mut forks {
+            doc.merge(fork).unwrap();
+        }
+        doc
+    }
+
+    #[test]
+    fn concurrent_versions_are_a_conflict_on_one_key_never_a_merge() {
+        use automerge::{ROOT, ReadDoc};
+        let a = version("node-a", 10, "from a", ConflictPolicy::LastWrite);
+        let mut b = version("node-b", 20, "from b", ConflictPolicy::LastWrite);
+        b.trigger = "every 30s".into();
+        let base = version("node-c", 1, "base", ConflictPolicy::LastWrite);
+        let mut doc = concurrent(Some(&base), &[a.clone(), b.clone()]);
+        assert_eq!(doc.get_all(ROOT, DEFINITION_KEY).unwrap().len(), 2);
+        let name = DocName::workflow("w").unwrap();
+        let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
+        assert_eq!(read.versions, vec![b.clone(), a.clone()], "newest first");
+        assert!(read.in_conflict());
+        // What a plain read gives is one of the written versions, whole.
+        assert_eq!(hydrate::<WorkflowDoc>(&name, &doc).unwrap(), b);
+        assert_eq!(workflow_base(&doc), Some(base));
+
+        // Writing what is already read changes nothing: the conflict stays.
+        let heads = doc.get_heads();
+        let latest: WorkflowDoc = hydrate(&name, &doc).unwrap();
+        reconcile(&name, &mut doc, &latest).unwrap();
+        doc.commit();
+        assert_eq!(doc.get_heads(), heads);
+        // A new version replaces them all.
+        let next = version("node-a", 30, "resolved", ConflictPolicy::LastWrite);
+        reconcile(&name, &mut doc, &next).unwrap();
+        doc.commit();
+        let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
+        assert_eq!(read.versions, vec![next]);
+        assert!(!read.in_conflict());
+    }
+
+    #[test]
+    fn each_policy_picks_what_it_promises() {
+        let name = DocName::workflow("w").unwrap();
+        let versions = |policy_a, policy_b| {
+            let a = version("node-a", 50, "from a", policy_a);
+            let b = version("node-b", 50, "from b", policy_b);
+            let doc = concurrent(None, &[a.clone(), b.clone()]);
+            (hydrate::<WorkflowVersions>(&name, &doc).unwrap(), a, b)
+        };
+        // Same time: the writer id decides, the same way on every replica.
+        let (read, _, b) = versions(ConflictPolicy::LastWrite, ConflictPolicy::LastWrite);
+        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&b));
+        // control_wins: the control writer's version, however old; without one, last write.
+        let (read, a, b) = versions(ConflictPolicy::ControlWins, ConflictPolicy::LastWrite);
+        assert_eq!(read.policy(), ConflictPolicy::ControlWins);
+        assert_eq!(read.resolve(|w| w == "node-a"), Resolution::Resolved(&a));
+        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&b));
+        // manual: nothing wins, every version is shown; the most cautious policy applies.
+        let (read, a, b) = versions(ConflictPolicy::LastWrite, ConflictPolicy::Manual);
+        assert_eq!(read.policy(), ConflictPolicy::Manual);
+        let competing = [b, a];
+        assert_eq!(read.resolve(|_| true), Resolution::Competing(&competing));
+        // One version is always in effect, whatever its policy.
+        let only = version("node-a", 1, "only", ConflictPolicy::Manual);
+        let doc = concurrent(None, std::slice::from_ref(&only));
+        let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
+        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&only));
+        let never: WorkflowVersions =
+            hydrate(&name, &genesis_doc::<WorkflowVersions>(&name).unwrap()).unwrap();
+        assert_eq!(never.resolve(|_| false), Resolution::Unapplied);
+    }
+
+    #[test]
+    fn both_workflow_types_start_from_the_same_genesis() {
+        let name = DocName::workflow("w").unwrap();
+        let mut a = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        let mut b = genesis_doc::<WorkflowVersions>(&name).unwrap();
+        assert_eq!(a.save(), b.save());
+        assert_eq!(
+            hydrate::<WorkflowDoc>(&name, &a).unwrap(),
+            WorkflowDoc::unapplied("w")
+        );
+    }
+
+    #[test]
+    fn unreadable_definitions_are_rejected_with_a_reason_not_run() {
+        use automerge::{ROOT, transaction::Transactable};
+        let name = DocName::workflow("w").unwrap();
+        let good = version("node-a", 1, "good", ConflictPolicy::LastWrite);
+        let mut doc = genesis_doc::<WorkflowDoc>(&name).unwrap();
+        let mut writer = doc.fork().with_actor(ActorId::from(b"good".as_slice()));
+        reconcile(&name, &mut writer, &good).unwrap();
+        writer.commit();
+        let mut other = doc.fork().with_actor(ActorId::from(b"peer".as_slice()));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        other.put(ROOT, DEFINITION_KEY, deep).unwrap();
+        other.commit();
+        let mut huge = doc.fork().with_actor(ActorId::from(b"huge".as_slice()));
+        huge.put(ROOT, DEFINITION_KEY, "x".repeat(MAX_DEFINITION_BYTES + 1))
+            .unwrap();
+        huge.commit();
+        let mut foreign = doc.fork().with_actor(ActorId::from(b"foreign".as_slice()));
+        let mut elsewhere = good.clone();
+        elsewhere.id = "other".into();
+        foreign
+            .put(ROOT, DEFINITION_KEY, elsewhere.encode())
+            .unwrap();
+        foreign.commit();
+        for fork in [&mut writer, &mut other, &mut huge, &mut foreign] {
+            doc.merge(fork).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(read.versions, vec![good.clone()]);
+        let reasons: Vec<&str> = read.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r.contains("limit of 64 levels")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("limit of 1048576 bytes")),
+            "{reasons:?}"
+        );
+        assert!(reasons.iter().any(|r| r.contains("not `w`")), "{reasons:?}");
+        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&good));
+        let mut too_big = good;
+        too_big.description = "x".repeat(MAX_DEFINITION_BYTES);
+        assert!(
+            too_big
+                .check_size()
+                .unwrap_err()
+                .to_string()
+                .contains("1048576")
+        );
+    }
+
+    #[test]
+    fn definitions_in_the_old_layout_are_read_and_replaced_by_the_first_write() {
+        let name = DocName::workflow("w").unwrap();
+        let mut doc = AutoCommit::new();
+        let old = LegacyShape {
+            id: "w".into(),
+            version: 3,
+            description: "old".into(),
+            trigger: "manual".into(),
+            target: Target::default(),
+            steps: BTreeMap::from([("a".into(), StepDef::default())]),
+            timeout_ms: 0,
+            max_concurrent: 1,
+            updated_by: "n1".into(),
+            updated_ms: 7,
+        };
+        autosurgeon::reconcile(&mut doc, &old).unwrap();
+        doc.commit();
+        let read: WorkflowDoc = hydrate(&name, &doc).unwrap();
+        assert_eq!((read.version, read.description.as_str()), (3, "old"));
+        let next = version("n2", 9, "new", ConflictPolicy::Manual);
+        reconcile(&name, &mut doc, &next).unwrap();
+        doc.commit();
+        assert_eq!(hydrate::<WorkflowDoc>(&name, &doc).unwrap(), next);
+        use automerge::{ROOT, ReadDoc};
+        assert!(doc.get(ROOT, "steps").unwrap().is_none());
+    }
+
+    /// The old layout, as the previous build wrote it.
+    #[derive(Reconcile)]
+    struct LegacyShape {
+        id: String,
+        version: u64,
+        description: String,
+        trigger: String,
+        target: Target,
+        steps: BTreeMap<String, StepDef>,
+        timeout_ms: u64,
+        max_concurrent: u32,
+        updated_by: String,
+        updated_ms: i64,
+    }
+
+    #[test]
+    fn json_bounds_are_checked_before_parsing() {
+        let ok = r#"{"a": [1, {"b": "[[[[ in a string \" ]"}]}"#;
+        assert_eq!(check_json_bounds(ok, 1 << 10, 3), Ok(()));
+        assert_eq!(
+            check_json_bounds(ok, 1 << 10, 2),
+            Err(BoundsError::TooDeep {
+                limit: 2,
+                line: 1,
+                column: 11
+            })
+        );
+        assert_eq!(
+            check_json_bounds(ok, 10, 8),
+            Err(BoundsError::TooLarge {
+                bytes: ok.len(),
+                limit: 10
+            })
+        );
+        let deep = "[".repeat(100_000);
+        let started = std::time::Instant::now();
+        let err = check_json_bounds(&format!("\n{deep}"), usize::MAX, 64).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        assert_eq!(
+            err.to_string(),
+            "nesting exceeds the limit of 64 levels at line 2, column 65"
         );
     }
 

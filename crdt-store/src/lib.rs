@@ -20,8 +20,10 @@ mod store;
 
 pub use automerge;
 pub use docs::{
-    MeshRegistry, NodeEntry, ResultsDoc, Revocation, RollupDoc, RunRecord, RunStatus, RunSummary,
-    StepDef, StepRecord, Target, TypedDoc, WorkflowDoc,
+    BoundsError, ConflictPolicy, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH, MeshRegistry,
+    NodeEntry, RejectedVersion, Resolution, ResultsDoc, Revocation, RollupDoc, RunRecord,
+    RunStatus, RunSummary, StepDef, StepRecord, Target, TypedDoc, WorkflowDoc, WorkflowVersions,
+    check_json_bounds, workflow_base,
 };
 pub use error::{Result, StoreError};
 pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};

@@ -2,7 +2,7 @@
 //! API, exchange Automerge sync messages in random orders and groupings, and must end with
 //! identical heads and identical typed values, keeping every edit that the merge rules promise.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use automerge::sync::{State as SyncState, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
@@ -10,8 +10,9 @@ use crdt_store::samod_core::StorageKey;
 use crdt_store::samod_core::io::StorageTask;
 use crdt_store::{
     ChangeTime, DocName, MeshRegistry, NodeEntry, Revocation, RollupDoc, RunRecord, RunStatus,
-    StepDef, Store, StoreConfig, TypedDoc, Window, WorkflowDoc,
+    StepDef, Store, StoreConfig, Target, TypedDoc, Window, WorkflowDoc,
 };
+use crdt_store::{ConflictPolicy, Resolution, WorkflowVersions};
 use proptest::prelude::*;
 
 const WINDOW: Window = Window {
@@ -124,20 +125,7 @@ fn run<T: TypedDoc + PartialEq + std::fmt::Debug>(
                     .unwrap();
             }
             Step::Sync { group, order_seed } => {
-                // A deterministic shuffle of the pairs inside the group.
-                let group: Vec<usize> = group.iter().copied().filter(|g| *g < replicas).collect();
-                let mut pairs: Vec<(usize, usize)> = group
-                    .iter()
-                    .flat_map(|a| group.iter().filter(move |b| a < *b).map(move |b| (*a, *b)))
-                    .collect();
-                let mut seed = *order_seed;
-                for i in (1..pairs.len()).rev() {
-                    seed = seed
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    pairs.swap(i, (seed >> 33) as usize % (i + 1));
-                }
-                for (a, b) in pairs {
+                for (a, b) in sync_order(group, replicas, *order_seed) {
                     let (left, right) = stores.split_at_mut(b);
                     sync_pair(&mut left[a], &mut right[0], name);
                 }
@@ -167,6 +155,89 @@ fn run<T: TypedDoc + PartialEq + std::fmt::Debug>(
         assert_eq!(values[i], values[0], "replica {i} value differs");
     }
     values
+}
+
+/// The pairs of a sync step in the order they sync: a deterministic shuffle of the pairs
+/// inside the group.
+fn sync_order(group: &[usize], replicas: usize, order_seed: u64) -> Vec<(usize, usize)> {
+    let group: Vec<usize> = group.iter().copied().filter(|g| *g < replicas).collect();
+    let mut pairs: Vec<(usize, usize)> = group
+        .iter()
+        .flat_map(|a| group.iter().filter(move |b| a < *b).map(move |b| (*a, *b)))
+        .collect();
+    let mut seed = order_seed;
+    for i in (1..pairs.len()).rev() {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        pairs.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    pairs
+}
+
+/// A whole definition, as one replica applies it: every field may differ from the last one,
+/// so that a merge of two could be told from either.
+fn written_version(replica: usize, write: usize, choice: u8, arg: u8) -> WorkflowDoc {
+    let policy = match choice % 3 {
+        0 => ConflictPolicy::LastWrite,
+        1 => ConflictPolicy::ControlWins,
+        _ => ConflictPolicy::Manual,
+    };
+    let steps = (0..=arg % 3)
+        .map(|i| {
+            (
+                format!("step-{write}-{i}"),
+                StepDef {
+                    agent: "threshold".into(),
+                    config: format!("{{\"above\":{arg}}}"),
+                    inputs: vec!["input".into()],
+                    ..StepDef::default()
+                },
+            )
+        })
+        .collect();
+    WorkflowDoc {
+        id: "pipeline".into(),
+        version: write as u64 + 1,
+        description: format!("write {write} by {replica}"),
+        trigger: format!("every {}s", 1 + arg % 5),
+        target: Target {
+            tags: vec![format!("tag-{write}")],
+            ..Target::default()
+        },
+        steps,
+        timeout_ms: u64::from(arg),
+        max_concurrent: 1 + u32::from(arg % 4),
+        conflict: policy,
+        updated_by: format!("node-{replica}"),
+        // Few distinct times, so that ties (broken by writer, then text) are common.
+        updated_ms: i64::from(arg % 4),
+    }
+}
+
+/// The writes that no later write has replaced: a write replaces everything its writer had
+/// seen, and a sync shares what both sides had seen.
+fn standing_writes(steps: &[Step], replicas: usize) -> BTreeSet<usize> {
+    let mut seen: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); replicas];
+    let mut replaced = BTreeSet::new();
+    let mut writes = 0;
+    for step in steps {
+        match step {
+            Step::Edit { replica, .. } => {
+                replaced.extend(seen[*replica].iter().copied());
+                seen[*replica].insert(writes);
+                writes += 1;
+            }
+            Step::Sync { group, order_seed } => {
+                for (a, b) in sync_order(group, replicas, *order_seed) {
+                    let both: BTreeSet<usize> = seen[a].union(&seen[b]).copied().collect();
+                    seen[a] = both.clone();
+                    seen[b] = both;
+                }
+            }
+        }
+    }
+    (0..writes).filter(|w| !replaced.contains(w)).collect()
 }
 
 fn edits_by(steps: &[Step]) -> Vec<(usize, u8, u8)> {
@@ -216,41 +287,61 @@ proptest! {
         prop_assert_eq!(present, writers);
     }
 
+    /// Replicas apply whole versions concurrently and merge in random orders: they end with
+    /// the same versions standing, exactly the writes nobody replaced, each exactly as written
+    /// (never a mix of two), and resolve them alike under every policy.
     #[test]
-    fn workflow_converges(replicas in 2usize..5, steps in schedule(4)) {
+    fn workflow_versions_stay_atomic_and_resolve_alike(
+        replicas in 2usize..4,
+        steps in schedule(3),
+    ) {
         let steps: Vec<Step> = steps.into_iter().filter(|s| valid_for(s, replicas)).collect();
         let name = DocName::workflow("pipeline").unwrap();
-        let values = run::<WorkflowDoc>(&name, replicas, &steps, |r, choice, arg, wf| {
-            wf.version += 1;
-            match choice % 4 {
-                0 => wf.description = format!("set by {r}: {arg}"),
-                1 => {
-                    // Each replica owns a step id of its own, so additions never collide.
-                    wf.steps.insert(format!("step-{r}-{}", arg % 3), StepDef {
-                        agent: "threshold".into(),
-                        config: format!("{{\"above\":{arg}}}"),
-                        inputs: vec!["input".into()],
-                        ..StepDef::default()
-                    });
-                }
-                2 => {
-                    wf.steps.remove(&format!("step-{r}-{}", arg % 3));
-                }
-                _ => wf.target.tags = vec![format!("tag-{}", arg % 3)],
-            }
+        let mut written: Vec<WorkflowDoc> = Vec::new();
+        let values = run::<WorkflowVersions>(&name, replicas, &steps, |r, choice, arg, w| {
+            let version = written_version(r, written.len(), choice, arg);
+            written.push(version.clone());
+            w.versions = vec![version];
         });
-        prop_assert_eq!(&values[0].id, "pipeline");
-        // Step additions by different replicas all survive unless that replica removed them.
-        let mut expected: BTreeMap<String, bool> = BTreeMap::new();
-        for (r, choice, arg) in edits_by(&steps) {
-            match choice % 4 {
-                1 => { expected.insert(format!("step-{r}-{}", arg % 3), true); }
-                2 => { expected.insert(format!("step-{r}-{}", arg % 3), false); }
-                _ => {}
+        let standing: BTreeSet<usize> = standing_writes(&steps, replicas);
+        let mut expected: Vec<&WorkflowDoc> = standing.iter().map(|w| &written[*w]).collect();
+        let held: Vec<&WorkflowDoc> = values[0].versions.iter().collect();
+        expected.sort_by_key(|v| v.description.clone());
+        let mut sorted = held.clone();
+        sorted.sort_by_key(|v| v.description.clone());
+        prop_assert_eq!(sorted, expected, "the versions standing are the writes not replaced");
+        prop_assert!(values[0].rejected.is_empty());
+        let control = |writer: &str| writer == "node-0";
+        // Every replica has the same versions (checked by `run`), hence the same resolution.
+        match values[0].resolve(control) {
+            Resolution::Unapplied => prop_assert!(written.is_empty()),
+            Resolution::Resolved(winner) => {
+                prop_assert!(written.contains(winner), "the winner is a written version");
+                let newest = held
+                    .iter()
+                    .copied()
+                    .max_by_key(|v| (v.updated_ms, v.updated_by.clone(), v.encode()))
+                    .unwrap();
+                match values[0].policy() {
+                    ConflictPolicy::Manual => prop_assert_eq!(held.len(), 1),
+                    ConflictPolicy::ControlWins if held.iter().any(|v| control(&v.updated_by)) => {
+                        prop_assert!(control(&winner.updated_by));
+                        let newest_control = held
+                            .iter()
+                            .copied()
+                            .filter(|v| control(&v.updated_by))
+                            .max_by_key(|v| (v.updated_ms, v.updated_by.clone(), v.encode()))
+                            .unwrap();
+                        prop_assert_eq!(winner, newest_control);
+                    }
+                    _ => prop_assert_eq!(winner, newest),
+                }
             }
-        }
-        for (step, present) in expected {
-            prop_assert_eq!(values[0].steps.contains_key(&step), present, "step {}", step);
+            Resolution::Competing(competing) => {
+                prop_assert_eq!(values[0].policy(), ConflictPolicy::Manual);
+                prop_assert!(competing.len() >= 2);
+                prop_assert_eq!(competing.iter().collect::<Vec<_>>(), held);
+            }
         }
     }
 

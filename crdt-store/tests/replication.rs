@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crdt_store::{
     ChangeTime, DocName, MeshRegistry, NodeEntry, RunRecord, RunStatus, Store, StoreConfig, Window,
-    WorkflowDoc,
+    WorkflowDoc, WorkflowVersions,
 };
 use mesh::proto::sync::{
     ApplyRequest, Replica, Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve,
@@ -587,7 +587,8 @@ fn a_node_holding_nothing_gets_the_stored_snapshot_and_the_session_goes_on() {
     let read = net.store("a").read::<WorkflowDoc>(&flow).unwrap();
     assert_eq!(read.description, "from b");
     let sent: usize = net.bytes.values().sum();
-    assert!(sent < 3_000, "{sent} bytes for two small edits");
+    // Each edit carries the whole definition: it is one atomic value.
+    assert!(sent < 4_000, "{sent} bytes for two small edits");
 }
 
 /// One sync batch may change more documents than the store keeps decoded: the change listener
@@ -757,11 +758,15 @@ impl TwoWriters {
         let mut held = self.b.heads(&id).unwrap().unwrap();
         held.sort();
         assert_eq!(held, expected, "both edits are held");
-        let read = self.b.read::<WorkflowDoc>(&self.shared).unwrap();
-        assert_eq!(
-            (read.description.as_str(), read.trigger.as_str()),
-            ("from a1", "from a2")
-        );
+        // Concurrent versions of a definition stand side by side, each whole.
+        let read = self.b.read::<WorkflowVersions>(&self.shared).unwrap();
+        let mut versions: Vec<(&str, &str)> = read
+            .versions
+            .iter()
+            .map(|v| (v.description.as_str(), v.trigger.as_str()))
+            .collect();
+        versions.sort();
+        assert_eq!(versions, [("first", "from a2"), ("from a1", "")]);
     }
 }
 

@@ -80,6 +80,7 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
         .with_context(|| format!("cannot create the data dir {}", root.display()))?;
     let mut config = Config::load(&dir.config(), std::env::vars())?;
     if let Some(name) = &args.name {
+        crate::config::check_node_name(name).context("--name")?;
         config.node.name = name.clone();
     }
     if config.node.name.is_empty() {
@@ -711,10 +712,26 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&shown["content"])?);
                 return Ok(());
             }
-            let wf: WorkflowDoc = serde_json::from_value(shown["content"].clone())?;
+            let view: crate::workflow::WorkflowView =
+                serde_json::from_value(shown["content"].clone())?;
+            print_workflow(&id, &view);
+        }
+    }
+    Ok(())
+}
+
+/// `workflow show`: the version in effect, then what stands in its way, if anything.
+fn print_workflow(id: &str, view: &crate::workflow::WorkflowView) {
+    match &view.definition {
+        Some(wf) => {
             println!(
                 "workflow {} version {}: {}",
                 wf.id, wf.version, wf.description
+            );
+            println!(
+                "  applied         {} by {}",
+                format_timestamp(wf.updated_ms),
+                wf.updated_by
             );
             println!("  trigger         {}", wf.trigger);
             println!(
@@ -722,53 +739,108 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                 wf.target.nodes, wf.target.tags, wf.target.zones
             );
             println!("  max_concurrent  {}", wf.max_concurrent);
-            let rows: Vec<Vec<String>> = wf
-                .steps
-                .iter()
-                .map(|(id, step)| {
-                    vec![
-                        id.clone(),
-                        step.agent.clone(),
-                        step.inputs.join(","),
-                        step.when.clone().unwrap_or_default(),
-                        step.config.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                output::table(&["STEP", "AGENT", "INPUTS", "WHEN", "CONFIG"], &rows)
-            );
+            println!("  conflict        {}", view.policy.as_str());
         }
+        None => println!("workflow {id}: no version that this node can read"),
     }
-    Ok(())
+    println!("  state           {}", view.state);
+    if let Some(error) = &view.error {
+        println!("  error           {error}");
+    }
+    if let Some(wf) = &view.definition {
+        let rows: Vec<Vec<String>> = wf
+            .steps
+            .iter()
+            .map(|(id, step)| {
+                vec![
+                    id.clone(),
+                    step.agent.clone(),
+                    step.inputs.join(","),
+                    step.when.clone().unwrap_or_default(),
+                    step.config.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(&["STEP", "AGENT", "INPUTS", "WHEN", "CONFIG"], &rows)
+        );
+    }
+    if !view.competing.is_empty() {
+        println!(
+            "{} versions compete (conflict: {}); `rhizome workflow apply` on any node resolves them:",
+            view.competing.len(),
+            view.policy.as_str()
+        );
+        let rows: Vec<Vec<String>> = view
+            .competing
+            .iter()
+            .map(|c| {
+                vec![
+                    c.definition.version.to_string(),
+                    c.definition.updated_by.clone(),
+                    format_timestamp(c.definition.updated_ms),
+                    c.definition.steps.len().to_string(),
+                    c.invalid.clone().unwrap_or_else(|| "valid".into()),
+                    c.definition.description.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(
+                &[
+                    "VERSION",
+                    "WRITER",
+                    "APPLIED",
+                    "STEPS",
+                    "HERE",
+                    "DESCRIPTION"
+                ],
+                &rows
+            )
+        );
+    }
+    for rejected in &view.rejected {
+        println!(
+            "  unreadable version ({} bytes): {}",
+            rejected.bytes, rejected.reason
+        );
+    }
 }
 
-/// Stores a validated definition as the next version of its workflow: its version is one more
-/// than the stored one, or the file's own if that is higher.
+/// Stores a validated definition as the next version of its workflow, replacing every version
+/// that stands (which resolves a conflict): its version is one more than the highest stored,
+/// or the file's own if that is higher, and its time is later than theirs even on a clock
+/// behind theirs, so that the last-write order never ranks it below what it replaced.
 pub fn apply_workflow(
     store: &mut Store,
     definition: WorkflowDoc,
     node_id: &str,
 ) -> Result<WorkflowDoc> {
     let name = DocName::workflow(&definition.id)?;
-    let updated_ms = now_ms();
-    let stored = store.update::<WorkflowDoc, _>(&name, |doc| {
-        let version = (doc.version + 1).max(definition.version);
-        *doc = WorkflowDoc {
-            version,
-            updated_by: node_id.to_owned(),
-            updated_ms,
-            ..definition
-        };
-        doc.clone()
-    })?;
+    let standing: crdt_store::WorkflowVersions = store.read(&name)?;
+    let highest = |of: fn(&WorkflowDoc) -> i64| standing.versions.iter().map(of).max();
+    let version = highest(|v| v.version as i64).map_or(0, |v| v as u64) + 1;
+    let stored = WorkflowDoc {
+        version: version.max(definition.version),
+        updated_by: node_id.to_owned(),
+        updated_ms: now_ms().max(highest(|v| v.updated_ms).map_or(0, |ms| ms + 1)),
+        ..definition
+    };
+    stored
+        .check_size()
+        .with_context(|| format!("workflow `{}` is not stored", stored.id))?;
+    store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;
     Ok(stored)
 }
 
-/// Every stored workflow, by id.
+/// Every stored workflow, by id: the version in effect on this node.
 pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
-    crate::workflow::stored(store)
+    Ok(crate::workflow::stored(store)?
+        .into_iter()
+        .map(|s| s.doc)
+        .collect())
 }
 
 /// How often `rhizome run` asks a running node whether its run finished.
@@ -855,12 +927,15 @@ fn run_through_node(
 fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<RunRecord> {
     let mut store = node.open_store()?;
     let name = DocName::workflow(workflow_id)?;
-    let workflow: WorkflowDoc = store.read(&name)?;
-    if workflow.steps.is_empty() {
+    let Some(stored) = crate::workflow::stored_one(&mut store, &name)? else {
         bail!(
             "no workflow `{workflow_id}` on this node: apply it first with `rhizome workflow apply FILE`"
         );
+    };
+    if let Some(reason) = stored.blocked {
+        bail!("workflow `{workflow_id}` does not run on this node: {reason}");
     }
+    let workflow = stored.doc;
     let traits = node.traits();
     if !crate::workflow::selects(&workflow.target, &traits) {
         bail!(
@@ -887,7 +962,7 @@ fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
     Ok(match name.kind() {
         DocKind::Mesh => serde_json::to_value(store.read::<MeshRegistry>(name)?)?,
-        DocKind::Workflow => serde_json::to_value(store.read::<WorkflowDoc>(name)?)?,
+        DocKind::Workflow => serde_json::to_value(crate::workflow::view(store, name)?)?,
         DocKind::Results => serde_json::to_value(store.read::<ResultsDoc>(name)?)?,
         DocKind::Rollup => serde_json::to_value(store.read::<RollupDoc>(name)?)?,
     })

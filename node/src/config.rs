@@ -177,6 +177,16 @@ impl Config {
                 _ => bail!("{}: `{section}` must be a table", path.display()),
             }
         }
+        // An empty name in the file or the environment is a mistake, not a request for the
+        // default (which `init` fills in only when no name is given at all).
+        if let Some(name) = table
+            .get("node")
+            .and_then(|node| node.get("name"))
+            .and_then(toml::Value::as_str)
+        {
+            check_node_name(name)
+                .with_context(|| format!("node.name in {} or RHIZOME_NODE_NAME", path.display()))?;
+        }
         let config: Config = toml::Value::Table(table).try_into().with_context(|| {
             format!(
                 "invalid configuration in {} or RHIZOME_* environment variables",
@@ -256,6 +266,30 @@ fn parse_env_value(value: &str) -> toml::Value {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+/// Longest node name, in bytes.
+pub const MAX_NODE_NAME: usize = 253;
+
+/// Checks a node name: what operators and target selectors (`nodes:`) know the node by, so it
+/// must say something.
+pub fn check_node_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        bail!("the node name is empty: give one, such as `press-7`");
+    }
+    if name.len() > MAX_NODE_NAME {
+        bail!(
+            "the node name is {} bytes long, more than the limit of {MAX_NODE_NAME}",
+            name.len()
+        );
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        bail!(
+            "the node name `{}` holds the control character {c:?}",
+            name.escape_debug()
+        );
+    }
+    Ok(())
 }
 
 /// Parses `250ms`, `30s`, `5m`, `2h`, `7d`.
@@ -413,6 +447,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!((config.node.role.as_str(), config.node.cpus), ("cloud", 16));
+    }
+
+    #[test]
+    fn empty_node_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "[node]\nname = \"\"\n").unwrap();
+        let err = format!("{:#}", Config::load(&path, env(&[])).unwrap_err());
+        assert!(err.contains("node.name") && err.contains("empty"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(&path, env(&[("RHIZOME_NODE_NAME", "  ")])).unwrap_err()
+        );
+        assert!(
+            err.contains("RHIZOME_NODE_NAME") && err.contains("empty"),
+            "{err}"
+        );
+        // No name at all is fine: `init` picks the host name.
+        assert_eq!(Config::load(&path, env(&[])).unwrap().node.name, "");
+        assert!(check_node_name("press-7").is_ok());
+        assert!(check_node_name("a\nb").is_err());
+        assert!(check_node_name(&"n".repeat(MAX_NODE_NAME + 1)).is_err());
     }
 
     #[test]

@@ -267,14 +267,50 @@ async fn get_workflows(
     Ok(Json(workflows))
 }
 
+/// Stores a workflow definition (YAML) as its next version. The body is read only up to the
+/// size a definition may have (axum's own body limit would answer larger ones without saying
+/// which limit), and bounded in nesting before it is parsed.
 async fn post_workflow(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
-    yaml: String,
+    body: axum::body::Body,
 ) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    use axum::http::StatusCode;
     authorize(&state, &headers)?;
-    let definition = crate::workflow::parse(&yaml)
-        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let limit = crdt_store::MAX_DEFINITION_BYTES;
+    let too_large = |what: String| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what}, over the limit of {limit} bytes (1 MiB) for a workflow definition"),
+        )
+    };
+    let bytes = axum::body::to_bytes(body, limit + 1).await.map_err(|_| {
+        too_large(format!(
+            "the workflow definition is more than {limit} bytes"
+        ))
+    })?;
+    if bytes.len() > limit {
+        return Err(too_large(format!(
+            "the workflow definition is {} bytes",
+            bytes.len()
+        )));
+    }
+    let yaml = std::str::from_utf8(&bytes).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the workflow definition is not UTF-8 text: {e}"),
+        )
+    })?;
+    let definition = crate::workflow::parse(yaml).map_err(|e| {
+        let status = match e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crdt_store::BoundsError>())
+        {
+            Some(crdt_store::BoundsError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, format!("{e:#}"))
+    })?;
     let node_id = state.health.node_id.clone();
     let stored = state
         .store

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod mesh_admin;
 pub mod node;
 pub mod output;
+pub mod prescan;
 pub mod resources;
 pub mod rollup;
 pub mod scheduler;

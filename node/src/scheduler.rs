@@ -41,7 +41,9 @@ use tokio::time::Instant;
 
 use crate::engine::{AgentFactory, Prepared, StepEvent};
 use crate::node::now_ms;
-use crate::workflow::{MAX_CONCURRENT, NodeTraits, Trigger, describe_target, selects};
+use crate::workflow::{
+    MAX_CONCURRENT, NodeTraits, StoredWorkflow, Trigger, describe_target, selects,
+};
 
 /// Runs of one workflow that may wait for a free slot; one more is refused (or skipped).
 pub const RUN_QUEUE_CAP: usize = 16;
@@ -448,6 +450,9 @@ struct Done {
 
 struct Scheduled {
     doc: WorkflowDoc,
+    /// Why the stored workflow does not run here before any agent is built (it failed this
+    /// node's validation, or its versions compete), as the store's reading said.
+    blocked: Option<String>,
     prepared: Result<Arc<Prepared>, String>,
     trigger: Result<Trigger, String>,
     targeted: bool,
@@ -763,12 +768,17 @@ impl Actor {
                 return;
             }
         };
-        let changed: Vec<WorkflowDoc> = stored
+        let changed: Vec<StoredWorkflow> = stored
             .iter()
-            .filter(|doc| self.workflows.get(&doc.id).is_none_or(|w| w.doc != **doc))
+            .filter(|s| {
+                self.workflows
+                    .get(&s.doc.id)
+                    .is_none_or(|w| w.doc != s.doc || w.blocked != s.blocked)
+            })
             .cloned()
             .collect();
-        let ids: std::collections::BTreeSet<&str> = stored.iter().map(|d| d.id.as_str()).collect();
+        let ids: std::collections::BTreeSet<&str> =
+            stored.iter().map(|s| s.doc.id.as_str()).collect();
         self.workflows
             .retain(|id, w| ids.contains(id.as_str()) || w.running > 0 || !w.queue.is_empty());
         if changed.is_empty() {
@@ -779,11 +789,15 @@ impl Actor {
         let built = tokio::task::spawn_blocking(move || {
             changed
                 .into_iter()
-                .map(|doc| {
-                    let prepared = Prepared::with_agents(doc.clone(), &agents)
-                        .map(Arc::new)
-                        .map_err(|e| format!("{e:#}"));
-                    (doc, prepared)
+                .map(|StoredWorkflow { doc, blocked }| {
+                    // Only a definition this node validated gets agents built, and runs.
+                    let prepared = match &blocked {
+                        Some(reason) => Err(reason.clone()),
+                        None => Prepared::with_agents(doc.clone(), &agents)
+                            .map(Arc::new)
+                            .map_err(|e| format!("{e:#}")),
+                    };
+                    (doc, blocked, prepared)
                 })
                 .collect::<Vec<_>>()
         })
@@ -796,7 +810,7 @@ impl Actor {
             }
         };
         let now = Instant::now();
-        for (doc, prepared) in built {
+        for (doc, blocked, prepared) in built {
             let trigger = Trigger::parse(&doc.trigger).map_err(|e| format!("{e:#}"));
             let targeted = selects(&doc.target, &self.config.node);
             let id = doc.id.clone();
@@ -824,6 +838,7 @@ impl Actor {
             }
             let mut scheduled = Scheduled {
                 doc,
+                blocked,
                 prepared,
                 trigger,
                 targeted,

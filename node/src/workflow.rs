@@ -7,6 +7,7 @@
 //! target: {tags: [sensor]}       # nodes, tags, zones; empty = every node
 //! timeout: 10s
 //! max_concurrent: 1
+//! conflict: last_write           # or control_wins, manual: how concurrent versions resolve
 //! steps:
 //!   - id: read
 //!     agent: sensor
@@ -29,8 +30,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use crdt_store::{DocKind, DocName, StepDef, Store, Target, WorkflowDoc};
-use serde::Deserialize;
+use crdt_store::{
+    ConflictPolicy, DocKind, DocName, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH, RejectedVersion,
+    Resolution, StepDef, Store, Target, WorkflowDoc, WorkflowVersions,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::config::parse_duration;
 
@@ -59,6 +63,8 @@ struct WorkflowFile {
     timeout: Option<String>,
     #[serde(default = "one")]
     max_concurrent: u32,
+    #[serde(default)]
+    conflict: ConflictPolicy,
     steps: Vec<StepSpec>,
 }
 
@@ -117,15 +123,31 @@ struct StepSpec {
     backoff: Option<String>,
 }
 
-/// Reads and validates a workflow file.
+/// Reads and validates a workflow file; one larger than a definition may be is not read.
 pub fn load(path: &Path) -> Result<WorkflowDoc> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read the workflow file {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_DEFINITION_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the workflow file {}", path.display()))?;
+    if text.len() > MAX_DEFINITION_BYTES {
+        let bytes = std::fs::metadata(path).map_or(text.len() as u64, |m| m.len());
+        bail!(
+            "{}: the workflow file is {bytes} bytes, over the limit of {MAX_DEFINITION_BYTES} \
+             bytes (1 MiB) for a workflow definition",
+            path.display()
+        );
+    }
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// Parses and validates a workflow definition: every error names the field or step.
+/// Parses and validates a workflow definition: every error names the field or step. The text
+/// is bounded in size and nesting before it is parsed ([`crate::prescan`]).
 pub fn parse(text: &str) -> Result<WorkflowDoc> {
+    crate::prescan::workflow_text(text)
+        .context("the workflow definition is refused before parsing")?;
     let file: WorkflowFile = serde_norway::from_str(text)?;
     DocName::workflow(&file.id)?;
     let duration_ms = |what: &str, text: &Option<String>| -> Result<u64> {
@@ -157,20 +179,10 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
             after: Some(other),
         }) => {
             DocName::workflow(other).context("trigger.after")?;
-            if *other == file.id {
-                bail!("trigger.after: a workflow cannot trigger on its own results");
-            }
             format!("after {other}")
         }
         TriggerSpec::Keyed(_) => bail!("trigger: give exactly one of `every` and `after`"),
     };
-    check_target(&file.target)?;
-    if !(1..=MAX_CONCURRENT).contains(&file.max_concurrent) {
-        bail!(
-            "max_concurrent: {} is outside 1..={MAX_CONCURRENT}",
-            file.max_concurrent
-        );
-    }
     if file.steps.is_empty() {
         bail!("steps: a workflow needs at least one step");
     }
@@ -180,16 +192,72 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
             file.steps.len()
         );
     }
-    let registry = agents::Registry;
-    let mut ids: BTreeSet<&str> = BTreeSet::new();
-    for step in &file.steps {
-        if !ids.insert(step.id.as_str()) {
-            bail!("step `{}` is defined twice", step.id);
-        }
-    }
     let mut steps = BTreeMap::new();
     for step in &file.steps {
         let name = &step.id;
+        let context = || format!("step `{name}`");
+        let def = StepDef {
+            agent: step.agent.clone(),
+            config: step.config.to_string(),
+            inputs: step.inputs.clone(),
+            when: step.when.clone(),
+            timeout_ms: duration_ms("timeout", &step.timeout).with_context(context)?,
+            retries: step.retries,
+            backoff_ms: duration_ms("backoff", &step.backoff).with_context(context)?,
+        };
+        if steps.insert(name.clone(), def).is_some() {
+            bail!("step `{name}` is defined twice");
+        }
+    }
+    let definition = WorkflowDoc {
+        id: file.id.clone(),
+        version: file.version.unwrap_or(0),
+        description: file.description,
+        trigger,
+        target: Target {
+            nodes: file.target.nodes,
+            tags: file.target.tags,
+            zones: file.target.zones,
+        },
+        steps,
+        timeout_ms: duration_ms("timeout", &file.timeout)?,
+        max_concurrent: file.max_concurrent,
+        conflict: file.conflict,
+        updated_by: String::new(),
+        updated_ms: 0,
+    };
+    validate(&definition)?;
+    Ok(definition)
+}
+
+/// The checks of [`parse`] on a definition as stored, so that one written by a peer (which
+/// skipped this node's validation, or was validated by a build with other agents) is run only
+/// once this node has validated it too.
+pub fn validate(definition: &WorkflowDoc) -> Result<()> {
+    DocName::workflow(&definition.id)?;
+    if let Trigger::After(other) = Trigger::parse(&definition.trigger)?
+        && other == definition.id
+    {
+        bail!("trigger.after: a workflow cannot trigger on its own results");
+    }
+    check_target(&definition.target)?;
+    if !(1..=MAX_CONCURRENT).contains(&definition.max_concurrent) {
+        bail!(
+            "max_concurrent: {} is outside 1..={MAX_CONCURRENT}",
+            definition.max_concurrent
+        );
+    }
+    if definition.steps.is_empty() {
+        bail!("steps: a workflow needs at least one step");
+    }
+    if definition.steps.len() > MAX_STEPS {
+        bail!(
+            "steps: {} steps exceed the limit of {MAX_STEPS}",
+            definition.steps.len()
+        );
+    }
+    let registry = agents::Registry;
+    for (name, step) in &definition.steps {
         let context = || format!("step `{name}`");
         DocName::workflow(name)
             .map_err(|_| {
@@ -199,11 +267,17 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         if name == RUN_INPUT {
             bail!("step `{name}`: `{RUN_INPUT}` is reserved for the run's input");
         }
+        crdt_store::check_json_bounds(&step.config, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH)
+            .map_err(|e| anyhow::anyhow!("config: {e}"))
+            .with_context(context)?;
+        let config: serde_json::Value = serde_json::from_str(&step.config)
+            .map_err(|e| anyhow::anyhow!("config is not JSON: {e}"))
+            .with_context(context)?;
         registry
-            .validate(&step.agent, &step.config)
+            .validate(&step.agent, &config)
             .with_context(context)?;
         for input in &step.inputs {
-            if input != RUN_INPUT && !ids.contains(input.as_str()) {
+            if input != RUN_INPUT && !definition.steps.contains_key(input) {
                 bail!(
                     "step `{name}`: input `{input}` is neither a step of this workflow nor `{RUN_INPUT}`"
                 );
@@ -221,66 +295,231 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
                 step.retries
             );
         }
-        let def = StepDef {
-            agent: step.agent.clone(),
-            config: step.config.to_string(),
-            inputs: step.inputs.clone(),
-            when: step.when.clone(),
-            timeout_ms: duration_ms("timeout", &step.timeout).with_context(context)?,
-            retries: step.retries,
-            backoff_ms: duration_ms("backoff", &step.backoff).with_context(context)?,
-        };
-        steps.insert(name.clone(), def);
     }
-    if let Some(cycle) = find_cycle(&steps) {
+    if let Some(cycle) = find_cycle(&definition.steps) {
         bail!("steps form a cycle: {}", cycle.join(" -> "));
     }
-    Ok(WorkflowDoc {
-        id: file.id.clone(),
-        version: file.version.unwrap_or(0),
-        description: file.description,
-        trigger,
-        target: Target {
-            nodes: file.target.nodes,
-            tags: file.target.tags,
-            zones: file.target.zones,
-        },
-        steps,
-        timeout_ms: duration_ms("timeout", &file.timeout)?,
-        max_concurrent: file.max_concurrent,
-        updated_by: String::new(),
-        updated_ms: 0,
-    })
+    definition
+        .check_size()
+        .context("the workflow definition as stored (JSON)")?;
+    Ok(())
 }
 
-/// Every workflow in the store, by id. A name that was never applied reads as an empty
-/// genesis document and is left out.
-///
-/// Reads the name registry rather than listing every document, so that the scheduler can call
-/// it every few seconds on a store full of results windows.
-pub fn stored(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
-    let mut out = Vec::new();
-    for (_, name) in store.names()? {
-        if name.kind() == DocKind::Workflow {
-            let workflow = store.read::<WorkflowDoc>(&name)?;
-            if !workflow.steps.is_empty() {
-                out.push(workflow);
+/// Whether a writer holds the mesh's `control` role, which `conflict: control_wins` favours.
+/// No node does yet: certificates carry no roles and the registry lists no administrators, so
+/// `control_wins` resolves as `last_write` until roles exist. Every node must answer alike.
+pub fn holds_control(_writer: &str) -> bool {
+    false
+}
+
+/// A workflow as this node schedules it: the version it runs, or, when it runs none, the
+/// version it would and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWorkflow {
+    /// The version in effect here.
+    pub doc: WorkflowDoc,
+    /// Why it is not run on this node: it failed validation here, or versions compete.
+    pub blocked: Option<String>,
+}
+
+/// What this node makes of one workflow's stored versions under its conflict policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessed {
+    /// What to schedule; `None` before the first apply (or if only empty versions stand).
+    pub scheduled: Option<StoredWorkflow>,
+    /// The last version validated here, which `manual` keeps running while versions compete.
+    pub validated: Option<WorkflowDoc>,
+}
+
+/// Resolves a workflow's versions and validates the outcome. `last_validated` is the version
+/// this node validated last (kept by [`stored_since`]); `base` gives the version the competing
+/// ones replaced (from the document's history) when there is no such version.
+pub fn assess(
+    versions: &WorkflowVersions,
+    last_validated: Option<&WorkflowDoc>,
+    base: impl FnOnce() -> Option<WorkflowDoc>,
+) -> Assessed {
+    let validated = |doc: &WorkflowDoc| -> Result<(), String> {
+        validate(doc).map_err(|e| {
+            format!(
+                "version {} from {} is invalid on this node: {e:#}",
+                doc.version, doc.updated_by
+            )
+        })
+    };
+    match versions.resolve(holds_control) {
+        Resolution::Unapplied => Assessed {
+            scheduled: None,
+            validated: last_validated.cloned(),
+        },
+        Resolution::Resolved(doc) if doc.steps.is_empty() => Assessed {
+            scheduled: None,
+            validated: last_validated.cloned(),
+        },
+        Resolution::Resolved(doc) => match validated(doc) {
+            Ok(()) => Assessed {
+                scheduled: Some(StoredWorkflow {
+                    doc: doc.clone(),
+                    blocked: None,
+                }),
+                validated: Some(doc.clone()),
+            },
+            Err(reason) => Assessed {
+                scheduled: Some(StoredWorkflow {
+                    doc: doc.clone(),
+                    blocked: Some(reason),
+                }),
+                validated: last_validated.cloned(),
+            },
+        },
+        Resolution::Competing(competing) => {
+            let kept = last_validated
+                .cloned()
+                .or_else(|| base().filter(|b| validated(b).is_ok()));
+            match kept {
+                Some(doc) => Assessed {
+                    scheduled: Some(StoredWorkflow {
+                        doc: doc.clone(),
+                        blocked: None,
+                    }),
+                    validated: Some(doc),
+                },
+                None => Assessed {
+                    scheduled: Some(StoredWorkflow {
+                        doc: competing[0].clone(),
+                        blocked: Some(format!(
+                            "{} versions compete under `conflict: manual` and this node has \
+                             validated no earlier version to keep running: apply one to resolve \
+                             (`rhizome workflow show {}` lists them)",
+                            competing.len(),
+                            versions.id
+                        )),
+                    }),
+                    validated: None,
+                },
             }
         }
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
 }
 
-/// What [`stored_since`] knew of each workflow document when it last looked, by document id:
-/// its heads, and the workflow it held (`None`: no steps, nothing to schedule).
-pub type KnownWorkflows = BTreeMap<String, (Vec<automerge::ChangeHash>, Option<WorkflowDoc>)>;
+/// One stored workflow as this node would schedule it; `None` if it was never applied.
+pub fn stored_one(store: &mut Store, name: &DocName) -> Result<Option<StoredWorkflow>> {
+    let versions: WorkflowVersions = store.read(name)?;
+    Ok(assess(&versions, None, || stored_base(store, name)).scheduled)
+}
+
+/// The version the competing versions of a stored workflow replaced, from its history.
+fn stored_base(store: &mut Store, name: &DocName) -> Option<WorkflowDoc> {
+    let id = store.document_id(name);
+    let doc = store.automerge(&id).ok()?;
+    crdt_store::workflow_base(&doc)
+}
+
+/// A stored workflow as `workflow show` and `GET /doc` present it: the version in effect on
+/// this node (its fields at the top level, as for a single definition), and the state of its
+/// versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    /// The version this node runs (or would run but for `error`).
+    #[serde(flatten)]
+    pub definition: Option<WorkflowDoc>,
+    /// `ok`, `invalid` (not run here: see `error`), `conflict` (versions compete; `manual`),
+    /// or `not_applied`.
+    pub state: String,
+    /// Why the definition is not run on this node.
+    pub error: Option<String>,
+    /// The policy that decides between concurrent versions.
+    pub policy: ConflictPolicy,
+    /// Versions applied concurrently and not resolved yet, newest first (empty without a
+    /// conflict); each with why it would not run here, if it would not.
+    pub competing: Vec<CompetingVersion>,
+    /// Stored values that are not readable definitions.
+    pub rejected: Vec<RejectedVersion>,
+}
+
+/// One of the versions of a workflow that compete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompetingVersion {
+    #[serde(flatten)]
+    pub definition: WorkflowDoc,
+    /// Why this node would not run it.
+    pub invalid: Option<String>,
+}
+
+/// The [`WorkflowView`] of a stored workflow.
+pub fn view(store: &mut Store, name: &DocName) -> Result<WorkflowView> {
+    let versions: WorkflowVersions = store.read(name)?;
+    let assessed = assess(&versions, None, || stored_base(store, name));
+    let competing = if versions.versions.len() > 1 {
+        versions
+            .versions
+            .iter()
+            .map(|v| CompetingVersion {
+                definition: v.clone(),
+                invalid: validate(v).err().map(|e| format!("{e:#}")),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let conflict = matches!(versions.resolve(holds_control), Resolution::Competing(_));
+    let (definition, error) = match assessed.scheduled {
+        Some(s) => (Some(s.doc), s.blocked),
+        None => (versions.latest().cloned(), None),
+    };
+    let state = match (&definition, &error) {
+        _ if conflict => "conflict",
+        (None, _) => "not_applied",
+        (Some(_), Some(_)) => "invalid",
+        (Some(_), None) => "ok",
+    };
+    Ok(WorkflowView {
+        definition,
+        state: state.into(),
+        error,
+        policy: versions.policy(),
+        competing,
+        rejected: versions.rejected,
+    })
+}
+
+/// Every workflow in the store, by id, as this node schedules it (the version in effect, and
+/// why it does not run, if it does not). A name that was never applied is left out.
+///
+/// Reads the name registry rather than listing every document, so that the scheduler can call
+/// it every few seconds on a store full of results windows.
+pub fn stored(store: &mut Store) -> Result<Vec<StoredWorkflow>> {
+    read_stored(store, &mut KnownWorkflows::new(), false)
+}
+
+/// What [`stored_since`] knew of one workflow document when it last looked.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// The document's heads.
+    pub heads: Vec<automerge::ChangeHash>,
+    /// What it made of the document then.
+    pub assessed: Option<Assessed>,
+}
+
+/// What [`stored_since`] knew of each workflow document, by document id.
+pub type KnownWorkflows = BTreeMap<String, Known>;
 
 /// [`stored`], reading again only the documents whose heads moved since `known`, which it
 /// updates. A heads lookup costs an index read where hydrating a document decodes all of its
 /// changes, so a node that reloads on every change and every few seconds does not pay for
-/// every workflow it holds each time.
-pub fn stored_since(store: &mut Store, known: &mut KnownWorkflows) -> Result<Vec<WorkflowDoc>> {
+/// every workflow it holds each time. `known` also holds the last version validated per
+/// workflow, which a `manual` workflow keeps running while versions compete.
+pub fn stored_since(store: &mut Store, known: &mut KnownWorkflows) -> Result<Vec<StoredWorkflow>> {
+    read_stored(store, known, true)
+}
+
+/// [`stored_since`]; with `log`, says why a workflow changed to one not run, or in conflict
+/// (the scheduler's reading: once per change, where listing would say it at every call).
+fn read_stored(
+    store: &mut Store,
+    known: &mut KnownWorkflows,
+    log: bool,
+) -> Result<Vec<StoredWorkflow>> {
     let mut present = BTreeSet::new();
     for (id, name) in store.names()? {
         if name.kind() != DocKind::Workflow {
@@ -289,18 +528,44 @@ pub fn stored_since(store: &mut Store, known: &mut KnownWorkflows) -> Result<Vec
         let heads = store.heads(&id)?.unwrap_or_default();
         let id = id.to_string();
         present.insert(id.clone());
-        if known.get(&id).is_some_and(|(seen, _)| *seen == heads) {
+        let entry = known.entry(id).or_default();
+        if entry.assessed.is_some() && entry.heads == heads {
             continue;
         }
-        let workflow = store.read::<WorkflowDoc>(&name)?;
-        known.insert(
-            id,
-            (heads, (!workflow.steps.is_empty()).then_some(workflow)),
-        );
+        let versions: WorkflowVersions = store.read(&name)?;
+        let last = entry.assessed.as_ref().and_then(|a| a.validated.as_ref());
+        let assessed = assess(&versions, last, || stored_base(store, &name));
+        if log {
+            match &assessed.scheduled {
+                Some(StoredWorkflow {
+                    doc,
+                    blocked: Some(reason),
+                }) => {
+                    tracing::warn!(workflow = %doc.id, version = doc.version, %reason, "workflow not run");
+                }
+                _ if versions.in_conflict() => {
+                    tracing::warn!(
+                        workflow = %versions.id,
+                        versions = versions.versions.len(),
+                        rejected = versions.rejected.len(),
+                        policy = versions.policy().as_str(),
+                        "workflow versions conflict"
+                    );
+                }
+                _ => {}
+            }
+        }
+        *entry = Known {
+            heads,
+            assessed: Some(assessed),
+        };
     }
     known.retain(|id, _| present.contains(id));
-    let mut out: Vec<WorkflowDoc> = known.values().filter_map(|(_, w)| w.clone()).collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out: Vec<StoredWorkflow> = known
+        .values()
+        .filter_map(|k| k.assessed.as_ref()?.scheduled.clone())
+        .collect();
+    out.sort_by(|a, b| a.doc.id.cmp(&b.doc.id));
     Ok(out)
 }
 
@@ -478,7 +743,7 @@ impl Condition {
     }
 }
 
-fn check_target(target: &TargetSpec) -> Result<()> {
+fn check_target(target: &Target) -> Result<()> {
     for (what, list) in [
         ("nodes", &target.nodes),
         ("tags", &target.tags),
@@ -759,19 +1024,26 @@ steps:
         let all = stored(&mut store).unwrap();
         assert_eq!(stored_since(&mut store, &mut known).unwrap(), all);
         assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|s| s.blocked.is_none()));
 
         // w2's entry is marked: it is served from `known` as long as its heads stay put.
         let w2 = known
             .values_mut()
-            .find_map(|(_, w)| w.as_mut().filter(|w| w.id == "w2"))
+            .find_map(|k| {
+                k.assessed
+                    .as_mut()?
+                    .scheduled
+                    .as_mut()
+                    .filter(|s| s.doc.id == "w2")
+            })
             .unwrap();
-        w2.description = "from what was known".into();
+        w2.doc.description = "from what was known".into();
         apply(&mut store, "w1", "second");
         apply(&mut store, "w3", "first");
         let seen = stored_since(&mut store, &mut known).unwrap();
         let descriptions: Vec<(&str, &str)> = seen
             .iter()
-            .map(|w| (w.id.as_str(), w.description.as_str()))
+            .map(|w| (w.doc.id.as_str(), w.doc.description.as_str()))
             .collect();
         assert_eq!(
             descriptions,
@@ -786,6 +1058,229 @@ steps:
             stored_since(&mut store, &mut known).unwrap(),
             stored(&mut store).unwrap()
         );
+    }
+
+    #[test]
+    fn deep_or_large_texts_are_refused_before_parsing() {
+        let n = 100_000;
+        for (what, text) in [
+            ("flow", format!("id: x\nsteps: {}", "[".repeat(n))),
+            ("block", format!("id: x\nsteps:\n{}x\n", "- ".repeat(n))),
+        ] {
+            let started = std::time::Instant::now();
+            let err = error(&text);
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(500),
+                "{what} took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                err.contains("refused before parsing")
+                    && err.contains("limit of 64 levels at line"),
+                "{what}: {err}"
+            );
+        }
+        let padded = format!(
+            "id: x\ndescription: {}\nsteps:\n  - id: a\n    agent: noop\n",
+            "x".repeat(MAX_DEFINITION_BYTES)
+        );
+        let err = error(&padded);
+        assert!(err.contains("exceed the limit of 1048576 bytes"), "{err}");
+        // Under the limit as YAML, over it as stored: refused too.
+        let escaped = format!(
+            "id: x\ndescription: \"{}\"\nsteps:\n  - id: a\n    agent: noop\n",
+            "\\x01".repeat(MAX_DEFINITION_BYTES / 4 - 100)
+        );
+        assert!(escaped.len() < MAX_DEFINITION_BYTES);
+        let err = error(&escaped);
+        assert!(err.len() < 1000, "the error is short: {}", &err[..200]);
+        assert!(
+            err.contains("as stored (JSON)") && err.contains("limit of 1048576 bytes"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, &padded).unwrap();
+        let err = format!("{:#}", load(&path).unwrap_err());
+        assert!(
+            err.contains("big.yaml") && err.contains("over the limit of 1048576 bytes"),
+            "{err}"
+        );
+    }
+
+    /// A definition as a peer might store it: whole, but never validated here.
+    fn from_a_peer(edit: impl FnOnce(&mut WorkflowDoc)) -> WorkflowDoc {
+        let mut doc = parse(EXAMPLE).unwrap();
+        edit(&mut doc);
+        doc
+    }
+
+    #[test]
+    fn definitions_from_peers_are_validated_again() {
+        let cases: [(WorkflowDoc, &str); 6] = [
+            (
+                from_a_peer(|d| d.steps.get_mut("score").unwrap().agent = "quantum".into()),
+                "unknown agent `quantum`",
+            ),
+            (
+                from_a_peer(|d| d.steps.get_mut("score").unwrap().inputs = vec!["nowhere".into()]),
+                "input `nowhere`",
+            ),
+            (from_a_peer(|d| d.trigger = "every 1ms".into()), "minimum"),
+            (from_a_peer(|d| d.max_concurrent = 1000), "max_concurrent"),
+            (
+                from_a_peer(|d| d.steps.get_mut("read").unwrap().inputs = vec!["alert".into()]),
+                "cycle",
+            ),
+            (
+                from_a_peer(|d| {
+                    d.steps.get_mut("read").unwrap().config =
+                        format!("{}{}", "[".repeat(1000), "]".repeat(1000))
+                }),
+                "limit of 64 levels",
+            ),
+        ];
+        for (doc, expected) in cases {
+            let err = format!("{:#}", validate(&doc).unwrap_err());
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+            let versions = WorkflowVersions {
+                id: doc.id.clone(),
+                versions: vec![doc.clone()],
+                rejected: Vec::new(),
+            };
+            let assessed = assess(&versions, None, || None);
+            let scheduled = assessed.scheduled.unwrap();
+            assert!(
+                scheduled
+                    .blocked
+                    .as_deref()
+                    .is_some_and(|r| r.contains(expected)),
+                "{scheduled:?}"
+            );
+            assert_eq!(assessed.validated, None);
+        }
+        assert!(validate(&parse(EXAMPLE).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_manual_conflict_keeps_the_last_validated_version_running() {
+        let version = |writer: &str, ms: i64, description: &str| {
+            from_a_peer(|d| {
+                d.conflict = ConflictPolicy::Manual;
+                d.updated_by = writer.into();
+                d.updated_ms = ms;
+                d.description = description.into();
+            })
+        };
+        let base = version("n0", 1, "agreed");
+        let a = version("n1", 5, "from n1");
+        let b = version("n2", 6, "from n2");
+        let competing = WorkflowVersions {
+            id: base.id.clone(),
+            versions: vec![b.clone(), a.clone()],
+            rejected: Vec::new(),
+        };
+        // A node that ran `base` goes on running it.
+        let kept = assess(&competing, Some(&base), || unreachable!());
+        assert_eq!(kept.scheduled.as_ref().unwrap().doc, base);
+        assert_eq!(kept.scheduled.unwrap().blocked, None);
+        // A node that knows no earlier version takes the one both replaced, from history.
+        let fresh = assess(&competing, None, || Some(base.clone()));
+        assert_eq!(fresh.scheduled.unwrap().doc, base);
+        // Without either, nothing runs and the reason says how to resolve it.
+        let none = assess(&competing, None, || None);
+        let blocked = none.scheduled.unwrap().blocked.unwrap();
+        assert!(
+            blocked.contains("2 versions compete") && blocked.contains("apply"),
+            "{blocked}"
+        );
+        // Under last_write the newest runs at once.
+        let mut last_write = competing.clone();
+        for v in &mut last_write.versions {
+            v.conflict = ConflictPolicy::LastWrite;
+        }
+        let newest = assess(&last_write, Some(&base), || None);
+        assert_eq!(newest.scheduled.unwrap().doc, last_write.versions[0]);
+    }
+
+    #[test]
+    fn show_lists_competing_versions_and_an_apply_resolves_them() {
+        use crdt_store::automerge::{AutoCommit, sync::SyncDoc};
+        let mut a = Store::open_in_memory(crdt_store::StoreConfig::new("mesh", "node-a")).unwrap();
+        let mut b = Store::open_in_memory(crdt_store::StoreConfig::new("mesh", "node-b")).unwrap();
+        let yaml = |description: &str| {
+            format!(
+                "id: w\ndescription: {description}\nconflict: manual\nsteps:\n  - id: a\n    agent: noop\n"
+            )
+        };
+        let name = DocName::workflow("w").unwrap();
+        let apply = |store: &mut Store, description: &str, node: &str| {
+            crate::commands::apply_workflow(store, parse(&yaml(description)).unwrap(), node)
+                .unwrap()
+        };
+        // Exchanges the document both ways, as a sync session would.
+        let sync = |a: &mut Store, b: &mut Store| {
+            let id = a.document_id(&name);
+            let held = |s: &mut Store| s.automerge(&id).unwrap_or_else(|_| AutoCommit::new());
+            let (mut da, mut db) = (held(a), held(b));
+            let (mut sa, mut sb) = (
+                crdt_store::automerge::sync::State::new(),
+                crdt_store::automerge::sync::State::new(),
+            );
+            for _ in 0..8 {
+                if let Some(m) = da.sync().generate_sync_message(&mut sa) {
+                    db.sync().receive_sync_message(&mut sb, m).unwrap();
+                }
+                if let Some(m) = db.sync().generate_sync_message(&mut sb) {
+                    da.sync().receive_sync_message(&mut sa, m).unwrap();
+                }
+            }
+            for (store, doc) in [(a, &mut da), (b, &mut db)] {
+                let tasks = doc
+                    .get_changes(&[])
+                    .into_iter()
+                    .map(|c| crdt_store::samod_core::io::StorageTask::Put {
+                        key: crdt_store::samod_core::StorageKey::incremental_path(&id, c.hash()),
+                        value: c.raw_bytes().to_vec(),
+                    })
+                    .collect();
+                store.execute(tasks).unwrap();
+                store.remember_name(&id, &name).unwrap();
+            }
+        };
+        let agreed = apply(&mut a, "agreed", "node-a");
+        sync(&mut a, &mut b);
+        let one = apply(&mut a, "from a", "node-a");
+        let two = apply(&mut b, "from b", "node-b");
+        sync(&mut a, &mut b);
+        for store in [&mut a, &mut b] {
+            let shown = view(store, &name).unwrap();
+            assert_eq!(shown.state, "conflict");
+            assert_eq!(shown.policy, ConflictPolicy::Manual);
+            let writers: Vec<&str> = shown
+                .competing
+                .iter()
+                .map(|c| c.definition.updated_by.as_str())
+                .collect();
+            assert_eq!(writers.len(), 2);
+            assert!(writers.contains(&"node-a") && writers.contains(&"node-b"));
+            // Both nodes run what they agreed on before, read from the history.
+            assert_eq!(shown.definition.as_ref(), Some(&agreed));
+            let json = serde_json::to_value(&shown).unwrap();
+            assert_eq!(json["description"], "agreed");
+            assert_eq!(json["competing"].as_array().unwrap().len(), 2);
+        }
+        assert_ne!(one, two);
+        let resolved = apply(&mut b, "resolved", "node-b");
+        sync(&mut a, &mut b);
+        for store in [&mut a, &mut b] {
+            let shown = view(store, &name).unwrap();
+            assert_eq!(shown.state, "ok");
+            assert!(shown.competing.is_empty());
+            assert_eq!(shown.definition.as_ref(), Some(&resolved));
+            assert!(resolved.version > one.version.max(two.version));
+        }
     }
 
     #[test]

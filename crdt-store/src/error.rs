@@ -100,10 +100,101 @@ pub enum StoreError {
     AppendFailed {
         /// What the storage engine reported.
         reason: String,
+        /// What kind of failure it was, when the filesystem failed under it.
+        fault: Option<WriteFault>,
     },
     /// The store thread has stopped, so the request could not be served.
     #[error("the store thread has stopped")]
     Stopped,
+    /// The filesystem of the data dir has less free space than the configured watermark
+    /// (`store.min_free`), so the write was refused before it could half-happen.
+    #[error(
+        "refused to {refused}: the filesystem of {dir} has {free} free of {total}, below the \
+         store.min_free watermark of {min_free}; free space there (or lower store.min_free)",
+        free = crate::headroom::human_bytes(*free),
+        total = crate::headroom::human_bytes(*total),
+        min_free = crate::headroom::human_bytes(*min_free)
+    )]
+    NoHeadroom {
+        /// What was refused.
+        refused: String,
+        /// The data dir.
+        dir: PathBuf,
+        /// Bytes available to this user there.
+        free: u64,
+        /// Size of that filesystem.
+        total: u64,
+        /// The watermark in bytes.
+        min_free: u64,
+    },
+    /// An earlier commit failed (full disk, I/O error); the store is being reopened and the
+    /// request was refused rather than served by a database in an unknown state.
+    #[error("the store is recovering from a failed write ({cause}); retry in a moment")]
+    Recovering {
+        /// What made the write fail.
+        cause: String,
+        /// What kind of failure it was.
+        fault: WriteFault,
+    },
+}
+
+/// How the filesystem failed under a write: the difference between "free some space" and
+/// "check the device".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteFault {
+    /// The filesystem is full (ENOSPC, EDQUOT) or below the watermark.
+    NoSpace,
+    /// Any other I/O failure (EIO, a short write, a vanished device).
+    Io,
+}
+
+impl StoreError {
+    /// The operating system error under a failed storage operation, when there is one: what
+    /// tells a full disk or a failing device from a refusal or a bad document.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Io { source, .. } => Some(source),
+            StoreError::Engine { source, .. } => match source.as_ref() {
+                redb::Error::Io(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether the storage engine failed underneath the store (an I/O error, or one that an
+    /// earlier I/O error left behind): the database must be reopened before it is trusted.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            StoreError::Engine { source, .. } => {
+                matches!(
+                    source.as_ref(),
+                    redb::Error::Io(_) | redb::Error::PreviousIo
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// How the filesystem failed under this error, if it did.
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        match self {
+            StoreError::NoHeadroom { .. } => Some(WriteFault::NoSpace),
+            StoreError::AppendFailed { fault, .. } => *fault,
+            StoreError::Recovering { fault, .. } => Some(*fault),
+            StoreError::Engine { source, .. } if matches!(**source, redb::Error::PreviousIo) => {
+                Some(WriteFault::Io)
+            }
+            _ => self.io_error().map(|e| {
+                if crate::headroom::is_no_space(e) {
+                    WriteFault::NoSpace
+                } else {
+                    WriteFault::Io
+                }
+            }),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -27,7 +27,9 @@ pub const FLUSH_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_m
 /// The longest a commit that was not fsynced waits for a durable one, even under load.
 pub const MAX_UNFLUSHED_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
-type Call = Box<dyn FnOnce(&mut Store) + Send>;
+/// A request to run on the store thread; given the refusal instead when the store is broken.
+type Call = Box<dyn FnOnce(&mut Store, Option<StoreError>) + Send>;
+
 type AppendReply = flume::Sender<Result<Vec<u64>>>;
 
 enum Request {
@@ -112,8 +114,15 @@ impl StoreHandle {
     ) -> Ticket<R> {
         let (reply, answer) = flume::bounded(1);
         let reply_err = reply.clone();
-        let call: Call = Box::new(move |store| {
-            let _ = reply.send(f(store));
+        let call: Call = Box::new(move |store, refusal| {
+            let result = match refusal {
+                Some(refusal) => Err(refusal),
+                None => f(store),
+            };
+            if let Err(e) = &result {
+                store.note_failure(e);
+            }
+            let _ = reply.send(result);
         });
         if self.requests.send(Request::Call(call)).is_err() {
             let _ = reply_err.send(Err(StoreError::Stopped));
@@ -134,6 +143,23 @@ impl StoreHandle {
 fn run(mut store: Store, inbox: flume::Receiver<Request>) {
     let mut pending: usize = store.pending_results().unwrap_or(0) as usize;
     loop {
+        if let Some(due) = store.broken().map(|b| b.retry_at) {
+            let now = std::time::Instant::now();
+            if now >= due {
+                // A failed reopen is logged by the store and tried again when due.
+                if store.reopen().is_ok() {
+                    pending = store.pending_results().unwrap_or(0) as usize;
+                }
+                continue;
+            }
+            // Broken: answer requests with the refusal until the reopen is due.
+            match inbox.recv_timeout(due - now) {
+                Ok(request) => refuse(&mut store, request),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+            continue;
+        }
         // Folding is deferred until the queue has been quiet for a moment: folding after every
         // commit would put Automerge work between each acknowledgement and the next request,
         // and fold in tiny batches. Flushing waits for quiet for the same reason.
@@ -187,7 +213,8 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
             pending = apply_some(&mut store, pending);
         }
         for call in calls {
-            call(&mut store);
+            let refusal = store.refusal();
+            call(&mut store, refusal);
             pending = store.pending_results().unwrap_or(0) as usize;
         }
         if store
@@ -202,7 +229,24 @@ fn run(mut store: Store, inbox: flume::Receiver<Request>) {
     }
 }
 
+/// Answers a request with the refusal of a broken store.
+fn refuse(store: &mut Store, request: Request) {
+    let refusal = store.refusal();
+    match request {
+        Request::Append { reply, .. } => {
+            let _ = reply.send(Err(refusal.unwrap_or(StoreError::Stopped)));
+        }
+        Request::Call(call) => call(store, refusal),
+    }
+}
+
 fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, AppendReply)>) {
+    if let Some(refusal) = store.refusal() {
+        for (_, reply) in group {
+            let _ = reply.send(Err(refusal_clone(&refusal)));
+        }
+        return;
+    }
     let all: Vec<RunRecord> = group.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
     match store.append_results(&all) {
         Ok(seqs) => {
@@ -212,20 +256,56 @@ fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, AppendReply)>) {
                 let _ = reply.send(Ok(mine));
             }
         }
+        Err(StoreError::NoHeadroom {
+            refused: _,
+            dir,
+            free,
+            total,
+            min_free,
+        }) => {
+            // Each caller hears of its own records: the refusal is not an engine failure.
+            for (records, reply) in group {
+                let _ = reply.send(Err(StoreError::NoHeadroom {
+                    refused: format!("store {} run result(s)", records.len()),
+                    dir: dir.clone(),
+                    free,
+                    total,
+                    min_free,
+                }));
+            }
+        }
         Err(e) => {
             let reason = e.to_string();
+            let fault = e.write_fault();
             tracing::error!(error = %reason, records = all.len(), "durable append failed");
+            store.note_failure(&e);
             for (_, reply) in group {
                 let _ = reply.send(Err(StoreError::AppendFailed {
                     reason: reason.clone(),
+                    fault,
                 }));
             }
         }
     }
 }
 
+/// The refusal again, for another waiting caller.
+fn refusal_clone(refusal: &StoreError) -> StoreError {
+    match refusal {
+        StoreError::Recovering { cause, fault } => StoreError::Recovering {
+            cause: cause.clone(),
+            fault: *fault,
+        },
+        other => StoreError::AppendFailed {
+            reason: other.to_string(),
+            fault: other.write_fault(),
+        },
+    }
+}
+
 fn flush(store: &mut Store) {
     if let Err(e) = store.flush() {
+        store.note_failure(&e);
         // What was applied stays in memory and at the peers it came from; the next durable
         // commit or the next session brings it to disk.
         tracing::error!(error = %e, "making applied sync messages durable failed");
@@ -236,6 +316,7 @@ fn apply_some(store: &mut Store, pending: usize) -> usize {
     match store.apply_pending(APPLY_BATCH) {
         Ok(n) => pending.saturating_sub(n.max(1)),
         Err(e) => {
+            store.note_failure(&e);
             // The records stay in the log; retrying at once would spin, so wait for new work.
             tracing::error!(error = %e, "folding logged results into documents failed");
             0

@@ -14,7 +14,9 @@
 
 pub mod docs;
 mod error;
+pub mod fault;
 mod handle;
+pub mod headroom;
 pub mod names;
 mod store;
 
@@ -25,13 +27,14 @@ pub use docs::{
     RunStatus, RunSummary, StepDef, StepRecord, Target, TypedDoc, WorkflowDoc, WorkflowVersions,
     check_json_bounds, workflow_base,
 };
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, WriteFault};
 pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};
 pub use names::{DocKind, DocName, Window, format_timestamp, parse_timestamp};
 pub use samod_core;
 pub use store::{
-    APPLY_BATCH, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo, FORMAT_VERSION,
-    FleetView, HeadsDigest, MAX_HEADS, MERGE_HEADS_EVERY, RETIRED_DIGEST, ResultsQuery,
-    RetentionPolicy, RetireReason, Retired, Store, StoreConfig, StoreStats, SyncApplied, SyncApply,
-    SyncRejected, WorkflowView, ZoneView, heads_digest, summarize,
+    APPLY_BATCH, Broken, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo,
+    FORMAT_VERSION, FleetView, HeadsDigest, MAX_HEADS, MERGE_HEADS_EVERY, REOPEN_BACKOFF_MAX,
+    REOPEN_BACKOFF_MIN, RETIRED_DIGEST, ResultsQuery, RetentionPolicy, RetireReason, Retired,
+    Store, StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected, WorkflowView, ZoneView,
+    heads_digest, summarize,
 };

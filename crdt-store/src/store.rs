@@ -13,7 +13,9 @@ use samod_core::io::{StorageResult, StorageTask};
 use samod_core::{CompactionHash, DocumentId, StorageKey};
 
 use crate::docs::{self, ResultsDoc, RunRecord, TypedDoc};
-use crate::error::{EngineContext, Result, StoreError};
+use crate::error::{EngineContext, Result, StoreError, WriteFault};
+use crate::fault::SharedBackend;
+use crate::headroom::{Headroom, MinFree};
 use crate::names::{DocKind, DocName, Window};
 use mesh::proto::wire::CatalogueEntry;
 
@@ -114,6 +116,8 @@ pub struct StoreConfig {
     pub retention: RetentionPolicy,
     /// Timestamps of new changes.
     pub change_time: ChangeTime,
+    /// Free space the store keeps on its filesystem: writes below it are refused.
+    pub min_free: MinFree,
 }
 
 impl StoreConfig {
@@ -128,6 +132,7 @@ impl StoreConfig {
             compact_after_chunks: 64,
             retention: RetentionPolicy::default(),
             change_time: ChangeTime::Wall,
+            min_free: MinFree::Default,
         }
     }
 }
@@ -242,7 +247,11 @@ impl ChunkStats {
 /// [`StoreHandle`](crate::StoreHandle).
 pub struct Store {
     db: Database,
+    /// Where the bytes live, to open the database again after a failed commit.
+    medium: Medium,
     path: Option<PathBuf>,
+    /// Set by a failed commit: until [`Store::reopen`] succeeds, the database is not trusted.
+    broken: Option<Broken>,
     config: StoreConfig,
     cache: HashMap<DocumentId, CachedDoc>,
     tick: u64,
@@ -258,6 +267,37 @@ pub struct Store {
     /// The zone of every node in the registry as of some registry heads.
     zones: Option<ZoneCache>,
 }
+
+/// Where a store's bytes live.
+enum Medium {
+    /// A file, opened again by path.
+    File(PathBuf),
+    /// A backend kept across reopens (memory, or a fault-injecting wrapper in tests).
+    Shared(std::sync::Arc<dyn redb::StorageBackend>),
+}
+
+/// What broke the store, and since when.
+#[derive(Debug, Clone)]
+pub struct Broken {
+    /// The error of the failed operation.
+    pub cause: String,
+    /// Whether the filesystem was full or failing.
+    pub fault: WriteFault,
+    /// When it failed.
+    pub since: std::time::Instant,
+    /// Reopen attempts since.
+    pub attempts: u32,
+    /// When the next reopen is due.
+    pub retry_at: std::time::Instant,
+}
+
+/// First wait after a failed reopen; doubled per failed attempt up to [`REOPEN_BACKOFF_MAX`],
+/// so that writes resume within about a second of the disk recovering, without spinning
+/// while it has not.
+pub const REOPEN_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest wait between attempts to reopen a broken store.
+pub const REOPEN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The zones [`Store::node_zones`] read, kept across registry changes that cannot move them.
 struct ZoneCache {
@@ -289,45 +329,55 @@ impl Store {
             })?;
         }
         let db = Database::create(path).map_err(|e| open_error(path, e))?;
-        Store::init(db, Some(path.to_owned()), config)
+        Store::init(
+            db,
+            Medium::File(path.to_owned()),
+            Some(path.to_owned()),
+            config,
+        )
     }
 
     /// A store that lives in memory only (for simulation and tests).
     pub fn open_in_memory(config: StoreConfig) -> Result<Store> {
-        let db = redb::Builder::new()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| open_error(Path::new(":memory:"), e))?;
-        Store::init(db, None, config)
+        Store::open_on_backend(
+            std::sync::Arc::new(redb::backends::InMemoryBackend::new()),
+            None,
+            config,
+        )
     }
 
-    fn init(db: Database, path: Option<PathBuf>, config: StoreConfig) -> Result<Store> {
-        let txn = db.begin_write().during("open")?;
-        {
-            txn.open_table(CHUNKS).during("open")?;
-            txn.open_table(NAMES).during("open")?;
-            txn.open_table(RESULT_LOG).during("open")?;
-            txn.open_table(HEADS).during("open")?;
-            txn.open_table(RETIRED).during("open")?;
-            let mut meta = txn.open_table(META).during("open")?;
-            let found = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert(META_FORMAT, FORMAT_VERSION).during("open")?;
-                }
-                Some(v) if v == FORMAT_VERSION => {}
-                Some(found) => {
-                    return Err(StoreError::FormatVersion {
-                        path: path.clone().unwrap_or_default(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-            }
-        }
-        txn.commit().during("open")?;
+    /// A store over any redb backend, kept across reopens: how tests put a
+    /// [`FaultyBackend`](crate::fault::FaultyBackend) under a store. `path` is what the store
+    /// reports as its file and where it measures free space, if it has one.
+    pub fn open_on_backend(
+        backend: std::sync::Arc<dyn redb::StorageBackend>,
+        path: Option<&Path>,
+        config: StoreConfig,
+    ) -> Result<Store> {
+        let shown = path.unwrap_or(Path::new(":memory:"));
+        let db = redb::Builder::new()
+            .create_with_backend(SharedBackend(backend.clone()))
+            .map_err(|e| open_error(shown, e))?;
+        Store::init(
+            db,
+            Medium::Shared(backend),
+            path.map(Path::to_owned),
+            config,
+        )
+    }
+
+    fn init(
+        db: Database,
+        medium: Medium,
+        path: Option<PathBuf>,
+        config: StoreConfig,
+    ) -> Result<Store> {
+        Store::prepare(&db, path.as_deref())?;
         let mut store = Store {
             db,
+            medium,
             path,
+            broken: None,
             config,
             cache: HashMap::new(),
             tick: 0,
@@ -347,6 +397,151 @@ impl Store {
             store.flush()?;
         }
         Ok(store)
+    }
+
+    /// Creates the tables a new file lacks and checks the format version of an old one.
+    fn prepare(db: &Database, path: Option<&Path>) -> Result<()> {
+        let txn = db.begin_write().during("open")?;
+        {
+            txn.open_table(CHUNKS).during("open")?;
+            txn.open_table(NAMES).during("open")?;
+            txn.open_table(RESULT_LOG).during("open")?;
+            txn.open_table(HEADS).during("open")?;
+            txn.open_table(RETIRED).during("open")?;
+            let mut meta = txn.open_table(META).during("open")?;
+            let found = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION).during("open")?;
+                }
+                Some(v) if v == FORMAT_VERSION => {}
+                Some(found) => {
+                    return Err(StoreError::FormatVersion {
+                        path: path.map(Path::to_owned).unwrap_or_default(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        txn.commit().during("open")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // failure and recovery
+
+    /// Records that a storage operation failed under the store, if `error` says it did: the
+    /// database then answers nothing but errors until it is reopened ([`Store::reopen`]).
+    pub fn note_failure(&mut self, error: &StoreError) {
+        if !error.is_storage_failure() || self.broken.is_some() {
+            return;
+        }
+        let fault = error.write_fault().unwrap_or(WriteFault::Io);
+        tracing::error!(error = %error, ?fault, "a store commit failed; reopening the store");
+        let now = std::time::Instant::now();
+        self.broken = Some(Broken {
+            cause: error.to_string(),
+            fault,
+            since: now,
+            attempts: 0,
+            retry_at: now,
+        });
+    }
+
+    /// Why the store is not serving, while it is not.
+    pub fn broken(&self) -> Option<&Broken> {
+        self.broken.as_ref()
+    }
+
+    /// The refusal a request gets while the store is broken.
+    pub fn refusal(&self) -> Option<StoreError> {
+        self.broken.as_ref().map(|b| StoreError::Recovering {
+            cause: b.cause.clone(),
+            fault: b.fault,
+        })
+    }
+
+    /// Drops the database and opens it again over the same bytes, as after a restart: redb
+    /// rolls back to the last durable commit, and everything this process held beyond it
+    /// (cached documents, sync sessions, the heads index) is read again from disk. Peers send
+    /// again whatever that rolled back, because the sync sessions restart from stored state.
+    pub fn reopen(&mut self) -> Result<()> {
+        let outcome = self.open_again();
+        if let (Err(e), Some(broken)) = (&outcome, self.broken.as_mut()) {
+            broken.attempts += 1;
+            let backoff = REOPEN_BACKOFF_MIN
+                .saturating_mul(1 << broken.attempts.min(16))
+                .min(REOPEN_BACKOFF_MAX);
+            broken.retry_at = std::time::Instant::now() + backoff;
+            tracing::warn!(error = %e, attempts = broken.attempts, "reopening the store failed");
+        }
+        outcome
+    }
+
+    fn open_again(&mut self) -> Result<()> {
+        let shown = self
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(":memory:"));
+        // The old database must be closed before the file can be opened again (redb locks it).
+        let placeholder = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| open_error(&shown, e))?;
+        drop(std::mem::replace(&mut self.db, placeholder));
+        let db = match &self.medium {
+            Medium::File(path) => Database::create(path).map_err(|e| open_error(path, e))?,
+            Medium::Shared(backend) => redb::Builder::new()
+                .create_with_backend(SharedBackend(backend.clone()))
+                .map_err(|e| open_error(&shown, e))?,
+        };
+        Store::prepare(&db, self.path.as_deref())?;
+        self.db = db;
+        self.cache.clear();
+        self.sync_states.clear();
+        self.zones = None;
+        self.stuck.clear();
+        self.unflushed_since = None;
+        self.index_all_heads()?;
+        self.apply_pending(usize::MAX)?;
+        self.flush()?;
+        if let Some(broken) = self.broken.take() {
+            tracing::info!(
+                attempts = broken.attempts,
+                after_ms = broken.since.elapsed().as_millis() as u64,
+                "the store was reopened and serves again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Free space on the store's filesystem against `store.min_free`; `None` for a store
+    /// without a file.
+    pub fn headroom(&self) -> Option<std::io::Result<Headroom>> {
+        let dir = self.path.as_deref()?.parent()?;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        Some(crate::headroom::headroom(dir, self.config.min_free))
+    }
+
+    /// Refuses `refused` when free space is under the watermark. A filesystem that cannot be
+    /// measured does not block writes: the commit itself then tells.
+    pub fn require_headroom(&self, refused: impl std::fmt::Display) -> Result<()> {
+        if self.config.min_free == MinFree::Off {
+            return Ok(());
+        }
+        match self.headroom() {
+            Some(Ok(room)) if room.is_low() => Err(StoreError::NoHeadroom {
+                refused: refused.to_string(),
+                dir: room.dir,
+                free: room.free_bytes,
+                total: room.total_bytes,
+                min_free: room.min_free_bytes,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The configuration the store was opened with.
@@ -892,6 +1087,11 @@ impl Store {
         edit: impl FnOnce(&mut T) -> R,
     ) -> Result<R> {
         check_kind::<T>(name)?;
+        // The registry carries this node's liveness and addresses: refusing it would cut the
+        // node off from the mesh that must help free its disk.
+        if name.kind() != DocKind::Mesh {
+            self.require_headroom(format_args!("write {name}"))?;
+        }
         self.write_doc::<T, R>(name, "update document", |store, txn, id| {
             let cached = store.cache.get_mut(id).expect("loaded by write_doc");
             let before = cached.doc.get_heads();
@@ -1215,6 +1415,7 @@ impl Store {
             }
             encoded.push(bytes);
         }
+        self.require_headroom(format_args!("store {} run result(s)", records.len()))?;
         let mut txn = self.db.begin_write().during("append results")?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Engine {

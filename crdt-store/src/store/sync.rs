@@ -86,6 +86,10 @@ pub enum SyncRejected {
     /// The stored document could not be read.
     #[error("{0}")]
     Local(String),
+    /// Free space on this node is under the watermark: only the registry is taken in, so
+    /// the mesh keeps working while the operator makes room. The peer sends it again later.
+    #[error("{0}")]
+    NoHeadroom(String),
 }
 
 impl SyncRejected {
@@ -175,6 +179,8 @@ impl Store {
         &mut self,
         batch: Vec<SyncApply>,
     ) -> Result<Vec<std::result::Result<SyncApplied, SyncRejected>>> {
+        let low_on_space = self.require_headroom("take in synced documents").err();
+        let registry = self.document_id(&DocName::Mesh);
         let mut txn = self.db.begin_write().during("apply sync")?;
         txn.set_durability(Durability::None)
             .map_err(|e| StoreError::Engine {
@@ -186,6 +192,10 @@ impl Store {
         let mut changed: Vec<DocumentId> = Vec::new();
         for message in batch {
             let doc = message.doc.clone();
+            if let Some(refusal) = low_on_space.as_ref().filter(|_| doc != registry) {
+                outcomes.push(Err(SyncRejected::NoHeadroom(refusal.to_string())));
+                continue;
+            }
             match self.apply_one(&txn, message) {
                 Ok(applied) => {
                     if applied.changed && !changed.contains(&doc) {

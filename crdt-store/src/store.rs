@@ -173,6 +173,8 @@ pub enum RetireReason {
     Age,
     /// Windowed documents took more than the size cap.
     Size,
+    /// Free space fell under the watermark, and the aggregator chain already holds the window.
+    HeldUpstream,
 }
 
 /// One retired window.
@@ -524,6 +526,11 @@ impl Store {
             dir
         };
         Some(crate::headroom::headroom(dir, self.config.min_free))
+    }
+
+    /// Changes the free-space watermark (configuration reloaded, or a test).
+    pub fn set_min_free(&mut self, min_free: MinFree) {
+        self.config.min_free = min_free;
     }
 
     /// Refuses `refused` when free space is under the watermark. A filesystem that cannot be
@@ -1690,6 +1697,67 @@ impl Store {
             );
         }
         Ok(retired)
+    }
+
+    /// Makes room when free space is under the watermark by retiring closed windows (oldest
+    /// first) that one of `holders` (the aggregator chain) is known to hold whole: its sync
+    /// state, in this session or persisted from an earlier one, shares every head of the
+    /// document. Nothing only this node holds is retired. The file is then compacted, so the
+    /// space returns to the filesystem (redb reuses freed pages but does not shrink by itself).
+    pub fn retire_held_windows(&mut self, holders: &[String], now_ms: i64) -> Result<Vec<Retired>> {
+        let low = matches!(self.headroom(), Some(Ok(room)) if room.is_low());
+        if !low || holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.apply_pending(usize::MAX)?;
+        let mut windowed = self.windowed_docs(DocKind::Results)?;
+        windowed.extend(self.windowed_docs(DocKind::Rollup)?);
+        windowed.sort_by_key(|(name, _)| name.window().map(|w| w.end_ms()));
+        let mut retired = Vec::new();
+        for (name, bytes) in windowed {
+            let window = name.window().expect("windowed documents have a window");
+            if window.end_ms() > now_ms {
+                continue;
+            }
+            if !self.held_by_any(&name, holders)? {
+                continue;
+            }
+            self.remove_doc(&name)?;
+            tracing::info!(doc = %name, bytes, "retired a window the aggregator chain holds, to make room");
+            retired.push(Retired {
+                doc: name.to_string(),
+                bytes,
+                reason: RetireReason::HeldUpstream,
+            });
+        }
+        if !retired.is_empty() {
+            self.flush()?;
+            if let Err(e) = self.db.compact() {
+                tracing::warn!(error = %e, "compacting the store file after retiring windows failed");
+            }
+        }
+        Ok(retired)
+    }
+
+    /// Whether one of `holders` shares every head of a document, by its sync state.
+    fn held_by_any(&mut self, name: &DocName, holders: &[String]) -> Result<bool> {
+        let id = self.document_id(name);
+        let Some(heads) = self.heads(&id)? else {
+            return Ok(false);
+        };
+        for peer in holders {
+            let shared = match self.sync_states.get(&(id.clone(), peer.clone())) {
+                Some(state) => Some(state.shared_heads.clone()),
+                None => self
+                    .load_sync_state(&id, peer)?
+                    .and_then(|bytes| automerge::sync::State::decode(&bytes).ok())
+                    .map(|state| state.shared_heads),
+            };
+            if shared.is_some_and(|shared| heads.iter().all(|h| shared.contains(h))) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Deletes every chunk, sync state and the name of a document, durably.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crdt_store::fault::{FaultPlan, FaultyBackend, InjectedFault};
 use crdt_store::headroom::MinFree;
 use crdt_store::{
-    DocName, MeshRegistry, NodeEntry, ResultsQuery, RunRecord, RunStatus, Store, StoreConfig,
-    StoreError, StoreHandle, WriteFault,
+    DocName, MeshRegistry, NodeEntry, ResultsQuery, RetireReason, RunRecord, RunStatus, Store,
+    StoreConfig, StoreError, StoreHandle, SyncApply, Window, WriteFault,
 };
 
 fn config() -> StoreConfig {
@@ -191,4 +191,81 @@ fn below_the_watermark_runs_are_refused_by_name_but_the_registry_is_kept() {
     assert!(stored_ids(&mut store).is_empty());
     let room = store.headroom().unwrap().unwrap();
     assert!(room.is_low() && room.total_bytes > 0);
+}
+
+/// Sends one sync message, if `from` has one; returns whether it had.
+fn send(from: &mut Store, from_id: &str, to: &mut Store, to_id: &str, name: &DocName) -> bool {
+    let doc = from.document_id(name);
+    let Some(payload) = from.sync_generate(&doc, to_id).unwrap() else {
+        return false;
+    };
+    let outcome = to
+        .sync_apply(vec![SyncApply {
+            doc,
+            peer: from_id.into(),
+            name: Some(name.to_string()),
+            payload,
+        }])
+        .unwrap();
+    assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
+    true
+}
+
+/// Runs the store's own sync between two stores over one document until both are quiet.
+fn sync_doc(a: &mut Store, a_id: &str, b: &mut Store, b_id: &str, name: &DocName) {
+    for _ in 0..32 {
+        let sent_ab = send(a, a_id, b, b_id, name);
+        let sent_ba = send(b, b_id, a, a_id, name);
+        if !sent_ab && !sent_ba {
+            return;
+        }
+    }
+    panic!("sync of {name} did not settle");
+}
+
+#[test]
+fn below_the_watermark_only_windows_the_aggregator_holds_are_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut edge = Store::open(&dir.path().join("store.redb"), config()).unwrap();
+    let mut aggregator = Store::open_in_memory(StoreConfig::new("test-mesh", "agg")).unwrap();
+    let mut held = record("held");
+    held.finished_ms = 1_700_000_000_005;
+    let mut only_here = record("only-here");
+    only_here.finished_ms = 1_700_100_000_005;
+    edge.append_results(&[held.clone(), only_here.clone()])
+        .unwrap();
+    edge.apply_pending(usize::MAX).unwrap();
+    let window_of = |r: &RunRecord| DocName::Results {
+        node: "node-a".into(),
+        window: Window::containing(r.finished_ms, 60),
+    };
+    let held_doc = window_of(&held);
+    let kept_doc = window_of(&only_here);
+    assert_ne!(held_doc, kept_doc);
+    sync_doc(&mut edge, "node-a", &mut aggregator, "agg", &held_doc);
+
+    let now = 1_800_000_000_000;
+    // With room to spare nothing is retired.
+    assert!(
+        edge.retire_held_windows(&["agg".into()], now)
+            .unwrap()
+            .is_empty()
+    );
+    edge.set_min_free(MinFree::Bytes(u64::MAX / 4));
+    let retired = edge.retire_held_windows(&["agg".into()], now).unwrap();
+    let names: Vec<&str> = retired.iter().map(|r| r.doc.as_str()).collect();
+    assert_eq!(names, vec![held_doc.to_string().as_str()]);
+    assert_eq!(retired[0].reason, RetireReason::HeldUpstream);
+    let ids = stored_ids(&mut edge);
+    assert_eq!(
+        ids,
+        vec!["only-here".to_string()],
+        "what only this node holds stays"
+    );
+    // A holder that is not in the chain does not count.
+    assert!(
+        edge.retire_held_windows(&["stranger".into()], now)
+            .unwrap()
+            .is_empty()
+    );
 }

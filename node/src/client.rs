@@ -26,6 +26,12 @@ pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
     request(addr, "GET", path, None, None, DEFAULT_TIMEOUT)
 }
 
+/// `GET /health`: its answer is read whether the node is `ok` (200) or `degraded` (503).
+pub fn health(addr: SocketAddr) -> Result<crate::http::Health> {
+    let (_, body) = exchange(addr, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
+    serde_json::from_str(&body).context("decoding the answer to GET /health")
+}
+
 /// `POST path` with a text body and the node's write token, answer decoded from JSON.
 pub fn post<T: DeserializeOwned>(
     addr: SocketAddr,
@@ -58,6 +64,22 @@ fn request<T: DeserializeOwned>(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<T> {
+    let (status, body) = exchange(addr, method, path, token, body, timeout)?;
+    if !status.starts_with('2') || status.len() != 3 {
+        bail!("{method} {path} answered {status}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("decoding the answer to {method} {path}"))
+}
+
+/// One request; the status code and the body of the answer.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -79,10 +101,7 @@ fn request<T: DeserializeOwned>(
         .split_once("\r\n\r\n")
         .with_context(|| format!("malformed answer to {method} {path}"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if !status.starts_with('2') || status.len() != 3 {
-        bail!("{method} {path} answered {status}: {}", body.trim());
-    }
-    serde_json::from_str(body).with_context(|| format!("decoding the answer to {method} {path}"))
+    Ok((status.to_owned(), body.to_owned()))
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

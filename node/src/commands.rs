@@ -20,6 +20,11 @@ use crate::node::{Node, now_ms};
 use crate::output;
 
 pub fn run(opts: Opts) -> Result<()> {
+    let root = opts.data_dir.clone();
+    dispatch(opts).map_err(|e| crate::durability::explain_any(e, &root))
+}
+
+fn dispatch(opts: Opts) -> Result<()> {
     let root = opts.data_dir;
     match opts.command {
         Command::Init(args) => init(&root, args),
@@ -283,7 +288,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::client::running_node(&node.dir);
     let (health, peers, hierarchy, store) = match running {
         Some(addr) => {
-            let health: crate::http::Health = crate::client::get(addr, "/health")?;
+            let health = crate::client::health(addr)?;
             let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
             let hierarchy: HierarchyView = crate::client::get(addr, "/hierarchy")?;
             (Some(health), peers, Some(hierarchy), None)
@@ -326,6 +331,19 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 h.quic,
                 h.http
             );
+            if let Some(store) = &h.store {
+                println!(
+                    "disk     {} free of {} on {} (keeps {} free)",
+                    output::bytes(store.free_bytes),
+                    output::bytes(store.total_bytes),
+                    store.dir,
+                    output::bytes(store.min_free_bytes)
+                );
+            }
+            println!("health   {}", h.status);
+            for problem in &h.problems {
+                println!("  ! {problem}");
+            }
             if let Some(hierarchy) = &hierarchy {
                 print_hierarchy(hierarchy);
             }
@@ -916,7 +934,26 @@ fn run_through_node(
     loop {
         let view: crate::scheduler::RunView = crate::client::get(addr, &path)
             .with_context(|| format!("waiting for run {}", accepted.run_id))?;
-        if let crate::scheduler::RunView::Finished { record, .. } = view {
+        if let crate::scheduler::RunView::Finished {
+            record, recorded, ..
+        } = view
+        {
+            if !recorded {
+                // Done means durable: a run whose record did not reach the disk is not done.
+                let problems = crate::client::health(addr)
+                    .map(|h| h.problems.join("; "))
+                    .unwrap_or_default();
+                bail!(
+                    "run {} {} but its record could not be stored durably{}",
+                    record.run_id,
+                    record.status.as_str(),
+                    if problems.is_empty() {
+                        " (see the node's log)".to_owned()
+                    } else {
+                        format!(": {problems}")
+                    }
+                );
+            }
             return Ok(record);
         }
         std::thread::sleep(STATUS_POLL);

@@ -80,6 +80,25 @@ pub struct StoreSection {
     pub retention_max_size: String,
     /// Incremental chunks a document may gather before it is compacted into a snapshot.
     pub compact_after_chunks: usize,
+    /// Free space to keep on the data dir's filesystem (`5%`, `256MiB`, `0` for none; by
+    /// default the smaller of 5% and 256 MiB). Below it, windows the aggregator chain already
+    /// holds are retired first, then runs and writes are refused and `/health` is degraded.
+    #[serde(deserialize_with = "string_or_number")]
+    pub min_free: String,
+}
+
+/// A size written as a string (`256MiB`) or, as an environment variable often is, a number.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(text) => text,
+        Either::Number(n) => n.to_string(),
+    })
 }
 
 impl Default for StoreSection {
@@ -89,6 +108,7 @@ impl Default for StoreSection {
             retention_max_age: "30d".into(),
             retention_max_size: "1GiB".into(),
             compact_after_chunks: 64,
+            min_free: "default".into(),
         }
     }
 }
@@ -222,6 +242,7 @@ impl Config {
             parse_size(&self.store.retention_max_size)
                 .context("store.retention_max_size (RHIZOME_STORE_RETENTION_MAX_SIZE)")?;
         }
+        self.min_free()?;
         Ok(())
     }
 
@@ -234,6 +255,15 @@ impl Config {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// The free-space watermark of the data dir's filesystem.
+    pub fn min_free(&self) -> Result<crdt_store::headroom::MinFree> {
+        self.store
+            .min_free
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))
+            .context("store.min_free (RHIZOME_STORE_MIN_FREE)")
+    }
+
     /// The store settings in the form the store takes.
     pub fn store_config(&self, mesh_id: &str, node_id: &str) -> Result<crdt_store::StoreConfig> {
         let mut config = crdt_store::StoreConfig::new(mesh_id, node_id);
@@ -242,6 +272,7 @@ impl Config {
             .try_into()
             .context("store.results_window is too long")?;
         config.compact_after_chunks = self.store.compact_after_chunks.max(1);
+        config.min_free = self.min_free()?;
         config.retention = crdt_store::RetentionPolicy {
             max_age_ms: if self.store.retention_max_age.is_empty() {
                 None

@@ -21,6 +21,9 @@ const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6
 /// How often a running node reads its capabilities again (free disk changes as it runs).
 const CAPABILITIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often free space is checked against the watermark, to make room in time.
+const HEADROOM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn start(node: Node, args: StartArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -206,6 +209,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         http: http.to_string(),
         uptime_ms: 0,
         version: env!("CARGO_PKG_VERSION").into(),
+        problems: Vec::new(),
+        store: None,
     };
     // A fresh token per start, readable only by the node's user: local processes of other
     // users cannot write through the API.
@@ -242,6 +247,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         role,
         capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
         scheduler: scheduler.clone(),
+        data_dir: node.dir.root.clone(),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::http::router(state);
@@ -275,6 +281,38 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // A fleet's registry has a head per node after it starts; aggregators fold them into one
     // (one merger per zone: were every node to merge, merges would be most of the changes),
     // at a random phase so that two merges rarely cross.
+    // Below the free-space watermark, windows the aggregator chain already holds make room
+    // first; writes are refused only when that is not enough.
+    let room_store = store.clone();
+    let room_view = hierarchy_rx.clone();
+    let headroom = tokio::spawn(async move {
+        let mut every = tokio::time::interval(HEADROOM_INTERVAL);
+        loop {
+            every.tick().await;
+            let holders: Vec<String> = room_view
+                .borrow()
+                .as_ref()
+                .map(|h| h.chain.iter().filter_map(|(_, a)| a.clone()).collect())
+                .unwrap_or_default();
+            let now = now_ms();
+            match room_store
+                .call(move |s| s.retire_held_windows(&holders, now))
+                .recv()
+                .await
+            {
+                Ok(retired) if !retired.is_empty() => {
+                    let bytes: u64 = retired.iter().map(|r| r.bytes).sum();
+                    tracing::warn!(
+                        windows = retired.len(),
+                        bytes,
+                        "low disk: retired windows the aggregator chain holds"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "making room on a low disk failed"),
+            }
+        }
+    });
     let merge_store = store.clone();
     let merge_view = hierarchy_rx;
     let merges = tokio::spawn(async move {
@@ -337,6 +375,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     reloads.abort();
     retention.abort();
     merges.abort();
+    headroom.abort();
     refresh.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());

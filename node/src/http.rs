@@ -29,6 +29,12 @@ pub struct Health {
     pub http: String,
     pub uptime_ms: u64,
     pub version: String,
+    /// Why the node is `degraded`, one sentence each; empty when `ok`.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Free space and the state of the store.
+    #[serde(default)]
+    pub store: Option<crate::durability::StoreHealth>,
 }
 
 /// One entry of `GET /peers`.
@@ -103,6 +109,8 @@ pub struct AppState {
     /// The capabilities announced last (refreshed every minute).
     pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
     pub scheduler: SchedulerHandle,
+    /// The data dir, whose filesystem refusals and health name.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The API's routes.
@@ -123,10 +131,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn get_health(State(state): State<Arc<AppState>>) -> Json<Health> {
+/// How long `/health` waits for the store before it reports the store as not answering.
+const HEALTH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `ok` (200) only while nothing is wrong; otherwise `degraded` (503) with every problem, so a
+/// load balancer or supervisor never takes a node that refuses writes for a healthy one.
+async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCode, Json<Health>) {
     let mut health = state.health.clone();
     health.uptime_ms = state.started.elapsed().as_millis() as u64;
-    Json(health)
+    let store =
+        crate::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
+    health.problems = store.problems();
+    health.store = Some(store);
+    if health.problems.is_empty() {
+        health.status = "ok".into();
+        (axum::http::StatusCode::OK, Json(health))
+    } else {
+        health.status = "degraded".into();
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(health))
+    }
+}
+
+/// A store error as the API answers it: 507 for a full disk, 503 for a failing store, with
+/// the data dir's free space named.
+pub fn store_failed(state: &AppState) -> impl Fn(crdt_store::StoreError) -> ApiError + '_ {
+    |e| {
+        (
+            crate::durability::status_of(&e),
+            crate::durability::explain(&e, &state.data_dir),
+        )
+    }
+}
+
+/// An operation's error, answered by the store error under it when there is one.
+pub fn operation_failed(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError + '_ {
+    |e| {
+        let status = crate::durability::status_of_any(&e);
+        let e = crate::durability::explain_any(e, &state.data_dir);
+        (status, format!("{e:#}"))
+    }
 }
 
 /// A part of the node that cannot answer now (stopping, or its store failed).
@@ -317,8 +360,8 @@ async fn post_workflow(
         .call(move |s| Ok(crate::commands::apply_workflow(s, definition, &node_id)))
         .recv()
         .await
-        .map_err(api_error)?
-        .map_err(|e| api_error(format!("{e:#}")))?;
+        .map_err(store_failed(&state))?
+        .map_err(operation_failed(&state))?;
     // New runs use the new version from the moment this answers.
     state.scheduler.reload().await;
     Ok(Json(stored))

@@ -48,6 +48,11 @@ pub async fn post_run(
             )
         })?
     };
+    // A run is accepted only when its record could be stored: not while the disk is under
+    // the watermark or the store is recovering from a failed commit.
+    crate::durability::admit_write(&state.store, format!("accept a run of `{workflow}`"))
+        .await
+        .map_err(crate::http::store_failed(&state))?;
     match state.scheduler.submit(&workflow, input).await {
         Ok(run_id) => Ok((StatusCode::ACCEPTED, Json(RunAccepted { run_id }))),
         Err(refusal) => Err((refusal_status(&refusal), refusal.to_string())),

@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod durability;
 pub mod engine;
 pub mod hierarchy;
 pub mod http;

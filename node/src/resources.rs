@@ -1,5 +1,5 @@
 //! What this node offers as a zone aggregator: CPU count and total memory (sysinfo), free space
-//! on the filesystem of its data dir (sysinfo), and its power source (Linux
+//! on the filesystem of its data dir (statvfs), and its power source (Linux
 //! `/sys/class/power_supply`), each overridable in `[node]` (`cpus`, `memory`, `power`).
 //! Reading them must stay cheap: a running node reads them again every minute.
 
@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use mesh::proto::wire::{Capabilities, Power};
-use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
 use crate::config::{NodeSection, parse_size};
 
@@ -60,20 +60,13 @@ pub fn parse_power(text: &str) -> Result<Option<Power>> {
     })
 }
 
-/// Bytes free for this user on the filesystem that holds `dir`: the mounted disk with the
-/// longest mount point that contains it.
+/// Bytes free for this user on the filesystem that holds `dir`, by statvfs: the filesystem
+/// the kernel writes to (a list of mounted disks misses tmpfs and bind mounts, and reported
+/// the root disk's space for a small tmpfs data dir).
 pub fn free_disk(dir: &Path) -> Result<u64> {
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve the data dir {}", dir.display()))?;
-    let disks = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
-        .context("cannot list this machine's filesystems")?;
-    let disk = disks
-        .iter()
-        .filter(|d| dir.starts_with(d.mount_point()))
-        .max_by_key(|d| d.mount_point().as_os_str().len())
-        .with_context(|| format!("no mounted filesystem holds {}", dir.display()))?;
-    Ok(disk.available_space())
+    let (free, _) = crdt_store::headroom::filesystem_space(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    Ok(free)
 }
 
 /// The power source from the kernel's power supply list in `dir`: mains when a mains supply is

@@ -1,0 +1,205 @@
+//! A real node on a small tmpfs whose disk fills up: runs and workflow applies are refused with
+//! 507 and a non-zero exit naming the filesystem, `/health` turns `degraded` with the reason,
+//! nothing acknowledged is lost, and writes resume by themselves once space is freed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rhizome_e2e::process::{init_in, ok, run, start};
+use rhizome_e2e::{wait_until, workflows};
+
+/// A tmpfs of `size` mounted on `dir`, unmounted when dropped; `None` (saying why) without root.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipped: mounting a tmpfs needs root ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with a file until writes fail, leaving `keep` bytes free.
+fn fill(dir: &Path, keep: u64) -> std::path::PathBuf {
+    let path = dir.join("filler");
+    let (free, _) = free_space(dir);
+    let size = free.saturating_sub(keep);
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut written = 0u64;
+    use std::io::Write;
+    while written < size {
+        let n = chunk.len().min((size - written) as usize);
+        if file.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        written += n as u64;
+    }
+    let _ = file.sync_all();
+    path
+}
+
+fn free_space(dir: &Path) -> (u64, u64) {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail,size"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1).unwrap();
+    let mut parts = line.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+fn health(dir: &Path) -> serde_json::Value {
+    let status = ok(run(dir, &["status", "--json"]));
+    status["health"].clone()
+}
+
+#[test]
+fn a_node_on_a_full_disk_refuses_by_name_and_resumes_when_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
+        return;
+    };
+    let disk = tmp.path().join("disk");
+    let dir = disk.join("node");
+    init_in(&dir, "edge", None, &["--tag", "sensor"]);
+    let node = start(&dir, &[]);
+    let wf = tmp.path().join("probe.yaml");
+    std::fs::write(&wf, workflows::probe("manual")).unwrap();
+    ok(run(&dir, &["workflow", "apply", wf.to_str().unwrap()]));
+    let before = ok(run(&dir, &["run", "probe", "--json"]));
+    assert_eq!(health(&dir)["status"], "ok");
+
+    // Under the watermark (5% of 24 MiB): refused before the disk is actually full.
+    let filler = fill(&disk, 256 << 10);
+    let refused = run(&dir, &["run", "probe", "--json"]);
+    assert!(
+        !refused.status.success(),
+        "a run was accepted on a full disk"
+    );
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("507")
+            && text.contains("store.min_free")
+            && text.contains(&dir.display().to_string()),
+        "the refusal must name the status, the watermark and the data dir: {text}"
+    );
+    let applied = run(&dir, &["workflow", "apply", wf.to_str().unwrap()]);
+    assert!(
+        !applied.status.success(),
+        "a workflow apply was acknowledged on a full disk"
+    );
+    assert!(String::from_utf8_lossy(&applied.stderr).contains("507"));
+    let degraded = health(&dir);
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    assert!(
+        degraded["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("low disk"),
+        "{degraded}"
+    );
+    let human = String::from_utf8_lossy(&run(&dir, &["status"]).stdout).to_string();
+    assert!(
+        human.contains("degraded") && human.contains("low disk"),
+        "{human}"
+    );
+
+    // Space freed: writes resume within seconds, by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = wait_until(
+        "a run is acknowledged after space is freed",
+        Duration::from_secs(20),
+        || run(&dir, &["run", "probe", "--json"]).status.success(),
+    );
+    eprintln!("space freed -> first acknowledged run: {resumed:?}");
+    assert_eq!(health(&dir)["status"], "ok");
+    let results = ok(run(&dir, &["results", "--json"]));
+    let ids: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert!(ids.contains(&before["run_id"].as_str().unwrap()), "{ids:?}");
+    drop(node);
+}
+
+/// With the watermark off, the filesystem itself refuses: the failed commit is reported (the
+/// run is not called done), the store reopens itself, and writes resume once space is freed.
+#[test]
+fn a_real_enospc_is_reported_and_the_store_recovers_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
+        return;
+    };
+    let disk = tmp.path().join("disk");
+    let dir = disk.join("node");
+    init_in(&dir, "edge", None, &["--tag", "sensor"]);
+    std::fs::write(
+        dir.join("rhizome.toml"),
+        std::fs::read_to_string(dir.join("rhizome.toml"))
+            .unwrap()
+            .replace("min_free = \"default\"", "min_free = \"0\""),
+    )
+    .unwrap();
+    let node = start(&dir, &[]);
+    let wf = tmp.path().join("probe.yaml");
+    std::fs::write(&wf, workflows::probe("manual")).unwrap();
+    ok(run(&dir, &["workflow", "apply", wf.to_str().unwrap()]));
+    let before = ok(run(&dir, &["run", "probe", "--json"]));
+
+    let filler = fill(&disk, 0);
+    let mut refused = 0;
+    for _ in 0..5 {
+        let out = run(&dir, &["run", "probe", "--json"]);
+        if !out.status.success() {
+            refused += 1;
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                text.contains("could not be stored")
+                    || text.contains("507")
+                    || text.contains("503"),
+                "{text}"
+            );
+        }
+    }
+    assert!(refused > 0, "no run failed on a disk with no space left");
+
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = wait_until(
+        "a run is acknowledged after space is freed",
+        Duration::from_secs(20),
+        || run(&dir, &["run", "probe", "--json"]).status.success(),
+    );
+    eprintln!("space freed -> first acknowledged run (ENOSPC): {resumed:?}");
+    let results = ok(run(&dir, &["results", "--json"]));
+    let ids: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert!(ids.contains(&before["run_id"].as_str().unwrap()), "{ids:?}");
+    drop(node);
+}

@@ -1252,8 +1252,17 @@ steps:
         let agreed = apply(&mut a, "agreed", "node-a");
         sync(&mut a, &mut b);
         let one = apply(&mut a, "from a", "node-a");
+        // a's scheduler reads (and validates) its own version before b's arrives.
+        let mut known = KnownWorkflows::new();
+        stored_since(&mut a, &mut known).unwrap();
         let two = apply(&mut b, "from b", "node-b");
         sync(&mut a, &mut b);
+        let running = stored_since(&mut a, &mut known).unwrap();
+        assert_eq!(
+            running[0].doc, one,
+            "a keeps running the last version it validated"
+        );
+        assert_eq!(running[0].blocked, None);
         for store in [&mut a, &mut b] {
             let shown = view(store, &name).unwrap();
             assert_eq!(shown.state, "conflict");

@@ -205,7 +205,7 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
         assert_converged(node);
     }
 
-    // Node 2 is cut off; nodes 0 and 2 edit different steps of the same workflow meanwhile.
+    // Node 2 is cut off; nodes 0 and 2 apply versions that edit different steps meanwhile.
     lab.set_plugged(&lan.cables[2], false);
     wait_until("partition noticed", Duration::from_secs(8), || {
         connected_or_0(&nodes[0]) == 1 && connected_or_0(&nodes[2]) == 0
@@ -221,15 +221,21 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
         2
     );
     lab.set_plugged(&lan.cables[2], true);
-    let took = wait_until("both edits everywhere", Duration::from_secs(15), || {
-        nodes.iter().all(|n| {
-            workflow(n, "line").is_some_and(|w| {
-                step_config(&w, "read")["seed"] == 2 && step_config(&w, "score")["threshold"] == 4
+    // Definitions are never merged: node 2's version (applied last) wins whole everywhere.
+    let took = wait_until(
+        "node 2's version everywhere",
+        Duration::from_secs(15),
+        || {
+            nodes.iter().all(|n| {
+                workflow(n, "line").is_some_and(|w| {
+                    step_config(&w, "read")["seed"] == 1
+                        && step_config(&w, "score")["threshold"] == 4
+                })
             })
-        })
-    });
+        },
+    );
     eprintln!(
-        "netns: edits from both sides of a partition merged everywhere {took:?} after the heal"
+        "netns: versions from both sides of a partition resolved alike everywhere {took:?} after the heal"
     );
     // The edits can meet through node 1 before node 2 has redialled node 0 (its back-off grew
     // while cut off): convergence with both peers is asked once all three are connected.
@@ -298,9 +304,9 @@ fn namespaced_nodes_sync_documents_through_a_partition_and_a_kill_mid_sync() {
     for node in &nodes {
         assert_converged(node);
         assert_workflows(node, "bulk-", BULK);
-        let merged = workflow(node, "line").unwrap();
-        assert_eq!(step_config(&merged, "read")["seed"], 2);
-        assert_eq!(step_config(&merged, "score")["threshold"], 4);
+        let resolved = workflow(node, "line").unwrap();
+        assert_eq!(step_config(&resolved, "read")["seed"], 1);
+        assert_eq!(step_config(&resolved, "score")["threshold"], 4);
     }
 }
 

@@ -84,7 +84,7 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
         );
     }
 
-    // b is cut off (stopped); a and b edit different steps of the same workflow meanwhile.
+    // b is cut off (stopped); a and b apply versions that edit different steps meanwhile.
     // Stopped, not killed: a kill may come before b's store made the workflow it just received
     // durable (applied sync messages are flushed within 250 ms; its sender still has them), and
     // b's offline edit would then create the workflow anew rather than edit it. c's kill below
@@ -103,17 +103,22 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
     assert_eq!(report["converged"], true, "{report}");
     sync_now(&a);
     sync_now(&c);
+    // A definition is one value per version, never merged: every node ends with b's version
+    // whole (applied last, so last under `conflict: last_write`), and lists a's beside it.
     for dir in [a_dir, b_dir, c_dir] {
-        let merged = workflow(dir, "line").unwrap();
+        let resolved = workflow(dir, "line").unwrap();
         assert_eq!(
-            step_config(&merged, "read")["seed"],
-            2,
-            "a's edit on {dir:?}"
+            (
+                step_config(&resolved, "read")["seed"].clone(),
+                step_config(&resolved, "score")["threshold"].clone()
+            ),
+            (serde_json::json!(1), serde_json::json!(4)),
+            "b's version, whole, on {dir:?}: {resolved}"
         );
         assert_eq!(
-            step_config(&merged, "score")["threshold"],
-            4,
-            "b's edit on {dir:?}"
+            resolved["competing"].as_array().map(Vec::len),
+            Some(2),
+            "{resolved}"
         );
     }
 

@@ -71,6 +71,8 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds the new data dir aside, beside `root`, and moves it into place only when it is whole:
+/// a failed or killed init (a full disk, a bad CA, Ctrl-C) leaves `root` as it was.
 fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     let dir = DataDir::new(root.to_owned());
     if dir.key().exists() {
@@ -81,9 +83,75 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
             existing.node_id()
         );
     }
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create the data dir {}", root.display()))?;
-    let mut config = Config::load(&dir.config(), std::env::vars())?;
+    let parent = match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let leaf = root
+        .file_name()
+        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    let staging = parent.join(format!(
+        ".{leaf}.init-{}",
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
+    std::fs::create_dir(&staging).with_context(|| {
+        format!(
+            "cannot create the data dir {} (it is built in {} first)",
+            root.display(),
+            staging.display()
+        )
+    })?;
+    let built =
+        build_node(&staging, root, args).and_then(|node| publish(&staging, root).map(|()| node));
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(Node { dir, ..built? })
+}
+
+/// Moves a built data dir into place: in one rename when `root` is missing or empty (rename
+/// replaces an empty directory atomically), else file by file with the key last, since the key
+/// is what marks a finished init.
+fn publish(staging: &std::path::Path, root: &std::path::Path) -> Result<()> {
+    let empty = match std::fs::read_dir(root) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+    };
+    let moved = if empty {
+        std::fs::rename(staging, root)
+            .with_context(|| format!("cannot move the new data dir into {}", root.display()))
+    } else {
+        let key = DataDir::new(staging.to_owned()).key();
+        let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(staging)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        // The key last.
+        entries.sort_by_key(|p| *p == key);
+        for from in entries {
+            let to = root.join(from.file_name().expect("entries have names"));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        }
+        let _ = std::fs::remove_dir(staging);
+        Ok(())
+    };
+    moved?;
+    // The renames are durable once the directories holding them are.
+    for dir in [root, root.parent().unwrap_or(std::path::Path::new("."))] {
+        if let Ok(handle) = std::fs::File::open(dir) {
+            let _ = handle.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes a whole data dir into `staging`, taking settings and an existing own CA from `root`.
+fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs) -> Result<Node> {
+    let dir = DataDir::new(staging.to_owned());
+    let mut config = Config::load(&DataDir::new(root.to_owned()).config(), std::env::vars())?;
     if let Some(name) = &args.name {
         crate::config::check_node_name(name).context("--name")?;
         config.node.name = name.clone();
@@ -105,7 +173,7 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
             if own.join(CA_KEY_FILE).exists() {
                 crate::mesh_admin::load_ca(&own)?
             } else {
-                crate::mesh_admin::create_ca(&own)?
+                crate::mesh_admin::create_ca(&staging.join(OWN_MESH_DIR))?
             }
         }
     };
@@ -116,7 +184,7 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
     // Store, configuration and certificates first, the key last: the key marks a finished
     // init, so a failed init can simply be run again.
     let mut store = Store::open(&dir.store(), config.store_config(&mesh_id, &node_id)?)
-        .with_context(|| format!("cannot create the store in {}", root.display()))?;
+        .with_context(|| format!("cannot create the store for {}", root.display()))?;
     let entry = NodeEntry {
         name: config.node.name.clone(),
         zone: config.node.zone.clone(),

@@ -13,15 +13,23 @@ pub struct SimArgs {
     /// long-offline, fleet-1000) or the path of a scenario TOML file.
     #[arg(long, default_value = "partition-heal")]
     pub scenario: String,
-    /// Edge nodes (default: the scenario's).
-    #[arg(long)]
+    /// Edge nodes (default: the scenario's); at least 1.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub nodes: Option<usize>,
     /// The seed that decides every latency, fault and write.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Run this many consecutive seeds, starting at --seed; stop at the first failure.
+    /// Run this many consecutive seeds, starting at --seed; stop at the first failure (unless
+    /// --keep-going).
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
+    /// With --seeds: run every seed whatever fails, then fail naming each failing seed.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// One line per seed (`pass seed N` or `FAIL seed N` with its first violation and replay
+    /// command) instead of each report: for sweeps of thousands of seeds.
+    #[arg(long)]
+    pub brief: bool,
     /// Also write the report as HTML with a plot of divergence over time.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -62,6 +70,18 @@ pub enum CliError {
         /// The replay command.
         command: String,
     },
+    /// Runs of a --keep-going sweep broke invariants.
+    #[error(
+        "invariants violated in {} of {runs} runs; replay with:\n{}",
+        commands.len(),
+        commands.join("\n")
+    )]
+    FailedSeeds {
+        /// Seeds run.
+        runs: u64,
+        /// The replay command of each failing seed.
+        commands: Vec<String>,
+    },
 }
 
 /// Runs the command: prints each report, the wall time apart, and fails on a violation.
@@ -78,6 +98,8 @@ pub fn main(args: SimArgs) -> Result<(), CliError> {
         Some(name) => Some(Plant::parse(name).ok_or_else(|| CliError::Plant(name.clone()))?),
         None => None,
     };
+    let mut failing = Vec::new();
+    let mut runs = 0;
     for seed in args.seed..args.seed.saturating_add(args.seeds.max(1)) {
         let options = Options {
             scenario: scenario.clone(),
@@ -87,17 +109,33 @@ pub fn main(args: SimArgs) -> Result<(), CliError> {
             plant,
         };
         let (report, wall) = timed(options, args.progress);
-        print!("{}", report.render_text());
+        runs += 1;
+        if args.brief {
+            if report.passed() {
+                println!("pass seed {seed}");
+            } else {
+                let first = report
+                    .violations
+                    .first()
+                    .map_or_else(String::new, |v| format!("{}: {}", v.invariant, v.detail));
+                println!("FAIL seed {seed}: {first}");
+                println!("FAIL seed {seed}: replay with: {}", report.replay_command());
+            }
+        } else {
+            print!("{}", report.render_text());
+        }
         let simulated = report.simulated.as_secs_f64();
         let speedup = simulated / wall.max(1e-9);
-        println!(
-            "wall time {wall:.2} s · {} real time (not part of the report)\n",
-            if speedup >= 10.0 {
-                format!("{speedup:.0}×")
-            } else {
-                format!("{speedup:.2}×")
-            }
-        );
+        if !args.brief {
+            println!(
+                "wall time {wall:.2} s · {} real time (not part of the report)\n",
+                if speedup >= 10.0 {
+                    format!("{speedup:.0}×")
+                } else {
+                    format!("{speedup:.2}×")
+                }
+            );
+        }
         if let Some(path) = &args.report {
             std::fs::write(path, report.render_html()).map_err(|source| CliError::Write {
                 path: path.clone(),
@@ -105,11 +143,20 @@ pub fn main(args: SimArgs) -> Result<(), CliError> {
             })?;
         }
         if !report.passed() {
-            return Err(CliError::Failed {
-                seed,
-                command: report.replay_command(),
-            });
+            if !args.keep_going {
+                return Err(CliError::Failed {
+                    seed,
+                    command: report.replay_command(),
+                });
+            }
+            failing.push(report.replay_command());
         }
+    }
+    if !failing.is_empty() {
+        return Err(CliError::FailedSeeds {
+            runs,
+            commands: failing,
+        });
     }
     Ok(())
 }
@@ -131,4 +178,26 @@ fn timed(options: Options, progress: bool) -> (crate::Report, f64) {
         );
     });
     (report, started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::SimArgs;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn a_mesh_of_no_nodes_is_refused_by_name() {
+        let err = Command::try_parse_from(["sim", "--nodes", "0"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--nodes") && text.contains("1.."), "{text}");
+        let ok = Command::try_parse_from(["sim", "--nodes", "3"]).unwrap();
+        assert_eq!(ok.sim.nodes, Some(3));
+    }
 }

@@ -31,6 +31,23 @@ fn init_tracing(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .init();
+}
+
+/// Standard error that drops what it cannot write. A node's log is often a file on the same
+/// disk as its data; when that disk fills, the logger's own fallback (`eprintln!`) would panic
+/// whichever thread logged (the store's, say, reporting the very ENOSPC it must recover from).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! A real node on a small tmpfs whose disk fills up: runs and workflow applies are refused with
 //! 507 and a non-zero exit naming the filesystem, `/health` turns `degraded` with the reason,
-//! nothing acknowledged is lost, and writes resume by themselves once space is freed.
+//! nothing acknowledged is lost, and writes resume by themselves once space is freed. The node's
+//! log is a file on the full disk too, as it often is in the field.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +30,41 @@ impl Tmpfs {
         }
         Some(Tmpfs(dir.to_owned()))
     }
+}
+
+/// An ext4 filesystem in a loop-mounted image file (no blocks reserved for root, so that this
+/// root-run test meets ENOSPC where a user would).
+fn mount_ext4(dir: &Path, size_mib: u64) -> Option<Tmpfs> {
+    std::fs::create_dir_all(dir).unwrap();
+    let image = dir.with_extension("img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(size_mib << 20).unwrap();
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&image)
+        .output()
+        .ok()?;
+    if !made.status.success() {
+        eprintln!(
+            "skipped: mkfs.ext4 failed ({})",
+            String::from_utf8_lossy(&made.stderr).trim()
+        );
+        return None;
+    }
+    let out = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "skipped: loop-mounting ext4 needs root and loop devices ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(Tmpfs(dir.to_owned()))
 }
 
 impl Drop for Tmpfs {
@@ -75,11 +111,24 @@ fn health(dir: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn a_node_on_a_full_disk_refuses_by_name_and_resumes_when_space_is_freed() {
+fn a_node_on_a_full_tmpfs_refuses_by_name_and_resumes_when_space_is_freed() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
         return;
     };
+    refuses_by_name_and_resumes(&tmp);
+}
+
+#[test]
+fn a_node_on_a_full_ext4_refuses_by_name_and_resumes_when_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = mount_ext4(&tmp.path().join("disk"), 32) else {
+        return;
+    };
+    refuses_by_name_and_resumes(&tmp);
+}
+
+fn refuses_by_name_and_resumes(tmp: &tempfile::TempDir) {
     let disk = tmp.path().join("disk");
     let dir = disk.join("node");
     init_in(&dir, "edge", None, &["--tag", "sensor"]);
@@ -148,11 +197,24 @@ fn a_node_on_a_full_disk_refuses_by_name_and_resumes_when_space_is_freed() {
 /// With the watermark off, the filesystem itself refuses: the failed commit is reported (the
 /// run is not called done), the store reopens itself, and writes resume once space is freed.
 #[test]
-fn a_real_enospc_is_reported_and_the_store_recovers_without_a_restart() {
+fn a_real_enospc_on_tmpfs_is_reported_and_the_store_recovers_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
         return;
     };
+    enospc_is_reported_and_recovered(&tmp);
+}
+
+#[test]
+fn a_real_enospc_on_ext4_is_reported_and_the_store_recovers_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = mount_ext4(&tmp.path().join("disk"), 32) else {
+        return;
+    };
+    enospc_is_reported_and_recovered(&tmp);
+}
+
+fn enospc_is_reported_and_recovered(tmp: &tempfile::TempDir) {
     let disk = tmp.path().join("disk");
     let dir = disk.join("node");
     init_in(&dir, "edge", None, &["--tag", "sensor"]);
@@ -187,6 +249,7 @@ fn a_real_enospc_is_reported_and_the_store_recovers_without_a_restart() {
     assert!(refused > 0, "no run failed on a disk with no space left");
 
     std::fs::remove_file(&filler).unwrap();
+
     let resumed = wait_until(
         "a run is acknowledged after space is freed",
         Duration::from_secs(20),

@@ -155,7 +155,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         name: node.config.node.name.clone(),
         zone: zone.clone(),
         tags: node.config.node.tags.clone(),
-        addresses: vec![quic.to_string()],
+        addresses: published_addresses(quic),
         version: env!("CARGO_PKG_VERSION").into(),
         ..NodeEntry::default()
     };
@@ -186,6 +186,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         store.clone(),
         mesh.clone(),
         sync.clone(),
+    ));
+    let zone_peers = tokio::spawn(follow_zone_addresses(
+        node_id.clone(),
+        zone.clone(),
+        changes.mesh_changes(),
+        store.clone(),
+        mesh.clone(),
     ));
     let revocations = tokio::spawn(follow_revocations(
         changes.mesh_changes(),
@@ -370,6 +377,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
     revocations.abort();
+    zone_peers.abort();
     routes.abort();
     rollups.abort();
     reloads.abort();
@@ -384,6 +392,61 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// The addresses peers can dial this node at: the bound one, or, when bound to every interface,
+/// each interface's (an unspecified address is of no use to a peer reading the registry).
+fn published_addresses(quic: std::net::SocketAddr) -> Vec<String> {
+    if !quic.ip().is_unspecified() {
+        return vec![quic.to_string()];
+    }
+    let mut addresses: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .filter(|i| quic.is_ipv6() || i.ip().is_ipv4())
+        .map(|i| std::net::SocketAddr::new(i.ip(), quic.port()).to_string())
+        .collect();
+    addresses.sort();
+    if addresses.is_empty() {
+        addresses.push(std::net::SocketAddr::from(([127, 0, 0, 1], quic.port())).to_string());
+    }
+    addresses
+}
+
+/// Tells membership the registered addresses of the other members of this node's zone, so a
+/// zone meets and elects one aggregator where multicast (mDNS) does not pass: one bootstrap
+/// peer (`--peer`, the cloud) brings the registry, the registry brings the zone. Only the own
+/// zone's members: dialling every node of a fleet's registry would make a full mesh of it.
+async fn follow_zone_addresses(
+    me: String,
+    zone: String,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    store: StoreHandle,
+    mesh: mesh::net::driver::MeshHandle,
+) {
+    let mut told: std::collections::BTreeSet<(String, String)> = Default::default();
+    loop {
+        let registry = store
+            .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
+            .recv()
+            .await;
+        if let Ok(registry) = registry {
+            for (node, entry) in &registry.nodes {
+                if *node == me || entry.zone != zone || registry.revoked.contains_key(node) {
+                    continue;
+                }
+                for addr in &entry.addresses {
+                    if told.insert((node.clone(), addr.clone())) {
+                        let _ = mesh.learned(node.clone(), addr.clone()).await;
+                    }
+                }
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Keeps the mesh's refusal list in step with the revocations of the replicated `mesh`

@@ -138,6 +138,7 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
     Hierarchy(oneshot::Sender<Hierarchy>),
     SetCapabilities(Capabilities),
+    Learned(NodeId, String),
 }
 
 enum ConnEvent {
@@ -247,6 +248,16 @@ impl MeshHandle {
     pub async fn set_capabilities(&self, capabilities: Capabilities) -> Result<(), MeshError> {
         self.commands
             .send(Command::SetCapabilities(capabilities))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Tells membership where a node of the mesh accepts connections, as something other than
+    /// mDNS learned it (the registry): how members of a zone find each other where multicast
+    /// does not pass. A known address changes nothing; a new one is dialled at once.
+    pub async fn learned(&self, node: NodeId, addr: String) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::Learned(node, addr))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -455,6 +466,10 @@ impl Actor {
                     Some(Command::SetCapabilities(capabilities)) => {
                         let now = self.now();
                         self.election.set_capabilities(capabilities, now);
+                    }
+                    Some(Command::Learned(node, addr)) => {
+                        let now = self.now();
+                        self.membership.handle(InEvent::Discovered { node, addr }, now);
                     }
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;

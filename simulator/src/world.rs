@@ -15,8 +15,8 @@ use crdt_store::{
 use mesh::proto::election::{self, Election, ElectionTiming, Hierarchy};
 use mesh::proto::membership::{self, Addr, ConnId, Membership, NodeId, PeerState, Timing};
 use mesh::proto::sync::{
-    ABSENT, DocId, POLICY_SETTLE, RETIRED, Replica, Replicator, SharePolicy, SyncConfig, SyncIn,
-    SyncOut, serve,
+    ABSENT, DocClass, DocId, POLICY_SETTLE, RETIRED, Replica, Replicator, SharePolicy, SyncConfig,
+    SyncIn, SyncOut, serve,
 };
 use mesh::proto::wire::{Capabilities, CatalogueEntry, HeadsDigest, Message, Power, Role};
 use rand::rngs::StdRng;
@@ -205,6 +205,10 @@ impl Queue {
         };
         self.seq += 1;
         self.heap.push(Reverse((at, self.seq, slot)));
+    }
+
+    fn next_at(&self) -> Option<Duration> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
     fn pop(&mut self) -> Option<(Duration, Ev)> {
@@ -498,6 +502,12 @@ impl World {
     }
 
     fn rebuild_policy(&mut self) {
+        // Elected aggregators come from each node's own election and registry, as on a real
+        // node: the world's policy (no aggregators) would overwrite them on every node until
+        // its next registry change.
+        if self.sc.aggregation == Aggregation::Election {
+            return;
+        }
         let mut policy = SharePolicy::default();
         for node in &self.nodes {
             if !node.gone && node.segment.is_some() {
@@ -515,6 +525,9 @@ impl World {
                 let policy = self.policy.clone();
                 self.sync_input(i, SyncIn::Policy(policy));
             }
+        }
+        for i in 0..self.nodes.len() {
+            self.check_shares_agree(i, false);
         }
     }
 
@@ -555,11 +568,27 @@ impl World {
         progress: &mut dyn FnMut(Duration, u64),
     ) -> Report {
         let end = self.sc.duration.0;
+        self.advance(end, every, progress);
+        self.now = end;
+        self.sample();
+        self.final_checks();
+        self.report()
+    }
+
+    /// Processes every event due up to `until` (not beyond the scenario's end).
+    fn advance(
+        &mut self,
+        until: Duration,
+        every: Duration,
+        progress: &mut dyn FnMut(Duration, u64),
+    ) {
+        let until = until.min(self.sc.duration.0);
         let mut next_progress = every;
-        while let Some((at, ev)) = self.queue.pop() {
-            if at > end {
+        while let Some(at) = self.queue.next_at() {
+            if at > until {
                 break;
             }
+            let (at, ev) = self.queue.pop().expect("an event is due");
             while at >= next_progress {
                 progress(next_progress, self.events);
                 next_progress = next_progress.saturating_add(every);
@@ -568,10 +597,6 @@ impl World {
             self.events += 1;
             self.dispatch(ev);
         }
-        self.now = end;
-        self.sample();
-        self.final_checks();
-        self.report()
     }
 
     fn dispatch(&mut self, ev: Ev) {
@@ -768,11 +793,16 @@ impl World {
         let node = &mut self.nodes[i];
         node.store = Some(store);
         let elects = election.is_some();
+        // The election's first view (this node alone aggregates its zone and those above) is
+        // never reported as a change; the node's routing starts from it, and so does this. A
+        // node that stays its zone's aggregator from its start would otherwise never route
+        // its members' results to itself.
+        let hierarchy = election.as_ref().map(Election::hierarchy);
         node.live = Some(Live {
             membership,
             replicator,
             election,
-            hierarchy: None,
+            hierarchy,
             policy_dirty: elects,
             policy_due: false,
             conns: BTreeSet::new(),
@@ -1183,11 +1213,13 @@ impl World {
         if std::mem::take(&mut live.fold_pending) {
             store.apply_pending(usize::MAX).expect("results fold");
         }
+        let mut policy_changed = false;
         if std::mem::take(&mut live.policy_dirty)
             && let Some(hierarchy) = &live.hierarchy
         {
             let zones = store.node_zones().expect("registry reads");
             let policy = SharePolicy::from_view(&node.id, hierarchy, &zones);
+            policy_changed = live.replicator.policy() != &policy;
             live.replicator.handle(SyncIn::Policy(policy), now);
         }
         let ops = std::mem::take(&mut live.ops);
@@ -1210,6 +1242,9 @@ impl World {
         }
         self.drain_changes(i);
         self.after_sync(i);
+        if policy_changed {
+            self.check_shares_agree(i, false);
+        }
     }
 
     /// Passes what the store's change listener saw on to the replicator, as the node does.
@@ -2433,6 +2468,9 @@ impl World {
         if self.sc.aggregation == Aggregation::Election {
             self.check_elections(&live);
         }
+        for &i in &live {
+            self.check_shares_agree(i, true);
+        }
         // The registry lists every live node everywhere.
         let live_ids: BTreeSet<String> = live
             .iter()
@@ -2566,6 +2604,65 @@ impl World {
         }
     }
 
+    /// What node `i` shares with each peer it is connected to (both replicators count the
+    /// other as connected), against what that peer shares with `i`, for every document either
+    /// holds. Where the two disagree, one side offers what the other drops unapplied, and a
+    /// session the offering side opened waits for an answer that never comes.
+    ///
+    /// `settled` (the end of a run, elections agreed and registries converged): every
+    /// decision must agree, and each pair is compared once. Otherwise (after a policy change)
+    /// only the decisions whose inputs both views hold alike (the zone of a result's owner and
+    /// the aggregators a document's routing reads): nodes that see the hierarchy differently
+    /// for a moment may disagree, but the rule must not make nodes that see it alike disagree.
+    fn check_shares_agree(&mut self, i: usize, settled: bool) {
+        let Some(li) = self.nodes[i].live.as_ref() else {
+            return;
+        };
+        let me = &self.nodes[i].id;
+        let mut checked = 0;
+        let mut found: Vec<String> = Vec::new();
+        for peer in li.replicator.peers() {
+            let Some(&j) = self.by_id.get(peer) else {
+                continue;
+            };
+            if settled && j < i {
+                continue;
+            }
+            let Some(lj) = self.nodes[j].live.as_ref() else {
+                continue;
+            };
+            if !lj.replicator.is_connected(me) {
+                continue;
+            }
+            checked += 1;
+            let (pi, pj) = (li.replicator.policy(), lj.replicator.policy());
+            let theirs = lj.replicator.documents().filter(|_| settled);
+            for (_, name, class) in li.replicator.documents().chain(theirs) {
+                if !settled && !same_inputs(pi, pj, class) {
+                    continue;
+                }
+                let (ours, back) = (
+                    li.replicator.shares_with(class, peer),
+                    lj.replicator.shares_with(class, me),
+                );
+                if ours != back {
+                    let (yes, no) = if ours { (i, j) } else { (j, i) };
+                    found.push(format!(
+                        "{} shares {name} with {}, which does not share it back",
+                        self.nodes[yes].name, self.nodes[no].name
+                    ));
+                    break;
+                }
+            }
+        }
+        for _ in 0..checked {
+            self.check("connected nodes agree on what they share");
+        }
+        for detail in found {
+            self.violate("connected nodes agree on what they share", detail);
+        }
+    }
+
     fn should_connect(&self, i: usize, j: usize) -> bool {
         let (a, b) = (&self.nodes[i], &self.nodes[j]);
         match (a.segment, b.segment) {
@@ -2622,6 +2719,30 @@ impl World {
     }
 }
 
+/// Whether two share policies hold the same inputs for documents of a class: the owner's zone
+/// and its aggregator (results), the aggregators of the zone and of every zone above it
+/// (rollups).
+fn same_inputs(a: &SharePolicy, b: &SharePolicy, class: &DocClass) -> bool {
+    match class {
+        DocClass::Mesh | DocClass::Workflow => true,
+        DocClass::Results { owner } => {
+            let zone = a.zone_of.get(owner);
+            zone == b.zone_of.get(owner)
+                && zone.is_none_or(|z| a.aggregator_of.get(z) == b.aggregator_of.get(z))
+        }
+        DocClass::Rollup { zone } => {
+            let mut next = Some(zone.as_str());
+            while let Some(z) = next {
+                if a.aggregator_of.get(z) != b.aggregator_of.get(z) {
+                    return false;
+                }
+                next = (!z.is_empty()).then(|| z.rsplit_once('/').map_or("", |(parent, _)| parent));
+            }
+            true
+        }
+    }
+}
+
 fn workflow_name(k: usize) -> DocName {
     DocName::workflow(&format!("wf-{k}")).expect("a valid workflow id")
 }
@@ -2631,4 +2752,87 @@ fn doc_bytes(name: &DocName) -> DocId {
         .as_bytes()
         .try_into()
         .expect("16-byte document ids")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(scenario: &str, nodes: usize, seed: u64) -> World {
+        World::new(Options {
+            scenario: Scenario::load(scenario).expect("a bundled scenario"),
+            scenario_arg: scenario.to_owned(),
+            nodes: Some(nodes),
+            seed,
+            plant: None,
+        })
+    }
+
+    fn disagreements(w: &World) -> Vec<&Violation> {
+        w.violations
+            .iter()
+            .filter(|v| v.invariant == "connected nodes agree on what they share")
+            .collect()
+    }
+
+    #[test]
+    fn a_node_that_names_another_aggregator_is_seen_to_disagree() {
+        let mut w = world("churn", 5, 1);
+        // Before the first fault: the zone has elected, every node holds results.
+        w.advance(Duration::from_secs(12), Duration::MAX, &mut |_, _| {});
+        let live: Vec<usize> = (0..w.nodes.len()).filter(|&i| w.nodes[i].alive()).collect();
+        for &i in &live {
+            w.check_shares_agree(i, true);
+        }
+        assert!(disagreements(&w).is_empty(), "{:?}", w.violations);
+        assert!(w.checks["connected nodes agree on what they share"] > 0);
+
+        // An owner that believes another member aggregates the zone offers its results there
+        // and not to the real aggregator: both pairs disagree.
+        let owner = live
+            .iter()
+            .copied()
+            .find(|&i| !w.is_aggregator(i) && !w.nodes[i].own_results.is_empty())
+            .expect("a member with results");
+        let other = live
+            .iter()
+            .copied()
+            .find(|&i| i != owner && !w.is_aggregator(i))
+            .expect("another member");
+        let mut skewed = w.nodes[owner]
+            .live
+            .as_ref()
+            .expect("live")
+            .replicator
+            .policy()
+            .clone();
+        let zone = w.nodes[owner].zone.clone();
+        skewed.aggregator_of.insert(zone, w.nodes[other].id.clone());
+        w.sync_input(owner, SyncIn::Policy(skewed));
+        // Seen as a change, the views differ in what the results' routing reads: no verdict.
+        w.check_shares_agree(owner, false);
+        assert!(disagreements(&w).is_empty(), "{:?}", w.violations);
+        // Settled, they must agree: they do not.
+        for &i in &live {
+            w.check_shares_agree(i, true);
+        }
+        let found: Vec<String> = disagreements(&w).iter().map(|v| v.detail.clone()).collect();
+        let (o, x) = (&w.nodes[owner].name, &w.nodes[other].name);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.starts_with(&format!("{o} shares results/"))
+                    && d.ends_with(&format!("with {x}, which does not share it back"))),
+            "{found:?}"
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn run_until_then_run_gives_the_same_report_as_a_run() {
+        let whole = world("churn", 4, 3).run().render_text();
+        let mut w = world("churn", 4, 3);
+        w.advance(Duration::from_secs(30), Duration::MAX, &mut |_, _| {});
+        assert_eq!(w.run().render_text(), whole);
+    }
 }

@@ -26,8 +26,9 @@
 //! session that runs anyway (the peer wrote to us) replaces the relay.
 //!
 //! Which peer may see which document is [`SharePolicy`]: a pure function of the document's name,
-//! the peer and the hierarchy view, evaluated the same way on every node so that an allowed
-//! peer can relay a document onward.
+//! the two nodes and the hierarchy view, symmetric in the two nodes
+//! ([`SharePolicy::shared_between`]), so that two nodes with the same view agree on what they
+//! share and neither sends what the other drops.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -167,27 +168,64 @@ impl SharePolicy {
         policy
     }
 
-    /// The peers with whom what is shared may differ between this policy and `next`: the old
-    /// and new aggregators of every zone whose aggregator changed, and those of the old and new
-    /// zone of every node whose zone changed (its results go to them). [`SharePolicy::shares`]
-    /// depends on nothing else, so no other peer gains or loses a document. A fleet's start
-    /// changes the policy with every new registry entry; comparing again with every peer each
-    /// time kept a storm of catalogue rounds going.
-    pub fn peers_affected_by(&self, next: &SharePolicy) -> BTreeSet<NodeId> {
-        let mut zones: BTreeSet<&str> =
-            differing_keys(&self.aggregator_of, &next.aggregator_of).collect();
-        for node in differing_keys(&self.zone_of, &next.zone_of) {
-            zones.extend(self.zone_of.get(node).map(String::as_str));
-            zones.extend(next.zone_of.get(node).map(String::as_str));
+    /// The peers with whom what node `me` shares ([`SharePolicy::shared_between`]) may differ
+    /// between this policy and `next`:
+    /// - the old and new aggregators of every zone whose aggregator changed, and those of the
+    ///   old and new zone of every node whose zone changed (its results go to them);
+    /// - where `me` is one of those aggregators, the other end of what it gains or loses: the
+    ///   members of a zone it takes or gives up (their results), the aggregators above and
+    ///   below that zone (its rollups), and a node that moves into or out of its zone.
+    ///
+    /// The rule depends on nothing else, so no other peer gains or loses a document. A fleet's
+    /// start changes the policy with every new registry entry; comparing again with every peer
+    /// each time kept a storm of catalogue rounds going.
+    pub fn peers_affected_by(&self, next: &SharePolicy, me: &str) -> BTreeSet<NodeId> {
+        let mut peers = BTreeSet::new();
+        for zone in differing_keys(&self.aggregator_of, &next.aggregator_of) {
+            let ends = [self, next].map(|policy| policy.aggregator_of.get(zone));
+            peers.extend(ends.iter().flatten().map(|a| (*a).clone()));
+            if !ends.iter().flatten().any(|a| *a == me) {
+                continue;
+            }
+            for policy in [self, next] {
+                let members = policy.zone_of.iter().filter(|(_, z)| *z == zone);
+                peers.extend(members.map(|(node, _)| node.clone()));
+                let related = policy
+                    .aggregator_of
+                    .iter()
+                    .filter(|(z, _)| within(z, zone) || within(zone, z));
+                peers.extend(related.map(|(_, a)| a.clone()));
+            }
         }
-        zones
-            .into_iter()
-            .flat_map(|zone| [self, next].map(|policy| policy.aggregator_of.get(zone).cloned()))
-            .flatten()
-            .collect()
+        for node in differing_keys(&self.zone_of, &next.zone_of) {
+            let zones = [self, next].map(|policy| policy.zone_of.get(node));
+            for zone in zones.into_iter().flatten() {
+                for policy in [self, next] {
+                    if let Some(aggregator) = policy.aggregator_of.get(zone) {
+                        peers.insert(aggregator.clone());
+                        if aggregator == me {
+                            peers.insert(node.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        peers.remove(me);
+        peers
     }
 
-    /// Whether `peer` may see (and write) a document of this class.
+    /// Whether two nodes share documents of this class: the rule admits both of them
+    /// ([`SharePolicy::shares`]). Symmetric, so that two nodes with the same view make the same
+    /// decision about each other: a node that offered a document the other does not share would
+    /// see its sync messages dropped unapplied, and a former aggregator (which still holds
+    /// results) would offer them to their owner and to the new aggregator on every round
+    /// without end.
+    pub fn shared_between(&self, class: &DocClass, a: &str, b: &str) -> bool {
+        self.shares(class, a) && self.shares(class, b)
+    }
+
+    /// Whether the rule admits `node` to documents of this class; two nodes share a document
+    /// when it admits both ([`SharePolicy::shared_between`]).
     ///
     /// - `mesh` and workflows: every member (admission already refused strangers).
     /// - `results/<owner>/…`: the owner and the aggregator of the owner's zone.
@@ -227,6 +265,11 @@ fn differing_keys<'a>(
 /// changes, one per node, and deriving the policy reads the whole registry: without a pause a
 /// node of a 1,000-node fleet would read 1,000 entries a thousand times over.
 pub const POLICY_SETTLE: Duration = Duration::from_millis(250);
+
+/// Whether `zone` is `ancestor` or lies below it.
+fn within(zone: &str, ancestor: &str) -> bool {
+    zone_and_ancestors(zone).any(|z| z == ancestor)
+}
 
 /// `a/b/c`, `a/b`, `a`, `` (the root).
 fn zone_and_ancestors(zone: &str) -> impl Iterator<Item = &str> {
@@ -596,7 +639,7 @@ impl Replicator {
             SyncIn::Policy(policy) => {
                 // Shared sets may have grown or shrunk: compare again with the peers concerned
                 // (none when the policy is the same).
-                let affected = self.policy.peers_affected_by(&policy);
+                let affected = self.policy.peers_affected_by(&policy, &self.me);
                 self.policy = policy;
                 for peer in affected {
                     if self.peers.contains_key(&peer) {
@@ -684,6 +727,11 @@ impl Replicator {
         self.peers.keys()
     }
 
+    /// Whether a peer is connected (between its `PeerUp` and `PeerDown`).
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     /// Where replication with a connected peer stands; `None` if it is not connected.
     pub fn status(&self, peer: &str) -> Option<PeerSyncStatus> {
         let state = self.peers.get(peer)?;
@@ -691,7 +739,7 @@ impl Replicator {
         let mut pending = Vec::new();
         let mut seen = BTreeSet::new();
         for (doc, (name, class, ours)) in &self.local {
-            if !self.policy.shares(class, peer) {
+            if !self.shares_with(class, peer) {
                 continue;
             }
             seen.insert(*doc);
@@ -710,7 +758,7 @@ impl Replicator {
                 continue;
             }
             if let Some(name) = state.their_names.get(doc)
-                && DocClass::of(name).is_some_and(|c| self.policy.shares(&c, peer))
+                && DocClass::of(name).is_some_and(|c| self.shares_with(&c, peer))
             {
                 shared += 1;
                 pending.push(name.clone());
@@ -727,6 +775,19 @@ impl Replicator {
     /// The share policy in force.
     pub fn policy(&self) -> &SharePolicy {
         &self.policy
+    }
+
+    /// Whether this node shares documents of a class with a peer under the policy in force
+    /// (what every catalogue, session and received message is checked against).
+    pub fn shares_with(&self, class: &DocClass, peer: &str) -> bool {
+        self.policy.shared_between(class, &self.me, peer)
+    }
+
+    /// Every local document (retired ones included): id, name and class.
+    pub fn documents(&self) -> impl Iterator<Item = (&DocId, &str, &DocClass)> {
+        self.local
+            .iter()
+            .map(|(doc, (name, class, _))| (doc, name.as_str(), class))
     }
 
     /// The local heads digest of a document, if this node holds it.
@@ -749,7 +810,7 @@ impl Replicator {
         let peers: Vec<NodeId> = self
             .peers
             .keys()
-            .filter(|p| self.policy.shares(&class, p))
+            .filter(|p| self.shares_with(&class, p))
             .cloned()
             .collect();
         let retired = entry.digest == RETIRED;
@@ -833,7 +894,7 @@ impl Replicator {
     fn catalogue_for(&self, peer: &str) -> Vec<CatalogueEntry> {
         self.local
             .iter()
-            .filter(|(_, (_, class, _))| self.policy.shares(class, peer))
+            .filter(|(_, (_, class, _))| self.shares_with(class, peer))
             .map(|(doc, (name, _, digest))| CatalogueEntry {
                 doc: *doc,
                 digest: *digest,
@@ -864,6 +925,7 @@ impl Replicator {
         if let Some(state) = self.peers.get_mut(peer) {
             state.buckets_sent = false;
             state.catalogue_sent = 0;
+            self.out.push_back(SyncOut::ForgetPeer(peer.to_owned()));
         }
         self.send_summary(peer, reply);
     }
@@ -984,8 +1046,17 @@ impl Replicator {
                     // its own last round, or a side that has just started to share a document
                     // might never hear of it. Only summaries open rounds, and a round sends
                     // each bucket's catalogue once each way, so this cannot loop.
+                    //
+                    // Its sessions start from the persisted sync state, as on a connection:
+                    // the round follows a policy change, before which the peer may have
+                    // dropped our sync messages unapplied (it did not share the document
+                    // then). An in-memory Automerge session would believe them delivered: it
+                    // would wait for an answer that never comes, and never send those changes
+                    // again. Every message the peer dropped was sent before this summary
+                    // arrived, so forgetting here clears all of them.
                     state.buckets_sent = false;
                     state.catalogue_sent = 0;
+                    self.out.push_back(SyncOut::ForgetPeer(peer.clone()));
                     self.send_buckets(&peer);
                 }
             }
@@ -1055,7 +1126,7 @@ impl Replicator {
                 let Some(class) = DocClass::of(&entry.name) else {
                     continue;
                 };
-                if !self.policy.shares(&class, peer) {
+                if !self.policy.shared_between(&class, &self.me, peer) {
                     continue;
                 }
                 state.named.insert(entry.doc);
@@ -1112,12 +1183,17 @@ impl Replicator {
         state.named.insert(doc);
         match self.local.get(&doc) {
             Some((_, _, digest)) if *digest == RETIRED => None,
-            Some((_, class, _)) => self.policy.shares(class, peer).then_some(None),
+            Some((_, class, _)) => self
+                .policy
+                .shared_between(class, &self.me, peer)
+                .then_some(None),
             None => {
                 // Neither held nor named: nothing to classify it by, so it is not shared.
                 let name = state.their_names.get(&doc)?;
                 let class = DocClass::of(name)?;
-                self.policy.shares(&class, peer).then(|| Some(name.clone()))
+                self.policy
+                    .shared_between(&class, &self.me, peer)
+                    .then(|| Some(name.clone()))
             }
         }
     }
@@ -1404,59 +1480,199 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_change_touches_only_the_aggregators_whose_shares_move() {
+    fn what_two_nodes_share_is_decided_the_same_way_on_both_sides() {
+        let mut policy = SharePolicy::default();
+        policy.zone_of.insert("o".into(), "site-a".into());
+        policy.zone_of.insert("agg".into(), "site-a".into());
+        policy.zone_of.insert("former".into(), "site-a".into());
+        policy.aggregator_of.insert("site-a".into(), "agg".into());
+        policy.aggregator_of.insert("".into(), "cloud".into());
+        let results = DocClass::of("results/o/w").unwrap();
+        let rollup = DocClass::of("rollup/site-a/w").unwrap();
+        let nodes = ["o", "agg", "former", "cloud"];
+        for a in nodes {
+            for b in nodes {
+                for class in [&results, &rollup, &DocClass::Mesh] {
+                    assert_eq!(
+                        policy.shared_between(class, a, b),
+                        policy.shared_between(class, b, a),
+                        "{a} and {b} about {class:?}"
+                    );
+                }
+            }
+        }
+        assert!(policy.shared_between(&results, "o", "agg"));
+        assert!(policy.shared_between(&rollup, "agg", "cloud"));
+        // A former aggregator still holds results, but neither their owner nor the new
+        // aggregator would take them from it: it offers them to no one.
+        assert!(policy.shares(&results, "o"));
+        assert!(!policy.shared_between(&results, "former", "o"));
+        assert!(!policy.shared_between(&results, "former", "agg"));
+        assert!(!policy.shared_between(&rollup, "former", "cloud"));
+    }
+
+    #[test]
+    fn a_policy_change_touches_only_the_peers_whose_shares_move() {
         let mut before = SharePolicy::default();
-        before.zone_of.insert("o".into(), "site-a".into());
-        before.zone_of.insert("p".into(), "site-b".into());
+        for (node, zone) in [
+            ("o", "site-a"),
+            ("agg-a", "site-a"),
+            ("p", "site-b"),
+            ("agg-b", "site-b"),
+            ("l", "site-b/line"),
+            ("agg-l", "site-b/line"),
+        ] {
+            before.zone_of.insert(node.into(), zone.into());
+        }
         before.aggregator_of.insert("site-a".into(), "agg-a".into());
         before.aggregator_of.insert("site-b".into(), "agg-b".into());
+        before
+            .aggregator_of
+            .insert("site-b/line".into(), "agg-l".into());
         before.aggregator_of.insert("".into(), "cloud".into());
-        assert!(before.peers_affected_by(&before.clone()).is_empty());
+        let set = |nodes: &[&str]| -> BTreeSet<NodeId> {
+            nodes.iter().map(|n| (*n).to_owned()).collect()
+        };
+        assert!(before.peers_affected_by(&before.clone(), "o").is_empty());
 
-        // A new node in site-a: only site-a's aggregator gains its results.
+        // A new node in site-a: only site-a's aggregator gains its results, and the aggregator
+        // only the new node's.
         let mut joined = before.clone();
         joined.zone_of.insert("n".into(), "site-a".into());
-        assert_eq!(
-            before.peers_affected_by(&joined),
-            BTreeSet::from(["agg-a".to_owned()])
-        );
-        // A node moving zones: both aggregators; a new aggregator: the old and the new one.
+        assert_eq!(before.peers_affected_by(&joined, "o"), set(&["agg-a"]));
+        assert_eq!(before.peers_affected_by(&joined, "agg-a"), set(&["n"]));
+        // A node moving zones: both aggregators (and, for them, the node).
         let mut moved = before.clone();
         moved.zone_of.insert("o".into(), "site-b".into());
         assert_eq!(
-            before.peers_affected_by(&moved),
-            BTreeSet::from(["agg-a".to_owned(), "agg-b".to_owned()])
+            before.peers_affected_by(&moved, "p"),
+            set(&["agg-a", "agg-b"])
         );
+        assert_eq!(
+            before.peers_affected_by(&moved, "agg-b"),
+            set(&["agg-a", "o"])
+        );
+        // A new aggregator: the old and the new one; for them, the zone's members and the
+        // aggregators of the chain above and of the zones below.
         let mut elected = before.clone();
         elected.aggregator_of.insert("site-b".into(), "p".into());
         assert_eq!(
-            before.peers_affected_by(&elected),
-            BTreeSet::from(["agg-b".to_owned(), "p".to_owned()])
+            before.peers_affected_by(&elected, "o"),
+            set(&["agg-b", "p"])
+        );
+        assert_eq!(
+            before.peers_affected_by(&elected, "p"),
+            set(&["agg-b", "agg-l", "cloud"])
         );
         // A zone without an aggregator affects nobody yet.
         let mut unknown = before.clone();
         unknown.zone_of.insert("q".into(), "site-c".into());
-        assert!(before.peers_affected_by(&unknown).is_empty());
+        assert!(before.peers_affected_by(&unknown, "o").is_empty());
+        assert!(before.peers_affected_by(&unknown, "agg-a").is_empty());
 
-        // Whatever the change, a peer outside the set shares exactly what it shared before.
+        // Whatever the change and wherever it is seen from, a peer outside the set shares
+        // exactly what it shared before.
+        let nodes = ["o", "p", "n", "q", "l", "agg-a", "agg-b", "agg-l", "cloud"];
         let classes = [
             DocClass::of("results/o/w").unwrap(),
             DocClass::of("results/n/w").unwrap(),
+            DocClass::of("results/p/w").unwrap(),
             DocClass::of("results/q/w").unwrap(),
             DocClass::of("rollup/site-b/w").unwrap(),
+            DocClass::of("rollup/site-b+line/w").unwrap(),
+            DocClass::of("rollup/site-a/w").unwrap(),
             DocClass::Mesh,
         ];
         for next in [&joined, &moved, &elected, &unknown] {
-            let affected = before.peers_affected_by(next);
-            for peer in ["o", "p", "n", "q", "agg-a", "agg-b", "cloud"] {
-                if affected.contains(peer) {
-                    continue;
-                }
-                for class in &classes {
-                    assert_eq!(before.shares(class, peer), next.shares(class, peer));
+            for change in [(&before, next), (next, &before)] {
+                for me in nodes {
+                    let affected = change.0.peers_affected_by(change.1, me);
+                    for peer in nodes {
+                        if peer == me || affected.contains(peer) {
+                            continue;
+                        }
+                        for class in &classes {
+                            assert_eq!(
+                                change.0.shared_between(class, me, peer),
+                                change.1.shared_between(class, me, peer),
+                                "{me} with {peer} about {class:?}"
+                            );
+                        }
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_round_starts_both_sides_sessions_from_the_persisted_state() {
+        // The aggregator's opening for the owner's results was dropped by the owner, whose
+        // policy did not share them at that moment: the aggregator's in-memory session still
+        // waits for an answer. The owner's policy changes and its round reaches the
+        // aggregator: the store must forget the in-memory sessions with the owner before the
+        // round's sessions run, or it would have nothing to say.
+        let now = Duration::ZERO;
+        let mut policy = SharePolicy::default();
+        policy.zone_of.insert("o".into(), "site".into());
+        policy.aggregator_of.insert("site".into(), "agg".into());
+        let mut agg = Replicator::new("agg".into(), SyncConfig::default());
+        agg.handle(SyncIn::Policy(policy.clone()), now);
+        agg.handle(SyncIn::PeerUp("o".into()), now);
+        agg.drain();
+        let summary = Message::Summary {
+            digest: [9; 16],
+            docs: 1,
+            reply: false,
+        };
+        agg.handle(SyncIn::Received("o".into(), summary.clone()), now);
+        let out = agg.drain();
+        assert!(
+            matches!(&out[0], SyncOut::ForgetPeer(p) if p == "o"),
+            "{out:?}"
+        );
+        agg.handle(
+            SyncIn::Received(
+                "o".into(),
+                Message::Catalogue {
+                    buckets: u16::MAX,
+                    complete: true,
+                    entries: vec![entry(7, 7, "results/o/w")],
+                },
+            ),
+            now,
+        );
+        assert!(
+            agg.drain()
+                .iter()
+                .any(|o| matches!(o, SyncOut::Generate { doc, .. } if *doc == [7; 16]))
+        );
+
+        // The side whose policy changed starts its sessions afresh too.
+        let mut owner = Replicator::new("o".into(), SyncConfig::default());
+        owner.handle(SyncIn::PeerUp("agg".into()), now);
+        owner.drain();
+        owner.handle(SyncIn::Policy(policy), now);
+        let out = owner.drain();
+        let forget = out
+            .iter()
+            .position(|o| matches!(o, SyncOut::ForgetPeer(p) if p == "agg"));
+        let summary = out
+            .iter()
+            .position(|o| matches!(o, SyncOut::Send(p, Message::Summary { .. }) if p == "agg"));
+        assert!(forget.is_some() && forget < summary, "{out:?}");
+
+        // Equal summaries open no round and forget nothing.
+        let mut twin = Replicator::new("agg".into(), SyncConfig::default());
+        twin.handle(SyncIn::PeerUp("o".into()), now);
+        let sent = twin.drain();
+        let ours = sends(&sent)[0].clone();
+        twin.handle(SyncIn::Received("o".into(), ours), now);
+        assert!(
+            !twin
+                .drain()
+                .iter()
+                .any(|o| matches!(o, SyncOut::ForgetPeer(_)))
+        );
     }
 
     #[test]

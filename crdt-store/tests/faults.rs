@@ -269,3 +269,49 @@ fn below_the_watermark_only_windows_the_aggregator_holds_are_retired() {
             .is_empty()
     );
 }
+
+#[test]
+fn below_the_watermark_synced_documents_wait_but_the_registry_comes_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut edge = Store::open_in_memory(StoreConfig::new("test-mesh", "node-a")).unwrap();
+    edge.append_results(&[record("r1")]).unwrap();
+    edge.apply_pending(usize::MAX).unwrap();
+    edge.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("node-a".into(), NodeEntry::default());
+    })
+    .unwrap();
+    let mut full = Store::open(&dir.path().join("store.redb"), config()).unwrap();
+    full.set_min_free(MinFree::Bytes(u64::MAX / 4));
+
+    let window = DocName::Results {
+        node: "node-a".into(),
+        window: Window::containing(record("r1").finished_ms, 60),
+    };
+    let doc = edge.document_id(&window);
+    let payload = edge.sync_generate(&doc, "full").unwrap().unwrap();
+    let outcome = full
+        .sync_apply(vec![SyncApply {
+            doc,
+            peer: "node-a".into(),
+            name: Some(window.to_string()),
+            payload,
+        }])
+        .unwrap();
+    let refused = outcome[0].as_ref().unwrap_err();
+    assert!(
+        matches!(refused, crdt_store::SyncRejected::NoHeadroom(_)),
+        "{refused}"
+    );
+    assert!(
+        !refused.peer_at_fault(),
+        "a full disk here is not the sender's fault"
+    );
+    assert!(refused.to_string().contains("store.min_free"), "{refused}");
+
+    sync_doc(&mut edge, "node-a", &mut full, "full", &DocName::Mesh);
+    let registry: MeshRegistry = full.read(&DocName::Mesh).unwrap();
+    assert!(
+        registry.nodes.contains_key("node-a"),
+        "the registry is taken in"
+    );
+}

@@ -33,8 +33,8 @@ pub struct SimArgs {
     /// Also write the report as HTML with a plot of divergence over time.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Plant a known bug in the simulated network (drop-catalogue, drop-first-sync) to see
-    /// the invariants catch it.
+    /// Plant a fault in the simulated network: drop-catalogue (no protocol survives it: the
+    /// invariants must catch it) or drop-first-sync (a lost message the protocol must heal).
     #[arg(long, hide = true)]
     pub plant_bug: Option<String>,
     /// List the bundled scenarios and exit.

@@ -42,13 +42,14 @@ const MAX_VIOLATIONS: usize = 50;
 /// Passes of a node's timers at one instant after which its driver is spinning.
 const SPIN_LIMIT: u32 = 100;
 
-/// A bug planted in the simulated network, to check that the invariants catch what a correct
-/// protocol cannot survive.
+/// A fault planted in the simulated network: one that no protocol survives, to check that the
+/// invariants catch it, or one that the protocol must heal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plant {
-    /// Every catalogue frame is silently dropped.
+    /// Every catalogue frame is silently dropped: nodes never learn what differs.
     DropCatalogue,
-    /// The first sync frame of each document on each connection is silently dropped.
+    /// The first sync frame of each document on each connection is silently dropped, as by a
+    /// receiver that refuses it: the stall check must heal it.
     DropFirstSync,
 }
 

@@ -298,6 +298,11 @@ pub struct SyncConfig {
     /// A few LAN round trips, so that the writer's own push lands first; relays that fall due
     /// meanwhile are coalesced per peer and document.
     pub relay_delay: Duration,
+    /// How often each peer's shared documents are checked for a stalled session (see
+    /// [`Replicator::handle_timeout`]): a document whose heads differ from the peer's, with
+    /// nothing of ours pending for it and the peer's heads unchanged over two checks in a row,
+    /// starts a new round with that peer. So a stall heals within two periods.
+    pub stall_check: Duration,
 }
 
 impl Default for SyncConfig {
@@ -306,6 +311,7 @@ impl Default for SyncConfig {
             max_outstanding: 512,
             bytes_per_sec: None,
             relay_delay: Duration::from_millis(200),
+            stall_check: Duration::from_secs(10),
         }
     }
 }
@@ -581,6 +587,12 @@ struct PeerState {
     /// the peer knows we hold. Automerge does not answer a message whose heads equal its own,
     /// so without this the sender of such a message would never learn that the heads match.
     told: BTreeMap<DocId, HeadsDigest>,
+    /// The documents that differed from the peer's heads at the last stall check, with what we
+    /// knew of the peer's heads then (`None`: nothing).
+    unsettled: BTreeMap<DocId, Option<HeadsDigest>>,
+    /// Documents we sent a sync message about since the last stall check: with `unsettled`,
+    /// the only ones a check looks at, so that its cost follows traffic, not the store's size.
+    sent_since_check: BTreeSet<DocId>,
     traffic: PeerTraffic,
 }
 
@@ -603,6 +615,10 @@ pub struct Replicator {
     /// Byte budget (token bucket) and when it was last refilled.
     budget: i64,
     refilled: Duration,
+    /// When the next stall check is due (none while no peer is connected).
+    next_stall_check: Option<Duration>,
+    /// Rounds started because a session stalled, since start.
+    stall_rounds: u64,
     out: VecDeque<SyncOut>,
 }
 
@@ -622,6 +638,8 @@ impl Replicator {
             outstanding: 0,
             budget: config.bytes_per_sec.map_or(0, |r| r as i64),
             refilled: Duration::ZERO,
+            next_stall_check: None,
+            stall_rounds: 0,
             out: VecDeque::new(),
         }
     }
@@ -655,6 +673,8 @@ impl Replicator {
                 self.peers.insert(peer.clone(), PeerState::default());
                 self.out.push_back(SyncOut::ForgetPeer(peer.clone()));
                 self.send_summary(&peer, false);
+                self.next_stall_check
+                    .get_or_insert(now + self.config.stall_check);
             }
             SyncIn::PeerDown(peer) => {
                 if self.drop_peer(&peer) {
@@ -682,9 +702,20 @@ impl Replicator {
         self.schedule();
     }
 
-    /// Lets time pass: relays that fell due start, the byte budget refills.
+    /// Lets time pass: relays that fell due start, the byte budget refills, and every
+    /// [`SyncConfig::stall_check`] stalled sessions are looked for.
+    ///
+    /// A session stalls when a message it sent was not applied on the other side although the
+    /// connection stayed up: the receiver refused it (its disk below the watermark, its store
+    /// recovering) or did not share the document at that moment. The sender's in-memory
+    /// Automerge state believes it delivered and never sends those changes again; only a new
+    /// round, which starts both sides' sessions from the persisted state, gets them across.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.refill(now);
+        if self.next_stall_check.is_some_and(|due| due <= now) {
+            self.check_stalls();
+            self.next_stall_check = (!self.peers.is_empty()).then(|| now + self.config.stall_check);
+        }
         while let Some((due, peer, doc)) = self.relays.first().cloned() {
             if due > now {
                 break;
@@ -709,7 +740,60 @@ impl Replicator {
                 self.refilled.max(now) + Duration::from_nanos(wait_ns.min(u64::MAX as u128) as u64),
             )
         });
-        relay.into_iter().chain(budget).min()
+        relay
+            .into_iter()
+            .chain(budget)
+            .chain(self.next_stall_check)
+            .min()
+    }
+
+    /// Rounds started because a session with a peer stalled, since start.
+    pub fn stall_rounds(&self) -> u64 {
+        self.stall_rounds
+    }
+
+    /// Starts a new round with every peer that has a shared document whose heads differed at
+    /// this check and the last with no progress on the peer's side and nothing of ours pending.
+    fn check_stalls(&mut self) {
+        let mut stalled = Vec::new();
+        for (peer, state) in &mut self.peers {
+            let sent = std::mem::take(&mut state.sent_since_check);
+            let mut now_unsettled = BTreeMap::new();
+            // A document with work under way is looked at again next time: its session may yet
+            // end with the peer behind.
+            let mut busy = Vec::new();
+            for doc in sent.iter().chain(state.unsettled.keys()) {
+                let Some((_, class, ours)) = self.local.get(doc) else {
+                    continue;
+                };
+                if *ours == RETIRED || !self.policy.shared_between(class, &self.me, peer) {
+                    continue;
+                }
+                let theirs = state.theirs.get(doc).copied();
+                let pending = state.sessions.contains_key(doc)
+                    || state.relays.contains_key(doc)
+                    || self.queued.contains(&(peer.clone(), *doc));
+                if pending {
+                    busy.push(*doc);
+                } else if theirs != Some(*ours) && theirs != Some(RETIRED) {
+                    now_unsettled.insert(*doc, theirs);
+                }
+            }
+            state.sent_since_check.extend(busy);
+            let stuck = now_unsettled
+                .iter()
+                .any(|(doc, theirs)| state.unsettled.get(doc) == Some(theirs));
+            if stuck {
+                state.unsettled.clear();
+                stalled.push(peer.clone());
+            } else {
+                state.unsettled = now_unsettled;
+            }
+        }
+        for peer in stalled {
+            self.stall_rounds += 1;
+            self.new_round(&peer, false);
+        }
     }
 
     /// The next thing to do, if any.
@@ -1262,6 +1346,7 @@ impl Replicator {
             if let Some((_, _, digest)) = local {
                 state.told.insert(doc, *digest);
             }
+            state.sent_since_check.insert(doc);
             state.named.insert(doc);
             state.traffic.bytes_sent += payload.len() as u64;
             state.traffic.messages_sent += 1;
@@ -1715,6 +1800,101 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_session_whose_message_was_not_applied_opens_a_new_round_after_two_checks() {
+        let period = SyncConfig::default().stall_check;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(SyncIn::LocalDocs(vec![entry(1, 1, "mesh")]), Duration::ZERO);
+        a.handle(SyncIn::PeerUp("b".into()), Duration::ZERO);
+        a.drain();
+        // The peer holds older heads; our message to it is lost (it refused to apply it).
+        a.handle(
+            SyncIn::Received(
+                "b".into(),
+                Message::Heads {
+                    doc: [1; 16],
+                    digest: [2; 16],
+                    name: None,
+                },
+            ),
+            Duration::ZERO,
+        );
+        let generate = a.drain();
+        assert!(
+            generate
+                .iter()
+                .any(|o| matches!(o, SyncOut::Generate { doc, .. } if *doc == [1; 16])),
+            "{generate:?}"
+        );
+        a.handle(
+            SyncIn::Generated {
+                doc: [1; 16],
+                peer: "b".into(),
+                payload: Some(vec![1]),
+            },
+            Duration::ZERO,
+        );
+        a.drain();
+        assert_eq!(a.poll_timeout(Duration::ZERO), Some(period));
+
+        // One check sees the difference; the next, with no progress, opens a round.
+        a.handle_timeout(period);
+        assert!(sends(&a.drain()).is_empty());
+        a.handle_timeout(period * 2);
+        let out = a.drain();
+        assert!(
+            matches!(&out[..], [SyncOut::ForgetPeer(p), SyncOut::Send(q, Message::Summary { .. })]
+                if p == "b" && q == "b"),
+            "{out:?}"
+        );
+        assert_eq!(a.stall_rounds(), 1);
+
+        // Progress on the peer's side between two checks is no stall.
+        a.handle_timeout(period * 3);
+        a.handle(
+            SyncIn::Received(
+                "b".into(),
+                Message::Heads {
+                    doc: [1; 16],
+                    digest: [3; 16],
+                    name: None,
+                },
+            ),
+            period * 3,
+        );
+        a.handle(
+            SyncIn::Generated {
+                doc: [1; 16],
+                peer: "b".into(),
+                payload: Some(vec![2]),
+            },
+            period * 3,
+        );
+        a.drain();
+        a.handle_timeout(period * 4);
+        assert!(sends(&a.drain()).is_empty());
+        assert_eq!(a.stall_rounds(), 1);
+
+        // Heads in step: nothing to heal, however long it lasts.
+        a.handle(
+            SyncIn::Received(
+                "b".into(),
+                Message::Heads {
+                    doc: [1; 16],
+                    digest: [1; 16],
+                    name: None,
+                },
+            ),
+            period * 4,
+        );
+        a.drain();
+        for k in 5..10 {
+            a.handle_timeout(period * k);
+        }
+        assert!(sends(&a.drain()).is_empty());
+        assert_eq!(a.stall_rounds(), 1);
     }
 
     #[test]

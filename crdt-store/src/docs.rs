@@ -906,6 +906,11 @@ impl Hydrate for RunRecord {
 /// Upper bound on the encoded size of one run record; larger records are refused.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// Largest run input (JSON text), in bytes. A run's record carries its input and its steps'
+/// outputs and must stay under [`MAX_RECORD_BYTES`]; an input refused when the run is asked
+/// for is better than a run accepted whose record cannot be stored.
+pub const MAX_RUN_INPUT_BYTES: usize = 256 << 10;
+
 impl RunRecord {
     /// Checks what the store relies on: a usable run id, a node id, a sane time range and size.
     pub fn validate(&self) -> Result<()> {

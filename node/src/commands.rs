@@ -936,14 +936,32 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
     let input: serde_json::Value = match &args.input {
         None => serde_json::Value::Null,
         Some(path) => {
-            let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the input from stdin")?
+            use std::io::Read as _;
+            // One byte past the limit is enough to refuse: a huge file is never read whole.
+            let cap = crdt_store::MAX_RUN_INPUT_BYTES as u64 + 1;
+            let mut bytes = Vec::new();
+            if path.as_os_str() == "-" {
+                std::io::stdin()
+                    .take(cap)
+                    .read_to_end(&mut bytes)
+                    .context("reading the input from stdin")?;
             } else {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the input {}", path.display()))?
-            };
-            serde_json::from_str(&text)
-                .with_context(|| format!("the input {} is not JSON", path.display()))?
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+                    .with_context(|| format!("cannot read the input {}", path.display()))?;
+            }
+            if bytes.len() as u64 >= cap {
+                bail!(
+                    "{}: the run input is more than {} bytes (256 KiB), the limit for a run's input",
+                    path.display(),
+                    crdt_store::MAX_RUN_INPUT_BYTES
+                );
+            }
+            let text = String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!("{}: the run input is not UTF-8 text: {e}", path.display())
+            })?;
+            crate::prescan::run_input(&text)
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?
         }
     };
     DocName::workflow(&args.workflow)?;

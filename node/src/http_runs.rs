@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use crdt_store::ResultsQuery;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::http::{ApiError, AppState, api_error, authorize};
 use crate::scheduler::{Refusal, RunView, ScheduledView, accepted_ms};
@@ -35,19 +34,32 @@ pub async fn post_run(
     State(state): State<Arc<AppState>>,
     Path(workflow): Path<String>,
     headers: HeaderMap,
-    body: String,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
     authorize(&state, &headers)?;
-    let input = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("the run input is not JSON: {e}"),
-            )
-        })?
+    let limit = crdt_store::MAX_RUN_INPUT_BYTES;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the run input is more than {limit} bytes (256 KiB), the limit for a run's input"
+            ),
+        )
     };
+    let bytes = axum::body::to_bytes(body, limit + 1)
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.len() > limit {
+        return Err(too_large());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the run input is not UTF-8 text: {e}"),
+        )
+    })?;
+    let input =
+        crate::prescan::run_input(text).map_err(|reason| (StatusCode::BAD_REQUEST, reason))?;
     // A run is accepted only when its record could be stored: not while the disk is under
     // the watermark or the store is recovering from a failed commit.
     crate::durability::admit_write(&state.store, format!("accept a run of `{workflow}`"))

@@ -10,11 +10,22 @@
 //! as nesting, balanced ones cancel out, and only quoted scalars, comments and block scalars
 //! (`|`, `>`) are skipped, as a parser skips them.
 
-use crdt_store::{BoundsError, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH};
+use crdt_store::{BoundsError, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH, MAX_RUN_INPUT_BYTES};
 
 /// Checks a YAML (or JSON, which is YAML) workflow text against the definition limits.
 pub fn workflow_text(text: &str) -> Result<(), BoundsError> {
     yaml(text, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH)
+}
+
+/// Reads a run's input: empty text is no input; otherwise JSON within
+/// [`MAX_RUN_INPUT_BYTES`] and the definition's nesting limit, checked before parsing.
+pub fn run_input(text: &str) -> Result<serde_json::Value, String> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    crdt_store::check_json_bounds(text, MAX_RUN_INPUT_BYTES, MAX_DEFINITION_DEPTH)
+        .map_err(|e| format!("the run input is refused: {e}"))?;
+    serde_json::from_str(text).map_err(|e| format!("the run input is not JSON: {e}"))
 }
 
 /// Checks a YAML text's length, then how deep its block collections (by indentation and
@@ -180,6 +191,26 @@ impl Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_input_is_json_within_its_bounds_or_refused_by_name() {
+        assert_eq!(run_input(" \n"), Ok(serde_json::Value::Null));
+        assert_eq!(
+            run_input(r#"{"v": [1]}"#),
+            Ok(serde_json::json!({"v": [1]}))
+        );
+        let large = format!("\"{}\"", "x".repeat(MAX_RUN_INPUT_BYTES));
+        assert!(
+            run_input(&large)
+                .unwrap_err()
+                .contains("exceed the limit of 262144")
+        );
+        let deep = "[".repeat(65) + &"]".repeat(65);
+        assert!(run_input(&deep).unwrap_err().contains("limit of 64 levels"));
+        let deepest_allowed = "[".repeat(64) + &"]".repeat(64);
+        assert!(run_input(&deepest_allowed).is_ok());
+        assert!(run_input("{oops").unwrap_err().contains("not JSON"));
+    }
 
     fn depth_error(text: &str, max_depth: usize) -> Option<(usize, usize)> {
         match yaml(text, usize::MAX, max_depth) {

@@ -229,6 +229,31 @@ fn runs_through_a_running_node() {
     );
     let (code, body) = node.post_run("hello", "{not json");
     assert!(code == 400 && body.contains("not JSON"), "{code} {body}");
+    // Inputs are bounded before they are parsed: a run whose record could not be stored is
+    // never accepted.
+    let large = format!(r#"{{"v": 1, "pad": "{}"}}"#, "x".repeat(300 << 10));
+    let (code, body) = node.post_run("hello", &large);
+    assert!(
+        code == 413 && body.contains("more than 262144 bytes"),
+        "{code} {body}"
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (code, body) = node.post_run("hello", &deep);
+    assert!(
+        code == 400 && body.contains("nesting exceeds the limit of 64 levels"),
+        "{code} {body}"
+    );
+    let large_file = tmp.path().join("large.json");
+    std::fs::write(&large_file, &large).unwrap();
+    let out = rhizome(
+        &dir,
+        &["run", "hello", "--input", large_file.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("more than 262144 bytes"),
+        "{stderr}"
+    );
     let (code, body) = node.request("GET", "/status/nope-1-1", None, "");
     assert!(
         code == 404 && body.contains("no run `nope-1-1`"),

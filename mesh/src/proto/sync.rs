@@ -615,7 +615,8 @@ pub struct Replicator {
     /// Byte budget (token bucket) and when it was last refilled.
     budget: i64,
     refilled: Duration,
-    /// When the next stall check is due (none while no peer is connected).
+    /// When the next stall check is due: set when a sync message goes out, cleared by a check
+    /// that finds nothing to watch.
     next_stall_check: Option<Duration>,
     /// Rounds started because a session stalled, since start.
     stall_rounds: u64,
@@ -673,8 +674,6 @@ impl Replicator {
                 self.peers.insert(peer.clone(), PeerState::default());
                 self.out.push_back(SyncOut::ForgetPeer(peer.clone()));
                 self.send_summary(&peer, false);
-                self.next_stall_check
-                    .get_or_insert(now + self.config.stall_check);
             }
             SyncIn::PeerDown(peer) => {
                 if self.drop_peer(&peer) {
@@ -682,7 +681,7 @@ impl Replicator {
                 }
             }
             SyncIn::Received(peer, message) => self.received(peer, message),
-            SyncIn::Generated { doc, peer, payload } => self.generated(doc, peer, payload),
+            SyncIn::Generated { doc, peer, payload } => self.generated(doc, peer, payload, now),
             SyncIn::Applied { doc, peer, outcome } => self.applied(doc, peer, outcome, now),
             SyncIn::Resync(target) => {
                 let peers: Vec<NodeId> = match target {
@@ -714,7 +713,12 @@ impl Replicator {
         self.refill(now);
         if self.next_stall_check.is_some_and(|due| due <= now) {
             self.check_stalls();
-            self.next_stall_check = (!self.peers.is_empty()).then(|| now + self.config.stall_check);
+            // A quiet mesh has no timer: the next message sent arms it again.
+            let watching = self
+                .peers
+                .values()
+                .any(|p| !p.unsettled.is_empty() || !p.sent_since_check.is_empty());
+            self.next_stall_check = watching.then(|| now + self.config.stall_check);
         }
         while let Some((due, peer, doc)) = self.relays.first().cloned() {
             if due > now {
@@ -1324,7 +1328,7 @@ impl Replicator {
         });
     }
 
-    fn generated(&mut self, doc: DocId, peer: NodeId, payload: Option<Vec<u8>>) {
+    fn generated(&mut self, doc: DocId, peer: NodeId, payload: Option<Vec<u8>>, now: Duration) {
         // An answer for a session of an earlier connection is not counted again: dropping the
         // peer already took its generates off `outstanding`.
         let Some(state) = self.peers.get_mut(&peer) else {
@@ -1347,6 +1351,8 @@ impl Replicator {
                 state.told.insert(doc, *digest);
             }
             state.sent_since_check.insert(doc);
+            self.next_stall_check
+                .get_or_insert(now + self.config.stall_check);
             state.named.insert(doc);
             state.traffic.bytes_sent += payload.len() as u64;
             state.traffic.messages_sent += 1;
@@ -1895,6 +1901,8 @@ mod tests {
         }
         assert!(sends(&a.drain()).is_empty());
         assert_eq!(a.stall_rounds(), 1);
+        // And a quiet replicator sets no timer: a network of them goes quiet.
+        assert_eq!(a.poll_timeout(period * 10), None);
     }
 
     #[test]

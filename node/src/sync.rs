@@ -368,7 +368,16 @@ impl Actor {
                     }
                 } => {
                     let now = self.now();
+                    let stalls = self.replicator.stall_rounds();
                     self.replicator.handle_timeout(now);
+                    let healed = self.replicator.stall_rounds() - stalls;
+                    if healed > 0 {
+                        tracing::info!(
+                            peers = healed,
+                            "sync messages were not applied by a peer (its disk full, its store \
+                             recovering, or it did not share them then): comparing again"
+                        );
+                    }
                     self.dispatch();
                 }
             }

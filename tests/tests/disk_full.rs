@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rhizome_e2e::process::{init_in, ok, run, start};
+use rhizome_e2e::process::{LogsOnPanic, init, init_in, log_file, ok, run, start};
 use rhizome_e2e::{wait_until, workflows};
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped; `None` (saying why) without root.
@@ -265,4 +265,84 @@ fn enospc_is_reported_and_recovered(tmp: &tempfile::TempDir) {
         .collect();
     assert!(ids.contains(&before["run_id"].as_str().unwrap()), "{ids:?}");
     drop(node);
+}
+
+/// The ids of the workflows a node knows.
+fn workflow_ids(dir: &Path) -> Vec<String> {
+    ok(run(dir, &["workflow", "list", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A peer writes while this node's disk is under the watermark: the node refuses to apply what
+/// arrives (it would have to store it) and its peer's session is left believing it delivered.
+/// Once space is freed the change arrives over the same connection, without a reconnect or a
+/// restart, and both nodes say they are in sync.
+#[test]
+fn what_a_peer_sent_while_the_disk_was_full_arrives_once_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
+        return;
+    };
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("disk").join("b"));
+    let _logs = LogsOnPanic(vec![a_dir.clone(), b_dir.clone()]);
+    init(&a_dir, "a", None);
+    init(&b_dir, "b", Some(&a_dir.join("mesh")));
+    let a = start(&a_dir, &[]);
+    let b = start(&b_dir, &[&a.quic]);
+    let apply = |id: &str| {
+        let file = tmp.path().join(format!("{id}.yaml"));
+        std::fs::write(
+            &file,
+            format!("id: {id}\nsteps:\n  - id: s\n    agent: noop\n"),
+        )
+        .unwrap();
+        ok(run(&a_dir, &["workflow", "apply", file.to_str().unwrap()]));
+    };
+    apply("before");
+    wait_until("b gets the first workflow", Duration::from_secs(20), || {
+        workflow_ids(&b_dir).contains(&"before".to_owned())
+    });
+
+    let filler = fill(&tmp.path().join("disk"), 256 << 10);
+    wait_until("b reports low disk", Duration::from_secs(10), || {
+        health(&b_dir)["status"] == "degraded"
+    });
+    apply("during");
+    // The change reaches b, which refuses to store it while it is under the watermark.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !workflow_ids(&b_dir).contains(&"during".to_owned()),
+        "b stored a document while under the watermark"
+    );
+    let out = run(&b_dir, &["sync", "--timeout", "1s"]);
+    assert!(
+        !out.status.success(),
+        "b said it was in sync while it lacked a workflow"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let took = wait_until(
+        "the workflow written during the outage reaches b",
+        Duration::from_secs(60),
+        || workflow_ids(&b_dir).contains(&"during".to_owned()),
+    );
+    eprintln!("space freed -> the peer's change stored on the full node: {took:?}");
+    // Healed by the sender's stall check on the live connection, which it logs.
+    let a_log = std::fs::read_to_string(log_file(&a_dir)).unwrap();
+    assert!(a_log.contains("comparing again"), "{a_log}");
+    for (name, dir) in [("a", &a_dir), ("b", &b_dir)] {
+        let out = run(dir, &["sync", "--timeout", "10s"]);
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(health(&b_dir)["status"], "ok");
+    drop((a, b));
 }

@@ -467,6 +467,25 @@ fn print_hierarchy(h: &HierarchyView) {
         let zones: Vec<&str> = h.aggregates.iter().map(|z| zone_label(z)).collect();
         println!("aggregates {}", zones.join(", "));
     }
+    for split in &h.split {
+        let claimants: Vec<String> = split
+            .aggregators
+            .iter()
+            .map(|link| {
+                let id = link.aggregator.as_deref().unwrap_or_default();
+                match &link.name {
+                    Some(name) => format!("{name} ({})", output::short_id(id)),
+                    None => output::short_id(id).to_owned(),
+                }
+            })
+            .collect();
+        println!(
+            "zone {} is split: its members do not reach each other, and {} each aggregate the \
+             members they reach; rollups of all of them are taken here",
+            zone_label(&split.zone),
+            claimants.join(" and ")
+        );
+    }
 }
 
 /// A configured zone as people read it.

@@ -132,6 +132,19 @@ pub struct HierarchyView {
     pub chain: Vec<ChainLink>,
     /// The zones this node aggregates.
     pub aggregates: Vec<String>,
+    /// Zones below this node's that are split: more than one of their members claims to
+    /// aggregate them (each reaches this node, not the others). This node takes every
+    /// claimant's rollups, so the fleet view covers both halves.
+    #[serde(default)]
+    pub split: Vec<SplitZone>,
+}
+
+/// A zone whose members cannot reach each other, with each side's aggregator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitZone {
+    pub zone: String,
+    /// The claimants, by node id, with their names where known.
+    pub aggregators: Vec<ChainLink>,
 }
 
 /// One level of the aggregator chain.
@@ -180,6 +193,21 @@ impl HierarchyView {
                 })
                 .collect(),
             aggregates: hierarchy.aggregates,
+            split: hierarchy
+                .split
+                .into_iter()
+                .map(|(zone, claimants)| SplitZone {
+                    aggregators: claimants
+                        .into_iter()
+                        .map(|id| ChainLink {
+                            name: name_of(&id),
+                            zone: zone.clone(),
+                            aggregator: Some(id),
+                        })
+                        .collect(),
+                    zone,
+                })
+                .collect(),
         }
     }
 }

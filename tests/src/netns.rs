@@ -239,6 +239,27 @@ impl Lab {
         );
     }
 
+    /// Isolates the cable's switch port (or ends that): isolated ports pass no frame to each
+    /// other, unicast or multicast, while each still reaches every port that is not isolated.
+    /// Hosts on isolated ports are a site split in two that both reach the uplink.
+    pub fn set_isolated(&self, cable: &Cable, isolated: bool) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &cable.switch_ns, "bridge", "link", "set"])
+            .args([
+                "dev",
+                &cable.port,
+                "isolated",
+                if isolated { "on" } else { "off" },
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bridge link set isolated: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Drops `percent` % of the frames, chosen at random, in each direction on `cable` (nft
     /// `numgen` in the switch's bridge), until [`Lab::lossless`]. The host sees nothing but
     /// missing packets, as with a bad cable.

@@ -657,6 +657,14 @@ impl Actor {
                         aggregates = ?hierarchy.aggregates,
                         "aggregator chain changed"
                     );
+                    for (zone, claimants) in &hierarchy.split {
+                        tracing::warn!(
+                            %zone,
+                            ?claimants,
+                            "zone split: its members do not reach each other and each side \
+                             elected its own aggregator; the rollups of all of them are taken"
+                        );
+                    }
                     let _ = self.events.send(MeshEvent::Hierarchy(hierarchy)).await;
                 }
                 election::OutEvent::Refused { from, reason } => {

@@ -315,6 +315,11 @@ pub struct Hierarchy {
     /// claims say (one per zone: an established claim first, then the smaller node id), so that
     /// what flows up from them can be routed here.
     pub below: Vec<(Zone, NodeId)>,
+    /// Zones directly below those this node aggregates that more than one live peer claims
+    /// with an established claim, with those claimants (by node id): the zone is split, its members cannot reach each other
+    /// while each side reaches this node. Each claimant's rollups cover different nodes, so all
+    /// of them are accepted here, not only the one in `below`.
+    pub split: Vec<(Zone, Vec<NodeId>)>,
 }
 
 impl Hierarchy {
@@ -401,6 +406,7 @@ impl Election {
             chain: Vec::new(),
             aggregates: Vec::new(),
             below: Vec::new(),
+            split: Vec::new(),
         };
         let placeholder = Status {
             zone: zone.clone(),
@@ -620,6 +626,7 @@ impl Election {
     /// This node's place in the hierarchy: its chain and the zones it aggregates.
     pub fn hierarchy(&self) -> Hierarchy {
         let mut below: BTreeMap<&str, (bool, &NodeId)> = BTreeMap::new();
+        let mut claimants: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
         for (node, peer) in &self.peers {
             let Some(status) = peer.live() else {
                 continue;
@@ -629,6 +636,14 @@ impl Election {
                     .is_some_and(|parent| self.claims.iter().any(|(z, _)| z == parent));
                 if !under_mine {
                     continue;
+                }
+                // Only established claims make a split: a starting node claims every zone on
+                // its path for a moment, and must not be sent a zone's rollups for it.
+                if claim.established {
+                    claimants
+                        .entry(claim.zone.as_str())
+                        .or_default()
+                        .push(node.clone());
                 }
                 // Peers iterate in id order: a later one replaces only with an established
                 // claim over a fresh one.
@@ -647,6 +662,11 @@ impl Election {
             below: below
                 .into_iter()
                 .map(|(zone, (_, node))| (zone.to_owned(), node.clone()))
+                .collect(),
+            split: claimants
+                .into_iter()
+                .filter(|(_, nodes)| nodes.len() > 1)
+                .map(|(zone, nodes)| (zone.to_owned(), nodes))
                 .collect(),
         }
     }
@@ -1503,6 +1523,33 @@ mod tests {
                 (String::new(), Some("zc".to_owned())),
             ]
         );
+    }
+
+    #[test]
+    fn a_zone_split_under_the_parent_lists_every_established_claimant() {
+        let mut net = Net::new(11);
+        net.add("a1", "site-a", EDGE, edge_box());
+        net.add("a2", "site-a", EDGE, edge_box());
+        net.add("zc", "", CLOUD, caps(2, 2_000, 1_000, Power::Unknown));
+        net.connect("a1", "zc");
+        net.connect("a2", "zc");
+        net.settle();
+        // Each half of site-a claims it; a fresh claim is no split yet (a starting node claims
+        // every zone on its path for a moment).
+        assert!(net.node("zc").hierarchy().split.is_empty());
+        net.advance(secs(30));
+        net.settle();
+        let view = net.node("zc").hierarchy();
+        assert_eq!(
+            view.split,
+            vec![("site-a".to_owned(), vec!["a1".to_owned(), "a2".to_owned()])]
+        );
+        assert_eq!(view.below, vec![("site-a".to_owned(), "a1".to_owned())]);
+        // The members meet: one aggregator again, and no split.
+        net.connect("a1", "a2");
+        net.settle();
+        net.check_one_aggregator_per_zone().unwrap();
+        assert!(net.node("zc").hierarchy().split.is_empty());
     }
 
     #[test]

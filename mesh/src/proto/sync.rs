@@ -133,6 +133,10 @@ pub struct SharePolicy {
     pub zone_of: BTreeMap<NodeId, String>,
     /// The aggregator of each zone whose aggregator is known.
     pub aggregator_of: BTreeMap<String, NodeId>,
+    /// Every claimant of each split zone directly below one this node aggregates
+    /// ([`Hierarchy::split`]): each aggregates the members it reaches, so this node takes the
+    /// rollups of all of them.
+    pub split_claimants: BTreeMap<String, BTreeSet<NodeId>>,
 }
 
 impl SharePolicy {
@@ -164,6 +168,11 @@ impl SharePolicy {
             policy
                 .aggregator_of
                 .insert(zone.clone(), aggregator.clone());
+        }
+        for (zone, claimants) in &hierarchy.split {
+            policy
+                .split_claimants
+                .insert(zone.clone(), claimants.iter().cloned().collect());
         }
         policy
     }
@@ -210,6 +219,27 @@ impl SharePolicy {
                 }
             }
         }
+        // A claimant of a split zone that joins or leaves the set gains or loses the zone's
+        // rollups with every node they admit: the aggregators of the zone and above it, and
+        // the other claimants.
+        let empty = BTreeSet::new();
+        for zone in self
+            .split_claimants
+            .keys()
+            .chain(next.split_claimants.keys())
+        {
+            let [old, new] = [self, next].map(|p| p.split_claimants.get(zone).unwrap_or(&empty));
+            let changed: BTreeSet<&NodeId> = old.symmetric_difference(new).collect();
+            peers.extend(changed.iter().map(|n| (*n).clone()));
+            if changed.iter().any(|n| *n == me) {
+                for policy in [self, next] {
+                    let above =
+                        zone_and_ancestors(zone).filter_map(|z| policy.aggregator_of.get(z));
+                    peers.extend(above.cloned());
+                }
+                peers.extend(old.union(new).cloned());
+            }
+        }
         peers.remove(me);
         peers
     }
@@ -229,7 +259,8 @@ impl SharePolicy {
     ///
     /// - `mesh` and workflows: every member (admission already refused strangers).
     /// - `results/<owner>/…`: the owner and the aggregator of the owner's zone.
-    /// - `rollup/<zone>/…`: the aggregator of the zone and of every zone above it.
+    /// - `rollup/<zone>/…`: the aggregator of the zone and of every zone above it; where a zone
+    ///   is split, every claimant.
     pub fn shares(&self, class: &DocClass, peer: &str) -> bool {
         match class {
             DocClass::Mesh | DocClass::Workflow => true,
@@ -241,8 +272,13 @@ impl SharePolicy {
                         .and_then(|zone| self.aggregator_of.get(zone))
                         .is_some_and(|aggregator| aggregator == peer)
             }
-            DocClass::Rollup { zone } => zone_and_ancestors(zone)
-                .any(|z| self.aggregator_of.get(z).is_some_and(|a| a == peer)),
+            DocClass::Rollup { zone } => zone_and_ancestors(zone).any(|z| {
+                self.aggregator_of.get(z).is_some_and(|a| a == peer)
+                    || self
+                        .split_claimants
+                        .get(z)
+                        .is_some_and(|claimants| claimants.contains(peer))
+            }),
         }
     }
 }
@@ -1660,6 +1696,20 @@ mod tests {
         unknown.zone_of.insert("q".into(), "site-c".into());
         assert!(before.peers_affected_by(&unknown, "o").is_empty());
         assert!(before.peers_affected_by(&unknown, "agg-a").is_empty());
+        // site-b/line split in two, both halves reaching site-b's aggregator: it takes the
+        // rollups of the second claimant too, and only that claimant gains anything.
+        let mut split = before.clone();
+        split
+            .split_claimants
+            .insert("site-b/line".into(), set(&["agg-l", "l"]));
+        assert_eq!(
+            before.peers_affected_by(&split, "agg-b"),
+            set(&["agg-l", "l"])
+        );
+        let line_rollup = DocClass::of("rollup/site-b+line/w").unwrap();
+        assert!(!before.shared_between(&line_rollup, "agg-b", "l"));
+        assert!(split.shared_between(&line_rollup, "agg-b", "l"));
+        assert!(split.shared_between(&line_rollup, "agg-b", "agg-l"));
 
         // Whatever the change and wherever it is seen from, a peer outside the set shares
         // exactly what it shared before.
@@ -1674,7 +1724,7 @@ mod tests {
             DocClass::of("rollup/site-a/w").unwrap(),
             DocClass::Mesh,
         ];
-        for next in [&joined, &moved, &elected, &unknown] {
+        for next in [&joined, &moved, &elected, &unknown, &split] {
             for change in [(&before, next), (next, &before)] {
                 for me in nodes {
                     let affected = change.0.peers_affected_by(change.1, me);

@@ -518,11 +518,16 @@ fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for zone in &view.zones {
         for w in &zone.workflows {
+            let label = if zone.zone.is_empty() {
+                "/".to_owned()
+            } else {
+                zone.zone.clone()
+            };
             rows.push(vec![
-                if zone.zone.is_empty() {
-                    "/".into()
+                if zone.stale {
+                    format!("{label} (stale)")
                 } else {
-                    zone.zone.clone()
+                    label
                 },
                 w.workflow.clone(),
                 w.nodes.to_string(),
@@ -554,6 +559,13 @@ fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
         view.runs,
         view.failures
     );
+    if view.zones.iter().any(|z| z.stale) {
+        println!(
+            "(stale): this node no longer aggregates that zone and its rollups no longer reach \
+             it; the figures are as they were at the hand-over (see `rhizome status` for the \
+             current aggregator)"
+        );
+    }
     Ok(())
 }
 

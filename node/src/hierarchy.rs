@@ -212,6 +212,16 @@ impl HierarchyView {
     }
 }
 
+/// Marks the zones of a fleet view whose rollups no longer reach this node: those neither it
+/// nor a zone above them that it aggregates (a former aggregator keeps what it held).
+pub fn mark_stale_zones(view: &mut crdt_store::FleetView, aggregates: &[String]) {
+    for zone in &mut view.zones {
+        zone.stale = !aggregates
+            .iter()
+            .any(|a| crate::workflow::zone_contains(a, &zone.zone));
+    }
+}
+
 /// A zone as people read it: the root has no name of its own.
 pub fn zone_label(zone: &str) -> &str {
     if zone.is_empty() { "(root)" } else { zone }

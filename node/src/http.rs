@@ -431,11 +431,15 @@ async fn get_fleet(
     State(state): State<Arc<AppState>>,
     axum::extract::Query(params): axum::extract::Query<FleetParams>,
 ) -> Result<Json<crdt_store::FleetView>, ApiError> {
-    let view = state
+    let mut view = state
         .store
         .call(move |s| s.fleet(params.since_ms))
         .recv()
         .await
         .map_err(api_error)?;
+    // Without the mesh's view (stopping) the figures are still worth answering, unmarked.
+    if let Ok(hierarchy) = state.mesh.hierarchy().await {
+        crate::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);
+    }
     Ok(Json(view))
 }

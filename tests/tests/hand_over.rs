@@ -174,6 +174,29 @@ fn after_repeated_kills_of_the_aggregator_every_node_is_in_sync_within_the_bound
             fleet["runs"].as_u64() == Some(recorded as u64) && fleet["nodes"].as_u64() == Some(3)
         },
     );
+    // A former aggregator keeps the rollups it wrote, and says they are stale; the current
+    // aggregator's and the cloud's are not.
+    let aggregator = agreed_aggregator(&edges, &cloud_id).unwrap();
+    let mut stale_views = 0;
+    for (edge, id) in edges.iter().zip(&ids) {
+        let view = ok(run(&edge.dir, &["status", "--fleet", "--json"]));
+        for zone in view["zones"].as_array().unwrap() {
+            let stale = zone["stale"].as_bool().unwrap_or(false);
+            assert_eq!(stale, *id != aggregator, "{}: {zone}", edge.dir.display());
+            stale_views += usize::from(stale);
+        }
+    }
+    // Every kill hands the zone over, so at least the first aggregator is a former one.
+    assert!(stale_views > 0, "no former aggregator held rollups");
+    let view = ok(run(&c_dir, &["status", "--fleet", "--json"]));
+    assert!(
+        view["zones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|z| z["stale"].is_null()),
+        "{view}"
+    );
     eprintln!(
         "{recorded} runs recorded, {} counted by the cloud; in sync {:?} after the runs stopped",
         fleet["runs"],

@@ -61,6 +61,11 @@ pub struct ZoneView {
     pub nodes: Vec<String>,
     /// Per workflow.
     pub workflows: Vec<WorkflowView>,
+    /// The node answering no longer receives this zone's rollups: it aggregated the zone
+    /// before a hand-over, and the figures are as they were then. Set by a running node,
+    /// which knows what it aggregates; the store alone cannot tell.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// One workflow within a zone.

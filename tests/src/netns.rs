@@ -275,39 +275,32 @@ impl Lab {
             table = loss_table(cable),
             port = cable.port
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &cable.switch_ns, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nft_load(&cable.switch_ns, &rules);
     }
 
     /// Frames dropped so far on `cable` by [`Lab::lossy`].
     pub fn dropped(&self, cable: &Cable) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &cable.switch_ns, "nft", "list", "table"])
-            .args(["bridge", &loss_table(cable)])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split("counter packets ")
-            .skip(1)
-            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
+        nft_counted(&cable.switch_ns, &loss_table(cable))
+    }
+
+    /// Makes `switch` drop every multicast frame between its ports, as many site networks
+    /// do: mDNS announcements and queries never arrive; unicast (ARP's broadcasts included)
+    /// passes.
+    pub fn drop_multicast(&self, switch: &Switch) {
+        nft_load(
+            &switch.ns,
+            "table bridge no_multicast {
+               chain forward {
+                 type filter hook forward priority 0; policy accept;
+                 meta pkttype multicast counter drop
+               }
+             }",
+        );
+    }
+
+    /// Multicast frames `switch` dropped so far ([`Lab::drop_multicast`]).
+    pub fn multicast_dropped(&self, switch: &Switch) -> u64 {
+        nft_counted(&switch.ns, "no_multicast")
     }
 
     /// Ends the loss of [`Lab::lossy`] on `cable`.
@@ -325,6 +318,42 @@ impl Lab {
             &table,
         ]);
     }
+}
+
+/// Loads nft rules into namespace `ns`, panicking with nft's message if they are refused.
+fn nft_load(ns: &str, rules: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The packets counted by the counters of bridge table `table` in namespace `ns`.
+fn nft_counted(ns: &str, table: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "bridge", table])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The nft table of a cable's loss (nft names take letters, digits and underscores).

@@ -25,6 +25,7 @@ pub const BUNDLED: &[(&str, &str)] = &[
         include_str!("../scenarios/aggregator-crash.toml"),
     ),
     ("swizzle", include_str!("../scenarios/swizzle.toml")),
+    ("site-split", include_str!("../scenarios/site-split.toml")),
     (
         "long-offline",
         include_str!("../scenarios/long-offline.toml"),
@@ -43,6 +44,7 @@ pub const STANDARD: &[&str] = &[
     "churn",
     "swizzle",
     "aggregator-crash",
+    "site-split",
 ];
 
 /// Why a scenario could not be loaded.
@@ -322,6 +324,10 @@ pub enum GroupBy {
     Random,
     /// One group per segment (the cloud alone).
     Segment,
+    /// The members of one random segment split into `groups` random groups, while every other
+    /// node (the cloud, the other segments) still reaches all of them: a site's switch split
+    /// in two, both halves keeping the uplink. Each half elects its own aggregator of the zone.
+    WithinSegment,
 }
 
 /// One fault of the schedule.

@@ -1844,9 +1844,29 @@ impl World {
                             of[c] = self.rng.gen_range(0..groups) as u8;
                         }
                     }
+                    GroupBy::WithinSegment => {
+                        let split: Vec<usize> = (0..self.segments.len())
+                            .filter(|&s| self.segments[s].members.len() >= groups)
+                            .collect();
+                        if let Some(&s) = split.choose(&mut self.rng) {
+                            let mut members: Vec<usize> = self.segments[s]
+                                .members
+                                .iter()
+                                .copied()
+                                .filter(|i| all.contains(i))
+                                .collect();
+                            members.shuffle(&mut self.rng);
+                            for (k, i) in members.into_iter().enumerate() {
+                                of[i] = (k % groups) as u8;
+                            }
+                        }
+                    }
                 }
                 let cut = self.net.cut(Cut::Groups(of));
-                let label = format!("partition into {groups}");
+                let label = match spec.by {
+                    GroupBy::WithinSegment => format!("split of one segment into {groups}"),
+                    GroupBy::Random | GroupBy::Segment => format!("partition into {groups}"),
+                };
                 self.open_fault(cut, end.expect("validated"), label);
             }
             FaultKind::OneWay => {

@@ -70,6 +70,11 @@ fn sweep_aggregator_crash() {
     sweep("aggregator-crash");
 }
 
+#[test]
+fn sweep_site_split() {
+    sweep("site-split");
+}
+
 /// The 500-node hierarchy scenario at 60 nodes (three per line): twenty lines in ten sites under
 /// the cloud, three levels of elections, partitions by site, aggregators crashing, losing their
 /// store and cut off. The full size runs

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use agents::{Agent, Noop, RunContext};
 use crdt_store::{Store, StoreConfig, StoreHandle};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rhizome::engine::Prepared;
-use rhizome::scheduler::{self, Refusal, SchedulerConfig, SchedulerHandle};
-use rhizome::workflow::NodeTraits;
+use rhizome::run::engine::Prepared;
+use rhizome::run::scheduler::{self, Refusal, SchedulerConfig, SchedulerHandle};
+use rhizome::run::workflow::NodeTraits;
 use serde_json::{Value, json};
 
 const NODE: &str = "0123456789abcdef0123456789abcdef";
@@ -78,7 +78,7 @@ fn engine_overhead(c: &mut Criterion) {
             })
         });
         for (shape, chain) in [("chain", true), ("wide", false)] {
-            let definition = rhizome::workflow::parse(&workflow(steps, chain, 1)).unwrap();
+            let definition = rhizome::run::workflow::parse(&workflow(steps, chain, 1)).unwrap();
             let prepared = Prepared::new(definition).unwrap();
             group.bench_with_input(
                 BenchmarkId::new(format!("engine/{shape}"), steps),
@@ -105,13 +105,13 @@ fn scheduler_on(
                     id: NODE.into(),
                     ..NodeTraits::default()
                 },
-                agents: rhizome::engine::registry(),
+                agents: rhizome::run::engine::registry(),
                 reload_every: scheduler::RELOAD_EVERY,
             },
         );
-        let definition = rhizome::workflow::parse(&workflow(3, true, max_concurrent)).unwrap();
+        let definition = rhizome::run::workflow::parse(&workflow(3, true, max_concurrent)).unwrap();
         store
-            .call(move |s| Ok(rhizome::commands::apply_workflow(s, definition, NODE)))
+            .call(move |s| Ok(rhizome::cli::commands::apply_workflow(s, definition, NODE)))
             .recv()
             .await
             .unwrap()

@@ -1,5 +1,5 @@
 //! Document sync between two nodes on loopback, wired as `rhizome start` wires them
-//! ([`rhizome::sync::start`]: a redb store on its own thread, the mesh driver with QUIC and
+//! ([`rhizome::fleet::sync::start`]: a redb store on its own thread, the mesh driver with QUIC and
 //! mutual TLS, the sync actor; each node on its own two-worker runtime, as the daemon runs), side
 //! by side with JavaScript automerge-repo doing the same work (`bench/js`).
 //!
@@ -53,7 +53,7 @@ use mesh::proto::membership::{NodeId, Timing};
 use mesh::proto::sync::PeerTraffic;
 use mesh::proto::sync::SyncConfig;
 use mesh::proto::wire::{Capabilities, CatalogueEntry, DocIdBytes, Power, Role};
-use rhizome::sync::Replication;
+use rhizome::fleet::sync::Replication;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -261,7 +261,7 @@ impl Node {
             seed: u64::from(seed),
         };
         let replication = runtime
-            .block_on(rhizome::sync::start(
+            .block_on(rhizome::fleet::sync::start(
                 id.clone(),
                 SyncConfig::default(),
                 store,

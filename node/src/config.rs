@@ -219,10 +219,10 @@ impl Config {
 
     /// Checks the values that are parsed on use, so mistakes surface at startup.
     pub fn validate(&self) -> Result<()> {
-        crate::hierarchy::check_configured_zone(&self.node.zone)
+        crate::fleet::hierarchy::check_configured_zone(&self.node.zone)
             .context("node.zone (RHIZOME_NODE_ZONE, --zone)")?;
-        crate::hierarchy::parse_role(&self.node.role)?;
-        crate::resources::parse_power(&self.node.power)?;
+        crate::fleet::hierarchy::parse_role(&self.node.role)?;
+        crate::ops::resources::parse_power(&self.node.power)?;
         if !self.node.memory.is_empty() {
             parse_size(&self.node.memory).context("node.memory (RHIZOME_NODE_MEMORY)")?;
         }

@@ -80,7 +80,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         Some(Interfaces::Named(mdns_names))
     };
 
-    let role = crate::hierarchy::parse_role(
+    let role = crate::fleet::hierarchy::parse_role(
         args.role
             .as_deref()
             .unwrap_or(node.config.node.role.as_str()),
@@ -89,15 +89,15 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         Some(Interfaces::Named(names)) => names.clone(),
         _ => Vec::new(),
     };
-    let zone = crate::hierarchy::effective_zone(
+    let zone = crate::fleet::hierarchy::effective_zone(
         &node.config.node.zone,
         role,
         matches!(discovery, Some(Interfaces::Loopback)),
         &named_mdns,
     )?;
-    let capabilities = crate::resources::capabilities(&node.dir.root, &node.config.node)?;
+    let capabilities = crate::ops::resources::capabilities(&node.dir.root, &node.config.node)?;
     tracing::info!(
-        zone = crate::hierarchy::zone_label(&zone),
+        zone = crate::fleet::hierarchy::zone_label(&zone),
         %role,
         ?capabilities,
         "taking part in the zone hierarchy"
@@ -123,13 +123,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
 
     // Every committed change reaches document sync (announce to peers) and the node's own
     // watchers (revocations in the mesh document, workflows).
-    let crate::sync::Replication {
+    let crate::fleet::sync::Replication {
         store,
         mesh,
         sync,
         changes,
         hierarchy: hierarchy_rx,
-    } = crate::sync::start(
+    } = crate::fleet::sync::start(
         node_id.clone(),
         sync_config,
         opened,
@@ -170,7 +170,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             .await?;
     }
 
-    let rollups = tokio::spawn(crate::rollup::run(
+    let rollups = tokio::spawn(crate::fleet::rollup::run(
         node_id.clone(),
         results_to_cloud,
         store.clone(),
@@ -205,7 +205,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot bind the HTTP API on {http}"))?;
     let http = listener.local_addr()?;
-    let health = crate::http::Health {
+    let health = crate::api::Health {
         status: "ok".into(),
         node_id: node_id.clone(),
         name: node.config.node.name.clone(),
@@ -224,16 +224,16 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
-    let scheduler = crate::scheduler::spawn(
+    let scheduler = crate::run::scheduler::spawn(
         store.clone(),
-        crate::scheduler::SchedulerConfig {
+        crate::run::scheduler::SchedulerConfig {
             // Selectors match the zone the node runs in (derived from its LAN when not set).
-            node: crate::workflow::NodeTraits {
+            node: crate::run::workflow::NodeTraits {
                 zone: zone.clone(),
                 ..node.traits()
             },
-            agents: crate::engine::registry(),
-            reload_every: crate::scheduler::RELOAD_EVERY,
+            agents: crate::run::engine::registry(),
+            reload_every: crate::run::scheduler::RELOAD_EVERY,
         },
     );
     // Workflows replicated from peers are picked up at once, not at the next periodic reload.
@@ -244,7 +244,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             reloader.request_reload();
         }
     });
-    let state = Arc::new(crate::http::AppState {
+    let state = Arc::new(crate::api::AppState {
         token,
         health,
         started,
@@ -257,7 +257,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         data_dir: node.dir.root.clone(),
     });
     let current_capabilities = state.capabilities.clone();
-    let app = crate::http::router(state);
+    let app = crate::api::router(state);
     std::fs::write(node.dir.http_addr(), http.to_string())
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
     say(&format!(
@@ -354,7 +354,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             every.tick().await;
             let (dir, section) = (refresh_dir.clone(), refresh_section.clone());
             match tokio::task::spawn_blocking(move || {
-                crate::resources::capabilities(&dir, &section)
+                crate::ops::resources::capabilities(&dir, &section)
             })
             .await
             {
@@ -487,7 +487,7 @@ async fn follow_routes(
     mut hierarchy: tokio::sync::watch::Receiver<Option<mesh::proto::election::Hierarchy>>,
     store: StoreHandle,
     mesh: mesh::net::driver::MeshHandle,
-    sync: crate::sync::SyncHandle,
+    sync: crate::fleet::sync::SyncHandle,
 ) {
     let Ok(mut view) = mesh.hierarchy().await else {
         return;
@@ -495,7 +495,8 @@ async fn follow_routes(
     loop {
         match store.call(|s| s.node_zones()).recv().await {
             Ok(zones) => {
-                let policy = crate::hierarchy::share_policy(&me, &view, &zones, results_to_cloud);
+                let policy =
+                    crate::fleet::hierarchy::share_policy(&me, &view, &zones, results_to_cloud);
                 sync.set_policy(policy).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),

@@ -6,23 +6,13 @@
 //! inside, not a stable API for other programs. It must never hold protocol logic of its own:
 //! that belongs to `mesh::proto`, documents to `crdt-store`, agents to `agents`.
 
+pub mod api;
 pub mod cli;
-pub mod client;
-pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod durability;
-pub mod engine;
-pub mod hierarchy;
-pub mod http;
-pub mod http_runs;
+pub mod fleet;
 pub mod identity;
 pub mod mesh_admin;
 pub mod node;
-pub mod output;
-pub mod prescan;
-pub mod resources;
-pub mod rollup;
-pub mod scheduler;
-pub mod sync;
-pub mod workflow;
+pub mod ops;
+pub mod run;

@@ -1,6 +1,6 @@
 //! `rhizome`: the one binary every node of a Rhizome mesh runs.
 
-use rhizome::{cli, commands};
+use rhizome::cli::{self, commands};
 
 use clap::Parser;
 

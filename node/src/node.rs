@@ -52,8 +52,8 @@ impl Node {
     }
 
     /// What workflow target selectors are matched against.
-    pub fn traits(&self) -> crate::workflow::NodeTraits {
-        crate::workflow::NodeTraits {
+    pub fn traits(&self) -> crate::run::workflow::NodeTraits {
+        crate::run::workflow::NodeTraits {
             id: self.node_id(),
             name: self.config.node.name.clone(),
             zone: self.config.node.zone.clone(),

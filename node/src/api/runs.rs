@@ -1,5 +1,5 @@
 //! Runs through the HTTP API: `POST /run/{workflow}` (token), `GET /status/{run}` and
-//! `GET /schedule`, all answered by the node's [scheduler](crate::scheduler).
+//! `GET /schedule`, all answered by the node's [scheduler](crate::run::scheduler).
 
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use crdt_store::ResultsQuery;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{ApiError, AppState, api_error, authorize};
-use crate::scheduler::{Refusal, RunView, ScheduledView, accepted_ms};
+use crate::api::{ApiError, AppState, api_error, authorize};
+use crate::run::scheduler::{Refusal, RunView, ScheduledView, accepted_ms};
 
 /// What `POST /run/{workflow}` answers (202 Accepted).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,12 +59,12 @@ pub async fn post_run(
         )
     })?;
     let input =
-        crate::prescan::run_input(text).map_err(|reason| (StatusCode::BAD_REQUEST, reason))?;
+        crate::run::prescan::run_input(text).map_err(|reason| (StatusCode::BAD_REQUEST, reason))?;
     // A run is accepted only when its record could be stored: not while the disk is under
     // the watermark or the store is recovering from a failed commit.
-    crate::durability::admit_write(&state.store, format!("accept a run of `{workflow}`"))
+    crate::ops::durability::admit_write(&state.store, format!("accept a run of `{workflow}`"))
         .await
-        .map_err(crate::http::store_failed(&state))?;
+        .map_err(crate::api::store_failed(&state))?;
     match state.scheduler.submit(&workflow, input).await {
         Ok(run_id) => Ok((StatusCode::ACCEPTED, Json(RunAccepted { run_id }))),
         Err(refusal) => Err((refusal_status(&refusal), refusal.to_string())),

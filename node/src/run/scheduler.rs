@@ -39,9 +39,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::engine::{AgentFactory, Prepared, StepEvent};
 use crate::node::now_ms;
-use crate::workflow::{
+use crate::run::engine::{AgentFactory, Prepared, StepEvent};
+use crate::run::workflow::{
     MAX_CONCURRENT, NodeTraits, StoredWorkflow, Trigger, describe_target, selects,
 };
 
@@ -244,7 +244,7 @@ pub fn spawn(store: StoreHandle, config: SchedulerConfig) -> SchedulerHandle {
         live: live.clone(),
         finished: finished_tx,
         next_seq: 0,
-        known: crate::workflow::KnownWorkflows::new(),
+        known: crate::run::workflow::KnownWorkflows::new(),
     };
     tokio::spawn(actor.run(inbox, reload.clone()));
     SchedulerHandle {
@@ -505,7 +505,7 @@ struct Actor {
     finished: watch::Sender<u64>,
     next_seq: u64,
     /// The stored workflows as of the last reload, so that a reload reads only what changed.
-    known: crate::workflow::KnownWorkflows,
+    known: crate::run::workflow::KnownWorkflows,
 }
 
 impl Actor {
@@ -751,7 +751,9 @@ impl Actor {
         let mut known = std::mem::take(&mut self.known);
         let stored = match self
             .store
-            .call(move |s| Ok(crate::workflow::stored_since(s, &mut known).map(|w| (w, known))))
+            .call(
+                move |s| Ok(crate::run::workflow::stored_since(s, &mut known).map(|w| (w, known))),
+            )
             .recv()
             .await
         {
@@ -991,7 +993,10 @@ impl RunTask {
 
 /// A run id: this node's short id, the time the run was accepted, and a sequence number.
 pub fn run_id(node_id: &str, accepted_ms: i64, seq: u64) -> String {
-    format!("{}-{accepted_ms}-{seq}", crate::output::short_id(node_id))
+    format!(
+        "{}-{accepted_ms}-{seq}",
+        crate::cli::output::short_id(node_id)
+    )
 }
 
 /// The time a run id says its run was accepted, if it has the shape [`run_id`] gives: a lower
@@ -1007,7 +1012,7 @@ mod tests {
     use crdt_store::{ResultsQuery, Store, StoreConfig};
 
     use super::*;
-    use crate::engine::testing::Gates;
+    use crate::run::engine::testing::Gates;
 
     const NODE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -1051,9 +1056,9 @@ mod tests {
     impl Rig {
         /// Stores a workflow as a peer or the API would, without telling the scheduler.
         async fn store_workflow(&self, yaml: &str) -> WorkflowDoc {
-            let definition = crate::workflow::parse(yaml).unwrap();
+            let definition = crate::run::workflow::parse(yaml).unwrap();
             self.store
-                .call(move |s| Ok(crate::commands::apply_workflow(s, definition, NODE)))
+                .call(move |s| Ok(crate::cli::commands::apply_workflow(s, definition, NODE)))
                 .recv()
                 .await
                 .unwrap()
@@ -1413,11 +1418,11 @@ mod tests {
             Err(Refusal::UnknownWorkflow("nope".into()))
         );
         // Stored by a peer whose build knows an agent this one does not.
-        let mut foreign = crate::workflow::parse(GATED).unwrap();
+        let mut foreign = crate::run::workflow::parse(GATED).unwrap();
         foreign.id = "foreign".into();
         foreign.steps.get_mut("hold").unwrap().agent = "quantum".into();
         rig.store
-            .call(move |s| Ok(crate::commands::apply_workflow(s, foreign, NODE)))
+            .call(move |s| Ok(crate::cli::commands::apply_workflow(s, foreign, NODE)))
             .recv()
             .await
             .unwrap()

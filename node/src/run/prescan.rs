@@ -222,9 +222,9 @@ mod tests {
 
     #[test]
     fn ordinary_workflows_pass() {
-        let example = include_str!("../../docs/examples/sensor-zscore.yaml");
+        let example = include_str!("../../../docs/examples/sensor-zscore.yaml");
         assert_eq!(workflow_text(example), Ok(()));
-        let digits = include_str!("../../docs/examples/digits.yaml");
+        let digits = include_str!("../../../docs/examples/digits.yaml");
         assert_eq!(workflow_text(digits), Ok(()));
         // Brackets inside quotes, comments and block scalars are not nesting.
         let text = "a: \"[[[[\"\nb: '{{{{ it''s'\n# [[[[[\nc: |\n  [[[[[[\n  {{{{{\nd: [1, [2]]\n";

@@ -1,5 +1,9 @@
 //! The local HTTP API: one router, its shared state, and the read handlers. Writes need the
 //! node's API token (`Authorization: Bearer <data-dir>/api.token`), fresh at every start.
+//!
+//! The room of the HTTP API: routes and authentication here, run routes in [`runs`].
+
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +16,7 @@ use mesh::net::driver::MeshHandle;
 use mesh::proto::membership::PeerState;
 use serde::Serialize;
 
-use crate::scheduler::SchedulerHandle;
+use crate::run::scheduler::SchedulerHandle;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -34,7 +38,7 @@ pub struct Health {
     pub problems: Vec<String>,
     /// Free space and the state of the store.
     #[serde(default)]
-    pub store: Option<crate::durability::StoreHealth>,
+    pub store: Option<crate::ops::durability::StoreHealth>,
 }
 
 /// One entry of `GET /peers`.
@@ -104,7 +108,7 @@ pub struct AppState {
     pub started: Instant,
     pub mesh: MeshHandle,
     pub store: StoreHandle,
-    pub sync: crate::sync::SyncHandle,
+    pub sync: crate::fleet::sync::SyncHandle,
     pub role: mesh::proto::wire::Role,
     /// The capabilities announced last (refreshed every minute).
     pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
@@ -125,9 +129,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workflows", get(get_workflows).post(post_workflow))
         .route("/sync", axum::routing::post(post_sync))
         .route("/fleet", get(get_fleet))
-        .route("/run/{workflow}", post(crate::http_runs::post_run))
-        .route("/status/{run}", get(crate::http_runs::get_status))
-        .route("/schedule", get(crate::http_runs::get_schedule))
+        .route("/run/{workflow}", post(crate::api::runs::post_run))
+        .route("/status/{run}", get(crate::api::runs::get_status))
+        .route("/schedule", get(crate::api::runs::get_schedule))
         .with_state(state)
 }
 
@@ -140,7 +144,7 @@ async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCo
     let mut health = state.health.clone();
     health.uptime_ms = state.started.elapsed().as_millis() as u64;
     let store =
-        crate::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
+        crate::ops::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
     health.problems = store.problems();
     health.store = Some(store);
     if health.problems.is_empty() {
@@ -157,8 +161,8 @@ async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCo
 pub fn store_failed(state: &AppState) -> impl Fn(crdt_store::StoreError) -> ApiError + '_ {
     |e| {
         (
-            crate::durability::status_of(&e),
-            crate::durability::explain(&e, &state.data_dir),
+            crate::ops::durability::status_of(&e),
+            crate::ops::durability::explain(&e, &state.data_dir),
         )
     }
 }
@@ -166,8 +170,8 @@ pub fn store_failed(state: &AppState) -> impl Fn(crdt_store::StoreError) -> ApiE
 /// An operation's error, answered by the store error under it when there is one.
 pub fn operation_failed(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError + '_ {
     |e| {
-        let status = crate::durability::status_of_any(&e);
-        let e = crate::durability::explain_any(e, &state.data_dir);
+        let status = crate::ops::durability::status_of_any(&e);
+        let e = crate::ops::durability::explain_any(e, &state.data_dir);
         (status, format!("{e:#}"))
     }
 }
@@ -221,11 +225,11 @@ async fn get_peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerVi
 /// aggregated zones of this node.
 async fn get_hierarchy(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<crate::hierarchy::HierarchyView>, ApiError> {
+) -> Result<Json<crate::fleet::hierarchy::HierarchyView>, ApiError> {
     let hierarchy = state.mesh.hierarchy().await.map_err(unavailable)?;
     let registry = registry(&state).await?;
     let capabilities = *state.capabilities.lock().expect("not poisoned");
-    Ok(Json(crate::hierarchy::HierarchyView::new(
+    Ok(Json(crate::fleet::hierarchy::HierarchyView::new(
         &state.health.node_id,
         state.role,
         &capabilities,
@@ -263,7 +267,7 @@ async fn get_doc(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let shown = state
         .store
-        .call(move |s| Ok(crate::commands::show_doc(s, &query.id)))
+        .call(move |s| Ok(crate::cli::commands::show_doc(s, &query.id)))
         .recv()
         .await
         .map_err(api_error)?;
@@ -302,7 +306,7 @@ async fn get_workflows(
 ) -> Result<Json<Vec<crdt_store::WorkflowDoc>>, ApiError> {
     let workflows = state
         .store
-        .call(|s| Ok(crate::commands::list_workflows(s)))
+        .call(|s| Ok(crate::cli::commands::list_workflows(s)))
         .recv()
         .await
         .map_err(api_error)?
@@ -344,7 +348,7 @@ async fn post_workflow(
             format!("the workflow definition is not UTF-8 text: {e}"),
         )
     })?;
-    let definition = crate::workflow::parse(yaml).map_err(|e| {
+    let definition = crate::run::workflow::parse(yaml).map_err(|e| {
         let status = match e
             .chain()
             .find_map(|c| c.downcast_ref::<crdt_store::BoundsError>())
@@ -357,7 +361,11 @@ async fn post_workflow(
     let node_id = state.health.node_id.clone();
     let stored = state
         .store
-        .call(move |s| Ok(crate::commands::apply_workflow(s, definition, &node_id)))
+        .call(move |s| {
+            Ok(crate::cli::commands::apply_workflow(
+                s, definition, &node_id,
+            ))
+        })
         .recv()
         .await
         .map_err(store_failed(&state))?
@@ -439,7 +447,7 @@ async fn get_fleet(
         .map_err(api_error)?;
     // Without the mesh's view (stopping) the figures are still worth answering, unmarked.
     if let Ok(hierarchy) = state.mesh.hierarchy().await {
-        crate::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);
+        crate::fleet::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);
     }
     Ok(Json(view))
 }

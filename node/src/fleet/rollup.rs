@@ -19,7 +19,7 @@ use crdt_store::{DocName, MeshRegistry, Store, StoreHandle, Window};
 use mesh::proto::election::Hierarchy;
 use tokio::sync::watch;
 
-use crate::sync::ChangeFeed;
+use crate::fleet::sync::ChangeFeed;
 
 /// Least time between two passes: results fold into documents in batches, and one pass covers
 /// every window that changed meanwhile.

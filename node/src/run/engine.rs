@@ -3,7 +3,7 @@
 //! back-off and optional condition, and produces the run record that the store keeps.
 //!
 //! This is the run itself; triggers, the bounded run queue and cancellation on shutdown belong
-//! to the [scheduler](crate::scheduler) that calls it.
+//! to the [scheduler](crate::run::scheduler) that calls it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::Value;
 
-use crate::workflow::{Condition, RUN_INPUT};
+use crate::run::workflow::{Condition, RUN_INPUT};
 
 /// Step timeout when the workflow gives none.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -477,7 +477,7 @@ mod tests {
     use super::*;
 
     fn prepared(yaml: &str) -> Prepared {
-        Prepared::new(crate::workflow::parse(yaml).unwrap()).unwrap()
+        Prepared::new(crate::run::workflow::parse(yaml).unwrap()).unwrap()
     }
 
     fn run(p: &Prepared, input: Value) -> RunRecord {
@@ -520,7 +520,7 @@ mod tests {
         // `slow` and `fast` are independent; `after-fast` needs only `fast`. It must finish
         // while `slow` is still held, which a wave-by-wave engine would not allow.
         let gates = testing::Gates::default();
-        let workflow = crate::workflow::parse(
+        let workflow = crate::run::workflow::parse(
             "id: w\nsteps:\n  - id: slow\n    agent: noop\n    config: {gate: g}\n  - id: fast\n    agent: noop\n  - id: after-fast\n    agent: noop\n    inputs: [fast]\n  - id: last\n    agent: noop\n    inputs: [slow, after-fast]\n",
         )
         .unwrap();
@@ -557,7 +557,7 @@ mod tests {
     #[tokio::test]
     async fn cancel_records_finished_steps_and_interrupts_those_in_flight() {
         let gates = testing::Gates::default();
-        let workflow = crate::workflow::parse(
+        let workflow = crate::run::workflow::parse(
             "id: w\nsteps:\n  - id: first\n    agent: noop\n  - id: held\n    agent: noop\n    inputs: [first]\n    config: {gate: g}\n  - id: never\n    agent: noop\n    inputs: [held]\n",
         )
         .unwrap();
@@ -598,7 +598,7 @@ mod tests {
     #[tokio::test]
     async fn the_run_timeout_cuts_steps_in_flight_short() {
         let gates = testing::Gates::default();
-        let workflow = crate::workflow::parse(
+        let workflow = crate::run::workflow::parse(
             "id: w\ntimeout: 200ms\nsteps:\n  - id: quick\n    agent: noop\n  - id: held\n    agent: noop\n    config: {gate: g}\n",
         )
         .unwrap();

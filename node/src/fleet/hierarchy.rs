@@ -218,7 +218,7 @@ pub fn mark_stale_zones(view: &mut crdt_store::FleetView, aggregates: &[String])
     for zone in &mut view.zones {
         zone.stale = !aggregates
             .iter()
-            .any(|a| crate::workflow::zone_contains(a, &zone.zone));
+            .any(|a| crate::run::workflow::zone_contains(a, &zone.zone));
     }
 }
 

@@ -1,4 +1,11 @@
 //! Command-line options. Every root option also has an environment variable.
+//!
+//! The room of the command line: argument parsing (here), the commands ([`commands`]), how
+//! they print ([`output`]) and how they reach a running node's API ([`client`]).
+
+pub mod client;
+pub mod commands;
+pub mod output;
 
 use std::path::PathBuf;
 

@@ -27,7 +27,7 @@ pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
 }
 
 /// `GET /health`: its answer is read whether the node is `ok` (200) or `degraded` (503).
-pub fn health(addr: SocketAddr) -> Result<crate::http::Health> {
+pub fn health(addr: SocketAddr) -> Result<crate::api::Health> {
     let (_, body) = exchange(addr, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
     serde_json::from_str(&body).context("decoding the answer to GET /health")
 }

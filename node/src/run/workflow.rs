@@ -144,9 +144,9 @@ pub fn load(path: &Path) -> Result<WorkflowDoc> {
 }
 
 /// Parses and validates a workflow definition: every error names the field or step. The text
-/// is bounded in size and nesting before it is parsed ([`crate::prescan`]).
+/// is bounded in size and nesting before it is parsed ([`crate::run::prescan`]).
 pub fn parse(text: &str) -> Result<WorkflowDoc> {
-    crate::prescan::workflow_text(text)
+    crate::run::prescan::workflow_text(text)
         .context("the workflow definition is refused before parsing")?;
     let file: WorkflowFile = serde_norway::from_str(text)?;
     DocName::workflow(&file.id)?;
@@ -1016,7 +1016,7 @@ steps:
             let yaml = format!(
                 "id: {id}\ndescription: {description}\nsteps:\n  - id: a\n    agent: noop\n"
             );
-            crate::commands::apply_workflow(store, parse(&yaml).unwrap(), "node").unwrap();
+            crate::cli::commands::apply_workflow(store, parse(&yaml).unwrap(), "node").unwrap();
         };
         apply(&mut store, "w1", "first");
         apply(&mut store, "w2", "first");
@@ -1216,7 +1216,7 @@ steps:
         };
         let name = DocName::workflow("w").unwrap();
         let apply = |store: &mut Store, description: &str, node: &str| {
-            crate::commands::apply_workflow(store, parse(&yaml(description)).unwrap(), node)
+            crate::cli::commands::apply_workflow(store, parse(&yaml(description)).unwrap(), node)
                 .unwrap()
         };
         // Exchanges the document both ways, as a sync session would.

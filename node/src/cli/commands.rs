@@ -9,19 +9,19 @@ use crdt_store::{
 };
 use serde_json::json;
 
+use crate::cli::output;
 use crate::cli::{
     Command, DemoArgs, DocCommand, InitArgs, MeshCommand, Opts, ResultsArgs, RunArgs, SyncArgs,
     WorkflowCommand,
 };
 use crate::config::{CA_KEY_FILE, Config, DataDir, OWN_MESH_DIR, parse_duration};
-use crate::hierarchy::{HierarchyView, zone_label};
+use crate::fleet::hierarchy::{HierarchyView, zone_label};
 use crate::identity::Identity;
 use crate::node::{Node, now_ms};
-use crate::output;
 
 pub fn run(opts: Opts) -> Result<()> {
     let root = opts.data_dir.clone();
-    dispatch(opts).map_err(|e| crate::durability::explain_any(e, &root))
+    dispatch(opts).map_err(|e| crate::ops::durability::explain_any(e, &root))
 }
 
 fn dispatch(opts: Opts) -> Result<()> {
@@ -211,14 +211,14 @@ fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs
 }
 
 fn peers(node: &Node, json: bool) -> Result<()> {
-    let Some(addr) = crate::client::running_node(&node.dir) else {
+    let Some(addr) = crate::cli::client::running_node(&node.dir) else {
         bail!(
             "no node is running on {}: start one with `rhizome start --data-dir {}`",
             node.dir.root.display(),
             node.dir.root.display()
         );
     };
-    let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
+    let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&peers)?);
         return Ok(());
@@ -228,7 +228,7 @@ fn peers(node: &Node, json: bool) -> Result<()> {
 }
 
 fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
-    let Some(addr) = crate::client::running_node(&node.dir) else {
+    let Some(addr) = crate::cli::client::running_node(&node.dir) else {
         bail!(
             "no node is running on {}: sync happens between running nodes; start one with \
              `rhizome start --data-dir {}`",
@@ -237,7 +237,7 @@ fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
         );
     };
     let timeout = parse_duration(&args.timeout).context("--timeout")?;
-    let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
+    let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
     let name_of = |id: &str| {
         peers
             .iter()
@@ -261,7 +261,7 @@ fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
     let token = std::fs::read_to_string(node.dir.api_token())
         .with_context(|| format!("cannot read {}", node.dir.api_token().display()))?;
     let body = json!({ "peer": peer, "timeout_ms": timeout.as_millis() as u64 }).to_string();
-    let report: crate::http::SyncReport = crate::client::post_with_timeout(
+    let report: crate::api::SyncReport = crate::cli::client::post_with_timeout(
         addr,
         "/sync",
         token.trim(),
@@ -307,7 +307,7 @@ fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_peers(peers: &[crate::http::PeerView]) {
+fn print_peers(peers: &[crate::api::PeerView]) {
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|p| {
@@ -353,12 +353,12 @@ fn print_peers(peers: &[crate::http::PeerView]) {
 }
 
 fn status(node: &Node, json: bool) -> Result<()> {
-    let running = crate::client::running_node(&node.dir);
+    let running = crate::cli::client::running_node(&node.dir);
     let (health, peers, hierarchy, store) = match running {
         Some(addr) => {
-            let health = crate::client::health(addr)?;
-            let peers: Vec<crate::http::PeerView> = crate::client::get(addr, "/peers")?;
-            let hierarchy: HierarchyView = crate::client::get(addr, "/hierarchy")?;
+            let health = crate::cli::client::health(addr)?;
+            let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
+            let hierarchy: HierarchyView = crate::cli::client::get(addr, "/hierarchy")?;
             (Some(health), peers, Some(hierarchy), None)
         }
         None => (None, Vec::new(), None, Some(node.open_store()?.stats()?)),
@@ -622,8 +622,8 @@ fn read_via<T: serde::de::DeserializeOwned>(
     path: &str,
     offline: impl FnOnce(&mut Store) -> Result<T>,
 ) -> Result<T> {
-    match crate::client::running_node(&node.dir) {
-        Some(addr) => crate::client::get(addr, path),
+    match crate::cli::client::running_node(&node.dir) {
+        Some(addr) => crate::cli::client::get(addr, path),
         None => offline(&mut node.open_store()?),
     }
 }
@@ -660,7 +660,7 @@ fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
             );
         }
         DocCommand::Show { id, json } => {
-            let path = format!("/doc?id={}", crate::client::encode_query(&id));
+            let path = format!("/doc?id={}", crate::cli::client::encode_query(&id));
             let shown: serde_json::Value = read_via(node, &path, |store| show_doc(store, &id))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -760,8 +760,8 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
     match cmd {
         WorkflowCommand::Apply { file, json } => {
             // Validated here too, so a bad file is reported with its name either way.
-            let definition = crate::workflow::load(&file)?;
-            let stored: WorkflowDoc = match crate::client::running_node(&node.dir) {
+            let definition = crate::run::workflow::load(&file)?;
+            let stored: WorkflowDoc = match crate::cli::client::running_node(&node.dir) {
                 Some(addr) => {
                     let yaml = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -772,7 +772,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                                 node.dir.api_token().display()
                             )
                         })?;
-                    crate::client::post(addr, "/workflows", token.trim(), &yaml)?
+                    crate::cli::client::post(addr, "/workflows", token.trim(), &yaml)?
                 }
                 None => apply_workflow(&mut node.open_store()?, definition, &node.node_id())?,
             };
@@ -800,7 +800,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                         w.id.clone(),
                         w.version.to_string(),
                         w.trigger.clone(),
-                        crate::workflow::describe_target(&w.target),
+                        crate::run::workflow::describe_target(&w.target),
                         w.steps.len().to_string(),
                         w.description.clone(),
                     ]
@@ -823,13 +823,13 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
         }
         WorkflowCommand::Show { id, json } => {
             let name = DocName::workflow(&id)?.to_string();
-            let path = format!("/doc?id={}", crate::client::encode_query(&name));
+            let path = format!("/doc?id={}", crate::cli::client::encode_query(&name));
             let shown: serde_json::Value = read_via(node, &path, |store| show_doc(store, &name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown["content"])?);
                 return Ok(());
             }
-            let view: crate::workflow::WorkflowView =
+            let view: crate::run::workflow::WorkflowView =
                 serde_json::from_value(shown["content"].clone())?;
             print_workflow(&id, &view);
         }
@@ -838,7 +838,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
 }
 
 /// `workflow show`: the version in effect, then what stands in its way, if anything.
-fn print_workflow(id: &str, view: &crate::workflow::WorkflowView) {
+fn print_workflow(id: &str, view: &crate::run::workflow::WorkflowView) {
     match &view.definition {
         Some(wf) => {
             println!(
@@ -954,7 +954,7 @@ pub fn apply_workflow(
 
 /// Every stored workflow, by id: the version in effect on this node.
 pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
-    Ok(crate::workflow::stored(store)?
+    Ok(crate::run::workflow::stored(store)?
         .into_iter()
         .map(|s| s.doc)
         .collect())
@@ -991,12 +991,12 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
             let text = String::from_utf8(bytes).map_err(|e| {
                 anyhow::anyhow!("{}: the run input is not UTF-8 text: {e}", path.display())
             })?;
-            crate::prescan::run_input(&text)
+            crate::run::prescan::run_input(&text)
                 .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?
         }
     };
     DocName::workflow(&args.workflow)?;
-    let record = match crate::client::running_node(&node.dir) {
+    let record = match crate::cli::client::running_node(&node.dir) {
         Some(addr) => run_through_node(node, addr, &args.workflow, &input)?,
         None => run_here(node, &args.workflow, input)?,
     };
@@ -1045,19 +1045,22 @@ fn run_through_node(
     } else {
         input.to_string()
     };
-    let accepted: crate::http_runs::RunAccepted =
-        crate::client::post(addr, &format!("/run/{workflow}"), token.trim(), &body)?;
-    let path = format!("/status/{}", crate::client::encode_query(&accepted.run_id));
+    let accepted: crate::api::runs::RunAccepted =
+        crate::cli::client::post(addr, &format!("/run/{workflow}"), token.trim(), &body)?;
+    let path = format!(
+        "/status/{}",
+        crate::cli::client::encode_query(&accepted.run_id)
+    );
     loop {
-        let view: crate::scheduler::RunView = crate::client::get(addr, &path)
+        let view: crate::run::scheduler::RunView = crate::cli::client::get(addr, &path)
             .with_context(|| format!("waiting for run {}", accepted.run_id))?;
-        if let crate::scheduler::RunView::Finished {
+        if let crate::run::scheduler::RunView::Finished {
             record, recorded, ..
         } = view
         {
             if !recorded {
                 // Done means durable: a run whose record did not reach the disk is not done.
-                let problems = crate::client::health(addr)
+                let problems = crate::cli::client::health(addr)
                     .map(|h| h.problems.join("; "))
                     .unwrap_or_default();
                 bail!(
@@ -1081,7 +1084,7 @@ fn run_through_node(
 fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<RunRecord> {
     let mut store = node.open_store()?;
     let name = DocName::workflow(workflow_id)?;
-    let Some(stored) = crate::workflow::stored_one(&mut store, &name)? else {
+    let Some(stored) = crate::run::workflow::stored_one(&mut store, &name)? else {
         bail!(
             "no workflow `{workflow_id}` on this node: apply it first with `rhizome workflow apply FILE`"
         );
@@ -1091,19 +1094,19 @@ fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<
     }
     let workflow = stored.doc;
     let traits = node.traits();
-    if !crate::workflow::selects(&workflow.target, &traits) {
+    if !crate::run::workflow::selects(&workflow.target, &traits) {
         bail!(
             "workflow `{workflow_id}` targets {}, which does not select this node (name {}, zone {}, tags [{}])",
-            crate::workflow::describe_target(&workflow.target),
+            crate::run::workflow::describe_target(&workflow.target),
             traits.name,
             traits.zone,
             traits.tags.join(", ")
         );
     }
-    let prepared = crate::engine::Prepared::new(workflow)?;
+    let prepared = crate::run::engine::Prepared::new(workflow)?;
     let node_id = node.node_id();
     // A random sequence number: this process has no scheduler counting runs.
-    let run_id = crate::scheduler::run_id(&node_id, now_ms(), rand::random::<u16>().into());
+    let run_id = crate::run::scheduler::run_id(&node_id, now_ms(), rand::random::<u16>().into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -1116,7 +1119,7 @@ fn run_here(node: &Node, workflow_id: &str, input: serde_json::Value) -> Result<
 fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
     Ok(match name.kind() {
         DocKind::Mesh => serde_json::to_value(store.read::<MeshRegistry>(name)?)?,
-        DocKind::Workflow => serde_json::to_value(crate::workflow::view(store, name)?)?,
+        DocKind::Workflow => serde_json::to_value(crate::run::workflow::view(store, name)?)?,
         DocKind::Results => serde_json::to_value(store.read::<ResultsDoc>(name)?)?,
         DocKind::Rollup => serde_json::to_value(store.read::<RollupDoc>(name)?)?,
     })
@@ -1143,10 +1146,10 @@ fn results(node: &Node, args: ResultsArgs) -> Result<()> {
     };
     let mut path = String::from("/results?");
     if let Some(w) = &query.workflow {
-        path += &format!("workflow={}&", crate::client::encode_query(w));
+        path += &format!("workflow={}&", crate::cli::client::encode_query(w));
     }
     if let Some(n) = &query.node {
-        path += &format!("node={}&", crate::client::encode_query(n));
+        path += &format!("node={}&", crate::cli::client::encode_query(n));
     }
     if let Some(since) = query.since_ms {
         path += &format!("since_ms={since}&");
@@ -1194,7 +1197,7 @@ fn print_results(records: &[RunRecord]) {
 }
 
 /// The workflow the demo applies and runs.
-const DEMO_WORKFLOW: &str = include_str!("../../docs/examples/sensor-zscore.yaml");
+const DEMO_WORKFLOW: &str = include_str!("../../../docs/examples/sensor-zscore.yaml");
 
 fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
     let node = if DataDir::new(root.to_owned()).key().exists() {
@@ -1217,13 +1220,14 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
     };
     let node_id = node.node_id();
     let mut store = node.open_store()?;
-    let definition = crate::workflow::parse(DEMO_WORKFLOW).context("the bundled demo workflow")?;
+    let definition =
+        crate::run::workflow::parse(DEMO_WORKFLOW).context("the bundled demo workflow")?;
     let workflow = apply_workflow(&mut store, definition, &node_id)?;
     println!(
         "applied workflow {} version {} (sensor -> zscore -> threshold)",
         workflow.id, workflow.version
     );
-    let prepared = crate::engine::Prepared::new(workflow)?;
+    let prepared = crate::run::engine::Prepared::new(workflow)?;
     let handle = StoreHandle::spawn(store);
     // The runs of the last few hours, one every 30 s, replayed on simulated time so that the
     // sliding window sees a realistic history.

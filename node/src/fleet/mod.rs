@@ -1,0 +1,7 @@
+//! The node's place in the fleet: the aggregator hierarchy and who receives what
+//! ([`hierarchy`]), document replication between running nodes ([`sync`]) and the rollups an
+//! aggregator writes for the zones above it ([`rollup`]).
+
+pub mod hierarchy;
+pub mod rollup;
+pub mod sync;

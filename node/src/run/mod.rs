@@ -1,0 +1,8 @@
+//! Running workflows: the definition format and its validation ([`workflow`]), bounds on
+//! untrusted text checked before parsing ([`prescan`]), the engine that runs one run
+//! ([`engine`]) and the scheduler that decides when and where runs happen ([`scheduler`]).
+
+pub mod engine;
+pub mod prescan;
+pub mod scheduler;
+pub mod workflow;

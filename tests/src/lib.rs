@@ -276,6 +276,24 @@ pub mod process {
             .unwrap()
     }
 
+    /// Applies a workflow on a running node (in its namespace), from a file beside its data dir.
+    pub fn apply_on(node: &Running, yaml: &str) {
+        let file = node.dir.with_extension("workflow.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        ok(run_on(node, &["workflow", "apply", file.to_str().unwrap()]));
+    }
+
+    /// Runs of `workflow` that node `id` recorded, as the node lists them.
+    pub fn own_runs(node: &Running, workflow: &str, id: &str) -> u64 {
+        ok(run_on(
+            node,
+            &["results", "--workflow", workflow, "--node", id, "--json"],
+        ))
+        .as_array()
+        .unwrap()
+        .len() as u64
+    }
+
     /// Runs a `rhizome` command on a node's data dir, in the node's namespace.
     pub fn run_on(node: &Running, args: &[&str]) -> std::process::Output {
         run_in(node.netns.as_deref(), &node.dir, args)

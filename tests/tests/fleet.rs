@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rhizome_e2e::process::{
-    Running, chain, doc_names, init, init_in, ok, run, start, start_with, status,
+    Running, chain, doc_names, init, init_in, ok, own_runs, run, start, start_with, status,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::probe;
@@ -17,17 +17,6 @@ fn apply(dir: &Path, tmp: &Path, yaml: &str) {
     let file = tmp.join("workflow.yaml");
     std::fs::write(&file, yaml).unwrap();
     ok(run(dir, &["workflow", "apply", file.to_str().unwrap()]));
-}
-
-/// Runs of `probe` that a node recorded itself.
-fn own_runs(node: &Running, id: &str) -> usize {
-    ok(run(
-        &node.dir,
-        &["results", "--workflow", "probe", "--node", id, "--json"],
-    ))
-    .as_array()
-    .unwrap()
-    .len()
 }
 
 /// Runs per node in the cloud's fleet view (from the rollups it holds).
@@ -125,7 +114,8 @@ fn results_reach_the_cloud_through_the_site_aggregator_across_a_re_election() {
         "the cloud counts every recorded run",
         Duration::from_secs(30),
         || {
-            let recorded = own_runs(&e1, &ids[0]) + own_runs(&e2, &ids[1]);
+            let recorded =
+                own_runs(&e1, "probe", &ids[0]) as usize + own_runs(&e2, "probe", &ids[1]) as usize;
             fleet_runs(&cloud).0 as usize == recorded && recorded > 0
         },
     );

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, chain, init, init_in, ok, run, start, start_with, status,
+    LogsOnPanic, Running, chain, init, init_in, ok, own_runs, run, start, start_with, status,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::probe;
@@ -49,16 +49,6 @@ fn not_in_sync(node: &Running) -> Option<String> {
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-fn own_runs(node: &Running, id: &str) -> usize {
-    ok(run(
-        &node.dir,
-        &["results", "--workflow", "probe", "--node", id, "--json"],
-    ))
-    .as_array()
-    .unwrap()
-    .len()
 }
 
 #[test]
@@ -163,7 +153,11 @@ fn after_repeated_kills_of_the_aggregator_every_node_is_in_sync_within_the_bound
 
     // Nothing acknowledged was lost on the way up: the cloud counts every recorded run (the
     // site's aggregator folds its rollups every 2 s, after the results arrived).
-    let recorded: usize = edges.iter().zip(&ids).map(|(e, id)| own_runs(e, id)).sum();
+    let recorded: usize = edges
+        .iter()
+        .zip(&ids)
+        .map(|(e, id)| own_runs(e, "probe", id) as usize)
+        .sum();
     assert!(recorded > 0);
     let mut fleet = serde_json::Value::Null;
     wait_until(

@@ -15,27 +15,13 @@
 use std::time::Duration;
 
 use rhizome_e2e::netns::{Lab, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, chain, init, init_in, ok, run_on, status};
+use rhizome_e2e::process::{
+    LogsOnPanic, Running, apply_on, chain, init, init_in, ok, own_runs, run_on, status,
+};
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::probe;
 
 const EDGES: usize = 3;
-
-fn apply(node: &Running, yaml: &str) {
-    let file = node.dir.with_extension("probe.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    ok(run_on(node, &["workflow", "apply", file.to_str().unwrap()]));
-}
-
-fn own_runs(node: &Running, id: &str) -> u64 {
-    ok(run_on(
-        node,
-        &["results", "--workflow", "probe", "--node", id, "--json"],
-    ))
-    .as_array()
-    .unwrap()
-    .len() as u64
-}
 
 #[test]
 fn edges_that_know_only_the_cloud_elect_one_aggregator_and_every_run_is_counted() {
@@ -113,15 +99,19 @@ fn edges_that_know_only_the_cloud_elect_one_aggregator_and_every_run_is_counted(
         assert_eq!(connected, EDGES, "{}: {peers}", edge.dir.display());
     }
 
-    apply(&cloud, &probe("{every: 300ms}"));
+    apply_on(&cloud, &probe("{every: 300ms}"));
     std::thread::sleep(Duration::from_secs(3));
-    apply(&cloud, &probe("manual"));
+    apply_on(&cloud, &probe("manual"));
     let mut recorded = 0;
     let took = wait_until(
         "the cloud counts every run of every edge",
         Duration::from_secs(60),
         || {
-            recorded = edges.iter().zip(&ids).map(|(e, id)| own_runs(e, id)).sum();
+            recorded = edges
+                .iter()
+                .zip(&ids)
+                .map(|(e, id)| own_runs(e, "probe", id))
+                .sum::<u64>();
             let fleet = ok(run_on(&cloud, &["status", "--fleet", "--json"]));
             recorded > 0
                 && fleet["runs"].as_u64() == Some(recorded)

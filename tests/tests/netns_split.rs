@@ -15,25 +15,11 @@
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Lab, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, chain, init, init_in, ok, run_on, status};
+use rhizome_e2e::process::{
+    LogsOnPanic, Running, apply_on, chain, init, init_in, ok, own_runs, run_on, status,
+};
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::probe;
-
-fn apply(node: &Running, yaml: &str) {
-    let file = node.dir.with_extension("probe.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    ok(run_on(node, &["workflow", "apply", file.to_str().unwrap()]));
-}
-
-fn own_runs(node: &Running, id: &str) -> u64 {
-    ok(run_on(
-        node,
-        &["results", "--workflow", "probe", "--node", id, "--json"],
-    ))
-    .as_array()
-    .unwrap()
-    .len() as u64
-}
 
 fn fleet_runs(cloud: &Running) -> u64 {
     ok(run_on(cloud, &["status", "--fleet", "--json"]))["runs"]
@@ -90,7 +76,7 @@ fn both_halves_of_a_split_site_reach_the_cloud_during_the_split() {
         chains[0] == chains[1] && chains[0].len() == 2 && ids.contains(&chains[0][0].1)
     });
     assert!(split_claimants(&cloud).is_empty());
-    apply(&cloud, &probe("{every: 300ms}"));
+    apply_on(&cloud, &probe("{every: 300ms}"));
     wait_until("runs reach the cloud", Duration::from_secs(30), || {
         fleet_runs(&cloud) > 0
     });
@@ -124,12 +110,16 @@ fn both_halves_of_a_split_site_reach_the_cloud_during_the_split() {
     }
     // Still split: the runs stop, and the cloud counts every run of both halves.
     std::thread::sleep(Duration::from_secs(2));
-    apply(&cloud, &probe("manual"));
+    apply_on(&cloud, &probe("manual"));
     let took = wait_until(
         "the cloud counts both halves' runs during the split",
         Duration::from_secs(60),
         || {
-            let recorded: u64 = edges.iter().zip(&ids).map(|(e, id)| own_runs(e, id)).sum();
+            let recorded: u64 = edges
+                .iter()
+                .zip(&ids)
+                .map(|(e, id)| own_runs(e, "probe", id))
+                .sum::<u64>();
             fleet_runs(&cloud) == recorded
         },
     );
@@ -158,7 +148,11 @@ fn both_halves_of_a_split_site_reach_the_cloud_during_the_split() {
             .iter()
             .all(|n| run_on(n, &["sync", "--timeout", "3s"]).status.success())
     });
-    let recorded: u64 = edges.iter().zip(&ids).map(|(e, id)| own_runs(e, id)).sum();
+    let recorded: u64 = edges
+        .iter()
+        .zip(&ids)
+        .map(|(e, id)| own_runs(e, "probe", id))
+        .sum::<u64>();
     wait_until(
         "the cloud counts every run",
         Duration::from_secs(30),

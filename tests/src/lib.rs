@@ -516,3 +516,106 @@ pub mod process {
             .unwrap_or_default()
     }
 }
+
+/// Small filesystems made by a test (root only), to fill up under a running node.
+pub mod disk {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A tmpfs of `size` mounted on `dir`, unmounted when dropped; `None` (saying why) without root.
+    #[derive(Debug)]
+    pub struct Tmpfs(std::path::PathBuf);
+
+    impl Tmpfs {
+        pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+            std::fs::create_dir_all(dir).unwrap();
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "skipped: mounting a tmpfs needs root ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            Some(Tmpfs(dir.to_owned()))
+        }
+    }
+
+    /// An ext4 filesystem in a loop-mounted image file (no blocks reserved for root, so that this
+    /// root-run test meets ENOSPC where a user would).
+    pub fn mount_ext4(dir: &Path, size_mib: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let image = dir.with_extension("img");
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(size_mib << 20).unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image)
+            .output()
+            .ok()?;
+        if !made.status.success() {
+            eprintln!(
+                "skipped: mkfs.ext4 failed ({})",
+                String::from_utf8_lossy(&made.stderr).trim()
+            );
+            return None;
+        }
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipped: loop-mounting ext4 needs root and loop devices ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    /// Fills the filesystem of `dir` with a file until writes fail, leaving `keep` bytes free.
+    pub fn fill(dir: &Path, keep: u64) -> std::path::PathBuf {
+        let path = dir.join("filler");
+        let (free, _) = free_space(dir);
+        let size = free.saturating_sub(keep);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0x5a_u8; 64 << 10];
+        let mut written = 0u64;
+        use std::io::Write;
+        while written < size {
+            let n = chunk.len().min((size - written) as usize);
+            if file.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            written += n as u64;
+        }
+        let _ = file.sync_all();
+        path
+    }
+
+    /// `(available, size)` bytes of the filesystem holding `dir`, as df reports them.
+    pub fn free_space(dir: &Path) -> (u64, u64) {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail,size"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().nth(1).unwrap();
+        let mut parts = line.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    }
+}

@@ -320,6 +320,118 @@ impl Lab {
     }
 }
 
+/// One site of [`Lab::two_sites_and_a_cloud`]: a switch, the router's cable into it, and the
+/// edge hosts plugged in.
+#[derive(Debug, Clone)]
+pub struct SiteNet {
+    pub switch: Switch,
+    /// The router's port on this site's switch: unplugged, the site loses the cloud.
+    pub uplink: Cable,
+    /// `hosts[i]` is plugged in by `cables[i]`, its `eth0`.
+    pub hosts: Vec<Host>,
+    pub cables: Vec<Cable>,
+}
+
+/// Two sites and a cloud behind a router:
+///
+/// ```text
+///   site a: switch "a", 10.78.1.0/24           site b: switch "b", 10.78.2.0/24
+///   a0 .1  a1 .2  ...                           b0 .1  b1 .2  ...
+///        \   |   /                                   \   |   /
+///        [switch a] ---- .254  router  .254 ---- [switch b]
+///                               | .1
+///                           [switch c] 10.78.0.0/24
+///                               | .2
+///                             cloud
+/// ```
+///
+/// The router forwards between each site and the cloud only (ip rules prohibit site to site)
+/// and routes no multicast, so mDNS stays within a site and the cloud is reached by address,
+/// as over the internet. Every host has a default route through the router.
+#[derive(Debug, Clone)]
+pub struct TwoSites {
+    /// Site a, then site b.
+    pub sites: [SiteNet; 2],
+    pub router: Host,
+    pub cloud: Host,
+    pub cloud_cable: Cable,
+}
+
+impl Lab {
+    /// Builds [`TwoSites`] with `edges_per_site` hosts on each site.
+    pub fn two_sites_and_a_cloud(&mut self, edges_per_site: usize) -> TwoSites {
+        let router = self.host("router");
+        let cloud_net = self.switch("c");
+        self.plug(&router, "to-cloud", "10.78.0.1/24", &cloud_net, "router");
+        let mut sites = Vec::new();
+        for (name, subnet, other) in [("a", "10.78.1", "10.78.2"), ("b", "10.78.2", "10.78.1")] {
+            let switch = self.switch(name);
+            let to_site = format!("to-{name}");
+            let uplink = self.plug(
+                &router,
+                &to_site,
+                &format!("{subnet}.254/24"),
+                &switch,
+                "router",
+            );
+            let other_net = format!("{other}.0/24");
+            self.ip(
+                &router,
+                &["rule", "add", "iif", &to_site, "to", &other_net, "prohibit"],
+            );
+            let mut site = SiteNet {
+                switch,
+                uplink,
+                hosts: Vec::new(),
+                cables: Vec::new(),
+            };
+            for i in 0..edges_per_site {
+                let host = self.host(&format!("{name}{i}"));
+                let cable = self.plug(
+                    &host,
+                    "eth0",
+                    &format!("{subnet}.{}/24", i + 1),
+                    &site.switch,
+                    &format!("{name}{i}"),
+                );
+                self.ip(
+                    &host,
+                    &["route", "add", "default", "via", &format!("{subnet}.254")],
+                );
+                site.hosts.push(host);
+                site.cables.push(cable);
+            }
+            sites.push(site);
+        }
+        self.forward(&router);
+        let cloud = self.host("cloud");
+        let cloud_cable = self.plug(&cloud, "eth0", "10.78.0.2/24", &cloud_net, "cloud");
+        self.ip(&cloud, &["route", "add", "default", "via", "10.78.0.1"]);
+        let [a, b]: [SiteNet; 2] = sites.try_into().expect("two sites");
+        TwoSites {
+            sites: [a, b],
+            router,
+            cloud,
+            cloud_cable,
+        }
+    }
+
+    /// Lets multicast through `switch` again after [`Lab::drop_multicast`].
+    pub fn pass_multicast(&self, switch: &Switch) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &switch.ns,
+            "nft",
+            "delete",
+            "table",
+            "bridge",
+            "no_multicast",
+        ]);
+    }
+}
+
 /// Loads nft rules into namespace `ns`, panicking with nft's message if they are refused.
 fn nft_load(ns: &str, rules: &str) {
     let mut child = Command::new("ip")

@@ -12,11 +12,10 @@
 //!                             cloud
 //! ```
 //!
-//! Every host is a namespace of its own. Edge nodes run `--mdns-interface eth0 --peer
-//! 10.78.0.2:4860` with a default route through the router; the cloud runs `--role cloud
-//! --no-mdns` with a default route back. The router forwards between the sites and the cloud
-//! only (ip rules prohibit site-to-site) and routes no multicast, so mDNS stays within a site
-//! and the cloud is reached by address, as over the internet.
+//! Every host is a namespace of its own (`Lab::two_sites_and_a_cloud`). Edge nodes run
+//! `--mdns-interface eth0 --peer 10.78.0.2:4860`; the cloud runs `--role cloud --no-mdns`. The
+//! router forwards between the sites and the cloud only and routes no multicast, so mDNS stays
+//! within a site and the cloud is reached by address, as over the internet.
 //!
 //! Site a has a configured zone (`--zone site-a`); site b none, so it gets the automatic zone of
 //! its LAN, `lan-10.78.2.0-24`. Every edge is tagged `sensor` and runs a workflow applied on the
@@ -192,45 +191,9 @@ impl Site {
 #[test]
 fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
     let Some(mut lab) = Lab::new() else { return };
-    let site_a = lab.switch("a");
-    let site_b = lab.switch("b");
-    let cloud_net = lab.switch("c");
-    let router = lab.host("router");
-    lab.plug(&router, "to-a", "10.78.1.254/24", &site_a, "router");
-    lab.plug(&router, "to-b", "10.78.2.254/24", &site_b, "router");
-    lab.plug(&router, "to-cloud", "10.78.0.1/24", &cloud_net, "router");
-    lab.forward(&router);
-    // Sites reach the cloud, not each other.
-    lab.ip(
-        &router,
-        &[
-            "rule",
-            "add",
-            "iif",
-            "to-a",
-            "to",
-            "10.78.2.0/24",
-            "prohibit",
-        ],
-    );
-    lab.ip(
-        &router,
-        &[
-            "rule",
-            "add",
-            "iif",
-            "to-b",
-            "to",
-            "10.78.1.0/24",
-            "prohibit",
-        ],
-    );
-    let cloud_host = lab.host("cloud");
-    let cloud_cable = lab.plug(&cloud_host, "eth0", "10.78.0.2/24", &cloud_net, "cloud");
-    lab.ip(
-        &cloud_host,
-        &["route", "add", "default", "via", "10.78.0.1"],
-    );
+    let net = lab.two_sites_and_a_cloud(EDGES_PER_SITE);
+    let cloud_host = net.cloud.clone();
+    let cloud_cable = net.cloud_cable.clone();
     let cloud_addr = cloud_cable.quic();
 
     let tmp = tempfile::tempdir().unwrap();
@@ -238,24 +201,12 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
     init(&cloud_dir, "cloud", None);
     let mesh = cloud_dir.join("mesh");
     let mut sites = Vec::new();
-    for (name, switch, subnet, zone) in [
-        ("a", &site_a, "10.78.1", "site-a"),
-        ("b", &site_b, "10.78.2", SITE_B_ZONE),
-    ] {
+    for ((name, zone), site_net) in [("a", "site-a"), ("b", SITE_B_ZONE)]
+        .into_iter()
+        .zip(&net.sites)
+    {
         let mut edges = Vec::new();
-        for i in 0..EDGES_PER_SITE {
-            let host = lab.host(&format!("{name}{i}"));
-            let cable = lab.plug(
-                &host,
-                "eth0",
-                &format!("{subnet}.{}/24", i + 1),
-                switch,
-                &format!("{name}{i}"),
-            );
-            lab.ip(
-                &host,
-                &["route", "add", "default", "via", &format!("{subnet}.254")],
-            );
+        for (i, (host, cable)) in site_net.hosts.iter().zip(&site_net.cables).enumerate() {
             let dir = tmp.path().join(format!("{name}{i}"));
             let mut extra = vec!["--tag", "sensor"];
             if name == "a" {
@@ -263,8 +214,8 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
             }
             init_in(&dir, &format!("{name}{i}"), Some(&mesh), &extra);
             edges.push(Edge {
-                host,
-                cable,
+                host: host.clone(),
+                cable: cable.clone(),
                 dir,
                 id: String::new(),
                 node: None,

@@ -498,6 +498,38 @@ pub mod process {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The aggregator of `zone` when every one of `members` answers, is in `zone`, and names
+    /// the same one of `member_ids` for it with `cloud_id` at the root above; `None` while
+    /// they disagree, one cannot answer, or there are no members.
+    pub fn agreed_aggregator<'a>(
+        members: impl IntoIterator<Item = &'a Running>,
+        zone: &str,
+        member_ids: &[String],
+        cloud_id: &str,
+    ) -> Option<String> {
+        let mut agreed: Option<String> = None;
+        for node in members {
+            let out = run_on(node, &["status", "--json"]);
+            if !out.status.success() {
+                return None;
+            }
+            let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let [(own_zone, aggregator), (root, top)]: [(String, String); 2] =
+                chain(&status).try_into().ok()?;
+            if status["zone"] != zone
+                || own_zone != zone
+                || !member_ids.contains(&aggregator)
+                || !root.is_empty()
+                || top != cloud_id
+                || agreed.as_ref().is_some_and(|a| *a != aggregator)
+            {
+                return None;
+            }
+            agreed = Some(aggregator);
+        }
+        agreed
+    }
+
     /// The aggregator chain of a `status --json`: (zone, aggregator) from the node's zone up.
     pub fn chain(status: &Value) -> Vec<(String, String)> {
         status["hierarchy"]["chain"]

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Cable, Host, Lab, start_node};
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, chain, doc_names, init, init_in, ok, run_on, status,
+    LogsOnPanic, Running, agreed_aggregator, apply_on, doc_names, init, init_in, ok, own_runs,
+    run_on, status,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::probe;
@@ -40,28 +41,6 @@ use serde_json::Value;
 
 const EDGES_PER_SITE: usize = 3;
 const SITE_B_ZONE: &str = "lan-10.78.2.0-24";
-
-fn apply(node: &Running, yaml: &str) {
-    let file = node.dir.with_extension("probe.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    ok(run_on(node, &["workflow", "apply", file.to_str().unwrap()]));
-}
-
-/// Runs of `probe` that an edge recorded itself.
-fn own_runs(edge: &Edge) -> u64 {
-    let out = run_on(
-        edge.node.as_ref().expect("the edge runs"),
-        &[
-            "results",
-            "--workflow",
-            "probe",
-            "--node",
-            &edge.id,
-            "--json",
-        ],
-    );
-    ok(out).as_array().unwrap().len() as u64
-}
 
 /// The cloud's fleet view: `(runs over every zone, runs per zone, nodes that ran something)`.
 fn fleet(cloud: &Running) -> (u64, Vec<(String, u64)>, usize) {
@@ -116,19 +95,6 @@ fn connected_ids(node: &Running) -> BTreeSet<String> {
         .collect()
 }
 
-/// `(zone, chain)` of a running node; empty while it cannot answer.
-fn zone_and_chain(node: &Running) -> (String, Vec<(String, String)>) {
-    let out = run_on(node, &["status", "--json"]);
-    if !out.status.success() {
-        return (String::new(), Vec::new());
-    }
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        status["zone"].as_str().unwrap_or_default().to_owned(),
-        chain(&status),
-    )
-}
-
 struct Edge {
     host: Host,
     cable: Cable,
@@ -163,29 +129,17 @@ impl Site {
         self.edges.iter().map(|e| e.id.clone()).collect()
     }
 
-    /// The site's aggregator, if every running member has the same chain: this zone's
-    /// aggregator (a member) then the cloud at the root.
+    /// The site's aggregator, if every running member names the same one under the cloud.
     fn agreed_aggregator(&self, cloud_id: &str) -> Option<String> {
-        let ids = self.ids();
-        let mut agreed: Option<String> = None;
-        for edge in self.edges.iter().filter(|e| e.node.is_some()) {
-            let (zone, chain) = zone_and_chain(edge.running());
-            let [(own_zone, aggregator), (root, top)] = chain.as_slice() else {
-                return None;
-            };
-            if zone != self.zone
-                || own_zone != self.zone
-                || !ids.contains(aggregator)
-                || !root.is_empty()
-                || top != cloud_id
-                || agreed.as_ref().is_some_and(|a| a != aggregator)
-            {
-                return None;
-            }
-            agreed = Some(aggregator.clone());
-        }
-        agreed
+        let running = self.edges.iter().filter_map(|e| e.node.as_ref());
+        let ids: Vec<String> = self.ids().into_iter().collect();
+        agreed_aggregator(running, self.zone, &ids, cloud_id)
     }
+}
+
+/// Runs of `probe` that an edge recorded itself.
+fn edge_runs(edge: &Edge) -> u64 {
+    own_runs(edge.running(), "probe", &edge.id)
 }
 
 #[test]
@@ -281,7 +235,7 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
     }
 
     // Applied on the cloud, which the target does not select: every edge runs it.
-    apply(&cloud, &probe("{every: 200ms}"));
+    apply_on(&cloud, &probe("{every: 200ms}"));
     let took = wait_until(
         "every edge's runs reach the cloud",
         Duration::from_secs(30),
@@ -354,14 +308,14 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
         "netns sites: every edge noticed the cloud cut off after {:?}",
         cut.elapsed()
     );
-    let held: u64 = sites.iter().flat_map(|s| &s.edges).map(own_runs).sum();
+    let held: u64 = sites.iter().flat_map(|s| &s.edges).map(edge_runs).sum();
     cloud.kill();
     cloud = start_node(&cloud_host, None, &cloud_dir, &[], &["--role", "cloud"]);
     wait_until("the edges go on running", Duration::from_secs(10), || {
         sites
             .iter()
             .flat_map(|s| &s.edges)
-            .map(own_runs)
+            .map(edge_runs)
             .sum::<u64>()
             > held + 10
     });
@@ -382,12 +336,12 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
     );
 
     // The runs stop; the cloud counts every run recorded on every edge.
-    apply(&cloud, &probe("manual"));
+    apply_on(&cloud, &probe("manual"));
     let took = wait_until(
         "the cloud counts every recorded run",
         Duration::from_secs(40),
         || {
-            let recorded: u64 = sites.iter().flat_map(|s| &s.edges).map(own_runs).sum();
+            let recorded: u64 = sites.iter().flat_map(|s| &s.edges).map(edge_runs).sum();
             let (runs, _, nodes) = fleet(&cloud);
             recorded > held && runs == recorded && nodes == 2 * EDGES_PER_SITE
         },

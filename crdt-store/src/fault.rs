@@ -80,6 +80,22 @@ impl FaultyBackend {
     pub fn new(inner: Arc<dyn StorageBackend>, plan: Arc<FaultPlan>) -> FaultyBackend {
         FaultyBackend { inner, plan }
     }
+
+    /// Over memory: a disk that lives as long as the backend (the simulator's).
+    pub fn in_memory(plan: Arc<FaultPlan>) -> FaultyBackend {
+        FaultyBackend::new(Arc::new(redb::backends::InMemoryBackend::new()), plan)
+    }
+}
+
+impl InjectedFault {
+    /// The name used in scenarios and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedFault::NoSpace => "no-space",
+            InjectedFault::Io => "io",
+            InjectedFault::ShortWrite => "short-write",
+        }
+    }
 }
 
 fn os_error(fault: InjectedFault) -> std::io::Error {

@@ -130,6 +130,25 @@ impl StoreHandle {
         Ticket(answer)
     }
 
+    /// Runs `f` on the store thread even while the store is broken: `f` is given the refusal
+    /// that [`StoreHandle::call`] would answer with, and decides what to answer itself (sync
+    /// answers every operation it was asked for, carried out or refused). `f` notes storage
+    /// failures on the store itself ([`Store::note_failure`]).
+    pub fn call_even_if_broken<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store, Option<StoreError>) -> R + Send + 'static,
+    ) -> Ticket<R> {
+        let (reply, answer) = flume::bounded(1);
+        let reply_err = reply.clone();
+        let call: Call = Box::new(move |store, refusal| {
+            let _ = reply.send(Ok(f(store, refusal)));
+        });
+        if self.requests.send(Request::Call(call)).is_err() {
+            let _ = reply_err.send(Err(StoreError::Stopped));
+        }
+        Ticket(answer)
+    }
+
     /// Stops the thread after it has served every queued request and applied the log.
     pub fn shutdown(self) {
         let thread = self.thread.lock().expect("store handle lock").take();

@@ -58,6 +58,7 @@ const META_HEADS_INDEXED: &str = "heads-indexed";
 
 /// Told of every document a write changed: its id, name and new heads digest.
 type ChangeListener = Box<dyn FnMut(CatalogueEntry) + Send>;
+type ReopenListener = Box<dyn FnMut(Vec<CatalogueEntry>) + Send>;
 
 /// A digest of a document's heads: equal digests mean equal heads.
 pub type HeadsDigest = [u8; 16];
@@ -262,6 +263,8 @@ pub struct Store {
     stuck: std::collections::BTreeSet<u64>,
     /// Told of every document a write changed, after the write committed.
     change_listener: Option<ChangeListener>,
+    /// Told of every document held after a reopen ([`Store::set_reopen_listener`]).
+    reopen_listener: Option<ReopenListener>,
     /// Automerge sync state per (document, peer) for the sessions of current connections.
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
@@ -300,6 +303,12 @@ pub const REOPEN_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_mi
 
 /// Longest wait between attempts to reopen a broken store.
 pub const REOPEN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Free space a store broken by a full filesystem waits for before it reopens. Reopening needs
+/// almost no space (the last durable commit is already on disk), so without this a store on a
+/// full disk would reopen at once, take in the next sync message in memory, fail to make it
+/// durable, and go round again many times a second for as long as the disk stays full.
+pub const REOPEN_MIN_FREE: u64 = 1 << 20;
 
 /// The zones [`Store::node_zones`] read, kept across registry changes that cannot move them.
 struct ZoneCache {
@@ -385,6 +394,7 @@ impl Store {
             tick: 0,
             stuck: std::collections::BTreeSet::new(),
             change_listener: None,
+            reopen_listener: None,
             sync_states: HashMap::new(),
             unflushed_since: None,
             zones: None,
@@ -467,8 +477,23 @@ impl Store {
     /// rolls back to the last durable commit, and everything this process held beyond it
     /// (cached documents, sync sessions, the heads index) is read again from disk. Peers send
     /// again whatever that rolled back, because the sync sessions restart from stored state.
+    ///
+    /// A failed reopen leaves the store broken (whatever it was before): the old database is
+    /// closed by then.
     pub fn reopen(&mut self) -> Result<()> {
         let outcome = self.open_again();
+        if let Err(e) = &outcome
+            && self.broken.is_none()
+        {
+            let now = std::time::Instant::now();
+            self.broken = Some(Broken {
+                cause: e.to_string(),
+                fault: e.write_fault().unwrap_or(WriteFault::Io),
+                since: now,
+                attempts: 0,
+                retry_at: now,
+            });
+        }
         if let (Err(e), Some(broken)) = (&outcome, self.broken.as_mut()) {
             broken.attempts += 1;
             let backoff = REOPEN_BACKOFF_MIN
@@ -481,6 +506,21 @@ impl Store {
     }
 
     fn open_again(&mut self) -> Result<()> {
+        if self
+            .broken
+            .as_ref()
+            .is_some_and(|b| b.fault == WriteFault::NoSpace)
+            && let Some(Ok(room)) = self.headroom()
+            && room.free_bytes < REOPEN_MIN_FREE
+        {
+            return Err(StoreError::NoHeadroom {
+                refused: "reopen the store after its filesystem filled up".into(),
+                dir: room.dir,
+                free: room.free_bytes,
+                total: room.total_bytes,
+                min_free: REOPEN_MIN_FREE,
+            });
+        }
         let shown = self
             .path
             .clone()
@@ -512,6 +552,12 @@ impl Store {
                 after_ms = broken.since.elapsed().as_millis() as u64,
                 "the store was reopened and serves again"
             );
+        }
+        if self.reopen_listener.is_some() {
+            let held = mesh::proto::sync::Replica::catalogue(self)?;
+            if let Some(listener) = self.reopen_listener.as_mut() {
+                listener(held);
+            }
         }
         Ok(())
     }
@@ -750,6 +796,17 @@ impl Store {
     /// has committed, so that sync can announce it and the scheduler can notice workflows.
     pub fn set_change_listener(&mut self, listener: impl FnMut(CatalogueEntry) + Send + 'static) {
         self.change_listener = Some(Box::new(listener));
+    }
+
+    /// Calls `listener` with every document the store holds (id, name, heads digest) each time
+    /// it has been reopened ([`Store::reopen`]). Changes reported before the reopen may be gone
+    /// (a commit that never became durable is rolled back), so what the listener is told here
+    /// replaces everything it was told before.
+    pub fn set_reopen_listener(
+        &mut self,
+        listener: impl FnMut(Vec<CatalogueEntry>) + Send + 'static,
+    ) {
+        self.reopen_listener = Some(Box::new(listener));
     }
 
     /// Tells the listener about a document that changed. A batch that changed more documents

@@ -315,3 +315,67 @@ fn below_the_watermark_synced_documents_wait_but_the_registry_comes_in() {
         "the registry is taken in"
     );
 }
+
+#[test]
+fn a_reopened_store_tells_what_it_holds_including_what_a_failed_flush_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let mut a = faulty_store(&dir, &plan);
+    let peer_dir = tempfile::tempdir().unwrap();
+    let mut b = Store::open(
+        &peer_dir.path().join("store.redb"),
+        StoreConfig::new("test-mesh", "node-b"),
+    )
+    .unwrap();
+    let reported = Arc::new(std::sync::Mutex::new(None));
+    let told = reported.clone();
+    a.set_reopen_listener(move |held| *told.lock().unwrap() = Some(held));
+    a.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("node-a".into(), NodeEntry::default());
+    })
+    .unwrap();
+    let durable = mesh_digest(&mut a);
+    assert!(durable.is_some());
+    // A peer's change arrives as a sync message: applied, but not fsynced yet.
+    b.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("from-b".into(), NodeEntry::default());
+    })
+    .unwrap();
+    sync_doc(&mut b, "node-b", &mut a, "node-a", &DocName::Mesh);
+    let applied = mesh_digest(&mut a);
+    assert_ne!(applied, durable);
+    // The flush that would make it durable fails: the store breaks, then reopens.
+    plan.arm(InjectedFault::NoSpace, 0);
+    let failed = a.flush().unwrap_err();
+    a.note_failure(&failed);
+    assert!(a.broken().is_some());
+    assert!(a.reopen().is_err(), "the disk is still full");
+    assert!(reported.lock().unwrap().is_none());
+    plan.clear();
+    a.reopen().unwrap();
+    let held = reported
+        .lock()
+        .unwrap()
+        .take()
+        .expect("told after the reopen");
+    let entry = held
+        .iter()
+        .find(|e| e.name == "mesh")
+        .expect("the mesh document is listed");
+    // What the listener hears is the store's truth now, whichever way the engine went.
+    assert_eq!(Some(entry.digest), mesh_digest(&mut a));
+    // The applied change was never durable: the reopen rolled it back, which is why
+    // replication must be told (it announced the change to peers already).
+    assert_eq!(Some(entry.digest), durable);
+}
+
+/// The heads digest of the `mesh` document in a store's catalogue.
+fn mesh_digest(store: &mut Store) -> Option<[u8; 16]> {
+    use mesh::proto::sync::Replica as _;
+    store
+        .catalogue()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "mesh")
+        .map(|e| e.digest)
+}

@@ -172,7 +172,10 @@ impl Net {
             if ops.is_empty() {
                 return;
             }
-            let served = serve(&mut n.store, ops).unwrap();
+            let (served, failure) = serve(&mut n.store, ops);
+            if let Some(e) = failure {
+                panic!("the store failed: {e}");
+            }
             for answer in served.answers {
                 n.sync.handle(answer, now);
             }

@@ -159,15 +159,19 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
         ..NodeEntry::default()
     };
-    let id = node_id.clone();
-    // Sync announces a rewrite like any other change.
-    if !registry.holds(&id, &entry) {
-        store
-            .call(move |s| {
-                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms()))
-            })
-            .recv()
-            .await?;
+    // Sync announces a rewrite like any other change. Written before the API serves, so that a
+    // node that answers is listed; a disk that fails as the node starts delays the entry, not
+    // the node: it is written once the store serves again.
+    let mut own_entry = None;
+    if !registry.holds(&node_id, &entry)
+        && let Err(e) = store_own_entry(&store, &node_id, &entry).await
+    {
+        tracing::warn!(error = %e, "the node's registry entry is not stored yet; trying again");
+        own_entry = Some(tokio::spawn(write_own_entry(
+            store.clone(),
+            node_id.clone(),
+            entry,
+        )));
     }
 
     let rollups = tokio::spawn(crate::fleet::rollup::run(
@@ -292,10 +296,25 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // first; writes are refused only when that is not enough.
     let room_store = store.clone();
     let room_view = hierarchy_rx.clone();
+    let room_sync = sync.clone();
     let headroom = tokio::spawn(async move {
         let mut every = tokio::time::interval(HEADROOM_INTERVAL);
+        let mut was_low = false;
         loop {
             every.tick().await;
+            // Peers' changes refused while space was low wait in their sessions: once it is
+            // back, compare again with every peer rather than wait for their stall checks.
+            let low = matches!(
+                room_store.call(|s| Ok(s.headroom())).recv().await,
+                Ok(Some(Ok(room))) if room.is_low()
+            );
+            if was_low && !low {
+                tracing::info!(
+                    "free space is above the watermark again: comparing with every peer"
+                );
+                room_sync.resync(None).await;
+            }
+            was_low = low;
             let holders: Vec<String> = room_view
                 .borrow()
                 .as_ref()
@@ -376,6 +395,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     scheduler.shutdown().await;
     // The mesh says goodbye first; its event stream then ends, which stops sync.
     mesh.shutdown().await;
+    if let Some(own_entry) = own_entry {
+        own_entry.abort();
+    }
     revocations.abort();
     zone_peers.abort();
     routes.abort();
@@ -392,6 +414,41 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// Longest wait between tries to write the node's own registry entry.
+const OWN_ENTRY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn store_own_entry(
+    store: &StoreHandle,
+    id: &str,
+    entry: &NodeEntry,
+) -> Result<(), crdt_store::StoreError> {
+    let (id, entry) = (id.to_owned(), entry.clone());
+    store
+        .call(move |s| {
+            s.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms()))
+        })
+        .recv()
+        .await
+}
+
+/// Writes the node's own registry entry after a first try failed, trying again with back-off
+/// while the store refuses (its disk full or failing, or reopening after a failed commit).
+async fn write_own_entry(store: StoreHandle, id: String, entry: NodeEntry) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(OWN_ENTRY_RETRY_MAX);
+        match store_own_entry(&store, &id, &entry).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(
+                error = %e,
+                retry_in_s = wait.as_secs(),
+                "the node's registry entry is not stored yet"
+            ),
+        }
+    }
 }
 
 /// The addresses peers can dial this node at: the bound one, or, when bound to every interface,

@@ -33,8 +33,9 @@ pub struct SimArgs {
     /// Also write the report as HTML with a plot of divergence over time.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Plant a fault in the simulated network: drop-catalogue (no protocol survives it: the
-    /// invariants must catch it) or drop-first-sync (a lost message the protocol must heal).
+    /// Plant a bug: drop-catalogue (no protocol survives it: the invariants must catch it),
+    /// drop-first-sync (a lost message the protocol must heal), or silent-reopen (a store
+    /// reopened after a storage fault does not tell replication: the invariants must catch it).
     #[arg(long, hide = true)]
     pub plant_bug: Option<String>,
     /// List the bundled scenarios and exit.
@@ -52,7 +53,7 @@ pub enum CliError {
     #[error(transparent)]
     Scenario(#[from] crate::ScenarioError),
     /// An unknown planted bug.
-    #[error("unknown --plant-bug {0:?} (known: drop-catalogue, drop-first-sync)")]
+    #[error("unknown --plant-bug {0:?} (known: drop-catalogue, drop-first-sync, silent-reopen)")]
     Plant(String),
     /// The HTML report could not be written.
     #[error("cannot write the report to {path}: {source}")]

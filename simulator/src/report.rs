@@ -181,6 +181,10 @@ pub struct Report {
     pub divergence: Vec<(Duration, u64)>,
     /// When the quiet tail started.
     pub quiet_from: Duration,
+    /// Storage operations that failed under a store (storage faults), breaking it.
+    pub store_failures: u64,
+    /// Broken stores that reopened themselves while their node ran.
+    pub store_reopens: u64,
 }
 
 impl Report {
@@ -224,6 +228,13 @@ impl Report {
             self.writes,
             self.acknowledged
         );
+        if self.store_failures > 0 {
+            let _ = writeln!(
+                w,
+                "storage: {} failed operations broke a store · {} stores reopened themselves",
+                self.store_failures, self.store_reopens
+            );
+        }
         let _ = writeln!(w, "\nfaults");
         if self.faults.is_empty() {
             let _ = writeln!(w, "  none");

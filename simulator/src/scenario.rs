@@ -26,6 +26,7 @@ pub const BUNDLED: &[(&str, &str)] = &[
     ),
     ("swizzle", include_str!("../scenarios/swizzle.toml")),
     ("site-split", include_str!("../scenarios/site-split.toml")),
+    ("disk-faults", include_str!("../scenarios/disk-faults.toml")),
     (
         "long-offline",
         include_str!("../scenarios/long-offline.toml"),
@@ -45,6 +46,7 @@ pub const STANDARD: &[&str] = &[
     "swizzle",
     "aggregator-crash",
     "site-split",
+    "disk-faults",
 ];
 
 /// Why a scenario could not be loaded.
@@ -311,8 +313,26 @@ pub enum FaultKind {
     Crash,
     /// `count` random nodes stop gracefully (goodbyes) for good.
     Leave,
+    /// `count` random nodes' disks fail under their stores for `for` (`error`: full, failing
+    /// or tearing writes), from a random one of their next few writes on; their stores must
+    /// refuse what they cannot store, reopen themselves once the disk is back, and lose
+    /// nothing they acknowledged.
+    Storage,
     /// `count` new nodes join a random segment.
     Join,
+}
+
+/// What a failing disk answers (fault kind `storage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageError {
+    /// ENOSPC: the filesystem is full.
+    #[default]
+    NoSpace,
+    /// EIO: the device fails.
+    Io,
+    /// A write stores only its first half, then ENOSPC.
+    ShortWrite,
 }
 
 /// How a partition groups nodes.
@@ -350,7 +370,7 @@ pub struct FaultSpec {
     /// Partition: how nodes are grouped.
     #[serde(default)]
     pub by: GroupBy,
-    /// Isolate, crash, leave, join: how many nodes.
+    /// Isolate, crash, leave, join, storage: how many nodes.
     #[serde(default)]
     pub count: Option<usize>,
     /// One-way, swizzle: which share of the live nodes.
@@ -363,9 +383,13 @@ pub struct FaultSpec {
     /// empty store comes back at the same address).
     #[serde(default)]
     pub lose_store: bool,
-    /// Crash, isolate: pick aggregators (when there are any) rather than random nodes.
+    /// Crash, isolate, storage: pick aggregators (when there are any) rather than random
+    /// nodes.
     #[serde(default)]
     pub aggregators: bool,
+    /// Storage: what the disk answers.
+    #[serde(default)]
+    pub error: StorageError,
 }
 
 impl Scenario {

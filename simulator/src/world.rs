@@ -8,15 +8,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crdt_store::fault::{FaultPlan, FaultyBackend, InjectedFault};
 use crdt_store::{
-    ChangeTime, DocName, MERGE_HEADS_EVERY, MeshRegistry, NodeEntry, ResultsQuery, RetentionPolicy,
-    RunRecord, RunStatus, StepDef, Store, StoreConfig, Window, WorkflowDoc,
+    ChangeTime, DocName, MERGE_HEADS_EVERY, MeshRegistry, NodeEntry, REOPEN_BACKOFF_MAX,
+    REOPEN_BACKOFF_MIN, ResultsQuery, RetentionPolicy, RunRecord, RunStatus, StepDef, Store,
+    StoreConfig, StoreError, Window, WorkflowDoc,
 };
 use mesh::proto::election::{self, Election, ElectionTiming, Hierarchy};
 use mesh::proto::membership::{self, Addr, ConnId, Membership, NodeId, PeerState, Timing};
 use mesh::proto::sync::{
-    ABSENT, DocClass, DocId, POLICY_SETTLE, RETIRED, Replica, Replicator, SharePolicy, SyncConfig,
-    SyncIn, SyncOut, serve,
+    ABSENT, DocClass, DocId, POLICY_SETTLE, RETIRED, Replica, Replicator, Served, SharePolicy,
+    SyncConfig, SyncIn, SyncOut, serve,
 };
 use mesh::proto::wire::{Capabilities, CatalogueEntry, HeadsDigest, Message, Power, Role};
 use rand::rngs::StdRng;
@@ -25,7 +27,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::net::{Conn, Cut, End, Model, Net};
 use crate::report::{Heal, Kind, NodeTraffic, Reelection, Report, Violation};
-use crate::scenario::{Aggregation, FaultKind, FaultSpec, GroupBy, Scenario};
+use crate::scenario::{Aggregation, FaultKind, FaultSpec, GroupBy, Scenario, StorageError};
 
 /// The mesh id of every simulated store.
 const MESH_ID: &str = "sim";
@@ -41,6 +43,10 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const MAX_VIOLATIONS: usize = 50;
 /// Passes of a node's timers at one instant after which its driver is spinning.
 const SPIN_LIMIT: u32 = 100;
+/// How long a supervisor waits before starting a node whose start failed (its disk failing).
+const START_RETRY: Duration = Duration::from_secs(1);
+/// A storage fault hits one of a node's next this many writes to its disk.
+const STORAGE_FAULT_WITHIN: u64 = 8;
 
 /// A fault planted in the simulated network: one that no protocol survives, to check that the
 /// invariants catch it, or one that the protocol must heal.
@@ -51,6 +57,10 @@ pub enum Plant {
     /// The first sync frame of each document on each connection is silently dropped, as by a
     /// receiver that refuses it: the stall check must heal it.
     DropFirstSync,
+    /// A store that reopened itself after a storage failure does not tell replication what it
+    /// holds now: changes rolled back with the failed commit are never asked for again, and
+    /// peers' sessions believe them delivered.
+    SilentReopen,
 }
 
 impl Plant {
@@ -59,6 +69,7 @@ impl Plant {
         match self {
             Plant::DropCatalogue => "drop-catalogue",
             Plant::DropFirstSync => "drop-first-sync",
+            Plant::SilentReopen => "silent-reopen",
         }
     }
 
@@ -67,6 +78,7 @@ impl Plant {
         match name {
             "drop-catalogue" => Some(Plant::DropCatalogue),
             "drop-first-sync" => Some(Plant::DropFirstSync),
+            "silent-reopen" => Some(Plant::SilentReopen),
             _ => None,
         }
     }
@@ -156,6 +168,18 @@ enum Ev {
     Restart {
         node: usize,
         lose_store: bool,
+    },
+    /// A failed start is tried again, as a supervisor would.
+    StartAgain(usize),
+    /// The store thread's reopen of a broken store falls due.
+    Reopen {
+        node: usize,
+        inc: u32,
+    },
+    /// Failing disks work again.
+    DisksBack {
+        nodes: Vec<usize>,
+        label: String,
     },
     WorkflowEdit,
     ResultAppend {
@@ -267,6 +291,17 @@ struct Node {
     /// This node's own results documents and their windows.
     own_results: BTreeMap<DocId, Window>,
     changes: Arc<Mutex<Vec<CatalogueEntry>>>,
+    /// What the store's reopen listener reported, until the replicator is told.
+    reopened: Arc<Mutex<Option<Vec<CatalogueEntry>>>>,
+    /// The disk under the store: storage faults are armed and cleared here. A replacement
+    /// node (its store lost) gets a new disk.
+    disk: Arc<FaultPlan>,
+    /// Failed reopens of the broken store since it broke (for the back-off).
+    reopen_attempts: u32,
+    /// A reopen is scheduled.
+    reopen_due: bool,
+    /// The registry entry could not be written at start: written once the store serves.
+    registry_owed: bool,
     results_seq: u64,
     traffic: NodeTraffic,
 }
@@ -333,6 +368,9 @@ pub struct World {
     edits: u64,
     last_write: Duration,
     last_fault_end: Duration,
+    /// Storage operations that failed (a store broke), and successful reopens.
+    store_failures: u64,
+    store_reopens: u64,
 }
 
 impl World {
@@ -422,6 +460,8 @@ impl World {
             edits: 0,
             last_write: Duration::ZERO,
             last_fault_end: Duration::ZERO,
+            store_failures: 0,
+            store_reopens: 0,
         };
         let gateways = world.sc.cloud.as_ref().map(|c| c.gateways_per_segment);
         for (s, seg) in segments.iter().enumerate() {
@@ -497,6 +537,11 @@ impl World {
             digests: BTreeMap::new(),
             own_results: BTreeMap::new(),
             changes: Arc::new(Mutex::new(Vec::new())),
+            reopened: Arc::new(Mutex::new(None)),
+            disk: FaultPlan::new(),
+            reopen_attempts: 0,
+            reopen_due: false,
+            registry_owed: false,
             results_seq: 0,
             traffic: NodeTraffic::default(),
         });
@@ -602,7 +647,9 @@ impl World {
 
     fn dispatch(&mut self, ev: Ev) {
         match ev {
-            Ev::Start(i) => self.start(i),
+            Ev::Start(i) => {
+                self.start(i);
+            }
             Ev::Wake {
                 node,
                 inc,
@@ -693,6 +740,18 @@ impl World {
             }
             Ev::FlapStep { until, step } => self.flap_step(until, step),
             Ev::Restart { node, lose_store } => self.restart(node, lose_store),
+            Ev::StartAgain(node) => {
+                if !self.nodes[node].gone && !self.nodes[node].alive() && self.start(node) {
+                    self.check_results_survived(node);
+                }
+            }
+            Ev::Reopen { node, inc } => self.reopen(node, inc),
+            Ev::DisksBack { nodes, label } => {
+                for i in nodes {
+                    self.nodes[i].disk.clear();
+                }
+                self.healed(label);
+            }
             Ev::WorkflowEdit => self.workflow_edit(),
             Ev::ResultAppend { node, inc } => self.result_append(node, inc),
             Ev::RegistryWrite { node, inc } => {
@@ -736,14 +795,16 @@ impl World {
     // ----------------------------------------------------------------------------------------
     // node life
 
-    fn start(&mut self, i: usize) {
+    /// Starts node `i` as `rhizome start` does: opens its store (a node that ran before opens
+    /// the same bytes again, which folds the results its log holds), then joins. `false` when
+    /// the store cannot be opened (its disk failing); a supervisor tries again after
+    /// [`START_RETRY`].
+    fn start(&mut self, i: usize) -> bool {
         let timing = Timing::default();
         let mseed = self.rng.r#gen();
         let node = &mut self.nodes[i];
-        node.inc += 1;
-        let inc = node.inc;
-        let mut store = match node.store.take() {
-            Some(store) => store,
+        let opened = match node.store.as_mut() {
+            Some(store) => store.reopen(),
             None => {
                 let mut config = StoreConfig::new(MESH_ID, &node.id);
                 config.change_time = ChangeTime::Zero;
@@ -752,18 +813,42 @@ impl World {
                     max_age_ms: self.sc.store.retention.map(|d| d.0.as_millis() as i64),
                     max_bytes: None,
                 };
-                Store::open_in_memory(config).expect("an in-memory store opens")
+                let disk = Arc::new(FaultyBackend::in_memory(node.disk.clone()));
+                Store::open_on_backend(disk, None, config).map(|store| {
+                    node.store = Some(store);
+                })
             }
         };
+        // The store, once made, stays with the node whatever happens: it is the node's disk.
+        let catalogue =
+            opened.and_then(|()| node.store.as_mut().expect("opened above").catalogue());
+        let catalogue = match catalogue {
+            Ok(catalogue) => catalogue,
+            Err(e) => {
+                assert!(
+                    e.write_fault().is_some(),
+                    "{}: opening the store: {e}",
+                    node.name
+                );
+                if let Some(store) = node.store.as_mut() {
+                    store.note_failure(&e);
+                }
+                self.store_failures += 1;
+                self.schedule(self.now + START_RETRY, Ev::StartAgain(i));
+                return false;
+            }
+        };
+        node.inc += 1;
+        let inc = node.inc;
+        let mut store = node.store.take().expect("opened above");
         let changes = node.changes.clone();
-        changes.lock().expect("not poisoned").clear();
         store.set_change_listener(move |entry| changes.lock().expect("not poisoned").push(entry));
-        // What reopening the store does: acknowledged results left in the log are folded in.
-        store
-            .apply_pending(usize::MAX)
-            .expect("the store folds its log");
-        let catalogue = store.catalogue().expect("the store lists its documents");
+        let reopened = node.reopened.clone();
+        store.set_reopen_listener(move |held| *reopened.lock().expect("not poisoned") = Some(held));
         node.changes.lock().expect("not poisoned").clear();
+        node.reopened.lock().expect("not poisoned").take();
+        node.reopen_attempts = 0;
+        node.reopen_due = false;
         node.digests = catalogue.iter().map(|e| (e.doc, e.digest)).collect();
         let mut replicator = Replicator::new(node.id.clone(), SyncConfig::default());
         replicator.handle(SyncIn::LocalDocs(catalogue), self.now);
@@ -851,6 +936,112 @@ impl World {
             self.now + Duration::from_nanos(phase),
             Ev::MergeHeads { node: i, inc },
         );
+        true
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // the store thread: failures and reopening
+
+    /// Runs a store operation of node `i` as its store thread does: refused while the store is
+    /// broken; a storage failure breaks the store and schedules its reopen. `None` when it was
+    /// refused or failed. Any other error is a bug of the simulation.
+    fn store_op<R>(
+        &mut self,
+        i: usize,
+        what: &str,
+        op: impl FnOnce(&mut Store) -> crdt_store::Result<R>,
+    ) -> Option<R> {
+        let store = self.nodes[i].store.as_mut()?;
+        if store.broken().is_some() {
+            return None;
+        }
+        match op(store) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                self.store_failed(i, what, &e);
+                None
+            }
+        }
+    }
+
+    fn store_failed(&mut self, i: usize, what: &str, e: &StoreError) {
+        assert!(
+            e.is_storage_failure(),
+            "{}: {what}: {e}",
+            self.nodes[i].name
+        );
+        let store = self.nodes[i].store.as_mut().expect("a failed store exists");
+        store.note_failure(e);
+        self.store_failures += 1;
+        self.schedule_reopen(i);
+    }
+
+    /// The store thread tries to reopen a broken store after a back-off, as
+    /// `StoreHandle` does: the first at once, then doubling up to [`REOPEN_BACKOFF_MAX`].
+    fn schedule_reopen(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.reopen_due || !node.alive() {
+            return;
+        }
+        node.reopen_due = true;
+        let wait = if node.reopen_attempts == 0 {
+            Duration::ZERO
+        } else {
+            REOPEN_BACKOFF_MIN
+                .saturating_mul(1 << node.reopen_attempts.min(16))
+                .min(REOPEN_BACKOFF_MAX)
+        };
+        let inc = node.inc;
+        self.schedule(self.now + wait, Ev::Reopen { node: i, inc });
+    }
+
+    fn reopen(&mut self, i: usize, inc: u32) {
+        if !self.is_live(i, inc) {
+            return;
+        }
+        let node = &mut self.nodes[i];
+        node.reopen_due = false;
+        let Some(store) = node.store.as_mut() else {
+            return;
+        };
+        if store.broken().is_some() && store.reopen().is_err() {
+            node.reopen_attempts += 1;
+            self.schedule_reopen(i);
+            return;
+        }
+        node.reopen_attempts = 0;
+        // Reopened here, or already by a check that read the disk.
+        let Some(held) = node.reopened.lock().expect("not poisoned").take() else {
+            return;
+        };
+        self.store_reopens += 1;
+        // Changes reported before the reopen may have been rolled back: the catalogue the
+        // reopen listener was given replaces them, for the replicator and for the checks.
+        node.changes.lock().expect("not poisoned").clear();
+        node.digests = held.iter().map(|e| (e.doc, e.digest)).collect();
+        for entry in &held {
+            if let Ok(DocName::Results {
+                node: owner,
+                window,
+            }) = entry.name.parse::<DocName>()
+                && owner == node.id
+            {
+                node.own_results.insert(entry.doc, window);
+            }
+        }
+        self.dirty = true;
+        if self.opts.plant != Some(Plant::SilentReopen) {
+            self.sync_input(i, SyncIn::StoreReopened(held));
+        }
+        if let Some(live) = self.nodes[i].live.as_mut() {
+            live.fold_pending = true;
+            live.policy_dirty = live.election.is_some();
+        }
+        if std::mem::take(&mut self.nodes[i].registry_owed) {
+            self.write_registry(i, true);
+        }
+        self.schedule_serve(i);
+        self.mark_dirty();
     }
 
     fn crash(&mut self, i: usize) {
@@ -899,15 +1090,11 @@ impl World {
         );
         self.healed(label);
         if !lose_store {
-            // The store survives; its in-memory sync sessions do not.
-            let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id.clone()).collect();
-            if let Some(store) = self.nodes[i].store.as_mut() {
-                for id in &ids {
-                    store.forget_peer(id);
-                }
+            // The store survives: the new process opens the same bytes (what it held in memory,
+            // its sync sessions among it, is gone).
+            if self.start(i) {
+                self.check_results_survived(i);
             }
-            self.start(i);
-            self.check_results_survived(i);
             return;
         }
         // The disk is gone: a replacement with a new identity and an empty store takes the
@@ -964,6 +1151,11 @@ impl World {
         let Some(store) = self.nodes[at].store.as_mut() else {
             return BTreeSet::new();
         };
+        // A broken store is read as a process opening its disk would read it; while the disk
+        // still fails, what it holds is unknown.
+        if store.broken().is_some() && store.reopen().is_err() {
+            return BTreeSet::new();
+        }
         let query = ResultsQuery {
             node: Some(owner.to_owned()),
             ..ResultsQuery::default()
@@ -1211,26 +1403,50 @@ impl World {
             return;
         };
         live.serve_pending = false;
-        if std::mem::take(&mut live.fold_pending) {
-            store.apply_pending(usize::MAX).expect("results fold");
+        // While the store is broken, folding and reading the registry wait for its reopen.
+        let serving = store.broken().is_none();
+        if serving && live.fold_pending {
+            live.fold_pending = false;
+            if let Err(e) = store.apply_pending(usize::MAX) {
+                live.fold_pending = true;
+                self.store_failed(i, "folding results", &e);
+                return self.serve(i);
+            }
         }
         let mut policy_changed = false;
-        if std::mem::take(&mut live.policy_dirty)
+        if serving
+            && live.policy_dirty
             && let Some(hierarchy) = &live.hierarchy
         {
-            let zones = store.node_zones().expect("registry reads");
-            let policy = SharePolicy::from_view(&node.id, hierarchy, &zones);
-            policy_changed = live.replicator.policy() != &policy;
-            live.replicator.handle(SyncIn::Policy(policy), now);
+            match store.node_zones() {
+                Ok(zones) => {
+                    live.policy_dirty = false;
+                    let policy = SharePolicy::from_view(&node.id, hierarchy, &zones);
+                    policy_changed = live.replicator.policy() != &policy;
+                    live.replicator.handle(SyncIn::Policy(policy), now);
+                }
+                Err(e) => {
+                    self.store_failed(i, "reading the registry", &e);
+                    return self.serve(i);
+                }
+            }
         }
         let ops = std::mem::take(&mut live.ops);
         let generates = ops
             .iter()
             .filter(|o| matches!(o, SyncOut::Generate { .. }))
             .count();
-        let served = serve(store, ops).expect("the in-memory store serves");
+        // As the node's sync actor does: a broken store refuses the whole batch, and a failure
+        // within it answers what was not carried out as failed.
+        let (served, failure) = match store.refusal() {
+            Some(refusal) => (Served::refused(ops, &refusal.to_string()), None),
+            None => serve(store, ops),
+        };
         for answer in served.answers {
             live.replicator.handle(answer, now);
+        }
+        if let Some(e) = failure {
+            self.store_failed(i, "sync work", &e);
         }
         let bound = SyncConfig::default().max_outstanding;
         self.check("store work per batch stays within the replicator's bound");
@@ -1945,6 +2161,28 @@ impl World {
                 let until = end.unwrap_or(self.now);
                 self.fault_spans.push((self.now, until, label));
             }
+            FaultKind::Storage => {
+                let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
+                let fault = match spec.error {
+                    StorageError::NoSpace => InjectedFault::NoSpace,
+                    StorageError::Io => InjectedFault::Io,
+                    StorageError::ShortWrite => InjectedFault::ShortWrite,
+                };
+                for &i in &picked {
+                    let after = self.rng.gen_range(0..STORAGE_FAULT_WITHIN);
+                    self.nodes[i].disk.arm(fault, after);
+                }
+                let until = end.expect("validated");
+                let label = format!("{} disk of {}", fault.name(), self.names(&picked));
+                self.fault_spans.push((self.now, until, label.clone()));
+                self.schedule(
+                    until,
+                    Ev::DisksBack {
+                        nodes: picked,
+                        label,
+                    },
+                );
+            }
             FaultKind::Leave => {
                 let picked = self.pick(spec.count.unwrap_or(1), spec.aggregators);
                 self.losing_aggregators(&picked);
@@ -2103,12 +2341,8 @@ impl World {
             EPOCH_MS + self.now.as_millis() as i64,
         );
         let step = format!("s{}", self.rng.gen_range(0..4));
-        let store = self.nodes[i]
-            .store
-            .as_mut()
-            .expect("a live node has a store");
-        store
-            .update::<WorkflowDoc, _>(&name, |w| {
+        let edited = self.store_op(i, "workflow edit", |store| {
+            store.update::<WorkflowDoc, _>(&name, |w| {
                 w.id = format!("wf-{k}");
                 w.version += 1;
                 w.description = format!("edit {edit}");
@@ -2123,8 +2357,10 @@ impl World {
                     },
                 );
             })
-            .expect("workflow edit");
-        self.note_write();
+        });
+        if edited.is_some() {
+            self.note_write();
+        }
         self.drain_changes(i);
     }
 
@@ -2158,9 +2394,11 @@ impl World {
             ..RunRecord::default()
         };
         let window = Window::containing(finished, self.sc.store.window_minutes);
-        let store = node.store.as_mut().expect("a live node has a store");
         // Acknowledged means `append_results` returned: from here on it must never be lost.
-        if store.append_results(std::slice::from_ref(&record)).is_ok() {
+        let appended = self.store_op(i, "appending a result", |store| {
+            store.append_results(std::slice::from_ref(&record))
+        });
+        if appended.is_some() {
             self.ledger.push(Acked {
                 owner: i,
                 run_id: record.run_id,
@@ -2188,16 +2426,19 @@ impl World {
             ..NodeEntry::default()
         };
         let id = node.id.clone();
-        let store = node.store.as_mut().expect("a live node has a store");
-        if at_start {
-            let registry: MeshRegistry = store.read(&DocName::Mesh).expect("registry reads");
-            if registry.holds(&id, &entry) {
-                return;
+        let written = self.store_op(i, "registry write", |store| {
+            if at_start {
+                let registry: MeshRegistry = store.read(&DocName::Mesh)?;
+                if registry.holds(&id, &entry) {
+                    return Ok(());
+                }
             }
+            store.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms))
+        });
+        // A node whose disk fails as it starts writes its entry once the store serves again.
+        if written.is_none() && at_start {
+            self.nodes[i].registry_owed = true;
         }
-        store
-            .update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms))
-            .expect("registry write");
         self.drain_changes(i);
     }
 
@@ -2219,11 +2460,10 @@ impl World {
         if !aggregates {
             return;
         }
-        let store = self.nodes[i].store.as_mut().expect("live");
-        if store
-            .merge_heads::<MeshRegistry>(&DocName::Mesh)
-            .expect("merge heads")
-        {
+        let merged = self.store_op(i, "merging the registry's heads", |store| {
+            store.merge_heads::<MeshRegistry>(&DocName::Mesh)
+        });
+        if merged == Some(true) {
             self.drain_changes(i);
             self.schedule_serve(i);
         }
@@ -2236,8 +2476,9 @@ impl World {
         let every = self.sc.store.retention_every.0;
         self.schedule(self.now + every, Ev::Retention { node: i, inc });
         let now_ms = EPOCH_MS + self.now.as_millis() as i64;
-        let store = self.nodes[i].store.as_mut().expect("live");
-        let retired = store.enforce_retention(now_ms).expect("retention");
+        let retired = self
+            .store_op(i, "retention", |store| store.enforce_retention(now_ms))
+            .unwrap_or_default();
         self.drain_changes(i);
         for r in retired {
             let Ok(name) = r.doc.parse::<DocName>() else {
@@ -2551,12 +2792,11 @@ impl World {
         let _ = PeerState::Connected;
     }
 
-    /// After stabilisation: at most one aggregator per zone in each connected component, and
-    /// every member of a zone sees the same one.
-    fn check_elections(&mut self, live: &[usize]) {
-        // Connected components over connections both ends consider in use.
+    /// Connected components, over connections both ends consider in use, of the live nodes
+    /// `admit` lets in: a component's smallest node index for each of them.
+    fn components(&self, live: &[usize], admit: impl Fn(usize) -> bool) -> BTreeMap<usize, usize> {
         let mut component: BTreeMap<usize, usize> = BTreeMap::new();
-        for &start in live {
+        for &start in live.iter().filter(|&&i| admit(i)) {
             if component.contains_key(&start) {
                 continue;
             }
@@ -2570,6 +2810,7 @@ impl World {
                     };
                     if l.membership.connection(&p.node).is_some()
                         && self.nodes[j].alive()
+                        && admit(j)
                         && !component.contains_key(&j)
                     {
                         component.insert(j, start);
@@ -2578,38 +2819,65 @@ impl World {
                 }
             }
         }
-        let mut claims: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
+        component
+    }
+
+    /// After stabilisation: at most one aggregator per zone among the nodes of that zone that
+    /// reach each other, and every member of a zone sees the same one.
+    ///
+    /// "Reach each other" counts only paths through the zone itself (its members and the
+    /// members of the zones below it): two halves of a split site that both reach the cloud
+    /// are not one zone, each elects its own aggregator, and the parent takes both halves'
+    /// rollups. For the root every node is in the zone, so this is the whole mesh.
+    fn check_elections(&mut self, live: &[usize]) {
+        let mut claimed: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in live {
             let e = self.nodes[i]
                 .live
                 .as_ref()
                 .and_then(|l| l.election.as_ref());
             for zone in e.map(|e| e.aggregates()).unwrap_or_default() {
-                claims.entry((component[&i], zone)).or_default().push(i);
+                claimed.entry(zone).or_default().push(i);
+            }
+        }
+        let mut claims: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
+        for (zone, claimants) in claimed {
+            let component = self.components(live, |n| {
+                claimants.contains(&n) || zone_within(&self.nodes[n].zone, &zone)
+            });
+            for i in claimants {
+                claims.entry((component[&i], zone.clone())).or_default().push(i);
             }
         }
         for ((_, zone), nodes) in &claims {
-            self.check("at most one aggregator per zone per connected component");
+            self.check("at most one aggregator per zone among members that reach each other");
             if nodes.len() > 1 {
                 let detail = format!(
-                    "zone {:?} has {} aggregators in one connected component: {}",
+                    "zone {:?} has {} aggregators whose members reach each other: {}",
                     zone,
                     nodes.len(),
                     self.names(nodes)
                 );
                 self.violate(
-                    "at most one aggregator per zone per connected component",
+                    "at most one aggregator per zone among members that reach each other",
                     detail,
                 );
             }
         }
         let mut seen: BTreeMap<(usize, String), BTreeSet<Option<usize>>> = BTreeMap::new();
-        for &i in live {
-            if self.nodes[i].segment.is_some() {
-                let zone = self.nodes[i].zone.clone();
-                seen.entry((component[&i], zone))
-                    .or_default()
-                    .insert(self.aggregator_for(i));
+        let zones: BTreeSet<String> = live
+            .iter()
+            .filter(|&&i| self.nodes[i].segment.is_some())
+            .map(|&i| self.nodes[i].zone.clone())
+            .collect();
+        for zone in zones {
+            let component = self.components(live, |n| zone_within(&self.nodes[n].zone, &zone));
+            for &i in live {
+                if self.nodes[i].segment.is_some() && self.nodes[i].zone == zone {
+                    seen.entry((component[&i], zone.clone()))
+                        .or_default()
+                        .insert(self.aggregator_for(i));
+                }
             }
         }
         for ((_, zone), views) in seen {
@@ -2736,6 +3004,8 @@ impl World {
             violation_count: self.violation_count,
             divergence: self.divergence,
             quiet_from: self.sc.quiet_from(),
+            store_failures: self.store_failures,
+            store_reopens: self.store_reopens,
         }
     }
 }
@@ -2762,6 +3032,16 @@ fn same_inputs(a: &SharePolicy, b: &SharePolicy, class: &DocClass) -> bool {
             true
         }
     }
+}
+
+/// Whether `zone` is `ancestor` or lies below it (`site-a/line-1` within `site-a`; every zone
+/// within the root, `""`).
+fn zone_within(zone: &str, ancestor: &str) -> bool {
+    ancestor.is_empty()
+        || zone == ancestor
+        || zone
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn workflow_name(k: usize) -> DocName {

@@ -75,6 +75,38 @@ fn sweep_site_split() {
     sweep("site-split");
 }
 
+#[test]
+fn sweep_disk_faults() {
+    sweep("disk-faults");
+}
+
+#[test]
+fn storage_faults_break_stores_that_reopen_themselves_and_lose_nothing() {
+    for seed in 1..=3 {
+        let report = run("disk-faults", 6, seed, None);
+        let text = report.render_text();
+        assert!(report.passed(), "{text}");
+        // The faults did happen: commits failed, and the stores came back while running.
+        assert!(report.store_failures > 0, "{text}");
+        assert!(report.store_reopens > 0, "{text}");
+        assert!(text.contains("stores reopened themselves"), "{text}");
+        assert!(
+            report
+                .checks
+                .iter()
+                .any(|(name, n)| *name == "acknowledged results reach the aggregator" && *n > 0),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_reopened_store_that_replication_is_not_told_of_is_caught() {
+    let caught =
+        (1..=4).any(|seed| !run("disk-faults", 8, seed, Some(Plant::SilentReopen)).passed());
+    assert!(caught, "silent-reopen went unnoticed on seeds 1 to 4");
+}
+
 /// The 500-node hierarchy scenario at 60 nodes (three per line): twenty lines in ten sites under
 /// the cloud, three levels of elections, partitions by site, aggregators crashing, losing their
 /// store and cut off. The full size runs

@@ -251,3 +251,108 @@ fn what_a_peer_sent_while_the_disk_was_full_arrives_once_space_is_freed() {
     assert_eq!(health(&b_dir)["status"], "ok");
     drop((a, b));
 }
+
+/// As above, with no watermark (`min_free = "0"`): the filesystem itself answers ENOSPC inside
+/// the commit that applies the peer's change, which breaks the store. It reopens itself once
+/// space is freed and tells replication, which compares again with the peer: the change
+/// arrives without a restart.
+#[test]
+fn what_a_peer_sent_into_a_disk_with_no_space_left_arrives_once_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&tmp.path().join("disk"), "24m") else {
+        return;
+    };
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("disk").join("b"));
+    let _logs = LogsOnPanic(vec![a_dir.clone(), b_dir.clone()]);
+    init(&a_dir, "a", None);
+    init(&b_dir, "b", Some(&a_dir.join("mesh")));
+    let config = b_dir.join("rhizome.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("min_free = \"default\"", "min_free = \"0\""),
+    )
+    .unwrap();
+    let a = start(&a_dir, &[]);
+    let b = start(&b_dir, &[&a.quic]);
+    // Each definition carries 200 KB of text nothing compresses, so storing it needs pages
+    // the full filesystem cannot give.
+    let apply = |id: &str| {
+        let mut x = id.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let filler: String = (0..25_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:08x}", x as u32)
+            })
+            .collect();
+        let file = tmp.path().join(format!("{id}.yaml"));
+        std::fs::write(
+            &file,
+            format!("id: {id}\ndescription: \"{filler}\"\nsteps:\n  - id: s\n    agent: noop\n"),
+        )
+        .unwrap();
+        ok(run(&a_dir, &["workflow", "apply", file.to_str().unwrap()]));
+    };
+    apply("before");
+    wait_until("b gets the first workflow", Duration::from_secs(20), || {
+        workflow_ids(&b_dir).contains(&"before".to_owned())
+    });
+
+    let filler = fill(&tmp.path().join("disk"), 0);
+    for id in ["during-1", "during-2", "during-3"] {
+        apply(id);
+    }
+    // b takes the changes in, cannot make them durable, and its store breaks: it answers reads
+    // and `sync` with the reason, as long as the disk stays full.
+    wait_until(
+        "b's store refuses, naming the full disk",
+        Duration::from_secs(20),
+        || {
+            let out = run(&b_dir, &["workflow", "list", "--json"]);
+            let text = String::from_utf8_lossy(&out.stderr);
+            !out.status.success() && text.contains("503") && text.contains("No space left")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let out = run(&b_dir, &["sync", "--timeout", "1s"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("not in sync") && text.contains("free of"),
+        "b said it was in sync while its store could not keep what it took in: {text}"
+    );
+    assert_eq!(health(&b_dir)["status"], "degraded");
+
+    std::fs::remove_file(&filler).unwrap();
+    let took = wait_until(
+        "the workflows written while b's disk was full reach b",
+        Duration::from_secs(60),
+        || {
+            let out = run(&b_dir, &["workflow", "list", "--json"]);
+            let held: Vec<String> = if out.status.success() {
+                workflow_ids(&b_dir)
+            } else {
+                Vec::new()
+            };
+            ["during-1", "during-2", "during-3"]
+                .iter()
+                .all(|id| held.contains(&(*id).to_owned()))
+        },
+    );
+    eprintln!("space freed -> the peer's changes stored after ENOSPC: {took:?}");
+    for (name, dir) in [("a", &a_dir), ("b", &b_dir)] {
+        let out = run(dir, &["sync", "--timeout", "10s"]);
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(health(&b_dir)["status"], "ok");
+    drop((a, b));
+}

@@ -409,6 +409,17 @@ pub enum SyncIn {
     },
     /// Ask a peer (or every peer) to compare summaries again, as `rhizome sync` does.
     Resync(Option<NodeId>),
+    /// The store could not carry out a [`SyncOut::Generate`] (it failed or is recovering).
+    GenerateFailed {
+        /// The document.
+        doc: DocId,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The store was reopened after a failure: these are the documents it holds now. What it
+    /// held in memory beyond its last durable commit is gone (changes applied from peers, the
+    /// in-memory sync sessions), so every peer is compared with again from the persisted state.
+    StoreReopened(Vec<CatalogueEntry>),
 }
 
 /// What the driver must do.
@@ -491,66 +502,162 @@ pub trait Replica {
 /// The store operations among `ops` carried out against `replica`, and the rest.
 #[derive(Debug, Default)]
 pub struct Served {
-    /// Answers to feed back into the [`Replicator`].
+    /// Answers to feed back into the [`Replicator`]: one per store operation, whether it was
+    /// carried out or not.
     pub answers: Vec<SyncIn>,
     /// What is left for the network driver ([`SyncOut::Send`], [`SyncOut::Close`]), in order.
     pub network: Vec<SyncOut>,
 }
 
+impl Served {
+    /// The answers to `ops` when the store could not carry them out (it is broken and
+    /// recovering, or a storage operation failed): every generate and apply failed, and the
+    /// replicator waits for the store to come back ([`SyncIn::StoreReopened`]) or for its
+    /// stall check. The network outputs go on.
+    pub fn refused(ops: Vec<SyncOut>, reason: &str) -> Served {
+        let mut served = Served::default();
+        served.refuse(ops, reason);
+        served
+    }
+
+    fn refuse(&mut self, ops: impl IntoIterator<Item = SyncOut>, reason: &str) {
+        for op in ops {
+            match op {
+                SyncOut::Apply { doc, peer, .. } => self.answers.push(SyncIn::Applied {
+                    doc,
+                    peer,
+                    outcome: Err(ApplyFailed {
+                        reason: reason.to_owned(),
+                        peer_at_fault: false,
+                    }),
+                }),
+                SyncOut::Generate { doc, peer, .. } => {
+                    self.answers.push(SyncIn::GenerateFailed { doc, peer });
+                }
+                SyncOut::ForgetPeer(_) => {}
+                network @ (SyncOut::Send(..) | SyncOut::Close(..)) => self.network.push(network),
+            }
+        }
+    }
+}
+
 /// Carries out the store operations among `ops`: applies before generates (a message generated
 /// after applying is at least as current), each run of applies in one batch, and a
 /// [`SyncOut::ForgetPeer`] before anything that follows it.
-pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> Result<Served, R::Error> {
+///
+/// A failure of the store itself stops the work there: the operations not carried out are
+/// answered as failed ([`Served::refused`]), so that the replicator's bookkeeping stays whole,
+/// and the error is returned beside the answers for the driver to act on (the store must be
+/// reopened before it is trusted again).
+pub fn serve<R: Replica>(replica: &mut R, ops: Vec<SyncOut>) -> (Served, Option<R::Error>) {
     let mut served = Served::default();
     let mut applies: Vec<ApplyRequest> = Vec::new();
     let mut generates: Vec<(DocId, NodeId, bool)> = Vec::new();
+    // Carries out what is gathered; on a failure, hands back the operations it did not finish.
     let flush = |replica: &mut R,
                  served: &mut Served,
                  applies: &mut Vec<ApplyRequest>,
                  generates: &mut Vec<(DocId, NodeId, bool)>|
-     -> Result<(), R::Error> {
+     -> Result<(), (R::Error, Vec<SyncOut>)> {
+        let unfinished_generates = |generates: &mut dyn Iterator<Item = (DocId, NodeId, bool)>| {
+            generates
+                .map(|(doc, peer, fresh)| SyncOut::Generate { doc, peer, fresh })
+                .collect::<Vec<_>>()
+        };
         if !applies.is_empty() {
+            let batch = std::mem::take(applies);
             let keys: Vec<(DocId, NodeId)> =
-                applies.iter().map(|a| (a.doc, a.peer.clone())).collect();
-            let outcomes = replica.apply(std::mem::take(applies))?;
-            for ((doc, peer), outcome) in keys.into_iter().zip(outcomes) {
-                served.answers.push(SyncIn::Applied { doc, peer, outcome });
+                batch.iter().map(|a| (a.doc, a.peer.clone())).collect();
+            match replica.apply(batch) {
+                Ok(outcomes) => {
+                    for ((doc, peer), outcome) in keys.into_iter().zip(outcomes) {
+                        served.answers.push(SyncIn::Applied { doc, peer, outcome });
+                    }
+                }
+                Err(e) => {
+                    let mut unfinished: Vec<SyncOut> = keys
+                        .into_iter()
+                        .map(|(doc, peer)| SyncOut::Apply {
+                            doc,
+                            peer,
+                            name: None,
+                            payload: Vec::new(),
+                        })
+                        .collect();
+                    unfinished.extend(unfinished_generates(&mut generates.drain(..)));
+                    return Err((e, unfinished));
+                }
             }
         }
-        for (doc, peer, fresh) in generates.drain(..) {
+        let mut pending = generates.drain(..);
+        while let Some((doc, peer, fresh)) = pending.next() {
             if fresh {
                 replica.restart_session(&doc, &peer);
             }
-            let payload = replica.generate(&doc, &peer)?;
-            served
-                .answers
-                .push(SyncIn::Generated { doc, peer, payload });
+            match replica.generate(&doc, &peer) {
+                Ok(payload) => served
+                    .answers
+                    .push(SyncIn::Generated { doc, peer, payload }),
+                Err(e) => {
+                    let mut unfinished = vec![SyncOut::Generate { doc, peer, fresh }];
+                    unfinished.extend(unfinished_generates(&mut pending));
+                    return Err((e, unfinished));
+                }
+            }
         }
         Ok(())
     };
-    for op in ops {
-        match op {
+    let mut ops = ops.into_iter();
+    let mut failure = None;
+    for op in ops.by_ref() {
+        let flushed = match op {
             SyncOut::Apply {
                 doc,
                 peer,
                 name,
                 payload,
-            } => applies.push(ApplyRequest {
-                doc,
-                peer,
-                name,
-                payload,
-            }),
-            SyncOut::Generate { doc, peer, fresh } => generates.push((doc, peer, fresh)),
-            SyncOut::ForgetPeer(peer) => {
-                flush(replica, &mut served, &mut applies, &mut generates)?;
-                replica.forget_peer(&peer);
+            } => {
+                applies.push(ApplyRequest {
+                    doc,
+                    peer,
+                    name,
+                    payload,
+                });
+                Ok(())
             }
-            network @ (SyncOut::Send(..) | SyncOut::Close(..)) => served.network.push(network),
+            SyncOut::Generate { doc, peer, fresh } => {
+                generates.push((doc, peer, fresh));
+                Ok(())
+            }
+            SyncOut::ForgetPeer(peer) => {
+                let flushed = flush(replica, &mut served, &mut applies, &mut generates);
+                if flushed.is_ok() {
+                    replica.forget_peer(&peer);
+                }
+                flushed
+            }
+            network @ (SyncOut::Send(..) | SyncOut::Close(..)) => {
+                served.network.push(network);
+                Ok(())
+            }
+        };
+        if let Err(failed) = flushed {
+            failure = Some(failed);
+            break;
         }
     }
-    flush(replica, &mut served, &mut applies, &mut generates)?;
-    Ok(served)
+    let flushed = match failure {
+        Some(failed) => Err(failed),
+        None => flush(replica, &mut served, &mut applies, &mut generates),
+    };
+    match flushed {
+        Ok(()) => (served, None),
+        Err((e, unfinished)) => {
+            let reason = format!("the store failed: {e}");
+            served.refuse(unfinished.into_iter().chain(ops), &reason);
+            (served, Some(e))
+        }
+    }
 }
 
 /// Replication traffic with one peer since the connection started (summaries, catalogues and
@@ -729,6 +836,21 @@ impl Replicator {
                         .collect(),
                     None => self.peers.keys().cloned().collect(),
                 };
+                for peer in peers {
+                    self.new_round(&peer, true);
+                }
+            }
+            SyncIn::GenerateFailed { doc, peer } => self.generate_failed(doc, peer, now),
+            SyncIn::StoreReopened(entries) => {
+                let now_held: BTreeSet<DocId> = entries.iter().map(|e| e.doc).collect();
+                self.local.retain(|doc, _| now_held.contains(doc));
+                for entry in entries {
+                    if let Some(class) = DocClass::of(&entry.name) {
+                        self.local
+                            .insert(entry.doc, (entry.name, class, entry.digest));
+                    }
+                }
+                let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
                 for peer in peers {
                     self.new_round(&peer, true);
                 }
@@ -1409,6 +1531,31 @@ impl Replicator {
         }
     }
 
+    /// The store could not produce the message: the session ends, and the document is watched
+    /// by the stall check, which compares again with the peer if it is still behind. Asking
+    /// again at once would spin against a store that refuses everything until it is reopened.
+    fn generate_failed(&mut self, doc: DocId, peer: NodeId, now: Duration) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match state.sessions.get(&doc) {
+            Some(session) if session.generating => {}
+            _ => return,
+        }
+        state.sessions.remove(&doc);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.watch_for_stall(&peer, doc, now);
+    }
+
+    /// Has the stall check look at a document with a peer at its next pass.
+    fn watch_for_stall(&mut self, peer: &str, doc: DocId, now: Duration) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.sent_since_check.insert(doc);
+            self.next_stall_check
+                .get_or_insert(now + self.config.stall_check);
+        }
+    }
+
     fn applied(
         &mut self,
         doc: DocId,
@@ -1455,7 +1602,12 @@ impl Replicator {
                 }
             }
             Err(failed) => {
-                if failed.peer_at_fault && self.drop_peer(&peer) {
+                if !failed.peer_at_fault {
+                    // Refused here (the disk low, the store recovering): the peer's session
+                    // believes the message delivered. Its own stall check notices; watching
+                    // the document here as well heals it from whichever side looks first.
+                    self.watch_for_stall(&peer, doc, now);
+                } else if self.drop_peer(&peer) {
                     self.out.push_back(SyncOut::Close(
                         peer.clone(),
                         format!("bad sync message: {}", failed.reason),
@@ -1953,6 +2105,203 @@ mod tests {
         assert_eq!(a.stall_rounds(), 1);
         // And a quiet replicator sets no timer: a network of them goes quiet.
         assert_eq!(a.poll_timeout(period * 10), None);
+    }
+
+    /// A replica whose storage fails from the `fail_at`-th operation on.
+    struct FailingReplica {
+        done: usize,
+        fail_at: usize,
+    }
+
+    impl FailingReplica {
+        fn step(&mut self) -> Result<(), String> {
+            self.done += 1;
+            if self.done > self.fail_at {
+                Err("no space left on device".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Replica for FailingReplica {
+        type Error = String;
+        fn catalogue(&mut self) -> Result<Vec<CatalogueEntry>, String> {
+            Ok(Vec::new())
+        }
+        fn generate(&mut self, _: &DocId, _: &str) -> Result<Option<Vec<u8>>, String> {
+            self.step().map(|()| Some(vec![7]))
+        }
+        fn restart_session(&mut self, _: &DocId, _: &str) {}
+        fn apply(
+            &mut self,
+            batch: Vec<ApplyRequest>,
+        ) -> Result<Vec<Result<Applied, ApplyFailed>>, String> {
+            self.step()?;
+            Ok(batch
+                .iter()
+                .map(|_| {
+                    Ok(Applied {
+                        changed: false,
+                        ours: [1; 16],
+                        theirs: None,
+                    })
+                })
+                .collect())
+        }
+        fn forget_peer(&mut self, _: &str) {}
+    }
+
+    #[test]
+    fn a_store_that_fails_mid_batch_answers_every_operation() {
+        let ops = || {
+            vec![
+                SyncOut::Apply {
+                    doc: [1; 16],
+                    peer: "b".into(),
+                    name: None,
+                    payload: vec![1],
+                },
+                SyncOut::Send("b".into(), Message::Goodbye { reason: "x".into() }),
+                SyncOut::Generate {
+                    doc: [2; 16],
+                    peer: "b".into(),
+                    fresh: false,
+                },
+                SyncOut::Generate {
+                    doc: [3; 16],
+                    peer: "c".into(),
+                    fresh: true,
+                },
+                SyncOut::ForgetPeer("c".into()),
+                SyncOut::Generate {
+                    doc: [4; 16],
+                    peer: "c".into(),
+                    fresh: false,
+                },
+            ]
+        };
+        let kinds = |served: &Served| -> Vec<(&'static str, DocId)> {
+            served
+                .answers
+                .iter()
+                .map(|a| match a {
+                    SyncIn::Applied { doc, outcome, .. } => (
+                        if outcome.is_ok() {
+                            "applied"
+                        } else {
+                            "refused"
+                        },
+                        *doc,
+                    ),
+                    SyncIn::Generated { doc, .. } => ("generated", *doc),
+                    SyncIn::GenerateFailed { doc, .. } => ("failed", *doc),
+                    other => panic!("not an answer: {other:?}"),
+                })
+                .collect()
+        };
+        // Apply and one generate succeed; the storage fails at the second generate.
+        let (served, failure) = serve(
+            &mut FailingReplica {
+                done: 0,
+                fail_at: 2,
+            },
+            ops(),
+        );
+        assert_eq!(failure.as_deref(), Some("no space left on device"));
+        assert_eq!(
+            kinds(&served),
+            [
+                ("applied", [1; 16]),
+                ("generated", [2; 16]),
+                ("failed", [3; 16]),
+                ("failed", [4; 16])
+            ]
+        );
+        assert_eq!(
+            served.network,
+            [SyncOut::Send(
+                "b".into(),
+                Message::Goodbye { reason: "x".into() }
+            )]
+        );
+        // The very first operation fails: the apply is refused, not blamed on the peer.
+        let (served, failure) = serve(
+            &mut FailingReplica {
+                done: 0,
+                fail_at: 0,
+            },
+            ops(),
+        );
+        assert!(failure.is_some());
+        assert_eq!(kinds(&served)[0], ("refused", [1; 16]));
+        assert!(matches!(
+            &served.answers[0],
+            SyncIn::Applied {
+                outcome: Err(ApplyFailed {
+                    peer_at_fault: false,
+                    ..
+                }),
+                ..
+            }
+        ));
+        assert_eq!(served.answers.len(), 4);
+        // A store that is refusing answers everything the same way, without being asked.
+        assert_eq!(kinds(&Served::refused(ops(), "recovering")), kinds(&served));
+    }
+
+    #[test]
+    fn a_failed_generate_is_watched_and_a_reopened_store_compares_again_with_every_peer() {
+        let period = SyncConfig::default().stall_check;
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(
+            SyncIn::LocalDocs(vec![entry(1, 1, "mesh"), entry(2, 1, "workflow/w")]),
+            Duration::ZERO,
+        );
+        for peer in ["b", "c"] {
+            a.handle(SyncIn::PeerUp(peer.into()), Duration::ZERO);
+        }
+        a.drain();
+        a.handle(SyncIn::LocalChanged(entry(1, 2, "mesh")), Duration::ZERO);
+        let asked = a.drain();
+        assert_eq!(
+            asked
+                .iter()
+                .filter(|o| matches!(o, SyncOut::Generate { .. }))
+                .count(),
+            2,
+            "{asked:?}"
+        );
+        for peer in ["b", "c"] {
+            a.handle(
+                SyncIn::GenerateFailed {
+                    doc: [1; 16],
+                    peer: peer.into(),
+                },
+                Duration::ZERO,
+            );
+        }
+        // Not asked again at once (the store refuses until it reopens), but watched.
+        assert!(a.drain().is_empty());
+        assert_eq!(a.poll_timeout(Duration::ZERO), Some(period));
+        // The store comes back having lost the change and the workflow (never durable).
+        a.handle(
+            SyncIn::StoreReopened(vec![entry(1, 1, "mesh")]),
+            Duration::from_millis(50),
+        );
+        let out = a.drain();
+        for peer in ["b", "c"] {
+            assert!(
+                out.iter()
+                    .any(|o| matches!(o, SyncOut::ForgetPeer(p) if p == peer)),
+                "{out:?}"
+            );
+            assert!(
+                out.iter().any(|o| matches!(o,
+                    SyncOut::Send(p, Message::Summary { reply: true, docs: 1, .. }) if p == peer)),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]

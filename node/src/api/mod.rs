@@ -181,19 +181,20 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// The mesh registry, for names of node ids.
-async fn registry(state: &AppState) -> Result<MeshRegistry, ApiError> {
+/// The mesh registry, for names of node ids; empty (ids without names) while the store cannot
+/// serve, since who is connected is worth answering even then.
+async fn registry(state: &AppState) -> MeshRegistry {
     state
         .store
         .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
         .recv()
         .await
-        .map_err(unavailable)
+        .unwrap_or_default()
 }
 
 async fn get_peers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<PeerView>>, ApiError> {
     let peers = state.mesh.peers().await.map_err(unavailable)?;
-    let registry = registry(&state).await?;
+    let registry = registry(&state).await;
     let mut sync: std::collections::BTreeMap<String, PeerSync> = state
         .sync
         .status()
@@ -227,7 +228,7 @@ async fn get_hierarchy(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<crate::fleet::hierarchy::HierarchyView>, ApiError> {
     let hierarchy = state.mesh.hierarchy().await.map_err(unavailable)?;
-    let registry = registry(&state).await?;
+    let registry = registry(&state).await;
     let capabilities = *state.capabilities.lock().expect("not poisoned");
     Ok(Json(crate::fleet::hierarchy::HierarchyView::new(
         &state.health.node_id,
@@ -240,8 +241,15 @@ async fn get_hierarchy(
 
 pub type ApiError = (axum::http::StatusCode, String);
 
-pub fn api_error(e: impl std::fmt::Display) -> ApiError {
-    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+/// A store read that failed: 503 while the store cannot serve (it is reopening after a failed
+/// write, or stopping), so that a client retries; 500 for anything else.
+pub fn read_failed(e: crdt_store::StoreError) -> ApiError {
+    let status = if e.write_fault().is_some() || matches!(e, crdt_store::StoreError::Stopped) {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (status, e.to_string())
 }
 
 async fn get_docs(
@@ -252,7 +260,7 @@ async fn get_docs(
         .call(|s| s.list_docs())
         .recv()
         .await
-        .map_err(api_error)?;
+        .map_err(read_failed)?;
     Ok(Json(docs))
 }
 
@@ -270,7 +278,7 @@ async fn get_doc(
         .call(move |s| Ok(crate::cli::commands::show_doc(s, &query.id)))
         .recv()
         .await
-        .map_err(api_error)?;
+        .map_err(read_failed)?;
     shown
         .map(Json)
         .map_err(|e| (axum::http::StatusCode::NOT_FOUND, format!("{e:#}")))
@@ -297,7 +305,7 @@ async fn get_results(
         .call(move |s| s.results(&query))
         .recv()
         .await
-        .map_err(api_error)?;
+        .map_err(read_failed)?;
     Ok(Json(records))
 }
 
@@ -309,8 +317,13 @@ async fn get_workflows(
         .call(|s| Ok(crate::cli::commands::list_workflows(s)))
         .recv()
         .await
-        .map_err(api_error)?
-        .map_err(|e| api_error(format!("{e:#}")))?;
+        .map_err(read_failed)?
+        .map_err(|e| {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e:#}"),
+            )
+        })?;
     Ok(Json(workflows))
 }
 
@@ -420,8 +433,24 @@ async fn post_sync(
             ));
         }
     }
+    // A store that cannot serve holds nothing for sure: what it took in since its last durable
+    // commit is rolled back when it reopens.
+    let store_serves = || async {
+        state.store.call(|s| s.flush()).recv().await.map_err(|e| {
+            let why = crate::ops::durability::explain(&e, &state.data_dir);
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("not in sync: the store cannot make what it holds durable: {why}"),
+            )
+        })
+    };
+    store_serves().await?;
     let started = Instant::now();
     let (converged, peers) = state.sync.sync(request.peer, timeout).await;
+    // In step with every peer, and durable: what sync applied is committed lazily.
+    if converged {
+        store_serves().await?;
+    }
     Ok(Json(SyncReport {
         converged,
         waited_ms: started.elapsed().as_millis() as u64,
@@ -444,7 +473,7 @@ async fn get_fleet(
         .call(move |s| s.fleet(params.since_ms))
         .recv()
         .await
-        .map_err(api_error)?;
+        .map_err(read_failed)?;
     // Without the mesh's view (stopping) the figures are still worth answering, unmarked.
     if let Ok(hierarchy) = state.mesh.hierarchy().await {
         crate::fleet::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);

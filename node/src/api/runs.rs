@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use crdt_store::ResultsQuery;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiError, AppState, api_error, authorize};
+use crate::api::{ApiError, AppState, authorize, read_failed};
 use crate::run::scheduler::{Refusal, RunView, ScheduledView, accepted_ms};
 
 /// What `POST /run/{workflow}` answers (202 Accepted).
@@ -95,7 +95,7 @@ pub async fn get_status(
         })
         .recv()
         .await
-        .map_err(api_error)?;
+        .map_err(read_failed)?;
     match found {
         Some(record) => Ok(Json(RunView::Finished {
             run_id,

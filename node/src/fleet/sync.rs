@@ -35,7 +35,7 @@ const FORWARD_CAP: usize = 8192;
 /// by the number of documents).
 #[derive(Debug)]
 pub struct ChangeFeed {
-    changed: Mutex<BTreeMap<DocIdBytes, CatalogueEntry>>,
+    changed: Mutex<Pending>,
     notify: Notify,
     /// Bumped when the `mesh` document changes; several tasks follow it.
     mesh: watch::Sender<u64>,
@@ -59,7 +59,39 @@ impl Default for ChangeFeed {
     }
 }
 
+/// What the actor has not taken from the feed yet.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Everything the store held when it was last reopened after a failure, if it was since
+    /// the actor last looked; changes before it are superseded by it.
+    reopened: Option<Vec<CatalogueEntry>>,
+    /// Changes since then, coalesced per document.
+    changed: BTreeMap<DocIdBytes, CatalogueEntry>,
+}
+
 impl ChangeFeed {
+    /// Records that the store was reopened, holding `held`; called on the store thread by the
+    /// store's reopen listener. Any document may differ from what was reported before (a
+    /// commit that never became durable is rolled back), so every follower looks again.
+    pub fn reopened(&self, held: Vec<CatalogueEntry>) {
+        {
+            let mut results = self.results.lock().expect("change feed lock");
+            for entry in &held {
+                if entry.name.starts_with("results/") || entry.name.starts_with("rollup/") {
+                    results.insert(entry.name.clone());
+                }
+            }
+        }
+        self.results_changed.notify_one();
+        self.mesh.send_modify(|v| *v += 1);
+        self.workflows.send_modify(|v| *v += 1);
+        let mut pending = self.changed.lock().expect("change feed lock");
+        pending.changed.clear();
+        pending.reopened = Some(held);
+        drop(pending);
+        self.notify.notify_one();
+    }
+
     /// Records a change; called on the store thread by the store's change listener.
     pub fn push(&self, entry: CatalogueEntry) {
         if entry.name == "mesh" {
@@ -76,6 +108,7 @@ impl ChangeFeed {
         self.changed
             .lock()
             .expect("change feed lock")
+            .changed
             .insert(entry.doc, entry);
         self.notify.notify_one();
     }
@@ -102,9 +135,15 @@ impl ChangeFeed {
         self.workflows.subscribe()
     }
 
-    fn take(&self) -> Vec<CatalogueEntry> {
-        std::mem::take(&mut *self.changed.lock().expect("change feed lock"))
-            .into_values()
+    /// What the replicator must be told, in order: a reopened store's documents first, then
+    /// the changes since.
+    fn take(&self) -> Vec<SyncIn> {
+        let pending = std::mem::take(&mut *self.changed.lock().expect("change feed lock"));
+        pending
+            .reopened
+            .map(SyncIn::StoreReopened)
+            .into_iter()
+            .chain(pending.changed.into_values().map(SyncIn::LocalChanged))
             .collect()
     }
 }
@@ -214,6 +253,8 @@ pub async fn start(
         observe(&entry);
         feed.push(entry);
     });
+    let feed = changes.clone();
+    store.set_reopen_listener(move |held| feed.reopened(held));
     let store = StoreHandle::spawn(store);
     let (mesh, events) = mesh::net::driver::spawn(mesh).await?;
     let (hierarchy_tx, hierarchy) = watch::channel(None);
@@ -236,7 +277,9 @@ pub async fn start(
     })
 }
 
-type StoreCall = Pin<Box<dyn Future<Output = Result<Served, StoreError>> + Send>>;
+/// A batch of sync work on the store thread: the answers, and the store's failure if it
+/// failed or refused (it is reopening).
+type StoreCall = Pin<Box<dyn Future<Output = Result<(Served, Option<String>), StoreError>> + Send>>;
 
 /// Starts the sync actor. `events` are the mesh's events (the actor consumes all of them);
 /// `changes` is fed by the store's change listener.
@@ -302,7 +345,17 @@ impl Actor {
         loop {
             if store_call.is_none() && !self.waiting.is_empty() {
                 let ops = std::mem::take(&mut self.waiting);
-                let ticket = self.store.call(move |s| mesh::proto::sync::serve(s, ops));
+                let ticket = self.store.call_even_if_broken(move |s, refusal| {
+                    if let Some(refusal) = refusal {
+                        let reason = refusal.to_string();
+                        return (Served::refused(ops, &reason), Some(reason));
+                    }
+                    let (served, failure) = mesh::proto::sync::serve(s, ops);
+                    if let Some(e) = &failure {
+                        s.note_failure(e);
+                    }
+                    (served, failure.map(|e| e.to_string()))
+                });
                 store_call = Some(Box::pin(ticket.recv()));
             }
             let wake = self
@@ -324,16 +377,21 @@ impl Actor {
                 served = async { store_call.as_mut().expect("guarded").await }, if store_call.is_some() => {
                     store_call = None;
                     match served {
-                        Ok(served) => {
+                        Ok((served, failure)) => {
+                            if let Some(failure) = failure {
+                                // The store reopens itself; once it has, the reopen listener
+                                // starts a new round with every peer. Until then sync work is
+                                // answered as refused, so no peer is told we hold what we
+                                // could not store.
+                                tracing::warn!(error = %failure, "sync work refused: the store is not serving");
+                            }
                             self.route(served.network);
                             for answer in served.answers {
                                 self.input(answer);
                             }
                         }
                         Err(e) => {
-                            // The store cannot take sync work: stop replicating rather than
-                            // tell peers we hold what we could not store.
-                            tracing::error!(error = %e, "document sync stops: the store failed");
+                            tracing::error!(error = %e, "document sync stops: the store thread is gone");
                             return;
                         }
                     }
@@ -357,8 +415,8 @@ impl Actor {
                     None => return,
                 },
                 () = changes.notify.notified() => {
-                    for entry in changes.take() {
-                        self.input(SyncIn::LocalChanged(entry));
+                    for input in changes.take() {
+                        self.input(input);
                     }
                 }
                 () = async {

@@ -322,8 +322,9 @@ pub enum ConflictPolicy {
     /// every replica orders the same values the same way.
     #[default]
     LastWrite,
-    /// A version written by a node holding the `control` role wins over the others (the last
-    /// written among them); without one, as [`ConflictPolicy::LastWrite`].
+    /// A version applied on a node holding the mesh's `control` role
+    /// ([`WorkflowDoc::by_control`]) wins over the others (the last written among them);
+    /// without one, as [`ConflictPolicy::LastWrite`].
     ControlWins,
     /// Nothing wins: the competing versions are shown until someone applies a new one.
     Manual,
@@ -378,6 +379,12 @@ pub struct WorkflowDoc {
     pub conflict: ConflictPolicy,
     /// Who applied this version (node id).
     pub updated_by: String,
+    /// Whether the node that applied this version held the mesh's `control` role then (a
+    /// cloud peer, or the node that holds the mesh CA), which `conflict: control_wins` ranks
+    /// first. Carried in the version itself, so that every replica resolves alike whatever
+    /// it knows of the writer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_control: bool,
     /// When, milliseconds since the Unix epoch.
     pub updated_ms: i64,
 }
@@ -554,19 +561,17 @@ impl WorkflowVersions {
             .unwrap_or_default()
     }
 
-    /// The version in effect under the policy. `is_control` says whether a writer (node id)
-    /// holds the `control` role; every replica must answer alike for the same winner.
-    pub fn resolve(&self, is_control: impl Fn(&str) -> bool) -> Resolution<'_> {
+    /// The version in effect under the policy: a function of the standing versions alone, so
+    /// that every replica holding the same ones resolves them alike.
+    pub fn resolve(&self) -> Resolution<'_> {
         match self.versions.as_slice() {
             [] => Resolution::Unapplied,
             [only] => Resolution::Resolved(only),
             all => match self.policy() {
                 ConflictPolicy::LastWrite => Resolution::Resolved(&all[0]),
-                ConflictPolicy::ControlWins => Resolution::Resolved(
-                    all.iter()
-                        .find(|v| is_control(&v.updated_by))
-                        .unwrap_or(&all[0]),
-                ),
+                ConflictPolicy::ControlWins => {
+                    Resolution::Resolved(all.iter().find(|v| v.by_control).unwrap_or(&all[0]))
+                }
                 ConflictPolicy::Manual => Resolution::Competing(all),
             },
         }
@@ -685,6 +690,7 @@ impl From<LegacyWorkflow> for WorkflowDoc {
             max_concurrent: w.max_concurrent,
             conflict: ConflictPolicy::LastWrite,
             updated_by: w.updated_by,
+            by_control: false,
             updated_ms: w.updated_ms,
         }
     }
@@ -1150,25 +1156,35 @@ mod tests {
         };
         // Same time: the writer id decides, the same way on every replica.
         let (read, _, b) = versions(ConflictPolicy::LastWrite, ConflictPolicy::LastWrite);
-        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&b));
+        assert_eq!(read.resolve(), Resolution::Resolved(&b));
         // control_wins: the control writer's version, however old; without one, last write.
-        let (read, a, b) = versions(ConflictPolicy::ControlWins, ConflictPolicy::LastWrite);
+        let (read, _, b) = versions(ConflictPolicy::ControlWins, ConflictPolicy::LastWrite);
         assert_eq!(read.policy(), ConflictPolicy::ControlWins);
-        assert_eq!(read.resolve(|w| w == "node-a"), Resolution::Resolved(&a));
-        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&b));
+        assert_eq!(read.resolve(), Resolution::Resolved(&b));
+        let mut a = version(
+            "node-a",
+            10,
+            "from a, on the cloud",
+            ConflictPolicy::ControlWins,
+        );
+        a.by_control = true;
+        let b = version("node-b", 50, "from b, later", ConflictPolicy::LastWrite);
+        let doc = concurrent(None, &[a.clone(), b.clone()]);
+        let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
+        assert_eq!(read.resolve(), Resolution::Resolved(&a));
         // manual: nothing wins, every version is shown; the most cautious policy applies.
         let (read, a, b) = versions(ConflictPolicy::LastWrite, ConflictPolicy::Manual);
         assert_eq!(read.policy(), ConflictPolicy::Manual);
         let competing = [b, a];
-        assert_eq!(read.resolve(|_| true), Resolution::Competing(&competing));
+        assert_eq!(read.resolve(), Resolution::Competing(&competing));
         // One version is always in effect, whatever its policy.
         let only = version("node-a", 1, "only", ConflictPolicy::Manual);
         let doc = concurrent(None, std::slice::from_ref(&only));
         let read: WorkflowVersions = hydrate(&name, &doc).unwrap();
-        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&only));
+        assert_eq!(read.resolve(), Resolution::Resolved(&only));
         let never: WorkflowVersions =
             hydrate(&name, &genesis_doc::<WorkflowVersions>(&name).unwrap()).unwrap();
-        assert_eq!(never.resolve(|_| false), Resolution::Unapplied);
+        assert_eq!(never.resolve(), Resolution::Unapplied);
     }
 
     #[test]
@@ -1225,7 +1241,7 @@ mod tests {
             "{reasons:?}"
         );
         assert!(reasons.iter().any(|r| r.contains("not `w`")), "{reasons:?}");
-        assert_eq!(read.resolve(|_| false), Resolution::Resolved(&good));
+        assert_eq!(read.resolve(), Resolution::Resolved(&good));
         let mut too_big = good;
         too_big.description = "x".repeat(MAX_DEFINITION_BYTES);
         assert!(

@@ -210,6 +210,8 @@ fn written_version(replica: usize, write: usize, choice: u8, arg: u8) -> Workflo
         max_concurrent: 1 + u32::from(arg % 4),
         conflict: policy,
         updated_by: format!("node-{replica}"),
+        // Replica 0 is a cloud peer: its versions carry the control role.
+        by_control: replica == 0,
         // Few distinct times, so that ties (broken by writer, then text) are common.
         updated_ms: i64::from(arg % 4),
     }
@@ -311,9 +313,9 @@ proptest! {
         sorted.sort_by_key(|v| v.description.clone());
         prop_assert_eq!(sorted, expected, "the versions standing are the writes not replaced");
         prop_assert!(values[0].rejected.is_empty());
-        let control = |writer: &str| writer == "node-0";
+        let control = |v: &WorkflowDoc| v.by_control;
         // Every replica has the same versions (checked by `run`), hence the same resolution.
-        match values[0].resolve(control) {
+        match values[0].resolve() {
             Resolution::Unapplied => prop_assert!(written.is_empty()),
             Resolution::Resolved(winner) => {
                 prop_assert!(written.contains(winner), "the winner is a written version");
@@ -324,12 +326,12 @@ proptest! {
                     .unwrap();
                 match values[0].policy() {
                     ConflictPolicy::Manual => prop_assert_eq!(held.len(), 1),
-                    ConflictPolicy::ControlWins if held.iter().any(|v| control(&v.updated_by)) => {
-                        prop_assert!(control(&winner.updated_by));
+                    ConflictPolicy::ControlWins if held.iter().any(|v| control(v)) => {
+                        prop_assert!(control(winner));
                         let newest_control = held
                             .iter()
                             .copied()
-                            .filter(|v| control(&v.updated_by))
+                            .filter(|v| control(v))
                             .max_by_key(|v| (v.updated_ms, v.updated_by.clone(), v.encode()))
                             .unwrap();
                         prop_assert_eq!(winner, newest_control);

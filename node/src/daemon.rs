@@ -256,6 +256,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         store: store.clone(),
         sync: sync.clone(),
         role,
+        writer: crate::run::workflow::Writer {
+            node: node_id.clone(),
+            control: node.holds_control(role),
+        },
         capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
         scheduler: scheduler.clone(),
         data_dir: node.dir.root.clone(),

@@ -51,6 +51,28 @@ impl Node {
         self.identity.node_id()
     }
 
+    /// Whether this node holds the mesh's `control` role, whose workflow versions win under
+    /// `conflict: control_wins`: a cloud peer (`role`, as configured or given to `start`), or
+    /// the node that created the mesh and holds its CA key.
+    pub fn holds_control(&self, role: mesh::proto::wire::Role) -> bool {
+        role == mesh::proto::wire::Role::Cloud
+            || self
+                .dir
+                .root
+                .join(crate::config::OWN_MESH_DIR)
+                .join(crate::config::CA_KEY_FILE)
+                .exists()
+    }
+
+    /// Who this node writes as, with the role it is configured with.
+    pub fn writer(&self) -> Result<crate::run::workflow::Writer> {
+        let role = crate::fleet::hierarchy::parse_role(&self.config.node.role)?;
+        Ok(crate::run::workflow::Writer {
+            node: self.node_id(),
+            control: self.holds_control(role),
+        })
+    }
+
     /// What workflow target selectors are matched against.
     pub fn traits(&self) -> crate::run::workflow::NodeTraits {
         crate::run::workflow::NodeTraits {

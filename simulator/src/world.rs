@@ -2846,7 +2846,10 @@ impl World {
                 claimants.contains(&n) || zone_within(&self.nodes[n].zone, &zone)
             });
             for i in claimants {
-                claims.entry((component[&i], zone.clone())).or_default().push(i);
+                claims
+                    .entry((component[&i], zone.clone()))
+                    .or_default()
+                    .push(i);
             }
         }
         for ((_, zone), nodes) in &claims {

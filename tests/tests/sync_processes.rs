@@ -176,3 +176,108 @@ fn a_node_of_another_mesh_learns_nothing() {
         "the stranger learnt of other nodes: {registry}"
     );
 }
+
+/// Two nodes apply different definitions of the same workflows while apart, then meet. A
+/// definition is never merged field by field: under `last_write` the later one stands whole on
+/// both, under `control_wins` the one applied on the node that holds the mesh CA (a `control`
+/// node) stands although it is older, and under `manual` both are listed, with who wrote them,
+/// until someone applies a new version.
+#[test]
+fn concurrent_versions_resolve_by_their_conflict_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    init(&a_dir, "a", None);
+    init(&b_dir, "b", Some(&a_dir.join("mesh")));
+    let id_of = |dir: &Path| -> String {
+        ok(run(dir, &["status", "--json"]))["node_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a_id, b_id) = (id_of(&a_dir), id_of(&b_dir));
+    let policies = ["last_write", "control_wins", "manual"];
+    let definition = |policy: &str, seed: u32, threshold: u32| {
+        LINE.replace("id: line", &format!("id: w-{policy}\nconflict: {policy}"))
+            .replace("{seed: 1}", &format!("{{seed: {seed}}}"))
+            .replace("threshold: 3}", &format!("threshold: {threshold}}}"))
+    };
+    // Neither node runs: each applies to its own store, a first, b a moment later.
+    for policy in policies {
+        let file = write(
+            tmp.path(),
+            &format!("a-{policy}.yaml"),
+            &definition(policy, 7, 3),
+        );
+        apply(&a_dir, &file);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    for policy in policies {
+        let file = write(
+            tmp.path(),
+            &format!("b-{policy}.yaml"),
+            &definition(policy, 1, 9),
+        );
+        apply(&b_dir, &file);
+    }
+    let a = start(&a_dir, &[]);
+    let b = start(&b_dir, &[&a.quic]);
+    wait_until("a and b meet", Duration::from_secs(10), || {
+        connected(&b) == 1
+    });
+    sync_now(&b);
+    sync_now(&a);
+    let pair = |w: &Value| {
+        (
+            step_config(w, "read")["seed"].as_u64().unwrap(),
+            step_config(w, "score")["threshold"].as_u64().unwrap(),
+        )
+    };
+    for dir in [&a_dir, &b_dir] {
+        let last = workflow(dir, "w-last_write").unwrap();
+        assert_eq!(pair(&last), (1, 9), "b's, written last, whole: {last}");
+        assert_eq!(last["updated_by"], b_id.as_str());
+        let control = workflow(dir, "w-control_wins").unwrap();
+        assert_eq!(
+            pair(&control),
+            (7, 3),
+            "a's, written on control, whole: {control}"
+        );
+        assert_eq!(control["updated_by"], a_id.as_str());
+        assert_eq!(control["by_control"], true);
+        let manual = workflow(dir, "w-manual").unwrap();
+        assert_eq!(manual["state"], "conflict", "{manual}");
+        let competing = manual["competing"].as_array().unwrap();
+        let mut writers: Vec<(&str, (u64, u64))> = competing
+            .iter()
+            .map(|c| (c["updated_by"].as_str().unwrap(), pair(c)))
+            .collect();
+        writers.sort();
+        let mut expected = vec![(a_id.as_str(), (7, 3)), (b_id.as_str(), (1, 9))];
+        expected.sort();
+        assert_eq!(writers, expected, "{manual}");
+        let text = String::from_utf8(ok_text(run(dir, &["workflow", "show", "w-manual"]))).unwrap();
+        assert!(
+            text.contains("2 versions compete") && text.contains(&format!("{a_id} (control)")),
+            "{text}"
+        );
+    }
+    // A new version applied anywhere resolves the manual conflict everywhere.
+    let file = write(tmp.path(), "resolve.yaml", &definition("manual", 5, 5));
+    apply(&b_dir, &file);
+    sync_now(&b);
+    for dir in [&a_dir, &b_dir] {
+        wait_until("the resolution arrives", Duration::from_secs(10), || {
+            workflow(dir, "w-manual").is_some_and(|w| w["state"] == "ok" && pair(&w) == (5, 5))
+        });
+    }
+    drop((a, b));
+}
+
+fn ok_text(out: std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -110,6 +110,8 @@ pub struct AppState {
     pub store: StoreHandle,
     pub sync: crate::fleet::sync::SyncHandle,
     pub role: mesh::proto::wire::Role,
+    /// Who workflow versions applied through this node are written as.
+    pub writer: crate::run::workflow::Writer,
     /// The capabilities announced last (refreshed every minute).
     pub capabilities: Arc<std::sync::Mutex<mesh::proto::wire::Capabilities>>,
     pub scheduler: SchedulerHandle,
@@ -371,14 +373,10 @@ async fn post_workflow(
         };
         (status, format!("{e:#}"))
     })?;
-    let node_id = state.health.node_id.clone();
+    let writer = state.writer.clone();
     let stored = state
         .store
-        .call(move |s| {
-            Ok(crate::cli::commands::apply_workflow(
-                s, definition, &node_id,
-            ))
-        })
+        .call(move |s| Ok(crate::cli::commands::apply_workflow(s, definition, &writer)))
         .recv()
         .await
         .map_err(store_failed(&state))?

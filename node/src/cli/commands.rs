@@ -774,7 +774,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                         })?;
                     crate::cli::client::post(addr, "/workflows", token.trim(), &yaml)?
                 }
-                None => apply_workflow(&mut node.open_store()?, definition, &node.node_id())?,
+                None => apply_workflow(&mut node.open_store()?, definition, &node.writer()?)?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stored)?);
@@ -895,7 +895,11 @@ fn print_workflow(id: &str, view: &crate::run::workflow::WorkflowView) {
             .map(|c| {
                 vec![
                     c.definition.version.to_string(),
-                    c.definition.updated_by.clone(),
+                    if c.definition.by_control {
+                        format!("{} (control)", c.definition.updated_by)
+                    } else {
+                        c.definition.updated_by.clone()
+                    },
                     format_timestamp(c.definition.updated_ms),
                     c.definition.steps.len().to_string(),
                     c.invalid.clone().unwrap_or_else(|| "valid".into()),
@@ -933,7 +937,7 @@ fn print_workflow(id: &str, view: &crate::run::workflow::WorkflowView) {
 pub fn apply_workflow(
     store: &mut Store,
     definition: WorkflowDoc,
-    node_id: &str,
+    writer: &crate::run::workflow::Writer,
 ) -> Result<WorkflowDoc> {
     let name = DocName::workflow(&definition.id)?;
     let standing: crdt_store::WorkflowVersions = store.read(&name)?;
@@ -941,7 +945,8 @@ pub fn apply_workflow(
     let version = highest(|v| v.version as i64).map_or(0, |v| v as u64) + 1;
     let stored = WorkflowDoc {
         version: version.max(definition.version),
-        updated_by: node_id.to_owned(),
+        updated_by: writer.node.clone(),
+        by_control: writer.control,
         updated_ms: now_ms().max(highest(|v| v.updated_ms).map_or(0, |ms| ms + 1)),
         ..definition
     };
@@ -1222,7 +1227,7 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
     let mut store = node.open_store()?;
     let definition =
         crate::run::workflow::parse(DEMO_WORKFLOW).context("the bundled demo workflow")?;
-    let workflow = apply_workflow(&mut store, definition, &node_id)?;
+    let workflow = apply_workflow(&mut store, definition, &node.writer()?)?;
     println!(
         "applied workflow {} version {} (sensor -> zscore -> threshold)",
         workflow.id, workflow.version

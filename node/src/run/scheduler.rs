@@ -1016,6 +1016,13 @@ mod tests {
 
     const NODE: &str = "0123456789abcdef0123456789abcdef";
 
+    fn writer() -> crate::run::workflow::Writer {
+        crate::run::workflow::Writer {
+            node: NODE.into(),
+            control: false,
+        }
+    }
+
     struct Rig {
         store: StoreHandle,
         scheduler: SchedulerHandle,
@@ -1058,7 +1065,13 @@ mod tests {
         async fn store_workflow(&self, yaml: &str) -> WorkflowDoc {
             let definition = crate::run::workflow::parse(yaml).unwrap();
             self.store
-                .call(move |s| Ok(crate::cli::commands::apply_workflow(s, definition, NODE)))
+                .call(move |s| {
+                    Ok(crate::cli::commands::apply_workflow(
+                        s,
+                        definition,
+                        &writer(),
+                    ))
+                })
                 .recv()
                 .await
                 .unwrap()
@@ -1422,7 +1435,7 @@ mod tests {
         foreign.id = "foreign".into();
         foreign.steps.get_mut("hold").unwrap().agent = "quantum".into();
         rig.store
-            .call(move |s| Ok(crate::cli::commands::apply_workflow(s, foreign, NODE)))
+            .call(move |s| Ok(crate::cli::commands::apply_workflow(s, foreign, &writer())))
             .recv()
             .await
             .unwrap()

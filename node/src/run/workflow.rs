@@ -224,6 +224,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         max_concurrent: file.max_concurrent,
         conflict: file.conflict,
         updated_by: String::new(),
+        by_control: false,
         updated_ms: 0,
     };
     validate(&definition)?;
@@ -305,11 +306,15 @@ pub fn validate(definition: &WorkflowDoc) -> Result<()> {
     Ok(())
 }
 
-/// Whether a writer holds the mesh's `control` role, which `conflict: control_wins` favours.
-/// No node does yet: certificates carry no roles and the registry lists no administrators, so
-/// `control_wins` resolves as `last_write` until roles exist. Every node must answer alike.
-pub fn holds_control(_writer: &str) -> bool {
-    false
+/// Who applies a workflow version: the node, and whether it holds the mesh's `control` role
+/// (recorded in the version as [`WorkflowDoc::by_control`], which `conflict: control_wins`
+/// ranks first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// The node id.
+    pub node: String,
+    /// A cloud peer, or the node that holds the mesh CA ([`crate::node::Node::holds_control`]).
+    pub control: bool,
 }
 
 /// A workflow as this node schedules it: the version it runs, or, when it runs none, the
@@ -347,7 +352,7 @@ pub fn assess(
             )
         })
     };
-    match versions.resolve(holds_control) {
+    match versions.resolve() {
         Resolution::Unapplied => Assessed {
             scheduled: None,
             validated: last_validated.cloned(),
@@ -462,7 +467,7 @@ pub fn view(store: &mut Store, name: &DocName) -> Result<WorkflowView> {
     } else {
         Vec::new()
     };
-    let conflict = matches!(versions.resolve(holds_control), Resolution::Competing(_));
+    let conflict = matches!(versions.resolve(), Resolution::Competing(_));
     let (definition, error) = match assessed.scheduled {
         Some(s) => (Some(s.doc), s.blocked),
         None => (versions.latest().cloned(), None),
@@ -819,6 +824,13 @@ fn find_cycle(steps: &BTreeMap<String, StepDef>) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
+    fn writer(node: &str) -> Writer {
+        Writer {
+            node: node.into(),
+            control: false,
+        }
+    }
+
     const EXAMPLE: &str = r#"
 id: sensor-zscore
 description: flag temperature spikes
@@ -1016,7 +1028,8 @@ steps:
             let yaml = format!(
                 "id: {id}\ndescription: {description}\nsteps:\n  - id: a\n    agent: noop\n"
             );
-            crate::cli::commands::apply_workflow(store, parse(&yaml).unwrap(), "node").unwrap();
+            crate::cli::commands::apply_workflow(store, parse(&yaml).unwrap(), &writer("node"))
+                .unwrap();
         };
         apply(&mut store, "w1", "first");
         apply(&mut store, "w2", "first");
@@ -1216,8 +1229,12 @@ steps:
         };
         let name = DocName::workflow("w").unwrap();
         let apply = |store: &mut Store, description: &str, node: &str| {
-            crate::cli::commands::apply_workflow(store, parse(&yaml(description)).unwrap(), node)
-                .unwrap()
+            crate::cli::commands::apply_workflow(
+                store,
+                parse(&yaml(description)).unwrap(),
+                &writer(node),
+            )
+            .unwrap()
         };
         // Exchanges the document both ways, as a sync session would.
         let sync = |a: &mut Store, b: &mut Store| {

@@ -111,7 +111,15 @@ fn scheduler_on(
         );
         let definition = rhizome::run::workflow::parse(&workflow(3, true, max_concurrent)).unwrap();
         store
-            .call(move |s| Ok(rhizome::cli::commands::apply_workflow(s, definition, NODE)))
+            .call(move |s| {
+                let writer = rhizome::run::workflow::Writer {
+                    node: NODE.into(),
+                    control: false,
+                };
+                Ok(rhizome::cli::commands::apply_workflow(
+                    s, definition, &writer,
+                ))
+            })
             .recv()
             .await
             .unwrap()

@@ -25,6 +25,8 @@ last=$((first + count - 1))
 log="${CHAOS_SOAK_LOG:-target/chaos-soak.log}"
 mkdir -p "$(dirname "$log")"
 
+# nft and iproute2 (the test skips without them, and a soak of skipped schedules proves nothing).
+scripts/setup.sh
 cargo build --workspace --bins --locked
 echo "chaos soak: seeds $first to $last, log in $log"
 status=0

@@ -8,6 +8,9 @@ fn main() -> std::process::ExitCode {
     let opts = cli::Opts::parse();
     // A running node reports peers and retention at info level; one-shot commands stay quiet.
     let daemon = matches!(opts.command, cli::Command::Start(_));
+    if !daemon {
+        end_quietly_on_a_closed_pipe();
+    }
     init_tracing(opts.verbose + u8::from(daemon), opts.quiet);
     match commands::run(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -15,6 +18,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A one-shot command whose output is piped into `head` ends when the reader does, as other
+/// command-line tools do, instead of panicking on the failed print. Not for `start`: a node
+/// must outlive peers and clients that hang up, which the ignored signal gives it.
+#[allow(unsafe_code)]
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists; it restores the
+    // default disposition the runtime replaced, and touches no memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -185,9 +185,10 @@ pub struct Membership<R> {
     bootstrap: BTreeMap<Addr, (Duration, u32)>,
     bootstrap_dialling: BTreeSet<Addr>,
     next_rebrowse: Duration,
-    /// When connected peers are next looked at (heartbeats due, silence too long): one tick
-    /// for all of them every quarter heartbeat, so a node with many peers wakes a few times a
-    /// second rather than once per peer and heartbeat.
+    /// When connected peers are next looked at: the earliest heartbeat due or silence
+    /// deadline among them. A look sends a heartbeat to every peer past half its interval, so
+    /// their heartbeats fall into step and a node wakes about once a heartbeat, however many
+    /// peers it has, and not at all in between unless a peer falls silent.
     next_tick: Duration,
     /// What [`Membership::poll_timeout`] answers, kept up to date by every call that can move
     /// it (frames received cannot), so that asking costs nothing.
@@ -273,8 +274,9 @@ impl<R: Rng> Membership<R> {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.last_heard = now;
                 }
-                // Liveness is looked at on the tick: a frame moves no timer, so nothing else
-                // runs per frame (the most frequent event by far).
+                // Liveness is looked at on the next look: a frame moves no timer, so nothing
+                // else runs per frame (the most frequent event by far). A look scheduled for a
+                // silence deadline that a frame has since moved just schedules the next one.
                 return;
             }
             InEvent::Closed { conn } => {
@@ -361,6 +363,9 @@ impl<R: Rng> Membership<R> {
         peer.state = PeerState::Connected;
         peer.last_heard = now;
         peer.last_sent = Duration::ZERO;
+        // Looked at now: its first heartbeat goes at once, with those of peers past half
+        // their interval.
+        self.next_tick = self.next_tick.min(now);
         peer.failures = 0;
         self.conns.insert(
             conn,
@@ -385,11 +390,7 @@ impl<R: Rng> Membership<R> {
     /// Advances timers: heartbeats, failure detection, redials, re-browsing.
     pub fn handle_timeout(&mut self, now: Duration) {
         let timing = self.timing;
-        let tick = Self::tick(&timing);
         let ticking = now >= self.next_tick;
-        if ticking {
-            self.next_tick = now + tick;
-        }
         let mut down = Vec::new();
         for (node, peer) in self.peers.iter_mut() {
             match peer.state {
@@ -399,11 +400,12 @@ impl<R: Rng> Membership<R> {
                     if let Some(c) = self.conns.get(&conn) {
                         peer.last_heard = c.last_heard;
                     }
-                    // A heartbeat due before the next tick goes now (half a tick early at
-                    // most), so every quiet connection still carries one per `heartbeat`.
+                    // Every peer past half its interval gets its heartbeat with the one that
+                    // fell due, which keeps them in step: one look a heartbeat for all, each
+                    // connection carrying one every half to whole `heartbeat`.
                     if now.saturating_sub(peer.last_heard) >= timing.dead_after {
                         down.push((node.clone(), conn));
-                    } else if now + tick / 2 >= peer.last_sent + timing.heartbeat {
+                    } else if now >= peer.last_sent + timing.heartbeat / 2 {
                         peer.heartbeat_seq += 1;
                         peer.last_sent = now;
                         self.out.push(OutEvent::Send(
@@ -435,6 +437,19 @@ impl<R: Rng> Membership<R> {
                 PeerState::Dialling => {}
             }
         }
+        if ticking {
+            // Both are later than now: a peer not sent to is less than half an interval past
+            // its last heartbeat, and one not declared down is within its silence allowance.
+            self.next_tick = self
+                .peers
+                .values()
+                .filter(|p| {
+                    p.state == PeerState::Connected && !down.iter().any(|(_, c)| Some(*c) == p.conn)
+                })
+                .map(|p| (p.last_sent + timing.heartbeat).min(p.last_heard + timing.dead_after))
+                .min()
+                .unwrap_or(now + timing.heartbeat);
+        }
         for (node, conn) in down {
             let peer = self.peers.get_mut(&node).expect("listed above");
             peer.conn = None;
@@ -460,12 +475,6 @@ impl<R: Rng> Membership<R> {
             self.out.push(OutEvent::Rebrowse);
         }
         self.next_wake = self.compute_next_wake();
-    }
-
-    /// How often connected peers are looked at: silence is noticed at most a tick after
-    /// `dead_after`.
-    fn tick(timing: &Timing) -> Duration {
-        timing.heartbeat / 4
     }
 
     /// When [`Membership::handle_timeout`] must next be called.

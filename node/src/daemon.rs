@@ -222,6 +222,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
         problems: Vec::new(),
         store: None,
+        warnings: Vec::new(),
     };
     // A fresh token per start, readable only by the node's user: local processes of other
     // users cannot write through the API.

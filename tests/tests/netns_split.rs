@@ -100,6 +100,15 @@ fn both_halves_of_a_split_site_reach_the_cloud_during_the_split() {
     eprintln!("site split -> reported by the cloud after {took:?}");
     let text = String::from_utf8_lossy(&run_on(&cloud, &["status"]).stdout).to_string();
     assert!(text.contains("zone site-a is split"), "{text}");
+    // `/health` says so too (a warning: the cloud itself is healthy), naming both aggregators.
+    let health = status(&cloud)["health"].clone();
+    let warnings = health["warnings"].to_string();
+    assert!(
+        warnings.contains("zone site-a is split")
+            && ["e1", "e2"].iter().all(|n| warnings.contains(n)),
+        "{health}"
+    );
+    assert_eq!(health["status"], "ok", "{health}");
     for edge in &edges {
         let own = chain(&status(edge));
         assert_eq!(own[0].0, "site-a");
@@ -132,6 +141,26 @@ fn both_halves_of_a_split_site_reach_the_cloud_during_the_split() {
         2,
         "the split healed by itself"
     );
+    // The fleet view marks the zone split, with both aggregators.
+    let fleet = ok(run_on(&cloud, &["status", "--fleet", "--json"]));
+    let site = fleet["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == "site-a")
+        .unwrap_or_else(|| panic!("{fleet}"));
+    let mut marked: Vec<String> = site["split"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{site}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    marked.sort();
+    let mut both = ids.clone();
+    both.sort();
+    assert_eq!(marked, both, "{site}");
+    let text = String::from_utf8_lossy(&run_on(&cloud, &["status", "--fleet"]).stdout).to_string();
+    assert!(text.contains("site-a (split)"), "{text}");
 
     // Heal: one aggregator again, the split no longer reported, every node in sync.
     for cable in &lan.cables[1..] {

@@ -66,6 +66,11 @@ pub struct ZoneView {
     /// which knows what it aggregates; the store alone cannot tell.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// The zone is split (its members do not reach each other): the nodes, by id, that each
+    /// aggregate a part of it. The figures cover every part. Set by a running node from its
+    /// election, like `stale`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<String>,
 }
 
 /// One workflow within a zone.

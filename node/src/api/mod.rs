@@ -39,6 +39,11 @@ pub struct Health {
     /// Free space and the state of the store.
     #[serde(default)]
     pub store: Option<crate::ops::durability::StoreHealth>,
+    /// What an operator should know that does not make this node unhealthy: a zone below it
+    /// split in parts that do not reach each other (each part keeps working, and this node
+    /// takes every part's rollups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One entry of `GET /peers`.
@@ -149,6 +154,19 @@ async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCo
         crate::ops::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
     health.problems = store.problems();
     health.store = Some(store);
+    if let Ok(hierarchy) = state.mesh.hierarchy().await
+        && !hierarchy.split.is_empty()
+    {
+        let registry = registry(&state).await;
+        let name_of = |id: &str| registry.nodes.get(id).map(|e| e.name.clone());
+        health.warnings = hierarchy
+            .split
+            .iter()
+            .map(|(zone, claimants)| {
+                crate::fleet::hierarchy::describe_split(zone, claimants, name_of)
+            })
+            .collect();
+    }
     if health.problems.is_empty() {
         health.status = "ok".into();
         (axum::http::StatusCode::OK, Json(health))
@@ -475,6 +493,7 @@ async fn get_fleet(
     // Without the mesh's view (stopping) the figures are still worth answering, unmarked.
     if let Ok(hierarchy) = state.mesh.hierarchy().await {
         crate::fleet::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);
+        crate::fleet::hierarchy::mark_split_zones(&mut view, &hierarchy.split);
     }
     Ok(Json(view))
 }

@@ -471,19 +471,18 @@ fn print_hierarchy(h: &HierarchyView) {
         let claimants: Vec<String> = split
             .aggregators
             .iter()
-            .map(|link| {
-                let id = link.aggregator.as_deref().unwrap_or_default();
-                match &link.name {
-                    Some(name) => format!("{name} ({})", output::short_id(id)),
-                    None => output::short_id(id).to_owned(),
-                }
-            })
+            .filter_map(|link| link.aggregator.clone())
             .collect();
+        let name_of = |id: &str| {
+            split
+                .aggregators
+                .iter()
+                .find(|l| l.aggregator.as_deref() == Some(id))
+                .and_then(|l| l.name.clone())
+        };
         println!(
-            "zone {} is split: its members do not reach each other, and {} each aggregate the \
-             members they reach; rollups of all of them are taken here",
-            zone_label(&split.zone),
-            claimants.join(" and ")
+            "{}",
+            crate::fleet::hierarchy::describe_split(&split.zone, &claimants, name_of)
         );
     }
 }
@@ -524,10 +523,10 @@ fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
                 zone.zone.clone()
             };
             rows.push(vec![
-                if zone.stale {
-                    format!("{label} (stale)")
-                } else {
-                    label
+                match (zone.stale, zone.split.is_empty()) {
+                    (true, _) => format!("{label} (stale)"),
+                    (false, false) => format!("{label} (split)"),
+                    (false, true) => label,
                 },
                 w.workflow.clone(),
                 w.nodes.to_string(),
@@ -559,6 +558,12 @@ fn fleet(node: &Node, since: Option<&str>, json: bool) -> Result<()> {
         view.runs,
         view.failures
     );
+    for zone in view.zones.iter().filter(|z| !z.split.is_empty()) {
+        println!(
+            "{}",
+            crate::fleet::hierarchy::describe_split(&zone.zone, &zone.split, |_| None)
+        );
+    }
     if view.zones.iter().any(|z| z.stale) {
         println!(
             "(stale): this node no longer aggregates that zone and its rollups no longer reach \

@@ -222,6 +222,39 @@ pub fn mark_stale_zones(view: &mut crdt_store::FleetView, aggregates: &[String])
     }
 }
 
+/// Marks the zones of a fleet view that are split, with the aggregator of each part.
+pub fn mark_split_zones(view: &mut crdt_store::FleetView, split: &[(String, Vec<String>)]) {
+    for zone in &mut view.zones {
+        zone.split = split
+            .iter()
+            .find(|(z, _)| *z == zone.zone)
+            .map(|(_, claimants)| claimants.clone())
+            .unwrap_or_default();
+    }
+}
+
+/// What a split zone means, in one sentence, with the aggregators named by `name_of` where it
+/// knows them: for `status`, `/health` and the fleet view alike.
+pub fn describe_split(
+    zone: &str,
+    claimants: &[String],
+    name_of: impl Fn(&str) -> Option<String>,
+) -> String {
+    let named: Vec<String> = claimants
+        .iter()
+        .map(|id| match name_of(id) {
+            Some(name) => format!("{name} ({})", crate::cli::output::short_id(id)),
+            None => crate::cli::output::short_id(id).to_owned(),
+        })
+        .collect();
+    format!(
+        "zone {} is split: its members do not reach each other, and {} each aggregate the \
+         members they reach; rollups of all of them are taken here",
+        zone_label(zone),
+        named.join(" and ")
+    )
+}
+
 /// A zone as people read it: the root has no name of its own.
 pub fn zone_label(zone: &str) -> &str {
     if zone.is_empty() { "(root)" } else { zone }

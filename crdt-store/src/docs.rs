@@ -99,8 +99,36 @@ pub fn reconcile<T: TypedDoc>(name: &DocName, doc: &mut AutoCommit, value: &T) -
 pub struct MeshRegistry {
     /// Members by node id; each node writes only its own entry.
     pub nodes: BTreeMap<String, NodeEntry>,
-    /// Revoked node ids, written by administrators; a revoked node is refused at the handshake.
+    /// Revocation decisions by node id, each signed by the mesh CA; a node whose valid
+    /// decision says revoked is refused at the handshake. Any member can write here, so only
+    /// the CA's signature makes a decision count ([`Revocation::signature`]).
     pub revoked: BTreeMap<String, Revocation>,
+    /// Mesh-wide settings only the mesh CA may decide (who may write workflows, say), by name,
+    /// each signed by the CA; nodes obey only valid ones ([`PolicyDecision::signature`]).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub policy: BTreeMap<String, PolicyDecision>,
+}
+
+/// The CA's decision about one mesh-wide setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    /// The setting's value, as text.
+    pub value: String,
+    /// When it was decided, milliseconds since the Unix epoch.
+    pub decided_ms: i64,
+    /// Hex ed25519 signature by the mesh CA key over [`PolicyDecision::signed_text`].
+    pub signature: String,
+}
+
+impl PolicyDecision {
+    /// What the CA signs: the mesh, the setting, its value and when.
+    pub fn signed_text(&self, mesh_id: &str, setting: &str) -> String {
+        format!(
+            "rhizome policy v1\nmesh {mesh_id}\nsetting {setting}\nvalue {}\nat {}",
+            self.value, self.decided_ms
+        )
+    }
 }
 
 /// The zone of every node in a registry document, read without decoding the rest of each
@@ -268,13 +296,39 @@ impl MeshRegistry {
     }
 }
 
-/// Why and when a node was revoked.
+/// The CA's decision about one node: revoked, or the revocation withdrawn.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct Revocation {
-    /// When, milliseconds since the Unix epoch.
+    /// When the decision was made, milliseconds since the Unix epoch.
     pub revoked_ms: i64,
     /// The administrator's reason.
     pub reason: String,
+    /// The revocation was withdrawn (`mesh unrevoke`) at `revoked_ms`.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub withdrawn: bool,
+    /// Hex ed25519 signature by the mesh CA key over [`Revocation::signed_text`]; empty in
+    /// decisions written before revocations were signed, which count for nothing.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub signature: String,
+}
+
+impl Revocation {
+    /// What the CA signs: the mesh, the node, the decision and its time, so that a signature
+    /// can be moved to no other node, mesh or decision.
+    pub fn signed_text(&self, mesh_id: &str, node: &str) -> String {
+        format!(
+            "rhizome revocation v1\nmesh {mesh_id}\nnode {node}\n{} at {}\nreason {}",
+            if self.withdrawn {
+                "withdrawn"
+            } else {
+                "revoked"
+            },
+            self.revoked_ms,
+            self.reason
+        )
+    }
 }
 
 merged_by_key!(MeshRegistry, DocKind::Mesh, |_: &DocName| {
@@ -385,6 +439,14 @@ pub struct WorkflowDoc {
     /// it knows of the writer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_control: bool,
+    /// The writer's node certificate (PEM), issued by the mesh CA: it says which node wrote
+    /// this version and whether that node holds `control`. Empty in unsigned versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub author_cert: String,
+    /// Hex ed25519 signature by the writer's node key over [`WorkflowDoc::signed_text`]:
+    /// receivers take a version from a peer only when it verifies, whoever relayed it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
     /// When, milliseconds since the Unix epoch.
     pub updated_ms: i64,
 }
@@ -401,6 +463,15 @@ impl WorkflowDoc {
     /// The definition as stored: one JSON text.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a workflow definition always encodes")
+    }
+
+    /// What the writer signs: the definition as stored, without the signature.
+    pub fn signed_text(&self) -> String {
+        WorkflowDoc {
+            signature: String::new(),
+            ..self.clone()
+        }
+        .encode()
     }
 
     /// Checks that the definition fits in a document ([`MAX_DEFINITION_BYTES`]); writers call
@@ -691,6 +762,8 @@ impl From<LegacyWorkflow> for WorkflowDoc {
             conflict: ConflictPolicy::LastWrite,
             updated_by: w.updated_by,
             by_control: false,
+            author_cert: String::new(),
+            signature: String::new(),
             updated_ms: w.updated_ms,
         }
     }

@@ -23,9 +23,9 @@ mod store;
 pub use automerge;
 pub use docs::{
     BoundsError, ConflictPolicy, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH, MAX_RUN_INPUT_BYTES,
-    MeshRegistry, NodeEntry, RejectedVersion, Resolution, ResultsDoc, Revocation, RollupDoc,
-    RunRecord, RunStatus, RunSummary, StepDef, StepRecord, Target, TypedDoc, WorkflowDoc,
-    WorkflowVersions, check_json_bounds, workflow_base,
+    MeshRegistry, NodeEntry, PolicyDecision, RejectedVersion, Resolution, ResultsDoc, Revocation,
+    RollupDoc, RunRecord, RunStatus, RunSummary, StepDef, StepRecord, Target, TypedDoc,
+    WorkflowDoc, WorkflowVersions, check_json_bounds, workflow_base,
 };
 pub use error::{Result, StoreError, WriteFault};
 pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};
@@ -36,5 +36,5 @@ pub use store::{
     FORMAT_VERSION, FleetView, HeadsDigest, MAX_HEADS, MERGE_HEADS_EVERY, REOPEN_BACKOFF_MAX,
     REOPEN_BACKOFF_MIN, REOPEN_MIN_FREE, RETIRED_DIGEST, ResultsQuery, RetentionPolicy,
     RetireReason, Retired, Store, StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected,
-    WorkflowView, ZoneView, heads_digest, summarize,
+    WorkflowView, WriteRules, ZoneView, heads_digest, summarize,
 };

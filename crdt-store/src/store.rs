@@ -19,6 +19,7 @@ use crate::headroom::{Headroom, MinFree};
 use crate::names::{DocKind, DocName, Window};
 use mesh::proto::wire::CatalogueEntry;
 
+mod authorship;
 mod rollup;
 mod sync;
 pub use rollup::{FleetView, WorkflowView, ZoneView, summarize};
@@ -119,6 +120,25 @@ pub struct StoreConfig {
     pub change_time: ChangeTime,
     /// Free space the store keeps on its filesystem: writes below it are refused.
     pub min_free: MinFree,
+    /// Who may write what, beyond what the store checks itself (see [`WriteRules`]); `None`
+    /// takes every workflow version a peer sends (the simulator, tests of other things).
+    pub write_rules: Option<std::sync::Arc<dyn WriteRules>>,
+}
+
+/// What a receiving node checks of a peer's sync message before storing it, where the check
+/// needs more than documents: certificates and signatures, which the node holds. The store
+/// checks authorship by actor itself (a change is attributed to the node whose id is its
+/// actor): results documents are written by their owner only, and each registry entry by its
+/// node only.
+pub trait WriteRules: Send + Sync + std::fmt::Debug {
+    /// Whether a workflow version new to this store may stand, given the mesh registry as
+    /// this store holds it (where the mesh's signed settings are): in a node, it must be signed
+    /// by a node allowed to write workflows. The error says why not.
+    fn check_workflow_version(
+        &self,
+        version: &crate::docs::WorkflowDoc,
+        registry: &crate::docs::MeshRegistry,
+    ) -> Result<(), String>;
 }
 
 impl StoreConfig {
@@ -134,6 +154,7 @@ impl StoreConfig {
             retention: RetentionPolicy::default(),
             change_time: ChangeTime::Wall,
             min_free: MinFree::Default,
+            write_rules: None,
         }
     }
 }

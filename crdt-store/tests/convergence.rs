@@ -212,6 +212,8 @@ fn written_version(replica: usize, write: usize, choice: u8, arg: u8) -> Workflo
         updated_by: format!("node-{replica}"),
         // Replica 0 is a cloud peer: its versions carry the control role.
         by_control: replica == 0,
+        author_cert: String::new(),
+        signature: String::new(),
         // Few distinct times, so that ties (broken by writer, then text) are common.
         updated_ms: i64::from(arg % 4),
     }
@@ -272,7 +274,7 @@ proptest! {
                 _ => {
                     let target = format!("node-{}", arg % 6);
                     if arg % 2 == 0 {
-                        mesh.revoked.insert(target, Revocation { revoked_ms: i64::from(arg), reason: "test".into() });
+                        mesh.revoked.insert(target, Revocation { revoked_ms: i64::from(arg), reason: "test".into(), ..Revocation::default() });
                     } else {
                         mesh.revoked.remove(&target);
                     }

@@ -338,7 +338,7 @@ fn a_reopened_store_tells_what_it_holds_including_what_a_failed_flush_rolled_bac
     assert!(durable.is_some());
     // A peer's change arrives as a sync message: applied, but not fsynced yet.
     b.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-        m.nodes.insert("from-b".into(), NodeEntry::default());
+        m.nodes.insert("node-b".into(), NodeEntry::default());
     })
     .unwrap();
     sync_doc(&mut b, "node-b", &mut a, "node-a", &DocName::Mesh);
@@ -474,12 +474,17 @@ fn faults_at_seeded_points_of_every_kind_of_work_lose_nothing_acknowledged() {
                     retired.extend(done.into_iter().map(|r| r.doc));
                 }),
                 Work::SyncIn => {
-                    let entry = format!("peer-{step}");
+                    // The peer writes its own entry, as nodes do: a new tag each time.
+                    let tag = format!("t{step}");
                     peer.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
-                        m.nodes.insert(entry.clone(), NodeEntry::default());
+                        m.nodes
+                            .entry("node-b".into())
+                            .or_default()
+                            .tags
+                            .push(tag.clone());
                     })
                     .unwrap();
-                    peer_entries.push(entry);
+                    peer_entries.push(tag);
                     let doc = peer.document_id(&DocName::Mesh);
                     match peer.sync_generate(&doc, "node-a").unwrap() {
                         None => Ok(()),
@@ -532,8 +537,11 @@ fn faults_at_seeded_points_of_every_kind_of_work_lose_nothing_acknowledged() {
         store.sync_forget_peer("node-b");
         sync_doc(&mut peer, "node-b", &mut store, "node-a", &DocName::Mesh);
         let registry: MeshRegistry = store.read(&DocName::Mesh).unwrap();
-        for entry in &peer_entries {
-            assert!(registry.nodes.contains_key(entry), "seed {seed}: {entry}");
+        for tag in &peer_entries {
+            assert!(
+                registry.nodes["node-b"].tags.contains(tag),
+                "seed {seed}: {tag}"
+            );
         }
         // And the file, opened by a new process, holds the same.
         drop(store);

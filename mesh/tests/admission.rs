@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::net::identity::{
-    MESH_SERVER_NAME, MeshCa, NodeCredentials, Revocations, node_id_from_public_key, node_id_of,
+    MESH_SERVER_NAME, MeshCa, NodeCredentials, NodeRole, Revocations, node_id_from_public_key,
+    node_id_of,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use ring::signature::KeyPair as _;
@@ -16,7 +17,7 @@ fn member(ca: &MeshCa, seed: u8) -> (NodeCredentials, String) {
     let secret = [seed; 32];
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&secret).unwrap();
     let public: [u8; 32] = pair.public_key().as_ref().try_into().unwrap();
-    let cert = ca.issue(&public).unwrap();
+    let cert = ca.issue(&public, NodeRole::Member).unwrap();
     (
         NodeCredentials::new(&cert, ca.cert_pem(), secret).unwrap(),
         node_id_from_public_key(&public),

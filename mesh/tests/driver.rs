@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh::net::discovery::Interfaces;
 use mesh::net::driver::{MeshConfig, MeshEvent, MeshHandle, spawn};
-use mesh::net::identity::{MESH_SERVER_NAME, MeshCa, NodeCredentials, Revocations};
+use mesh::net::identity::{MESH_SERVER_NAME, MeshCa, NodeCredentials, NodeRole, Revocations};
 use mesh::proto::membership::{PeerState, Timing};
 use mesh::proto::wire::{Capabilities, Message, Power, Role};
 use ring::signature::KeyPair as _;
@@ -17,7 +17,12 @@ fn credentials(ca: &MeshCa, seed: u8) -> NodeCredentials {
     let secret = [seed; 32];
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&secret).unwrap();
     let public: [u8; 32] = pair.public_key().as_ref().try_into().unwrap();
-    NodeCredentials::new(&ca.issue(&public).unwrap(), ca.cert_pem(), secret).unwrap()
+    NodeCredentials::new(
+        &ca.issue(&public, NodeRole::Member).unwrap(),
+        ca.cert_pem(),
+        secret,
+    )
+    .unwrap()
 }
 
 fn config(

@@ -114,7 +114,10 @@ fn scheduler_on(
             .call(move |s| {
                 let writer = rhizome::run::workflow::Writer {
                     node: NODE.into(),
-                    control: false,
+                    control: true,
+                    signer: None,
+                    mesh_id: String::new(),
+                    ca_cert_pem: String::new(),
                 };
                 Ok(rhizome::cli::commands::apply_workflow(
                     s, definition, &writer,

@@ -210,7 +210,15 @@ impl Mesh {
         let public = ed25519_dalek::SigningKey::from_bytes(&secret)
             .verifying_key()
             .to_bytes();
-        NodeCredentials::new(&self.ca.issue(&public).unwrap(), self.ca.cert_pem(), secret).unwrap()
+        NodeCredentials::new(
+            &self
+                .ca
+                .issue(&public, mesh::net::identity::NodeRole::Member)
+                .unwrap(),
+            self.ca.cert_pem(),
+            secret,
+        )
+        .unwrap()
     }
 
     fn node_id(&self, seed: u8) -> NodeId {

@@ -396,6 +396,11 @@ impl DataDir {
     pub fn http_addr(&self) -> PathBuf {
         self.root.join(HTTP_ADDR_FILE)
     }
+    /// API tokens this node accepts (hashed), beside the local credential.
+    pub fn tokens(&self) -> PathBuf {
+        self.root.join("tokens.json")
+    }
+
     pub fn api_token(&self) -> PathBuf {
         self.root.join(API_TOKEN_FILE)
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use crdt_store::{DocName, MeshRegistry, NodeEntry, StoreHandle};
 use mesh::net::discovery::Interfaces;
 use mesh::net::driver::MeshConfig;
@@ -63,6 +63,16 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .unwrap_or(&net.http)
         .parse()
         .context("--http must be an address like 127.0.0.1:4861")?;
+    if !http.ip().is_loopback() {
+        if !args.http_insecure {
+            bail!(
+                "--http {http} is not a loopback address: the API would carry its tokens in plain \
+                 HTTP over the network. Keep it on 127.0.0.1 (reach it over SSH or a TLS \
+                 proxy), or pass --http-insecure to serve it anyway"
+            );
+        }
+        tracing::warn!(%http, "the HTTP API is served in plain HTTP on a non-loopback address (--http-insecure): its tokens cross the network unencrypted");
+    }
     let mut bootstrap = net.peers.clone();
     bootstrap.extend(args.peers.iter().cloned());
     let mdns_names = if args.mdns_interfaces.is_empty() {
@@ -118,8 +128,13 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // handshake.
     let mut opened = node.open_store()?;
     let registry: MeshRegistry = opened.read::<MeshRegistry>(&DocName::Mesh)?;
+    let ca_pem = read(node.dir.ca_cert())?;
     let revoked = Revocations::default();
-    revoked.set(registry.revoked.keys().cloned());
+    let verdicts = crate::security::revocations::verdicts(&registry, &node.mesh_id, &ca_pem);
+    for (node, why) in &verdicts.ignored {
+        tracing::warn!(%node, why = %why, "a revocation is ignored");
+    }
+    revoked.set(verdicts.revoked);
 
     // Every committed change reaches document sync (announce to peers) and the node's own
     // watchers (revocations in the mesh document, workflows).
@@ -197,12 +212,14 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         changes.mesh_changes(),
         store.clone(),
         mesh.clone(),
+        revoked.clone(),
     ));
     let revocations = tokio::spawn(follow_revocations(
         changes.mesh_changes(),
         store.clone(),
         mesh.clone(),
         revoked,
+        (node.mesh_id.clone(), ca_pem.clone(), verdicts.ignored),
     ));
 
     let listener = tokio::net::TcpListener::bind(http)
@@ -224,8 +241,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         store: None,
         warnings: Vec::new(),
     };
-    // A fresh token per start, readable only by the node's user: local processes of other
-    // users cannot write through the API.
+    // The local CLI's admin credential: fresh at every start, readable only by the node's user,
+    // so local processes of other users cannot use the API.
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
@@ -250,17 +267,14 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         }
     });
     let state = Arc::new(crate::api::AppState {
-        token,
+        tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,
         started,
         mesh: mesh.clone(),
         store: store.clone(),
         sync: sync.clone(),
         role,
-        writer: crate::run::workflow::Writer {
-            node: node_id.clone(),
-            control: node.holds_control(role),
-        },
+        writer: node.writer()?,
         capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
         scheduler: scheduler.clone(),
         data_dir: node.dir.root.clone(),
@@ -486,6 +500,7 @@ async fn follow_zone_addresses(
     mut changes: tokio::sync::watch::Receiver<u64>,
     store: StoreHandle,
     mesh: mesh::net::driver::MeshHandle,
+    revoked: Revocations,
 ) {
     let mut told: std::collections::BTreeSet<(String, String)> = Default::default();
     loop {
@@ -495,7 +510,7 @@ async fn follow_zone_addresses(
             .await;
         if let Ok(registry) = registry {
             for (node, entry) in &registry.nodes {
-                if *node == me || entry.zone != zone || registry.revoked.contains_key(node) {
+                if *node == me || entry.zone != zone || revoked.contains(node) {
                     continue;
                 }
                 for addr in &entry.addresses {
@@ -518,6 +533,7 @@ async fn follow_revocations(
     store: StoreHandle,
     mesh: mesh::net::driver::MeshHandle,
     revoked: Revocations,
+    (mesh_id, ca_pem, mut ignored): (String, String, std::collections::BTreeMap<String, String>),
 ) {
     while changes.changed().await.is_ok() {
         let registry = match store
@@ -531,10 +547,21 @@ async fn follow_revocations(
                 continue;
             }
         };
+        let verdicts = crate::security::revocations::verdicts(&registry, &mesh_id, &ca_pem);
+        // Logged once per decision seen, not at every change of the document.
+        for (node, why) in &verdicts.ignored {
+            if ignored.get(node) != Some(why) {
+                tracing::warn!(%node, why = %why, "a revocation is ignored");
+            }
+        }
+        ignored = verdicts.ignored;
         let before: std::collections::BTreeSet<String> = revoked.snapshot();
-        revoked.set(registry.revoked.keys().cloned());
-        for node in registry.revoked.keys().filter(|n| !before.contains(*n)) {
-            tracing::warn!(%node, "node revoked: refusing it from now on");
+        for node in before.difference(&verdicts.revoked) {
+            tracing::warn!(%node, "revocation withdrawn by the mesh CA: admitting the node again");
+        }
+        revoked.set(verdicts.revoked.iter().cloned());
+        for node in verdicts.revoked.iter().filter(|n| !before.contains(*n)) {
+            tracing::warn!(%node, "node revoked by the mesh CA: refusing it from now on");
             let _ = mesh.disconnect(node, "revoked").await;
         }
     }

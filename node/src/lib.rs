@@ -16,3 +16,4 @@ pub mod mesh_admin;
 pub mod node;
 pub mod ops;
 pub mod run;
+pub mod security;

@@ -51,26 +51,47 @@ impl Node {
         self.identity.node_id()
     }
 
-    /// Whether this node holds the mesh's `control` role, whose workflow versions win under
-    /// `conflict: control_wins`: a cloud peer (`role`, as configured or given to `start`), or
-    /// the node that created the mesh and holds its CA key.
-    pub fn holds_control(&self, role: mesh::proto::wire::Role) -> bool {
-        role == mesh::proto::wire::Role::Cloud
-            || self
-                .dir
-                .root
-                .join(crate::config::OWN_MESH_DIR)
-                .join(crate::config::CA_KEY_FILE)
-                .exists()
+    /// What the node's certificate says: its mesh role and validity.
+    pub fn cert_info(&self) -> Result<mesh::net::identity::CertInfo> {
+        let pem = std::fs::read_to_string(self.dir.cert())
+            .with_context(|| format!("cannot read {}", self.dir.cert().display()))?;
+        let der = mesh::net::identity::parse_pem_cert(&pem, "node certificate")?;
+        mesh::net::identity::cert_info(&der)
+            .with_context(|| format!("{} is not valid", self.dir.cert().display()))
     }
 
-    /// Who this node writes as, with the role it is configured with.
+    /// Whether this node's certificate carries the mesh's `control` role (the node that
+    /// started the mesh, or one made with `init --mesh DIR --control`): it may change
+    /// workflows, and its versions win under `conflict: control_wins`. Only the CA grants it.
+    pub fn holds_control(&self) -> bool {
+        self.cert_info()
+            .is_ok_and(|c| c.role == mesh::net::identity::NodeRole::Control)
+    }
+
+    /// Who this node writes workflow versions as, and the credentials it signs them with.
     pub fn writer(&self) -> Result<crate::run::workflow::Writer> {
-        let role = crate::fleet::hierarchy::parse_role(&self.config.node.role)?;
         Ok(crate::run::workflow::Writer {
             node: self.node_id(),
-            control: self.holds_control(role),
+            control: self.holds_control(),
+            signer: Some(std::sync::Arc::new(
+                crate::security::workflow_rights::credentials(self)?,
+            )),
+            mesh_id: self.mesh_id.clone(),
+            ca_cert_pem: std::fs::read_to_string(self.dir.ca_cert())
+                .with_context(|| format!("cannot read {}", self.dir.ca_cert().display()))?,
         })
+    }
+
+    /// The rules the store applies to what peers send (signed workflow versions).
+    fn write_rules(&self) -> Result<std::sync::Arc<dyn crdt_store::WriteRules>> {
+        let ca_cert_pem = std::fs::read_to_string(self.dir.ca_cert())
+            .with_context(|| format!("cannot read {}", self.dir.ca_cert().display()))?;
+        Ok(std::sync::Arc::new(
+            crate::security::workflow_rights::ControlSigned {
+                mesh_id: self.mesh_id.clone(),
+                ca_cert_pem,
+            },
+        ))
     }
 
     /// What workflow target selectors are matched against.
@@ -85,7 +106,8 @@ impl Node {
 
     /// Opens the store directly (no node is running on this data dir).
     pub fn open_store(&self) -> Result<Store> {
-        let config = self.config.store_config(&self.mesh_id, &self.node_id())?;
+        let mut config = self.config.store_config(&self.mesh_id, &self.node_id())?;
+        config.write_rules = Some(self.write_rules()?);
         let path = self.dir.store();
         match Store::open(&path, config) {
             Ok(store) => Ok(store),

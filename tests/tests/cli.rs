@@ -261,12 +261,49 @@ fn nodes_join_a_mesh_by_its_certificate_authority() {
         "{err}"
     );
 
-    ok(rhizome(&dir.path().join("a"), &["mesh", "revoke", &ids[1]]));
+    // A plain member cannot revoke: the decision must be signed by the mesh CA.
+    let err = fails(rhizome(&dir.path().join("a"), &["mesh", "revoke", &ids[1]]));
+    assert!(err.contains("needs the mesh CA's key"), "{err}");
+    let mesh_arg = mesh_dir.to_str().unwrap();
+    ok(rhizome(
+        &dir.path().join("a"),
+        &["mesh", "revoke", &ids[1], "--mesh", mesh_arg],
+    ));
     let mesh = json(&ok(rhizome(
         &dir.path().join("a"),
         &["doc", "show", "mesh", "--json"],
     )));
-    assert!(mesh["content"]["revoked"][&ids[1]].is_object(), "{mesh}");
+    let decision = &mesh["content"]["revoked"][&ids[1]];
+    assert_eq!(decision["withdrawn"], false, "{mesh}");
+    assert_eq!(
+        decision["signature"].as_str().map(str::len),
+        Some(128),
+        "{mesh}"
+    );
+    ok(rhizome(
+        &dir.path().join("a"),
+        &["mesh", "unrevoke", &ids[1], "--mesh", mesh_arg],
+    ));
+    let mesh = json(&ok(rhizome(
+        &dir.path().join("a"),
+        &["doc", "show", "mesh", "--json"],
+    )));
+    assert_eq!(
+        mesh["content"]["revoked"][&ids[1]]["withdrawn"], true,
+        "{mesh}"
+    );
+    // Another mesh's CA signs nothing here.
+    let err = fails(rhizome(
+        &dir.path().join("a"),
+        &[
+            "mesh",
+            "revoke",
+            &ids[1],
+            "--mesh",
+            dir.path().join("alone/mesh").to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("is of mesh"), "{err}");
     let err = fails(rhizome(&dir.path().join("a"), &["mesh", "revoke", "bob"]));
     assert!(err.contains("not a node id"), "{err}");
 }

@@ -66,10 +66,21 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
         Value::Array(vec![])
     );
 
-    // A write through the API: the CLI sends the file with the node's token.
+    // A write through the API: the CLI sends the file with the node's token. b is a member:
+    // it may not change what runs where, and is told why.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/sensor-zscore.yaml");
-    let applied = run(
+    let refused = run(
         &b_dir,
+        &["workflow", "apply", example.to_str().unwrap(), "--json"],
+    );
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("403") && why.contains("`control` role"),
+        "{why}"
+    );
+    // a started the mesh and holds `control`: its version reaches b.
+    let applied = run(
+        &a_dir,
         &["workflow", "apply", example.to_str().unwrap(), "--json"],
     );
     assert!(
@@ -77,9 +88,10 @@ fn three_processes_connect_notice_a_kill_and_stop_cleanly() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let listed = run(&b_dir, &["workflow", "list", "--json"]);
-    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed[0]["id"], "sensor-zscore");
+    rhizome_e2e::wait_until("the workflow reaches b", Duration::from_secs(10), || {
+        let listed = run(&b_dir, &["workflow", "list", "--json"]);
+        serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|l| l[0]["id"] == "sensor-zscore")
+    });
     assert!(b_dir.join("api.token").exists());
     // Without the token a write is refused.
     let http = std::fs::read_to_string(b_dir.join("node.http")).unwrap();

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::netns::{Lab, Lan, start_node};
-use rhizome_e2e::process::{LogsOnPanic, Running, init, ok, run_in, run_on};
+use rhizome_e2e::process::{LogsOnPanic, Running, init_in, ok, run_in, run_on};
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::LINE;
 use serde_json::Value;
@@ -31,7 +31,14 @@ fn init_nodes(tmp: &Path) -> Vec<PathBuf> {
     let dirs: Vec<PathBuf> = (0..NODES).map(|i| tmp.join(format!("n{i}"))).collect();
     let mesh = dirs[0].join("mesh");
     for (i, dir) in dirs.iter().enumerate() {
-        init(dir, &format!("n{i}"), (i > 0).then_some(mesh.as_path()));
+        // The last node applies a workflow of its own while cut off: it needs `control`.
+        let control: &[&str] = if i + 1 == NODES { &["--control"] } else { &[] };
+        init_in(
+            dir,
+            &format!("n{i}"),
+            (i > 0).then_some(mesh.as_path()),
+            control,
+        );
     }
     dirs
 }

@@ -68,7 +68,8 @@ impl Running {
     }
 
     fn status(&self, run_id: &str) -> Value {
-        let (code, body) = self.request("GET", &format!("/status/{run_id}"), None, "");
+        let (code, body) =
+            self.request("GET", &format!("/status/{run_id}"), Some(&self.token()), "");
         assert_eq!(code, 200, "GET /status/{run_id}: {body}");
         json(&body)
     }
@@ -254,7 +255,7 @@ fn runs_through_a_running_node() {
         !out.status.success() && stderr.contains("more than 262144 bytes"),
         "{stderr}"
     );
-    let (code, body) = node.request("GET", "/status/nope-1-1", None, "");
+    let (code, body) = node.request("GET", "/status/nope-1-1", Some(&node.token()), "");
     assert!(
         code == 404 && body.contains("no run `nope-1-1`"),
         "{code} {body}"
@@ -287,7 +288,7 @@ fn runs_through_a_running_node() {
         ticks = results.as_array().unwrap().len();
         ticks >= 3
     });
-    let (code, body) = node.request("GET", "/schedule", None, "");
+    let (code, body) = node.request("GET", "/schedule", Some(&node.token()), "");
     assert_eq!(code, 200);
     let schedule = json(&body);
     let tick = schedule

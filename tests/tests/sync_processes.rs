@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rhizome_e2e::process::{
-    Running, connected, doc_names, init, ok, peers, run, start, start_on, stop,
+    Running, connected, doc_names, init, init_in, ok, peers, run, start, start_on, stop,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::LINE;
@@ -55,7 +55,8 @@ fn three_processes_converge_through_edits_cuts_and_kills() {
     let (a_dir, b_dir, c_dir) = (&dirs[0], &dirs[1], &dirs[2]);
     init(a_dir, "a", None);
     let mesh = a_dir.join("mesh");
-    init(b_dir, "b", Some(&mesh));
+    // b applies a version of its own while cut off: it needs `control`.
+    init_in(b_dir, "b", Some(&mesh), &["--control"]);
     init(c_dir, "c", Some(&mesh));
 
     let a = start(a_dir, &[]);
@@ -179,15 +180,37 @@ fn a_node_of_another_mesh_learns_nothing() {
 
 /// Two nodes apply different definitions of the same workflows while apart, then meet. A
 /// definition is never merged field by field: under `last_write` the later one stands whole on
-/// both, under `control_wins` the one applied on the node that holds the mesh CA (a `control`
+/// both, under `control_wins` the one applied on the node that started the mesh (a `control`
 /// node) stands although it is older, and under `manual` both are listed, with who wrote them,
-/// until someone applies a new version.
+/// until someone applies a new version. b is a member: it may write workflows only because the
+/// mesh CA lets members do so (`members_write_workflows`).
 #[test]
 fn concurrent_versions_resolve_by_their_conflict_policy() {
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
     init(&a_dir, "a", None);
     init(&b_dir, "b", Some(&a_dir.join("mesh")));
+    // Until the CA says otherwise, a member may not apply a workflow.
+    let file = write(tmp.path(), "early.yaml", LINE);
+    let refused = run(&b_dir, &["workflow", "apply", file.to_str().unwrap()]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("`control` role"),
+        "{why}"
+    );
+    ok(run(
+        &a_dir,
+        &["mesh", "policy", "set", "members_write_workflows", "true"],
+    ));
+    {
+        let a = start(&a_dir, &[]);
+        let b = start(&b_dir, &[&a.quic]);
+        wait_until("b has the mesh's setting", Duration::from_secs(15), || {
+            ok(run(&b_dir, &["mesh", "policy", "--json"]))["members_write_workflows"] == true
+        });
+        stop(b);
+        stop(a);
+    }
     let id_of = |dir: &Path| -> String {
         ok(run(dir, &["status", "--json"]))["node_id"]
             .as_str()

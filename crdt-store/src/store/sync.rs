@@ -90,6 +90,16 @@ pub enum SyncRejected {
     /// the mesh keeps working while the operator makes room. The peer sends it again later.
     #[error("{0}")]
     NoHeadroom(String),
+    /// A change by an author without the right to it: another node's results or registry
+    /// entry, or a workflow version not signed by a `control` node. Nothing of the message is
+    /// stored or relayed.
+    #[error("refused a change to {doc}: {reason}")]
+    Unauthorized {
+        /// The document.
+        doc: String,
+        /// Who wrote what, and the rule it breaks.
+        reason: String,
+    },
 }
 
 impl SyncRejected {
@@ -349,6 +359,11 @@ impl Store {
         let theirs = state.their_heads.as_deref().map(heads_digest);
         let persist = (state.shared_heads != shared_before).then(|| state.encode());
         let changed = after != before;
+        if changed && let Err(reason) = self.check_authorship(&doc, &label, &before) {
+            // The session absorbed the peer's heads with the changes: start it afresh.
+            self.sync_states.remove(&key);
+            return Err(SyncRejected::Unauthorized { doc: label, reason }.into());
+        }
         if after.is_empty() {
             // Nothing arrived for a document this node does not hold: keep no empty copy.
             self.cache.remove(&doc);

@@ -23,6 +23,123 @@ pub const MESH_SERVER_NAME: &str = "node.rhizome.invalid";
 /// The ALPN protocol of mesh connections.
 pub const ALPN: &[u8] = b"rhizome/1";
 
+/// The certificate extension that carries a node's mesh role (a DER UTF8String, `member` or
+/// `control`). An OID of the UUID arc 2.25, private to Rhizome; the extension is not
+/// critical, so other TLS stacks accept the certificate and ignore it.
+pub const ROLE_EXTENSION_OID: &[u64] = &[2, 25, 14_563_408_301_565_202_769];
+
+/// What a node may do in its mesh, as its certificate says; only the CA can grant it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeRole {
+    /// Takes part: writes its own registry entry and results, aggregates when elected.
+    Member,
+    /// Also changes what runs where: workflows, rollouts, releases (the cloud, admin machines).
+    Control,
+}
+
+impl NodeRole {
+    /// The role as certificates and the command line name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Member => "member",
+            NodeRole::Control => "control",
+        }
+    }
+
+    /// Reads a role name.
+    pub fn parse(text: &str) -> Option<NodeRole> {
+        match text {
+            "member" => Some(NodeRole::Member),
+            "control" => Some(NodeRole::Control),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a node certificate says beyond the node's key: its role and until when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The node id, from the certificate's key.
+    pub node_id: String,
+    /// `Member` for a certificate without the role extension (issued before roles existed).
+    pub role: NodeRole,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads a node certificate (DER): its node id, role and validity.
+pub fn cert_info(cert: &CertificateDer<'_>) -> Result<CertInfo, IdentityError> {
+    let invalid = |reason: String| IdentityError::Invalid {
+        what: "node certificate",
+        reason,
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| invalid(format!("it does not parse as X.509: {e}")))?;
+    let oid = x509_parser::oid_registry::Oid::from(ROLE_EXTENSION_OID)
+        .map_err(|_| invalid("the role extension's OID".into()))?;
+    let mut role = NodeRole::Member;
+    for ext in parsed.extensions().iter().filter(|e| e.oid == oid) {
+        let name = der_utf8_string(ext.value)
+            .ok_or_else(|| invalid("its role extension is not a UTF8String".into()))?;
+        role = NodeRole::parse(name)
+            .ok_or_else(|| invalid(format!("its role `{name}` is not member or control")))?;
+    }
+    let validity = parsed.validity();
+    Ok(CertInfo {
+        node_id: node_id_of(cert)?,
+        role,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
+}
+
+/// The text of a DER UTF8String that fills `der` exactly; `None` for anything else.
+pub fn der_utf8_string(der: &[u8]) -> Option<&str> {
+    let (&tag, rest) = der.split_first()?;
+    if tag != 0x0c {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, body) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        // DER takes the shortest length form: a long form for less than 128 is not DER.
+        0x81 => {
+            let (&len, body) = rest.split_first()?;
+            if len < 0x80 {
+                return None;
+            }
+            (usize::from(len), body)
+        }
+        _ => return None,
+    };
+    if body.len() != len {
+        return None;
+    }
+    std::str::from_utf8(body).ok()
+}
+
+/// A DER UTF8String of `text` (at most 255 bytes).
+fn der_utf8(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut der = vec![0x0c];
+    if bytes.len() < 0x80 {
+        der.push(bytes.len() as u8);
+    } else {
+        der.push(0x81);
+        der.push(u8::try_from(bytes.len()).expect("role names are short"));
+    }
+    der.extend_from_slice(bytes);
+    der
+}
+
 /// The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410); the key's 32 bytes follow.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -100,6 +217,84 @@ pub fn mesh_id_of_ca(cert_pem: &str) -> Result<String, IdentityError> {
     Ok(mesh_id_of_key(key))
 }
 
+/// The ed25519 public key a certificate (PEM) carries.
+fn public_key_of(cert_pem: &str, what: &'static str) -> Result<[u8; 32], IdentityError> {
+    let cert = parse_pem_cert(cert_pem, what)?;
+    let der = cert.as_ref();
+    let at = der
+        .windows(ED25519_SPKI_PREFIX.len())
+        .position(|w| w == ED25519_SPKI_PREFIX)
+        .ok_or_else(|| IdentityError::Invalid {
+            what,
+            reason: "it carries no ed25519 public key".into(),
+        })?;
+    let start = at + ED25519_SPKI_PREFIX.len();
+    der.get(start..start + 32)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| IdentityError::Invalid {
+            what,
+            reason: "its public key is truncated".into(),
+        })
+}
+
+/// A certificate as PEM text.
+fn pem_of(cert: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec()))
+}
+
+/// Checks that `cert_pem` was issued by the mesh CA (`ca_cert_pem`) and that `signature` (hex)
+/// is its key's over `text`; what the certificate says (node, role, validity) for the caller to
+/// judge.
+pub fn verify_node_signature(
+    ca_cert_pem: &str,
+    cert_pem: &str,
+    text: &str,
+    signature: &str,
+) -> Result<CertInfo, IdentityError> {
+    let invalid = |reason: &str| IdentityError::Invalid {
+        what: "signed content",
+        reason: reason.into(),
+    };
+    let cert = parse_pem_cert(cert_pem, "signer's certificate")?;
+    let ca = parse_pem_cert(ca_cert_pem, "mesh CA certificate")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| invalid("the signer's certificate does not parse"))?;
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
+        .map_err(|_| invalid("the mesh CA certificate does not parse"))?;
+    parsed
+        .verify_signature(Some(ca_parsed.public_key()))
+        .map_err(|_| invalid("the signer's certificate was not issued by this mesh's CA"))?;
+    let key = public_key_of(cert_pem, "signer's certificate")?;
+    let signature = decode_hex(signature).ok_or_else(|| invalid("the signature is not hex"))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(text.as_bytes(), &signature)
+        .map_err(|_| invalid("the signature is not the certificate key's over this content"))?;
+    cert_info(&cert)
+}
+
+/// Whether `signature` (hex) is the mesh CA's (certificate `ca_cert_pem`) over `text`.
+pub fn verify_ca_signature(ca_cert_pem: &str, text: &str, signature: &str) -> bool {
+    let Ok(key) = public_key_of(ca_cert_pem, "mesh CA certificate") else {
+        return false;
+    };
+    let Some(signature) = decode_hex(signature) else {
+        return false;
+    };
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(text.as_bytes(), &signature)
+        .is_ok()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// A mesh's certificate authority.
 #[derive(Debug)]
 pub struct MeshCa {
@@ -165,8 +360,27 @@ impl MeshCa {
         self.key.serialize_pem()
     }
 
-    /// Issues a certificate for a node's ed25519 identity key (its 32-byte public key).
-    pub fn issue(&self, node_public_key: &[u8; 32]) -> Result<String, IdentityError> {
+    /// Signs a decision only the CA may take (a revocation, say): hex ed25519 signature,
+    /// checked by every node with [`verify_ca_signature`].
+    pub fn sign(&self, text: &str) -> Result<String, IdentityError> {
+        use rcgen::SigningKey as _;
+        let signature = self
+            .key
+            .sign(text.as_bytes())
+            .map_err(|e| IdentityError::Invalid {
+                what: "CA signature",
+                reason: e.to_string(),
+            })?;
+        Ok(signature.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Issues a certificate for a node's ed25519 identity key (its 32-byte public key), with
+    /// its mesh role.
+    pub fn issue(
+        &self,
+        node_public_key: &[u8; 32],
+        role: NodeRole,
+    ) -> Result<String, IdentityError> {
         let node_id = node_id_from_public_key(node_public_key);
         let mut params =
             CertificateParams::new(vec![MESH_SERVER_NAME.to_owned()]).map_err(|e| {
@@ -185,6 +399,10 @@ impl MeshCa {
         ];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            ROLE_EXTENSION_OID,
+            der_utf8(role.as_str()),
+        )];
         let issuer = Issuer::new(ca_params(&self.mesh_id), &self.key);
         let public = NodePublicKey(spki_of(node_public_key));
         let cert = params
@@ -235,7 +453,11 @@ fn ca_params(mesh_id: &str) -> CertificateParams {
     params
 }
 
-fn parse_pem_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, IdentityError> {
+/// A certificate from its PEM text.
+pub fn parse_pem_cert(
+    pem: &str,
+    what: &'static str,
+) -> Result<CertificateDer<'static>, IdentityError> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| IdentityError::Invalid {
         what,
@@ -286,6 +508,28 @@ impl NodeCredentials {
     /// The node id the certificate was issued to.
     pub fn node_id(&self) -> Result<String, IdentityError> {
         node_id_of(&self.cert)
+    }
+
+    /// What the node's own certificate says: role and validity.
+    pub fn info(&self) -> Result<CertInfo, IdentityError> {
+        cert_info(&self.cert)
+    }
+
+    /// Signs `text` with the node's identity key: hex ed25519, checked with
+    /// [`verify_node_signature`] against the node's certificate.
+    pub fn sign(&self, text: &str) -> String {
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&self.secret)
+            .expect("a 32-byte seed is an ed25519 key");
+        pair.sign(text.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The node's certificate, PEM, to travel with what it signs.
+    pub fn cert_pem(&self) -> String {
+        pem_of(&self.cert)
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {
@@ -465,14 +709,77 @@ mod tests {
     }
 
     #[test]
-    fn issued_certificates_name_the_node_by_its_key() {
+    fn issued_certificates_name_the_node_by_its_key_and_carry_its_role() {
         let ca = MeshCa::create().unwrap();
         let (secret, public) = node_key(7);
-        let cert = ca.issue(&public).unwrap();
+        let cert = ca.issue(&public, NodeRole::Member).unwrap();
         let creds = NodeCredentials::new(&cert, ca.cert_pem(), secret).unwrap();
         assert_eq!(creds.node_id().unwrap(), node_id_from_public_key(&public));
+        let info = creds.info().unwrap();
+        assert_eq!(info.node_id, node_id_from_public_key(&public));
+        assert_eq!(info.role, NodeRole::Member);
+        assert!(info.not_after > info.not_before);
+        let control = ca.issue(&public, NodeRole::Control).unwrap();
+        let creds = NodeCredentials::new(&control, ca.cert_pem(), secret).unwrap();
+        assert_eq!(creds.info().unwrap().role, NodeRole::Control);
         creds.server_config(Revocations::default()).unwrap();
         creds.client_config(Revocations::default()).unwrap();
+    }
+
+    #[test]
+    fn only_the_ca_signs_what_nodes_accept_as_its_decision() {
+        let ca = MeshCa::create().unwrap();
+        let other = MeshCa::create().unwrap();
+        let signature = ca.sign("revoke n1").unwrap();
+        assert!(verify_ca_signature(ca.cert_pem(), "revoke n1", &signature));
+        assert!(!verify_ca_signature(ca.cert_pem(), "revoke n2", &signature));
+        assert!(!verify_ca_signature(
+            other.cert_pem(),
+            "revoke n1",
+            &signature
+        ));
+        let forged = other.sign("revoke n1").unwrap();
+        assert!(!verify_ca_signature(ca.cert_pem(), "revoke n1", &forged));
+        for garbage in ["", "zz", "0", &signature[..10]] {
+            assert!(!verify_ca_signature(ca.cert_pem(), "revoke n1", garbage));
+        }
+    }
+
+    #[test]
+    fn node_signatures_verify_only_with_a_certificate_of_this_mesh() {
+        let ca = MeshCa::create().unwrap();
+        let (secret, public) = node_key(3);
+        let creds = NodeCredentials::new(
+            &ca.issue(&public, NodeRole::Control).unwrap(),
+            ca.cert_pem(),
+            secret,
+        )
+        .unwrap();
+        let signature = creds.sign("version 7");
+        let cert = creds.cert_pem();
+        let info = verify_node_signature(ca.cert_pem(), &cert, "version 7", &signature).unwrap();
+        assert_eq!(info.role, NodeRole::Control);
+        assert_eq!(info.node_id, node_id_from_public_key(&public));
+        let refused = |r: Result<CertInfo, IdentityError>| r.unwrap_err().to_string();
+        let text = refused(verify_node_signature(
+            ca.cert_pem(),
+            &cert,
+            "version 8",
+            &signature,
+        ));
+        assert!(text.contains("not the certificate key's"), "{text}");
+        // The same key with a certificate of another mesh.
+        let other = MeshCa::create().unwrap();
+        let foreign = other.issue(&public, NodeRole::Control).unwrap();
+        let text = refused(verify_node_signature(
+            ca.cert_pem(),
+            &foreign,
+            "version 7",
+            &signature,
+        ));
+        assert!(text.contains("not issued by this mesh"), "{text}");
+        assert!(verify_node_signature(ca.cert_pem(), "junk", "version 7", &signature).is_err());
+        assert!(verify_node_signature(ca.cert_pem(), &cert, "version 7", "zz").is_err());
     }
 
     #[test]
@@ -487,5 +794,31 @@ mod tests {
         assert!(err.to_string().contains("does not belong"), "{err}");
         let err = MeshCa::load("garbage", ca.cert_pem()).unwrap_err();
         assert!(err.to_string().contains("CA key"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod der_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn utf8_strings_encode_and_decode(text in "\\PC{0,200}") {
+            prop_assume!(text.len() <= 255);
+            let der = der_utf8(&text);
+            prop_assert_eq!(der_utf8_string(&der), Some(text.as_str()));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            head in proptest::sample::select(vec![vec![0x0c_u8, 0x05], vec![0x0c, 0x81, 0x05], vec![0x0c, 0x81, 0x90]]),
+        ) {
+            let bytes: Vec<u8> = head.into_iter().chain(bytes).collect();
+            if let Some(text) = der_utf8_string(&bytes) {
+                prop_assert_eq!(der_utf8(text), bytes);
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let started = std::time::Instant::now();
-    let parsed = rhizome::workflow::parse(text);
+    let parsed = rhizome::run::workflow::parse(text);
     // The pre-scan bounds what reaches the parser: nothing in 1 MiB should take long.
     assert!(
         started.elapsed() < std::time::Duration::from_secs(2),
@@ -27,5 +27,5 @@ fuzz_target!(|data: &[u8]| {
     assert!(stored.len() <= MAX_DEFINITION_BYTES);
     let read: WorkflowDoc = serde_json::from_str(&stored).expect("a stored definition decodes");
     assert_eq!(read, definition);
-    rhizome::workflow::validate(&read).expect("what parses validates as stored");
+    rhizome::run::workflow::validate(&read).expect("what parses validates as stored");
 });

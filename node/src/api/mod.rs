@@ -1,15 +1,17 @@
-//! The local HTTP API: one router, its shared state, and the read handlers. Writes need the
-//! node's API token (`Authorization: Bearer <data-dir>/api.token`), fresh at every start.
+//! The local HTTP API: one router, its shared state, and the read handlers. Every endpoint but
+//! `GET /health` needs a token whose role allows it ([`auth`]); each route is added together
+//! with that rule, so none can be added without one.
 //!
-//! The room of the HTTP API: routes and authentication here, run routes in [`runs`].
+//! The room of the HTTP API: routes and access here, tokens in [`auth`], run routes in
+//! [`runs`].
 
+pub mod auth;
 pub mod runs;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use crdt_store::{DocName, MeshRegistry, StoreHandle};
 use mesh::net::driver::MeshHandle;
@@ -107,8 +109,8 @@ struct SyncRequest {
 
 #[derive(Debug)]
 pub struct AppState {
-    /// Bearer token that every write request must carry.
-    pub token: String,
+    /// The tokens this node accepts, its own local credential among them.
+    pub tokens: auth::Tokens,
     pub health: Health,
     pub started: Instant,
     pub mesh: MeshHandle,
@@ -124,22 +126,146 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
 }
 
-/// The API's routes.
+/// Who may call one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub method: axum::http::Method,
+    /// The route, as written in the router (`/run/{workflow}`).
+    pub path: &'static str,
+    /// The least role a token needs; `None`: anyone (`/health` only).
+    pub needs: Option<auth::Role>,
+}
+
+/// The router being built, and the access rule of every route in it.
+struct Routes {
+    router: Router<Arc<AppState>>,
+    rules: Vec<Access>,
+}
+
+impl Routes {
+    fn add<H, T>(
+        mut self,
+        method: axum::http::Method,
+        path: &'static str,
+        needs: Option<auth::Role>,
+        handler: H,
+    ) -> Routes
+    where
+        H: axum::handler::Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone())
+            .expect("routes use standard methods");
+        self.router = self.router.route(path, axum::routing::on(filter, handler));
+        self.rules.push(Access {
+            method,
+            path,
+            needs,
+        });
+        self
+    }
+}
+
+fn routes() -> Routes {
+    use auth::Role::{Admin, Monitor, Operator};
+    use axum::http::Method;
+    Routes {
+        router: Router::new(),
+        rules: Vec::new(),
+    }
+    .add(Method::GET, "/health", None, get_health)
+    .add(Method::GET, "/peers", Some(Monitor), get_peers)
+    .add(Method::GET, "/hierarchy", Some(Monitor), get_hierarchy)
+    .add(Method::GET, "/docs", Some(Monitor), get_docs)
+    .add(Method::GET, "/doc", Some(Monitor), get_doc)
+    .add(Method::GET, "/results", Some(Monitor), get_results)
+    .add(Method::GET, "/workflows", Some(Monitor), get_workflows)
+    .add(Method::POST, "/workflows", Some(Admin), post_workflow)
+    .add(Method::POST, "/sync", Some(Operator), post_sync)
+    .add(Method::GET, "/fleet", Some(Monitor), get_fleet)
+    .add(
+        Method::POST,
+        "/run/{workflow}",
+        Some(Operator),
+        runs::post_run,
+    )
+    .add(
+        Method::GET,
+        "/status/{run}",
+        Some(Monitor),
+        runs::get_status,
+    )
+    .add(Method::GET, "/schedule", Some(Monitor), runs::get_schedule)
+    .add(
+        Method::POST,
+        "/mesh/revocations",
+        Some(Admin),
+        post_revocation,
+    )
+    .add(Method::POST, "/mesh/policy", Some(Admin), post_policy)
+}
+
+/// Every route with its access rule, as the router enforces them.
+pub fn access_rules() -> Vec<Access> {
+    routes().rules
+}
+
+/// The API's routes, each behind its access rule.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(get_health))
-        .route("/peers", get(get_peers))
-        .route("/hierarchy", get(get_hierarchy))
-        .route("/docs", get(get_docs))
-        .route("/doc", get(get_doc))
-        .route("/results", get(get_results))
-        .route("/workflows", get(get_workflows).post(post_workflow))
-        .route("/sync", axum::routing::post(post_sync))
-        .route("/fleet", get(get_fleet))
-        .route("/run/{workflow}", post(crate::api::runs::post_run))
-        .route("/status/{run}", get(crate::api::runs::get_status))
-        .route("/schedule", get(crate::api::runs::get_schedule))
+    let Routes { router, rules } = routes();
+    let rules = Arc::new(rules);
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), rules),
+            check_access,
+        ))
         .with_state(state)
+}
+
+/// Lets a request through when its token's role is enough for the route it matched.
+async fn check_access(
+    State((state, rules)): State<(Arc<AppState>, Arc<Vec<Access>>)>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let rule = matched.as_ref().and_then(|m| {
+        rules
+            .iter()
+            .find(|r| r.path == m.as_str() && r.method == *request.method())
+    });
+    // A matched route always has its rule; anything else is refused rather than let through.
+    let Some(rule) = rule else {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "no access rule for this endpoint",
+        )
+            .into_response();
+    };
+    let Some(needs) = rule.needs else {
+        return next.run(request).await;
+    };
+    let bearer = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refused = match state.tokens.check(bearer, crate::node::now_ms()) {
+        Ok(caller) if caller.role >= needs => return next.run(request).await,
+        Ok(caller) => auth::Refused::Insufficient {
+            name: caller.name,
+            has: caller.role,
+            needs,
+            what: format!("{} {}", rule.method, rule.path),
+        },
+        Err(refused) => refused,
+    };
+    let status = match refused {
+        auth::Refused::Insufficient { .. } => axum::http::StatusCode::FORBIDDEN,
+        _ => axum::http::StatusCode::UNAUTHORIZED,
+    };
+    (status, refused.to_string()).into_response()
 }
 
 /// How long `/health` waits for the store before it reports the store as not answering.
@@ -190,6 +316,11 @@ pub fn store_failed(state: &AppState) -> impl Fn(crdt_store::StoreError) -> ApiE
 /// An operation's error, answered by the store error under it when there is one.
 pub fn operation_failed(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError + '_ {
     |e| {
+        if e.chain()
+            .any(|c| c.is::<crate::security::workflow_rights::NotPermitted>())
+        {
+            return (axum::http::StatusCode::FORBIDDEN, format!("{e:#}"));
+        }
         let status = crate::ops::durability::status_of_any(&e);
         let e = crate::ops::durability::explain_any(e, &state.data_dir);
         (status, format!("{e:#}"))
@@ -352,11 +483,9 @@ async fn get_workflows(
 /// which limit), and bounded in nesting before it is parsed.
 async fn post_workflow(
     State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
     use axum::http::StatusCode;
-    authorize(&state, &headers)?;
     let limit = crdt_store::MAX_DEFINITION_BYTES;
     let too_large = |what: String| {
         (
@@ -404,30 +533,108 @@ async fn post_workflow(
     Ok(Json(stored))
 }
 
-/// Writes need the token the node wrote to `<data-dir>/api.token` at start.
-/// Refuses a write that does not carry the node's API token.
-pub fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(state.token.as_str()) {
+#[derive(Debug, serde::Deserialize)]
+struct RevocationRequest {
+    node: String,
+    decision: crdt_store::Revocation,
+}
+
+/// Stores a revocation decision the mesh CA signed (`rhizome mesh revoke|unrevoke` signs it
+/// where the CA key is). One this node cannot verify is refused here rather than spread.
+async fn post_revocation(
+    State(state): State<Arc<AppState>>,
+    body: String,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: RevocationRequest = serde_json::from_str(&body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"node\": ..., \"decision\": ...}}: {e}"),
+        )
+    })?;
+    let bad_request = |e: anyhow::Error| (axum::http::StatusCode::BAD_REQUEST, format!("{e:#}"));
+    crate::security::revocations::check_node_id(&request.node).map_err(bad_request)?;
+    let ca_pem = std::fs::read_to_string(state.data_dir.join(crate::config::CA_CERT_FILE))
+        .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut check = MeshRegistry::default();
+    check
+        .revoked
+        .insert(request.node.clone(), request.decision.clone());
+    let verdict = crate::security::revocations::verdicts(&check, &state.health.mesh_id, &ca_pem);
+    if let Some(why) = verdict.ignored.get(&request.node) {
         return Err((
-            axum::http::StatusCode::UNAUTHORIZED,
-            "writes need the node's API token (Authorization: Bearer <data-dir>/api.token)".into(),
+            axum::http::StatusCode::FORBIDDEN,
+            format!("refused: the decision about {} is {why}", request.node),
         ));
     }
-    Ok(())
+    let (node, decision) = (request.node.clone(), request.decision);
+    state
+        .store
+        .call(move |s| {
+            s.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
+                mesh.revoked.insert(node, decision);
+            })
+        })
+        .recv()
+        .await
+        .map_err(store_failed(&state))?;
+    Ok(Json(
+        serde_json::json!({ "node": request.node, "stored": true }),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PolicyRequest {
+    setting: String,
+    decision: crdt_store::PolicyDecision,
+}
+
+/// Stores a mesh-wide setting the mesh CA signed (`rhizome mesh policy set`); one this node
+/// cannot verify is refused here rather than spread.
+async fn post_policy(
+    State(state): State<Arc<AppState>>,
+    body: String,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: PolicyRequest = serde_json::from_str(&body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"setting\": ..., \"decision\": ...}}: {e}"),
+        )
+    })?;
+    let ca_pem = std::fs::read_to_string(state.data_dir.join(crate::config::CA_CERT_FILE))
+        .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut check = MeshRegistry::default();
+    check
+        .policy
+        .insert(request.setting.clone(), request.decision.clone());
+    let (_, ignored) = crate::security::policy::read(&check, &state.health.mesh_id, &ca_pem);
+    if let Some(why) = ignored.get(&request.setting) {
+        return Err((
+            axum::http::StatusCode::FORBIDDEN,
+            format!("refused: the decision about {} is {why}", request.setting),
+        ));
+    }
+    let (setting, decision) = (request.setting.clone(), request.decision);
+    state
+        .store
+        .call(move |s| {
+            s.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
+                mesh.policy.insert(setting, decision);
+            })
+        })
+        .recv()
+        .await
+        .map_err(store_failed(&state))?;
+    Ok(Json(
+        serde_json::json!({ "setting": request.setting, "stored": true }),
+    ))
 }
 
 /// Compares documents with the peers again and waits until they are identical or the timeout
 /// passes. The body is optional JSON: `{"peer": "<node id>", "timeout_ms": 10000}`.
 async fn post_sync(
     State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
     body: String,
 ) -> Result<Json<SyncReport>, ApiError> {
-    authorize(&state, &headers)?;
     let request: SyncRequest = if body.trim().is_empty() {
         SyncRequest::default()
     } else {

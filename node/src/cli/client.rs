@@ -9,8 +9,17 @@ use serde::de::DeserializeOwned;
 
 use crate::config::DataDir;
 
-/// The HTTP address of the node running on this data dir, if one answers.
-pub fn running_node(dir: &DataDir) -> Option<SocketAddr> {
+/// The API of the node running on a data dir, with the node's local credential.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+    /// `<data-dir>/api.token`; `None` when this user cannot read it (the node then refuses
+    /// everything but `/health`, and says why).
+    token: Option<String>,
+}
+
+/// The node running on this data dir, if one answers.
+pub fn running_node(dir: &DataDir) -> Option<Api> {
     let addr: SocketAddr = std::fs::read_to_string(dir.http_addr())
         .ok()?
         .trim()
@@ -18,39 +27,52 @@ pub fn running_node(dir: &DataDir) -> Option<SocketAddr> {
         .ok()?;
     // A node killed with SIGKILL leaves its address file behind; only an answer counts.
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    Some(addr)
+    let token = std::fs::read_to_string(dir.api_token())
+        .ok()
+        .map(|t| t.trim().to_owned());
+    Some(Api { addr, token })
 }
 
-/// `GET path` on the node's API, decoded from JSON.
-pub fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
-    request(addr, "GET", path, None, None, DEFAULT_TIMEOUT)
-}
+impl Api {
+    /// `GET path`, decoded from JSON.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        request(
+            self.addr,
+            "GET",
+            path,
+            self.token.as_deref(),
+            None,
+            DEFAULT_TIMEOUT,
+        )
+    }
 
-/// `GET /health`: its answer is read whether the node is `ok` (200) or `degraded` (503).
-pub fn health(addr: SocketAddr) -> Result<crate::api::Health> {
-    let (_, body) = exchange(addr, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
-    serde_json::from_str(&body).context("decoding the answer to GET /health")
-}
+    /// `GET /health`: its answer is read whether the node is `ok` (200) or `degraded` (503).
+    pub fn health(&self) -> Result<crate::api::Health> {
+        let (_, body) = exchange(self.addr, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
+        serde_json::from_str(&body).context("decoding the answer to GET /health")
+    }
 
-/// `POST path` with a text body and the node's write token, answer decoded from JSON.
-pub fn post<T: DeserializeOwned>(
-    addr: SocketAddr,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> Result<T> {
-    request(addr, "POST", path, Some(token), Some(body), DEFAULT_TIMEOUT)
-}
+    /// `POST path` with a text body, the answer decoded from JSON.
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &str) -> Result<T> {
+        self.post_with_timeout(path, body, DEFAULT_TIMEOUT)
+    }
 
-/// `POST` for a request that takes long on the node's side (waits up to `timeout`).
-pub fn post_with_timeout<T: DeserializeOwned>(
-    addr: SocketAddr,
-    path: &str,
-    token: &str,
-    body: &str,
-    timeout: Duration,
-) -> Result<T> {
-    request(addr, "POST", path, Some(token), Some(body), timeout)
+    /// `POST` for a request that takes long on the node's side (waits up to `timeout`).
+    pub fn post_with_timeout<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<T> {
+        request(
+            self.addr,
+            "POST",
+            path,
+            self.token.as_deref(),
+            Some(body),
+            timeout,
+        )
+    }
 }
 
 /// How long an answer may take.

@@ -29,6 +29,7 @@ fn dispatch(opts: Opts) -> Result<()> {
     match opts.command {
         Command::Init(args) => init(&root, args),
         Command::Mesh(cmd) => mesh_command(&root, cmd),
+        Command::Token(cmd) => token_command(&Node::load(&root)?, cmd),
         Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
         Command::Status {
             fleet: true,
@@ -47,6 +48,109 @@ fn dispatch(opts: Opts) -> Result<()> {
     }
 }
 
+fn token_command(node: &Node, cmd: crate::cli::TokenCommand) -> Result<()> {
+    use crate::api::auth;
+    use crate::cli::TokenCommand;
+    let path = node.dir.tokens();
+    match cmd {
+        TokenCommand::Create {
+            role,
+            name,
+            ttl,
+            json,
+        } => {
+            let role = auth::Role::parse(&role).context("--role")?;
+            let ttl = ttl
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .context("--ttl")?;
+            let (token, record) = auth::create(&path, &name, role, ttl, now_ms())?;
+            let expires = record.expires_ms.map(format_timestamp);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "token": token,
+                        "id": record.id,
+                        "name": record.name,
+                        "role": record.role,
+                        "expires": expires,
+                    }))?
+                );
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "token {} ({}, role {}{}): shown this once, only its hash is kept",
+                    record.id,
+                    record.name,
+                    record.role,
+                    expires
+                        .map(|at| format!(", expires {at}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        TokenCommand::List { json } => {
+            let records = auth::load(&path)?;
+            if json {
+                let listed: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "id": r.id,
+                            "name": r.name,
+                            "role": r.role,
+                            "created": format_timestamp(r.created_ms),
+                            "expires": r.expires_ms.map(format_timestamp),
+                            "revoked": r.revoked_ms.map(format_timestamp),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+                return Ok(());
+            }
+            if records.is_empty() {
+                println!("no tokens (`rhizome token create --role monitor --name NAME`)");
+                return Ok(());
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    let state = match (r.revoked_ms, r.expires_ms) {
+                        (Some(at), _) => format!("revoked {}", format_timestamp(at)),
+                        (None, Some(at)) if at <= now => {
+                            format!("expired {}", format_timestamp(at))
+                        }
+                        (None, Some(at)) => format!("valid until {}", format_timestamp(at)),
+                        (None, None) => "valid".into(),
+                    };
+                    vec![
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.role.to_string(),
+                        format_timestamp(r.created_ms),
+                        state,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["ID", "NAME", "ROLE", "CREATED", "STATE"], &rows)
+            );
+        }
+        TokenCommand::Revoke { token } => {
+            let record = auth::revoke(&path, &token, now_ms())?;
+            println!(
+                "revoked token {} ({}, role {})",
+                record.id, record.name, record.role
+            );
+        }
+    }
+    Ok(())
+}
+
 fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     let node = create_node(root, &args)?;
     let id = node.node_id();
@@ -58,6 +162,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
                 "name": node.config.node.name,
                 "zone": node.config.node.zone,
                 "mesh_id": node.mesh_id,
+                "role": node.cert_info()?.role.as_str(),
                 "data_dir": root,
             }))?
         );
@@ -66,6 +171,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
         println!("  data dir  {}", root.display());
         println!("  zone      {}", configured_zone(&node.config.node.zone));
         println!("  mesh      {}", node.mesh_id);
+        println!("  role      {}", node.cert_info()?.role);
         println!("  config    {}", node.dir.config().display());
     }
     Ok(())
@@ -180,7 +286,14 @@ fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs
     let mesh_id = ca.mesh_id().to_owned();
     let identity = Identity::generate();
     let node_id = identity.node_id();
-    let cert = ca.issue(&identity.public_key())?;
+    // The node that starts a mesh changes what runs where; one joining with the CA's files
+    // does only when asked to (`--control`).
+    let role = if args.mesh.is_none() || args.control {
+        mesh::net::identity::NodeRole::Control
+    } else {
+        mesh::net::identity::NodeRole::Member
+    };
+    let cert = ca.issue(&identity.public_key(), role)?;
     // Store, configuration and certificates first, the key last: the key marks a finished
     // init, so a failed init can simply be run again.
     let mut store = Store::open(&dir.store(), config.store_config(&mesh_id, &node_id)?)
@@ -218,7 +331,7 @@ fn peers(node: &Node, json: bool) -> Result<()> {
             node.dir.root.display()
         );
     };
-    let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
+    let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&peers)?);
         return Ok(());
@@ -237,7 +350,7 @@ fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
         );
     };
     let timeout = parse_duration(&args.timeout).context("--timeout")?;
-    let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
+    let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
     let name_of = |id: &str| {
         peers
             .iter()
@@ -258,16 +371,9 @@ fn sync_now(node: &Node, args: SyncArgs) -> Result<()> {
             }
         }
     };
-    let token = std::fs::read_to_string(node.dir.api_token())
-        .with_context(|| format!("cannot read {}", node.dir.api_token().display()))?;
     let body = json!({ "peer": peer, "timeout_ms": timeout.as_millis() as u64 }).to_string();
-    let report: crate::api::SyncReport = crate::cli::client::post_with_timeout(
-        addr,
-        "/sync",
-        token.trim(),
-        &body,
-        timeout + std::time::Duration::from_secs(5),
-    )?;
+    let report: crate::api::SyncReport =
+        addr.post_with_timeout("/sync", &body, timeout + std::time::Duration::from_secs(5))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.peers.is_empty() {
@@ -356,9 +462,9 @@ fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::cli::client::running_node(&node.dir);
     let (health, peers, hierarchy, store) = match running {
         Some(addr) => {
-            let health = crate::cli::client::health(addr)?;
-            let peers: Vec<crate::api::PeerView> = crate::cli::client::get(addr, "/peers")?;
-            let hierarchy: HierarchyView = crate::cli::client::get(addr, "/hierarchy")?;
+            let health = addr.health()?;
+            let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
+            let hierarchy: HierarchyView = addr.get("/hierarchy")?;
             (Some(health), peers, Some(hierarchy), None)
         }
         None => (None, Vec::new(), None, Some(node.open_store()?.stats()?)),
@@ -371,6 +477,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 "name": node.config.node.name,
                 "zone": hierarchy.as_ref().map_or(node.config.node.zone.as_str(), |h| h.zone.as_str()),
                 "role": hierarchy.as_ref().map_or(node.config.node.role.as_str(), |h| h.role.as_str()),
+                "mesh_role": node.cert_info().ok().map(|c| c.role.as_str()),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
                 "health": health,
@@ -390,7 +497,10 @@ fn status(node: &Node, json: bool) -> Result<()> {
             node.config.node.role
         ),
     }
-    println!("mesh     {}", node.mesh_id);
+    match node.cert_info() {
+        Ok(cert) => println!("mesh     {} (mesh role {})", node.mesh_id, cert.role),
+        Err(e) => println!("mesh     {} (its certificate: {e:#})", node.mesh_id),
+    }
     match &health {
         Some(h) => {
             println!(
@@ -595,18 +705,116 @@ fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {
                 println!("  join a node with: rhizome init --mesh {}", dir.display());
             }
         }
-        MeshCommand::Revoke { node, reason } => {
-            if node.len() != 32 || !node.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("`{node}` is not a node id (32 hex characters, see `rhizome doc show mesh`)");
-            }
-            let node_handle = Node::load(root)?;
-            let mut store = node_handle.open_store()?;
-            let revoked_ms = now_ms();
-            store.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
-                mesh.revoked
-                    .insert(node.clone(), crdt_store::Revocation { revoked_ms, reason });
-            })?;
+        MeshCommand::Revoke { node, reason, mesh } => {
+            record_revocation(root, &node, false, &reason, mesh.as_deref())?;
             println!("revoked node {node}; members refuse it once they have this mesh document");
+        }
+        MeshCommand::Policy { change: None, json } => {
+            let here = Node::load(root)?;
+            let shown: serde_json::Value =
+                read_via(&here, "/doc?id=mesh", |s| show_doc(s, "mesh"))?;
+            let registry: MeshRegistry = serde_json::from_value(shown["content"].clone())
+                .context("the mesh document as the node shows it")?;
+            let ca_pem = std::fs::read_to_string(here.dir.ca_cert())?;
+            let (policy, ignored) =
+                crate::security::policy::read(&registry, &here.mesh_id, &ca_pem);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "members_write_workflows": policy.members_write_workflows,
+                        "ignored": ignored,
+                    }))?
+                );
+            } else {
+                for (setting, meaning) in crate::security::policy::SETTINGS {
+                    let value = match *setting {
+                        crate::security::policy::MEMBERS_WRITE_WORKFLOWS => {
+                            policy.members_write_workflows
+                        }
+                        _ => false,
+                    };
+                    println!("{setting} = {value}\n  {meaning}");
+                }
+                for (setting, why) in &ignored {
+                    println!("ignored: a decision about {setting}: {why}");
+                }
+            }
+        }
+        MeshCommand::Policy {
+            change:
+                Some(crate::cli::PolicyCommand::Set {
+                    setting,
+                    value,
+                    mesh,
+                }),
+            ..
+        } => {
+            let here = Node::load(root)?;
+            let ca = crate::security::revocations::ca_for_decisions(root, mesh.as_deref())?;
+            if ca.mesh_id() != here.mesh_id {
+                bail!(
+                    "the CA given is of mesh {}, this node is of mesh {}",
+                    ca.mesh_id(),
+                    here.mesh_id
+                );
+            }
+            let decision = crate::security::policy::decide(&ca, &setting, &value, now_ms())?;
+            match crate::cli::client::running_node(&here.dir) {
+                Some(api) => {
+                    let body = json!({ "setting": setting, "decision": decision }).to_string();
+                    let _: serde_json::Value = api.post("/mesh/policy", &body)?;
+                }
+                None => {
+                    let mut store = here.open_store()?;
+                    store.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                        m.policy.insert(setting.clone(), decision);
+                    })?;
+                }
+            }
+            println!("{setting} = {value}; nodes follow it once they have this mesh document");
+        }
+        MeshCommand::Unrevoke { node, reason, mesh } => {
+            record_revocation(root, &node, true, &reason, mesh.as_deref())?;
+            println!(
+                "withdrew the revocation of node {node}; members admit it again once they have \
+                 this mesh document"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Signs a revocation decision with the mesh CA and stores it, through the running node when
+/// there is one.
+fn record_revocation(
+    root: &std::path::Path,
+    node: &str,
+    withdrawn: bool,
+    reason: &str,
+    mesh_dir: Option<&std::path::Path>,
+) -> Result<()> {
+    crate::security::revocations::check_node_id(node)?;
+    let here = Node::load(root)?;
+    let ca = crate::security::revocations::ca_for_decisions(root, mesh_dir)?;
+    if ca.mesh_id() != here.mesh_id {
+        bail!(
+            "the CA given is of mesh {}, this node is of mesh {}",
+            ca.mesh_id(),
+            here.mesh_id
+        );
+    }
+    let decision = crate::security::revocations::decide(&ca, node, withdrawn, reason, now_ms());
+    match crate::cli::client::running_node(&here.dir) {
+        Some(api) => {
+            let body = json!({ "node": node, "decision": decision }).to_string();
+            let _: serde_json::Value = api.post("/mesh/revocations", &body)?;
+        }
+        None => {
+            let mut store = here.open_store()?;
+            store.update::<MeshRegistry, _>(&DocName::Mesh, |mesh| {
+                mesh.revoked.insert(node.to_owned(), decision);
+            })?;
         }
     }
     Ok(())
@@ -628,7 +836,7 @@ fn read_via<T: serde::de::DeserializeOwned>(
     offline: impl FnOnce(&mut Store) -> Result<T>,
 ) -> Result<T> {
     match crate::cli::client::running_node(&node.dir) {
-        Some(addr) => crate::cli::client::get(addr, path),
+        Some(addr) => addr.get(path),
         None => offline(&mut node.open_store()?),
     }
 }
@@ -770,14 +978,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                 Some(addr) => {
                     let yaml = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
-                    let token =
-                        std::fs::read_to_string(node.dir.api_token()).with_context(|| {
-                            format!(
-                                "cannot read the running node's API token {}",
-                                node.dir.api_token().display()
-                            )
-                        })?;
-                    crate::cli::client::post(addr, "/workflows", token.trim(), &yaml)?
+                    addr.post("/workflows", &yaml)?
                 }
                 None => apply_workflow(&mut node.open_store()?, definition, &node.writer()?)?,
             };
@@ -944,17 +1145,31 @@ pub fn apply_workflow(
     definition: WorkflowDoc,
     writer: &crate::run::workflow::Writer,
 ) -> Result<WorkflowDoc> {
+    if !writer.control {
+        let registry: MeshRegistry = store.read(&DocName::Mesh)?;
+        let (policy, _) =
+            crate::security::policy::read(&registry, &writer.mesh_id, &writer.ca_cert_pem);
+        if !policy.members_write_workflows {
+            return Err(crate::security::workflow_rights::NotPermitted {
+                role: mesh::net::identity::NodeRole::Member,
+            }
+            .into());
+        }
+    }
     let name = DocName::workflow(&definition.id)?;
     let standing: crdt_store::WorkflowVersions = store.read(&name)?;
     let highest = |of: fn(&WorkflowDoc) -> i64| standing.versions.iter().map(of).max();
     let version = highest(|v| v.version as i64).map_or(0, |v| v as u64) + 1;
-    let stored = WorkflowDoc {
+    let mut stored = WorkflowDoc {
         version: version.max(definition.version),
         updated_by: writer.node.clone(),
         by_control: writer.control,
         updated_ms: now_ms().max(highest(|v| v.updated_ms).map_or(0, |ms| ms + 1)),
         ..definition
     };
+    if let Some(signer) = &writer.signer {
+        crate::security::workflow_rights::sign(&mut stored, signer);
+    }
     stored
         .check_size()
         .with_context(|| format!("workflow `{}` is not stored", stored.id))?;
@@ -1007,7 +1222,7 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
     };
     DocName::workflow(&args.workflow)?;
     let record = match crate::cli::client::running_node(&node.dir) {
-        Some(addr) => run_through_node(node, addr, &args.workflow, &input)?,
+        Some(addr) => run_through_node(addr, &args.workflow, &input)?,
         None => run_here(node, &args.workflow, input)?,
     };
     if args.json {
@@ -1039,30 +1254,23 @@ fn run_once(node: &Node, args: RunArgs) -> Result<()> {
 /// `POST /run/{workflow}`, then `GET /status/{run}` until the run is over. The loop ends when
 /// the run finishes (its workflow's run timeout bounds it) or the node stops answering.
 fn run_through_node(
-    node: &Node,
-    addr: std::net::SocketAddr,
+    addr: crate::cli::client::Api,
     workflow: &str,
     input: &serde_json::Value,
 ) -> Result<RunRecord> {
-    let token = std::fs::read_to_string(node.dir.api_token()).with_context(|| {
-        format!(
-            "cannot read the running node's API token {}",
-            node.dir.api_token().display()
-        )
-    })?;
     let body = if input.is_null() {
         String::new()
     } else {
         input.to_string()
     };
-    let accepted: crate::api::runs::RunAccepted =
-        crate::cli::client::post(addr, &format!("/run/{workflow}"), token.trim(), &body)?;
+    let accepted: crate::api::runs::RunAccepted = addr.post(&format!("/run/{workflow}"), &body)?;
     let path = format!(
         "/status/{}",
         crate::cli::client::encode_query(&accepted.run_id)
     );
     loop {
-        let view: crate::run::scheduler::RunView = crate::cli::client::get(addr, &path)
+        let view: crate::run::scheduler::RunView = addr
+            .get(&path)
             .with_context(|| format!("waiting for run {}", accepted.run_id))?;
         if let crate::run::scheduler::RunView::Finished {
             record, recorded, ..
@@ -1070,7 +1278,8 @@ fn run_through_node(
         {
             if !recorded {
                 // Done means durable: a run whose record did not reach the disk is not done.
-                let problems = crate::cli::client::health(addr)
+                let problems = addr
+                    .health()
                     .map(|h| h.problems.join("; "))
                     .unwrap_or_default();
                 bail!(
@@ -1222,6 +1431,7 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
                 // this data dir goes on running it every 30 s.
                 tags: vec!["demo".into(), "sensor".into()],
                 mesh: None,
+                control: false,
                 json: false,
             },
         )?;

@@ -75,6 +75,12 @@ pub enum Command {
     /// Manage the mesh: its certificate authority and revocations.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Tokens for people and programs calling this node's HTTP API, with a role each:
+    /// `monitor` reads, `operator` also runs workflows and asks for sync, `admin` also applies
+    /// workflows. Every endpoint but `GET /health` needs one; the local CLI uses the node's own
+    /// credential and needs none.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Apply, list and show workflows.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -96,6 +102,37 @@ pub enum Command {
     Sim(simulator::cli::SimArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it, once: only its hash is kept. Takes effect at once, on a
+    /// running node too.
+    Create {
+        /// `monitor`, `operator` or `admin`.
+        #[arg(long)]
+        role: String,
+        /// Who or what it is for, shown by `token list`.
+        #[arg(long, default_value = "unnamed")]
+        name: String,
+        /// How long it is valid (`12h`, `30d`); without it, until revoked.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print JSON (the token, its id, role and expiry).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens (never their secrets): id, name, role, created, expires, revoked.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a token, by id or by name; refused from then on.
+    Revoke {
+        /// The token's id (from `token list`) or its name.
+        token: String,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Human-readable node name (default: the host name).
@@ -113,6 +150,10 @@ pub struct InitArgs {
     /// `<data-dir>/mesh`, which other nodes can join with `--mesh <data-dir>/mesh`.
     #[arg(long, value_name = "DIR")]
     pub mesh: Option<PathBuf>,
+    /// With --mesh: give the node the `control` role, which changes what runs where
+    /// (workflows). A node that starts its own mesh always has it.
+    #[arg(long, requires = "mesh")]
+    pub control: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +180,10 @@ pub struct StartArgs {
     /// No mDNS: find peers only through --peer.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve the HTTP API on a non-loopback address in plain HTTP: tokens then cross the
+    /// network readable by anyone on the path. Refused without this flag.
+    #[arg(long, env = "RHIZOME_HTTP_INSECURE")]
+    pub http_insecure: bool,
     /// `edge` or `cloud`: a cloud node sits in the root zone (unless a zone is configured) and
     /// ranks first in aggregator elections. Default: `node.role`.
     #[arg(long, env = "RHIZOME_NODE_ROLE", value_parser = ["edge", "cloud"])]
@@ -173,13 +218,53 @@ pub enum MeshCommand {
         json: bool,
     },
     /// Revoke a node: every member refuses its connections once the `mesh` document with the
-    /// revocation reaches it.
+    /// revocation reaches it. Needs the mesh CA's key, which signs the decision: nodes ignore
+    /// (and log) a revocation the CA did not sign.
     Revoke {
         /// The node id to revoke.
         node: String,
         /// Why, for the record.
         #[arg(long, default_value = "revoked by an operator")]
         reason: String,
+        /// The mesh directory holding `ca.key` (default: this data dir's own, on the node that
+        /// created the mesh).
+        #[arg(long, value_name = "DIR")]
+        mesh: Option<PathBuf>,
+    },
+    /// Show the mesh-wide settings the mesh CA decided, or decide one (`set`, which needs the
+    /// CA's key and signs the decision; nodes obey only settings the CA signed).
+    Policy {
+        #[command(subcommand)]
+        change: Option<PolicyCommand>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a revocation: the node is admitted again once the decision reaches the members.
+    /// Needs the mesh CA's key, like `revoke`.
+    Unrevoke {
+        /// The node id.
+        node: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "revocation withdrawn by an operator")]
+        reason: String,
+        /// The mesh directory holding `ca.key` (default: this data dir's own).
+        #[arg(long, value_name = "DIR")]
+        mesh: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Decide a setting: `members_write_workflows true|false`.
+    Set {
+        /// The setting.
+        setting: String,
+        /// Its value.
+        value: String,
+        /// The mesh directory holding `ca.key` (default: this data dir's own).
+        #[arg(long, value_name = "DIR")]
+        mesh: Option<PathBuf>,
     },
 }
 

@@ -1019,7 +1019,10 @@ mod tests {
     fn writer() -> crate::run::workflow::Writer {
         crate::run::workflow::Writer {
             node: NODE.into(),
-            control: false,
+            control: true,
+            signer: None,
+            mesh_id: String::new(),
+            ca_cert_pem: String::new(),
         }
     }
 

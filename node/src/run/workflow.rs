@@ -225,6 +225,8 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         conflict: file.conflict,
         updated_by: String::new(),
         by_control: false,
+        author_cert: String::new(),
+        signature: String::new(),
         updated_ms: 0,
     };
     validate(&definition)?;
@@ -306,15 +308,22 @@ pub fn validate(definition: &WorkflowDoc) -> Result<()> {
     Ok(())
 }
 
-/// Who applies a workflow version: the node, and whether it holds the mesh's `control` role
+/// Who applies a workflow version: the node, whether it holds the mesh's `control` role
 /// (recorded in the version as [`WorkflowDoc::by_control`], which `conflict: control_wins`
-/// ranks first).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// ranks first), and the credentials it signs with.
+#[derive(Debug, Clone)]
 pub struct Writer {
     /// The node id.
     pub node: String,
-    /// A cloud peer, or the node that holds the mesh CA ([`crate::node::Node::holds_control`]).
+    /// Its certificate carries `control` ([`crate::node::Node::holds_control`]).
     pub control: bool,
+    /// Signs what it applies; `None` writes unsigned versions, which peers refuse (tests of the
+    /// format alone).
+    pub signer: Option<std::sync::Arc<mesh::net::identity::NodeCredentials>>,
+    /// The mesh and its CA certificate (PEM), against which the mesh's signed settings are read
+    /// (whether members may write workflows).
+    pub mesh_id: String,
+    pub ca_cert_pem: String,
 }
 
 /// A workflow as this node schedules it: the version it runs, or, when it runs none, the
@@ -827,7 +836,10 @@ mod tests {
     fn writer(node: &str) -> Writer {
         Writer {
             node: node.into(),
-            control: false,
+            control: true,
+            signer: None,
+            mesh_id: String::new(),
+            ca_cert_pem: String::new(),
         }
     }
 

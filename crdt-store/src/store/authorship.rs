@@ -1,0 +1,173 @@
+//! Who wrote what a peer sent: every change is attributed to the node whose id is its actor
+//! (each node writes with its own id as actor), and a change to what its author has no right to
+//! is refused before anything of the message is stored. Actors can be forged by whoever builds
+//! changes by hand; the documents where that matters most, workflows, carry signatures on top
+//! ([`crate::WriteRules`]).
+//!
+//! - `results/<node>/...`: changes by `<node>` only.
+//! - `mesh`: an entry `nodes/<node>` and everything in it by `<node>` only; revocation and
+//!   policy decisions by anyone (each is signed by the mesh CA, and nodes obey only valid
+//!   ones).
+//! - `workflow/<id>`: every version new here must pass the node's write rules.
+//! - rollups: not checked here (who aggregates a zone is the election's view, which a receiver
+//!   may not share yet).
+//!
+//! The genesis change of a document (the same bytes on every node, by a fixed actor) is
+//! recognised by its hash, so the genesis actor lends no right to anything else.
+
+use std::collections::BTreeSet;
+
+use automerge::{ActorId, AutoCommit, ChangeHash, Prop, ReadDoc};
+use samod_core::DocumentId;
+
+use super::Store;
+use crate::docs::{self, MeshRegistry, ResultsDoc, RollupDoc, WorkflowDoc, WorkflowVersions};
+use crate::names::DocName;
+
+impl Store {
+    /// Whether the changes that came after `before` into document `doc` (named `name`) were
+    /// written by authors with the right to them; the error names the author and the rule.
+    pub(super) fn check_authorship(
+        &mut self,
+        doc: &DocumentId,
+        name: &str,
+        before: &[ChangeHash],
+    ) -> Result<(), String> {
+        let Ok(parsed) = name.parse::<DocName>() else {
+            return Ok(());
+        };
+        let rules = self.config.write_rules.clone();
+        // The registry, for the rules to read the mesh's settings from; only for workflows.
+        let registry = match (&parsed, &rules) {
+            (DocName::Workflow { .. }, Some(_)) => self
+                .read::<MeshRegistry>(&DocName::Mesh)
+                .map_err(|e| format!("the registry, which the rules need, is unreadable: {e}"))?,
+            _ => MeshRegistry::default(),
+        };
+        let cached = &mut self
+            .cache
+            .get_mut(doc)
+            .expect("the applied document is cached")
+            .doc;
+        let genesis = genesis_hashes(&parsed);
+        let new: Vec<automerge::Change> = cached
+            .get_changes(before)
+            .into_iter()
+            .filter(|c| !genesis.contains(&c.hash()))
+            .collect();
+        let cached = &mut *cached;
+        match &parsed {
+            DocName::Results { node, .. } => {
+                let owner = ActorId::from(node.as_bytes());
+                if let Some(c) = new.iter().find(|c| *c.actor_id() != owner) {
+                    return Err(format!(
+                        "{} wrote to the results of node {node}, which only {node} writes",
+                        author(c.actor_id())
+                    ));
+                }
+            }
+            DocName::Mesh => check_registry(cached, &new)?,
+            DocName::Workflow { .. } => {
+                if let Some(rules) = rules {
+                    let standing = |d: &AutoCommit| -> BTreeSet<String> {
+                        docs::hydrate::<WorkflowVersions>(&parsed, d)
+                            .map(|v| v.versions.iter().map(WorkflowDoc::encode).collect())
+                            .unwrap_or_default()
+                    };
+                    let earlier = standing(&cached.fork_at(before).unwrap_or_default());
+                    let now = docs::hydrate::<WorkflowVersions>(&parsed, cached)
+                        .map(|v| v.versions)
+                        .unwrap_or_default();
+                    for version in now.iter().filter(|v| !earlier.contains(&v.encode())) {
+                        rules
+                            .check_workflow_version(version, &registry)
+                            .map_err(|why| {
+                                format!(
+                                    "version {} by {} is refused: {why}",
+                                    version.version, version.updated_by
+                                )
+                            })?;
+                    }
+                }
+            }
+            DocName::Rollup { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A change's author as people read it: the node id its actor spells, or the actor in hex.
+fn author(actor: &ActorId) -> String {
+    match std::str::from_utf8(actor.to_bytes()) {
+        Ok(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("node {id}")
+        }
+        _ => format!("actor {actor}"),
+    }
+}
+
+/// The hashes of a document's genesis change(s) under `name`.
+fn genesis_hashes(name: &DocName) -> BTreeSet<ChangeHash> {
+    let genesis = match name {
+        DocName::Mesh => docs::genesis_doc::<MeshRegistry>(name),
+        DocName::Workflow { .. } => docs::genesis_doc::<WorkflowDoc>(name),
+        DocName::Results { .. } => docs::genesis_doc::<ResultsDoc>(name),
+        DocName::Rollup { .. } => docs::genesis_doc::<RollupDoc>(name),
+    };
+    genesis
+        .map(|mut d| d.get_heads().into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// In the registry each change touches only its author's own entry, or revocation decisions.
+fn check_registry(doc: &AutoCommit, new: &[automerge::Change]) -> Result<(), String> {
+    for change in new {
+        let actor = change.actor_id();
+        for op in change.decode().operations {
+            let target = match &op.obj {
+                automerge::legacy::ObjectId::Root => None,
+                automerge::legacy::ObjectId::Id(id) => Some(id.to_string()),
+            };
+            // The path from the root to the key the op writes.
+            let mut path: Vec<String> = match &target {
+                None => Vec::new(),
+                Some(id) => {
+                    let obj = doc
+                        .import_obj(id)
+                        .map_err(|e| format!("an op on an unknown object {id}: {e}"))?;
+                    doc.parents(&obj)
+                        .map_err(|e| format!("an op on object {id} of no known place: {e}"))?
+                        .path()
+                        .into_iter()
+                        .map(|(_, prop)| prop_text(&prop))
+                        .collect()
+                }
+            };
+            if let automerge::legacy::Key::Map(key) = &op.key {
+                path.push(key.to_string());
+            }
+            let allowed = match path.first().map(String::as_str) {
+                Some("revoked" | "policy") => true,
+                Some("nodes") => path
+                    .get(1)
+                    .is_some_and(|entry| *actor == ActorId::from(entry.as_bytes())),
+                _ => false,
+            };
+            if !allowed {
+                return Err(format!(
+                    "{} wrote `{}` of the registry, where each node writes only its own entry",
+                    author(actor),
+                    path.join("/")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prop_text(prop: &Prop) -> String {
+    match prop {
+        Prop::Map(key) => key.clone(),
+        Prop::Seq(index) => index.to_string(),
+    }
+}

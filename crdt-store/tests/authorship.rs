@@ -1,0 +1,202 @@
+//! Who may write what, as a receiving store enforces it on every sync message: a node's results
+//! and its registry entry are written by that node only, revocation decisions by anyone (the
+//! CA's signature decides whether they count), workflow versions only as the node's write rules
+//! allow. A refused message stores nothing and names the author and the rule.
+
+use std::sync::Arc;
+
+use crdt_store::{
+    DocName, MeshRegistry, NodeEntry, ResultsDoc, Revocation, RunRecord, RunStatus, Store,
+    StoreConfig, SyncApply, SyncRejected, Window, WorkflowDoc, WriteRules,
+};
+
+fn store(node: &str) -> Store {
+    Store::open_in_memory(StoreConfig::new("mesh", node)).unwrap()
+}
+
+/// Runs a sync session from `from` to `to` over one document until it settles; the first
+/// refusal on the way, if any.
+fn sync(
+    from: &mut Store,
+    from_id: &str,
+    to: &mut Store,
+    to_id: &str,
+    name: &DocName,
+) -> Option<SyncRejected> {
+    let doc = from.document_id(name);
+    for _ in 0..16 {
+        let mut quiet = true;
+        if let Some(payload) = from.sync_generate(&doc, to_id).unwrap() {
+            quiet = false;
+            let outcome = to
+                .sync_apply(vec![SyncApply {
+                    doc: doc.clone(),
+                    peer: from_id.into(),
+                    name: Some(name.to_string()),
+                    payload,
+                }])
+                .unwrap();
+            if let Some(Err(refused)) = outcome.into_iter().next() {
+                return Some(refused);
+            }
+        }
+        if let Some(payload) = to.sync_generate(&doc, from_id).unwrap() {
+            quiet = false;
+            from.sync_apply(vec![SyncApply {
+                doc: doc.clone(),
+                peer: to_id.into(),
+                name: Some(name.to_string()),
+                payload,
+            }])
+            .unwrap();
+        }
+        if quiet {
+            return None;
+        }
+    }
+    panic!("sync of {name} did not settle");
+}
+
+fn record(node: &str, id: &str) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        workflow: "w".into(),
+        workflow_version: 1,
+        node: node.into(),
+        started_ms: 1_700_000_000_000,
+        finished_ms: 1_700_000_000_005,
+        status: RunStatus::Succeeded,
+        output: "{}".into(),
+        ..RunRecord::default()
+    }
+}
+
+#[test]
+fn results_are_taken_from_their_owner_only() {
+    let (mut a, mut b, mut c) = (store("node-a"), store("node-b"), store("node-c"));
+    let window = Window::containing(1_700_000_000_005, 60);
+    let of_a = DocName::results("node-a", window).unwrap();
+    // a's own results travel.
+    a.append_results(&[record("node-a", "r1")]).unwrap();
+    a.apply_pending(usize::MAX).unwrap();
+    assert!(sync(&mut a, "node-a", &mut c, "node-c", &of_a).is_none());
+    // b writes into a's results document (a forged record) and offers it to c.
+    assert!(sync(&mut a, "node-a", &mut b, "node-b", &of_a).is_none());
+    b.update::<ResultsDoc, _>(&of_a, |doc| {
+        doc.runs.insert("forged".into(), record("node-a", "forged"));
+    })
+    .unwrap();
+    let refused = sync(&mut b, "node-b", &mut c, "node-c", &of_a).expect("refused");
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, SyncRejected::Unauthorized { .. }),
+        "{text}"
+    );
+    assert!(!refused.peer_at_fault(), "{text}");
+    assert!(
+        text.contains("node-b") || text.contains("6e6f64652d62"),
+        "the author is named: {text}"
+    );
+    assert!(text.contains("only node-a writes"), "{text}");
+    let held: ResultsDoc = c.read(&of_a).unwrap();
+    assert!(held.runs.contains_key("r1") && !held.runs.contains_key("forged"));
+}
+
+#[test]
+fn each_registry_entry_is_taken_from_its_node_and_revocations_from_anyone() {
+    let (mut a, mut b) = (store("node-a"), store("node-b"));
+    a.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("node-a".into(), NodeEntry::default());
+    })
+    .unwrap();
+    b.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert(
+            "node-b".into(),
+            NodeEntry {
+                name: "b".into(),
+                ..NodeEntry::default()
+            },
+        );
+        // Decisions are checked by signature when read, not by author here.
+        m.revoked.insert("node-x".into(), Revocation::default());
+    })
+    .unwrap();
+    assert!(sync(&mut b, "node-b", &mut a, "node-a", &DocName::Mesh).is_none());
+    let registry: MeshRegistry = a.read(&DocName::Mesh).unwrap();
+    assert_eq!(registry.nodes["node-b"].name, "b");
+    assert!(registry.revoked.contains_key("node-x"));
+    // b renames a: refused, and a's entry stays a's.
+    b.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.get_mut("node-a").unwrap().name = "pwned".into();
+    })
+    .unwrap();
+    let refused = sync(&mut b, "node-b", &mut a, "node-a", &DocName::Mesh).expect("refused");
+    assert!(
+        refused.to_string().contains("nodes/node-a"),
+        "the entry is named: {refused}"
+    );
+    let registry: MeshRegistry = a.read(&DocName::Mesh).unwrap();
+    assert_eq!(registry.nodes["node-a"].name, "");
+    // b adds an entry for a node that does not exist: refused too.
+    let mut c = store("node-c");
+    let mut d = store("node-b");
+    d.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("node-z".into(), NodeEntry::default());
+    })
+    .unwrap();
+    assert!(sync(&mut d, "node-b", &mut c, "node-c", &DocName::Mesh).is_some());
+}
+
+/// Refuses every version not written by `node-cloud`.
+#[derive(Debug)]
+struct CloudOnly;
+
+impl WriteRules for CloudOnly {
+    fn check_workflow_version(
+        &self,
+        version: &WorkflowDoc,
+        _registry: &crdt_store::MeshRegistry,
+    ) -> Result<(), String> {
+        if version.updated_by == "node-cloud" {
+            Ok(())
+        } else {
+            Err(format!("{} holds no control role", version.updated_by))
+        }
+    }
+}
+
+#[test]
+fn workflow_versions_stand_only_as_the_write_rules_allow() {
+    let mut config = StoreConfig::new("mesh", "node-edge");
+    config.write_rules = Some(Arc::new(CloudOnly));
+    let mut edge = Store::open_in_memory(config).unwrap();
+    let (mut cloud, mut rogue) = (store("node-cloud"), store("node-rogue"));
+    let name = DocName::workflow("w").unwrap();
+    let version = |by: &str, v: u64| WorkflowDoc {
+        id: "w".into(),
+        version: v,
+        updated_by: by.into(),
+        updated_ms: v as i64,
+        ..WorkflowDoc::default()
+    };
+    cloud
+        .update::<WorkflowDoc, _>(&name, |w| *w = version("node-cloud", 1))
+        .unwrap();
+    assert!(sync(&mut cloud, "node-cloud", &mut edge, "node-edge", &name).is_none());
+    let held: WorkflowDoc = edge.read(&name).unwrap();
+    assert_eq!(held.updated_by, "node-cloud");
+    // The rogue node takes the cloud's version, writes its own over it, and offers it.
+    assert!(sync(&mut cloud, "node-cloud", &mut rogue, "node-rogue", &name).is_none());
+    rogue
+        .update::<WorkflowDoc, _>(&name, |w| *w = version("node-rogue", 2))
+        .unwrap();
+    let refused = sync(&mut rogue, "node-rogue", &mut edge, "node-edge", &name).expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("node-rogue holds no control role"),
+        "{refused}"
+    );
+    let held: WorkflowDoc = edge.read(&name).unwrap();
+    assert_eq!((held.version, held.updated_by.as_str()), (1, "node-cloud"));
+}

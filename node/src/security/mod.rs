@@ -1,0 +1,10 @@
+//! Trust in the mesh beyond admission: decisions only the mesh CA may take (revocations),
+//! checked by every node on whatever reaches it, whoever relayed it.
+//!
+//! The room of mesh-level security: signed revocations ([`revocations`]) and signed workflow
+//! versions ([`workflow_rights`]). API tokens, which guard one node's HTTP API, live with the
+//! API (`api::auth`).
+
+pub mod policy;
+pub mod revocations;
+pub mod workflow_rights;

@@ -24,6 +24,8 @@ cargo check -p mesh --no-default-features --locked
 # here keeps them in step with the code they fuzz.
 step "fuzz targets build"
 for crate in mesh crdt-store node; do
+  # Start from the workspace's versions, so the targets build against what the tests test.
+  [ -f "$crate/fuzz/Cargo.lock" ] || cp Cargo.lock "$crate/fuzz/Cargo.lock"
   cargo check --manifest-path "$crate/fuzz/Cargo.toml" --quiet
 done
 

@@ -48,6 +48,7 @@ fn config(
         discovery,
         timing: Timing::default(),
         seed: u64::from(seed),
+        enrolment: None,
     }
 }
 

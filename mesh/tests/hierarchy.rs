@@ -65,6 +65,7 @@ async fn node(
         discovery: None,
         timing: Timing::default(),
         seed: u64::from(seed),
+        enrolment: None,
     })
     .await
     .unwrap();

@@ -267,6 +267,7 @@ impl Node {
             discovery: None,
             timing: Timing::default(),
             seed: u64::from(seed),
+            enrolment: None,
         };
         let replication = runtime
             .block_on(rhizome::fleet::sync::start(

@@ -160,6 +160,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             discovery,
             timing: Timing::default(),
             seed: u64::from_le_bytes(node.identity.public_key()[..8].try_into().expect("8 bytes")),
+            enrolment: crate::security::enrolment::issuer(&node)?,
         },
         |_| {},
     )

@@ -68,6 +68,10 @@ pub struct MeshConfig {
     pub timing: Timing,
     /// Seed of the membership's randomness (jitter).
     pub seed: u64,
+    /// Answers enrolment requests of machines that join with a token; only on a node that
+    /// holds the mesh CA. `None`: a connection without a certificate is refused at the
+    /// handshake.
+    pub enrolment: Option<Arc<dyn super::enrolment::Enrolment>>,
 }
 
 /// Something the user of the mesh should know.
@@ -288,11 +292,12 @@ pub async fn spawn(
         ElectionTiming::default(),
         Duration::ZERO,
     )?;
-    let server =
-        QuicServerConfig::try_from(config.credentials.server_config(config.revoked.clone())?)
-            .map_err(|e| {
-                super::identity::IdentityError::Tls(rustls::Error::General(e.to_string()))
-            })?;
+    let server = QuicServerConfig::try_from(
+        config
+            .credentials
+            .server_config_with(config.revoked.clone(), config.enrolment.is_some())?,
+    )
+    .map_err(|e| super::identity::IdentityError::Tls(rustls::Error::General(e.to_string())))?;
     let client =
         QuicClientConfig::try_from(config.credentials.client_config(config.revoked.clone())?)
             .map_err(|e| {
@@ -359,6 +364,7 @@ pub async fn spawn(
     }
     let actor = Actor {
         me,
+        enrolment: config.enrolment.clone(),
         hello,
         endpoint,
         discovery,
@@ -387,6 +393,7 @@ pub async fn spawn(
 
 struct Actor {
     me: NodeId,
+    enrolment: Option<Arc<dyn super::enrolment::Enrolment>>,
     hello: Hello,
     endpoint: quinn::Endpoint,
     discovery: Option<Discovery>,
@@ -487,9 +494,13 @@ impl Actor {
                     self.next_conn += 1;
                     let tx = self.conn_tx.clone();
                     let hello = self.hello.clone();
+                    let enrolment = self.enrolment.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                            Ok(Ok(connection)) => run_connection(conn, connection, false, None, hello, tx).await,
+                            Ok(Ok(connection)) => match enrolment.filter(|_| asks_to_join(&connection)) {
+                                Some(enrolment) => super::enrolment::serve(connection, enrolment).await,
+                                None => run_connection(conn, connection, false, None, hello, tx).await,
+                            },
                             Ok(Err(e)) => tracing::info!(error = %e, "refused an incoming connection"),
                             Err(_) => tracing::info!("an incoming handshake timed out"),
                         }
@@ -868,6 +879,15 @@ fn close_reason(reason: &str) -> &[u8] {
         end -= 1;
     }
     &reason.as_bytes()[..end]
+}
+
+/// Whether an incoming connection negotiated the enrolment protocol.
+fn asks_to_join(connection: &quinn::Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|protocol| protocol == super::enrolment::JOIN_ALPN)
 }
 
 fn peer_node_id(connection: &quinn::Connection) -> Result<NodeId, String> {

@@ -255,20 +255,30 @@ pub fn verify_node_signature(
         what: "signed content",
         reason: reason.into(),
     };
-    let cert = parse_pem_cert(cert_pem, "signer's certificate")?;
-    let ca = parse_pem_cert(ca_cert_pem, "mesh CA certificate")?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|_| invalid("the signer's certificate does not parse"))?;
-    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
-        .map_err(|_| invalid("the mesh CA certificate does not parse"))?;
-    parsed
-        .verify_signature(Some(ca_parsed.public_key()))
-        .map_err(|_| invalid("the signer's certificate was not issued by this mesh's CA"))?;
+    let info = verify_issued_by(ca_cert_pem, cert_pem)?;
     let key = public_key_of(cert_pem, "signer's certificate")?;
     let signature = decode_hex(signature).ok_or_else(|| invalid("the signature is not hex"))?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
         .verify(text.as_bytes(), &signature)
         .map_err(|_| invalid("the signature is not the certificate key's over this content"))?;
+    Ok(info)
+}
+
+/// Checks that `cert_pem` was issued by the mesh CA (`ca_cert_pem`); what it says.
+pub fn verify_issued_by(ca_cert_pem: &str, cert_pem: &str) -> Result<CertInfo, IdentityError> {
+    let invalid = |reason: &str| IdentityError::Invalid {
+        what: "node certificate",
+        reason: reason.into(),
+    };
+    let cert = parse_pem_cert(cert_pem, "node certificate")?;
+    let ca = parse_pem_cert(ca_cert_pem, "mesh CA certificate")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| invalid("it does not parse"))?;
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
+        .map_err(|_| invalid("the mesh CA certificate does not parse"))?;
+    parsed
+        .verify_signature(Some(ca_parsed.public_key()))
+        .map_err(|_| invalid("the signer's certificate was not issued by this mesh's CA"))?;
     cert_info(&cert)
 }
 
@@ -550,18 +560,45 @@ impl NodeCredentials {
         &self,
         revoked: Revocations,
     ) -> Result<rustls::ServerConfig, IdentityError> {
+        self.server_config_with(revoked, false)
+    }
+
+    /// As [`NodeCredentials::server_config`], also serving enrolment when `enrolment` is set:
+    /// a client may then connect without a certificate, for [`super::enrolment::JOIN_ALPN`]
+    /// only (the driver closes a certificate-less connection that asks for anything else), and
+    /// the node sends the CA certificate with its own, for the joining side to check against
+    /// its token's fingerprint.
+    pub fn server_config_with(
+        &self,
+        revoked: Revocations,
+        enrolment: bool,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.roots()?,
             provider.clone(),
-        )
-        .build()
-        .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
+        );
+        if enrolment {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder
+            .build()
+            .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
+        let chain = if enrolment {
+            vec![self.cert.clone(), self.ca.clone()]
+        } else {
+            vec![self.cert.clone()]
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(MeshClientVerifier { inner, revoked }))
-            .with_single_cert(vec![self.cert.clone()], self.key())?;
+            .with_single_cert(chain, self.key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        if enrolment {
+            config
+                .alpn_protocols
+                .push(super::enrolment::JOIN_ALPN.to_vec());
+        }
         // A resumed session skips certificate verification, so a node revoked after its first
         // connection could come back on a ticket: no tickets, no session cache.
         config.send_tls13_tickets = 0;
@@ -610,6 +647,14 @@ struct MeshClientVerifier {
 impl rustls::server::danger::ClientCertVerifier for MeshClientVerifier {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_client_cert(

@@ -3,4 +3,5 @@
 
 pub mod discovery;
 pub mod driver;
+pub mod enrolment;
 pub mod identity;

@@ -28,6 +28,7 @@ fn dispatch(opts: Opts) -> Result<()> {
     let root = opts.data_dir;
     match opts.command {
         Command::Init(args) => init(&root, args),
+        Command::Join(args) => join(&root, args),
         Command::Mesh(cmd) => mesh_command(&root, cmd),
         Command::Token(cmd) => token_command(&Node::load(&root)?, cmd),
         Command::Start(args) => crate::daemon::start(Node::load(&root)?, args),
@@ -151,6 +152,170 @@ fn token_command(node: &Node, cmd: crate::cli::TokenCommand) -> Result<()> {
     Ok(())
 }
 
+fn join(root: &std::path::Path, args: crate::cli::JoinArgs) -> Result<()> {
+    let token = crate::security::enrolment::JoinToken::parse(&args.token).context("--token")?;
+    let init = InitArgs {
+        name: args.name,
+        zone: args.zone,
+        tags: args.tags,
+        mesh: None,
+        control: false,
+        json: args.json,
+    };
+    let node = create_node_from(
+        root,
+        &init,
+        &Issuance::Join {
+            addr: args.addr.clone(),
+            token,
+        },
+    )?;
+    let role = node.cert_info()?.role;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "node_id": node.node_id(),
+                "name": node.config.node.name,
+                "zone": node.config.node.zone,
+                "mesh_id": node.mesh_id,
+                "role": role.as_str(),
+                "peer": args.addr,
+                "data_dir": root,
+            }))?
+        );
+    } else {
+        println!(
+            "joined mesh {} as node {} ({}), role {role}",
+            node.mesh_id,
+            node.config.node.name,
+            node.node_id()
+        );
+        println!("  data dir  {}", root.display());
+        println!("  peer      {} (dialled at start)", args.addr);
+        println!("  next      rhizome start --data-dir {}", root.display());
+    }
+    Ok(())
+}
+
+fn join_token_command(root: &std::path::Path, cmd: crate::cli::JoinTokenCommand) -> Result<()> {
+    use crate::cli::JoinTokenCommand;
+    use crate::security::enrolment;
+    Node::load(root)?;
+    let own_ca = root.join(OWN_MESH_DIR);
+    match cmd {
+        JoinTokenCommand::Create {
+            role,
+            zone,
+            ttl,
+            json,
+        } => {
+            if !own_ca.join(CA_KEY_FILE).exists() {
+                bail!(
+                    "join tokens are made and redeemed on the node that holds the mesh CA (the \
+                     one that created the mesh); {} holds none",
+                    own_ca.display()
+                );
+            }
+            let ca = crate::mesh_admin::load_ca(&own_ca)?;
+            let role = mesh::net::identity::NodeRole::parse(&role)
+                .with_context(|| format!("--role {role}: member or control"))?;
+            let ttl = parse_duration(&ttl).context("--ttl")?;
+            let (token, record) = enrolment::create(
+                root,
+                &ca,
+                role,
+                zone.as_deref().unwrap_or_default(),
+                ttl,
+                now_ms(),
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "token": token,
+                        "id": record.id,
+                        "role": record.role,
+                        "zone": record.zone,
+                        "expires": format_timestamp(record.expires_ms),
+                    }))?
+                );
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "join token {} (role {}{}), valid until {}, once: shown this once, only its \
+                     hash is kept. On the new machine: rhizome join <this node's address:port> \
+                     --token <token>",
+                    record.id,
+                    record.role,
+                    if record.zone.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", zone {}", record.zone)
+                    },
+                    format_timestamp(record.expires_ms)
+                );
+            }
+        }
+        JoinTokenCommand::List { json } => {
+            let records = enrolment::list(root)?;
+            let now = now_ms();
+            let state = |r: &enrolment::JoinTokenRecord| match (r.used_ms, r.revoked_ms) {
+                (Some(at), _) => format!(
+                    "used {} by {}",
+                    format_timestamp(at),
+                    r.used_by.as_deref().unwrap_or("?")
+                ),
+                (None, Some(at)) => format!("withdrawn {}", format_timestamp(at)),
+                (None, None) if r.expires_ms <= now => {
+                    format!("expired {}", format_timestamp(r.expires_ms))
+                }
+                (None, None) => format!("valid until {}", format_timestamp(r.expires_ms)),
+            };
+            if json {
+                let listed: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "id": r.id,
+                            "role": r.role,
+                            "zone": r.zone,
+                            "created": format_timestamp(r.created_ms),
+                            "state": state(r),
+                            "used_by": r.used_by,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else if records.is_empty() {
+                println!("no join tokens (`rhizome mesh token create`)");
+            } else {
+                let rows: Vec<Vec<String>> = records
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.role.clone(),
+                            r.zone.clone(),
+                            format_timestamp(r.created_ms),
+                            state(r),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    output::table(&["ID", "ROLE", "ZONE", "CREATED", "STATE"], &rows)
+                );
+            }
+        }
+        JoinTokenCommand::Revoke { id } => {
+            let record = enrolment::revoke(root, &id, now_ms())?;
+            println!("withdrew join token {}", record.id);
+        }
+    }
+    Ok(())
+}
+
 fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     let node = create_node(root, &args)?;
     let id = node.node_id();
@@ -180,6 +345,22 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
 /// Builds the new data dir aside, beside `root`, and moves it into place only when it is whole:
 /// a failed or killed init (a full disk, a bad CA, Ctrl-C) leaves `root` as it was.
 fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
+    create_node_from(root, args, &Issuance::Local)
+}
+
+/// Where a new node's certificate comes from.
+enum Issuance {
+    /// From a CA on this machine: `--mesh DIR`, the data dir's own, or a new mesh.
+    Local,
+    /// From a node that holds the CA, over the network, with a join token; the node is then
+    /// the new one's bootstrap peer.
+    Join {
+        addr: String,
+        token: crate::security::enrolment::JoinToken,
+    },
+}
+
+fn create_node_from(root: &std::path::Path, args: &InitArgs, issuance: &Issuance) -> Result<Node> {
     let dir = DataDir::new(root.to_owned());
     if dir.key().exists() {
         let existing = Identity::load(&dir.key())?;
@@ -209,8 +390,8 @@ fn create_node(root: &std::path::Path, args: &InitArgs) -> Result<Node> {
             staging.display()
         )
     })?;
-    let built =
-        build_node(&staging, root, args).and_then(|node| publish(&staging, root).map(|()| node));
+    let built = build_node(&staging, root, args, issuance)
+        .and_then(|node| publish(&staging, root).map(|()| node));
     if built.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
@@ -255,7 +436,12 @@ fn publish(staging: &std::path::Path, root: &std::path::Path) -> Result<()> {
 }
 
 /// Writes a whole data dir into `staging`, taking settings and an existing own CA from `root`.
-fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs) -> Result<Node> {
+fn build_node(
+    staging: &std::path::Path,
+    root: &std::path::Path,
+    args: &InitArgs,
+    issuance: &Issuance,
+) -> Result<Node> {
     let dir = DataDir::new(staging.to_owned());
     let mut config = Config::load(&DataDir::new(root.to_owned()).config(), std::env::vars())?;
     if let Some(name) = &args.name {
@@ -272,28 +458,58 @@ fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs
         config.node.tags = args.tags.clone();
     }
     config.validate()?;
-    let ca = match &args.mesh {
-        Some(mesh_dir) => crate::mesh_admin::load_ca(mesh_dir)?,
-        None => {
-            let own = root.join(OWN_MESH_DIR);
-            if own.join(CA_KEY_FILE).exists() {
-                crate::mesh_admin::load_ca(&own)?
-            } else {
-                crate::mesh_admin::create_ca(&staging.join(OWN_MESH_DIR))?
-            }
-        }
-    };
-    let mesh_id = ca.mesh_id().to_owned();
     let identity = Identity::generate();
     let node_id = identity.node_id();
-    // The node that starts a mesh changes what runs where; one joining with the CA's files
-    // does only when asked to (`--control`).
-    let role = if args.mesh.is_none() || args.control {
-        mesh::net::identity::NodeRole::Control
-    } else {
-        mesh::net::identity::NodeRole::Member
+    let (cert, ca_pem) = match issuance {
+        Issuance::Local => {
+            let ca = match &args.mesh {
+                Some(mesh_dir) => crate::mesh_admin::load_ca(mesh_dir)?,
+                None => {
+                    let own = root.join(OWN_MESH_DIR);
+                    if own.join(CA_KEY_FILE).exists() {
+                        crate::mesh_admin::load_ca(&own)?
+                    } else {
+                        crate::mesh_admin::create_ca(&staging.join(OWN_MESH_DIR))?
+                    }
+                }
+            };
+            // The node that starts a mesh changes what runs where; one joining with the CA's
+            // files does only when asked to (`--control`).
+            let role = if args.mesh.is_none() || args.control {
+                mesh::net::identity::NodeRole::Control
+            } else {
+                mesh::net::identity::NodeRole::Member
+            };
+            (
+                ca.issue(&identity.public_key(), role)?,
+                ca.cert_pem().to_owned(),
+            )
+        }
+        Issuance::Join { addr, token } => {
+            let (cert, ca_pem, _role, zone) = crate::security::enrolment::join(
+                addr,
+                token,
+                &identity.public_key(),
+                &config.node.name,
+            )?;
+            // The token's zone is the issuer's choice for this node; the node may not pick
+            // another one.
+            if !zone.is_empty() {
+                if args.zone.as_deref().is_some_and(|z| z != zone) {
+                    bail!(
+                        "the join token puts this node in zone {zone}; --zone {} differs",
+                        args.zone.as_deref().unwrap_or_default()
+                    );
+                }
+                config.node.zone = zone;
+            }
+            if !config.network.peers.contains(addr) {
+                config.network.peers.push(addr.clone());
+            }
+            (cert, ca_pem)
+        }
     };
-    let cert = ca.issue(&identity.public_key(), role)?;
+    let mesh_id = mesh::net::identity::mesh_id_of_ca(&ca_pem)?;
     // Store, configuration and certificates first, the key last: the key marks a finished
     // init, so a failed init can simply be run again.
     let mut store = Store::open(&dir.store(), config.store_config(&mesh_id, &node_id)?)
@@ -311,7 +527,10 @@ fn build_node(staging: &std::path::Path, root: &std::path::Path, args: &InitArgs
     })?;
     drop(store);
     config.save(&dir.config())?;
-    for (path, text) in [(dir.cert(), cert.as_str()), (dir.ca_cert(), ca.cert_pem())] {
+    for (path, text) in [
+        (dir.cert(), cert.as_str()),
+        (dir.ca_cert(), ca_pem.as_str()),
+    ] {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     identity.save_new(&dir.key())?;
@@ -709,6 +928,7 @@ fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {
             record_revocation(root, &node, false, &reason, mesh.as_deref())?;
             println!("revoked node {node}; members refuse it once they have this mesh document");
         }
+        MeshCommand::Token(cmd) => join_token_command(root, cmd)?,
         MeshCommand::Policy { change: None, json } => {
             let here = Node::load(root)?;
             let shown: serde_json::Value =

@@ -46,6 +46,11 @@ pub enum Command {
     ///
     /// Refuses to touch a data dir that already holds a node.
     Init(InitArgs),
+    /// Join a mesh over the network with a one-time join token: create this node's identity,
+    /// get a certificate for it from the node that holds the mesh CA, and set that node as a
+    /// peer to dial. The CA's key never leaves its machine; the token names the CA, so a node
+    /// of any other mesh (or anyone in between) is refused before anything is sent.
+    Join(JoinArgs),
     /// Run the node: join the mesh, serve the local HTTP API, until SIGINT or SIGTERM.
     Start(StartArgs),
     /// Show this node: identity, mesh, whether it runs, its peers and store.
@@ -131,6 +136,28 @@ pub enum TokenCommand {
         /// The token's id (from `token list`) or its name.
         token: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The QUIC address of the node that holds the mesh CA (`host:port`).
+    #[arg(value_name = "HOST:PORT")]
+    pub addr: String,
+    /// The join token (`rhizome mesh token create` on that node).
+    #[arg(long, env = "RHIZOME_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Human-readable node name (default: the host name).
+    #[arg(long, env = "RHIZOME_NODE_NAME")]
+    pub name: Option<String>,
+    /// Zone path (a token may fix it).
+    #[arg(long, env = "RHIZOME_NODE_ZONE")]
+    pub zone: Option<String>,
+    /// A tag for workflow selectors; repeat for several.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +258,10 @@ pub enum MeshCommand {
         #[arg(long, value_name = "DIR")]
         mesh: Option<PathBuf>,
     },
+    /// One-time join tokens, made on the node that holds the mesh CA: `rhizome join` redeems
+    /// one against that node while it runs.
+    #[command(subcommand)]
+    Token(JoinTokenCommand),
     /// Show the mesh-wide settings the mesh CA decided, or decide one (`set`, which needs the
     /// CA's key and signs the decision; nodes obey only settings the CA signed).
     Policy {
@@ -251,6 +282,36 @@ pub enum MeshCommand {
         /// The mesh directory holding `ca.key` (default: this data dir's own).
         #[arg(long, value_name = "DIR")]
         mesh: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token and print it, once (only its hash is kept).
+    Create {
+        /// The mesh role the joining node gets: `member` or `control`.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Put the joining node in this zone.
+        #[arg(long)]
+        zone: Option<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List join tokens: id, role, zone, state (valid, used and by whom, expired, withdrawn).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a join token that has not been used.
+    Revoke {
+        /// The token's id.
+        id: String,
     },
 }
 

@@ -5,6 +5,7 @@
 //! versions ([`workflow_rights`]). API tokens, which guard one node's HTTP API, live with the
 //! API (`api::auth`).
 
+pub mod enrolment;
 pub mod policy;
 pub mod revocations;
 pub mod workflow_rights;

@@ -33,6 +33,43 @@ pub struct Config {
     pub store: StoreSection,
     pub network: NetworkSection,
     pub sync: SyncSection,
+    pub security: SecuritySection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// How long the node certificates this node issues are valid (on the node that holds the
+    /// mesh CA, and for `init --mesh DIR`).
+    pub cert_lifetime: String,
+    /// A node asks the node that holds the CA for a new certificate once less than this is
+    /// left of its own.
+    pub renew_before: String,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection {
+            cert_lifetime: "90d".into(),
+            renew_before: "30d".into(),
+        }
+    }
+}
+
+impl SecuritySection {
+    /// `cert_lifetime` and `renew_before`, checked.
+    pub fn lifetimes(&self) -> Result<(std::time::Duration, std::time::Duration)> {
+        let lifetime = parse_duration(&self.cert_lifetime).context("security.cert_lifetime")?;
+        let renew = parse_duration(&self.renew_before).context("security.renew_before")?;
+        if renew >= lifetime {
+            bail!(
+                "security.renew_before ({}) must be shorter than security.cert_lifetime ({})",
+                self.renew_before,
+                self.cert_lifetime
+            );
+        }
+        Ok((lifetime, renew))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +197,7 @@ impl Default for SyncSection {
     }
 }
 
-const SECTIONS: &[&str] = &["node", "store", "network", "sync"];
+const SECTIONS: &[&str] = &["node", "store", "network", "sync", "security"];
 
 impl Config {
     /// Loads `rhizome.toml` from `path` (defaults if it does not exist), then applies `RHIZOME_*`
@@ -243,6 +280,7 @@ impl Config {
                 .context("store.retention_max_size (RHIZOME_STORE_RETENTION_MAX_SIZE)")?;
         }
         self.min_free()?;
+        self.security.lifetimes()?;
         Ok(())
     }
 

@@ -136,6 +136,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     }
     revoked.set(verdicts.revoked);
 
+    // The node that holds the mesh CA enrols joining machines and renews certificates.
+    let issuer = crate::security::enrolment::issuer(&node)?;
+    let (_, renew_before) = node.config.security.lifetimes()?;
+
     // Every committed change reaches document sync (announce to peers) and the node's own
     // watchers (revocations in the mesh document, workflows).
     let crate::fleet::sync::Replication {
@@ -160,7 +164,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             discovery,
             timing: Timing::default(),
             seed: u64::from_le_bytes(node.identity.public_key()[..8].try_into().expect("8 bytes")),
-            enrolment: crate::security::enrolment::issuer(&node)?,
+            enrolment: issuer
+                .clone()
+                .map(|i| i as Arc<dyn mesh::net::enrolment::Enrolment>),
         },
         |_| {},
     )
@@ -173,8 +179,30 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         tags: node.config.node.tags.clone(),
         addresses: published_addresses(quic),
         version: env!("CARGO_PKG_VERSION").into(),
+        // Nodes find where to renew their certificates by this.
+        capabilities: if issuer.is_some() {
+            vec![crate::security::renewal::ENROLS.into()]
+        } else {
+            Vec::new()
+        },
         ..NodeEntry::default()
     };
+    let renewal_state = Arc::new(std::sync::Mutex::new(
+        crate::security::renewal::RenewalState::default(),
+    ));
+    let renewal = tokio::spawn(
+        crate::security::renewal::Renewal {
+            dir: node.dir.clone(),
+            secret: node.identity.secret(),
+            mesh: mesh.clone(),
+            store: store.clone(),
+            revoked: revoked.clone(),
+            issuer: issuer.clone(),
+            renew_before,
+            state: renewal_state.clone(),
+        }
+        .run(),
+    );
     // Sync announces a rewrite like any other change. Written before the API serves, so that a
     // node that answers is listed; a disk that fails as the node starts delays the entry, not
     // the node: it is written once the store serves again.
@@ -279,6 +307,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         capabilities: Arc::new(std::sync::Mutex::new(capabilities)),
         scheduler: scheduler.clone(),
         data_dir: node.dir.root.clone(),
+        renewal: renewal_state.clone(),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
@@ -418,6 +447,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     if let Some(own_entry) = own_entry {
         own_entry.abort();
     }
+    renewal.abort();
     revocations.abort();
     zone_peers.abort();
     routes.abort();

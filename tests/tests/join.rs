@@ -46,25 +46,37 @@ fn a_machine_with_only_a_token_joins_and_a_token_works_once() {
     assert!(!edge_dir.join("mesh").exists(), "the edge got no CA");
     assert!(!edge_dir.join("ca.key").exists());
     let status = ok(run(&edge_dir, &["status", "--json"]));
-    assert_eq!(status["mesh_id"], ok(run(&cloud_dir, &["status", "--json"]))["mesh_id"]);
+    assert_eq!(
+        status["mesh_id"],
+        ok(run(&cloud_dir, &["status", "--json"]))["mesh_id"]
+    );
     assert_eq!(status["mesh_role"], "member");
 
     // Started with nothing but its data dir, it dials the node it joined through and syncs.
     let edge = start(&edge_dir, &[]);
-    wait_until("the edge reaches the cloud", Duration::from_secs(15), || {
-        connected(&edge) == 1
-    });
+    wait_until(
+        "the edge reaches the cloud",
+        Duration::from_secs(15),
+        || connected(&edge) == 1,
+    );
     let file = tmp.path().join("w.yaml");
     std::fs::write(
         &file,
         "id: probe\ntrigger: manual\nsteps:\n  - id: s\n    agent: noop\n",
     )
     .unwrap();
-    ok(run(&cloud_dir, &["workflow", "apply", file.to_str().unwrap()]));
-    wait_until("the workflow reaches the edge", Duration::from_secs(15), || {
-        let listed = run(&edge_dir, &["workflow", "list", "--json"]);
-        serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|l| l[0]["id"] == "probe")
-    });
+    ok(run(
+        &cloud_dir,
+        &["workflow", "apply", file.to_str().unwrap()],
+    ));
+    wait_until(
+        "the workflow reaches the edge",
+        Duration::from_secs(15),
+        || {
+            let listed = run(&edge_dir, &["workflow", "list", "--json"]);
+            serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|l| l[0]["id"] == "probe")
+        },
+    );
     let run_out = ok(run(&edge_dir, &["run", "probe", "--json"]));
     assert_eq!(run_out["status"], "succeeded", "{run_out}");
 
@@ -91,7 +103,10 @@ fn a_machine_with_only_a_token_joins_and_a_token_works_once() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert!(states.iter().any(|s| s.starts_with("used")), "{listed}");
-    assert!(!listed.to_string().contains(&first[78..]), "secrets are not listed");
+    assert!(
+        !listed.to_string().contains(&first[78..]),
+        "secrets are not listed"
+    );
 
     // A token of another mesh, and a node of another mesh standing in for the right one.
     let other_dir = tmp.path().join("other");
@@ -99,14 +114,25 @@ fn a_machine_with_only_a_token_joins_and_a_token_works_once() {
     let other = start(&other_dir, &[]);
     let theirs = token(&other_dir, &[]);
     let why = refused(join(&tmp.path().join("x1"), &cloud.quic, &theirs, "x1"));
-    assert!(why.contains("does not hold a certificate of the mesh CA"), "{why}");
+    assert!(
+        why.contains("does not hold a certificate of the mesh CA"),
+        "{why}"
+    );
     let ours = token(&cloud_dir, &[]);
     let why = refused(join(&tmp.path().join("x2"), &other.quic, &ours, "x2"));
-    assert!(why.contains("does not hold a certificate of the mesh CA"), "{why}");
+    assert!(
+        why.contains("does not hold a certificate of the mesh CA"),
+        "{why}"
+    );
     // The stand-in learnt nothing: the token is still good at the real node.
     ok(join(&tmp.path().join("x3"), &cloud.quic, &ours, "x3"));
     // A node that holds no CA enrols no one.
-    let why = refused(join(&tmp.path().join("x4"), &edge.quic, &token(&cloud_dir, &[]), "x4"));
+    let why = refused(join(
+        &tmp.path().join("x4"),
+        &edge.quic,
+        &token(&cloud_dir, &[]),
+        "x4",
+    ));
     assert!(why.contains("did not take the enrolment"), "{why}");
     // Join tokens are made only where the CA is.
     let why = refused(run(&edge_dir, &["mesh", "token", "create"]));

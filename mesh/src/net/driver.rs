@@ -143,6 +143,7 @@ enum Command {
     Hierarchy(oneshot::Sender<Hierarchy>),
     SetCapabilities(Capabilities),
     Learned(NodeId, String),
+    Credentials(Box<NodeCredentials>, oneshot::Sender<Result<(), MeshError>>),
 }
 
 enum ConnEvent {
@@ -266,6 +267,17 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
+    /// Uses renewed credentials (a new certificate for the node's key) for every handshake from
+    /// now on; connections already up keep theirs.
+    pub async fn set_credentials(&self, credentials: NodeCredentials) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Credentials(Box::new(credentials), tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)?
+    }
+
     /// Says goodbye to every peer and on mDNS, then stops.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -292,33 +304,24 @@ pub async fn spawn(
         ElectionTiming::default(),
         Duration::ZERO,
     )?;
-    let server = QuicServerConfig::try_from(
-        config
-            .credentials
-            .server_config_with(config.revoked.clone(), config.enrolment.is_some())?,
-    )
-    .map_err(|e| super::identity::IdentityError::Tls(rustls::Error::General(e.to_string())))?;
-    let client =
-        QuicClientConfig::try_from(config.credentials.client_config(config.revoked.clone())?)
-            .map_err(|e| {
-                super::identity::IdentityError::Tls(rustls::Error::General(e.to_string()))
-            })?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(config.timing.heartbeat));
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(config.timing.dead_after * 2).expect("a small timeout"),
     ));
     let transport = Arc::new(transport);
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
-    server_config.transport_config(transport.clone());
+    let (server_config, client_config) = tls_configs(
+        &config.credentials,
+        &config.revoked,
+        config.enrolment.is_some(),
+        transport.clone(),
+    )?;
     let mut endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
         MeshError::Listen {
             addr: config.listen,
             source,
         }
     })?;
-    let mut client_config = quinn::ClientConfig::new(Arc::new(client));
-    client_config.transport_config(transport);
     endpoint.set_default_client_config(client_config);
     let local_addr = endpoint.local_addr().map_err(|source| MeshError::Listen {
         addr: config.listen,
@@ -364,6 +367,8 @@ pub async fn spawn(
     }
     let actor = Actor {
         me,
+        revoked: config.revoked.clone(),
+        transport,
         enrolment: config.enrolment.clone(),
         hello,
         endpoint,
@@ -393,6 +398,8 @@ pub async fn spawn(
 
 struct Actor {
     me: NodeId,
+    revoked: Revocations,
+    transport: Arc<quinn::TransportConfig>,
     enrolment: Option<Arc<dyn super::enrolment::Enrolment>>,
     hello: Hello,
     endpoint: quinn::Endpoint,
@@ -477,6 +484,9 @@ impl Actor {
                     Some(Command::Learned(node, addr)) => {
                         let now = self.now();
                         self.membership.handle(InEvent::Discovered { node, addr }, now);
+                    }
+                    Some(Command::Credentials(credentials, reply)) => {
+                        let _ = reply.send(self.use_credentials(&credentials));
                     }
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
@@ -743,6 +753,18 @@ impl Actor {
         });
     }
 
+    fn use_credentials(&mut self, credentials: &NodeCredentials) -> Result<(), MeshError> {
+        let (server, client) = tls_configs(
+            credentials,
+            &self.revoked,
+            self.enrolment.is_some(),
+            self.transport.clone(),
+        )?;
+        self.endpoint.set_server_config(Some(server));
+        self.endpoint.set_default_client_config(client);
+        Ok(())
+    }
+
     async fn shutdown(&mut self) {
         for (_, (outbox, connection)) in std::mem::take(&mut self.conns) {
             let _ = outbox.try_send(Message::Goodbye {
@@ -879,6 +901,28 @@ fn close_reason(reason: &str) -> &[u8] {
         end -= 1;
     }
     &reason.as_bytes()[..end]
+}
+
+/// The QUIC server and client configurations of a node with these credentials.
+fn tls_configs(
+    credentials: &NodeCredentials,
+    revoked: &Revocations,
+    enrolment: bool,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), MeshError> {
+    let tls_error = |e: &dyn std::fmt::Display| {
+        super::identity::IdentityError::Tls(rustls::Error::General(e.to_string()))
+    };
+    let server =
+        QuicServerConfig::try_from(credentials.server_config_with(revoked.clone(), enrolment)?)
+            .map_err(|e| tls_error(&e))?;
+    let client = QuicClientConfig::try_from(credentials.client_config(revoked.clone())?)
+        .map_err(|e| tls_error(&e))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server_config.transport_config(transport.clone());
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client));
+    client_config.transport_config(transport);
+    Ok((server_config, client_config))
 }
 
 /// Whether an incoming connection negotiated the enrolment protocol.

@@ -32,9 +32,11 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What answers enrolment requests on a node that holds the mesh CA.
 pub trait Enrolment: Send + Sync + std::fmt::Debug {
-    /// The answer to one request from the machine at `from`. Called off the async executor: it
-    /// may write files.
-    fn enrol(&self, request: &[u8], from: SocketAddr) -> Vec<u8>;
+    /// The answer to one request from the machine at `from`, which presented `peer` (a
+    /// certificate of this mesh, verified and not revoked, when it renews one; `None` when it
+    /// joins with a token). Called off the async executor: it may write files.
+    fn enrol(&self, request: &[u8], from: SocketAddr, peer: Option<&CertificateDer<'_>>)
+    -> Vec<u8>;
 }
 
 /// Why an enrolment did not get an answer.
@@ -99,15 +101,20 @@ fn fingerprint_der(der: &[u8]) -> String {
 /// Serves one enrolment connection: one request, one answer.
 pub(crate) async fn serve(connection: quinn::Connection, enrolment: Arc<dyn Enrolment>) {
     let from = connection.remote_address();
+    let peer: Option<CertificateDer<'static>> = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned());
     let exchange = async {
         let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
         let request = recv
             .read_to_end(MAX_JOIN_MESSAGE)
             .await
             .map_err(|e| e.to_string())?;
-        let answer = tokio::task::spawn_blocking(move || enrolment.enrol(&request, from))
-            .await
-            .map_err(|e| e.to_string())?;
+        let answer =
+            tokio::task::spawn_blocking(move || enrolment.enrol(&request, from, peer.as_ref()))
+                .await
+                .map_err(|e| e.to_string())?;
         send.write_all(&answer).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         // The joining side closes once it has read the answer.
@@ -127,6 +134,58 @@ pub(crate) async fn serve(connection: quinn::Connection, enrolment: Arc<dyn Enro
 pub async fn request(
     addr: &str,
     ca_fingerprint: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, EnrolError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(CaByFingerprint {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| EnrolError::Broken {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![JOIN_ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    match exchange(addr, tls, request).await {
+        Err(EnrolError::NotServed { reason, .. }) if reason.contains(NOT_THE_TOKENS_CA) => {
+            Err(EnrolError::WrongCa {
+                addr: addr.to_owned(),
+                fingerprint: ca_fingerprint.to_owned(),
+            })
+        }
+        other => other,
+    }
+}
+
+/// Renews a node's certificate: sends `request` to the node at `addr` over a connection on which
+/// both sides present certificates of the mesh, as mesh connections do; the answer.
+pub async fn renew(
+    addr: &str,
+    credentials: &super::identity::NodeCredentials,
+    revoked: super::identity::Revocations,
+    request: &[u8],
+) -> Result<Vec<u8>, EnrolError> {
+    let broken = |reason: String| EnrolError::Broken {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let mut tls = credentials
+        .client_config(revoked)
+        .map_err(|e| broken(e.to_string()))?;
+    tls.alpn_protocols = vec![JOIN_ALPN.to_vec()];
+    exchange(addr, tls, request).await
+}
+
+/// One request and one answer with the node at `addr`, under `tls`.
+async fn exchange(
+    addr: &str,
+    tls: rustls::ClientConfig,
     request: &[u8],
 ) -> Result<Vec<u8>, EnrolError> {
     let unreachable = |reason: String| EnrolError::Unreachable {
@@ -149,19 +208,6 @@ pub async fn request(
     };
     let mut endpoint =
         quinn::Endpoint::client(bind).map_err(|e| unreachable(format!("no local socket: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(CaByFingerprint {
-        fingerprint: ca_fingerprint.to_ascii_lowercase(),
-        provider: provider.clone(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| broken(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![JOIN_ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(tls).map_err(|e| broken(e.to_string()))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let connecting = endpoint
@@ -169,12 +215,6 @@ pub async fn request(
         .map_err(|e| unreachable(e.to_string()))?;
     let connection = match tokio::time::timeout(JOIN_TIMEOUT, connecting).await {
         Err(_) => return Err(unreachable("no answer".into())),
-        Ok(Err(e)) if e.to_string().contains(NOT_THE_TOKENS_CA) => {
-            return Err(EnrolError::WrongCa {
-                addr: addr.to_owned(),
-                fingerprint: ca_fingerprint.to_owned(),
-            });
-        }
         Ok(Err(e)) => {
             return Err(EnrolError::NotServed {
                 addr: addr.to_owned(),
@@ -183,7 +223,7 @@ pub async fn request(
         }
         Ok(Ok(connection)) => connection,
     };
-    let exchange = async {
+    let talk = async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -191,7 +231,7 @@ pub async fn request(
             .await
             .map_err(|e| e.to_string())
     };
-    let answer = tokio::time::timeout(JOIN_TIMEOUT, exchange)
+    let answer = tokio::time::timeout(JOIN_TIMEOUT, talk)
         .await
         .map_err(|_| broken("no answer in time".into()))?
         .map_err(broken)?;

@@ -14,7 +14,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+pub use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 /// The name every node certificate carries and every client asks for. Peers are identified by
 /// their key, not by a host name, so one constant name serves all of them.
@@ -27,6 +28,11 @@ pub const ALPN: &[u8] = b"rhizome/1";
 /// `control`). An OID of the UUID arc 2.25, private to Rhizome; the extension is not
 /// critical, so other TLS stacks accept the certificate and ignore it.
 pub const ROLE_EXTENSION_OID: &[u64] = &[2, 25, 14_563_408_301_565_202_769];
+
+/// How long a node certificate is valid unless configured otherwise; nodes renew theirs well
+/// before the end.
+pub const DEFAULT_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
 
 /// What a node may do in its mesh, as its certificate says; only the CA can grant it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -217,6 +223,25 @@ pub fn mesh_id_of_ca(cert_pem: &str) -> Result<String, IdentityError> {
     Ok(mesh_id_of_key(key))
 }
 
+/// The ed25519 public key a certificate carries.
+pub fn public_key_of_der(cert: &CertificateDer<'_>) -> Result<[u8; 32], IdentityError> {
+    let der = cert.as_ref();
+    let at = der
+        .windows(ED25519_SPKI_PREFIX.len())
+        .position(|w| w == ED25519_SPKI_PREFIX)
+        .ok_or_else(|| IdentityError::Invalid {
+            what: "node certificate",
+            reason: "it carries no ed25519 public key".into(),
+        })?;
+    let start = at + ED25519_SPKI_PREFIX.len();
+    der.get(start..start + 32)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| IdentityError::Invalid {
+            what: "node certificate",
+            reason: "its public key is truncated".into(),
+        })
+}
+
 /// The ed25519 public key a certificate (PEM) carries.
 fn public_key_of(cert_pem: &str, what: &'static str) -> Result<[u8; 32], IdentityError> {
     let cert = parse_pem_cert(cert_pem, what)?;
@@ -385,11 +410,21 @@ impl MeshCa {
     }
 
     /// Issues a certificate for a node's ed25519 identity key (its 32-byte public key), with
-    /// its mesh role.
+    /// its mesh role, valid for [`DEFAULT_CERT_LIFETIME`].
     pub fn issue(
         &self,
         node_public_key: &[u8; 32],
         role: NodeRole,
+    ) -> Result<String, IdentityError> {
+        self.issue_for(node_public_key, role, DEFAULT_CERT_LIFETIME)
+    }
+
+    /// As [`MeshCa::issue`], valid from an hour ago (clocks differ) for `lifetime`.
+    pub fn issue_for(
+        &self,
+        node_public_key: &[u8; 32],
+        role: NodeRole,
+        lifetime: std::time::Duration,
     ) -> Result<String, IdentityError> {
         let node_id = node_id_from_public_key(node_public_key);
         let mut params =
@@ -407,8 +442,13 @@ impl MeshCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now
+            + time::Duration::try_from(lifetime).map_err(|e| IdentityError::Invalid {
+                what: "certificate lifetime",
+                reason: e.to_string(),
+            })?;
         params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
             ROLE_EXTENSION_OID,
             der_utf8(role.as_str()),

@@ -124,6 +124,8 @@ pub struct AppState {
     pub scheduler: SchedulerHandle,
     /// The data dir, whose filesystem refusals and health name.
     pub data_dir: std::path::PathBuf,
+    /// Where the node's certificate stands: when it ends, whether renewing it fails.
+    pub renewal: Arc<std::sync::Mutex<crate::security::renewal::RenewalState>>,
 }
 
 /// Who may call one endpoint.
@@ -280,18 +282,28 @@ async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCo
         crate::ops::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
     health.problems = store.problems();
     health.store = Some(store);
+    let renewal = state.renewal.lock().expect("renewal state").clone();
+    let ends = crdt_store::format_timestamp(renewal.not_after * 1000);
+    if renewal.not_after != 0 && renewal.not_after <= crate::node::now_ms() / 1000 {
+        health.problems.push(format!(
+            "this node's certificate expired at {ends}: its peers refuse it; join again with a \
+             token (`rhizome join`)"
+        ));
+    } else if let Some(why) = &renewal.failing {
+        health.warnings.push(format!(
+            "this node's certificate ends at {ends} and renewing it failed: {why}"
+        ));
+    }
     if let Ok(hierarchy) = state.mesh.hierarchy().await
         && !hierarchy.split.is_empty()
     {
         let registry = registry(&state).await;
         let name_of = |id: &str| registry.nodes.get(id).map(|e| e.name.clone());
-        health.warnings = hierarchy
-            .split
-            .iter()
-            .map(|(zone, claimants)| {
+        health
+            .warnings
+            .extend(hierarchy.split.iter().map(|(zone, claimants)| {
                 crate::fleet::hierarchy::describe_split(zone, claimants, name_of)
-            })
-            .collect();
+            }));
     }
     if health.problems.is_empty() {
         health.status = "ok".into();

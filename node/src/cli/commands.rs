@@ -480,8 +480,9 @@ fn build_node(
             } else {
                 mesh::net::identity::NodeRole::Member
             };
+            let (lifetime, _) = config.security.lifetimes()?;
             (
-                ca.issue(&identity.public_key(), role)?,
+                ca.issue_for(&identity.public_key(), role, lifetime)?,
                 ca.cert_pem().to_owned(),
             )
         }
@@ -697,6 +698,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 "zone": hierarchy.as_ref().map_or(node.config.node.zone.as_str(), |h| h.zone.as_str()),
                 "role": hierarchy.as_ref().map_or(node.config.node.role.as_str(), |h| h.role.as_str()),
                 "mesh_role": node.cert_info().ok().map(|c| c.role.as_str()),
+                "cert_expires": node.cert_info().ok().map(|c| format_timestamp(c.not_after * 1000)),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
                 "health": health,
@@ -717,7 +719,12 @@ fn status(node: &Node, json: bool) -> Result<()> {
         ),
     }
     match node.cert_info() {
-        Ok(cert) => println!("mesh     {} (mesh role {})", node.mesh_id, cert.role),
+        Ok(cert) => println!(
+            "mesh     {} (mesh role {}, certificate until {})",
+            node.mesh_id,
+            cert.role,
+            format_timestamp(cert.not_after * 1000)
+        ),
         Err(e) => println!("mesh     {} (its certificate: {e:#})", node.mesh_id),
     }
     match &health {

@@ -43,6 +43,16 @@ pub struct JoinTokenRecord {
     pub secret_sha256: String,
 }
 
+/// What a machine asks the node that holds the CA for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EnrolRequest {
+    /// A first certificate, with a join token.
+    Join(JoinRequest),
+    /// A new certificate for the key and role of the one presented on the connection.
+    Renew,
+}
+
 /// What the joining machine sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -198,17 +208,17 @@ fn stamp(ms: i64) -> String {
 
 /// The enrolment service of a node that holds the mesh CA (in `<data-dir>/mesh`); `None` for
 /// any other node.
-pub fn issuer(
-    node: &crate::node::Node,
-) -> Result<Option<Arc<dyn mesh::net::enrolment::Enrolment>>> {
+pub fn issuer(node: &crate::node::Node) -> Result<Option<Arc<Issuer>>> {
     let mesh_dir = node.dir.root.join(crate::config::OWN_MESH_DIR);
     if !mesh_dir.join(crate::config::CA_KEY_FILE).exists() {
         return Ok(None);
     }
     let ca = crate::mesh_admin::load_ca(&mesh_dir)?;
+    let (lifetime, _) = node.config.security.lifetimes()?;
     Ok(Some(Arc::new(Issuer {
         ca,
         tokens: node.dir.root.join(JOIN_TOKENS_FILE),
+        lifetime,
         lock: Mutex::new(()),
     })))
 }
@@ -218,18 +228,26 @@ pub fn issuer(
 pub struct Issuer {
     ca: MeshCa,
     tokens: PathBuf,
+    /// How long the certificates it issues are valid.
+    lifetime: std::time::Duration,
     /// One request at a time reads and writes the token list.
     lock: Mutex<()>,
 }
 
 impl Issuer {
-    fn answer(&self, request: &[u8], from: SocketAddr) -> JoinAnswer {
+    fn answer(
+        &self,
+        request: &[u8],
+        from: SocketAddr,
+        peer: Option<&mesh::net::identity::CertificateDer<'_>>,
+    ) -> JoinAnswer {
         let refused = |reason: String| {
-            tracing::warn!(%from, %reason, "refused a join");
+            tracing::warn!(%from, %reason, "refused an enrolment request");
             JoinAnswer::Refused { reason }
         };
-        let request: JoinRequest = match serde_json::from_slice(request) {
-            Ok(r) => r,
+        let request = match serde_json::from_slice::<EnrolRequest>(request) {
+            Ok(EnrolRequest::Join(request)) => request,
+            Ok(EnrolRequest::Renew) => return self.renew(peer, from),
             Err(e) => return refused(format!("the request is not a join request: {e}")),
         };
         let Some(public_key) = hex::decode(&request.public_key)
@@ -277,7 +295,7 @@ impl Issuer {
             ));
         }
         let role = NodeRole::parse(&record.role).unwrap_or(NodeRole::Member);
-        let cert = match self.ca.issue(&public_key, role) {
+        let cert = match self.ca.issue_for(&public_key, role, self.lifetime) {
             Ok(c) => c,
             Err(e) => return refused(format!("issuing the certificate failed: {e}")),
         };
@@ -299,9 +317,58 @@ impl Issuer {
     }
 }
 
+impl Issuer {
+    /// A new certificate for the node that presented `peer` on the connection: its key, its
+    /// role, a fresh validity. The TLS handshake has checked the certificate (of this CA, valid
+    /// now, not revoked); an expired one cannot renew, and joins again with a token.
+    fn renew(
+        &self,
+        peer: Option<&mesh::net::identity::CertificateDer<'_>>,
+        from: SocketAddr,
+    ) -> JoinAnswer {
+        let refused = |reason: String| {
+            tracing::warn!(%from, %reason, "refused a renewal");
+            JoinAnswer::Refused { reason }
+        };
+        let Some(peer) = peer else {
+            return refused("a renewal needs the node's current certificate".into());
+        };
+        let info = match mesh::net::identity::cert_info(peer) {
+            Ok(info) => info,
+            Err(e) => return refused(format!("its certificate: {e}")),
+        };
+        let key = match mesh::net::identity::public_key_of_der(peer) {
+            Ok(key) => key,
+            Err(e) => return refused(format!("its certificate: {e}")),
+        };
+        match self.ca.issue_for(&key, info.role, self.lifetime) {
+            Ok(cert) => {
+                tracing::info!(%from, node = %info.node_id, role = %info.role, "renewed a node's certificate");
+                JoinAnswer::Issued {
+                    cert_pem: cert,
+                    ca_pem: self.ca.cert_pem().to_owned(),
+                    role: info.role.as_str().to_owned(),
+                    zone: String::new(),
+                }
+            }
+            Err(e) => refused(format!("issuing the certificate failed: {e}")),
+        }
+    }
+
+    /// A new certificate for this node itself, which holds the CA: no network needed.
+    pub fn renew_own(&self, public_key: &[u8; 32], role: NodeRole) -> Result<String> {
+        Ok(self.ca.issue_for(public_key, role, self.lifetime)?)
+    }
+}
+
 impl mesh::net::enrolment::Enrolment for Issuer {
-    fn enrol(&self, request: &[u8], from: SocketAddr) -> Vec<u8> {
-        serde_json::to_vec(&self.answer(request, from)).expect("an answer encodes")
+    fn enrol(
+        &self,
+        request: &[u8],
+        from: SocketAddr,
+        peer: Option<&mesh::net::identity::CertificateDer<'_>>,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&self.answer(request, from, peer)).expect("an answer encodes")
     }
 }
 
@@ -313,12 +380,12 @@ pub fn join(
     public_key: &[u8; 32],
     name: &str,
 ) -> Result<(String, String, String, String)> {
-    let request = serde_json::to_vec(&JoinRequest {
+    let request = serde_json::to_vec(&EnrolRequest::Join(JoinRequest {
         token_id: token.id.clone(),
         secret: token.secret.clone(),
         public_key: hex::encode(public_key),
         name: name.to_owned(),
-    })?;
+    }))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -365,6 +432,7 @@ mod tests {
         let issuer = Issuer {
             ca: MeshCa::load(&ca.key_pem(), ca.cert_pem()).unwrap(),
             tokens: dir.path().join(JOIN_TOKENS_FILE),
+            lifetime: std::time::Duration::from_secs(3600),
             lock: Mutex::new(()),
         };
         let now = crate::node::now_ms();
@@ -379,14 +447,14 @@ mod tests {
         );
         let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let ask = |token: &JoinToken, key: u8| {
-            let request = serde_json::to_vec(&JoinRequest {
+            let request = serde_json::to_vec(&EnrolRequest::Join(JoinRequest {
                 token_id: token.id.clone(),
                 secret: token.secret.clone(),
                 public_key: hex::encode([key; 32]),
                 name: "n".into(),
-            })
+            }))
             .unwrap();
-            issuer.answer(&request, from)
+            issuer.answer(&request, from, None)
         };
         let JoinAnswer::Issued { role, zone, .. } = ask(&token, 7) else {
             panic!("refused");
@@ -409,6 +477,8 @@ mod tests {
         revoke(dir.path(), &record.id, now).unwrap();
         assert!(reason(ask(&JoinToken::parse(&text).unwrap(), 9)).contains("withdrawn"));
         assert!(JoinToken::parse("rzj_nope").is_err());
-        assert!(reason(issuer.answer(b"garbage", from)).contains("not a join request"));
+        assert!(reason(issuer.answer(b"garbage", from, None)).contains("not a join request"));
+        let renew = serde_json::to_vec(&EnrolRequest::Renew).unwrap();
+        assert!(reason(issuer.answer(&renew, from, None)).contains("current certificate"));
     }
 }

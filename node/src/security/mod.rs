@@ -7,5 +7,6 @@
 
 pub mod enrolment;
 pub mod policy;
+pub mod renewal;
 pub mod revocations;
 pub mod workflow_rights;

@@ -275,6 +275,7 @@ impl Node {
                 SyncConfig::default(),
                 store,
                 config,
+                std::sync::Arc::new(rhizome::security::audit::Audit::default()),
                 move |e| observed.record(e),
             ))
             .unwrap();

@@ -136,8 +136,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     }
     revoked.set(verdicts.revoked);
 
+    // Security events, from every part of the node.
+    let audit = Arc::new(crate::security::audit::Audit::default());
     // The node that holds the mesh CA enrols joining machines and renews certificates.
-    let issuer = crate::security::enrolment::issuer(&node)?;
+    let issuer = crate::security::enrolment::issuer(&node, audit.clone())?;
     let (_, renew_before) = node.config.security.lifetimes()?;
 
     // Every committed change reaches document sync (announce to peers) and the node's own
@@ -168,6 +170,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
                 .clone()
                 .map(|i| i as Arc<dyn mesh::net::enrolment::Enrolment>),
         },
+        audit.clone(),
         |_| {},
     )
     .await?;
@@ -200,6 +203,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             issuer: issuer.clone(),
             renew_before,
             state: renewal_state.clone(),
+            audit: audit.clone(),
         }
         .run(),
     );
@@ -249,6 +253,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         mesh.clone(),
         revoked,
         (node.mesh_id.clone(), ca_pem.clone(), verdicts.ignored),
+        audit.clone(),
     ));
 
     let listener = tokio::net::TcpListener::bind(http)
@@ -308,6 +313,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         scheduler: scheduler.clone(),
         data_dir: node.dir.root.clone(),
         renewal: renewal_state.clone(),
+        audit: audit.clone(),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
@@ -565,7 +571,9 @@ async fn follow_revocations(
     mesh: mesh::net::driver::MeshHandle,
     revoked: Revocations,
     (mesh_id, ca_pem, mut ignored): (String, String, std::collections::BTreeMap<String, String>),
+    audit: Arc<crate::security::audit::Audit>,
 ) {
+    use crate::security::audit::Kind;
     while changes.changed().await.is_ok() {
         let registry = match store
             .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
@@ -583,16 +591,23 @@ async fn follow_revocations(
         for (node, why) in &verdicts.ignored {
             if ignored.get(node) != Some(why) {
                 tracing::warn!(%node, why = %why, "a revocation is ignored");
+                audit.record(
+                    Kind::DecisionIgnored,
+                    node.clone(),
+                    format!("a revocation decision: {why}"),
+                );
             }
         }
         ignored = verdicts.ignored;
         let before: std::collections::BTreeSet<String> = revoked.snapshot();
         for node in before.difference(&verdicts.revoked) {
             tracing::warn!(%node, "revocation withdrawn by the mesh CA: admitting the node again");
+            audit.record(Kind::Revocation, node.clone(), "withdrawn by the mesh CA");
         }
         revoked.set(verdicts.revoked.iter().cloned());
         for node in verdicts.revoked.iter().filter(|n| !before.contains(*n)) {
             tracing::warn!(%node, "node revoked by the mesh CA: refusing it from now on");
+            audit.record(Kind::Revocation, node.clone(), "revoked by the mesh CA");
             let _ = mesh.disconnect(node, "revoked").await;
         }
     }

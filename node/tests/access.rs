@@ -184,6 +184,19 @@ fn every_endpoint_admits_exactly_the_roles_its_rule_names() {
         }
     }
     assert_eq!(checked, rules.len() * callers.len());
+    // Writes and refusals are security events, naming the token.
+    let (code, body) = request(&http, "GET", "/security", Some(&local), "");
+    assert_eq!(code, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        events["counts"]["api_refused"].as_u64() >= Some(20),
+        "{events}"
+    );
+    assert!(
+        events["counts"]["api_write"].as_u64() >= Some(4),
+        "{events}"
+    );
+    assert!(body.contains("\"subject\":\"operator\""), "{body}");
     // The CLI on the node's own machine needs no setup: it reads the local credential.
     ok(rhizome(&dir, &["peers", "--json"]));
     ok(rhizome(&dir, &["workflow", "list", "--json"]));

@@ -1,11 +1,12 @@
-//! Decisions only the mesh CA may take, between real processes: a member that writes a
-//! revocation of its own (a compromised node, writing its store directly) is ignored by every
-//! node, which logs why; the CA's signed revocation cuts the node off everywhere, and its
-//! signed withdrawal lets it back in.
+//! Who may write what, between real processes. A compromised member (b, writing its own store
+//! directly) writes a revocation of c, renames another node's registry entry, and writes a
+//! workflow version of its own: every other node ignores the revocation and refuses the two
+//! changes, which go no further, and records each as a security event. The CA's signed
+//! revocation cuts c off everywhere, and its signed withdrawal lets it back in.
 
 use std::time::Duration;
 
-use crdt_store::{DocName, MeshRegistry, Revocation, Store, StoreConfig};
+use crdt_store::{DocName, MeshRegistry, Revocation, Store, StoreConfig, WorkflowDoc};
 use rhizome_e2e::process::{LogsOnPanic, connected, init, log_file, ok, run, start, status, stop};
 use rhizome_e2e::wait_until;
 
@@ -30,10 +31,13 @@ fn only_the_ca_revokes_and_withdraws() {
         .unwrap()
         .to_owned();
 
-    // b, compromised, writes "c is revoked" into its own store, unsigned.
+    let a_id = id(a_dir);
+    let open_b =
+        || Store::open(&b_dir.join("store.redb"), StoreConfig::new(&mesh_id, &b_id)).unwrap();
+    // b, compromised, writes "c is revoked" into its own store, unsigned, and a workflow version
+    // as if it had the right.
     {
-        let mut store =
-            Store::open(&b_dir.join("store.redb"), StoreConfig::new(&mesh_id, &b_id)).unwrap();
+        let mut store = open_b();
         store
             .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
                 m.revoked.insert(
@@ -46,9 +50,19 @@ fn only_the_ca_revokes_and_withdraws() {
                 );
             })
             .unwrap();
+        store
+            .update::<WorkflowDoc, _>(&DocName::workflow("rogue").unwrap(), |w| {
+                *w = WorkflowDoc {
+                    id: "rogue".into(),
+                    version: 1,
+                    updated_by: b_id.clone(),
+                    ..WorkflowDoc::default()
+                };
+            })
+            .unwrap();
     }
     let a = start(a_dir, &[]);
-    let b = start(b_dir, &[&a.quic]);
+    let mut b = start(b_dir, &[&a.quic]);
     let c = start(c_dir, &[&a.quic, &b.quic]);
     for node in [&a, &b, &c] {
         wait_until("a full mesh, c included", Duration::from_secs(15), || {
@@ -68,6 +82,37 @@ fn only_the_ca_revokes_and_withdraws() {
     }
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(connected(&a), 2, "a cut c off on b's word");
+
+    // Then b renames a in the registry. (Once that change is in b's history, nothing b writes to
+    // the registry after it is taken by anyone either: a compromised node isolates itself.)
+    stop(b);
+    open_b()
+        .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+            m.nodes.entry(a_id.clone()).or_default().name = "pwned".into();
+        })
+        .unwrap();
+    b = start(b_dir, &[&a.quic]);
+    wait_until("b is back", Duration::from_secs(15), || connected(&b) == 2);
+    // b's changes went nowhere: a keeps its name and knows no rogue workflow, nor does c.
+    for dir in [a_dir, c_dir] {
+        let mesh = ok(run(dir, &["doc", "show", "mesh", "--json"]));
+        assert_eq!(mesh["content"]["nodes"][&a_id]["name"], "a", "{mesh}");
+        let listed = ok(run(dir, &["workflow", "list", "--json"]));
+        assert!(!listed.to_string().contains("rogue"), "{listed}");
+    }
+    // Each refusal is a security event, with the author and the rule.
+    wait_until(
+        "a records the refused changes",
+        Duration::from_secs(15),
+        || {
+            let events = ok(run(a_dir, &["status", "--security", "--json"]));
+            let text = events.to_string();
+            events["counts"]["decision_ignored"].as_u64() >= Some(1)
+                && events["counts"]["change_refused"].as_u64() >= Some(2)
+                && text.contains("each node writes only its own entry")
+                && text.contains("not signed")
+        },
+    );
 
     // Through the API a member's unsigned decision is refused outright.
     let forged = serde_json::json!({
@@ -97,6 +142,11 @@ fn only_the_ca_revokes_and_withdraws() {
     eprintln!("revoked -> c cut off by every node after {took:?}");
     let b_log = std::fs::read_to_string(log_file(b_dir)).unwrap();
     assert!(b_log.contains("node revoked by the mesh CA"), "{b_log}");
+    let events = ok(run(b_dir, &["status", "--security", "--json"]));
+    assert!(
+        events["counts"]["revocation"].as_u64() >= Some(1),
+        "{events}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(connected(&c), 0, "c got back in");
 

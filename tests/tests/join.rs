@@ -134,6 +134,13 @@ fn a_machine_with_only_a_token_joins_and_a_token_works_once() {
         "x4",
     ));
     assert!(why.contains("did not take the enrolment"), "{why}");
+    // The CA holder recorded every join and every refusal.
+    let events = ok(run(&cloud_dir, &["status", "--security", "--json"]));
+    assert!(events["counts"]["joined"].as_u64() >= Some(2), "{events}");
+    assert!(
+        events["counts"]["enrolment_refused"].as_u64() >= Some(3),
+        "{events}"
+    );
     // Join tokens are made only where the CA is.
     let why = refused(run(&edge_dir, &["mesh", "token", "create"]));
     assert!(why.contains("holds none"), "{why}");

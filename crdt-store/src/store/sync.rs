@@ -103,6 +103,12 @@ pub enum SyncRejected {
 }
 
 impl SyncRejected {
+    /// Whether a refusal, as its text travels to the replicator, is of a change by an author
+    /// without the right to it ([`SyncRejected::Unauthorized`]).
+    pub fn is_refused_change(reason: &str) -> bool {
+        reason.starts_with("refused a change to ")
+    }
+
     /// Whether the peer sent something it should not have (its connection is then closed).
     pub fn peer_at_fault(&self) -> bool {
         matches!(

@@ -85,6 +85,14 @@ pub enum MeshEvent {
     Received(NodeId, Message),
     /// This node's aggregator chain or the zones it aggregates changed.
     Hierarchy(Hierarchy),
+    /// A connection from `from` was refused at the TLS handshake: a certificate of another
+    /// mesh, revoked, expired, or none.
+    HandshakeRefused {
+        /// The address it came from.
+        from: SocketAddr,
+        /// The handshake's error.
+        reason: String,
+    },
 }
 
 /// Errors of the driver.
@@ -505,13 +513,19 @@ impl Actor {
                     let tx = self.conn_tx.clone();
                     let hello = self.hello.clone();
                     let enrolment = self.enrolment.clone();
+                    let events = self.events.clone();
+                    let from = incoming.remote_address();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                             Ok(Ok(connection)) => match enrolment.filter(|_| asks_to_join(&connection)) {
                                 Some(enrolment) => super::enrolment::serve(connection, enrolment).await,
                                 None => run_connection(conn, connection, false, None, hello, tx).await,
                             },
-                            Ok(Err(e)) => tracing::info!(error = %e, "refused an incoming connection"),
+                            Ok(Err(e)) => {
+                                tracing::info!(error = %e, %from, "refused an incoming connection");
+                                // Dropped when the layer above is behind: the log has it.
+                                let _ = events.try_send(MeshEvent::HandshakeRefused { from, reason: e.to_string() });
+                            }
                             Err(_) => tracing::info!("an incoming handshake timed out"),
                         }
                     });

@@ -126,6 +126,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// Where the node's certificate stands: when it ends, whether renewing it fails.
     pub renewal: Arc<std::sync::Mutex<crate::security::renewal::RenewalState>>,
+    /// Security events: API writes and refusals are recorded here.
+    pub audit: Arc<crate::security::audit::Audit>,
 }
 
 /// Who may call one endpoint.
@@ -205,6 +207,7 @@ fn routes() -> Routes {
         post_revocation,
     )
     .add(Method::POST, "/mesh/policy", Some(Admin), post_policy)
+    .add(Method::GET, "/security", Some(Admin), get_security)
 }
 
 /// Every route with its access rule, as the router enforces them.
@@ -253,16 +256,33 @@ async fn check_access(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    let what = format!("{} {}", rule.method, rule.path);
     let refused = match state.tokens.check(bearer, crate::node::now_ms()) {
-        Ok(caller) if caller.role >= needs => return next.run(request).await,
+        Ok(caller) if caller.role >= needs => {
+            let writes = rule.method != axum::http::Method::GET;
+            let answer = next.run(request).await;
+            if writes {
+                state.audit.record(
+                    crate::security::audit::Kind::ApiWrite,
+                    caller.name,
+                    format!("{what}: {}", answer.status()),
+                );
+            }
+            return answer;
+        }
         Ok(caller) => auth::Refused::Insufficient {
             name: caller.name,
             has: caller.role,
             needs,
-            what: format!("{} {}", rule.method, rule.path),
+            what: what.clone(),
         },
         Err(refused) => refused,
     };
+    state.audit.record(
+        crate::security::audit::Kind::ApiRefused,
+        bearer.map_or("no token".into(), |b| b.get(..12).unwrap_or(b).to_owned()),
+        format!("{what}: {refused}"),
+    );
     let status = match refused {
         auth::Refused::Insufficient { .. } => axum::http::StatusCode::FORBIDDEN,
         _ => axum::http::StatusCode::UNAUTHORIZED,
@@ -592,6 +612,13 @@ async fn post_revocation(
     Ok(Json(
         serde_json::json!({ "node": request.node, "stored": true }),
     ))
+}
+
+/// Security events since the node started: counts by kind and the most recent.
+async fn get_security(
+    State(state): State<Arc<AppState>>,
+) -> Json<crate::security::audit::AuditView> {
+    Json(state.audit.view())
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -36,7 +36,13 @@ fn dispatch(opts: Opts) -> Result<()> {
             fleet: true,
             since,
             json,
+            ..
         } => fleet(&Node::load(&root)?, since.as_deref(), json),
+        Command::Status {
+            security: true,
+            json,
+            ..
+        } => security_events(&Node::load(&root)?, json),
         Command::Status { json, .. } => status(&Node::load(&root)?, json),
         Command::Peers { json } => peers(&Node::load(&root)?, json),
         Command::Sync(args) => sync_now(&Node::load(&root)?, args),
@@ -47,6 +53,49 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Demo(args) => demo(&root, args),
         Command::Sim(args) => Ok(simulator::cli::main(args)?),
     }
+}
+
+fn security_events(node: &Node, json: bool) -> Result<()> {
+    let Some(api) = crate::cli::client::running_node(&node.dir) else {
+        bail!(
+            "no node is running on {}: security events are kept by the running node (and its \
+             log, target rhizome::audit)",
+            node.dir.root.display()
+        );
+    };
+    let view: crate::security::audit::AuditView = api.get("/security")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    if view.counts.is_empty() {
+        println!("no security events since the node started");
+        return Ok(());
+    }
+    let counts: Vec<String> = view
+        .counts
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    println!("since start: {}", counts.join(", "));
+    let rows: Vec<Vec<String>> = view
+        .recent
+        .iter()
+        .rev()
+        .map(|e| {
+            vec![
+                format_timestamp(e.at_ms),
+                e.kind.as_str().to_owned(),
+                e.subject.clone(),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["WHEN", "EVENT", "WHO", "WHAT"], &rows)
+    );
+    Ok(())
 }
 
 fn token_command(node: &Node, cmd: crate::cli::TokenCommand) -> Result<()> {

@@ -62,6 +62,11 @@ pub enum Command {
         /// With --fleet: only windows that ended after this (`2h`, `7d`, a date or a timestamp).
         #[arg(long, requires = "fleet")]
         since: Option<String>,
+        /// Show the security events of the running node instead: joins, certificates issued and
+        /// renewed, connections refused at the handshake, changes refused, API writes and
+        /// refusals, revocations; counts since start and the most recent.
+        #[arg(long, conflicts_with = "fleet")]
+        security: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

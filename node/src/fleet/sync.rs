@@ -245,6 +245,7 @@ pub async fn start(
     config: SyncConfig,
     mut store: Store,
     mesh: MeshConfig,
+    audit: Arc<crate::security::audit::Audit>,
     mut observe: impl FnMut(&CatalogueEntry) + Send + 'static,
 ) -> anyhow::Result<Replication> {
     let changes = Arc::new(ChangeFeed::default());
@@ -266,6 +267,7 @@ pub async fn start(
         events,
         changes.clone(),
         hierarchy_tx,
+        audit,
     )
     .await?;
     Ok(Replication {
@@ -283,6 +285,7 @@ type StoreCall = Pin<Box<dyn Future<Output = Result<(Served, Option<String>), St
 
 /// Starts the sync actor. `events` are the mesh's events (the actor consumes all of them);
 /// `changes` is fed by the store's change listener.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     me: NodeId,
     config: SyncConfig,
@@ -291,6 +294,7 @@ pub async fn spawn(
     events: mpsc::Receiver<MeshEvent>,
     changes: Arc<ChangeFeed>,
     hierarchy: watch::Sender<Option<Hierarchy>>,
+    audit: Arc<crate::security::audit::Audit>,
 ) -> Result<SyncHandle, StoreError> {
     let catalogue = store
         .call(mesh::proto::sync::Replica::catalogue)
@@ -308,6 +312,7 @@ pub async fn spawn(
         hierarchy,
         waiting: Vec::new(),
         epoch,
+        audit,
     };
     let span = tracing::info_span!("sync", node = %me);
     tokio::spawn(tracing::Instrument::instrument(
@@ -327,6 +332,8 @@ struct Actor {
     /// Store operations waiting for the batch in flight to finish.
     waiting: Vec<SyncOut>,
     epoch: Instant,
+    /// Where refused changes and refused handshakes are recorded.
+    audit: Arc<crate::security::audit::Audit>,
 }
 
 impl Actor {
@@ -387,6 +394,15 @@ impl Actor {
                             }
                             self.route(served.network);
                             for answer in served.answers {
+                                if let SyncIn::Applied { peer, outcome: Err(failed), .. } = &answer
+                                    && crdt_store::SyncRejected::is_refused_change(&failed.reason)
+                                {
+                                    self.audit.record(
+                                        crate::security::audit::Kind::ChangeRefused,
+                                        peer.clone(),
+                                        failed.reason.clone(),
+                                    );
+                                }
                                 self.input(answer);
                             }
                         }
@@ -407,6 +423,13 @@ impl Actor {
                     }
                     Some(MeshEvent::Received(peer, message)) => {
                         self.input(SyncIn::Received(peer, message));
+                    }
+                    Some(MeshEvent::HandshakeRefused { from, reason }) => {
+                        self.audit.record(
+                            crate::security::audit::Kind::HandshakeRefused,
+                            from.to_string(),
+                            reason,
+                        );
                     }
                     Some(MeshEvent::Hierarchy(hierarchy)) => {
                         tracing::info!(chain = ?hierarchy.chain, aggregates = ?hierarchy.aggregates, "aggregator chain");

@@ -208,7 +208,10 @@ fn stamp(ms: i64) -> String {
 
 /// The enrolment service of a node that holds the mesh CA (in `<data-dir>/mesh`); `None` for
 /// any other node.
-pub fn issuer(node: &crate::node::Node) -> Result<Option<Arc<Issuer>>> {
+pub fn issuer(
+    node: &crate::node::Node,
+    audit: Arc<crate::security::audit::Audit>,
+) -> Result<Option<Arc<Issuer>>> {
     let mesh_dir = node.dir.root.join(crate::config::OWN_MESH_DIR);
     if !mesh_dir.join(crate::config::CA_KEY_FILE).exists() {
         return Ok(None);
@@ -220,6 +223,7 @@ pub fn issuer(node: &crate::node::Node) -> Result<Option<Arc<Issuer>>> {
         tokens: node.dir.root.join(JOIN_TOKENS_FILE),
         lifetime,
         lock: Mutex::new(()),
+        audit,
     })))
 }
 
@@ -232,6 +236,7 @@ pub struct Issuer {
     lifetime: std::time::Duration,
     /// One request at a time reads and writes the token list.
     lock: Mutex<()>,
+    audit: Arc<crate::security::audit::Audit>,
 }
 
 impl Issuer {
@@ -243,6 +248,11 @@ impl Issuer {
     ) -> JoinAnswer {
         let refused = |reason: String| {
             tracing::warn!(%from, %reason, "refused an enrolment request");
+            self.audit.record(
+                crate::security::audit::Kind::EnrolmentRefused,
+                from.to_string(),
+                reason.clone(),
+            );
             JoinAnswer::Refused { reason }
         };
         let request = match serde_json::from_slice::<EnrolRequest>(request) {
@@ -308,6 +318,14 @@ impl Issuer {
             return refused(format!("this node cannot record the token as used: {e:#}"));
         }
         tracing::warn!(%from, %node, name = %request.name, %role, "issued a certificate to a joining node");
+        self.audit.record(
+            crate::security::audit::Kind::Joined,
+            node.clone(),
+            format!(
+                "{} from {from} with join token {}, role {role}",
+                request.name, request.token_id
+            ),
+        );
         JoinAnswer::Issued {
             cert_pem: cert,
             ca_pem: self.ca.cert_pem().to_owned(),
@@ -328,6 +346,11 @@ impl Issuer {
     ) -> JoinAnswer {
         let refused = |reason: String| {
             tracing::warn!(%from, %reason, "refused a renewal");
+            self.audit.record(
+                crate::security::audit::Kind::EnrolmentRefused,
+                from.to_string(),
+                format!("renewal: {reason}"),
+            );
             JoinAnswer::Refused { reason }
         };
         let Some(peer) = peer else {
@@ -343,7 +366,11 @@ impl Issuer {
         };
         match self.ca.issue_for(&key, info.role, self.lifetime) {
             Ok(cert) => {
-                tracing::info!(%from, node = %info.node_id, role = %info.role, "renewed a node's certificate");
+                self.audit.record(
+                    crate::security::audit::Kind::Renewed,
+                    info.node_id.clone(),
+                    format!("issued from {from}, role {}", info.role),
+                );
                 JoinAnswer::Issued {
                     cert_pem: cert,
                     ca_pem: self.ca.cert_pem().to_owned(),
@@ -434,6 +461,7 @@ mod tests {
             tokens: dir.path().join(JOIN_TOKENS_FILE),
             lifetime: std::time::Duration::from_secs(3600),
             lock: Mutex::new(()),
+            audit: Arc::new(crate::security::audit::Audit::default()),
         };
         let now = crate::node::now_ms();
         let hour = std::time::Duration::from_secs(3600);

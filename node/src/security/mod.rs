@@ -5,6 +5,7 @@
 //! versions ([`workflow_rights`]). API tokens, which guard one node's HTTP API, live with the
 //! API (`api::auth`).
 
+pub mod audit;
 pub mod enrolment;
 pub mod policy;
 pub mod renewal;

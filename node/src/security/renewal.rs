@@ -52,6 +52,7 @@ pub struct Renewal {
     pub issuer: Option<Arc<Issuer>>,
     pub renew_before: Duration,
     pub state: Arc<Mutex<RenewalState>>,
+    pub audit: Arc<crate::security::audit::Audit>,
 }
 
 impl Renewal {
@@ -93,6 +94,14 @@ impl Renewal {
                     tracing::info!(
                         until = %crdt_store::format_timestamp(renewed.not_after * 1000),
                         "renewed this node's certificate"
+                    );
+                    self.audit.record(
+                        crate::security::audit::Kind::Renewed,
+                        renewed.node_id.clone(),
+                        format!(
+                            "this node's certificate, now until {}",
+                            crdt_store::format_timestamp(renewed.not_after * 1000)
+                        ),
                     );
                     let mut state = self.state.lock().expect("renewal state");
                     state.not_after = renewed.not_after;

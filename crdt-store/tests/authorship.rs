@@ -42,13 +42,17 @@ fn sync(
         }
         if let Some(payload) = to.sync_generate(&doc, from_id).unwrap() {
             quiet = false;
-            from.sync_apply(vec![SyncApply {
-                doc: doc.clone(),
-                peer: to_id.into(),
-                name: Some(name.to_string()),
-                payload,
-            }])
-            .unwrap();
+            let outcome = from
+                .sync_apply(vec![SyncApply {
+                    doc: doc.clone(),
+                    peer: to_id.into(),
+                    name: Some(name.to_string()),
+                    payload,
+                }])
+                .unwrap();
+            if let Some(Err(refused)) = outcome.into_iter().next() {
+                return Some(refused);
+            }
         }
         if quiet {
             return None;
@@ -199,4 +203,126 @@ fn workflow_versions_stand_only_as_the_write_rules_allow() {
     );
     let held: WorkflowDoc = edge.read(&name).unwrap();
     assert_eq!((held.version, held.updated_by.as_str()), (1, "node-cloud"));
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Honest replica `r` writes its own entry.
+        Own { r: usize, value: u8 },
+        /// The rogue writes into replica `r`'s entry.
+        Forge { r: usize, value: u8 },
+        /// Two honest replicas sync.
+        Sync { a: usize, b: usize },
+        /// The rogue syncs with honest replica `r` (takes what it has, offers what it wrote).
+        Rogue { r: usize },
+    }
+
+    fn step(replicas: usize) -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0..replicas, any::<u8>()).prop_map(|(r, value)| Step::Own { r, value }),
+            2 => (0..replicas, any::<u8>()).prop_map(|(r, value)| Step::Forge { r, value }),
+            3 => (0..replicas, 0..replicas).prop_map(|(a, b)| Step::Sync { a, b }),
+            2 => (0..replicas).prop_map(|r| Step::Rogue { r }),
+        ]
+    }
+
+    fn id(r: usize) -> String {
+        format!("node-{r}")
+    }
+
+    /// Syncs two honest replicas both ways until quiet.
+    fn settle(a: &mut Store, a_id: &str, b: &mut Store, b_id: &str) {
+        assert!(sync(a, a_id, b, b_id, &DocName::Mesh).is_none());
+        assert!(sync(b, b_id, a, a_id, &DocName::Mesh).is_none());
+    }
+
+    /// A few rounds of messages between an honest replica and the rogue, each way, whatever is
+    /// refused. (The two never settle once the rogue holds a forged change: the honest side
+    /// can never take the rogue's heads. A node's replicator stops answering after a refusal.)
+    fn exchange(honest: &mut Store, honest_id: &str, rogue: &mut Store) {
+        let doc = honest.document_id(&DocName::Mesh);
+        let send = |from: &mut Store, from_id: &str, to: &mut Store, to_id: &str| {
+            if let Some(payload) = from.sync_generate(&doc, to_id).unwrap() {
+                to.sync_apply(vec![SyncApply {
+                    doc: doc.clone(),
+                    peer: from_id.into(),
+                    name: Some("mesh".into()),
+                    payload,
+                }])
+                .unwrap();
+            }
+        };
+        for _ in 0..6 {
+            send(honest, honest_id, rogue, "node-rogue");
+            send(rogue, "node-rogue", honest, honest_id);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Honest replicas and a rogue that writes into their entries: whatever the order of
+        /// writes and syncs, the honest replicas end with identical registries holding exactly
+        /// each node's own last write, and none of the rogue's.
+        #[test]
+        fn honest_replicas_converge_on_exactly_the_authorised_changes(
+            (replicas, steps) in (3usize..=5).prop_flat_map(|n| (Just(n), proptest::collection::vec(step(n), 1..30)))
+        ) {
+            let mut stores: Vec<Store> = (0..replicas).map(|r| store(&id(r))).collect();
+            let mut rogue = store("node-rogue");
+            let mut expected: Vec<Option<u8>> = vec![None; replicas];
+            for step in &steps {
+                match *step {
+                    Step::Own { r, value } => {
+                        let me = id(r);
+                        stores[r]
+                            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                                m.nodes.entry(me.clone()).or_default().name = format!("v{value}");
+                            })
+                            .unwrap();
+                        expected[r] = Some(value);
+                    }
+                    Step::Forge { r, value } => {
+                        rogue
+                            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                                m.nodes.entry(id(r)).or_default().name = format!("forged{value}");
+                            })
+                            .unwrap();
+                    }
+                    Step::Sync { a, b } if a != b => {
+                        let (lo, hi) = (a.min(b), a.max(b));
+                        let (left, right) = stores.split_at_mut(hi);
+                        settle(&mut left[lo], &id(lo), &mut right[0], &id(hi));
+                    }
+                    Step::Sync { .. } => {}
+                    Step::Rogue { r } => exchange(&mut stores[r], &id(r), &mut rogue),
+                }
+            }
+            for _ in 0..2 {
+                for a in 0..replicas {
+                    for b in a + 1..replicas {
+                        let (left, right) = stores.split_at_mut(b);
+                        settle(&mut left[a], &id(a), &mut right[0], &id(b));
+                    }
+                }
+            }
+            let registries: Vec<MeshRegistry> = stores
+                .iter_mut()
+                .map(|s| s.read::<MeshRegistry>(&DocName::Mesh).unwrap())
+                .collect();
+            for registry in &registries[1..] {
+                prop_assert_eq!(registry, &registries[0]);
+            }
+            for (r, value) in expected.iter().enumerate() {
+                let held = registries[0].nodes.get(&id(r)).map(|e| e.name.clone());
+                prop_assert_eq!(held, value.map(|v| format!("v{v}")));
+            }
+            let text = format!("{:?}", registries[0]);
+            prop_assert!(!text.contains("forged"), "{}", text);
+        }
+    }
 }

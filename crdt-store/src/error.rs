@@ -21,6 +21,37 @@ pub enum StoreError {
         /// What the storage engine reported.
         reason: String,
     },
+    /// The store is encrypted and no store key was given.
+    #[error(
+        "store file {path} is encrypted: give its key (`store.encryption = true` with \
+         `store.key_file`, RHIZOME_STORE_KEY, or the systemd credential `rhizome-store-key`)"
+    )]
+    Encrypted {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The store key given did not wrap any of the store's data keys: a wrong key. Nothing of
+    /// the store was read.
+    #[error(
+        "the store key given (fingerprint {given}) does not open store file {path}, which was \
+         encrypted with {expected}: a wrong key"
+    )]
+    WrongKey {
+        /// The store file.
+        path: PathBuf,
+        /// The fingerprint of the key given.
+        given: String,
+        /// The fingerprints of the keys that wrapped the store's data keys.
+        expected: String,
+    },
+    /// A sealed value did not open: altered on disk, or sealed with a data key the store lost.
+    #[error("stored value {key} does not open: {reason}")]
+    Sealed {
+        /// The value's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// Another process holds the store open.
     #[error(
         "store file {path} is in use by another process (is a rhizome node running on this data dir?)"

@@ -18,6 +18,7 @@ pub mod fault;
 mod handle;
 pub mod headroom;
 pub mod names;
+pub mod seal;
 mod store;
 
 pub use automerge;

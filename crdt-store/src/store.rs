@@ -41,6 +41,11 @@ const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads-1");
 /// Document id → name of a document retired by retention: a tombstone, so that sync does not
 /// fetch it back from a peer that still holds it.
 const RETIRED: TableDefinition<&str, &str> = TableDefinition::new("retired-1");
+/// Data keys, each wrapped by a store key: `<store key fingerprint>/<data key id>` → wrapped.
+/// Empty in a store that is not encrypted.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys-1");
+/// The data key that seals new values.
+const META_DATA_KEY: &str = "data-key";
 
 /// Heads a document may have before [`Store::merge_heads`] folds them into one.
 pub const MAX_HEADS: usize = 8;
@@ -123,6 +128,9 @@ pub struct StoreConfig {
     /// Who may write what, beyond what the store checks itself (see [`WriteRules`]); `None`
     /// takes every workflow version a peer sends (the simulator, tests of other things).
     pub write_rules: Option<std::sync::Arc<dyn WriteRules>>,
+    /// The store key: with it, documents, the result log and sync states are sealed on disk
+    /// ([`crate::seal`]); a store encrypted once refuses to open without it.
+    pub encryption: Option<crate::seal::Key>,
 }
 
 /// What a receiving node checks of a peer's sync message before storing it, where the check
@@ -155,6 +163,7 @@ impl StoreConfig {
             change_time: ChangeTime::Wall,
             min_free: MinFree::Default,
             write_rules: None,
+            encryption: None,
         }
     }
 }
@@ -288,6 +297,8 @@ pub struct Store {
     reopen_listener: Option<ReopenListener>,
     /// Automerge sync state per (document, peer) for the sessions of current connections.
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
+    /// Seals what goes to disk, in an encrypted store.
+    sealer: Option<crate::seal::Sealer>,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
     unflushed_since: Option<std::time::Instant>,
     /// The zone of every node in the registry as of some registry heads.
@@ -405,6 +416,7 @@ impl Store {
         config: StoreConfig,
     ) -> Result<Store> {
         Store::prepare(&db, path.as_deref())?;
+        let sealer = Store::load_sealer(&db, path.as_deref(), &config)?;
         let mut store = Store {
             db,
             medium,
@@ -417,6 +429,7 @@ impl Store {
             change_listener: None,
             reopen_listener: None,
             sync_states: HashMap::new(),
+            sealer,
             unflushed_since: None,
             zones: None,
         };
@@ -441,6 +454,7 @@ impl Store {
             txn.open_table(RESULT_LOG).during("open")?;
             txn.open_table(HEADS).during("open")?;
             txn.open_table(RETIRED).during("open")?;
+            txn.open_table(KEYS).during("open")?;
             let mut meta = txn.open_table(META).during("open")?;
             let found = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
             match found {
@@ -458,6 +472,118 @@ impl Store {
             }
         }
         txn.commit().during("open")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // encryption at rest
+
+    /// The data keys of an encrypted store, unwrapped with the configured store key (the
+    /// first one is made when a store is first opened with a key). A store that holds data
+    /// keys refuses to open without a key that unwraps them: nothing is read before.
+    fn load_sealer(
+        db: &Database,
+        path: Option<&Path>,
+        config: &StoreConfig,
+    ) -> Result<Option<crate::seal::Sealer>> {
+        use crate::seal::{Key, Sealer};
+        let shown = || path.map(Path::to_owned).unwrap_or_default();
+        let mut wrapped: Vec<(String, Vec<u8>)> = Vec::new();
+        let current = {
+            let txn = db.begin_read().during("open")?;
+            let keys = txn.open_table(KEYS).during("open")?;
+            for item in keys.iter().during("open")? {
+                let (k, v) = item.during("open")?;
+                wrapped.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            let meta = txn.open_table(META).during("open")?;
+            meta.get(META_DATA_KEY).during("open")?.map(|v| v.value())
+        };
+        let Some(store_key) = &config.encryption else {
+            if wrapped.is_empty() {
+                return Ok(None);
+            }
+            return Err(StoreError::Encrypted { path: shown() });
+        };
+        let mine = format!("{}/", store_key.fingerprint());
+        let mut data_keys = std::collections::BTreeMap::new();
+        for (name, bytes) in &wrapped {
+            let Some(id) = name
+                .strip_prefix(&mine)
+                .and_then(|id| id.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let key = store_key
+                .unwrap_key(id, bytes)
+                .ok_or_else(|| StoreError::Sealed {
+                    key: format!("data key {id}"),
+                    reason:
+                        "it does not unwrap with the store key whose fingerprint it is filed under"
+                            .into(),
+                })?;
+            data_keys.insert(id, key);
+        }
+        if data_keys.is_empty() && !wrapped.is_empty() {
+            let expected: BTreeSet<&str> = wrapped
+                .iter()
+                .filter_map(|(name, _)| name.split('/').next())
+                .collect();
+            return Err(StoreError::WrongKey {
+                path: shown(),
+                given: store_key.fingerprint(),
+                expected: expected.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        if let Some(current) = current
+            .map(|c| c as u32)
+            .filter(|c| data_keys.contains_key(c))
+        {
+            return Ok(Some(Sealer::new(&data_keys, current)));
+        }
+        // First opened with a key (a new store, or one encrypted from now on): a data key.
+        let id = data_keys.keys().max().map_or(1, |max| max + 1);
+        let key = Key::generate();
+        let txn = db.begin_write().during("make a data key")?;
+        {
+            let mut keys = txn.open_table(KEYS).during("make a data key")?;
+            keys.insert(
+                format!("{mine}{id}").as_str(),
+                store_key.wrap(&key, id).as_slice(),
+            )
+            .during("make a data key")?;
+            let mut meta = txn.open_table(META).during("make a data key")?;
+            meta.insert(META_DATA_KEY, u64::from(id))
+                .during("make a data key")?;
+        }
+        txn.commit().during("make a data key")?;
+        data_keys.insert(id, key);
+        Ok(Some(Sealer::new(&data_keys, id)))
+    }
+
+    /// A value as it goes to disk under table key `key`: sealed in an encrypted store.
+    fn seal<'a>(&self, key: &str, plain: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match &self.sealer {
+            Some(sealer) => std::borrow::Cow::Owned(sealer.seal(key.as_bytes(), plain)),
+            None => std::borrow::Cow::Borrowed(plain),
+        }
+    }
+
+    /// A value as read from disk under table key `key`, opened in an encrypted store.
+    fn unseal<'a>(&self, key: &str, stored: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+        match &self.sealer {
+            Some(sealer) => sealer
+                .open(key.as_bytes(), stored)
+                .map_err(|e| StoreError::Sealed {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(std::borrow::Cow::Borrowed(stored)),
+        }
+    }
+
+    /// Whether the store seals what it writes.
+    pub fn encrypted(&self) -> bool {
+        self.sealer.is_some()
     }
 
     // -----------------------------------------------------------------------------------------
@@ -558,6 +684,7 @@ impl Store {
                 .map_err(|e| open_error(&shown, e))?,
         };
         Store::prepare(&db, self.path.as_deref())?;
+        self.sealer = Store::load_sealer(&db, self.path.as_deref(), &self.config)?;
         self.db = db;
         self.cache.clear();
         self.sync_states.clear();
@@ -648,8 +775,11 @@ impl Store {
     pub fn load(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read().during("load")?;
         let table = txn.open_table(CHUNKS).during("load")?;
-        let value = table.get(key.to_string().as_str()).during("load")?;
-        Ok(value.map(|v| v.value().to_vec()))
+        let name = key.to_string();
+        let value = table.get(name.as_str()).during("load")?;
+        value
+            .map(|v| Ok(self.unseal(&name, v.value())?.into_owned()))
+            .transpose()
     }
 
     /// Loads every key that starts with `prefix` (component-wise).
@@ -668,7 +798,7 @@ impl Store {
                 break;
             }
             if let Ok(key) = StorageKey::from_parts(k.split('/')) {
-                out.insert(key, v.value().to_vec());
+                out.insert(key, self.unseal(k, v.value())?.into_owned());
             }
         }
         Ok(out)
@@ -704,8 +834,9 @@ impl Store {
                     match &tasks[i] {
                         StorageTask::Put { key, value } => {
                             self.forget_doc_of(key);
+                            let name = key.to_string();
                             table
-                                .insert(key.to_string().as_str(), value.as_slice())
+                                .insert(name.as_str(), self.seal(&name, value).as_ref())
                                 .during("storage write")?;
                         }
                         StorageTask::Delete { key } => {
@@ -1041,7 +1172,7 @@ impl Store {
                     break;
                 }
                 let start = all.len();
-                all.extend_from_slice(v.value());
+                all.extend_from_slice(&self.unseal(k.value(), v.value())?);
                 chunks.push((k.value().to_owned(), start..all.len()));
                 let len = v.value().len() as u64;
                 if prefix.ends_with("/incremental/") {
@@ -1265,7 +1396,7 @@ impl Store {
                 for change in doc.get_changes(&[]) {
                     let key = StorageKey::incremental_path(id, change.hash()).to_string();
                     chunks
-                        .insert(key.as_str(), change.raw_bytes())
+                        .insert(key.as_str(), self.seal(&key, change.raw_bytes()).as_ref())
                         .during("create document")?;
                     stats.incremental_chunks += 1;
                     stats.incremental_bytes += change.raw_bytes().len() as u64;
@@ -1376,16 +1507,16 @@ impl Store {
                 docs::ZoneEffect::Unknown => {}
             }
         }
-        let cached = self.cache.get_mut(id).expect("document is cached");
         {
             let mut table = txn.open_table(CHUNKS).during("write document")?;
             for change in &changes {
                 let key = StorageKey::incremental_path(id, change.hash()).to_string();
                 table
-                    .insert(key.as_str(), change.raw_bytes())
+                    .insert(key.as_str(), self.seal(&key, change.raw_bytes()).as_ref())
                     .during("write document")?;
             }
         }
+        let cached = self.cache.get_mut(id).expect("document is cached");
         cached.chunks.incremental_chunks += changes.len();
         cached.chunks.incremental_bytes += changes
             .iter()
@@ -1425,8 +1556,10 @@ impl Store {
                 table.remove(key.as_str()).during("compact")?;
             }
         }
+        let sealed = self.seal(&snapshot_key, &snapshot).into_owned();
+        let cached = self.cache.get_mut(id).expect("document is cached");
         table
-            .insert(snapshot_key.as_str(), snapshot.as_slice())
+            .insert(snapshot_key.as_str(), sealed.as_slice())
             .during("compact")?;
         cached.chunks = ChunkStats {
             incremental_chunks: 0,
@@ -1517,7 +1650,7 @@ impl Store {
                 .unwrap_or(1);
             let mut log = txn.open_table(RESULT_LOG).during("append results")?;
             for bytes in &encoded {
-                log.insert(next, bytes.as_slice())
+                log.insert(next, self.seal(&log_key(next), bytes).as_ref())
                     .during("append results")?;
                 seqs.push(next);
                 next += 1;
@@ -1565,7 +1698,13 @@ impl Store {
                 if self.stuck.contains(&seq) {
                     continue;
                 }
-                match serde_json::from_slice::<RunRecord>(bytes.value()) {
+                let opened = self.unseal(&log_key(seq), bytes.value());
+                match opened.and_then(|b| {
+                    serde_json::from_slice::<RunRecord>(&b).map_err(|e| StoreError::Sealed {
+                        key: log_key(seq),
+                        reason: e.to_string(),
+                    })
+                }) {
                     Ok(record) => records.push((seq, record)),
                     Err(e) => {
                         tracing::error!(seq, error = %e, "a logged result does not decode; it stays in the log");
@@ -1947,6 +2086,11 @@ fn content_chunks(
         }
     }
     Ok(keys)
+}
+
+/// The name a result log record is sealed under.
+fn log_key(seq: u64) -> String {
+    format!("result-log/{seq}")
 }
 
 fn content_prefixes(id: &DocumentId) -> [String; 2] {

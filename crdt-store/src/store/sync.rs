@@ -333,7 +333,7 @@ impl Store {
             let theirs = state.their_heads.as_deref().map(heads_digest);
             if state.shared_heads != shared_before {
                 let encoded = state.encode();
-                persist_sync_state(txn, &doc, &peer, &encoded)?;
+                self.persist_sync_state(txn, &doc, &peer, &encoded)?;
             }
             return Ok(SyncApplied {
                 changed: false,
@@ -378,7 +378,7 @@ impl Store {
             self.store_changes(txn, &label, &doc, &before)?;
         }
         if let Some(encoded) = persist {
-            persist_sync_state(txn, &doc, &peer, &encoded)?;
+            self.persist_sync_state(txn, &doc, &peer, &encoded)?;
         }
         Ok(SyncApplied {
             changed,
@@ -481,10 +481,7 @@ impl Store {
         };
         let label = doc.to_string();
         let txn = self.db.begin_read().during("generate sync")?;
-        let state = self
-            .sync_states
-            .get_mut(&key)
-            .expect("ensured by the caller");
+        let state = self.sync_states.get(&key).expect("ensured by the caller");
         if state.have_responded && state.in_flight && state.last_sent_heads == heads {
             // Sent already and not yet acknowledged: Automerge would say nothing either.
             return Ok(Some(None));
@@ -508,7 +505,7 @@ impl Store {
         let mut whole = Vec::new();
         for (chunk_key, _) in stored {
             if let Some(bytes) = chunks.get(chunk_key.as_str()).during("generate sync")? {
-                whole.extend_from_slice(bytes.value());
+                whole.extend_from_slice(&self.unseal(&chunk_key, bytes.value())?);
             }
         }
         if whole.is_empty() {
@@ -526,6 +523,10 @@ impl Store {
             flags: Some(flags),
             version: sync::MessageVersion::V2,
         };
+        let state = self
+            .sync_states
+            .get_mut(&key)
+            .expect("ensured by the caller");
         state.have_responded = true;
         state.last_sent_heads = heads;
         state.in_flight = true;
@@ -540,17 +541,22 @@ fn malformed(doc: &str, reason: impl ToString) -> SyncRejected {
     }
 }
 
-/// Keeps the heads a session's two sides have in common, for the next session.
-fn persist_sync_state(
-    txn: &redb::WriteTransaction,
-    doc: &DocumentId,
-    peer: &str,
-    encoded: &[u8],
-) -> Result<()> {
-    let key = sync_state_key(doc, peer)?.to_string();
-    let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
-    chunks.insert(key.as_str(), encoded).during("apply sync")?;
-    Ok(())
+impl Store {
+    /// Keeps the heads a session's two sides have in common, for the next session.
+    fn persist_sync_state(
+        &self,
+        txn: &redb::WriteTransaction,
+        doc: &DocumentId,
+        peer: &str,
+        encoded: &[u8],
+    ) -> Result<()> {
+        let key = sync_state_key(doc, peer)?.to_string();
+        let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
+        chunks
+            .insert(key.as_str(), self.seal(&key, encoded).as_ref())
+            .during("apply sync")?;
+        Ok(())
+    }
 }
 
 /// Whether a sync message comes from a peer that holds nothing of the document and can take

@@ -44,6 +44,15 @@ pub enum StoreError {
         /// The fingerprints of the keys that wrapped the store's data keys.
         expected: String,
     },
+    /// A key operation on a store that is not encrypted.
+    #[error(
+        "store file {path} is not encrypted: there is no key to rotate (turn on \
+         `store.encryption` first)"
+    )]
+    NotEncrypted {
+        /// The store file.
+        path: PathBuf,
+    },
     /// A sealed value did not open: altered on disk, or sealed with a data key the store lost.
     #[error("stored value {key} does not open: {reason}")]
     Sealed {

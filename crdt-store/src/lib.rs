@@ -34,8 +34,8 @@ pub use names::{DocKind, DocName, Window, format_timestamp, parse_timestamp};
 pub use samod_core;
 pub use store::{
     APPLY_BATCH, Broken, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo,
-    FORMAT_VERSION, FleetView, HeadsDigest, MAX_HEADS, MERGE_HEADS_EVERY, REOPEN_BACKOFF_MAX,
-    REOPEN_BACKOFF_MIN, REOPEN_MIN_FREE, RETIRED_DIGEST, ResultsQuery, RetentionPolicy,
-    RetireReason, Retired, Store, StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected,
-    WorkflowView, WriteRules, ZoneView, heads_digest, summarize,
+    FORMAT_VERSION, FleetView, HeadsDigest, KeyStatus, MAX_HEADS, MERGE_HEADS_EVERY,
+    REOPEN_BACKOFF_MAX, REOPEN_BACKOFF_MIN, REOPEN_MIN_FREE, RETIRED_DIGEST, Reseal, ResultsQuery,
+    RetentionPolicy, RetireReason, Retired, Store, StoreConfig, StoreStats, SyncApplied, SyncApply,
+    SyncRejected, WorkflowView, WriteRules, ZoneView, heads_digest, summarize,
 };

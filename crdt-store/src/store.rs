@@ -20,8 +20,10 @@ use crate::names::{DocKind, DocName, Window};
 use mesh::proto::wire::CatalogueEntry;
 
 mod authorship;
+mod keys;
 mod rollup;
 mod sync;
+pub use keys::{KeyStatus, Reseal};
 pub use rollup::{FleetView, WorkflowView, ZoneView, summarize};
 pub use sync::{CatalogueItem, RETIRED_DIGEST, SyncApplied, SyncApply, SyncRejected};
 
@@ -299,6 +301,8 @@ pub struct Store {
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
     /// Seals what goes to disk, in an encrypted store.
     sealer: Option<crate::seal::Sealer>,
+    /// Where the running re-seal pass has got to ([`Store::reseal_step`]).
+    reseal_cursor: Option<keys::ResealCursor>,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
     unflushed_since: Option<std::time::Instant>,
     /// The zone of every node in the registry as of some registry heads.
@@ -416,7 +420,7 @@ impl Store {
         config: StoreConfig,
     ) -> Result<Store> {
         Store::prepare(&db, path.as_deref())?;
-        let sealer = Store::load_sealer(&db, path.as_deref(), &config)?;
+        let sealer = Store::load_sealer(&db, path.as_deref(), config.encryption.as_ref())?;
         let mut store = Store {
             db,
             medium,
@@ -430,6 +434,7 @@ impl Store {
             reopen_listener: None,
             sync_states: HashMap::new(),
             sealer,
+            reseal_cursor: None,
             unflushed_since: None,
             zones: None,
         };
@@ -447,6 +452,11 @@ impl Store {
 
     /// Creates the tables a new file lacks and checks the format version of an old one.
     fn prepare(db: &Database, path: Option<&Path>) -> Result<()> {
+        // A store that has every table gets no commit from opening it: an open refused
+        // afterwards (a wrong key) has changed nothing in it.
+        if Store::prepared(db)? {
+            return Ok(());
+        }
         let txn = db.begin_write().during("open")?;
         {
             txn.open_table(CHUNKS).during("open")?;
@@ -474,116 +484,30 @@ impl Store {
         txn.commit().during("open")
     }
 
-    // -----------------------------------------------------------------------------------------
-    // encryption at rest
-
-    /// The data keys of an encrypted store, unwrapped with the configured store key (the
-    /// first one is made when a store is first opened with a key). A store that holds data
-    /// keys refuses to open without a key that unwraps them: nothing is read before.
-    fn load_sealer(
-        db: &Database,
-        path: Option<&Path>,
-        config: &StoreConfig,
-    ) -> Result<Option<crate::seal::Sealer>> {
-        use crate::seal::{Key, Sealer};
-        let shown = || path.map(Path::to_owned).unwrap_or_default();
-        let mut wrapped: Vec<(String, Vec<u8>)> = Vec::new();
-        let current = {
-            let txn = db.begin_read().during("open")?;
-            let keys = txn.open_table(KEYS).during("open")?;
-            for item in keys.iter().during("open")? {
-                let (k, v) = item.during("open")?;
-                wrapped.push((k.value().to_owned(), v.value().to_vec()));
-            }
-            let meta = txn.open_table(META).during("open")?;
-            meta.get(META_DATA_KEY).during("open")?.map(|v| v.value())
+    /// Whether every table exists and the format is this version's.
+    fn prepared(db: &Database) -> Result<bool> {
+        let txn = db.begin_read().during("open")?;
+        let exists = |result: std::result::Result<(), redb::TableError>| match result {
+            Ok(()) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e),
         };
-        let Some(store_key) = &config.encryption else {
-            if wrapped.is_empty() {
-                return Ok(None);
-            }
-            return Err(StoreError::Encrypted { path: shown() });
+        let all = exists(txn.open_table(CHUNKS).map(drop)).during("open")?
+            && exists(txn.open_table(NAMES).map(drop)).during("open")?
+            && exists(txn.open_table(RESULT_LOG).map(drop)).during("open")?
+            && exists(txn.open_table(HEADS).map(drop)).during("open")?
+            && exists(txn.open_table(RETIRED).map(drop)).during("open")?
+            && exists(txn.open_table(KEYS).map(drop)).during("open")?;
+        if !all {
+            return Ok(false);
+        }
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e).during("open"),
         };
-        let mine = format!("{}/", store_key.fingerprint());
-        let mut data_keys = std::collections::BTreeMap::new();
-        for (name, bytes) in &wrapped {
-            let Some(id) = name
-                .strip_prefix(&mine)
-                .and_then(|id| id.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let key = store_key
-                .unwrap_key(id, bytes)
-                .ok_or_else(|| StoreError::Sealed {
-                    key: format!("data key {id}"),
-                    reason:
-                        "it does not unwrap with the store key whose fingerprint it is filed under"
-                            .into(),
-                })?;
-            data_keys.insert(id, key);
-        }
-        if data_keys.is_empty() && !wrapped.is_empty() {
-            let expected: BTreeSet<&str> = wrapped
-                .iter()
-                .filter_map(|(name, _)| name.split('/').next())
-                .collect();
-            return Err(StoreError::WrongKey {
-                path: shown(),
-                given: store_key.fingerprint(),
-                expected: expected.into_iter().collect::<Vec<_>>().join(", "),
-            });
-        }
-        if let Some(current) = current
-            .map(|c| c as u32)
-            .filter(|c| data_keys.contains_key(c))
-        {
-            return Ok(Some(Sealer::new(&data_keys, current)));
-        }
-        // First opened with a key (a new store, or one encrypted from now on): a data key.
-        let id = data_keys.keys().max().map_or(1, |max| max + 1);
-        let key = Key::generate();
-        let txn = db.begin_write().during("make a data key")?;
-        {
-            let mut keys = txn.open_table(KEYS).during("make a data key")?;
-            keys.insert(
-                format!("{mine}{id}").as_str(),
-                store_key.wrap(&key, id).as_slice(),
-            )
-            .during("make a data key")?;
-            let mut meta = txn.open_table(META).during("make a data key")?;
-            meta.insert(META_DATA_KEY, u64::from(id))
-                .during("make a data key")?;
-        }
-        txn.commit().during("make a data key")?;
-        data_keys.insert(id, key);
-        Ok(Some(Sealer::new(&data_keys, id)))
-    }
-
-    /// A value as it goes to disk under table key `key`: sealed in an encrypted store.
-    fn seal<'a>(&self, key: &str, plain: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        match &self.sealer {
-            Some(sealer) => std::borrow::Cow::Owned(sealer.seal(key.as_bytes(), plain)),
-            None => std::borrow::Cow::Borrowed(plain),
-        }
-    }
-
-    /// A value as read from disk under table key `key`, opened in an encrypted store.
-    fn unseal<'a>(&self, key: &str, stored: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
-        match &self.sealer {
-            Some(sealer) => sealer
-                .open(key.as_bytes(), stored)
-                .map_err(|e| StoreError::Sealed {
-                    key: key.to_owned(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(std::borrow::Cow::Borrowed(stored)),
-        }
-    }
-
-    /// Whether the store seals what it writes.
-    pub fn encrypted(&self) -> bool {
-        self.sealer.is_some()
+        let format = meta.get(META_FORMAT).during("open")?.map(|v| v.value());
+        Ok(format == Some(FORMAT_VERSION))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -684,10 +608,12 @@ impl Store {
                 .map_err(|e| open_error(&shown, e))?,
         };
         Store::prepare(&db, self.path.as_deref())?;
-        self.sealer = Store::load_sealer(&db, self.path.as_deref(), &self.config)?;
+        self.sealer =
+            Store::load_sealer(&db, self.path.as_deref(), self.config.encryption.as_ref())?;
         self.db = db;
         self.cache.clear();
         self.sync_states.clear();
+        self.reseal_cursor = None;
         self.zones = None;
         self.stuck.clear();
         self.unflushed_since = None;

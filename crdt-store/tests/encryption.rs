@@ -128,6 +128,10 @@ fn nothing_readable_on_disk_and_only_the_key_opens_it() {
         text.contains(&other.fingerprint()) && text.contains(&key.fingerprint()),
         "{text}"
     );
+    // Refused opens lose nothing.
+    let mut store = Store::open(&path, config(Some(&key))).unwrap();
+    let w: WorkflowDoc = store.read(&DocName::workflow("wf").unwrap()).unwrap();
+    assert_eq!(w.description, "description SECRETMARK");
 }
 
 #[test]
@@ -169,4 +173,151 @@ fn a_store_encrypted_later_reads_what_it_wrote_before() {
         Store::open(&path, config(None)).unwrap_err(),
         StoreError::Encrypted { .. }
     ));
+}
+
+fn run_ids(store: &mut Store) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .results(&ResultsQuery::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Runs re-seal steps of `budget` values until the pass ends; returns the values re-sealed.
+fn reseal_all(store: &mut Store, budget: usize) -> usize {
+    let mut total = 0;
+    for _ in 0..10_000 {
+        let step = store.reseal_step(budget).unwrap();
+        assert_eq!(step.unreadable, 0);
+        total += step.resealed;
+        if step.done {
+            return total;
+        }
+    }
+    panic!("re-sealing never ended");
+}
+
+#[test]
+fn rotating_the_store_key_opens_with_either_key_until_the_old_one_is_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (old, new) = (Key::generate(), Key::generate());
+    let mut store = Store::open(&path, config(Some(&old))).unwrap();
+    for i in 0..20 {
+        write_everything(&mut store, &format!("BEFORE{i}"));
+    }
+    reseal_all(&mut store, 7);
+    let before = store.key_status().unwrap().unwrap();
+    assert_eq!(before.store_key, old.fingerprint());
+    assert!(before.old_data_keys.is_empty() && !before.resealing);
+
+    let data_key = store.add_store_key(&new).unwrap();
+    assert!(data_key > before.data_key);
+    write_everything(&mut store, "DURING");
+    let status = store.key_status().unwrap().unwrap();
+    assert_eq!(status.store_key, new.fingerprint());
+    assert_eq!(status.other_store_keys, vec![old.fingerprint()]);
+    assert_eq!(status.rotating_to, Some(new.fingerprint()));
+    assert_eq!(status.old_data_keys, vec![before.data_key]);
+    assert!(status.resealing);
+    let expected = run_ids(&mut store);
+    drop(store);
+
+    // Killed here (before the new key is in place, or after): either key opens everything.
+    for key in [&old, &new] {
+        let mut store = Store::open(&path, config(Some(key))).unwrap();
+        assert_eq!(run_ids(&mut store), expected);
+        let w: WorkflowDoc = store.read(&DocName::workflow("wf").unwrap()).unwrap();
+        assert_eq!(w.description, "description DURING");
+    }
+
+    // The re-seal resumes at open and, a few values at a time, moves everything to the new
+    // data key; the old one is dropped with the last batch.
+    let mut store = Store::open(&path, config(Some(&new))).unwrap();
+    let resealed = reseal_all(&mut store, 5);
+    assert!(resealed > 40, "only {resealed} values re-sealed");
+    let status = store.key_status().unwrap().unwrap();
+    assert!(
+        status.old_data_keys.is_empty() && !status.resealing,
+        "{status:?}"
+    );
+    assert_eq!(store.reseal_step(5).unwrap().resealed, 0, "nothing left");
+    assert_eq!(
+        store.retire_other_store_keys().unwrap(),
+        vec![old.fingerprint()]
+    );
+    assert_eq!(run_ids(&mut store), expected);
+    drop(store);
+
+    let err = Store::open(&path, config(Some(&old))).unwrap_err();
+    assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+    let mut store = Store::open(&path, config(Some(&new))).unwrap();
+    assert_eq!(run_ids(&mut store), expected);
+    let status = store.key_status().unwrap().unwrap();
+    assert!(status.other_store_keys.is_empty() && status.rotating_to.is_none());
+}
+
+#[test]
+fn a_store_encrypted_later_seals_what_it_wrote_before_once_resealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let mut store = Store::open(&path, config(None)).unwrap();
+        write_everything(&mut store, "PLAINMARK");
+        // Not encrypted: nothing to rotate, and saying so.
+        let err = store.add_store_key(&Key::generate()).unwrap_err();
+        assert!(matches!(err, StoreError::NotEncrypted { .. }), "{err}");
+    }
+    let key = Key::generate();
+    let mut store = Store::open(&path, config(Some(&key))).unwrap();
+    assert!(store.key_status().unwrap().unwrap().resealing);
+    let expected = run_ids(&mut store);
+    assert!(reseal_all(&mut store, 3) > 0);
+    assert_eq!(run_ids(&mut store), expected);
+    let registry: MeshRegistry = store.read(&DocName::Mesh).unwrap();
+    assert_eq!(registry.nodes["node-a"].name, "name PLAINMARK");
+    let doc = store.document_id(&DocName::Mesh);
+    assert_eq!(
+        store.load_sync_state(&doc, "node-b").unwrap().unwrap(),
+        b"state PLAINMARK"
+    );
+    // Live values are sealed now; a compaction leaves the old pages to be reused.
+    store.compact_all().unwrap();
+    drop(store);
+    assert!(matches!(
+        Store::open(&path, config(None)).unwrap_err(),
+        StoreError::Encrypted { .. }
+    ));
+}
+
+#[test]
+fn a_rotation_started_again_before_the_last_finished_keeps_two_keys_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (first, second, third) = (Key::generate(), Key::generate(), Key::generate());
+    let mut store = Store::open(&path, config(Some(&first))).unwrap();
+    write_everything(&mut store, "ONE");
+    store.add_store_key(&second).unwrap();
+    write_everything(&mut store, "TWO");
+    drop(store);
+    // The second key never reached the key file: the node starts with the first again and
+    // rotates to a third.
+    let mut store = Store::open(&path, config(Some(&first))).unwrap();
+    store.add_store_key(&third).unwrap();
+    write_everything(&mut store, "THREE");
+    let status = store.key_status().unwrap().unwrap();
+    assert_eq!(status.other_store_keys, vec![first.fingerprint()]);
+    let expected = run_ids(&mut store);
+    drop(store);
+    assert!(matches!(
+        Store::open(&path, config(Some(&second))).unwrap_err(),
+        StoreError::WrongKey { .. }
+    ));
+    for key in [&first, &third] {
+        let mut store = Store::open(&path, config(Some(key))).unwrap();
+        assert_eq!(run_ids(&mut store), expected);
+    }
 }

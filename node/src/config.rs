@@ -122,6 +122,11 @@ pub struct StoreSection {
     /// holds are retired first, then runs and writes are refused and `/health` is degraded.
     #[serde(deserialize_with = "string_or_number")]
     pub min_free: String,
+    /// Seal documents, the result log and sync states on disk with the store key (from
+    /// `RHIZOME_STORE_KEY`, the systemd credential `rhizome-store-key`, or `key_file`).
+    pub encryption: bool,
+    /// Where the store key is (64 hex digits, mode 0600); empty: `<data-dir>/store.key`.
+    pub key_file: String,
 }
 
 /// A size written as a string (`256MiB`) or, as an environment variable often is, a number.
@@ -146,6 +151,8 @@ impl Default for StoreSection {
             retention_max_size: "1GiB".into(),
             compact_after_chunks: 64,
             min_free: "default".into(),
+            encryption: false,
+            key_file: String::new(),
         }
     }
 }
@@ -199,6 +206,9 @@ impl Default for SyncSection {
 
 const SECTIONS: &[&str] = &["node", "store", "network", "sync", "security"];
 
+/// Environment variables that carry secrets rather than configuration.
+pub const SECRET_VARIABLES: &[&str] = &["RHIZOME_STORE_KEY", "RHIZOME_JOIN_TOKEN"];
+
 impl Config {
     /// Loads `rhizome.toml` from `path` (defaults if it does not exist), then applies `RHIZOME_*`
     /// environment variables from `env`.
@@ -213,6 +223,10 @@ impl Config {
         let mut env: Vec<(String, String)> = env.into_iter().collect();
         env.sort();
         for (var, value) in env {
+            // Secrets travel by environment but are no configuration keys.
+            if SECRET_VARIABLES.contains(&var.as_str()) {
+                continue;
+            }
             let Some(rest) = var.strip_prefix("RHIZOME_") else {
                 continue;
             };

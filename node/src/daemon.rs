@@ -300,6 +300,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             reloader.request_reload();
         }
     });
+    let reseal_wake = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,
@@ -314,6 +315,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         data_dir: node.dir.root.clone(),
         renewal: renewal_state.clone(),
         audit: audit.clone(),
+        store_key: node
+            .config
+            .store
+            .encryption
+            .then(|| crate::security::store_key::source(&node.config.store, &node.dir.root)),
+        reseal: reseal_wake.clone(),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
@@ -325,6 +332,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         started.elapsed()
     ));
 
+    // What older data keys sealed is sealed again while the node runs, resuming a re-seal a
+    // kill cut short.
+    let reseal = tokio::spawn(crate::security::store_key::reseal(
+        store.clone(),
+        reseal_wake,
+    ));
     let retention_store = store.clone();
     let retention = tokio::spawn(async move {
         let mut every = tokio::time::interval(RETENTION_INTERVAL);
@@ -454,6 +467,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         own_entry.abort();
     }
     renewal.abort();
+    reseal.abort();
     revocations.abort();
     zone_peers.abort();
     routes.abort();

@@ -109,13 +109,19 @@ impl Node {
         let mut config = self.config.store_config(&self.mesh_id, &self.node_id())?;
         config.write_rules = Some(self.write_rules()?);
         let path = self.dir.store();
-        match Store::open(&path, config) {
-            Ok(store) => Ok(store),
-            Err(e @ StoreError::Locked { .. }) => Err(e.into()),
-            Err(e) => {
-                Err(e).with_context(|| format!("opening the store of {}", self.dir.root.display()))
-            }
-        }
+        crate::security::store_key::open(&self.config.store, &self.dir.root, &path, config).map_err(
+            |e| {
+                // "In use by another process" says all; anything else names the data dir.
+                if matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::Locked { .. })
+                ) {
+                    e
+                } else {
+                    e.context(format!("opening the store of {}", self.dir.root.display()))
+                }
+            },
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`runs`].
 
 pub mod auth;
+pub mod keys;
 pub mod runs;
 
 use std::sync::Arc;
@@ -128,6 +129,10 @@ pub struct AppState {
     pub renewal: Arc<std::sync::Mutex<crate::security::renewal::RenewalState>>,
     /// Security events: API writes and refusals are recorded here.
     pub audit: Arc<crate::security::audit::Audit>,
+    /// Where the store key is read from; `None` when the store is not encrypted.
+    pub store_key: Option<crate::security::store_key::KeySource>,
+    /// Wakes the background re-seal after a key rotation.
+    pub reseal: Arc<tokio::sync::Notify>,
 }
 
 /// Who may call one endpoint.
@@ -208,6 +213,13 @@ fn routes() -> Routes {
     )
     .add(Method::POST, "/mesh/policy", Some(Admin), post_policy)
     .add(Method::GET, "/security", Some(Admin), get_security)
+    .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
+    .add(
+        Method::POST,
+        "/store/rotate-key",
+        Some(Admin),
+        keys::post_rotate_key,
+    )
 }
 
 /// Every route with its access rule, as the router enforces them.
@@ -301,6 +313,7 @@ async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCo
     let store =
         crate::ops::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
     health.problems = store.problems();
+    health.warnings.extend(store.warnings());
     health.store = Some(store);
     let renewal = state.renewal.lock().expect("renewal state").clone();
     let ends = crdt_store::format_timestamp(renewal.not_after * 1000);

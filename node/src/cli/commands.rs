@@ -47,6 +47,7 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Peers { json } => peers(&Node::load(&root)?, json),
         Command::Sync(args) => sync_now(&Node::load(&root)?, args),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
+        Command::Store(cmd) => crate::cli::store_keys::store_command(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),
@@ -209,6 +210,7 @@ fn join(root: &std::path::Path, args: crate::cli::JoinArgs) -> Result<()> {
         tags: args.tags,
         mesh: None,
         control: false,
+        encrypt: args.encrypt,
         json: args.json,
     };
     let node = create_node_from(
@@ -220,6 +222,7 @@ fn join(root: &std::path::Path, args: crate::cli::JoinArgs) -> Result<()> {
         },
     )?;
     let role = node.cert_info()?.role;
+    let encryption = encryption_of(&node)?;
     if args.json {
         println!(
             "{}",
@@ -231,6 +234,7 @@ fn join(root: &std::path::Path, args: crate::cli::JoinArgs) -> Result<()> {
                 "role": role.as_str(),
                 "peer": args.addr,
                 "data_dir": root,
+                "encryption": encryption,
             }))?
         );
     } else {
@@ -242,6 +246,7 @@ fn join(root: &std::path::Path, args: crate::cli::JoinArgs) -> Result<()> {
         );
         println!("  data dir  {}", root.display());
         println!("  peer      {} (dialled at start)", args.addr);
+        print_encryption(&encryption);
         println!("  next      rhizome start --data-dir {}", root.display());
     }
     Ok(())
@@ -368,6 +373,7 @@ fn join_token_command(root: &std::path::Path, cmd: crate::cli::JoinTokenCommand)
 fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
     let node = create_node(root, &args)?;
     let id = node.node_id();
+    let encryption = encryption_of(&node)?;
     if args.json {
         println!(
             "{}",
@@ -378,6 +384,7 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
                 "mesh_id": node.mesh_id,
                 "role": node.cert_info()?.role.as_str(),
                 "data_dir": root,
+                "encryption": encryption,
             }))?
         );
     } else {
@@ -387,8 +394,45 @@ fn init(root: &std::path::Path, args: InitArgs) -> Result<()> {
         println!("  mesh      {}", node.mesh_id);
         println!("  role      {}", node.cert_info()?.role);
         println!("  config    {}", node.dir.config().display());
+        print_encryption(&encryption);
     }
     Ok(())
+}
+
+/// Where a new node's store key is, when its store is encrypted.
+fn encryption_of(node: &Node) -> Result<serde_json::Value> {
+    use crate::security::store_key::{self, KeySource};
+    if !node.config.store.encryption {
+        return Ok(serde_json::Value::Null);
+    }
+    let source = store_key::source(&node.config.store, &node.dir.root);
+    let key = store_key::read(&source)?;
+    Ok(json!({
+        "store_key": key.fingerprint(),
+        "source": source.to_string(),
+        "key_file": match &source {
+            KeySource::File(path) => Some(path),
+            _ => None,
+        },
+    }))
+}
+
+fn print_encryption(encryption: &serde_json::Value) {
+    if encryption.is_null() {
+        return;
+    }
+    println!(
+        "  store     encrypted with key {} from {}",
+        encryption["store_key"].as_str().unwrap_or_default(),
+        encryption["source"].as_str().unwrap_or_default()
+    );
+    if let Some(file) = encryption["key_file"].as_str() {
+        println!(
+            "            without this key the store cannot be read: keep a copy off this machine. \
+             To keep it off the disk too, give it to the node as RHIZOME_STORE_KEY or the systemd \
+             credential rhizome-store-key, and delete {file}"
+        );
+    }
 }
 
 /// Builds the new data dir aside, beside `root`, and moves it into place only when it is whole:
@@ -506,6 +550,9 @@ fn build_node(
     if !args.tags.is_empty() {
         config.node.tags = args.tags.clone();
     }
+    if args.encrypt {
+        config.store.encryption = true;
+    }
     config.validate()?;
     let identity = Identity::generate();
     let node_id = identity.node_id();
@@ -562,7 +609,16 @@ fn build_node(
     let mesh_id = mesh::net::identity::mesh_id_of_ca(&ca_pem)?;
     // Store, configuration and certificates first, the key last: the key marks a finished
     // init, so a failed init can simply be run again.
-    let mut store = Store::open(&dir.store(), config.store_config(&mesh_id, &node_id)?)
+    let mut store_config = config.store_config(&mesh_id, &node_id)?;
+    if config.store.encryption {
+        use crate::security::store_key::{self, KeySource};
+        let source = store_key::source(&config.store, staging);
+        store_config.encryption = Some(match &source {
+            KeySource::File(path) if !path.exists() => store_key::generate_file(path)?,
+            _ => store_key::read(&source)?,
+        });
+    }
+    let mut store = Store::open(&dir.store(), store_config)
         .with_context(|| format!("cannot create the store for {}", root.display()))?;
     let entry = NodeEntry {
         name: config.node.name.clone(),
@@ -792,10 +848,20 @@ fn status(node: &Node, json: bool) -> Result<()> {
                     store.dir,
                     output::bytes(store.min_free_bytes)
                 );
+                if let Some(keys) = &store.encryption {
+                    println!(
+                        "store    encrypted, key {}{}",
+                        keys.store_key,
+                        if keys.resealing { ", re-sealing" } else { "" }
+                    );
+                }
             }
             println!("health   {}", h.status);
             for problem in &h.problems {
                 println!("  ! {problem}");
+            }
+            for warning in &h.warnings {
+                println!("  ~ {warning}");
             }
             if let Some(hierarchy) = &hierarchy {
                 print_hierarchy(hierarchy);
@@ -1708,6 +1774,7 @@ fn demo(root: &std::path::Path, args: DemoArgs) -> Result<()> {
                 tags: vec!["demo".into(), "sensor".into()],
                 mesh: None,
                 control: false,
+                encrypt: false,
                 json: false,
             },
         )?;

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod store_keys;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,9 @@ pub enum Command {
     /// Inspect and maintain the stored documents.
     #[command(subcommand)]
     Doc(DocCommand),
+    /// The store's encryption: its keys, and rotating them.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.
@@ -160,6 +164,11 @@ pub struct JoinArgs {
     /// A tag for workflow selectors; repeat for several.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Encrypt the store (`store.encryption = true`). The key comes from `RHIZOME_STORE_KEY`
+    /// or the systemd credential `rhizome-store-key` when given; otherwise a new key is
+    /// written to `<data-dir>/store.key` (mode 0600).
+    #[arg(long)]
+    pub encrypt: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -186,6 +195,11 @@ pub struct InitArgs {
     /// (workflows). A node that starts its own mesh always has it.
     #[arg(long, requires = "mesh")]
     pub control: bool,
+    /// Encrypt the store (`store.encryption = true`). The key comes from `RHIZOME_STORE_KEY`
+    /// or the systemd credential `rhizome-store-key` when given; otherwise a new key is
+    /// written to `<data-dir>/store.key` (mode 0600).
+    #[arg(long)]
+    pub encrypt: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -390,6 +404,36 @@ pub enum DocCommand {
     },
     /// Retire old result windows now, by the retention settings of `rhizome.toml`.
     Retire {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Show whether the store is encrypted, the fingerprint of its key, where the node reads
+    /// the key from, and whether a rotation or a re-seal is under way.
+    Keys {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate the store key without stopping the node. The store then opens with the new key
+    /// only; values are sealed again with a new data key in the background (a re-seal cut
+    /// short goes on at the next start).
+    ///
+    /// With a key file (the default, `<data-dir>/store.key`), the node writes the new key over
+    /// it and retires the old one: done in one step, and finished at the next open if killed
+    /// halfway. With the key in `RHIZOME_STORE_KEY` or a systemd credential, the new key is
+    /// written to `<data-dir>/store.key.next`; install it there and restart the node: the
+    /// old key, which opens the store until then, is retired when the node first opens the
+    /// store with the new one.
+    RotateKey {
+        /// Retire the old key now that the node reads the new one (key from a variable or a
+        /// credential; a node does it by itself when it starts with the new key).
+        #[arg(long)]
+        finish: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -72,6 +72,9 @@ pub struct StoreHealth {
     pub min_free_bytes: u64,
     /// Why the store refuses writes now (a failed commit it is recovering from), if it does.
     pub failing: Option<String>,
+    /// The keys of an encrypted store.
+    #[serde(default)]
+    pub encryption: Option<crdt_store::KeyStatus>,
 }
 
 impl StoreHealth {
@@ -98,6 +101,22 @@ impl StoreHealth {
         }
         problems
     }
+
+    /// What needs an operator's eye without making the node unhealthy.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(to) = self
+            .encryption
+            .as_ref()
+            .and_then(|k| k.rotating_to.as_ref())
+        {
+            warnings.push(format!(
+                "a store key rotation to key {to} is unfinished: install the new key where the \
+                 node reads its key and restart it; the old key opens the store until then"
+            ));
+        }
+        warnings
+    }
 }
 
 /// Reads the store's health; a store that does not answer within `patience` is reported as
@@ -109,11 +128,13 @@ pub async fn store_health(
 ) -> StoreHealth {
     let asked = store.call(|s| {
         let room: Option<Headroom> = s.headroom().and_then(Result::ok);
-        Ok((room, s.broken().map(|b| b.cause.clone())))
+        // A broken store cannot read its keys; they are not what is wrong then.
+        let keys = s.key_status().ok().flatten();
+        Ok((room, s.broken().map(|b| b.cause.clone()), keys))
     });
     let dir = data_dir.display().to_string();
     match tokio::time::timeout(patience, asked.recv()).await {
-        Ok(Ok((room, failing))) => {
+        Ok(Ok((room, failing, encryption))) => {
             let room = room.unwrap_or(Headroom {
                 dir: data_dir.to_owned(),
                 free_bytes: 0,
@@ -126,6 +147,7 @@ pub async fn store_health(
                 total_bytes: room.total_bytes,
                 min_free_bytes: room.min_free_bytes,
                 failing,
+                encryption,
             }
         }
         Ok(Err(e)) => StoreHealth {
@@ -188,6 +210,7 @@ mod tests {
             total_bytes: 100,
             min_free_bytes: 5,
             failing: None,
+            encryption: None,
         };
         assert!(healthy.problems().is_empty());
         let low = StoreHealth {

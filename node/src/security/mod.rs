@@ -2,7 +2,7 @@
 //! checked by every node on whatever reaches it, whoever relayed it.
 //!
 //! The room of mesh-level security: signed revocations ([`revocations`]) and signed workflow
-//! versions ([`workflow_rights`]). API tokens, which guard one node's HTTP API, live with the
+//! versions ([`workflow_rights`]), and the key the store is encrypted with ([`store_key`]). API tokens, which guard one node's HTTP API, live with the
 //! API (`api::auth`).
 
 pub mod audit;
@@ -10,4 +10,5 @@ pub mod enrolment;
 pub mod policy;
 pub mod renewal;
 pub mod revocations;
+pub mod store_key;
 pub mod workflow_rights;

@@ -11,7 +11,9 @@
 //! with the value's own table key as associated data, so a sealed value cannot be moved to
 //! another key. A value that does not start with `0xE1` is plaintext (written before the store
 //! was encrypted: Automerge chunks start with `0x85`, records with `{`, sync states with `0x43`)
-//! and is read as it is, until re-sealing reaches it. Table keys (document ids and names, result
+//! and is read as it is while such values may remain, until re-sealing has reached them all;
+//! from then on a value that is not sealed is refused, so that bytes put into the file by hand
+//! cannot pass for the store's own. Table keys (document ids and names, result
 //! sequence numbers) and value sizes stay readable.
 
 use std::borrow::Cow;
@@ -35,6 +37,9 @@ pub enum SealError {
     /// The value is shorter than a sealed value can be.
     #[error("a sealed value of {0} bytes is truncated")]
     Truncated(usize),
+    /// A value that is not sealed, in a store where every value is.
+    #[error("a value is not sealed, in a store that seals every value")]
+    NotSealed,
     /// Authentication failed: the bytes were changed, moved to another key, or the key is not
     /// the one that sealed them.
     #[error("a sealed value does not open: it was altered, moved, or sealed with another key")]
@@ -155,6 +160,8 @@ pub fn key_id(stored: &[u8]) -> Option<u32> {
 pub struct Sealer {
     keys: BTreeMap<u32, LessSafeKey>,
     current: u32,
+    /// Whether values written before the store was encrypted may remain, and read as they are.
+    plaintext: bool,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -176,7 +183,15 @@ impl Sealer {
         Sealer {
             keys: keys.iter().map(|(id, k)| (*id, k.aead())).collect(),
             current,
+            plaintext: false,
         }
+    }
+
+    /// Lets values that are not sealed read as they are (`true`: the store was encrypted after
+    /// it was written to, and re-sealing has not reached everything yet).
+    pub fn with_plaintext(mut self, allowed: bool) -> Sealer {
+        self.plaintext = allowed;
+        self
     }
 
     /// The data key that seals.
@@ -189,10 +204,13 @@ impl Sealer {
         seal_with(&self.keys[&self.current], self.current, aad, plain)
     }
 
-    /// Opens a value stored under table key `aad`; plaintext passes through.
+    /// Opens a value stored under table key `aad`; plaintext passes through while allowed.
     pub fn open<'a>(&self, aad: &[u8], stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
         let Some(id) = key_id(stored) else {
-            return Ok(Cow::Borrowed(stored));
+            if self.plaintext {
+                return Ok(Cow::Borrowed(stored));
+            }
+            return Err(SealError::NotSealed);
         };
         let key = self.keys.get(&id).ok_or(SealError::UnknownKey(id))?;
         open_with(key, aad, stored).map(Cow::Owned)
@@ -238,9 +256,12 @@ mod tests {
             sealer.open(b"k", &sealed[..10]),
             Err(SealError::Truncated(10))
         );
-        // Plaintext written before encryption reads as it is.
+        // Plaintext written before encryption reads as it is while it may remain, and is
+        // refused once every value is sealed.
+        assert_eq!(sealer.open(b"k", b"{\"run\":1}"), Err(SealError::NotSealed));
+        let converting = sealer.clone().with_plaintext(true);
         assert_eq!(
-            sealer.open(b"k", b"{\"run\":1}").unwrap().as_ref(),
+            converting.open(b"k", b"{\"run\":1}").unwrap().as_ref(),
             b"{\"run\":1}"
         );
     }

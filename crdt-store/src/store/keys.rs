@@ -23,6 +23,10 @@ use crate::seal::{Key, Sealer};
 /// Set while values sealed with an older data key (or not sealed) may remain.
 const META_RESEAL_PENDING: &str = "reseal-pending";
 
+/// Set while values written before the store was encrypted may remain (they read as they are
+/// until then; afterwards a value that is not sealed is refused).
+const META_PLAINTEXT: &str = "plaintext-remains";
+
 /// The fingerprint of the store key a rotation moves to, until the old key is retired.
 const META_ROTATING_TO: &str = "rotating-to";
 
@@ -100,7 +104,10 @@ impl Store {
         }
         match current {
             Some(current) if data_keys.contains_key(&current) => {
-                return Ok(Some(Sealer::new(&data_keys, current)));
+                let plaintext = plaintext_remains(db)?;
+                return Ok(Some(
+                    Sealer::new(&data_keys, current).with_plaintext(plaintext),
+                ));
             }
             // Every data key is wrapped under every store key at once, so a key that unwraps
             // some but not the current one is a damaged key table: sealing with a new key
@@ -144,12 +151,14 @@ impl Store {
             if written_before {
                 meta.insert(META_RESEAL_PENDING, 1)
                     .during("make a data key")?;
+                meta.insert(META_PLAINTEXT, 1).during("make a data key")?;
             }
         }
         txn.commit().during("make a data key")?;
         let mut data_keys = data_keys;
         data_keys.insert(id, key);
-        Ok(Some(Sealer::new(&data_keys, id)))
+        let plaintext = plaintext_remains(db)?;
+        Ok(Some(Sealer::new(&data_keys, id).with_plaintext(plaintext)))
     }
 
     /// A value as it goes to disk under table key `key`: sealed in an encrypted store.
@@ -270,7 +279,8 @@ impl Store {
                 .during("rotate the store key")?;
         }
         txn.commit().during("rotate the store key")?;
-        self.sealer = Some(Sealer::new(&data_keys, id));
+        let plaintext = plaintext_remains(&self.db)?;
+        self.sealer = Some(Sealer::new(&data_keys, id).with_plaintext(plaintext));
         self.config.encryption = Some(new.clone());
         self.reseal_cursor = None;
         tracing::info!(
@@ -473,6 +483,7 @@ impl Store {
                 }
                 let mut meta = txn.open_table(META).during("re-seal values")?;
                 meta.remove(META_RESEAL_PENDING).during("re-seal values")?;
+                meta.remove(META_PLAINTEXT).during("re-seal values")?;
             }
         }
         txn.commit().during("re-seal values")?;
@@ -498,6 +509,17 @@ impl Store {
 /// The name a data key's wrap is filed under: `<store key fingerprint>/<data key id>`.
 fn wrap_name(store_key: &Key, id: u32) -> String {
     format!("{}/{id}", store_key.fingerprint())
+}
+
+/// Whether values written before the store was encrypted may remain.
+fn plaintext_remains(db: &Database) -> Result<bool> {
+    let txn = db.begin_read().during("read the keys")?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e).during("read the keys"),
+    };
+    Ok(meta.get(META_PLAINTEXT).during("read the keys")?.is_some())
 }
 
 /// A store key's fingerprint (16 hex digits) as a number, for the META table.

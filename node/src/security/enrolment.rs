@@ -218,13 +218,12 @@ pub fn issuer(
     }
     let ca = crate::mesh_admin::load_ca(&mesh_dir)?;
     let (lifetime, _) = node.config.security.lifetimes()?;
-    Ok(Some(Arc::new(Issuer {
+    Ok(Some(Arc::new(Issuer::new(
         ca,
-        tokens: node.dir.root.join(JOIN_TOKENS_FILE),
+        &node.dir.root,
         lifetime,
-        lock: Mutex::new(()),
         audit,
-    })))
+    ))))
 }
 
 /// Checks tokens and issues certificates.
@@ -240,6 +239,23 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// An issuer with `ca`, checking the join tokens kept in `data_dir`, issuing certificates
+    /// valid for `lifetime`.
+    pub fn new(
+        ca: MeshCa,
+        data_dir: &Path,
+        lifetime: std::time::Duration,
+        audit: Arc<crate::security::audit::Audit>,
+    ) -> Issuer {
+        Issuer {
+            ca,
+            tokens: data_dir.join(JOIN_TOKENS_FILE),
+            lifetime,
+            lock: Mutex::new(()),
+            audit,
+        }
+    }
+
     fn answer(
         &self,
         request: &[u8],
@@ -423,7 +439,18 @@ pub fn join(
             &request,
         ))
         .context("joining")?;
-    match serde_json::from_slice::<JoinAnswer>(&answer)
+    check_answer(&answer, addr, token, public_key)
+}
+
+/// What the node at `addr` answered a join request: a certificate for `public_key` of the CA
+/// the token names, or its refusal as an error.
+pub fn check_answer(
+    answer: &[u8],
+    addr: &str,
+    token: &JoinToken,
+    public_key: &[u8; 32],
+) -> Result<(String, String, String, String)> {
+    match serde_json::from_slice::<JoinAnswer>(answer)
         .with_context(|| format!("the node at {addr} answered something else than a join answer"))?
     {
         JoinAnswer::Issued {

@@ -108,6 +108,41 @@ pub struct MeshRegistry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub policy: BTreeMap<String, PolicyDecision>,
+    /// The mesh's CAs beyond the first, by certificate fingerprint (SHA-256, hex): each added
+    /// or retired by a decision signed by a CA the nodes already trust (`mesh rotate-ca`).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub cas: BTreeMap<String, CaRecord>,
+}
+
+/// A CA of the mesh as the CA holder announced it: trusted from `added_ms`, and for admission
+/// no longer from `retired_ms` (0: not retired).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct CaRecord {
+    /// The CA's certificate, PEM.
+    pub cert_pem: String,
+    /// When it was added, milliseconds since the Unix epoch.
+    pub added_ms: i64,
+    /// When it was retired; 0 while it admits nodes.
+    pub retired_ms: i64,
+    /// This CA's key certified by the CA that endorsed it (a cross certificate, PEM), which
+    /// nodes present while both CAs admit, for nodes that trust only the older one.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub cross_pem: String,
+    /// Hex ed25519 signature by a CA of the mesh over [`CaRecord::signed_text`].
+    pub signature: String,
+}
+
+impl CaRecord {
+    /// What a CA of the mesh signs: the mesh, the CA's fingerprint and certificate, and when it
+    /// was added and retired.
+    pub fn signed_text(&self, mesh_id: &str, fingerprint: &str) -> String {
+        format!(
+            "rhizome ca v1\nmesh {mesh_id}\nca {fingerprint}\nadded {}\nretired {}\n{}{}",
+            self.added_ms, self.retired_ms, self.cert_pem, self.cross_pem
+        )
+    }
 }
 
 /// The CA's decision about one mesh-wide setting.
@@ -265,6 +300,11 @@ pub struct NodeEntry {
     pub heartbeat: u64,
     /// When the entry was last written, milliseconds since the Unix epoch.
     pub updated_ms: i64,
+    /// Fingerprint of the mesh CA that issued the node's certificate in use (a CA rotation
+    /// ends once every node's is the new one).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub ca: String,
 }
 
 impl MeshRegistry {

@@ -117,7 +117,7 @@ fn scheduler_on(
                     control: true,
                     signer: None,
                     mesh_id: String::new(),
-                    ca_cert_pem: String::new(),
+                    trust: rhizome::security::trust::Trust::empty(),
                 };
                 Ok(rhizome::cli::commands::apply_workflow(
                     s, definition, &writer,

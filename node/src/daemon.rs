@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use crdt_store::{DocName, MeshRegistry, NodeEntry, StoreHandle};
 use mesh::net::discovery::Interfaces;
 use mesh::net::driver::MeshConfig;
-use mesh::net::identity::{NodeCredentials, Revocations};
+use mesh::net::identity::Revocations;
 use mesh::proto::membership::Timing;
 
 use crate::cli::StartArgs;
@@ -116,21 +116,23 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let credentials = NodeCredentials::new(
-        &read(node.dir.cert())?,
-        &read(node.dir.ca_cert())?,
-        node.identity.secret(),
-    )
-    .with_context(|| format!("the certificates in {}", node.dir.root.display()))?;
     let node_id = node.node_id();
 
-    // Revocations are read before the mesh starts, so a revoked node is refused from the first
-    // handshake.
+    // Revocations and the mesh's CAs are read before the mesh starts, so a revoked node, or
+    // one of a retired CA, is refused from the first handshake.
     let mut opened = node.open_store()?;
     let registry: MeshRegistry = opened.read::<MeshRegistry>(&DocName::Mesh)?;
-    let ca_pem = read(node.dir.ca_cert())?;
+    crate::security::trust::update(&node.trust, &registry, &node.mesh_id, &node.dir)?;
+    let credentials = node
+        .trust
+        .credentials(&read(node.dir.cert())?, node.identity.secret())
+        .with_context(|| format!("the certificates in {}", node.dir.root.display()))?;
+    let own_ca =
+        crate::security::trust::issuer_fingerprint(&node.trust.all(), &read(node.dir.cert())?)
+            .unwrap_or_default();
     let revoked = Revocations::default();
-    let verdicts = crate::security::revocations::verdicts(&registry, &node.mesh_id, &ca_pem);
+    let verdicts =
+        crate::security::revocations::verdicts(&registry, &node.mesh_id, &node.trust.all());
     for (node, why) in &verdicts.ignored {
         tracing::warn!(%node, why = %why, "a revocation is ignored");
     }
@@ -188,8 +190,11 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         } else {
             Vec::new()
         },
+        ca: own_ca,
         ..NodeEntry::default()
     };
+    // Rings when the mesh's current CA changes: the node renews from the new one at once.
+    let renew_now = Arc::new(tokio::sync::Notify::new());
     let renewal_state = Arc::new(std::sync::Mutex::new(
         crate::security::renewal::RenewalState::default(),
     ));
@@ -204,9 +209,25 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             renew_before,
             state: renewal_state.clone(),
             audit: audit.clone(),
+            trust: node.trust.clone(),
+            wake: renew_now.clone(),
         }
         .run(),
     );
+    let trust = tokio::spawn(crate::security::trust::follow(
+        crate::security::trust::Follow {
+            changes: changes.mesh_changes(),
+            store: store.clone(),
+            mesh: mesh.clone(),
+            dir: node.dir.clone(),
+            mesh_id: node.mesh_id.clone(),
+            secret: node.identity.secret(),
+            trust: node.trust.clone(),
+            issuer: issuer.clone(),
+            renew_now: renew_now.clone(),
+            audit: audit.clone(),
+        },
+    ));
     // Sync announces a rewrite like any other change. Written before the API serves, so that a
     // node that answers is listed; a disk that fails as the node starts delays the entry, not
     // the node: it is written once the store serves again.
@@ -252,7 +273,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         store.clone(),
         mesh.clone(),
         revoked,
-        (node.mesh_id.clone(), ca_pem.clone(), verdicts.ignored),
+        (node.mesh_id.clone(), node.trust.clone(), verdicts.ignored),
         audit.clone(),
     ));
 
@@ -467,6 +488,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         own_entry.abort();
     }
     renewal.abort();
+    trust.abort();
     reseal.abort();
     revocations.abort();
     zone_peers.abort();
@@ -584,7 +606,11 @@ async fn follow_revocations(
     store: StoreHandle,
     mesh: mesh::net::driver::MeshHandle,
     revoked: Revocations,
-    (mesh_id, ca_pem, mut ignored): (String, String, std::collections::BTreeMap<String, String>),
+    (mesh_id, trust, mut ignored): (
+        String,
+        crate::security::trust::Trust,
+        std::collections::BTreeMap<String, String>,
+    ),
     audit: Arc<crate::security::audit::Audit>,
 ) {
     use crate::security::audit::Kind;
@@ -600,7 +626,7 @@ async fn follow_revocations(
                 continue;
             }
         };
-        let verdicts = crate::security::revocations::verdicts(&registry, &mesh_id, &ca_pem);
+        let verdicts = crate::security::revocations::verdicts(&registry, &mesh_id, &trust.all());
         // Logged once per decision seen, not at every change of the document.
         for (node, why) in &verdicts.ignored {
             if ignored.get(node) != Some(why) {

@@ -15,6 +15,9 @@ pub struct Node {
     pub identity: Identity,
     /// Derived from the mesh CA certificate (`ca.crt`); never configured by hand.
     pub mesh_id: String,
+    /// The mesh CAs this node trusts (`ca.crt`, then what CA records in the `mesh` document
+    /// add), shared by everything that checks a signature or a certificate.
+    pub trust: crate::security::trust::Trust,
 }
 
 impl Node {
@@ -39,11 +42,14 @@ impl Node {
         })?;
         let mesh_id = mesh::net::identity::mesh_id_of_ca(&ca)
             .with_context(|| format!("{} is corrupt", dir.ca_cert().display()))?;
+        let trust = crate::security::trust::Trust::from_bundle(&ca)
+            .with_context(|| format!("{} is corrupt", dir.ca_cert().display()))?;
         Ok(Node {
             dir,
             config,
             identity,
             mesh_id,
+            trust,
         })
     }
 
@@ -77,19 +83,16 @@ impl Node {
                 crate::security::workflow_rights::credentials(self)?,
             )),
             mesh_id: self.mesh_id.clone(),
-            ca_cert_pem: std::fs::read_to_string(self.dir.ca_cert())
-                .with_context(|| format!("cannot read {}", self.dir.ca_cert().display()))?,
+            trust: self.trust.clone(),
         })
     }
 
     /// The rules the store applies to what peers send (signed workflow versions).
     fn write_rules(&self) -> Result<std::sync::Arc<dyn crdt_store::WriteRules>> {
-        let ca_cert_pem = std::fs::read_to_string(self.dir.ca_cert())
-            .with_context(|| format!("cannot read {}", self.dir.ca_cert().display()))?;
         Ok(std::sync::Arc::new(
             crate::security::workflow_rights::ControlSigned {
                 mesh_id: self.mesh_id.clone(),
-                ca_cert_pem,
+                trust: self.trust.clone(),
             },
         ))
     }

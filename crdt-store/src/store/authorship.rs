@@ -5,8 +5,8 @@
 //! ([`crate::WriteRules`]).
 //!
 //! - `results/<node>/...`: changes by `<node>` only.
-//! - `mesh`: an entry `nodes/<node>` and everything in it by `<node>` only; revocation and
-//!   policy decisions by anyone (each is signed by the mesh CA, and nodes obey only valid
+//! - `mesh`: an entry `nodes/<node>` and everything in it by `<node>` only; revocation, policy
+//!   and CA decisions by anyone (each is signed by the mesh CA, and nodes obey only valid
 //!   ones).
 //! - `workflow/<id>`: every version new here must pass the node's write rules.
 //! - rollups: not checked here (who aggregates a zone is the election's view, which a receiver
@@ -147,7 +147,7 @@ fn check_registry(doc: &AutoCommit, new: &[automerge::Change]) -> Result<(), Str
                 path.push(key.to_string());
             }
             let allowed = match path.first().map(String::as_str) {
-                Some("revoked" | "policy") => true,
+                Some("revoked" | "policy" | "cas") => true,
                 Some("nodes") => path
                     .get(1)
                     .is_some_and(|entry| *actor == ActorId::from(entry.as_bytes())),

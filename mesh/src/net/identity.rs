@@ -1,8 +1,10 @@
 //! Admission: the mesh certificate authority, node certificates, and the TLS configurations
 //! that make QUIC connections mutually authenticated.
 //!
-//! A mesh is defined by its CA, an ed25519 key. The mesh id is derived from the CA's public key,
-//! so a node cannot claim to belong to a mesh whose CA did not sign it. A node certificate
+//! A mesh is defined by its CA, an ed25519 key. The mesh id is derived from the first CA's
+//! public key and named in every CA certificate of the mesh (`rhizome mesh <id>`): a CA that
+//! replaces it (a rotation) keeps the mesh id. What a node trusts is the bundle of CA
+//! certificates in its `ca.crt`, grown only by CAs that a CA it trusts endorsed. A node certificate
 //! carries the node's own ed25519 identity key; the node id is read from that key, never from a
 //! name in the certificate. Both sides of a connection present certificates and verify the
 //! other's against the mesh CA, and refuse revoked node ids.
@@ -202,25 +204,68 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
     Ok(node_id_from_public_key(&key))
 }
 
-/// The mesh id named by a CA certificate (PEM): derived from the CA's public key.
+/// The mesh id named by the CA certificates of a bundle (PEM): every one must name the same.
 pub fn mesh_id_of_ca(cert_pem: &str) -> Result<String, IdentityError> {
-    let cert = parse_pem_cert(cert_pem, "mesh CA certificate")?;
-    let der = cert.as_ref();
-    let at = der
-        .windows(ED25519_SPKI_PREFIX.len())
-        .position(|w| w == ED25519_SPKI_PREFIX)
-        .ok_or_else(|| IdentityError::Invalid {
-            what: "mesh CA certificate",
-            reason: "it carries no ed25519 public key".into(),
+    let mut named: Option<String> = None;
+    for cert in parse_pem_certs(cert_pem, "mesh CA certificate")? {
+        let id = mesh_id_named_by(&cert)?;
+        match &named {
+            Some(first) if *first != id => {
+                return Err(IdentityError::Invalid {
+                    what: "mesh CA certificates",
+                    reason: format!("they name two meshes, {first} and {id}"),
+                });
+            }
+            Some(_) => {}
+            None => named = Some(id),
+        }
+    }
+    named.ok_or_else(|| IdentityError::Invalid {
+        what: "mesh CA certificate",
+        reason: "there is none".into(),
+    })
+}
+
+/// The mesh id a CA certificate names in its common name (`rhizome mesh <id>`).
+fn mesh_id_named_by(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    let invalid = |reason: &str| IdentityError::Invalid {
+        what: "mesh CA certificate",
+        reason: reason.into(),
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| invalid("it does not parse"))?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| invalid("it has no common name"))?;
+    let id = name
+        .strip_prefix("rhizome mesh ")
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| invalid("its common name is not `rhizome mesh <id>`"))?;
+    Ok(id.to_owned())
+}
+
+/// Every certificate of a PEM bundle, in order; at least one.
+pub fn parse_pem_certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Invalid {
+            what,
+            reason: e.to_string(),
         })?;
-    let start = at + ED25519_SPKI_PREFIX.len();
-    let key = der
-        .get(start..start + 32)
-        .ok_or_else(|| IdentityError::Invalid {
-            what: "mesh CA certificate",
-            reason: "its public key is truncated".into(),
-        })?;
-    Ok(mesh_id_of_key(key))
+    if certs.is_empty() {
+        return Err(IdentityError::Invalid {
+            what,
+            reason: "it holds no certificate".into(),
+        });
+    }
+    Ok(certs)
 }
 
 /// The ed25519 public key a certificate carries.
@@ -244,7 +289,14 @@ pub fn public_key_of_der(cert: &CertificateDer<'_>) -> Result<[u8; 32], Identity
 
 /// The ed25519 public key a certificate (PEM) carries.
 fn public_key_of(cert_pem: &str, what: &'static str) -> Result<[u8; 32], IdentityError> {
-    let cert = parse_pem_cert(cert_pem, what)?;
+    public_key_of_der_as(&parse_pem_cert(cert_pem, what)?, what)
+}
+
+/// The ed25519 public key a certificate (DER) carries.
+fn public_key_of_der_as(
+    cert: &CertificateDer<'_>,
+    what: &'static str,
+) -> Result<[u8; 32], IdentityError> {
     let der = cert.as_ref();
     let at = der
         .windows(ED25519_SPKI_PREFIX.len())
@@ -263,7 +315,7 @@ fn public_key_of(cert_pem: &str, what: &'static str) -> Result<[u8; 32], Identit
 }
 
 /// A certificate as PEM text.
-fn pem_of(cert: &CertificateDer<'_>) -> String {
+pub fn pem_of(cert: &CertificateDer<'_>) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec()))
 }
 
@@ -296,28 +348,47 @@ pub fn verify_issued_by(ca_cert_pem: &str, cert_pem: &str) -> Result<CertInfo, I
         reason: reason.into(),
     };
     let cert = parse_pem_cert(cert_pem, "node certificate")?;
-    let ca = parse_pem_cert(ca_cert_pem, "mesh CA certificate")?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|_| invalid("it does not parse"))?;
-    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
-        .map_err(|_| invalid("the mesh CA certificate does not parse"))?;
-    parsed
-        .verify_signature(Some(ca_parsed.public_key()))
-        .map_err(|_| invalid("the signer's certificate was not issued by this mesh's CA"))?;
+    issuer_of(ca_cert_pem, &cert)?
+        .ok_or_else(|| invalid("the signer's certificate was not issued by this mesh's CA"))?;
     cert_info(&cert)
 }
 
-/// Whether `signature` (hex) is the mesh CA's (certificate `ca_cert_pem`) over `text`.
+/// The certificate (PEM) of the CA of `bundle` that issued `cert`, if one did.
+pub fn issuer_of(bundle: &str, cert: &CertificateDer<'_>) -> Result<Option<String>, IdentityError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| IdentityError::Invalid {
+            what: "node certificate",
+            reason: "it does not parse".into(),
+        })?;
+    for ca in parse_pem_certs(bundle, "mesh CA certificate")? {
+        let Ok((_, ca_parsed)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            continue;
+        };
+        if parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .is_ok()
+        {
+            return Ok(Some(pem_of(&ca)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `signature` (hex) is that of a mesh CA of `ca_cert_pem` (a bundle) over `text`.
 pub fn verify_ca_signature(ca_cert_pem: &str, text: &str, signature: &str) -> bool {
-    let Ok(key) = public_key_of(ca_cert_pem, "mesh CA certificate") else {
-        return false;
-    };
     let Some(signature) = decode_hex(signature) else {
         return false;
     };
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-        .verify(text.as_bytes(), &signature)
-        .is_ok()
+    let Ok(cas) = parse_pem_certs(ca_cert_pem, "mesh CA certificate") else {
+        return false;
+    };
+    cas.iter().any(|ca| {
+        public_key_of_der_as(ca, "mesh CA certificate").is_ok_and(|key| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(text.as_bytes(), &signature)
+                .is_ok()
+        })
+    })
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -341,11 +412,21 @@ pub struct MeshCa {
 impl MeshCa {
     /// Creates a new mesh: a fresh CA key and its self-signed certificate.
     pub fn create() -> Result<MeshCa, IdentityError> {
+        MeshCa::create_with(None)
+    }
+
+    /// A new CA for the existing mesh `mesh_id`: a fresh key whose certificate names the same
+    /// mesh, to replace this mesh's CA (a rotation).
+    pub fn create_for(mesh_id: &str) -> Result<MeshCa, IdentityError> {
+        MeshCa::create_with(Some(mesh_id))
+    }
+
+    fn create_with(mesh_id: Option<&str>) -> Result<MeshCa, IdentityError> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| IdentityError::Invalid {
             what: "new CA key",
             reason: e.to_string(),
         })?;
-        let mesh_id = mesh_id_of_key(key.public_key_raw());
+        let mesh_id = mesh_id.map_or_else(|| mesh_id_of_key(key.public_key_raw()), str::to_owned);
         let cert = ca_params(&mesh_id)
             .self_signed(&key)
             .map_err(|e| IdentityError::Invalid {
@@ -365,7 +446,6 @@ impl MeshCa {
             what: "CA key",
             reason: e.to_string(),
         })?;
-        let mesh_id = mesh_id_of_key(key.public_key_raw());
         let cert = parse_pem_cert(cert_pem, "CA certificate")?;
         if !cert.as_ref().windows(32).any(|w| w == key.public_key_raw()) {
             return Err(IdentityError::Invalid {
@@ -373,6 +453,7 @@ impl MeshCa {
                 reason: "it does not belong to the CA key".into(),
             });
         }
+        let mesh_id = mesh_id_named_by(&cert)?;
         Ok(MeshCa {
             key,
             cert_pem: cert_pem.to_owned(),
@@ -380,7 +461,7 @@ impl MeshCa {
         })
     }
 
-    /// The mesh id: derived from the CA's public key.
+    /// The mesh id: derived from the public key of the mesh's first CA.
     pub fn mesh_id(&self) -> &str {
         &self.mesh_id
     }
@@ -393,6 +474,21 @@ impl MeshCa {
     /// The CA key, PEM (PKCS#8). Keep it off the nodes.
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
+    }
+
+    /// A certificate for `other`'s key as a CA of this mesh, signed by this CA (a cross
+    /// certificate): presented beside a node certificate of `other`, it lets a node that still
+    /// trusts only this CA admit it, which is what lets a node that was offline through a CA
+    /// rotation back in to learn of it.
+    pub fn cross_sign(&self, other: &MeshCa) -> Result<String, IdentityError> {
+        let issuer = Issuer::new(ca_params(&self.mesh_id), &self.key);
+        ca_params(&self.mesh_id)
+            .signed_by(&other.key, &issuer)
+            .map(|cert| cert.pem())
+            .map_err(|e| IdentityError::Invalid {
+                what: "cross certificate",
+                reason: e.to_string(),
+            })
     }
 
     /// Signs a decision only the CA may take (a revocation, say): hex ed25519 signature,
@@ -543,16 +639,43 @@ pub struct NodeCredentials {
     pub cert: CertificateDer<'static>,
     /// The node's ed25519 secret key seed.
     secret: [u8; 32],
-    /// The mesh CA certificate.
-    pub ca: CertificateDer<'static>,
+    /// The mesh CA certificates whose node certificates this node accepts (more than one
+    /// while a CA rotation is under way).
+    pub cas: Vec<CertificateDer<'static>>,
+    /// Certificates presented after the node's own: cross certificates of a CA rotation.
+    pub intermediates: Vec<CertificateDer<'static>>,
 }
 
 impl NodeCredentials {
-    /// Reads credentials from PEM certificates and the node's 32-byte secret seed.
+    /// Reads credentials from PEM certificates (the CAs as a bundle) and the node's 32-byte
+    /// secret seed.
     pub fn new(cert_pem: &str, ca_pem: &str, secret: [u8; 32]) -> Result<Self, IdentityError> {
         let cert = parse_pem_cert(cert_pem, "node certificate")?;
-        let ca = parse_pem_cert(ca_pem, "mesh CA certificate")?;
-        Ok(NodeCredentials { cert, secret, ca })
+        let cas = parse_pem_certs(ca_pem, "mesh CA certificate")?;
+        Ok(NodeCredentials {
+            cert,
+            secret,
+            cas,
+            intermediates: Vec::new(),
+        })
+    }
+
+    /// The same credentials, presenting the certificates of `pem` (a bundle; may be empty)
+    /// after the node's own.
+    pub fn with_intermediates(mut self, pem: &str) -> Result<Self, IdentityError> {
+        self.intermediates = if pem.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_pem_certs(pem, "cross certificate")?
+        };
+        Ok(self)
+    }
+
+    /// The node's certificate and what it presents after it.
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(self.cert.clone())
+            .chain(self.intermediates.iter().cloned())
+            .collect()
     }
 
     /// The node id the certificate was issued to.
@@ -590,7 +713,9 @@ impl NodeCredentials {
 
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>, IdentityError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone())?;
+        for ca in &self.cas {
+            roots.add(ca.clone())?;
+        }
         Ok(Arc::new(roots))
     }
 
@@ -624,10 +749,14 @@ impl NodeCredentials {
         let inner = builder
             .build()
             .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
+        // A joining machine finds, among the CAs sent, the one its token names.
         let chain = if enrolment {
-            vec![self.cert.clone(), self.ca.clone()]
+            self.chain()
+                .into_iter()
+                .chain(self.cas.iter().cloned())
+                .collect()
         } else {
-            vec![self.cert.clone()]
+            self.chain()
         };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -663,7 +792,7 @@ impl NodeCredentials {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(MeshServerVerifier { inner, revoked }))
-            .with_client_auth_cert(vec![self.cert.clone()], self.key())?;
+            .with_client_auth_cert(self.chain(), self.key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(config)

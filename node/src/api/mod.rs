@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod keys;
 pub mod runs;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -212,6 +213,7 @@ fn routes() -> Routes {
         post_revocation,
     )
     .add(Method::POST, "/mesh/policy", Some(Admin), post_policy)
+    .add(Method::POST, "/mesh/cas", Some(Admin), trust::post_cas)
     .add(Method::GET, "/security", Some(Admin), get_security)
     .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
     .add(

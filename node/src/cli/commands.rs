@@ -558,17 +558,16 @@ fn build_node(
     let node_id = identity.node_id();
     let (cert, ca_pem) = match issuance {
         Issuance::Local => {
-            let ca = match &args.mesh {
-                Some(mesh_dir) => crate::mesh_admin::load_ca(mesh_dir)?,
+            let own = root.join(OWN_MESH_DIR);
+            let ca_dir = match &args.mesh {
+                Some(mesh_dir) => mesh_dir.clone(),
+                None if own.join(CA_KEY_FILE).exists() => own,
                 None => {
-                    let own = root.join(OWN_MESH_DIR);
-                    if own.join(CA_KEY_FILE).exists() {
-                        crate::mesh_admin::load_ca(&own)?
-                    } else {
-                        crate::mesh_admin::create_ca(&staging.join(OWN_MESH_DIR))?
-                    }
+                    crate::mesh_admin::create_ca(&staging.join(OWN_MESH_DIR))?;
+                    staging.join(OWN_MESH_DIR)
                 }
             };
+            let ca = crate::mesh_admin::load_ca(&ca_dir)?;
             // The node that starts a mesh changes what runs where; one joining with the CA's
             // files does only when asked to (`--control`).
             let role = if args.mesh.is_none() || args.control {
@@ -579,7 +578,7 @@ fn build_node(
             let (lifetime, _) = config.security.lifetimes()?;
             (
                 ca.issue_for(&identity.public_key(), role, lifetime)?,
-                ca.cert_pem().to_owned(),
+                crate::security::trust::holder::bundle(&ca_dir)?,
             )
         }
         Issuance::Join { addr, token } => {
@@ -640,11 +639,13 @@ fn build_node(
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     identity.save_new(&dir.key())?;
+    let trust = crate::security::trust::Trust::from_bundle(&ca_pem)?;
     Ok(Node {
         dir,
         config,
         identity,
         mesh_id,
+        trust,
     })
 }
 
@@ -804,6 +805,9 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 "role": hierarchy.as_ref().map_or(node.config.node.role.as_str(), |h| h.role.as_str()),
                 "mesh_role": node.cert_info().ok().map(|c| c.role.as_str()),
                 "cert_expires": node.cert_info().ok().map(|c| format_timestamp(c.not_after * 1000)),
+                "cert_ca": std::fs::read_to_string(node.dir.cert()).ok().and_then(|cert| {
+                    crate::security::trust::issuer_fingerprint(&node.trust.all(), &cert)
+                }),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
                 "health": health,
@@ -1051,6 +1055,12 @@ fn mesh_command(root: &std::path::Path, cmd: MeshCommand) -> Result<()> {
             println!("revoked node {node}; members refuse it once they have this mesh document");
         }
         MeshCommand::Token(cmd) => join_token_command(root, cmd)?,
+        MeshCommand::RotateCa {
+            finish,
+            force,
+            mesh,
+            json,
+        } => crate::cli::ca_rotation::rotate_ca(root, mesh.as_deref(), finish, force, json)?,
         MeshCommand::Policy { change: None, json } => {
             let here = Node::load(root)?;
             let shown: serde_json::Value =
@@ -1490,7 +1500,7 @@ pub fn apply_workflow(
     if !writer.control {
         let registry: MeshRegistry = store.read(&DocName::Mesh)?;
         let (policy, _) =
-            crate::security::policy::read(&registry, &writer.mesh_id, &writer.ca_cert_pem);
+            crate::security::policy::read(&registry, &writer.mesh_id, &writer.trust.all());
         if !policy.members_write_workflows {
             return Err(crate::security::workflow_rights::NotPermitted {
                 role: mesh::net::identity::NodeRole::Member,

@@ -3,6 +3,7 @@
 //! The room of the command line: argument parsing (here), the commands ([`commands`]), how
 //! they print ([`output`]) and how they reach a running node's API ([`client`]).
 
+pub mod ca_rotation;
 pub mod client;
 pub mod commands;
 pub mod output;
@@ -286,6 +287,26 @@ pub enum MeshCommand {
     Policy {
         #[command(subcommand)]
         change: Option<PolicyCommand>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the mesh CA with a new one (same mesh), in two steps. First (no flag): a new CA
+    /// key is made, endorsed by the old CA and announced; every node trusts both from then on
+    /// and renews its certificate from the new CA as soon as it is online. Then `--finish`,
+    /// once every node names the new CA: the old CA is retired (refused at every handshake)
+    /// and its key deleted. Needs the mesh CA's key, like `revoke`.
+    RotateCa {
+        /// Retire the old CA: refused while a node still holds a certificate of it, unless
+        /// --force (such a node then joins again with a token).
+        #[arg(long)]
+        finish: bool,
+        /// With --finish: retire it even though some nodes have not renewed.
+        #[arg(long, requires = "finish")]
+        force: bool,
+        /// The mesh directory holding `ca.key` (default: this data dir's own).
+        #[arg(long, value_name = "DIR")]
+        mesh: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

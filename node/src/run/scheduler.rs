@@ -1022,7 +1022,7 @@ mod tests {
             control: true,
             signer: None,
             mesh_id: String::new(),
-            ca_cert_pem: String::new(),
+            trust: crate::security::trust::Trust::empty(),
         }
     }
 

@@ -323,7 +323,7 @@ pub struct Writer {
     /// The mesh and its CA certificate (PEM), against which the mesh's signed settings are read
     /// (whether members may write workflows).
     pub mesh_id: String,
-    pub ca_cert_pem: String,
+    pub trust: crate::security::trust::Trust,
 }
 
 /// A workflow as this node schedules it: the version it runs, or, when it runs none, the
@@ -839,7 +839,7 @@ mod tests {
             control: true,
             signer: None,
             mesh_id: String::new(),
-            ca_cert_pem: String::new(),
+            trust: crate::security::trust::Trust::empty(),
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Kind {
     Revocation,
     /// A decision in the mesh document was ignored (not signed by the mesh CA).
     DecisionIgnored,
+    /// The mesh's CAs changed: one added (a rotation started) or retired (one finished).
+    CaChanged,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::ChangeRefused => "change_refused",
             Kind::ApiWrite => "api_write",
             Kind::ApiRefused => "api_refused",
+            Kind::CaChanged => "ca_changed",
             Kind::Revocation => "revocation",
             Kind::DecisionIgnored => "decision_ignored",
         }

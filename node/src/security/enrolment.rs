@@ -218,18 +218,21 @@ pub fn issuer(
     }
     let ca = crate::mesh_admin::load_ca(&mesh_dir)?;
     let (lifetime, _) = node.config.security.lifetimes()?;
-    Ok(Some(Arc::new(Issuer::new(
-        ca,
-        &node.dir.root,
-        lifetime,
-        audit,
-    ))))
+    let mut issuer = Issuer::new(ca, &node.dir.root, lifetime, audit);
+    issuer.trust = Some(node.trust.clone());
+    issuer.ca_dir = Some(mesh_dir);
+    Ok(Some(Arc::new(issuer)))
 }
 
 /// Checks tokens and issues certificates.
 #[derive(Debug)]
 pub struct Issuer {
-    ca: MeshCa,
+    /// The CA it issues with: the current one of the mesh, reloaded after a rotation.
+    ca: std::sync::RwLock<MeshCa>,
+    /// Where the CA is kept, to reload it from.
+    ca_dir: Option<PathBuf>,
+    /// The CAs the node trusts, sent to a joining machine (which trusts them all from then on).
+    trust: Option<crate::security::trust::Trust>,
     tokens: PathBuf,
     /// How long the certificates it issues are valid.
     lifetime: std::time::Duration,
@@ -248,7 +251,9 @@ impl Issuer {
         audit: Arc<crate::security::audit::Audit>,
     ) -> Issuer {
         Issuer {
-            ca,
+            ca: std::sync::RwLock::new(ca),
+            ca_dir: None,
+            trust: None,
             tokens: data_dir.join(JOIN_TOKENS_FILE),
             lifetime,
             lock: Mutex::new(()),
@@ -321,7 +326,7 @@ impl Issuer {
             ));
         }
         let role = NodeRole::parse(&record.role).unwrap_or(NodeRole::Member);
-        let cert = match self.ca.issue_for(&public_key, role, self.lifetime) {
+        let cert = match self.ca().issue_for(&public_key, role, self.lifetime) {
             Ok(c) => c,
             Err(e) => return refused(format!("issuing the certificate failed: {e}")),
         };
@@ -344,7 +349,7 @@ impl Issuer {
         );
         JoinAnswer::Issued {
             cert_pem: cert,
-            ca_pem: self.ca.cert_pem().to_owned(),
+            ca_pem: self.bundle(),
             role: role.as_str().to_owned(),
             zone,
         }
@@ -380,7 +385,7 @@ impl Issuer {
             Ok(key) => key,
             Err(e) => return refused(format!("its certificate: {e}")),
         };
-        match self.ca.issue_for(&key, info.role, self.lifetime) {
+        match self.ca().issue_for(&key, info.role, self.lifetime) {
             Ok(cert) => {
                 self.audit.record(
                     crate::security::audit::Kind::Renewed,
@@ -389,7 +394,7 @@ impl Issuer {
                 );
                 JoinAnswer::Issued {
                     cert_pem: cert,
-                    ca_pem: self.ca.cert_pem().to_owned(),
+                    ca_pem: self.bundle(),
                     role: info.role.as_str().to_owned(),
                     zone: String::new(),
                 }
@@ -400,7 +405,37 @@ impl Issuer {
 
     /// A new certificate for this node itself, which holds the CA: no network needed.
     pub fn renew_own(&self, public_key: &[u8; 32], role: NodeRole) -> Result<String> {
-        Ok(self.ca.issue_for(public_key, role, self.lifetime)?)
+        Ok(self.ca().issue_for(public_key, role, self.lifetime)?)
+    }
+
+    fn ca(&self) -> std::sync::RwLockReadGuard<'_, MeshCa> {
+        self.ca.read().expect("issuer CA")
+    }
+
+    /// The CA certificates a new certificate is sent with: every CA the node trusts.
+    fn bundle(&self) -> String {
+        self.trust
+            .as_ref()
+            .map(|t| t.all())
+            .filter(|all| !all.is_empty())
+            .unwrap_or_else(|| self.ca().cert_pem().to_owned())
+    }
+
+    /// Issues from the CA now kept in its directory, when that is the one with fingerprint
+    /// `current` (after `mesh rotate-ca`); whether it changed.
+    pub fn reload(&self, current: &str) -> Result<bool> {
+        let Some(dir) = &self.ca_dir else {
+            return Ok(false);
+        };
+        if mesh::net::enrolment::fingerprint(self.ca().cert_pem())? == current {
+            return Ok(false);
+        }
+        let ca = crate::mesh_admin::load_ca(dir)?;
+        if mesh::net::enrolment::fingerprint(ca.cert_pem())? != current {
+            return Ok(false);
+        }
+        *self.ca.write().expect("issuer CA") = ca;
+        Ok(true)
     }
 }
 
@@ -459,11 +494,16 @@ pub fn check_answer(
             role,
             zone,
         } => {
-            // The answer must be for this key, from the CA the token names.
-            let fingerprint = mesh::net::enrolment::fingerprint(&ca_pem)?;
-            if fingerprint != token.ca_fingerprint {
-                bail!("the node at {addr} sent a CA certificate other than the token's");
+            // The answer must be for this key, from the mesh whose CA the token names.
+            let sent = mesh::net::identity::parse_pem_certs(&ca_pem, "mesh CA certificate")?;
+            if !sent.iter().any(|ca| {
+                mesh::net::enrolment::fingerprint(&mesh::net::identity::pem_of(ca))
+                    .is_ok_and(|fp| fp == token.ca_fingerprint)
+            }) {
+                bail!("the node at {addr} sent CA certificates without the token's");
             }
+            mesh::net::identity::mesh_id_of_ca(&ca_pem)
+                .with_context(|| format!("the CA certificates the node at {addr} sent"))?;
             let cert = mesh::net::identity::verify_issued_by(&ca_pem, &cert_pem)
                 .with_context(|| format!("the certificate the node at {addr} issued"))?;
             if cert.node_id != mesh::net::identity::node_id_from_public_key(public_key) {
@@ -483,13 +523,12 @@ mod tests {
     fn tokens_work_once_until_they_expire_or_are_withdrawn() {
         let dir = tempfile::tempdir().unwrap();
         let ca = MeshCa::create().unwrap();
-        let issuer = Issuer {
-            ca: MeshCa::load(&ca.key_pem(), ca.cert_pem()).unwrap(),
-            tokens: dir.path().join(JOIN_TOKENS_FILE),
-            lifetime: std::time::Duration::from_secs(3600),
-            lock: Mutex::new(()),
-            audit: Arc::new(crate::security::audit::Audit::default()),
-        };
+        let issuer = Issuer::new(
+            MeshCa::load(&ca.key_pem(), ca.cert_pem()).unwrap(),
+            dir.path(),
+            std::time::Duration::from_secs(3600),
+            Arc::new(crate::security::audit::Audit::default()),
+        );
         let now = crate::node::now_ms();
         let hour = std::time::Duration::from_secs(3600);
         let (text, record) =

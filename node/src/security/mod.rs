@@ -11,4 +11,5 @@ pub mod policy;
 pub mod renewal;
 pub mod revocations;
 pub mod store_key;
+pub mod trust;
 pub mod workflow_rights;

@@ -7,6 +7,10 @@
 //! offline past its certificate's end is refused at every handshake and joins again with a
 //! token.
 //!
+//! A node also renews, at once, when its certificate is not of the mesh's current CA (after
+//! `mesh rotate-ca`), and then names the new CA in its registry entry, which tells the CA
+//! holder when the rotation can be finished.
+//!
 //! Which node holds the CA: the one whose registry entry lists the capability `enrols` (it
 //! writes that itself). A member claiming it falsely gains nothing: the renewing node checks
 //! that what it gets is a certificate of its mesh's CA for its own key.
@@ -53,6 +57,10 @@ pub struct Renewal {
     pub renew_before: Duration,
     pub state: Arc<Mutex<RenewalState>>,
     pub audit: Arc<crate::security::audit::Audit>,
+    /// The mesh's CAs: which one is current, which ones admit.
+    pub trust: crate::security::trust::Trust,
+    /// Rung when the current CA changes.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Renewal {
@@ -61,11 +69,18 @@ impl Renewal {
             std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))
         };
-        Ok(NodeCredentials::new(
-            &read(self.dir.cert())?,
-            &read(self.dir.ca_cert())?,
-            self.secret,
-        )?)
+        self.trust.credentials(&read(self.dir.cert())?, self.secret)
+    }
+
+    /// Whether the node's certificate is of a CA other than the mesh's current one.
+    fn of_an_older_ca(&self) -> bool {
+        let current = self.trust.current();
+        let Ok(cert) = std::fs::read_to_string(self.dir.cert()) else {
+            return false;
+        };
+        !current.is_empty()
+            && crate::security::trust::issuer_fingerprint(&self.trust.all(), &cert).as_deref()
+                != Some(current.as_str())
     }
 
     /// Runs until the node stops: renews the certificate whenever it is due.
@@ -83,10 +98,13 @@ impl Renewal {
             let now = now_secs();
             let left = Duration::from_secs(u64::try_from(info.not_after - now).unwrap_or(0));
             self.state.lock().expect("renewal state").not_after = info.not_after;
-            if left > self.renew_before {
+            if left > self.renew_before && !self.of_an_older_ca() {
                 self.state.lock().expect("renewal state").failing = None;
                 retry = RETRY_FIRST;
-                tokio::time::sleep((left - self.renew_before).min(LOOK_AT_MOST_EVERY)).await;
+                tokio::select! {
+                    () = tokio::time::sleep((left - self.renew_before).min(LOOK_AT_MOST_EVERY)) => {}
+                    () = self.wake.notified() => {}
+                }
                 continue;
             }
             match self.renew(&info).await {
@@ -103,10 +121,13 @@ impl Renewal {
                             crdt_store::format_timestamp(renewed.not_after * 1000)
                         ),
                     );
-                    let mut state = self.state.lock().expect("renewal state");
-                    state.not_after = renewed.not_after;
-                    state.failing = None;
+                    {
+                        let mut state = self.state.lock().expect("renewal state");
+                        state.not_after = renewed.not_after;
+                        state.failing = None;
+                    }
                     retry = RETRY_FIRST;
+                    self.name_the_ca(&renewed.node_id).await;
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
@@ -116,7 +137,10 @@ impl Renewal {
                         "renewing this node's certificate failed; trying again"
                     );
                     self.state.lock().expect("renewal state").failing = Some(why);
-                    tokio::time::sleep(retry.min(left.max(Duration::from_secs(1)))).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(retry.min(left.max(Duration::from_secs(1)))) => {}
+                        () = self.wake.notified() => {}
+                    }
                     retry = (retry * 2).min(LOOK_AT_MOST_EVERY);
                 }
             }
@@ -127,7 +151,7 @@ impl Renewal {
     async fn renew(&self, info: &CertInfo) -> Result<CertInfo> {
         let current = self.credentials()?;
         let key = mesh::net::identity::public_key_of_der(&current.cert)?;
-        let ca_pem = std::fs::read_to_string(self.dir.ca_cert())?;
+        let ca_pem = self.trust.admits();
         let cert_pem = match &self.issuer {
             Some(issuer) => issuer.renew_own(&key, info.role)?,
             None => self.ask_the_ca_holder(&current).await?,
@@ -145,6 +169,34 @@ impl Renewal {
             .with_context(|| format!("cannot replace {}", self.dir.cert().display()))?;
         self.mesh.set_credentials(self.credentials()?).await?;
         Ok(renewed)
+    }
+
+    /// Writes the CA of the node's certificate in use into its registry entry, for the CA holder
+    /// to see when every node holds one of the current CA.
+    async fn name_the_ca(&self, node: &str) {
+        let Ok(cert) = std::fs::read_to_string(self.dir.cert()) else {
+            return;
+        };
+        let Some(ca) = crate::security::trust::issuer_fingerprint(&self.trust.all(), &cert) else {
+            return;
+        };
+        let node = node.to_owned();
+        let written = self
+            .store
+            .call(move |s| {
+                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                    if let Some(entry) = m.nodes.get(&node).cloned()
+                        && entry.ca != ca
+                    {
+                        m.write_entry(&node, crdt_store::NodeEntry { ca, ..entry }, now_ms());
+                    }
+                })
+            })
+            .recv()
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot name the new CA in this node's registry entry");
+        }
     }
 
     /// Asks each node that lists `enrols` in the registry, until one answers.
@@ -182,4 +234,8 @@ impl Renewal {
 
 fn now_secs() -> i64 {
     crate::node::now_ms() / 1000
+}
+
+fn now_ms() -> i64 {
+    crate::node::now_ms()
 }

@@ -31,8 +31,8 @@ pub fn sign(version: &mut WorkflowDoc, credentials: &NodeCredentials) {
 #[derive(Debug)]
 pub struct ControlSigned {
     pub mesh_id: String,
-    /// The mesh CA's certificate, PEM.
-    pub ca_cert_pem: String,
+    /// The mesh's CAs.
+    pub trust: crate::security::trust::Trust,
 }
 
 impl crdt_store::WriteRules for ControlSigned {
@@ -45,7 +45,7 @@ impl crdt_store::WriteRules for ControlSigned {
             return Err("it is not signed (only versions signed on a control node stand)".into());
         }
         let signer = verify_node_signature(
-            &self.ca_cert_pem,
+            &self.trust.all(),
             &version.author_cert,
             &version.signed_text(),
             &version.signature,
@@ -66,7 +66,7 @@ impl crdt_store::WriteRules for ControlSigned {
         }
         if !control {
             let (policy, _) =
-                crate::security::policy::read(registry, &self.mesh_id, &self.ca_cert_pem);
+                crate::security::policy::read(registry, &self.mesh_id, &self.trust.all());
             if !policy.members_write_workflows {
                 return Err(format!(
                     "its writer, node {}, holds the `{}` role, not `control`, and the mesh does \
@@ -113,7 +113,7 @@ mod tests {
         let ca = MeshCa::create().unwrap();
         let rules = ControlSigned {
             mesh_id: ca.mesh_id().to_owned(),
-            ca_cert_pem: ca.cert_pem().to_owned(),
+            trust: crate::security::trust::Trust::from_bundle(ca.cert_pem()).unwrap(),
         };
         let mut registry = crdt_store::MeshRegistry::default();
         let (cloud, cloud_id) = node(&ca, 1, NodeRole::Control);

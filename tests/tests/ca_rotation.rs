@@ -2,8 +2,8 @@
 //! announces a new CA; the nodes online trust it and renew from it at once; a node offline
 //! through the first step comes back with its old certificate (still admitted), learns the new
 //! CA and renews; `--finish` waits for it, then retires the old CA. Afterwards a node that
-//! still holds only a certificate of the old CA is refused, and workflows signed before the
-//! rotation still stand everywhere.
+//! still holds only a certificate of the old CA is refused, workflows signed before the
+//! rotation still stand everywhere, and a machine joining with a new token takes part.
 
 use std::path::Path;
 use std::time::Duration;
@@ -148,5 +148,24 @@ fn the_mesh_ca_rotates_with_a_node_offline_through_part_of_it() {
         events["counts"]["handshake_refused"].as_u64().unwrap_or(0) >= 1,
         "{events}"
     );
-    drop((cloud, e1, e2, late));
+    // A machine joining now gets a certificate of the new CA and every CA of the mesh's
+    // history, and takes part.
+    let fresh_dir = tmp.path().join("fresh");
+    let token = ok(run(&cloud_dir, &["mesh", "token", "create", "--json"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(run(
+        &fresh_dir,
+        &["join", &cloud.quic, "--token", &token, "--name", "fresh"],
+    ));
+    assert_eq!(cert_ca(&fresh_dir), new_ca);
+    assert_eq!(cas_in(&fresh_dir), 2);
+    let fresh = start(&fresh_dir, &[]);
+    wait_until(
+        "the new machine syncs the workflows",
+        Duration::from_secs(20),
+        || has_workflow(&fresh_dir, "before") && has_workflow(&fresh_dir, "after"),
+    );
+    drop((cloud, e1, e2, late, fresh));
 }

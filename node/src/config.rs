@@ -170,6 +170,9 @@ pub struct NetworkSection {
     pub mdns_interfaces: Vec<String>,
     /// Whether mDNS discovery runs.
     pub mdns: bool,
+    /// Serve the HTTP API over TLS with the node's own certificate (needed to bind it to a
+    /// non-loopback address without `--http-insecure`).
+    pub http_tls: bool,
 }
 
 impl Default for NetworkSection {
@@ -180,6 +183,7 @@ impl Default for NetworkSection {
             peers: Vec::new(),
             mdns_interfaces: Vec::new(),
             mdns: true,
+            http_tls: false,
         }
     }
 }

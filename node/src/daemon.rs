@@ -63,12 +63,14 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .unwrap_or(&net.http)
         .parse()
         .context("--http must be an address like 127.0.0.1:4861")?;
-    if !http.ip().is_loopback() {
+    let http_tls = args.http_tls || net.http_tls;
+    if !http.ip().is_loopback() && !http_tls {
         if !args.http_insecure {
             bail!(
                 "--http {http} is not a loopback address: the API would carry its tokens in plain \
-                 HTTP over the network. Keep it on 127.0.0.1 (reach it over SSH or a TLS \
-                 proxy), or pass --http-insecure to serve it anyway"
+                 HTTP over the network. Serve it over TLS with the node's certificate \
+                 (--http-tls), keep it on 127.0.0.1 (reach it over SSH), or pass \
+                 --http-insecure to serve it in plain HTTP anyway"
             );
         }
         tracing::warn!(%http, "the HTTP API is served in plain HTTP on a non-loopback address (--http-insecure): its tokens cross the network unencrypted");
@@ -345,10 +347,17 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
-    std::fs::write(node.dir.http_addr(), http.to_string())
+    // The local CLI finds the API here, and whether to speak TLS to it.
+    let scheme = if http_tls { "https" } else { "http" };
+    let address = if http_tls {
+        format!("https://{http}")
+    } else {
+        http.to_string()
+    };
+    std::fs::write(node.dir.http_addr(), address)
         .with_context(|| format!("cannot write {}", node.dir.http_addr().display()))?;
     say(&format!(
-        "rhizome node {} ({node_id}) serving: quic {quic}, http {http}, in {:.0?}",
+        "rhizome node {} ({node_id}) serving: quic {quic}, {scheme} {http}, in {:.0?}",
         node.config.node.name,
         started.elapsed()
     ));
@@ -475,10 +484,23 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP API")?;
+    if http_tls {
+        let listener = crate::api::tls::listen(
+            listener,
+            node.dir.clone(),
+            node.identity.secret(),
+            node.trust.clone(),
+        )?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP API")?;
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP API")?;
+    }
     tracing::info!("shutting down");
     // Runs in flight end `interrupted` and are recorded before the store stops.
     scheduler.shutdown().await;

@@ -225,3 +225,86 @@ fn the_api_is_kept_off_the_network_unless_asked_for_plainly() {
         "{text}"
     );
 }
+
+#[test]
+fn the_api_served_over_tls_with_the_nodes_certificate_is_reached_only_through_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    ok(rhizome(&dir, &["init", "--name", "tls"]));
+    // A non-loopback address is accepted with TLS, without --http-insecure.
+    let child = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "0.0.0.0:0",
+            "--http-tls",
+            "--no-mdns",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = Node(child);
+    let started = Instant::now();
+    let addr = loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join("node.http"))
+            && let Some(addr) = text.trim().strip_prefix("https://")
+        {
+            break addr.replace("0.0.0.0", "127.0.0.1");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the node did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for(|| TcpStream::connect(&addr).is_ok());
+
+    // The CLI on the node's machine speaks TLS to it, verifying it against the mesh CA.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(rhizome(&dir, &["status", "--json"]))).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["health"]["status"], "ok", "{status}");
+
+    // Plain HTTP gets no answer.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = write!(
+        plain,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = plain.read_to_string(&mut answer);
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+
+    // A client that trusts another mesh's CA refuses the node's certificate.
+    let other = tmp.path().join("other");
+    ok(rhizome(&other, &["init", "--name", "other"]));
+    let config =
+        rhizome::api::tls::client_config(&std::fs::read_to_string(other.join("ca.crt")).unwrap())
+            .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("node.rhizome.invalid").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, TcpStream::connect(&addr).unwrap());
+    let refused = write!(tls, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .and_then(|()| tls.flush())
+        .and_then(|()| tls.read_to_string(&mut String::new()).map(drop));
+    assert!(
+        refused.is_err(),
+        "a client of another mesh accepted the node"
+    );
+}
+
+fn wait_for(mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(20), "not in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

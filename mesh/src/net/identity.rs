@@ -671,6 +671,13 @@ impl NodeCredentials {
         Ok(self)
     }
 
+    /// The node's certificate with its key, for a TLS server of the node's own (its HTTP API).
+    pub fn certified_key(&self) -> Result<Arc<rustls::sign::CertifiedKey>, IdentityError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = provider.key_provider.load_private_key(self.key())?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(self.chain(), key)))
+    }
+
     /// The node's certificate and what it presents after it.
     fn chain(&self) -> Vec<CertificateDer<'static>> {
         std::iter::once(self.cert.clone())

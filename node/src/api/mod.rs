@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod keys;
 pub mod runs;
+pub mod tls;
 pub mod trust;
 
 use std::sync::Arc;

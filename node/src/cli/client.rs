@@ -10,34 +10,49 @@ use serde::de::DeserializeOwned;
 use crate::config::DataDir;
 
 /// The API of the node running on a data dir, with the node's local credential.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     pub addr: SocketAddr,
     /// `<data-dir>/api.token`; `None` when this user cannot read it (the node then refuses
     /// everything but `/health`, and says why).
     token: Option<String>,
+    /// When the node serves its API over TLS: verifying it against the mesh CAs.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The node running on this data dir, if one answers.
 pub fn running_node(dir: &DataDir) -> Option<Api> {
-    let addr: SocketAddr = std::fs::read_to_string(dir.http_addr())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let written = std::fs::read_to_string(dir.http_addr()).ok()?;
+    let (addr, tls) = match written.trim().strip_prefix("https://") {
+        Some(addr) => {
+            let ca = std::fs::read_to_string(dir.ca_cert()).ok()?;
+            (addr, Some(crate::api::tls::client_config(&ca).ok()?))
+        }
+        None => (written.trim(), None),
+    };
+    let addr: SocketAddr = addr.parse().ok()?;
     // A node killed with SIGKILL leaves its address file behind; only an answer counts.
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     let token = std::fs::read_to_string(dir.api_token())
         .ok()
         .map(|t| t.trim().to_owned());
-    Some(Api { addr, token })
+    Some(Api { addr, token, tls })
 }
 
 impl Api {
     /// `GET path`, decoded from JSON.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         request(
-            self.addr,
+            self,
             "GET",
             path,
             self.token.as_deref(),
@@ -48,7 +63,7 @@ impl Api {
 
     /// `GET /health`: its answer is read whether the node is `ok` (200) or `degraded` (503).
     pub fn health(&self) -> Result<crate::api::Health> {
-        let (_, body) = exchange(self.addr, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
+        let (_, body) = exchange(self, "GET", "/health", None, None, DEFAULT_TIMEOUT)?;
         serde_json::from_str(&body).context("decoding the answer to GET /health")
     }
 
@@ -65,7 +80,7 @@ impl Api {
         timeout: Duration,
     ) -> Result<T> {
         request(
-            self.addr,
+            self,
             "POST",
             path,
             self.token.as_deref(),
@@ -79,14 +94,14 @@ impl Api {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn request<T: DeserializeOwned>(
-    addr: SocketAddr,
+    api: &Api,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<T> {
-    let (status, body) = exchange(addr, method, path, token, body, timeout)?;
+    let (status, body) = exchange(api, method, path, token, body, timeout)?;
     if !status.starts_with('2') || status.len() != 3 {
         bail!("{method} {path} answered {status}: {}", body.trim());
     }
@@ -95,35 +110,60 @@ fn request<T: DeserializeOwned>(
 
 /// One request; the status code and the body of the answer.
 fn exchange(
-    addr: SocketAddr,
+    api: &Api,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(String, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let addr = api.addr;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     let body = body.unwrap_or_default();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
+    let sent = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
+    );
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    let read = match &api.tls {
+        Some(tls) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(mesh::net::identity::MESH_SERVER_NAME)
+                    .expect("a DNS name");
+            let connection = rustls::ClientConnection::new(tls.clone(), name)
+                .context("starting TLS with the node's API")?;
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            tls.write_all(sent.as_bytes())
+                .with_context(|| format!("TLS with the node's HTTP API at {addr}"))?;
+            read_answer(&mut tls, &mut response)
+        }
+        None => {
+            let mut stream = stream;
+            stream.write_all(sent.as_bytes())?;
+            stream.read_to_end(&mut response).map(drop)
+        }
+    };
+    read.with_context(|| format!("reading the answer to {method} {path}"))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("malformed answer to {method} {path}"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     Ok((status.to_owned(), body.to_owned()))
+}
+
+/// Reads a TLS stream to its end: a server that closes without close_notify after a whole
+/// answer (`Connection: close`) has still answered.
+fn read_answer(stream: &mut impl Read, into: &mut Vec<u8>) -> std::io::Result<()> {
+    match stream.read_to_end(into) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !into.is_empty() => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

@@ -228,9 +228,14 @@ pub struct StartArgs {
     #[arg(long)]
     pub no_mdns: bool,
     /// Serve the HTTP API on a non-loopback address in plain HTTP: tokens then cross the
-    /// network readable by anyone on the path. Refused without this flag.
-    #[arg(long, env = "RHIZOME_HTTP_INSECURE")]
+    /// network readable by anyone on the path. Refused without this flag (or --http-tls).
+    #[arg(long, env = "RHIZOME_HTTP_INSECURE", conflicts_with = "http_tls")]
     pub http_insecure: bool,
+    /// Serve the HTTP API over TLS with the node's own certificate, which clients verify with
+    /// the mesh CA (`<data-dir>/ca.crt`) and the name `node.rhizome.invalid`. Default:
+    /// `network.http_tls`.
+    #[arg(long)]
+    pub http_tls: bool,
     /// `edge` or `cloud`: a cloud node sits in the root zone (unless a zone is configured) and
     /// ranks first in aggregator elections. Default: `node.role`.
     #[arg(long, env = "RHIZOME_NODE_ROLE", value_parser = ["edge", "cloud"])]

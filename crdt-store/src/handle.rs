@@ -262,6 +262,7 @@ fn refuse(store: &mut Store, request: Request) {
 fn commit_group(store: &mut Store, group: Vec<(Vec<RunRecord>, AppendReply)>) {
     if let Some(refusal) = store.refusal() {
         for (_, reply) in group {
+            store.note_refusal("recovering");
             let _ = reply.send(Err(refusal_clone(&refusal)));
         }
         return;

@@ -17,6 +17,7 @@ mod error;
 pub mod fault;
 mod handle;
 pub mod headroom;
+pub mod metrics;
 pub mod names;
 pub mod seal;
 mod store;

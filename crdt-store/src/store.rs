@@ -92,7 +92,8 @@ pub const DOC_CACHE_CAP: usize = 64;
 /// What timestamp new Automerge changes carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeTime {
-    /// The wall clock (seconds since the epoch), as Automerge does by default.
+    /// The wall clock, in milliseconds since the epoch: a receiver tells from it how long a
+    /// change took to reach it (the writer's clock; skew shows).
     Wall,
     /// Always zero, so that a simulation produces identical bytes on every run.
     Zero,
@@ -303,6 +304,8 @@ pub struct Store {
     sealer: Option<crate::seal::Sealer>,
     /// Where the running re-seal pass has got to ([`Store::reseal_step`]).
     reseal_cursor: Option<keys::ResealCursor>,
+    /// What the store counts about itself ([`Store::metrics`]).
+    metrics: crate::metrics::StoreMetrics,
     /// Since when a commit that was not fsynced waits for a durable one (sync applies).
     unflushed_since: Option<std::time::Instant>,
     /// The zone of every node in the registry as of some registry heads.
@@ -435,6 +438,7 @@ impl Store {
             sync_states: HashMap::new(),
             sealer,
             reseal_cursor: None,
+            metrics: crate::metrics::StoreMetrics::default(),
             unflushed_since: None,
             zones: None,
         };
@@ -520,6 +524,7 @@ impl Store {
             return;
         }
         let fault = error.write_fault().unwrap_or(WriteFault::Io);
+        self.metrics.failures += 1;
         tracing::error!(error = %error, ?fault, "a store commit failed; reopening the store");
         let now = std::time::Instant::now();
         self.broken = Some(Broken {
@@ -621,6 +626,7 @@ impl Store {
         self.apply_pending(usize::MAX)?;
         self.flush()?;
         if let Some(broken) = self.broken.take() {
+            self.metrics.reopens += 1;
             tracing::info!(
                 attempts = broken.attempts,
                 after_ms = broken.since.elapsed().as_millis() as u64,
@@ -655,7 +661,15 @@ impl Store {
 
     /// Refuses `refused` when free space is under the watermark. A filesystem that cannot be
     /// measured does not block writes: the commit itself then tells.
-    pub fn require_headroom(&self, refused: impl std::fmt::Display) -> Result<()> {
+    pub fn require_headroom(&mut self, refused: impl std::fmt::Display) -> Result<()> {
+        let answer = self.check_headroom(refused);
+        if answer.is_err() {
+            *self.metrics.refused.entry("low_space").or_default() += 1;
+        }
+        answer
+    }
+
+    fn check_headroom(&self, refused: impl std::fmt::Display) -> Result<()> {
         if self.config.min_free == MinFree::Off {
             return Ok(());
         }
@@ -683,10 +697,24 @@ impl Store {
 
     /// Makes every earlier non-durable commit durable.
     pub fn flush(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write().during("flush")?;
         txn.commit().during("flush")?;
+        self.metrics
+            .durable_commit_seconds
+            .observe_duration(started.elapsed());
         self.unflushed_since = None;
         Ok(())
+    }
+
+    /// Counts a write refused for `reason` outside the store's own checks (by its handle).
+    pub fn note_refusal(&mut self, reason: &'static str) {
+        *self.metrics.refused.entry(reason).or_default() += 1;
+    }
+
+    /// What the store counted since it was opened.
+    pub fn metrics(&self) -> crate::metrics::StoreMetrics {
+        self.metrics.clone()
     }
 
     /// Since when a commit waits for [`Store::flush`] to become durable, if one does.
@@ -1260,7 +1288,11 @@ impl Store {
         let outcome = (|| {
             self.load_into_cache::<T>(&txn, name, &id)?;
             let result = write(self, &txn, &id)?;
+            let started = std::time::Instant::now();
             txn.commit().during(operation)?;
+            self.metrics
+                .durable_commit_seconds
+                .observe_duration(started.elapsed());
             Ok(result)
         })();
         if outcome.is_err() {
@@ -1366,7 +1398,11 @@ impl Store {
     /// The options of a change written here: its time as configured.
     fn commit_options(&self) -> CommitOptions {
         match self.config.change_time {
-            ChangeTime::Wall => CommitOptions::default(),
+            ChangeTime::Wall => CommitOptions::default().with_time(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
             ChangeTime::Zero => CommitOptions::default().with_time(0),
         }
     }
@@ -1509,6 +1545,7 @@ impl Store {
         let txn = self.db.begin_write().during("compact")?;
         let report = self.compact_in(&txn, label, &id)?;
         txn.commit().during("compact")?;
+        self.metrics.compactions += 1;
         Ok(report)
     }
 
@@ -1583,7 +1620,11 @@ impl Store {
             }
             meta.insert(META_NEXT_SEQ, next).during("append results")?;
         }
+        let started = std::time::Instant::now();
         txn.commit().during("append results")?;
+        self.metrics
+            .durable_commit_seconds
+            .observe_duration(started.elapsed());
         Ok(seqs)
     }
 
@@ -1692,7 +1733,12 @@ impl Store {
                         .during("apply results")?;
                 }
             }
-            txn.commit().during("apply results")
+            let started = std::time::Instant::now();
+            txn.commit().during("apply results")?;
+            self.metrics
+                .deferred_commit_seconds
+                .observe_duration(started.elapsed());
+            Ok(())
         })();
         if let Err(e) = outcome {
             self.forget(&touched);
@@ -1937,7 +1983,11 @@ impl Store {
                 .insert(id.to_string().as_str(), name.to_string().as_str())
                 .during("retire document")?;
         }
-        txn.commit().during("retire document")
+        txn.commit().during("retire document")?;
+        if name.kind() == DocKind::Results || name.kind() == DocKind::Rollup {
+            self.metrics.windows_retired += 1;
+        }
+        Ok(())
     }
 
     /// Store-wide counters.

@@ -233,10 +233,14 @@ impl Store {
                 }
             }
         }
+        let started = std::time::Instant::now();
         if let Err(e) = txn.commit().during("apply sync") {
             self.abandon_sync_batch(&touched);
             return Err(e);
         }
+        self.metrics
+            .deferred_commit_seconds
+            .observe_duration(started.elapsed());
         if !changed.is_empty() && self.unflushed_since.is_none() {
             self.unflushed_since = Some(std::time::Instant::now());
         }
@@ -374,6 +378,9 @@ impl Store {
             // Nothing arrived for a document this node does not hold: keep no empty copy.
             self.cache.remove(&doc);
         }
+        if changed && !before.is_empty() {
+            self.observe_lag(&doc, &before);
+        }
         if changed {
             self.store_changes(txn, &label, &doc, &before)?;
         }
@@ -385,6 +392,29 @@ impl Store {
             ours: heads_digest(&after),
             theirs,
         })
+    }
+
+    /// Counts how long the changes a sync message brought took to get here from their writers,
+    /// by the time each carries. A document new here is left out: its history is old, not late.
+    fn observe_lag(&mut self, doc: &DocumentId, before: &[ChangeHash]) {
+        /// Beyond this a change's time is a stopped clock or another unit, not a lag.
+        const PLAUSIBLE_MS: i64 = 7 * 24 * 3600 * 1000;
+        let Some(cached) = self.cache.get_mut(doc) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for change in cached.doc.get_changes(before) {
+            let written = change.timestamp();
+            // A clock a little ahead of this one reads as no lag; far off, as nothing.
+            let lag = now - written;
+            if written > 0 && (-1000..PLAUSIBLE_MS).contains(&lag) {
+                self.metrics
+                    .sync_lag_seconds
+                    .observe(lag.max(0) as f64 / 1000.0);
+            }
+        }
     }
 
     /// Makes sure the document (if stored) is in the cache and the session with the peer has a

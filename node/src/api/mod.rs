@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod keys;
+pub mod metrics;
 pub mod runs;
 pub mod tls;
 pub mod trust;
@@ -216,6 +217,7 @@ fn routes() -> Routes {
     .add(Method::POST, "/mesh/policy", Some(Admin), post_policy)
     .add(Method::POST, "/mesh/cas", Some(Admin), trust::post_cas)
     .add(Method::GET, "/security", Some(Admin), get_security)
+    .add(Method::GET, "/metrics", Some(Monitor), metrics::get_metrics)
     .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
     .add(
         Method::POST,

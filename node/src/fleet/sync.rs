@@ -394,14 +394,22 @@ impl Actor {
                             }
                             self.route(served.network);
                             for answer in served.answers {
-                                if let SyncIn::Applied { peer, outcome: Err(failed), .. } = &answer
-                                    && crdt_store::SyncRejected::is_refused_change(&failed.reason)
-                                {
-                                    self.audit.record(
-                                        crate::security::audit::Kind::ChangeRefused,
-                                        peer.clone(),
-                                        failed.reason.clone(),
+                                if let SyncIn::Applied { peer, outcome: Err(failed), .. } = &answer {
+                                    crate::ops::metrics::events().inc(
+                                        "rhizome_sync_messages_refused_total",
+                                        "Sync messages from peers not applied, by reason.",
+                                        crate::ops::metrics::labels([(
+                                            "reason",
+                                            refusal_reason(&failed.reason),
+                                        )]),
                                     );
+                                    if crdt_store::SyncRejected::is_refused_change(&failed.reason) {
+                                        self.audit.record(
+                                            crate::security::audit::Kind::ChangeRefused,
+                                            peer.clone(),
+                                            failed.reason.clone(),
+                                        );
+                                    }
                                 }
                                 self.input(answer);
                             }
@@ -414,10 +422,12 @@ impl Actor {
                 }
                 event = events.recv() => match event {
                     Some(MeshEvent::PeerUp(peer)) => {
+                        peer_event("up");
                         self.start_forwarder(&peer);
                         self.input(SyncIn::PeerUp(peer));
                     }
                     Some(MeshEvent::PeerDown(peer, _)) => {
+                        peer_event("down");
                         self.forwarders.remove(&peer);
                         self.input(SyncIn::PeerDown(peer));
                     }
@@ -425,6 +435,11 @@ impl Actor {
                         self.input(SyncIn::Received(peer, message));
                     }
                     Some(MeshEvent::HandshakeRefused { from, reason }) => {
+                        crate::ops::metrics::events().inc(
+                            "rhizome_mesh_handshakes_refused_total",
+                            "Connections refused at the TLS handshake, by reason.",
+                            crate::ops::metrics::labels([("reason", handshake_reason(&reason))]),
+                        );
                         self.audit.record(
                             crate::security::audit::Kind::HandshakeRefused,
                             from.to_string(),
@@ -432,6 +447,11 @@ impl Actor {
                         );
                     }
                     Some(MeshEvent::Hierarchy(hierarchy)) => {
+                        crate::ops::metrics::events().inc(
+                            "rhizome_mesh_chain_changes_total",
+                            "Times the aggregator chain or the zones this node aggregates changed.",
+                            Vec::new(),
+                        );
                         tracing::info!(chain = ?hierarchy.chain, aggregates = ?hierarchy.aggregates, "aggregator chain");
                         let _ = self.hierarchy.send(Some(hierarchy));
                     }
@@ -526,5 +546,47 @@ impl Actor {
                 }
             }
         });
+    }
+}
+
+/// Counts a peer coming up or going down (failure detections are the downs).
+fn peer_event(event: &str) {
+    crate::ops::metrics::events().inc(
+        "rhizome_mesh_peer_events_total",
+        "Peers connected (up) and lost (down: a goodbye, a failure detected, a closed connection).",
+        crate::ops::metrics::labels([("event", event)]),
+    );
+}
+
+/// A closed set of reasons for a refused sync message, from its message.
+fn refusal_reason(reason: &str) -> &'static str {
+    if crdt_store::SyncRejected::is_refused_change(reason) {
+        "unauthorized"
+    } else if reason.starts_with("malformed") {
+        "malformed"
+    } else if reason.contains("is not named") {
+        "wrong_name"
+    } else if reason.contains("free") || reason.contains("space") {
+        "low_space"
+    } else if reason.contains("retired") {
+        "retired"
+    } else {
+        "other"
+    }
+}
+
+/// A closed set of reasons for a refused handshake, from the TLS error.
+fn handshake_reason(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("revoked") {
+        "revoked"
+    } else if lower.contains("expired") || lower.contains("notvalidyet") {
+        "expired"
+    } else if lower.contains("unknownissuer") || lower.contains("badsignature") {
+        "unknown_ca"
+    } else if lower.contains("nocertificate") || lower.contains("no certificate") {
+        "no_certificate"
+    } else {
+        "other"
     }
 }

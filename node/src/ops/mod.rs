@@ -3,4 +3,5 @@
 //! the store's faults, `/health`).
 
 pub mod durability;
+pub mod metrics;
 pub mod resources;

@@ -676,6 +676,7 @@ impl Actor {
         if let Some(wf) = self.workflows.get_mut(&workflow) {
             wf.running = wf.running.saturating_sub(1);
         }
+        crate::ops::metrics::record_run(&record);
         let chained_input = (triggers && record.status == RunStatus::Succeeded)
             .then(|| serde_json::from_str::<Value>(&record.output).unwrap_or(Value::Null));
         self.live

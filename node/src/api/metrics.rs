@@ -1,0 +1,270 @@
+//! `GET /metrics` (monitor): the node's state and counts in the Prometheus text format (see
+//! [`crate::ops::metrics`] for what is counted where, and how labels stay bounded).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use mesh::proto::membership::PeerState;
+
+use crate::api::AppState;
+use crate::ops::metrics::{Exposition, events};
+
+/// The content type of the text exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = Exposition::default();
+    out.gauge(
+        "rhizome_build_info",
+        "The running build: always 1, its version as a label.",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    out.gauge(
+        "rhizome_start_time_seconds",
+        "When the node started, in seconds since the epoch.",
+        &[],
+        (crate::node::now_ms() as f64 - state.started.elapsed().as_millis() as f64) / 1000.0,
+    );
+    store(&state, &mut out).await;
+    mesh(&state, &mut out).await;
+    workflows(&state, &mut out).await;
+    for (kind, count) in state.audit.view().counts {
+        out.counter(
+            "rhizome_security_events_total",
+            "Security events since the node started, by kind (see `status --security`).",
+            &[("kind", &kind)],
+            count as f64,
+        );
+    }
+    events().expose(&mut out);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        out.render(),
+    )
+}
+
+async fn store(state: &AppState, out: &mut Exposition) {
+    let answer = state
+        .store
+        .call_even_if_broken(|s, refusal| {
+            // A recovering store's file is not read: its size and counts wait.
+            let stats = refusal.is_none().then(|| s.stats().ok()).flatten();
+            (stats, s.metrics(), refusal.is_some())
+        })
+        .recv()
+        .await;
+    let Ok((stats, m, broken)) = answer else {
+        return;
+    };
+    out.gauge(
+        "rhizome_store_healthy",
+        "1 while the store takes writes, 0 while it recovers from a failed commit.",
+        &[],
+        if broken { 0.0 } else { 1.0 },
+    );
+    if let Some(stats) = stats {
+        out.gauge(
+            "rhizome_store_file_bytes",
+            "Size of the store file on disk.",
+            &[],
+            stats.file_bytes as f64,
+        );
+        out.gauge(
+            "rhizome_store_documents",
+            "Documents in the store.",
+            &[],
+            stats.documents as f64,
+        );
+        out.gauge(
+            "rhizome_store_chunk_bytes",
+            "Bytes of the stored document chunks.",
+            &[],
+            stats.chunk_bytes as f64,
+        );
+        out.gauge(
+            "rhizome_store_result_log_backlog",
+            "Acknowledged results not yet folded into their documents.",
+            &[],
+            stats.pending_results as f64,
+        );
+    }
+    out.histogram(
+        "rhizome_store_commit_seconds",
+        "Store commits: durable ones are fsynced before they return, deferred ones by a later flush.",
+        &[("kind", "durable")],
+        &m.durable_commit_seconds,
+    );
+    out.histogram(
+        "rhizome_store_commit_seconds",
+        "Store commits: durable ones are fsynced before they return, deferred ones by a later flush.",
+        &[("kind", "deferred")],
+        &m.deferred_commit_seconds,
+    );
+    out.histogram(
+        "rhizome_sync_lag_seconds",
+        "From a change's commit on its writer to its arrival here (writers' clocks).",
+        &[],
+        &m.sync_lag_seconds,
+    );
+    for reason in ["low_space", "recovering"] {
+        out.counter(
+            "rhizome_store_write_refusals_total",
+            "Writes the store refused, by reason.",
+            &[("reason", reason)],
+            m.refused.get(reason).copied().unwrap_or(0) as f64,
+        );
+    }
+    for (name, help, value) in [
+        (
+            "rhizome_store_failures_total",
+            "Commits that failed under the store (a full or failing disk).",
+            m.failures,
+        ),
+        (
+            "rhizome_store_reopens_total",
+            "Times the store reopened itself after a failed commit.",
+            m.reopens,
+        ),
+        (
+            "rhizome_store_compactions_total",
+            "Documents compacted into one snapshot.",
+            m.compactions,
+        ),
+        (
+            "rhizome_store_windows_retired_total",
+            "Result and rollup windows retired (retention, low disk).",
+            m.windows_retired,
+        ),
+    ] {
+        out.counter(name, help, &[], value as f64);
+    }
+}
+
+async fn mesh(state: &AppState, out: &mut Exposition) {
+    let hierarchy = state.mesh.hierarchy().await.ok();
+    let chain: BTreeSet<String> = hierarchy
+        .as_ref()
+        .map(|h| h.chain.iter().filter_map(|(_, a)| a.clone()).collect())
+        .unwrap_or_default();
+    let class = |peer: &str| {
+        if chain.contains(peer) {
+            "aggregator"
+        } else {
+            "member"
+        }
+    };
+    if let Ok(peers) = state.mesh.peers().await {
+        let mut by_state = [("connected", 0), ("dialling", 0), ("disconnected", 0)];
+        for p in &peers {
+            let i = match p.state {
+                PeerState::Connected => 0,
+                PeerState::Dialling => 1,
+                PeerState::Idle => 2,
+            };
+            by_state[i].1 += 1;
+        }
+        for (name, n) in by_state {
+            out.gauge(
+                "rhizome_mesh_peers",
+                "Peers this node knows, by state.",
+                &[("state", name)],
+                n as f64,
+            );
+        }
+    }
+    let statuses = state.sync.status().await;
+    out.gauge(
+        "rhizome_sync_sessions",
+        "Peers this node replicates documents with now.",
+        &[],
+        statuses.len() as f64,
+    );
+    for peer_class in ["aggregator", "member"] {
+        let of_class = || statuses.iter().filter(|s| class(&s.peer) == peer_class);
+        out.gauge(
+            "rhizome_sync_pending_documents",
+            "Shared documents not yet known to be identical with connected peers, by peer class.",
+            &[("peer_class", peer_class)],
+            of_class().map(|s| s.pending.len()).sum::<usize>() as f64,
+        );
+        out.gauge(
+            "rhizome_sync_shared_documents",
+            "Documents shared with connected peers, by peer class.",
+            &[("peer_class", peer_class)],
+            of_class().map(|s| s.shared).sum::<usize>() as f64,
+        );
+        for (direction, bytes) in [
+            (
+                "sent",
+                of_class().map(|s| s.traffic.bytes_sent).sum::<u64>(),
+            ),
+            (
+                "received",
+                of_class().map(|s| s.traffic.bytes_received).sum::<u64>(),
+            ),
+        ] {
+            out.gauge(
+                "rhizome_sync_connection_bytes",
+                "Replication bytes exchanged with the peers connected now, since each connected.",
+                &[("peer_class", peer_class), ("direction", direction)],
+                bytes as f64,
+            );
+        }
+    }
+    if let Some(h) = hierarchy {
+        for (level, (zone, aggregator)) in h.chain.iter().enumerate() {
+            let level = level.to_string();
+            out.gauge(
+                "rhizome_mesh_aggregator_info",
+                "This node's aggregator chain: one series per zone from its own up to the root.",
+                &[
+                    ("level", &level),
+                    ("zone", crate::fleet::hierarchy::zone_label(zone)),
+                    ("aggregator", aggregator.as_deref().unwrap_or("")),
+                ],
+                1.0,
+            );
+        }
+        out.gauge(
+            "rhizome_mesh_aggregated_zones",
+            "Zones this node aggregates.",
+            &[],
+            h.aggregates.len() as f64,
+        );
+    }
+}
+
+async fn workflows(state: &AppState, out: &mut Exposition) {
+    for wf in state.scheduler.workflows().await {
+        let labels = [("workflow", wf.workflow.as_str())];
+        out.gauge(
+            "rhizome_workflow_runs_running",
+            "Runs in progress, by workflow.",
+            &labels,
+            wf.running as f64,
+        );
+        out.gauge(
+            "rhizome_workflow_queue_depth",
+            "Runs waiting for a free slot, by workflow.",
+            &labels,
+            wf.queued as f64,
+        );
+        out.counter(
+            "rhizome_workflow_runs_refused_total",
+            "Requested runs refused (queue full, not targeted, invalid), by workflow.",
+            &labels,
+            wf.refused as f64,
+        );
+        out.counter(
+            "rhizome_workflow_runs_skipped_total",
+            "Periodic or chained runs skipped (queue full, chain too deep), by workflow.",
+            &labels,
+            wf.skipped as f64,
+        );
+    }
+}

@@ -34,6 +34,17 @@ pub struct Config {
     pub network: NetworkSection,
     pub sync: SyncSection,
     pub security: SecuritySection,
+    pub health: HealthSection,
+}
+
+/// `[health]`: checks of the operator's own, beside the built-in ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// `[[health.checks]]`: each a `command` or an `http` probe, with `interval` and `timeout`.
+    /// Left out of a written file while empty, so that checks can be appended to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::ops::health::CheckConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,7 +219,7 @@ impl Default for SyncSection {
     }
 }
 
-const SECTIONS: &[&str] = &["node", "store", "network", "sync", "security"];
+const SECTIONS: &[&str] = &["node", "store", "network", "sync", "security", "health"];
 
 /// Environment variables that carry secrets rather than configuration.
 pub const SECRET_VARIABLES: &[&str] = &["RHIZOME_STORE_KEY", "RHIZOME_JOIN_TOKEN"];
@@ -299,6 +310,13 @@ impl Config {
         }
         self.min_free()?;
         self.security.lifetimes()?;
+        let mut names = std::collections::BTreeSet::new();
+        for check in &self.health.checks {
+            check.validate().context("[[health.checks]]")?;
+            if !names.insert(&check.name) {
+                bail!("[[health.checks]]: two checks are named `{}`", check.name);
+            }
+        }
         Ok(())
     }
 

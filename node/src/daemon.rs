@@ -35,6 +35,7 @@ pub fn start(node: Node, args: StartArgs) -> Result<()> {
 
 async fn run(node: Node, args: StartArgs) -> Result<()> {
     let started = Instant::now();
+    let started_wall_ms = now_ms();
     let net = &node.config.network;
     let results_to_cloud = match node.config.sync.results_to.as_str() {
         "aggregator" => false,
@@ -297,7 +298,11 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         problems: Vec::new(),
         store: None,
         warnings: Vec::new(),
+        checks: Vec::new(),
     };
+    let (user_checks, check_tasks) =
+        crate::ops::health::spawn_user_checks(&node.config.health.checks)?;
+    let (sync_watch, sync_watching) = crate::ops::health::SyncWatch::spawn(sync.clone());
     // The local CLI's admin credential: fresh at every start, readable only by the node's user,
     // so local processes of other users cannot use the API.
     let token = hex::encode(rand::random::<[u8; 32]>());
@@ -344,6 +349,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             .encryption
             .then(|| crate::security::store_key::source(&node.config.store, &node.dir.root)),
         reseal: reseal_wake.clone(),
+        user_checks,
+        sync_watch,
+        started_wall_ms,
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
@@ -511,6 +519,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     }
     renewal.abort();
     trust.abort();
+    sync_watching.abort();
+    for task in check_tasks {
+        task.abort();
+    }
     reseal.abort();
     revocations.abort();
     zone_peers.abort();

@@ -6,6 +6,7 @@
 //! [`runs`].
 
 pub mod auth;
+pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod runs;
@@ -50,6 +51,9 @@ pub struct Health {
     /// takes every part's rollups).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Every check, built-in and configured, with its outcome.
+    #[serde(default)]
+    pub checks: Vec<crate::ops::health::CheckResult>,
 }
 
 /// One entry of `GET /peers`.
@@ -136,6 +140,12 @@ pub struct AppState {
     pub store_key: Option<crate::security::store_key::KeySource>,
     /// Wakes the background re-seal after a key rotation.
     pub reseal: Arc<tokio::sync::Notify>,
+    /// The latest outcome of the checks configured in `[[health.checks]]`.
+    pub user_checks: crate::ops::health::UserChecks,
+    /// Since when documents have been pending with each peer.
+    pub sync_watch: crate::ops::health::SyncWatch,
+    /// The wall clock when the node started (`started` on the monotonic clock).
+    pub started_wall_ms: i64,
 }
 
 /// Who may call one endpoint.
@@ -310,46 +320,17 @@ async fn check_access(
 /// How long `/health` waits for the store before it reports the store as not answering.
 const HEALTH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `ok` (200) only while nothing is wrong; otherwise `degraded` (503) with every problem, so a
-/// load balancer or supervisor never takes a node that refuses writes for a healthy one.
+/// `ok` (200) only while no check fails; otherwise `degraded`, or `failing` when the store
+/// takes no writes (503), with every failing check and its reason, so a load balancer or
+/// supervisor never takes a node that refuses writes for a healthy one.
 async fn get_health(State(state): State<Arc<AppState>>) -> (axum::http::StatusCode, Json<Health>) {
-    let mut health = state.health.clone();
-    health.uptime_ms = state.started.elapsed().as_millis() as u64;
-    let store =
-        crate::ops::durability::store_health(&state.store, &state.data_dir, HEALTH_PATIENCE).await;
-    health.problems = store.problems();
-    health.warnings.extend(store.warnings());
-    health.store = Some(store);
-    let renewal = state.renewal.lock().expect("renewal state").clone();
-    let ends = crdt_store::format_timestamp(renewal.not_after * 1000);
-    if renewal.not_after != 0 && renewal.not_after <= crate::node::now_ms() / 1000 {
-        health.problems.push(format!(
-            "this node's certificate expired at {ends}: its peers refuse it; join again with a \
-             token (`rhizome join`)"
-        ));
-    } else if let Some(why) = &renewal.failing {
-        health.warnings.push(format!(
-            "this node's certificate ends at {ends} and renewing it failed: {why}"
-        ));
-    }
-    if let Ok(hierarchy) = state.mesh.hierarchy().await
-        && !hierarchy.split.is_empty()
-    {
-        let registry = registry(&state).await;
-        let name_of = |id: &str| registry.nodes.get(id).map(|e| e.name.clone());
-        health
-            .warnings
-            .extend(hierarchy.split.iter().map(|(zone, claimants)| {
-                crate::fleet::hierarchy::describe_split(zone, claimants, name_of)
-            }));
-    }
-    if health.problems.is_empty() {
-        health.status = "ok".into();
-        (axum::http::StatusCode::OK, Json(health))
+    let health = health::assess(&state).await;
+    let code = if health.status == "ok" {
+        axum::http::StatusCode::OK
     } else {
-        health.status = "degraded".into();
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(health))
-    }
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health))
 }
 
 /// A store error as the API answers it: 507 for a full disk, 503 for a failing store, with

@@ -861,6 +861,21 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 }
             }
             println!("health   {}", h.status);
+            if !h.checks.is_empty() {
+                let checks: Vec<String> = h
+                    .checks
+                    .iter()
+                    .map(|c| {
+                        let status = match c.status {
+                            crate::ops::health::CheckStatus::Ok => "ok",
+                            crate::ops::health::CheckStatus::Warning => "warning",
+                            crate::ops::health::CheckStatus::Failing => "failing",
+                        };
+                        format!("{} {status}", c.name)
+                    })
+                    .collect();
+                println!("checks   {}", checks.join(", "));
+            }
             for problem in &h.problems {
                 println!("  ! {problem}");
             }

@@ -355,6 +355,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
+    let stopped = shutdown_signal()?;
     // The local CLI finds the API here, and whether to speak TLS to it.
     let scheme = if http_tls { "https" } else { "http" };
     let address = if http_tls {
@@ -500,12 +501,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             node.trust.clone(),
         )?;
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopped)
             .await
             .context("HTTP API")?;
     } else {
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopped)
             .await
             .context("HTTP API")?;
     }
@@ -753,11 +754,16 @@ fn say(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// SIGINT or SIGTERM. Installed before the node says it serves: a supervisor that stops it
+/// right after must get a clean stop, not the default action of the signal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

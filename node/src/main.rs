@@ -11,7 +11,11 @@ fn main() -> std::process::ExitCode {
     if !daemon {
         end_quietly_on_a_closed_pipe();
     }
-    init_tracing(opts.verbose + u8::from(daemon), opts.quiet);
+    init_tracing(
+        opts.verbose + u8::from(daemon),
+        opts.quiet,
+        opts.log_format == "json",
+    );
     match commands::run(opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -33,7 +37,7 @@ fn end_quietly_on_a_closed_pipe() {
     }
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
+fn init_tracing(verbose: u8, quiet: bool, json: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -43,11 +47,16 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RHIZOME_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(|| LossyStderr)
-        .init();
+        .with_writer(|| LossyStderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// Standard error that drops what it cannot write. A node's log is often a file on the same

@@ -464,3 +464,64 @@ fn a_data_dir_without_permission_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn logs_can_be_written_as_one_json_object_per_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    ok(rhizome(&node, &["init", "--name", "logs"]));
+    let mut child = Command::new(rhizome_bin())
+        .arg("--data-dir")
+        .arg(&node)
+        .args([
+            "start",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env("RHIZOME_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serving = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut serving)
+        .unwrap();
+    assert!(serving.contains("serving"), "{serving}");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{event}"
+        );
+        messages.push(
+            event["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("shutting down")),
+        "{messages:?}"
+    );
+    let out = rhizome(&node, &["--log-format", "xml", "doc", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("xml") && err.contains("json"),
+        "{err}"
+    );
+}

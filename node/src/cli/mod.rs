@@ -38,6 +38,17 @@ pub struct Opts {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// How log lines are written: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "RHIZOME_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    pub log_format: String,
+
     #[command(subcommand)]
     pub command: Command,
 }

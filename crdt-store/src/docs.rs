@@ -305,6 +305,30 @@ pub struct NodeEntry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub ca: String,
+    /// The node's coarse health, rewritten only when it moves by more than its rounding: the
+    /// registry replicates to every node.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub vitals: Option<Vitals>,
+}
+
+/// What a node tells the fleet of its health, rounded so that it changes rarely.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct Vitals {
+    /// Host CPU use, percent, rounded to 5.
+    pub cpu_percent: u64,
+    /// Memory in use, percent, rounded to 5.
+    pub memory_used_percent: u64,
+    /// Free space of the data dir's filesystem, percent.
+    pub disk_free_percent: u64,
+    /// One-minute load average × 100, rounded to 5.
+    pub load1_x100: u64,
+    /// Hottest sensor, °C, where the host has one.
+    pub temperature_celsius: Option<i64>,
+    /// Battery charge, percent, where the host has one.
+    pub battery_percent: Option<u64>,
+    /// When measured, ms since the epoch.
+    pub at_ms: i64,
 }
 
 impl MeshRegistry {

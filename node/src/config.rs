@@ -37,14 +37,42 @@ pub struct Config {
     pub health: HealthSection,
 }
 
-/// `[health]`: checks of the operator's own, beside the built-in ones.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[health]`: the resource monitor, and checks of the operator's own beside the built-in ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
+    /// How often the resource monitor samples the host (CPU, memory, disk, network,
+    /// temperature, battery); it keeps the last hour at this resolution and the day in 5-minute
+    /// steps.
+    pub monitor_interval: String,
     /// `[[health.checks]]`: each a `command` or an `http` probe, with `interval` and `timeout`.
     /// Left out of a written file while empty, so that checks can be appended to it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::ops::health::CheckConfig>,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            monitor_interval: "5s".into(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl HealthSection {
+    /// The resource monitor's settings.
+    pub fn monitor(&self) -> Result<crate::ops::monitor::MonitorConfig> {
+        let interval = parse_duration(&self.monitor_interval)
+            .context("health.monitor_interval (RHIZOME_HEALTH_MONITOR_INTERVAL)")?;
+        if interval < std::time::Duration::from_millis(100) {
+            bail!("health.monitor_interval must be at least 100ms");
+        }
+        Ok(crate::ops::monitor::MonitorConfig {
+            interval,
+            ..crate::ops::monitor::MonitorConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +338,7 @@ impl Config {
         }
         self.min_free()?;
         self.security.lifetimes()?;
+        self.health.monitor()?;
         let mut names = std::collections::BTreeSet::new();
         for check in &self.health.checks {
             check.validate().context("[[health.checks]]")?;

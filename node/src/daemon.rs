@@ -303,6 +303,15 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let (user_checks, check_tasks) =
         crate::ops::health::spawn_user_checks(&node.config.health.checks)?;
     let (sync_watch, sync_watching) = crate::ops::health::SyncWatch::spawn(sync.clone());
+    let monitor = crate::ops::monitor::MonitorHandle::spawn(
+        node.dir.root.clone(),
+        node.config.health.monitor()?,
+    )?;
+    let vitals = tokio::spawn(publish_vitals(
+        monitor.clone(),
+        store.clone(),
+        node_id.clone(),
+    ));
     // The local CLI's admin credential: fresh at every start, readable only by the node's user,
     // so local processes of other users cannot use the API.
     let token = hex::encode(rand::random::<[u8; 32]>());
@@ -352,6 +361,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         user_checks,
         sync_watch,
         started_wall_ms,
+        monitor: Some(monitor),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
@@ -521,6 +531,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     renewal.abort();
     trust.abort();
     sync_watching.abort();
+    vitals.abort();
     for task in check_tasks {
         task.abort();
     }
@@ -541,6 +552,60 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// How often the node looks whether its coarse health moved enough to tell the fleet.
+const VITALS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the node's registry entry's vitals current: rewritten only when they moved by more
+/// than their rounding, since the registry replicates to every node.
+async fn publish_vitals(
+    monitor: crate::ops::monitor::MonitorHandle,
+    store: StoreHandle,
+    node_id: String,
+) {
+    let mut told: Option<crate::ops::monitor::Coarse> = None;
+    let mut every = tokio::time::interval(VITALS_EVERY);
+    loop {
+        every.tick().await;
+        let Some(coarse) = monitor.coarse() else {
+            continue;
+        };
+        if told.as_ref().is_some_and(|t| !t.differs_enough(&coarse)) {
+            continue;
+        }
+        let vitals = crdt_store::Vitals {
+            cpu_percent: coarse.cpu_percent.into(),
+            memory_used_percent: coarse.memory_used_percent.into(),
+            disk_free_percent: coarse.disk_free_percent.into(),
+            load1_x100: coarse.load1_x100.into(),
+            temperature_celsius: coarse.temperature_celsius.map(i64::from),
+            battery_percent: coarse.battery_percent.map(u64::from),
+            at_ms: now_ms(),
+        };
+        let id = node_id.clone();
+        let written = store
+            .call(move |s| {
+                s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                    if let Some(entry) = m.nodes.get(&id).cloned() {
+                        m.write_entry(
+                            &id,
+                            NodeEntry {
+                                vitals: Some(vitals),
+                                ..entry
+                            },
+                            now_ms(),
+                        );
+                    }
+                })
+            })
+            .recv()
+            .await;
+        match written {
+            Ok(()) => told = Some(coarse),
+            Err(e) => tracing::warn!(error = %e, "cannot write this node's vitals"),
+        }
+    }
 }
 
 /// Longest wait between tries to write the node's own registry entry.

@@ -651,3 +651,16 @@ pub mod disk {
         (parts.next().unwrap(), parts.next().unwrap())
     }
 }
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

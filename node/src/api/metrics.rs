@@ -40,12 +40,129 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoRespons
             count as f64,
         );
     }
+    if let Some(sample) = state.monitor.as_ref().and_then(|m| m.latest()) {
+        host(&sample, &mut out);
+    }
     events().expose(&mut out);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         out.render(),
     )
+}
+
+/// The process and host figures of the resource monitor's latest sample. A figure the host
+/// lacks (a temperature sensor, a battery) is left out, not written as zero.
+fn host(s: &crate::ops::monitor::Sample, out: &mut Exposition) {
+    out.gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        &[],
+        s.process_resident_bytes as f64,
+    );
+    out.counter(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        &[],
+        s.process_cpu_seconds,
+    );
+    out.gauge(
+        "process_open_fds",
+        "Number of open file descriptors.",
+        &[],
+        s.process_open_fds as f64,
+    );
+    out.gauge(
+        "process_threads",
+        "Number of OS threads in the process.",
+        &[],
+        s.process_threads as f64,
+    );
+    out.gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        &[],
+        s.process_start_time_seconds,
+    );
+    out.gauge(
+        "rhizome_host_cpu_usage_ratio",
+        "Share of the host's CPU time in use (0 to 1), over the monitor's last interval.",
+        &[],
+        f64::from(s.cpu_percent) / 100.0,
+    );
+    for (window, load) in [("1m", s.load1), ("5m", s.load5), ("15m", s.load15)] {
+        out.gauge(
+            "rhizome_host_load",
+            "The host's load average, by window.",
+            &[("window", window)],
+            load,
+        );
+    }
+    for (name, help, v) in [
+        (
+            "rhizome_host_memory_total_bytes",
+            "The host's memory.",
+            s.memory_total_bytes,
+        ),
+        (
+            "rhizome_host_memory_used_bytes",
+            "The host's memory in use (total less available).",
+            s.memory_used_bytes,
+        ),
+        (
+            "rhizome_host_memory_available_bytes",
+            "The host's memory available to new work.",
+            s.memory_available_bytes,
+        ),
+        (
+            "rhizome_host_filesystem_size_bytes",
+            "Size of the filesystem the data dir is on.",
+            s.disk_total_bytes,
+        ),
+        (
+            "rhizome_host_filesystem_free_bytes",
+            "Free space on the filesystem the data dir is on.",
+            s.disk_free_bytes,
+        ),
+    ] {
+        out.gauge(name, help, &[], v as f64);
+    }
+    out.counter(
+        "rhizome_host_network_received_bytes_total",
+        "Bytes received on the host's interfaces other than loopback, since boot.",
+        &[],
+        s.net_received_bytes as f64,
+    );
+    out.counter(
+        "rhizome_host_network_sent_bytes_total",
+        "Bytes sent on the host's interfaces other than loopback, since boot.",
+        &[],
+        s.net_sent_bytes as f64,
+    );
+    if let Some(t) = s.temperature_celsius {
+        out.gauge(
+            "rhizome_host_temperature_celsius",
+            "The host's hottest temperature sensor.",
+            &[],
+            f64::from(t),
+        );
+    }
+    if let Some(b) = s.battery_percent {
+        out.gauge(
+            "rhizome_host_battery_ratio",
+            "The host's battery charge (0 to 1).",
+            &[],
+            f64::from(b) / 100.0,
+        );
+    }
+    if let Some(on) = s.on_battery {
+        out.gauge(
+            "rhizome_host_on_battery",
+            "1 while the host runs on its battery.",
+            &[],
+            if on { 1.0 } else { 0.0 },
+        );
+    }
 }
 
 async fn store(state: &AppState, out: &mut Exposition) {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod resources;
 pub mod runs;
 pub mod tls;
 pub mod trust;
@@ -146,6 +147,8 @@ pub struct AppState {
     pub sync_watch: crate::ops::health::SyncWatch,
     /// The wall clock when the node started (`started` on the monotonic clock).
     pub started_wall_ms: i64,
+    /// The host's figures over time.
+    pub monitor: Option<crate::ops::monitor::MonitorHandle>,
 }
 
 /// Who may call one endpoint.
@@ -228,6 +231,12 @@ fn routes() -> Routes {
     .add(Method::POST, "/mesh/cas", Some(Admin), trust::post_cas)
     .add(Method::GET, "/security", Some(Admin), get_security)
     .add(Method::GET, "/metrics", Some(Monitor), metrics::get_metrics)
+    .add(
+        Method::GET,
+        "/resources",
+        Some(Monitor),
+        resources::get_resources,
+    )
     .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
     .add(
         Method::POST,

@@ -786,14 +786,28 @@ fn print_peers(peers: &[crate::api::PeerView]) {
 
 fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::cli::client::running_node(&node.dir);
-    let (health, peers, hierarchy, store) = match running {
+    let (health, peers, hierarchy, store, resources) = match running {
         Some(addr) => {
             let health = addr.health()?;
             let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
             let hierarchy: HierarchyView = addr.get("/hierarchy")?;
-            (Some(health), peers, Some(hierarchy), None)
+            let resources: Option<crate::api::resources::ResourcesView> =
+                addr.get("/resources").ok();
+            (
+                Some(health),
+                peers,
+                Some(hierarchy),
+                None,
+                resources.and_then(|r| r.latest),
+            )
         }
-        None => (None, Vec::new(), None, Some(node.open_store()?.stats()?)),
+        None => (
+            None,
+            Vec::new(),
+            None,
+            Some(node.open_store()?.stats()?),
+            None,
+        ),
     };
     if json {
         println!(
@@ -814,6 +828,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 "hierarchy": hierarchy,
                 "peers": peers,
                 "store": store,
+                "resources": resources,
             }))?
         );
         return Ok(());
@@ -859,6 +874,31 @@ fn status(node: &Node, json: bool) -> Result<()> {
                         if keys.resealing { ", re-sealing" } else { "" }
                     );
                 }
+            }
+            if let Some(r) = &resources {
+                let mut parts = vec![
+                    format!("cpu {:.0}%", r.cpu_percent),
+                    format!("load {:.2}", r.load1),
+                    format!(
+                        "memory {} of {}",
+                        output::bytes(r.memory_used_bytes),
+                        output::bytes(r.memory_total_bytes)
+                    ),
+                ];
+                if let Some(t) = r.temperature_celsius {
+                    parts.push(format!("{t:.0} °C"));
+                }
+                if let Some(b) = r.battery_percent {
+                    parts.push(format!(
+                        "battery {b:.0}%{}",
+                        if r.on_battery == Some(true) {
+                            " (on battery)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                println!("host     {}", parts.join(", "));
             }
             println!("health   {}", h.status);
             if !h.checks.is_empty() {

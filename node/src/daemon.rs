@@ -92,6 +92,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     } else {
         Some(Interfaces::Named(mdns_names))
     };
+    let discovery_described = discovery.as_ref().map(|d| match d {
+        Interfaces::All => "every interface".to_owned(),
+        Interfaces::Loopback => "loopback only".to_owned(),
+        Interfaces::Named(names) => names.join(", "),
+    });
+    let bootstrap_described = bootstrap.clone();
 
     let role = crate::fleet::hierarchy::parse_role(
         args.role
@@ -362,6 +368,18 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         sync_watch,
         started_wall_ms,
         monitor: Some(monitor),
+        discovery: format!(
+            "mDNS {}; dialling {}",
+            match &discovery_described {
+                Some(interfaces) => format!("on {interfaces}"),
+                None => "off".into(),
+            },
+            if bootstrap_described.is_empty() {
+                "no address".into()
+            } else {
+                bootstrap_described.join(", ")
+            }
+        ),
     });
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);

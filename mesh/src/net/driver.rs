@@ -93,6 +93,14 @@ pub enum MeshEvent {
         /// The handshake's error.
         reason: String,
     },
+    /// Dialling `addr` failed: it does not resolve or answer, or its handshake failed (a
+    /// certificate of another mesh, revoked, expired).
+    DialFailed {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Errors of the driver.
@@ -599,6 +607,11 @@ impl Actor {
             }
             ConnEvent::DialFailed(addr, reason) => {
                 tracing::debug!(%addr, %reason, "dial failed");
+                // Dropped when the layer above is behind: a later dial tells again.
+                let _ = self.events.try_send(MeshEvent::DialFailed {
+                    addr: addr.clone(),
+                    reason,
+                });
                 self.membership.handle(InEvent::DialFailed { addr }, now);
             }
         }

@@ -254,6 +254,73 @@ impl SharePolicy {
         self.shares(class, a) && self.shares(class, b)
     }
 
+    /// Why the rule admits `node` to documents of this class, or does not: a sentence, for
+    /// `rhizome explain`.
+    pub fn explain(&self, class: &DocClass, node: &str) -> (bool, String) {
+        let admitted = self.shares(class, node);
+        let why = match class {
+            DocClass::Mesh => "every member shares the mesh document".to_owned(),
+            DocClass::Workflow => "every member shares every workflow".to_owned(),
+            DocClass::Results { owner } => {
+                let zone = self.zone_of.get(owner);
+                let aggregator = zone.and_then(|z| self.aggregator_of.get(z));
+                if owner == node {
+                    "results are shared with their owner".to_owned()
+                } else if admitted {
+                    format!(
+                        "results are shared with the aggregator of their owner's zone ({})",
+                        zone.map_or("?", |z| zone_name(z))
+                    )
+                } else {
+                    match (zone, aggregator) {
+                        (None, _) => format!(
+                            "results go to their owner and the aggregator of its zone, and the \
+                             zone of {owner} is not known here yet"
+                        ),
+                        (Some(zone), None) => format!(
+                            "results go to their owner and the aggregator of its zone, and zone \
+                             {} has no aggregator known here",
+                            zone_name(zone)
+                        ),
+                        (Some(zone), Some(aggregator)) => format!(
+                            "results go to their owner and the aggregator of its zone: zone {} \
+                             is aggregated by {aggregator}",
+                            zone_name(zone)
+                        ),
+                    }
+                }
+            }
+            DocClass::Rollup { zone } => {
+                let holders: Vec<String> = zone_and_ancestors(zone)
+                    .filter_map(|z| {
+                        self.aggregator_of
+                            .get(z)
+                            .map(|a| format!("{a} ({})", zone_name(z)))
+                    })
+                    .collect();
+                if admitted {
+                    format!(
+                        "rollups of zone {} are shared with the aggregators of it and the zones \
+                         above it",
+                        zone_name(zone)
+                    )
+                } else {
+                    format!(
+                        "rollups of zone {} go to the aggregators of it and the zones above it: \
+                         {}",
+                        zone_name(zone),
+                        if holders.is_empty() {
+                            "none known here".to_owned()
+                        } else {
+                            holders.join(", ")
+                        }
+                    )
+                }
+            }
+        };
+        (admitted, why)
+    }
+
     /// Whether the rule admits `node` to documents of this class; two nodes share a document
     /// when it admits both ([`SharePolicy::shared_between`]).
     ///
@@ -281,6 +348,11 @@ impl SharePolicy {
             }),
         }
     }
+}
+
+/// A zone as people read it: the root has a name.
+fn zone_name(zone: &str) -> &str {
+    if zone.is_empty() { "(root)" } else { zone }
 }
 
 /// The keys whose values differ between two maps, or that one of them lacks.

@@ -6,6 +6,7 @@
 //! [`runs`].
 
 pub mod auth;
+pub mod explain;
 pub mod health;
 pub mod keys;
 pub mod metrics;
@@ -149,6 +150,9 @@ pub struct AppState {
     pub started_wall_ms: i64,
     /// The host's figures over time.
     pub monitor: Option<crate::ops::monitor::MonitorHandle>,
+    /// How the node finds peers, as `explain` tells it: mDNS interfaces (or off) and the
+    /// addresses it dials.
+    pub discovery: String,
 }
 
 /// Who may call one endpoint.
@@ -231,6 +235,13 @@ fn routes() -> Routes {
     .add(Method::POST, "/mesh/cas", Some(Admin), trust::post_cas)
     .add(Method::GET, "/security", Some(Admin), get_security)
     .add(Method::GET, "/metrics", Some(Monitor), metrics::get_metrics)
+    .add(Method::GET, "/explain/doc", Some(Monitor), explain::get_doc)
+    .add(
+        Method::GET,
+        "/explain/peer",
+        Some(Monitor),
+        explain::get_peer,
+    )
     .add(
         Method::GET,
         "/resources",

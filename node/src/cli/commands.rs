@@ -48,6 +48,7 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Sync(args) => sync_now(&Node::load(&root)?, args),
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Store(cmd) => crate::cli::store_keys::store_command(&Node::load(&root)?, cmd),
+        Command::Explain(cmd) => crate::cli::explain::explain(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),

@@ -6,6 +6,7 @@
 pub mod ca_rotation;
 pub mod client;
 pub mod commands;
+pub mod explain;
 pub mod output;
 pub mod store_keys;
 
@@ -113,6 +114,10 @@ pub enum Command {
     /// The store's encryption: its keys, and rotating them.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Why a document is or is not in sync with a peer, or why a node is or is not connected,
+    /// from what the running node holds and saw.
+    #[command(subcommand)]
+    Explain(explain::ExplainCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.

@@ -150,6 +150,7 @@ impl ChangeFeed {
 
 enum Command {
     Status(oneshot::Sender<Vec<PeerSyncStatus>>),
+    SharePolicy(oneshot::Sender<SharePolicy>),
     Resync(Option<NodeId>),
     Policy(SharePolicy),
 }
@@ -158,12 +159,15 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct SyncHandle {
     commands: mpsc::Sender<Command>,
+    /// What replication saw, for `rhizome explain`.
+    pub diagnostics: crate::fleet::diagnostics::Diagnostics,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Status(_) => "Status",
+            Command::SharePolicy(_) => "SharePolicy",
             Command::Resync(_) => "Resync",
             Command::Policy(_) => "Policy",
         })
@@ -176,6 +180,15 @@ impl SyncHandle {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Status(tx)).await.is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The share policy in force: which peer may see which document.
+    pub async fn share_policy(&self) -> SharePolicy {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::SharePolicy(tx)).await.is_err() {
+            return SharePolicy::default();
         }
         rx.await.unwrap_or_default()
     }
@@ -304,7 +317,9 @@ pub async fn spawn(
     let mut replicator = Replicator::new(me.clone(), config);
     replicator.handle(SyncIn::LocalDocs(catalogue), Duration::ZERO);
     let (commands, command_rx) = mpsc::channel(COMMANDS_CAP);
+    let diagnostics = crate::fleet::diagnostics::Diagnostics::default();
     let actor = Actor {
+        diagnostics: diagnostics.clone(),
         replicator,
         store,
         mesh,
@@ -319,7 +334,10 @@ pub async fn spawn(
         actor.run(command_rx, events, changes),
         span,
     ));
-    Ok(SyncHandle { commands })
+    Ok(SyncHandle {
+        commands,
+        diagnostics,
+    })
 }
 
 struct Actor {
@@ -334,6 +352,8 @@ struct Actor {
     epoch: Instant,
     /// Where refused changes and refused handshakes are recorded.
     audit: Arc<crate::security::audit::Audit>,
+    /// What `rhizome explain` is told.
+    diagnostics: crate::fleet::diagnostics::Diagnostics,
 }
 
 impl Actor {
@@ -377,6 +397,9 @@ impl Actor {
                         let status = peers.iter().filter_map(|p| self.replicator.status(p)).collect();
                         let _ = reply.send(status);
                     }
+                    Some(Command::SharePolicy(reply)) => {
+                        let _ = reply.send(self.replicator.policy().clone());
+                    }
                     Some(Command::Resync(peer)) => self.input(SyncIn::Resync(peer)),
                     Some(Command::Policy(policy)) => self.input(SyncIn::Policy(policy)),
                     None => return,
@@ -394,7 +417,14 @@ impl Actor {
                             }
                             self.route(served.network);
                             for answer in served.answers {
-                                if let SyncIn::Applied { peer, outcome: Err(failed), .. } = &answer {
+                                if let SyncIn::Applied { peer, doc, outcome: Err(failed) } = &answer {
+                                    self.diagnostics.sync_refused(
+                                        peer,
+                                        &crdt_store::samod_core::DocumentId::try_from(doc.to_vec())
+                                            .map(|d| d.to_string())
+                                            .unwrap_or_default(),
+                                        &failed.reason,
+                                    );
                                     crate::ops::metrics::events().inc(
                                         "rhizome_sync_messages_refused_total",
                                         "Sync messages from peers not applied, by reason.",
@@ -423,18 +453,24 @@ impl Actor {
                 event = events.recv() => match event {
                     Some(MeshEvent::PeerUp(peer)) => {
                         peer_event("up");
+                        self.diagnostics.peer_up(&peer);
                         self.start_forwarder(&peer);
                         self.input(SyncIn::PeerUp(peer));
                     }
-                    Some(MeshEvent::PeerDown(peer, _)) => {
+                    Some(MeshEvent::PeerDown(peer, why)) => {
                         peer_event("down");
+                        self.diagnostics.peer_down(&peer, &why);
                         self.forwarders.remove(&peer);
                         self.input(SyncIn::PeerDown(peer));
                     }
                     Some(MeshEvent::Received(peer, message)) => {
                         self.input(SyncIn::Received(peer, message));
                     }
+                    Some(MeshEvent::DialFailed { addr, reason }) => {
+                        self.diagnostics.dial_failed(&addr, &reason);
+                    }
                     Some(MeshEvent::HandshakeRefused { from, reason }) => {
+                        self.diagnostics.handshake_refused(&from.to_string(), &reason);
                         crate::ops::metrics::events().inc(
                             "rhizome_mesh_handshakes_refused_total",
                             "Connections refused at the TLS handshake, by reason.",

@@ -280,7 +280,15 @@ async fn probe(url: &str) -> Result<(), String> {
 /// Since when each peer has had documents pending, sampled in the background: "sync keeping
 /// up" fails for a peer whose documents stay pending longer than [`SYNC_BEHIND_AFTER`].
 #[derive(Debug, Clone, Default)]
-pub struct SyncWatch(Arc<Mutex<BTreeMap<String, (Instant, usize)>>>);
+pub struct SyncWatch(Arc<Mutex<Watched>>);
+
+#[derive(Debug, Default)]
+struct Watched {
+    /// Per peer: since when some document has been pending, and how many are.
+    peers: BTreeMap<String, (Instant, usize)>,
+    /// Per (peer, document name): since when it has been pending (ms since the epoch).
+    docs: BTreeMap<(String, String), i64>,
+}
 
 /// How long documents may stay pending with a connected peer before the node counts as not
 /// keeping up.
@@ -296,16 +304,26 @@ impl SyncWatch {
             loop {
                 every.tick().await;
                 let statuses = sync.status().await;
-                let mut behind = kept.0.lock().expect("sync watch");
+                let mut watched = kept.0.lock().expect("sync watch");
                 let now = Instant::now();
+                let wall = crate::node::now_ms();
+                let docs: std::collections::BTreeSet<(String, String)> = statuses
+                    .iter()
+                    .flat_map(|s| s.pending.iter().map(|d| (s.peer.clone(), d.clone())))
+                    .collect();
+                watched.docs.retain(|key, _| docs.contains(key));
+                for key in docs {
+                    watched.docs.entry(key).or_insert(wall);
+                }
                 let pending: BTreeMap<String, usize> = statuses
                     .into_iter()
                     .filter(|s| !s.pending.is_empty())
                     .map(|s| (s.peer, s.pending.len()))
                     .collect();
-                behind.retain(|peer, _| pending.contains_key(peer));
+                watched.peers.retain(|peer, _| pending.contains_key(peer));
                 for (peer, n) in pending {
-                    behind
+                    watched
+                        .peers
                         .entry(peer)
                         .and_modify(|(_, count)| *count = n)
                         .or_insert((now, n));
@@ -321,10 +339,24 @@ impl SyncWatch {
         self.0
             .lock()
             .expect("sync watch")
+            .peers
             .iter()
             .filter(|(_, (since, _))| now.duration_since(*since) >= after)
             .map(|(peer, (since, n))| (peer.clone(), *n, now.duration_since(*since)))
             .collect()
+    }
+}
+
+impl SyncWatch {
+    /// Since when (ms since the epoch) a document has been seen pending with a peer, as far as
+    /// the sampling (every 5 s) saw.
+    pub fn pending_since(&self, peer: &str, doc: &str) -> Option<i64> {
+        self.0
+            .lock()
+            .expect("sync watch")
+            .docs
+            .get(&(peer.to_owned(), doc.to_owned()))
+            .copied()
     }
 }
 

@@ -7,7 +7,9 @@
 //! of each that is not counted. The table gives the median of each side, the ratio of the
 //! medians as time (`on/off` 1.10 = the feature costs 10 % more time), and the median of the
 //! ratios of the two runs of each repeat, which a load that changes between repeats disturbs
-//! less. Each figure is also one JSON line in `RHIZOME_BENCH_OUT`, with its samples;
+//! less. Beside wall time, workloads give the CPU time of the thread doing all their work
+//! (`CPU` rows): on a shared machine it tells the work done from the wait for a core or for
+//! the disk. Each figure is also one JSON line in `RHIZOME_BENCH_OUT`, with its samples;
 //! `bench/security-cost.sh` runs it.
 //!
 //! - `ingest`: `Store::append_results` of N records in calls of `per_call` records on the
@@ -24,7 +26,8 @@
 //!
 //! With `write_rules: None` the store still checks the authors of results documents and of
 //! registry entries by actor: only workflow versions go unchecked. The `off` side of the
-//! authorization workload therefore includes those checks.
+//! authorization workload therefore includes those checks. Its table ends with the parts of
+//! the checks, replayed one at a time on B's documents after a run.
 //!
 //! Environment variables (defaults in brackets):
 //!
@@ -50,7 +53,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{env_list, env_usize};
@@ -309,6 +312,8 @@ struct Report {
     rows: Vec<Row>,
     /// Per section, what it measured, printed above its table.
     notes: Vec<(&'static str, String)>,
+    /// Per section, single figures printed below its table.
+    details: Vec<(&'static str, Detail)>,
     json: BufWriter<File>,
     run: u64,
 }
@@ -326,6 +331,7 @@ impl Report {
         let mut report = Report {
             rows: Vec::new(),
             notes: Vec::new(),
+            details: Vec::new(),
             json: BufWriter::new(file),
             run,
         };
@@ -342,6 +348,20 @@ impl Report {
 
     fn note(&mut self, section: &'static str, text: String) {
         self.notes.push((section, text));
+    }
+
+    fn detail(&mut self, section: &'static str, detail: Detail) {
+        let line = serde_json::json!({
+            "bench": "security_cost",
+            "run": self.run,
+            "kind": "detail",
+            "id": detail.id,
+            "label": detail.label,
+            "value": detail.value,
+            "unit": detail.unit,
+        });
+        self.write_line(&line);
+        self.details.push((section, detail));
     }
 
     /// Records a finished workload; the JSON line is written at once so an interrupted run
@@ -385,6 +405,7 @@ impl Report {
             .rows
             .iter()
             .map(|r| r.label.chars().count())
+            .chain(self.details.iter().map(|(_, d)| d.label.chars().count()))
             .max()
             .unwrap_or(0)
             .max("workload".len());
@@ -410,8 +431,36 @@ impl Report {
                     row.paired_ratio(),
                 );
             }
+            let details: Vec<&Detail> = self
+                .details
+                .iter()
+                .filter(|(s, _)| *s == section)
+                .map(|(_, d)| d)
+                .collect();
+            if !details.is_empty() {
+                println!(
+                    "  parts of the checks, replayed on B after a run (wall time, median of 5 each):"
+                );
+            }
+            for d in details {
+                println!(
+                    "  {:<width$}  {:>12}  {:>12}  {}",
+                    d.label,
+                    "",
+                    format_value(d.value),
+                    d.unit
+                );
+            }
         }
     }
+}
+
+/// One figure measured once, not off and on.
+struct Detail {
+    id: String,
+    label: String,
+    value: f64,
+    unit: &'static str,
 }
 
 fn format_value(v: f64) -> String {
@@ -528,8 +577,9 @@ fn fs_type(dir: &Path) -> Option<String> {
         .map(|(_, kind)| kind)
 }
 
-/// Runs `run(rep, on)` for the warm-up pairs (results dropped), then for `repeats` pairs, the
-/// feature off first in even repeats and on first in odd ones.
+/// Runs `run(rep, on, counted)` for the warm-up pairs (`counted` false: the first runs pay for
+/// cold caches), then for `repeats` pairs, the feature off first in even repeats and on first
+/// in odd ones.
 fn alternate(params: &Params, mut run: impl FnMut(usize, bool, bool)) {
     for rep in 0..params.warmup {
         for on in [rep % 2 == 1, rep % 2 == 0] {
@@ -742,9 +792,8 @@ fn entry(i: usize) -> NodeEntry {
             format!("[fd00::{i:x}]:4860"),
         ],
         version: env!("CARGO_PKG_VERSION").into(),
-        heartbeat: 0,
-        updated_ms: 0,
         ca: "5f1c0e7a9b3d2c41".into(),
+        ..NodeEntry::default()
     }
 }
 
@@ -1076,19 +1125,6 @@ impl<'s> Pair<'s> {
         let [a, b] = &self.stores;
         a.sync_catalogue().expect("catalogue") == b.sync_catalogue().expect("catalogue")
     }
-
-    /// Tells A's replicator that one of its documents changed, as its change listener does.
-    fn changed(&mut self, name: &DocName) {
-        let text = name.to_string();
-        let entry = self.stores[0]
-            .sync_catalogue()
-            .expect("catalogue")
-            .into_iter()
-            .find(|item| item.name.to_string() == text)
-            .expect("the changed document is held")
-            .to_entry();
-        self.input(0, SyncIn::LocalChanged(entry));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1199,7 +1235,10 @@ fn sync_run(
         5 * 60_000,
     )
     .all();
-    let name = DocName::results(a_id, Window::containing(last_window - 1, 60)).expect("a name");
+    // A node's change listener feeds its replicator what changed.
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&heard);
+    pair.stores[0].set_change_listener(move |entry| sink.lock().expect("listener").push(entry));
     let clock = Stopwatch::start();
     pair.stores[0]
         .append_results(&records)
@@ -1207,39 +1246,90 @@ fn sync_run(
     pair.stores[0].apply_pending(usize::MAX).expect("apply");
     let append = clock.elapsed();
     let clock = Stopwatch::start();
-    pair.changed(&name);
+    let changed = std::mem::take(&mut *heard.lock().expect("listener"));
+    assert!(!changed.is_empty(), "A's listener heard of the new records");
+    for entry in changed {
+        pair.input(0, SyncIn::LocalChanged(entry));
+    }
     pair.run();
     pair.stores[1].flush().expect("flush B");
     let incremental = clock.elapsed();
     drop(pair);
-    {
-        let t = Instant::now();
-        for _ in 0..20 { let _ = b.read::<MeshRegistry>(&DocName::Mesh).unwrap(); }
-        eprintln!("XX 20 registry reads: {:?}", t.elapsed());
-        let id = b.document_id(&DocName::Mesh);
-        let t = Instant::now();
-        let mut doc = b.automerge(&id).unwrap();
-        eprintln!("XX fork registry: {:?}", t.elapsed());
-        let t = Instant::now();
-        let n = doc.get_changes(&[]).len();
-        eprintln!("XX registry get_changes: {n} {:?}", t.elapsed());
-        for w in 0..6 {
-            let name = DocName::results(a_id, Window::containing(BASE_MS + w * HOUR_MS, 60)).unwrap();
-            let id = b.document_id(&name);
-            let t = Instant::now();
-            let mut doc = b.automerge(&id).unwrap();
-            let f = t.elapsed();
-            let t = Instant::now();
-            let n = doc.get_changes(&[]).len();
-            eprintln!("XX results w{w} fork {:?} get_changes: {n} {:?}", f, t.elapsed());
-        }
-    }
     check(&mut b);
     SyncRun {
         full,
         append,
         incremental,
     }
+}
+
+/// The median time of 5 calls of `f`.
+fn median_ms(f: &mut dyn FnMut()) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        f();
+        times.push(ms(start.elapsed()));
+    }
+    median(times)
+}
+
+/// The parts of the receiver's checks, replayed one at a time on B's documents after a run
+/// (median of 5 each), to tell where the time of the `on` side goes.
+fn check_parts(b: &mut Store, params: &Params, a_id: &str, rules: &dyn WriteRules) -> Vec<Detail> {
+    let registry_read = median_ms(&mut || {
+        b.read::<MeshRegistry>(&DocName::Mesh)
+            .expect("the registry");
+    });
+    let registry = b
+        .read::<MeshRegistry>(&DocName::Mesh)
+        .expect("the registry");
+    let mut versions = Vec::new();
+    for i in 0..params.workflows {
+        let name = DocName::workflow(&format!("wf-{i:02}")).expect("a workflow name");
+        versions.push(b.read::<WorkflowDoc>(&name).expect("a workflow"));
+    }
+    let verify = median_ms(&mut || {
+        for version in &versions {
+            rules
+                .check_workflow_version(version, &registry)
+                .expect("a version signed by the control node");
+        }
+    }) / versions.len().max(1) as f64;
+    let window = Window::containing(BASE_MS, 60);
+    let results = b.document_id(&DocName::results(a_id, window).expect("a results name"));
+    let mut doc = b.automerge(&results).expect("a results document");
+    let changes = median_ms(&mut || {
+        doc.get_changes(&[]);
+    });
+    let (n, w, r) = (
+        registry.nodes.len(),
+        params.workflows,
+        params.window_records,
+    );
+    vec![
+        Detail {
+            id: "sync.rules.part.registry_read_ms".into(),
+            label: format!("on: registry read ({n} entries), x {w} workflow docs"),
+            value: registry_read * w as f64,
+            unit: "ms",
+        },
+        Detail {
+            id: "sync.rules.part.verify_ms".into(),
+            label: format!("on: signatures verified, x {w} versions"),
+            value: verify * w as f64,
+            unit: "ms",
+        },
+        Detail {
+            id: "sync.rules.part.results_changes_ms".into(),
+            label: format!(
+                "always: changes listed, x {} results docs of {r}",
+                params.windows
+            ),
+            value: changes * params.windows as f64,
+            unit: "ms",
+        },
+    ]
 }
 
 fn sync(params: &Params, report: &mut Report) {
@@ -1349,6 +1439,7 @@ fn sync(params: &Params, report: &mut Report) {
     );
     let mut rows = SyncRows::new(RULES, "rules", params, false);
     let mut checked = [false, false];
+    let mut parts = Vec::new();
     alternate(params, |_, on, counted| {
         let (b_id, seed) = next_b();
         let b_dir = tempfile::tempdir_in(&params.dir).expect("temp dir");
@@ -1360,6 +1451,9 @@ fn sync(params: &Params, report: &mut Report) {
         let check = |b: &mut Store| {
             if std::mem::replace(&mut checked[on as usize], true) {
                 return;
+            }
+            if on {
+                parts = check_parts(b, params, &a_id, rules.as_ref());
             }
             // Outside the timed part: the rules really run (a member's version is refused),
             // and without them the same version is taken.
@@ -1388,6 +1482,9 @@ fn sync(params: &Params, report: &mut Report) {
     });
     assert_eq!(checked, [true, true], "both settings were checked");
     rows.add_to(report);
+    for part in parts {
+        report.detail(RULES, part);
+    }
 }
 
 fn main() {

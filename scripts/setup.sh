@@ -11,11 +11,15 @@ command -v setpriv >/dev/null 2>&1 || apt_packages+=(util-linux)
 command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
 # nft drops frames at random on a cable of the network-namespace tests (a lossy link).
 command -v nft >/dev/null 2>&1 || apt_packages+=(nftables)
+# promtool parses every node's /metrics; a Prometheus server scrapes one in the metrics test.
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+# systemd-analyze verifies the service unit under packaging/.
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
   else
     echo "missing Debian packages: ${apt_packages[*]} (run as root to install them)" >&2
   fi

@@ -113,6 +113,38 @@ pub struct MeshRegistry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub cas: BTreeMap<String, CaRecord>,
+    /// Alert rules for every node of the fleet, by name: each a [`FleetRule`] as JSON, signed
+    /// by a control node (as workflow versions are); nodes obey only valid ones. One string
+    /// per rule, so that two concurrent writes of a rule leave one of them whole, never a
+    /// mix of the two that no signature covers.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub alert_rules: BTreeMap<String, String>,
+}
+
+/// An alert rule applied to the whole fleet (`rhizome alerts apply`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRule {
+    /// The rule, as JSON; empty when the rule was withdrawn.
+    pub rule: String,
+    /// When it was written, ms since the epoch; the latest write of a name wins.
+    pub updated_ms: i64,
+    /// The node that wrote it.
+    pub updated_by: String,
+    /// That node's certificate (PEM), which must carry the `control` role.
+    pub author_cert: String,
+    /// Hex ed25519 signature by that node's key over [`FleetRule::signed_text`].
+    pub signature: String,
+}
+
+impl FleetRule {
+    /// What the writer signs.
+    pub fn signed_text(&self, mesh_id: &str, name: &str) -> String {
+        format!(
+            "rhizome alert rule v1\nmesh {mesh_id}\nname {name}\nat {}\nby {}\n{}",
+            self.updated_ms, self.updated_by, self.rule
+        )
+    }
 }
 
 /// A CA of the mesh as the CA holder announced it: trusted from `added_ms`, and for admission
@@ -1086,6 +1118,53 @@ merged_by_key!(ResultsDoc, DocKind::Results, |name: &DocName| match name {
         runs: BTreeMap::new(),
     },
     _ => ResultsDoc::default(),
+});
+
+// ---------------------------------------------------------------------------------------------
+// alerts
+
+/// One node's alerts of one window: each firing of a rule, keyed `<rule>@<fired_ms>`, updated in
+/// place when it resolves. Written by that node only; travels up the aggregator chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct AlertsDoc {
+    /// The node whose alerts these are.
+    pub node: String,
+    /// The window, as in the document name.
+    pub window: String,
+    pub alerts: BTreeMap<String, AlertRecord>,
+}
+
+/// One firing of an alert rule on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// The rule's name.
+    pub rule: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// The rule's condition, as written.
+    pub condition: String,
+    /// What was seen when it fired (and last, while firing).
+    pub value: String,
+    /// When the condition had held long enough, ms since the epoch.
+    pub fired_ms: i64,
+    /// When it stopped holding; 0 while firing.
+    pub resolved_ms: i64,
+}
+
+impl AlertRecord {
+    /// The key of a firing in its document.
+    pub fn key(rule: &str, fired_ms: i64) -> String {
+        format!("{rule}@{fired_ms}")
+    }
+}
+
+merged_by_key!(AlertsDoc, DocKind::Alerts, |name: &DocName| match name {
+    DocName::Alerts { node, window } => AlertsDoc {
+        node: node.clone(),
+        window: window.to_string(),
+        alerts: BTreeMap::new(),
+    },
+    _ => AlertsDoc::default(),
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ mod store;
 
 pub use automerge;
 pub use docs::{
-    BoundsError, CaRecord, ConflictPolicy, MAX_DEFINITION_BYTES, MAX_DEFINITION_DEPTH,
-    MAX_RUN_INPUT_BYTES, MeshRegistry, NodeEntry, PolicyDecision, RejectedVersion, Resolution,
-    ResultsDoc, Revocation, RollupDoc, RunRecord, RunStatus, RunSummary, StepDef, StepRecord,
-    Target, TypedDoc, Vitals, WorkflowDoc, WorkflowVersions, check_json_bounds, workflow_base,
+    AlertRecord, AlertsDoc, BoundsError, CaRecord, ConflictPolicy, FleetRule, MAX_DEFINITION_BYTES,
+    MAX_DEFINITION_DEPTH, MAX_RUN_INPUT_BYTES, MeshRegistry, NodeEntry, PolicyDecision,
+    RejectedVersion, Resolution, ResultsDoc, Revocation, RollupDoc, RunRecord, RunStatus,
+    RunSummary, StepDef, StepRecord, Target, TypedDoc, Vitals, WorkflowDoc, WorkflowVersions,
+    check_json_bounds, workflow_base,
 };
 pub use error::{Result, StoreError, WriteFault};
 pub use handle::{MAX_GROUP_RECORDS, STORE_QUEUE_CAP, StoreHandle, Ticket};

@@ -1,7 +1,8 @@
 //! Document names and the ids derived from them.
 //!
 //! Every replicated document has a logical name (`mesh`, `workflow/<id>`,
-//! `results/<node>/<window>`, `rollup/<zone>/<window>`) and an automerge-repo document id. The id
+//! `results/<node>/<window>`, `rollup/<zone>/<window>`, `alerts/<node>/<window>`) and an
+//! automerge-repo document id. The id
 //! is derived from the mesh id and the name by hashing, so that every node of a mesh agrees on the
 //! id of `workflow/ingest` without asking anyone: two nodes that create it while apart create the
 //! same document, and their edits merge when they meet.
@@ -28,6 +29,8 @@ pub enum DocKind {
     Results,
     /// A zone aggregator's summaries for one time window.
     Rollup,
+    /// One node's alerts (fired and resolved) for one time window.
+    Alerts,
 }
 
 impl DocKind {
@@ -38,6 +41,7 @@ impl DocKind {
             DocKind::Workflow => "workflow",
             DocKind::Results => "results",
             DocKind::Rollup => "rollup",
+            DocKind::Alerts => "alerts",
         }
     }
 }
@@ -60,6 +64,8 @@ pub enum DocName {
     /// `rollup/<zone>/<window>`; inside the name the zone path's `/` is written `+` and the
     /// root zone is `+` alone (zone levels never contain `+`, so the name reads back exactly).
     Rollup { zone: String, window: Window },
+    /// `alerts/<node>/<window>`
+    Alerts { node: String, window: Window },
 }
 
 impl DocName {
@@ -70,7 +76,17 @@ impl DocName {
             DocName::Workflow { .. } => DocKind::Workflow,
             DocName::Results { .. } => DocKind::Results,
             DocName::Rollup { .. } => DocKind::Rollup,
+            DocName::Alerts { .. } => DocKind::Alerts,
         }
+    }
+
+    /// An alerts document name, checked.
+    pub fn alerts(node: &str, window: Window) -> Result<Self> {
+        check_segment(node, "node id")?;
+        Ok(DocName::Alerts {
+            node: node.to_owned(),
+            window,
+        })
     }
 
     /// A workflow document name, checked.
@@ -141,7 +157,9 @@ impl DocName {
     /// The window of a results or rollup document.
     pub fn window(&self) -> Option<Window> {
         match self {
-            DocName::Results { window, .. } | DocName::Rollup { window, .. } => Some(*window),
+            DocName::Results { window, .. }
+            | DocName::Rollup { window, .. }
+            | DocName::Alerts { window, .. } => Some(*window),
             _ => None,
         }
     }
@@ -173,6 +191,7 @@ impl fmt::Display for DocName {
             DocName::Workflow { id } => write!(f, "workflow/{id}"),
             DocName::Results { node, window } => write!(f, "results/{node}/{window}"),
             DocName::Rollup { zone, window } => write!(f, "rollup/{zone}/{window}"),
+            DocName::Alerts { node, window } => write!(f, "alerts/{node}/{window}"),
         }
     }
 }
@@ -191,11 +210,14 @@ impl FromStr for DocName {
             ["workflow", id] => DocName::workflow(id),
             ["results", node, window] => DocName::results(node, window.parse()?),
             ["rollup", zone, window] => DocName::rollup_encoded(zone, window.parse()?),
+            ["alerts", node, window] => DocName::alerts(node, window.parse()?),
+            ["alerts", ..] => Err(invalid("expected alerts/<node>/<window>")),
             ["workflow", ..] => Err(invalid("expected workflow/<id>")),
             ["results", ..] => Err(invalid("expected results/<node>/<window>")),
             ["rollup", ..] => Err(invalid("expected rollup/<zone>/<window>")),
             _ => Err(invalid(
-                "expected mesh, workflow/<id>, results/<node>/<window> or rollup/<zone>/<window>",
+                "expected mesh, workflow/<id>, results/<node>/<window>, rollup/<zone>/<window> or \
+                 alerts/<node>/<window>",
             )),
         }
     }

@@ -1258,8 +1258,9 @@ impl Store {
     ) -> Result<R> {
         check_kind::<T>(name)?;
         // The registry carries this node's liveness and addresses: refusing it would cut the
-        // node off from the mesh that must help free its disk.
-        if name.kind() != DocKind::Mesh {
+        // node off from the mesh that must help free its disk. Alerts are how the fleet learns
+        // that the disk is filling: a few small records, bounded per document.
+        if !matches!(name.kind(), DocKind::Mesh | DocKind::Alerts) {
             self.require_headroom(format_args!("write {name}"))?;
         }
         self.write_doc::<T, R>(name, "update document", |store, txn, id| {
@@ -1849,6 +1850,7 @@ impl Store {
         self.apply_pending(usize::MAX)?;
         let mut windowed = self.windowed_docs(DocKind::Results)?;
         windowed.extend(self.windowed_docs(DocKind::Rollup)?);
+        windowed.extend(self.windowed_docs(DocKind::Alerts)?);
         windowed.sort_by_key(|(name, _)| name.window().map(|w| w.end_ms()));
         let mut total: u64 = windowed.iter().map(|(_, b)| b).sum();
         let mut retired = Vec::new();
@@ -1984,7 +1986,7 @@ impl Store {
                 .during("retire document")?;
         }
         txn.commit().during("retire document")?;
-        if name.kind() == DocKind::Results || name.kind() == DocKind::Rollup {
+        if name.window().is_some() {
             self.metrics.windows_retired += 1;
         }
         Ok(())

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crdt_store::{
-    DocName, MeshRegistry, NodeEntry, ResultsDoc, Revocation, RunRecord, RunStatus, Store,
-    StoreConfig, SyncApply, SyncRejected, Window, WorkflowDoc, WriteRules,
+    AlertRecord, AlertsDoc, DocName, MeshRegistry, NodeEntry, ResultsDoc, Revocation, RunRecord,
+    RunStatus, Store, StoreConfig, SyncApply, SyncRejected, Window, WorkflowDoc, WriteRules,
 };
 
 fn store(node: &str) -> Store {
@@ -104,6 +104,43 @@ fn results_are_taken_from_their_owner_only() {
     assert!(text.contains("only node-a writes"), "{text}");
     let held: ResultsDoc = c.read(&of_a).unwrap();
     assert!(held.runs.contains_key("r1") && !held.runs.contains_key("forged"));
+}
+
+#[test]
+fn alerts_are_taken_from_their_node_only_and_relayed_by_others() {
+    let (mut a, mut agg, mut cloud) = (store("node-a"), store("node-agg"), store("node-cloud"));
+    let of_a = DocName::alerts("node-a", Window::containing(1_700_000_000_005, 60)).unwrap();
+    a.update::<AlertsDoc, _>(&of_a, |doc| {
+        doc.alerts.insert(
+            AlertRecord::key("disk", 1_700_000_000_005),
+            AlertRecord {
+                rule: "disk".into(),
+                state: "firing".into(),
+                fired_ms: 1_700_000_000_005,
+                ..AlertRecord::default()
+            },
+        );
+    })
+    .unwrap();
+    // Relayed unchanged through the aggregator, it is a's own writing at the cloud.
+    assert!(sync(&mut a, "node-a", &mut agg, "node-agg", &of_a).is_none());
+    assert!(sync(&mut agg, "node-agg", &mut cloud, "node-cloud", &of_a).is_none());
+    let held: AlertsDoc = cloud.read(&of_a).unwrap();
+    assert_eq!(held.alerts.len(), 1);
+    // The aggregator resolving a's alert in its stead is refused.
+    agg.update::<AlertsDoc, _>(&of_a, |doc| {
+        doc.alerts
+            .values_mut()
+            .for_each(|a| a.state = "resolved".into());
+    })
+    .unwrap();
+    let refused = sync(&mut agg, "node-agg", &mut cloud, "node-cloud", &of_a).expect("refused");
+    assert!(
+        matches!(refused, SyncRejected::Unauthorized { .. }),
+        "{refused}"
+    );
+    let held: AlertsDoc = cloud.read(&of_a).unwrap();
+    assert!(held.alerts.values().all(|a| a.state == "firing"));
 }
 
 #[test]

@@ -35,6 +35,46 @@ pub struct Config {
     pub sync: SyncSection,
     pub security: SecuritySection,
     pub health: HealthSection,
+    pub alerts: AlertsSection,
+}
+
+/// `[alerts]`: rules over the node's figures, checks and runs, and how often they are
+/// evaluated. Fleet-wide rules come from the mesh (`rhizome alerts apply`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// How often the rules are evaluated.
+    pub interval: String,
+    /// `[[alerts.rules]]`: `name`, `when` (`cpu_usage > 90% for 5m`), `actions`, `command`,
+    /// `webhook`, `severity`. Left out of a written file while empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::ops::alerts::RuleConfig>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            interval: "5s".into(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl AlertsSection {
+    /// How often rules are evaluated, and the rules of this file, checked.
+    pub fn rules(&self) -> Result<(std::time::Duration, Vec<crate::ops::alerts::rules::Rule>)> {
+        let interval =
+            parse_duration(&self.interval).context("alerts.interval (RHIZOME_ALERTS_INTERVAL)")?;
+        if interval < std::time::Duration::from_millis(100) {
+            bail!("alerts.interval must be at least 100ms");
+        }
+        let rules = crate::ops::alerts::rules::check_all(
+            &self.rules,
+            &crate::ops::alerts::rules::Origin::Config,
+        )
+        .context("[[alerts.rules]]")?;
+        Ok((interval, rules))
+    }
 }
 
 /// `[health]`: the resource monitor, and checks of the operator's own beside the built-in ones.
@@ -247,7 +287,9 @@ impl Default for SyncSection {
     }
 }
 
-const SECTIONS: &[&str] = &["node", "store", "network", "sync", "security", "health"];
+const SECTIONS: &[&str] = &[
+    "node", "store", "network", "sync", "security", "health", "alerts",
+];
 
 /// Environment variables that carry secrets rather than configuration.
 pub const SECRET_VARIABLES: &[&str] = &["RHIZOME_STORE_KEY", "RHIZOME_JOIN_TOKEN"];
@@ -339,6 +381,7 @@ impl Config {
         self.min_free()?;
         self.security.lifetimes()?;
         self.health.monitor()?;
+        self.alerts.rules()?;
         let mut names = std::collections::BTreeSet::new();
         for check in &self.health.checks {
             check.validate().context("[[health.checks]]")?;

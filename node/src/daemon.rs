@@ -344,6 +344,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         }
     });
     let reseal_wake = Arc::new(tokio::sync::Notify::new());
+    let (alerts_every, local_rules) = node.config.alerts.rules()?;
+    let alerts = crate::ops::alerts::AlertsHandle::default();
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,
@@ -368,6 +370,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         sync_watch,
         started_wall_ms,
         monitor: Some(monitor),
+        alerts: alerts.clone(),
         discovery: format!(
             "mDNS {}; dialling {}",
             match &discovery_described {
@@ -381,6 +384,15 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             }
         ),
     });
+    let alerting = tokio::spawn(crate::ops::alerts::driver::run(
+        state.clone(),
+        alerts,
+        crate::ops::alerts::driver::DriverConfig {
+            interval: alerts_every,
+            local: local_rules,
+            window_minutes: store_config_window_minutes(&node.config)?,
+        },
+    ));
     let current_capabilities = state.capabilities.clone();
     let app = crate::api::router(state);
     let stopped = shutdown_signal()?;
@@ -550,6 +562,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     trust.abort();
     sync_watching.abort();
     vitals.abort();
+    alerting.abort();
     for task in check_tasks {
         task.abort();
     }
@@ -570,6 +583,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
     Ok(())
+}
+
+/// The results window in minutes, which alerts documents share.
+fn store_config_window_minutes(config: &crate::config::Config) -> Result<u32> {
+    let window = crate::config::parse_duration(&config.store.results_window)?;
+    u32::try_from(window.as_secs() / 60).context("store.results_window is too long")
 }
 
 /// How often the node looks whether its coarse health moved enough to tell the fleet.

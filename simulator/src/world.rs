@@ -3024,17 +3024,24 @@ fn same_inputs(a: &SharePolicy, b: &SharePolicy, class: &DocClass) -> bool {
             zone == b.zone_of.get(owner)
                 && zone.is_none_or(|z| a.aggregator_of.get(z) == b.aggregator_of.get(z))
         }
-        DocClass::Rollup { zone } => {
-            let mut next = Some(zone.as_str());
-            while let Some(z) = next {
-                if a.aggregator_of.get(z) != b.aggregator_of.get(z) {
-                    return false;
-                }
-                next = (!z.is_empty()).then(|| z.rsplit_once('/').map_or("", |(parent, _)| parent));
-            }
-            true
+        DocClass::Rollup { zone } => same_chain(a, b, zone),
+        DocClass::Alerts { owner } => {
+            let zone = a.zone_of.get(owner);
+            zone == b.zone_of.get(owner) && zone.is_none_or(|z| same_chain(a, b, z))
         }
     }
+}
+
+/// Whether two share policies name the same aggregators for `zone` and every zone above it.
+fn same_chain(a: &SharePolicy, b: &SharePolicy, zone: &str) -> bool {
+    let mut next = Some(zone);
+    while let Some(z) = next {
+        if a.aggregator_of.get(z) != b.aggregator_of.get(z) {
+            return false;
+        }
+        next = (!z.is_empty()).then(|| z.rsplit_once('/').map_or("", |(parent, _)| parent));
+    }
+    true
 }
 
 /// Whether `zone` is `ancestor` or lies below it (`site-a/line-1` within `site-a`; every zone

@@ -336,6 +336,11 @@ pub mod process {
         launch(None, dir, listen, None, peers, &[])
     }
 
+    /// [`start_on`] with more arguments: a node restarted on the address its peers know.
+    pub fn start_on_with(dir: &Path, listen: &str, peers: &[&str], extra: &[&str]) -> Running {
+        launch(None, dir, listen, None, peers, extra)
+    }
+
     /// Starts a node inside network namespace `netns`, listening on `listen`, with mDNS on
     /// `mdns_interface` only (`None`: `--no-mdns`).
     pub fn start_in(

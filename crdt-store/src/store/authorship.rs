@@ -4,10 +4,10 @@
 //! changes by hand; the documents where that matters most, workflows, carry signatures on top
 //! ([`crate::WriteRules`]).
 //!
-//! - `results/<node>/...`: changes by `<node>` only.
+//! - `results/<node>/...` and `alerts/<node>/...`: changes by `<node>` only.
 //! - `mesh`: an entry `nodes/<node>` and everything in it by `<node>` only; revocation, policy
-//!   and CA decisions by anyone (each is signed by the mesh CA, and nodes obey only valid
-//!   ones).
+//!   and CA decisions, and fleet-wide alert rules, by anyone (each is signed, by the mesh CA or
+//!   a control node, and nodes obey only valid ones).
 //! - `workflow/<id>`: every version new here must pass the node's write rules.
 //! - rollups: not checked here (who aggregates a zone is the election's view, which a receiver
 //!   may not share yet).
@@ -57,12 +57,13 @@ impl Store {
             .collect();
         let cached = &mut *cached;
         match &parsed {
-            DocName::Results { node, .. } => {
+            DocName::Results { node, .. } | DocName::Alerts { node, .. } => {
                 let owner = ActorId::from(node.as_bytes());
                 if let Some(c) = new.iter().find(|c| *c.actor_id() != owner) {
                     return Err(format!(
-                        "{} wrote to the results of node {node}, which only {node} writes",
-                        author(c.actor_id())
+                        "{} wrote to the {} of node {node}, which only {node} writes",
+                        author(c.actor_id()),
+                        parsed.kind()
                     ));
                 }
             }
@@ -113,6 +114,7 @@ fn genesis_hashes(name: &DocName) -> BTreeSet<ChangeHash> {
         DocName::Workflow { .. } => docs::genesis_doc::<WorkflowDoc>(name),
         DocName::Results { .. } => docs::genesis_doc::<ResultsDoc>(name),
         DocName::Rollup { .. } => docs::genesis_doc::<RollupDoc>(name),
+        DocName::Alerts { .. } => docs::genesis_doc::<docs::AlertsDoc>(name),
     };
     genesis
         .map(|mut d| d.get_heads().into_iter().collect())
@@ -147,7 +149,7 @@ fn check_registry(doc: &AutoCommit, new: &[automerge::Change]) -> Result<(), Str
                 path.push(key.to_string());
             }
             let allowed = match path.first().map(String::as_str) {
-                Some("revoked" | "policy" | "cas") => true,
+                Some("revoked" | "policy" | "cas" | "alert_rules") => true,
                 Some("nodes") => path
                     .get(1)
                     .is_some_and(|entry| *actor == ActorId::from(entry.as_bytes())),

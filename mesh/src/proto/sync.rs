@@ -76,6 +76,12 @@ pub enum DocClass {
         /// The zone summarised.
         zone: String,
     },
+    /// Alerts of one node: the owner, and the aggregators of its zone and every zone above it,
+    /// so that they travel up the chain to the cloud.
+    Alerts {
+        /// The node that raised them.
+        owner: NodeId,
+    },
 }
 
 impl DocClass {
@@ -92,6 +98,14 @@ impl DocClass {
                 let (owner, window) = rest.split_once('/')?;
                 (!owner.is_empty() && !window.is_empty() && !window.contains('/')).then(|| {
                     DocClass::Results {
+                        owner: owner.to_owned(),
+                    }
+                })
+            }
+            "alerts" => {
+                let (owner, window) = rest.split_once('/')?;
+                (!owner.is_empty() && !window.is_empty() && !window.contains('/')).then(|| {
+                    DocClass::Alerts {
                         owner: owner.to_owned(),
                     }
                 })
@@ -118,7 +132,7 @@ impl DocClass {
         match self {
             DocClass::Mesh => 0,
             DocClass::Workflow => 1,
-            DocClass::Rollup { .. } => 2,
+            DocClass::Rollup { .. } | DocClass::Alerts { .. } => 2,
             DocClass::Results { .. } => 3,
         }
     }
@@ -290,6 +304,24 @@ impl SharePolicy {
                     }
                 }
             }
+            DocClass::Alerts { owner } => {
+                if owner == node {
+                    "alerts are shared with the node that raised them".to_owned()
+                } else if admitted {
+                    "alerts are shared with the aggregators of their node's zone and every zone \
+                     above it"
+                        .to_owned()
+                } else {
+                    format!(
+                        "alerts go to their node and the aggregators of its zone and every zone \
+                         above it{}",
+                        match self.zone_of.get(owner) {
+                            Some(zone) => format!(" (zone {})", zone_name(zone)),
+                            None => format!(", and the zone of {owner} is not known here yet"),
+                        }
+                    )
+                }
+            }
             DocClass::Rollup { zone } => {
                 let holders: Vec<String> = zone_and_ancestors(zone)
                     .filter_map(|z| {
@@ -339,14 +371,26 @@ impl SharePolicy {
                         .and_then(|zone| self.aggregator_of.get(zone))
                         .is_some_and(|aggregator| aggregator == peer)
             }
-            DocClass::Rollup { zone } => zone_and_ancestors(zone).any(|z| {
-                self.aggregator_of.get(z).is_some_and(|a| a == peer)
+            DocClass::Rollup { zone } => self.holds_rollups_of(zone, peer),
+            DocClass::Alerts { owner } => {
+                owner == peer
                     || self
-                        .split_claimants
-                        .get(z)
-                        .is_some_and(|claimants| claimants.contains(peer))
-            }),
+                        .zone_of
+                        .get(owner)
+                        .is_some_and(|zone| self.holds_rollups_of(zone, peer))
+            }
         }
+    }
+
+    /// Whether `peer` aggregates `zone` or a zone above it (or claims a split one).
+    fn holds_rollups_of(&self, zone: &str, peer: &str) -> bool {
+        zone_and_ancestors(zone).any(|z| {
+            self.aggregator_of.get(z).is_some_and(|a| a == peer)
+                || self
+                    .split_claimants
+                    .get(z)
+                    .is_some_and(|claimants| claimants.contains(peer))
+        })
     }
 }
 
@@ -1828,6 +1872,27 @@ mod tests {
             zone_and_ancestors("a/b").collect::<Vec<_>>(),
             vec!["a/b", "a", ""]
         );
+    }
+
+    #[test]
+    fn alerts_go_to_the_owner_and_every_aggregator_above_it() {
+        let mut policy = SharePolicy::default();
+        let alerts = DocClass::of("alerts/o/2026-11-24T04:00Z+60m").unwrap();
+        assert_eq!(alerts, DocClass::Alerts { owner: "o".into() });
+        assert_eq!(DocClass::of("alerts/o"), None);
+        assert!(policy.shares(&alerts, "o"));
+        assert!(!policy.shares(&alerts, "agg"));
+        policy.zone_of.insert("o".into(), "site-a/line-3".into());
+        policy
+            .aggregator_of
+            .insert("site-a/line-3".into(), "agg".into());
+        policy.aggregator_of.insert("site-a".into(), "site".into());
+        policy.aggregator_of.insert("".into(), "cloud".into());
+        for holder in ["o", "agg", "site", "cloud"] {
+            assert!(policy.shares(&alerts, holder), "{holder}");
+        }
+        assert!(!policy.shares(&alerts, "another-edge"));
+        assert!(alerts.priority() < DocClass::Results { owner: "o".into() }.priority());
     }
 
     #[test]

@@ -43,6 +43,20 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoRespons
     if let Some(sample) = state.monitor.as_ref().and_then(|m| m.latest()) {
         host(&sample, &mut out);
     }
+    // Rules are few and named by people, and the family is bounded like the others.
+    for (rule, firing) in state
+        .alerts
+        .firing_by_rule()
+        .into_iter()
+        .take(crate::ops::metrics::MAX_SERIES)
+    {
+        out.gauge(
+            "rhizome_alerts_firing",
+            "Alerts firing on this node now, by rule (every rule in force, 0 when quiet).",
+            &[("rule", &rule)],
+            firing as f64,
+        );
+    }
     events().expose(&mut out);
     (
         StatusCode::OK,

@@ -5,6 +5,7 @@
 //! The room of the HTTP API: routes and access here, tokens in [`auth`], run routes in
 //! [`runs`].
 
+pub mod alerts;
 pub mod auth;
 pub mod explain;
 pub mod health;
@@ -150,6 +151,8 @@ pub struct AppState {
     pub started_wall_ms: i64,
     /// The host's figures over time.
     pub monitor: Option<crate::ops::monitor::MonitorHandle>,
+    /// The alert rules in force and where each stands.
+    pub alerts: crate::ops::alerts::AlertsHandle,
     /// How the node finds peers, as `explain` tells it: mDNS interfaces (or off) and the
     /// addresses it dials.
     pub discovery: String,
@@ -247,6 +250,13 @@ fn routes() -> Routes {
         "/resources",
         Some(Monitor),
         resources::get_resources,
+    )
+    .add(Method::GET, "/alerts", Some(Monitor), alerts::get_alerts)
+    .add(
+        Method::POST,
+        "/alerts/rules",
+        Some(Admin),
+        alerts::post_rules,
     )
     .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
     .add(

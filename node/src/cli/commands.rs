@@ -49,11 +49,14 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Doc(cmd) => doc(&Node::load(&root)?, cmd),
         Command::Store(cmd) => crate::cli::store_keys::store_command(&Node::load(&root)?, cmd),
         Command::Explain(cmd) => crate::cli::explain::explain(&Node::load(&root)?, cmd),
+        Command::Alerts(args) => crate::cli::alerts::alerts(&Node::load(&root)?, args),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),
         Command::Demo(args) => demo(&root, args),
         Command::Sim(args) => Ok(simulator::cli::main(args)?),
+        Command::Config(cmd) => crate::cli::config_cmd::config_command(&root, cmd),
+        Command::InstallService(args) => crate::cli::install_service::install_service(&root, args),
     }
 }
 
@@ -1749,10 +1752,11 @@ fn typed_json(store: &mut Store, name: &DocName) -> Result<serde_json::Value> {
         DocKind::Workflow => serde_json::to_value(crate::run::workflow::view(store, name)?)?,
         DocKind::Results => serde_json::to_value(store.read::<ResultsDoc>(name)?)?,
         DocKind::Rollup => serde_json::to_value(store.read::<RollupDoc>(name)?)?,
+        DocKind::Alerts => serde_json::to_value(store.read::<crdt_store::AlertsDoc>(name)?)?,
     })
 }
 
-fn parse_since(text: &str) -> Result<i64> {
+pub(crate) fn parse_since(text: &str) -> Result<i64> {
     if let Some(ms) = crdt_store::parse_timestamp(text) {
         return Ok(ms);
     }

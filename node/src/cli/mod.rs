@@ -3,10 +3,13 @@
 //! The room of the command line: argument parsing (here), the commands ([`commands`]), how
 //! they print ([`output`]) and how they reach a running node's API ([`client`]).
 
+pub mod alerts;
 pub mod ca_rotation;
 pub mod client;
 pub mod commands;
+pub mod config_cmd;
 pub mod explain;
+pub mod install_service;
 pub mod output;
 pub mod store_keys;
 
@@ -118,6 +121,10 @@ pub enum Command {
     /// from what the running node holds and saw.
     #[command(subcommand)]
     Explain(explain::ExplainCommand),
+    /// Alerts raised by rules over this node's figures, checks and runs: firing and recent
+    /// ones, of this node or (`--fleet`, at an aggregator or the cloud) of every node below
+    /// it; the rules in force; fleet-wide rules applied on a control node.
+    Alerts(alerts::AlertsArgs),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.
@@ -131,6 +138,22 @@ pub enum Command {
     ///
     /// Same flags as the `simulator` binary. A failing run prints the command that replays it.
     Sim(simulator::cli::SimArgs),
+    /// Read and change `rhizome.toml`, the node's configuration file in its data dir: every
+    /// key with its value and whether the file or the defaults give it (`list`), one value
+    /// (`get`), or a new value, checked as the node checks it at start and written keeping the
+    /// file's comments (`set`).
+    ///
+    /// The node reads the file only when it starts: restart a running node to apply a change.
+    /// `RHIZOME_<SECTION>_<KEY>` variables and the flags of `start` override the file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Install the node as a systemd service: write `rhizome.service` (the hardened unit of
+    /// `packaging/rhizome.service`) for a user, a binary and a data dir, create the user when
+    /// missing, and print the next steps.
+    ///
+    /// The data dir is `--data-dir` when given, else `/var/lib/rhizome`. Calls no `systemctl`:
+    /// it prints the commands that enable and start the service.
+    InstallService(install_service::InstallServiceArgs),
 }
 
 #[derive(Debug, Subcommand)]

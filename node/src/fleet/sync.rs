@@ -468,6 +468,11 @@ impl Actor {
                     }
                     Some(MeshEvent::DialFailed { addr, reason }) => {
                         self.diagnostics.dial_failed(&addr, &reason);
+                        crate::ops::metrics::events().inc(
+                            "rhizome_mesh_dials_failed_total",
+                            "Connection attempts to a known address that failed.",
+                            Vec::new(),
+                        );
                     }
                     Some(MeshEvent::HandshakeRefused { from, reason }) => {
                         self.diagnostics.handshake_refused(&from.to_string(), &reason);

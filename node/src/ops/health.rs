@@ -142,7 +142,7 @@ impl CheckConfig {
 }
 
 /// Host, port and path of an `http://` URL.
-fn parse_http(url: &str) -> Result<(String, u16, String)> {
+pub(crate) fn parse_http(url: &str) -> Result<(String, u16, String)> {
     let rest = url
         .strip_prefix("http://")
         .context("an http check takes an http:// URL")?;
@@ -250,25 +250,44 @@ async fn run_check(config: &CheckConfig, timeout: Duration) -> Result<(), String
     }
 }
 
+/// An HTTP POST of a JSON body (an alert's webhook); ok on a 2xx status.
+pub(crate) async fn post_json(url: &str, body: &str) -> Result<(), String> {
+    request(url, |host, path| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await
+}
+
 /// An HTTP GET; ok on a 2xx status.
 async fn probe(url: &str) -> Result<(), String> {
+    request(url, |host, path| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    })
+    .await
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: `head` writes the request for a host and
+/// path; ok on a 2xx status.
+async fn request(url: &str, head: impl FnOnce(&str, &str) -> String) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (host, port, path) = parse_http(url).map_err(|e| format!("{e:#}"))?;
     let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+        .write_all(head(&host, &path).as_bytes())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let mut head = vec![0u8; 64];
+    let mut answer = vec![0u8; 64];
     let n = stream
-        .read(&mut head)
+        .read(&mut answer)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
+    let line = String::from_utf8_lossy(&answer[..n]);
     let status = line.split_whitespace().nth(1).unwrap_or("?");
     if status.starts_with('2') && status.len() == 3 {
         Ok(())

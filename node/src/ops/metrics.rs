@@ -266,8 +266,82 @@ pub fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect()
 }
 
+/// Runs kept per workflow for alert rules: the failure rate is computed over at most these.
+const RECENT_RUNS_PER_WORKFLOW: usize = 4096;
+/// A run output larger than this is not kept for `output:` alert rules.
+const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+/// Each workflow's recent runs on this node, for alert rules: when each finished and whether
+/// it failed, and the latest output.
+#[derive(Debug, Default)]
+pub struct RecentRuns {
+    inner: Mutex<BTreeMap<String, WorkflowRuns>>,
+}
+
+#[derive(Debug, Default)]
+struct WorkflowRuns {
+    /// (finished ms, failed), oldest first.
+    finished: std::collections::VecDeque<(i64, bool)>,
+    /// The latest run's output (JSON text), when not too large.
+    last_output: Option<String>,
+}
+
+/// The process's recent runs.
+pub fn recent_runs() -> &'static RecentRuns {
+    static RUNS: OnceLock<RecentRuns> = OnceLock::new();
+    RUNS.get_or_init(RecentRuns::default)
+}
+
+impl RecentRuns {
+    fn record(&self, record: &crdt_store::RunRecord) {
+        use crdt_store::RunStatus;
+        let mut inner = self.inner.lock().expect("recent runs");
+        // Bounded like the metrics' series: a workflow beyond them is not watched.
+        if !inner.contains_key(&record.workflow) && inner.len() >= MAX_SERIES {
+            return;
+        }
+        let runs = inner.entry(record.workflow.clone()).or_default();
+        let failed = matches!(
+            record.status,
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Interrupted
+        );
+        if runs.finished.len() == RECENT_RUNS_PER_WORKFLOW {
+            runs.finished.pop_front();
+        }
+        runs.finished.push_back((record.finished_ms, failed));
+        runs.last_output = (record.output.len() <= MAX_KEPT_OUTPUT).then(|| record.output.clone());
+    }
+
+    /// Percent of the runs of `workflow` (of every workflow when `None`) that finished since
+    /// `since_ms` and failed; `None` when none finished.
+    pub fn failure_rate(&self, workflow: Option<&str>, since_ms: i64) -> Option<f64> {
+        let inner = self.inner.lock().expect("recent runs");
+        let (mut all, mut failed) = (0u64, 0u64);
+        for (name, runs) in inner.iter() {
+            if workflow.is_some_and(|w| w != name) {
+                continue;
+            }
+            for (at, f) in runs.finished.iter().rev() {
+                if *at < since_ms {
+                    break;
+                }
+                all += 1;
+                failed += u64::from(*f);
+            }
+        }
+        (all > 0).then(|| failed as f64 * 100.0 / all as f64)
+    }
+
+    /// The output of the latest run of `workflow` here.
+    pub fn last_output(&self, workflow: &str) -> Option<String> {
+        let inner = self.inner.lock().expect("recent runs");
+        inner.get(workflow).and_then(|r| r.last_output.clone())
+    }
+}
+
 /// Counts a finished run: by workflow and status, with its duration and its steps'.
 pub fn record_run(record: &crdt_store::RunRecord) {
+    recent_runs().record(record);
     let status = record.status.as_str();
     let e = events();
     e.inc(

@@ -119,6 +119,7 @@ fn alerts_travel_up_to_the_cloud_resolve_there_and_survive_partitions() {
     let rules = ok(run(&e1.dir, &["alerts", "rules", "--json"]));
     assert_eq!(rules["rules"][0]["name"], "pump", "{rules}");
     assert_eq!(rules["rules"][0]["state"], "firing", "{rules}");
+    assert_eq!(status(&e1)["alerts_firing"], serde_json::json!(["pump"]));
 
     // Holding on, and a restart of e1, leave one alert.
     stop(e1);

@@ -790,9 +790,10 @@ fn print_peers(peers: &[crate::api::PeerView]) {
 
 fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::cli::client::running_node(&node.dir);
-    let (health, peers, hierarchy, store, resources) = match running {
+    let (health, peers, hierarchy, store, resources, alerts) = match running {
         Some(addr) => {
             let health = addr.health()?;
+            let alerts: Option<crate::ops::alerts::AlertsView> = addr.get("/alerts").ok();
             let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
             let hierarchy: HierarchyView = addr.get("/hierarchy")?;
             let resources: Option<crate::api::resources::ResourcesView> =
@@ -803,6 +804,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 Some(hierarchy),
                 None,
                 resources.and_then(|r| r.latest),
+                alerts,
             )
         }
         None => (
@@ -811,8 +813,26 @@ fn status(node: &Node, json: bool) -> Result<()> {
             None,
             Some(node.open_store()?.stats()?),
             None,
+            None,
         ),
     };
+    // The rules firing and pending now, by name.
+    let (firing, pending): (Vec<String>, Vec<String>) = alerts
+        .as_ref()
+        .map(|a| {
+            let named = |state| {
+                a.rules
+                    .iter()
+                    .filter(|r| r.status.state == state)
+                    .map(|r| r.name.clone())
+                    .collect()
+            };
+            (
+                named(crate::ops::alerts::engine::RuleState::Firing),
+                named(crate::ops::alerts::engine::RuleState::Pending),
+            )
+        })
+        .unwrap_or_default();
     if json {
         println!(
             "{}",
@@ -828,6 +848,8 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 }),
                 "mesh_id": node.mesh_id,
                 "running": health.is_some(),
+                "alerts_firing": firing,
+                "alerts_pending": pending,
                 "health": health,
                 "hierarchy": hierarchy,
                 "peers": peers,
@@ -919,6 +941,20 @@ fn status(node: &Node, json: bool) -> Result<()> {
                     })
                     .collect();
                 println!("checks   {}", checks.join(", "));
+            }
+            if !firing.is_empty() || !pending.is_empty() {
+                let mut parts = Vec::new();
+                if !firing.is_empty() {
+                    parts.push(format!("{} firing ({})", firing.len(), firing.join(", ")));
+                }
+                if !pending.is_empty() {
+                    parts.push(format!(
+                        "{} pending ({})",
+                        pending.len(),
+                        pending.join(", ")
+                    ));
+                }
+                println!("alerts   {}", parts.join(", "));
             }
             for problem in &h.problems {
                 println!("  ! {problem}");

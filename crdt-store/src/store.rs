@@ -310,6 +310,13 @@ pub struct Store {
     unflushed_since: Option<std::time::Instant>,
     /// The zone of every node in the registry as of some registry heads.
     zones: Option<ZoneCache>,
+    /// The registry as the write rules last read it, and at which heads: a sync batch of
+    /// workflow documents checks every one against the same registry, which costs a
+    /// hydration of all its entries each time it is read again.
+    registry_for_rules: Option<(
+        Vec<automerge::ChangeHash>,
+        std::sync::Arc<crate::docs::MeshRegistry>,
+    )>,
 }
 
 /// Where a store's bytes live.
@@ -441,6 +448,7 @@ impl Store {
             metrics: crate::metrics::StoreMetrics::default(),
             unflushed_since: None,
             zones: None,
+            registry_for_rules: None,
         };
         store.index_all_heads()?;
         let recovered = store.apply_pending(usize::MAX)?;
@@ -1247,6 +1255,22 @@ impl Store {
             unread: BTreeSet::new(),
         });
         Ok(zones)
+    }
+
+    /// The registry for the write rules, read again only when its heads moved.
+    pub(crate) fn registry_for_rules(
+        &mut self,
+    ) -> Result<std::sync::Arc<crate::docs::MeshRegistry>> {
+        let id = self.document_id(&DocName::Mesh);
+        let heads = self.heads(&id)?.unwrap_or_default();
+        if let Some((at, registry)) = &self.registry_for_rules
+            && *at == heads
+        {
+            return Ok(registry.clone());
+        }
+        let registry = std::sync::Arc::new(self.read::<crate::docs::MeshRegistry>(&DocName::Mesh)?);
+        self.registry_for_rules = Some((heads, registry.clone()));
+        Ok(registry)
     }
 
     /// Edits a typed document: `edit` changes the value, and the difference is committed as one

@@ -40,9 +40,9 @@ impl Store {
         // The registry, for the rules to read the mesh's settings from; only for workflows.
         let registry = match (&parsed, &rules) {
             (DocName::Workflow { .. }, Some(_)) => self
-                .read::<MeshRegistry>(&DocName::Mesh)
+                .registry_for_rules()
                 .map_err(|e| format!("the registry, which the rules need, is unreadable: {e}"))?,
-            _ => MeshRegistry::default(),
+            _ => std::sync::Arc::new(MeshRegistry::default()),
         };
         let cached = &mut self
             .cache

@@ -85,7 +85,9 @@ for i in $(seq "$runs"); do
 
     kill -TERM "$edge_pid"
     wait "$edge_pid" || true
-    pids=("${pids[@]/$edge_pid/}")
+    kept=()
+    for p in "${pids[@]}"; do [[ "$p" == "$edge_pid" ]] || kept+=("$p"); done
+    pids=("${kept[@]}")
     rm -rf "$edge"
 done
 

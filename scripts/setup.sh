@@ -15,6 +15,9 @@ command -v nft >/dev/null 2>&1 || apt_packages+=(nftables)
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 # systemd-analyze verifies the service unit under packaging/.
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+# A private PostgreSQL cluster for the export tests and bench/export.sh (its server binaries live
+# under /usr/lib/postgresql/<version>/bin, not on PATH).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_packages+=(postgresql)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

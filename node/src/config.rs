@@ -36,6 +36,7 @@ pub struct Config {
     pub security: SecuritySection,
     pub health: HealthSection,
     pub alerts: AlertsSection,
+    pub export: ExportSection,
 }
 
 /// `[alerts]`: rules over the node's figures, checks and runs, and how often they are
@@ -287,8 +288,42 @@ impl Default for SyncSection {
     }
 }
 
+/// `[export]`: copying what the node holds into PostgreSQL (see `crate::export`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// A PostgreSQL connection string (`postgres://user:pass@host:5432/db` or
+    /// `host=... user=... dbname=...`); empty turns the export off. The password is better
+    /// given by `RHIZOME_EXPORT_POSTGRES` than written here.
+    pub postgres: String,
+    /// The schema the tables live in; created and migrated by the node.
+    pub schema: String,
+    /// Rows per statement; a transaction holds whole documents, about this many rows.
+    pub batch: usize,
+    /// How often the node looks for documents that changed since they were exported.
+    pub interval: String,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            postgres: String::new(),
+            schema: "rhizome".into(),
+            batch: 1000,
+            interval: "2s".into(),
+        }
+    }
+}
+
+impl ExportSection {
+    /// The export's settings, checked; `None` when it is off.
+    pub fn settings(&self) -> Result<Option<crate::export::Settings>> {
+        crate::export::Settings::from_section(self)
+    }
+}
+
 const SECTIONS: &[&str] = &[
-    "node", "store", "network", "sync", "security", "health", "alerts",
+    "node", "store", "network", "sync", "security", "health", "alerts", "export",
 ];
 
 /// Environment variables that carry secrets rather than configuration.
@@ -382,6 +417,7 @@ impl Config {
         self.security.lifetimes()?;
         self.health.monitor()?;
         self.alerts.rules()?;
+        self.export.settings()?;
         let mut names = std::collections::BTreeSet::new();
         for check in &self.health.checks {
             check.validate().context("[[health.checks]]")?;

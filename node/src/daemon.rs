@@ -346,6 +346,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let reseal_wake = Arc::new(tokio::sync::Notify::new());
     let (alerts_every, local_rules) = node.config.alerts.rules()?;
     let alerts = crate::ops::alerts::AlertsHandle::default();
+    // The export into PostgreSQL, when `[export] postgres` is set: its own task, off the hot
+    // paths; the API reads its state.
+    let (export, exporting) = crate::export::spawn(&node, &node_id, role, store.clone())?;
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,
@@ -371,6 +374,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         started_wall_ms,
         monitor: Some(monitor),
         alerts: alerts.clone(),
+        export,
         discovery: format!(
             "mDNS {}; dialling {}",
             match &discovery_described {
@@ -563,6 +567,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     sync_watching.abort();
     vitals.abort();
     alerting.abort();
+    if let Some(exporting) = exporting {
+        exporting.abort();
+    }
     for task in check_tasks {
         task.abort();
     }

@@ -173,6 +173,7 @@ pub mod crash {
 }
 
 pub mod netns;
+pub mod postgres;
 
 /// Workflow files the tests apply.
 pub mod workflows {

@@ -3,6 +3,7 @@
 //! driver and the simulator feed the same code.
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod amrepo;
 pub mod election;
 pub mod membership;
 pub mod sync;

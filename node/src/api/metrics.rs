@@ -57,6 +57,7 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoRespons
             firing as f64,
         );
     }
+    crate::export::expose(&state.export.status(), &mut out);
     events().expose(&mut out);
     (
         StatusCode::OK,

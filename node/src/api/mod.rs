@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod explain;
+pub mod export;
 pub mod health;
 pub mod keys;
 pub mod metrics;
@@ -153,6 +154,8 @@ pub struct AppState {
     pub monitor: Option<crate::ops::monitor::MonitorHandle>,
     /// The alert rules in force and where each stands.
     pub alerts: crate::ops::alerts::AlertsHandle,
+    /// Where the export into PostgreSQL stands (`GET /export`).
+    pub export: crate::export::ExportHandle,
     /// How the node finds peers, as `explain` tells it: mDNS interfaces (or off) and the
     /// addresses it dials.
     pub discovery: String,
@@ -252,6 +255,7 @@ fn routes() -> Routes {
         resources::get_resources,
     )
     .add(Method::GET, "/alerts", Some(Monitor), alerts::get_alerts)
+    .add(Method::GET, "/export", Some(Monitor), export::get_export)
     .add(
         Method::POST,
         "/alerts/rules",

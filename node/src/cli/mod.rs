@@ -9,6 +9,7 @@ pub mod client;
 pub mod commands;
 pub mod config_cmd;
 pub mod explain;
+pub mod export;
 pub mod install_service;
 pub mod output;
 pub mod store_keys;
@@ -125,6 +126,9 @@ pub enum Command {
     /// ones, of this node or (`--fleet`, at an aggregator or the cloud) of every node below
     /// it; the rules in force; fleet-wide rules applied on a control node.
     Alerts(alerts::AlertsArgs),
+    /// The export of this node's data into PostgreSQL (`[export] postgres`): where it stands.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.

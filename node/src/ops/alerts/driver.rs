@@ -634,7 +634,12 @@ async fn write_record(
                 let entry = doc.alerts.entry(key).or_default();
                 // A resolution is final: a late copy of the firing does not undo it.
                 if entry.state != "resolved" {
+                    let condition = std::mem::take(&mut entry.condition);
                     *entry = record;
+                    // A rule removed while firing resolves without its text at hand.
+                    if entry.condition.is_empty() {
+                        entry.condition = condition;
+                    }
                 }
                 false
             })

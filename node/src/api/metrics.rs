@@ -372,31 +372,50 @@ async fn mesh(state: &AppState, out: &mut Exposition) {
 }
 
 async fn workflows(state: &AppState, out: &mut Exposition) {
+    // Bounded like the counted families: the first MAX_SERIES workflows by name, the rest
+    // added up under `workflow="other"`.
+    let mut shown: Vec<(String, [f64; 4])> = Vec::new();
     for wf in state.scheduler.workflows().await {
-        let labels = [("workflow", wf.workflow.as_str())];
+        let figures = [
+            wf.running as f64,
+            wf.queued as f64,
+            wf.refused as f64,
+            wf.skipped as f64,
+        ];
+        if shown.len() < crate::ops::metrics::MAX_SERIES {
+            shown.push((wf.workflow.clone(), figures));
+        } else {
+            match shown.iter_mut().find(|(name, _)| name == "other") {
+                Some((_, sum)) => sum.iter_mut().zip(figures).for_each(|(s, f)| *s += f),
+                None => shown.push(("other".into(), figures)),
+            }
+        }
+    }
+    for (workflow, [running, queued, refused, skipped]) in shown {
+        let labels = [("workflow", workflow.as_str())];
         out.gauge(
             "rhizome_workflow_runs_running",
             "Runs in progress, by workflow.",
             &labels,
-            wf.running as f64,
+            running,
         );
         out.gauge(
             "rhizome_workflow_queue_depth",
             "Runs waiting for a free slot, by workflow.",
             &labels,
-            wf.queued as f64,
+            queued,
         );
         out.counter(
             "rhizome_workflow_runs_refused_total",
             "Requested runs refused (queue full, not targeted, invalid), by workflow.",
             &labels,
-            wf.refused as f64,
+            refused,
         );
         out.counter(
             "rhizome_workflow_runs_skipped_total",
             "Periodic or chained runs skipped (queue full, chain too deep), by workflow.",
             &labels,
-            wf.skipped as f64,
+            skipped,
         );
     }
 }

@@ -1310,10 +1310,8 @@ impl Store {
     ) -> Result<R> {
         let id = self.document_id(name);
         let txn = self.db.begin_write().during(operation)?;
-        let mut before = None;
         let outcome = (|| {
             self.load_into_cache::<T>(&txn, name, &id)?;
-            before = self.cache.get_mut(&id).map(|c| c.doc.get_heads());
             let result = write(self, &txn, &id)?;
             let started = std::time::Instant::now();
             txn.commit().during(operation)?;
@@ -1324,9 +1322,7 @@ impl Store {
         })();
         if outcome.is_err() {
             self.cache.remove(&id);
-        } else if before != self.cache.get_mut(&id).map(|c| c.doc.get_heads()) {
-            // A write that changed nothing (a rollup rewritten with the same figures) tells
-            // no one: followers that write on change would otherwise wake each other forever.
+        } else {
             self.notify_changed(&id);
         }
         outcome

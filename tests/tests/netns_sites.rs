@@ -167,6 +167,19 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
                 extra.extend(["--zone", zone]);
             }
             init_in(&dir, &format!("{name}{i}"), Some(&mesh), &extra);
+            if name == "b" && i == 0 {
+                // An alert rule over a flag file, for the time from a condition on an edge to
+                // the alert at the cloud (rules evaluated at the default interval).
+                let config = dir.join("rhizome.toml");
+                let mut text = std::fs::read_to_string(&config).unwrap();
+                text.push_str(&format!(
+                    "\n[[alerts.rules]]\nname = \"flag\"\nwhen = \"check:flag\"\n\n\
+                     [[health.checks]]\nname = \"flag\"\ncommand = \"test ! -e {}\"\n\
+                     interval = \"1s\"\n",
+                    tmp.path().join("flag").display()
+                ));
+                std::fs::write(&config, text).unwrap();
+            }
             edges.push(Edge {
                 host: host.clone(),
                 cable: cable.clone(),
@@ -242,6 +255,29 @@ fn two_sites_and_a_cloud_elect_forward_re_elect_and_lose_nothing() {
         || fleet(&cloud).2 == 2 * EDGES_PER_SITE,
     );
     eprintln!("netns sites: runs of all six edges were in the cloud's fleet view after {took:?}");
+
+    // An alert raised on b0 reaches the cloud across the router, and resolves there.
+    let b0 = &sites[1].edges[0];
+    let alert_at_cloud = |state: &str| {
+        let view = ok(run_on(&cloud, &["alerts", "--fleet", "--json"]));
+        view["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["node"] == b0.id.as_str() && a["rule"] == "flag" && a["state"] == state)
+    };
+    std::fs::write(tmp.path().join("flag"), "").unwrap();
+    let took = wait_until("b0's alert at the cloud", Duration::from_secs(30), || {
+        alert_at_cloud("firing")
+    });
+    eprintln!("netns sites: a condition on b0 to its alert at the cloud: {took:?}");
+    std::fs::remove_file(tmp.path().join("flag")).unwrap();
+    let took = wait_until(
+        "b0's alert resolved at the cloud",
+        Duration::from_secs(30),
+        || alert_at_cloud("resolved"),
+    );
+    eprintln!("netns sites: the condition gone to the alert resolved at the cloud: {took:?}");
     let zones: BTreeSet<String> = fleet(&cloud).1.into_iter().map(|(z, _)| z).collect();
     assert_eq!(
         zones,

@@ -310,10 +310,10 @@ pub struct Store {
     unflushed_since: Option<std::time::Instant>,
     /// The zone of every node in the registry as of some registry heads.
     zones: Option<ZoneCache>,
-    /// The registry as the write rules last read it, and at which heads: a sync batch of
-    /// workflow documents checks every one against the same registry, which costs a
-    /// hydration of all its entries each time it is read again.
-    registry_for_rules: Option<(
+    /// The registry as last read by [`Store::registry`], and at which heads: a sync batch of
+    /// workflow documents checks every one against the same registry, and followers poll it,
+    /// where each read would hydrate all its entries.
+    registry_at: Option<(
         Vec<automerge::ChangeHash>,
         std::sync::Arc<crate::docs::MeshRegistry>,
     )>,
@@ -448,7 +448,7 @@ impl Store {
             metrics: crate::metrics::StoreMetrics::default(),
             unflushed_since: None,
             zones: None,
-            registry_for_rules: None,
+            registry_at: None,
         };
         store.index_all_heads()?;
         let recovered = store.apply_pending(usize::MAX)?;
@@ -1257,19 +1257,18 @@ impl Store {
         Ok(zones)
     }
 
-    /// The registry for the write rules, read again only when its heads moved.
-    pub(crate) fn registry_for_rules(
-        &mut self,
-    ) -> Result<std::sync::Arc<crate::docs::MeshRegistry>> {
+    /// The mesh registry, shared, read again only when its heads moved: for readers that look
+    /// at it often (the write rules, once per workflow document; followers on a timer).
+    pub fn registry(&mut self) -> Result<std::sync::Arc<crate::docs::MeshRegistry>> {
         let id = self.document_id(&DocName::Mesh);
         let heads = self.heads(&id)?.unwrap_or_default();
-        if let Some((at, registry)) = &self.registry_for_rules
+        if let Some((at, registry)) = &self.registry_at
             && *at == heads
         {
             return Ok(registry.clone());
         }
         let registry = std::sync::Arc::new(self.read::<crate::docs::MeshRegistry>(&DocName::Mesh)?);
-        self.registry_for_rules = Some((heads, registry.clone()));
+        self.registry_at = Some((heads, registry.clone()));
         Ok(registry)
     }
 
@@ -1310,8 +1309,10 @@ impl Store {
     ) -> Result<R> {
         let id = self.document_id(name);
         let txn = self.db.begin_write().during(operation)?;
+        let mut before = None;
         let outcome = (|| {
             self.load_into_cache::<T>(&txn, name, &id)?;
+            before = self.cache.get_mut(&id).map(|c| c.doc.get_heads());
             let result = write(self, &txn, &id)?;
             let started = std::time::Instant::now();
             txn.commit().during(operation)?;
@@ -1322,7 +1323,9 @@ impl Store {
         })();
         if outcome.is_err() {
             self.cache.remove(&id);
-        } else {
+        } else if before != self.cache.get_mut(&id).map(|c| c.doc.get_heads()) {
+            // A write that changed nothing (a rollup rewritten with the same figures) tells no
+            // one: the rollup writer, which writes on every change, would wake itself forever.
             self.notify_changed(&id);
         }
         outcome
@@ -1716,14 +1719,13 @@ impl Store {
                 .or_default()
                 .push((*seq, record));
         }
-        // Not fsynced: the log entries are removed in this same transaction, so if it is lost in
-        // a crash they are still in the log and are applied again on open.
-        let mut txn = self.db.begin_write().during("apply results")?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| StoreError::Engine {
-                operation: "apply results",
-                source: Box::new(e.into()),
-            })?;
+        // Durable before anyone hears of it. The log entries leave in this same transaction, so
+        // a fold lost in a crash would be applied again on open, and the records kept; but the
+        // change it made would be made anew, a different change under the same actor and
+        // sequence number, and a peer that had been sent the first one refuses the second
+        // forever ("duplicate seq"): that results window would never sync again. One fsync per
+        // folded batch.
+        let txn = self.db.begin_write().during("apply results")?;
         let mut applied: Vec<u64> = Vec::new();
         let mut touched: Vec<DocumentId> = Vec::new();
         for (name, group) in &by_doc {
@@ -1761,7 +1763,7 @@ impl Store {
             let started = std::time::Instant::now();
             txn.commit().during("apply results")?;
             self.metrics
-                .deferred_commit_seconds
+                .durable_commit_seconds
                 .observe_duration(started.elapsed());
             Ok(())
         })();

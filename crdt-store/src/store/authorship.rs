@@ -40,7 +40,7 @@ impl Store {
         // The registry, for the rules to read the mesh's settings from; only for workflows.
         let registry = match (&parsed, &rules) {
             (DocName::Workflow { .. }, Some(_)) => self
-                .registry_for_rules()
+                .registry()
                 .map_err(|e| format!("the registry, which the rules need, is unreadable: {e}"))?,
             _ => std::sync::Arc::new(MeshRegistry::default()),
         };

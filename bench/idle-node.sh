@@ -18,41 +18,15 @@ cd "$(dirname "$0")/.."
 secs="${IDLE_SECONDS:-600}"
 step=30
 ((secs > 0)) || { echo "IDLE_SECONDS must be positive" >&2; exit 2; }
-target="${CARGO_TARGET_DIR:-$PWD/target}"
+. bench/node-lib.sh
+node_bench idle
 out="$target/bench/idle-node.txt"
 raw="$target/bench/idle-node.samples.txt"
-mkdir -p "$(dirname "$out")"
 
-# Only the node's package: the simulator binary in target/release may be in use by a soak.
-cargo build --release -p rhizome >&2
-bin="$target/release/rhizome"
-work="$(mktemp -d "${TMPDIR:-/tmp}/rhizome-idle.XXXXXX")"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 tck="$(getconf CLK_TCK)"
-# utime + stime of a process, in clock ticks (fields 14 and 15; the name in field 2 has no
-# spaces here).
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # A field of /proc/PID/status in KiB.
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-
-# Waits for the "serving" line of a node whose stdout is in $1.
-serving() {
-    local file="$1" pid="$2" deadline=$(($(date +%s) + 30))
-    until grep -q ' serving: ' "$file" 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || { echo "node $pid exited before serving:" >&2; cat "${file%.out}.err" >&2; return 1; }
-        (($(date +%s) < deadline)) || { echo "node $pid not serving after 30 s" >&2; return 1; }
-        sleep 0.01
-    done
-}
 
 names=(monitor quiet)
 for n in "${names[@]}"; do
@@ -74,7 +48,7 @@ for n in "${names[@]}"; do
     pid[$n]=$!
     pids+=("$!")
 done
-for n in "${names[@]}"; do serving "$work/$n.out" "${pid[$n]}"; done
+for n in "${names[@]}"; do serving "$work/$n.out" "${pid[$n]}" >/dev/null; done
 start_s=$(date +%s.%N)
 for n in "${names[@]}"; do
     t0[$n]=$(ticks "${pid[$n]}")

@@ -12,36 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-${RHIZOME_BENCH_RUNS:-10}}"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
+. bench/node-lib.sh
+node_bench join
 out="$target/bench/join.txt"
-mkdir -p "$(dirname "$out")"
 
-# Only the node's package: the simulator binary in target/release may be in use by a soak.
-cargo build --release -p rhizome >&2
-bin="$target/release/rhizome"
-work="$(mktemp -d "${TMPDIR:-/tmp}/rhizome-join.XXXXXX")"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 now_us() { echo $(($(date +%s%N) / 1000)); }
-
-# Waits for the "serving" line of a node started with its stdout in $1; prints its QUIC address.
-serving() {
-    local file="$1" pid="$2" deadline=$(($(date +%s) + 30))
-    until grep -q ' serving: ' "$file" 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || { echo "node $pid exited before serving:" >&2; cat "${file%.out}.err" >&2; return 1; }
-        (($(date +%s) < deadline)) || { echo "node $pid not serving after 30 s" >&2; return 1; }
-        sleep 0.002
-    done
-    sed -nE 's/.* serving: quic ([0-9.:]+),.*/\1/p' "$file" | head -1
-}
 
 cloud="$work/cloud"
 "$bin" --data-dir "$cloud" init --name cloud -q >/dev/null

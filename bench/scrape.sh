@@ -30,39 +30,14 @@ n_runs="${SCRAPE_RUNS:-3}"
 n_scrapes="${SCRAPE_COUNT:-50}"
 n_cpu="${SCRAPE_CPU_COUNT:-500}"
 baseline_s="${BASELINE_SECONDS:-30}"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
+. bench/node-lib.sh
+node_bench scrape
 out="$target/bench/scrape.txt"
-mkdir -p "$(dirname "$out")"
 
-# Only the node's package: the simulator binary in target/release may be in use by a soak.
-cargo build --release -p rhizome >&2
-bin="$target/release/rhizome"
-work="$(mktemp -d "${TMPDIR:-/tmp}/rhizome-scrape.XXXXXX")"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 tck="$(getconf CLK_TCK)"
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
-
-# Waits for the "serving" line of a node started with its stdout in $1; prints its QUIC address.
-serving() {
-    local file="$1" pid="$2" deadline=$(($(date +%s) + 30))
-    until grep -q ' serving: ' "$file" 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || { echo "node $pid exited before serving:" >&2; cat "${file%.out}.err" >&2; return 1; }
-        (($(date +%s) < deadline)) || { echo "node $pid not serving after 30 s" >&2; return 1; }
-        sleep 0.01
-    done
-    sed -nE 's/.* serving: quic ([0-9.:]+),.*/\1/p' "$file" | head -1
-}
 
 # start NAME [--peer ADDR]: starts the node of $work/NAME, sets NODE_PID and NODE_QUIC.
 start() {

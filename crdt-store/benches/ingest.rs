@@ -19,6 +19,7 @@
 //! - `RHIZOME_BENCH_OUT` the JSON-lines file [`<target>/bench/ingest.jsonl`]
 
 mod common;
+mod figures;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -32,6 +33,7 @@ use crdt_store::{
     DocName, MAX_GROUP_RECORDS, RunRecord, RunStatus, STORE_QUEUE_CAP, StepRecord, Store,
     StoreConfig, StoreHandle, Window,
 };
+use figures::{format_value, fs_type, json_output, median, rate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
@@ -211,14 +213,6 @@ impl Iterator for Records {
     }
 }
 
-fn json_output(rng: &mut StdRng) -> String {
-    format!(
-        r#"{{"value":{:.1},"z":{:.1}}}"#,
-        rng.gen_range(-20.0..45.0),
-        rng.gen_range(-3.0..3.0)
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // report
 
@@ -332,58 +326,8 @@ impl Report {
     }
 }
 
-fn format_value(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        let digits = format!("{:.0}", v.abs());
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        if v < 0.0 { format!("-{out}") } else { out }
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-fn rate(records: usize, elapsed: Duration) -> f64 {
-    records as f64 / elapsed.as_secs_f64()
-}
-
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// The file system type holding `dir`, from `/proc` (Linux only).
-fn fs_type(dir: &Path) -> Option<String> {
-    let dir = dir.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, mount, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            dir.starts_with(mount)
-                .then(|| (mount.len(), kind.to_owned()))
-        })
-        .max()
-        .map(|(_, kind)| kind)
 }
 
 /// Peak resident memory of this process, from `/proc` (Linux only).

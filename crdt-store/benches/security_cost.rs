@@ -48,6 +48,7 @@
 //! - `RHIZOME_BENCH_OUT` the JSON-lines file [`<target>/bench/security_cost.jsonl`]
 
 mod common;
+mod figures;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -63,6 +64,7 @@ use crdt_store::{
     StepRecord, Store, StoreConfig, SyncApply, SyncRejected, Target, Window, WorkflowDoc,
     WriteRules,
 };
+use figures::{format_value, fs_type, json_output, median, rate};
 use mesh::proto::sync::{Replicator, SharePolicy, SyncConfig, SyncIn, SyncOut, serve};
 use mesh::proto::wire::Message;
 use rand::rngs::StdRng;
@@ -242,14 +244,6 @@ impl Iterator for Records {
             error: failed.then(|| "step publish failed after 3 attempts".to_owned()),
         })
     }
-}
-
-fn json_output(rng: &mut StdRng) -> String {
-    format!(
-        r#"{{"value":{:.1},"z":{:.1}}}"#,
-        rng.gen_range(-20.0..45.0),
-        rng.gen_range(-3.0..3.0)
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,40 +457,6 @@ struct Detail {
     unit: &'static str,
 }
 
-fn format_value(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        let digits = format!("{:.0}", v.abs());
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        if v < 0.0 { format!("-{out}") } else { out }
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-fn rate(records: usize, elapsed: Duration) -> f64 {
-    records as f64 / elapsed.as_secs_f64()
-}
-
 fn ms(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
@@ -559,22 +519,6 @@ fn fsync_probe(dir: &Path) -> Duration {
         times.push(start.elapsed().as_secs_f64());
     }
     Duration::from_secs_f64(median(times))
-}
-
-/// The file system type holding `dir`, from `/proc` (Linux only).
-fn fs_type(dir: &Path) -> Option<String> {
-    let dir = dir.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, mount, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            dir.starts_with(mount)
-                .then(|| (mount.len(), kind.to_owned()))
-        })
-        .max()
-        .map(|(_, kind)| kind)
 }
 
 /// Runs `run(rep, on, counted)` for the warm-up pairs (`counted` false: the first runs pay for

@@ -279,6 +279,27 @@ pub struct SyncSection {
     pub max_rate: String,
 }
 
+impl SyncSection {
+    /// Whether raw results go to the root's aggregator (`cloud`) rather than the zone's.
+    pub fn results_to_cloud(&self) -> Result<bool> {
+        match self.results_to.as_str() {
+            "aggregator" => Ok(false),
+            "cloud" => Ok(true),
+            other => bail!("sync.results_to: `{other}` is neither `aggregator` nor `cloud`"),
+        }
+    }
+
+    /// The cap on replication traffic, bytes per second; `None` without one.
+    pub fn max_rate(&self) -> Result<Option<u64>> {
+        match self.max_rate.as_str() {
+            "" => Ok(None),
+            rate => parse_size(rate)
+                .map(Some)
+                .with_context(|| format!("sync.max_rate `{rate}`")),
+        }
+    }
+}
+
 impl Default for SyncSection {
     fn default() -> Self {
         SyncSection {
@@ -368,6 +389,15 @@ impl Config {
                 _ => bail!("{}: `{section}` must be a table", path.display()),
             }
         }
+        Config::from_table(
+            table,
+            &format!("{} or RHIZOME_* environment variables", path.display()),
+        )
+    }
+
+    /// The configuration a table of `rhizome.toml`'s shape gives, checked as at start; `origin`
+    /// says where it came from in errors.
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
         // An empty name in the file or the environment is a mistake, not a request for the
         // default (which `init` fills in only when no name is given at all).
         if let Some(name) = table
@@ -376,20 +406,37 @@ impl Config {
             .and_then(toml::Value::as_str)
         {
             check_node_name(name)
-                .with_context(|| format!("node.name in {} or RHIZOME_NODE_NAME", path.display()))?;
+                .with_context(|| format!("node.name (RHIZOME_NODE_NAME) in {origin}"))?;
         }
-        let config: Config = toml::Value::Table(table).try_into().with_context(|| {
-            format!(
-                "invalid configuration in {} or RHIZOME_* environment variables",
-                path.display()
-            )
-        })?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("invalid configuration in {origin}"))?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the values that are parsed on use, so mistakes surface at startup.
+    /// Checks the values that are parsed on use, so mistakes surface at startup (and before
+    /// `config set` writes them).
     pub fn validate(&self) -> Result<()> {
+        let net = &self.network;
+        for (key, addr, example) in [
+            ("network.listen", &net.listen, "0.0.0.0:4860"),
+            ("network.http", &net.http, "127.0.0.1:4861"),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                bail!("{key}: `{addr}` is not an address like {example}");
+            }
+        }
+        for peer in &net.peers {
+            let port = peer
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                bail!("network.peers: `{peer}` is not `host:port`, such as cloud.example.net:4860");
+            }
+        }
+        self.sync.results_to_cloud()?;
+        self.sync.max_rate()?;
         crate::fleet::hierarchy::check_configured_zone(&self.node.zone)
             .context("node.zone (RHIZOME_NODE_ZONE, --zone)")?;
         crate::fleet::hierarchy::parse_role(&self.node.role)?;

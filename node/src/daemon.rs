@@ -37,19 +37,9 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let started = Instant::now();
     let started_wall_ms = now_ms();
     let net = &node.config.network;
-    let results_to_cloud = match node.config.sync.results_to.as_str() {
-        "aggregator" => false,
-        "cloud" => true,
-        other => anyhow::bail!("sync.results_to is `{other}`: use aggregator or cloud"),
-    };
+    let results_to_cloud = node.config.sync.results_to_cloud()?;
     let sync_config = mesh::proto::sync::SyncConfig {
-        bytes_per_sec: match node.config.sync.max_rate.as_str() {
-            "" => None,
-            rate => Some(
-                crate::config::parse_size(rate)
-                    .with_context(|| format!("sync.max_rate `{rate}`"))?,
-            ),
-        },
+        bytes_per_sec: node.config.sync.max_rate()?,
         ..mesh::proto::sync::SyncConfig::default()
     };
     let listen: SocketAddr = args

@@ -38,6 +38,20 @@ impl Drop for Node {
     }
 }
 
+/// Starts the node of `dir` on loopback QUIC, mDNS off, with its HTTP API as `http` asks.
+fn start(dir: &std::path::Path, http: &[&str]) -> Node {
+    let child = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["start", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(http)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Node(child)
+}
+
 fn request(http: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(http).unwrap();
     stream
@@ -87,22 +101,7 @@ fn every_endpoint_admits_exactly_the_roles_its_rule_names() {
     ok(rhizome(&dir, &["token", "revoke", &id_of(&revoked)]));
     let forged = format!("{}{}", &admin[..13], "0".repeat(64));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_rhizome"))
-        .arg("--data-dir")
-        .arg(&dir)
-        .args([
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _node = Node(child);
+    let _node = start(&dir, &["--http", "127.0.0.1:0"]);
     let started = Instant::now();
     let http = loop {
         if let Ok(addr) = std::fs::read_to_string(dir.join("node.http"))
@@ -232,23 +231,7 @@ fn the_api_served_over_tls_with_the_nodes_certificate_is_reached_only_through_tl
     let dir = tmp.path().join("node");
     ok(rhizome(&dir, &["init", "--name", "tls"]));
     // A non-loopback address is accepted with TLS, without --http-insecure.
-    let child = Command::new(env!("CARGO_BIN_EXE_rhizome"))
-        .arg("--data-dir")
-        .arg(&dir)
-        .args([
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "0.0.0.0:0",
-            "--http-tls",
-            "--no-mdns",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _node = Node(child);
+    let _node = start(&dir, &["--http", "0.0.0.0:0", "--http-tls"]);
     let started = Instant::now();
     let addr = loop {
         if let Ok(text) = std::fs::read_to_string(dir.join("node.http"))

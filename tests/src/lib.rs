@@ -173,6 +173,67 @@ pub mod crash {
 }
 
 pub mod netns;
+
+/// One-shot `rhizome` commands, run without the test's own `RHIZOME_*` environment (which
+/// would override what a test sets), and what they print.
+pub mod oneshot {
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use serde_json::Value;
+
+    /// `rhizome --data-dir DIR ARGS...`.
+    pub fn rhizome(data_dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(super::rhizome_bin());
+        cmd.arg("--data-dir").arg(data_dir).args(args);
+        without_own_environment(&mut cmd);
+        cmd.output().expect("running rhizome")
+    }
+
+    /// `rhizome ARGS...`, for commands that take no data dir or name it themselves.
+    pub fn rhizome_without_data_dir(args: &[&str]) -> Output {
+        let mut cmd = Command::new(super::rhizome_bin());
+        cmd.args(args);
+        without_own_environment(&mut cmd);
+        cmd.output().expect("running rhizome")
+    }
+
+    fn without_own_environment(cmd: &mut Command) {
+        for (var, _) in std::env::vars() {
+            if var.starts_with("RHIZOME_") {
+                cmd.env_remove(var);
+            }
+        }
+    }
+
+    /// The stdout of a command that must have succeeded.
+    pub fn ok(output: Output) -> String {
+        assert!(
+            output.status.success(),
+            "rhizome failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// A clean failure: exit code 1 (not a panic's 101) and the error text.
+    pub fn fails(output: Output) -> String {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "expected a clean error: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+
+    /// Text that must be JSON.
+    pub fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+}
 pub mod postgres;
 
 /// Workflow files the tests apply.

@@ -2,47 +2,11 @@
 //! clear errors for bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use rhizome_e2e::oneshot::{fails, json, ok, rhizome};
 use rhizome_e2e::rhizome_bin;
 use serde_json::Value;
-
-fn rhizome(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(rhizome_bin())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("RHIZOME_NODE_NAME")
-        .env_remove("RHIZOME_DATA_DIR")
-        .output()
-        .expect("running rhizome")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "rhizome failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// A clean failure: exit code 1 (not a panic's 101) and the error text.
-fn fails(output: Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "expected a clean error: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 #[test]
 fn init_creates_a_node_once() {

@@ -1,47 +1,6 @@
 //! `rhizome config list|get|set` on a data dir made by `rhizome init`, as an operator runs it.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use rhizome_e2e::rhizome_bin;
-use serde_json::Value;
-
-fn rhizome(data_dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(rhizome_bin());
-    cmd.arg("--data-dir").arg(data_dir).args(args);
-    for (var, _) in std::env::vars() {
-        if var.starts_with("RHIZOME_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.output().expect("running rhizome")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "rhizome failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// A clean failure: exit code 1 (not a panic's 101) and the error text.
-fn fails(output: Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "expected a clean error: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use rhizome_e2e::oneshot::{fails, json, ok, rhizome};
 
 #[test]
 fn config_set_get_list_on_an_initialised_node() {

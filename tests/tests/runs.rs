@@ -5,9 +5,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rhizome_e2e::oneshot::{json, ok, rhizome};
 use rhizome_e2e::{rhizome_bin, wait_until};
 use serde_json::Value;
 
@@ -92,30 +93,6 @@ impl Running {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn rhizome(dir: &Path, args: &[&str]) -> Output {
-    Command::new(rhizome_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("RHIZOME_DATA_DIR")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "rhizome failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Writes a workflow file and applies it (through the node's API when one runs).

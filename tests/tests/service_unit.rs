@@ -3,32 +3,12 @@
 //! exists, so the units here start the binary under test).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use rhizome_e2e::oneshot::{ok, rhizome_without_data_dir};
 use rhizome_e2e::rhizome_bin;
 
 const SHIPPED: &str = include_str!("../../packaging/rhizome.service");
-
-fn rhizome(args: &[&str]) -> Output {
-    let mut cmd = Command::new(rhizome_bin());
-    cmd.args(args);
-    for (var, _) in std::env::vars() {
-        if var.starts_with("RHIZOME_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.output().expect("running rhizome")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "rhizome failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// Runs `systemd-analyze verify` on the unit file at `path` (named `rhizome.service`) and fails
 /// on its errors and on every warning about the unit itself (an unknown directive or a bad value
@@ -118,7 +98,7 @@ fn install_service_writes_a_unit_that_verifies() {
     // --dry-run prints the unit and writes nothing.
     let unit_dir = tmp.path().join("units");
     std::fs::create_dir(&unit_dir).unwrap();
-    let dry = ok(rhizome(&[
+    let dry = ok(rhizome_without_data_dir(&[
         "install-service",
         "--dry-run",
         "--binary",
@@ -147,7 +127,7 @@ fn install_service_writes_a_unit_that_verifies() {
     // --unit-dir: written there. `--user root` exists, so no user is created even when the
     // test runs as root.
     let data_dir = tmp.path().join("data");
-    let out = ok(rhizome(&[
+    let out = ok(rhizome_without_data_dir(&[
         "--data-dir",
         data_dir.to_str().unwrap(),
         "install-service",

@@ -5,34 +5,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rhizome_e2e::oneshot::{fails, rhizome};
 use rhizome_e2e::process::{start, stop};
 use rhizome_e2e::rhizome_bin;
-
-fn rhizome(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(rhizome_bin())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("RHIZOME_NODE_NAME")
-        .env_remove("RHIZOME_DATA_DIR")
-        .output()
-        .expect("running rhizome")
-}
-
-/// A clean failure: exit code 1 (not a panic's 101) and the error text.
-fn fails(output: Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "expected a clean error: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
 
 fn hostile_files(dir: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static str)> {
     let n = 100_000;

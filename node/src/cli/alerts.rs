@@ -154,13 +154,13 @@ fn print_alerts(alerts: &[AlertView], fleet: bool) {
                 );
             }
             row.extend([
-                a.rule.clone(),
-                a.state.to_uppercase(),
-                a.condition.clone(),
-                a.value.clone(),
-                crdt_store::format_timestamp(a.fired_ms),
-                if a.resolved_ms > 0 {
-                    crdt_store::format_timestamp(a.resolved_ms)
+                a.record.rule.clone(),
+                a.record.state.to_uppercase(),
+                a.record.condition.clone(),
+                a.record.value.clone(),
+                crdt_store::format_timestamp(a.record.fired_ms),
+                if a.record.resolved_ms > 0 {
+                    crdt_store::format_timestamp(a.record.resolved_ms)
                 } else {
                     "-".into()
                 },

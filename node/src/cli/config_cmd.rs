@@ -9,7 +9,6 @@
 //! configuration only when it starts: a change reaches a running node at its next start.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -491,47 +490,12 @@ fn edit(doc: &mut DocumentMut, section: &str, key: &str, new: Value) -> Result<(
 /// The checks the node makes of the file when it starts (but for the environment, which
 /// `config` does not read).
 fn check(text: &str) -> Result<()> {
-    let config: Config = toml::from_str(text).context("the node would not read the file")?;
-    // As `Config::load`: a name given empty is a mistake, not a request for the default.
-    let raw: toml::Table = toml::from_str(text)?;
-    if raw.get("node").and_then(|node| node.get("name")).is_some() {
-        crate::config::check_node_name(&config.node.name).context("node.name")?;
-    }
-    config.validate()?;
-    checked_at_start(&config)
+    let table: toml::Table = toml::from_str(text).context("the node would not read the file")?;
+    Config::from_table(table, "the file").map(|_| ())
 }
 
 fn check_file(path: &Path) -> Result<()> {
     check(&std::fs::read_to_string(path)?)
-}
-
-/// What `start` parses from the configuration besides [`Config::validate`]: refused here so
-/// that a change the node would refuse never reaches the file.
-fn checked_at_start(config: &Config) -> Result<()> {
-    let net = &config.network;
-    for (key, addr, example) in [
-        ("network.listen", &net.listen, "0.0.0.0:4860"),
-        ("network.http", &net.http, "127.0.0.1:4861"),
-    ] {
-        addr.parse::<SocketAddr>()
-            .map_err(|_| anyhow!("{key}: `{addr}` is not an address like {example}"))?;
-    }
-    for peer in &net.peers {
-        let port = peer
-            .rsplit_once(':')
-            .map(|(host, port)| (host, port.parse::<u16>()));
-        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
-            bail!("network.peers: `{peer}` is not `host:port`, such as cloud.example.net:4860");
-        }
-    }
-    match config.sync.results_to.as_str() {
-        "aggregator" | "cloud" => {}
-        other => bail!("sync.results_to: `{other}` is neither `aggregator` nor `cloud`"),
-    }
-    if !config.sync.max_rate.is_empty() {
-        crate::config::parse_size(&config.sync.max_rate).context("sync.max_rate")?;
-    }
-    Ok(())
 }
 
 /// Writes `bytes` over `path` through a temporary file in the same directory: synced, given the

@@ -10,7 +10,7 @@ use crdt_store::{AlertRecord, AlertsDoc, DocName, FleetRule, MeshRegistry, Store
 use mesh::net::identity::{NodeRole, verify_node_signature};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{Engine, RuleState, RuleStatus, Transition};
+use super::engine::{Engine, RuleStatus, Transition};
 use super::rules::{
     FAILURE_RATE_SPAN, Origin, Rule, RuleConfig, SYNC_FAILURES_SPAN, Subject, Value,
 };
@@ -60,21 +60,15 @@ pub struct RuleView {
     pub status: RuleStatus,
 }
 
-/// One alert as `rhizome alerts` lists it.
+/// One alert as `rhizome alerts` lists it: the record, with the node that raised it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertView {
     /// The node that raised it.
     pub node: String,
     /// That node's name, as the registry here knows it.
     pub node_name: Option<String>,
-    pub rule: String,
-    /// `firing` or `resolved`.
-    pub state: String,
-    pub condition: String,
-    pub value: String,
-    pub fired_ms: i64,
-    /// 0 while firing.
-    pub resolved_ms: i64,
+    #[serde(flatten)]
+    pub record: AlertRecord,
 }
 
 /// `GET /alerts`.
@@ -391,10 +385,7 @@ pub async fn run(state: Arc<AppState>, handle: AlertsHandle, config: DriverConfi
             let (mesh_id, trust) = (state.writer.mesh_id.clone(), state.writer.trust.all());
             match state
                 .store
-                .call(move |s| {
-                    let registry = s.read::<MeshRegistry>(&DocName::Mesh)?;
-                    Ok(fleet_rules(&registry, &mesh_id, &trust))
-                })
+                .call(move |s| Ok(fleet_rules(&*s.registry()?, &mesh_id, &trust)))
                 .recv()
                 .await
             {
@@ -655,27 +646,18 @@ async fn write_record(
 }
 
 /// This node's alerts still firing in its documents, as (rule, fired ms).
-async fn own_firing(store: &StoreHandle, me: &str) -> Result<Vec<(String, i64)>> {
+async fn own_firing(store: &StoreHandle, me: &str) -> crdt_store::Result<Vec<(String, i64)>> {
     let me = me.to_owned();
-    let found = store
-        .call(move |s| {
-            let mut firing = Vec::new();
-            for (_, name) in s.names()? {
-                if matches!(&name, DocName::Alerts { node, .. } if *node == me) {
-                    let doc: AlertsDoc = s.read(&name)?;
-                    firing.extend(
-                        doc.alerts
-                            .into_values()
-                            .filter(|a| a.state == "firing")
-                            .map(|a| (a.rule, a.fired_ms)),
-                    );
-                }
-            }
-            Ok(firing)
-        })
+    // Firing alerts are listed however old, so no resolved one is asked for.
+    let held = store
+        .call(move |s| held_alerts(s, &me, false, i64::MAX))
         .recv()
         .await?;
-    Ok(found)
+    Ok(held
+        .into_iter()
+        .filter(|a| a.record.state == "firing")
+        .map(|a| (a.record.rule, a.record.fired_ms))
+        .collect())
 }
 
 /// The alerts held here: this node's, or with `fleet` every node's; those firing, and those
@@ -686,7 +668,7 @@ pub fn held_alerts(
     fleet: bool,
     since_ms: i64,
 ) -> crdt_store::Result<Vec<AlertView>> {
-    let registry = store.read::<MeshRegistry>(&DocName::Mesh)?;
+    let registry = store.registry()?;
     let names: BTreeMap<&String, &String> = registry
         .nodes
         .iter()
@@ -709,38 +691,18 @@ pub fn held_alerts(
                 out.push(AlertView {
                     node: node.clone(),
                     node_name: names.get(node).map(|n| (*n).clone()),
-                    rule: record.rule,
-                    state: record.state,
-                    condition: record.condition,
-                    value: record.value,
-                    fired_ms: record.fired_ms,
-                    resolved_ms: record.resolved_ms,
+                    record,
                 });
             }
         }
     }
+    let newest = |a: &AlertView| a.record.fired_ms.max(a.record.resolved_ms);
     out.sort_by(|a, b| {
-        (b.state == "firing").cmp(&(a.state == "firing")).then(
-            b.fired_ms
-                .max(b.resolved_ms)
-                .cmp(&a.fired_ms.max(a.resolved_ms)),
-        )
+        (b.record.state == "firing")
+            .cmp(&(a.record.state == "firing"))
+            .then(newest(b).cmp(&newest(a)))
     });
     Ok(out)
-}
-
-/// The rule states of the handle, for a status line: how many fire, how many are pending.
-pub fn counts(rules: &[RuleView]) -> (usize, usize) {
-    (
-        rules
-            .iter()
-            .filter(|r| r.status.state == RuleState::Firing)
-            .count(),
-        rules
-            .iter()
-            .filter(|r| r.status.state == RuleState::Pending)
-            .count(),
-    )
 }
 
 #[cfg(test)]

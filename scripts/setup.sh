@@ -64,3 +64,13 @@ fi
 if [ -f "$ort_lib" ]; then
   ln -sf "libonnxruntime.so.$ort_version" "$ort_dir/libonnxruntime.so"
 fi
+
+# automerge-repo clients (Node.js) for the tests of GET /automerge, at the versions the lock
+# file pins.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+  fi
+else
+  echo "npm not found: the automerge-repo client tests will fail" >&2
+fi

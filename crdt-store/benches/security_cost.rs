@@ -936,6 +936,7 @@ fn send_one(
             peer: from_id.into(),
             name: Some(name.to_string()),
             payload,
+            sender: crdt_store::Sender::Peer,
         }])
         .expect("apply");
     match outcome.into_iter().next() {

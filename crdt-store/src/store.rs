@@ -25,7 +25,10 @@ mod rollup;
 mod sync;
 pub use keys::{KeyStatus, Reseal};
 pub use rollup::{FleetView, WorkflowView, ZoneView, summarize};
-pub use sync::{CatalogueItem, RETIRED_DIGEST, SyncApplied, SyncApply, SyncRejected};
+pub use sync::{
+    CatalogueItem, RETIRED_DIGEST, SESSION_PEER_PREFIX, Sender, SyncApplied, SyncApply,
+    SyncRejected, Vouch,
+};
 
 /// Automerge chunks and every other samod key, by the key's parts joined with `/`
 /// (automerge-repo's layout: `<doc>/snapshot/<hash>`, `<doc>/incremental/<hash>`,
@@ -830,6 +833,9 @@ impl Store {
 
     /// The persisted sync state of a document with one peer.
     pub fn load_sync_state(&self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>> {
+        if peer.starts_with(sync::SESSION_PEER_PREFIX) {
+            return Ok(None);
+        }
         self.load(&sync_state_key(doc, peer)?)
     }
 

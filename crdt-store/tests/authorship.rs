@@ -34,6 +34,7 @@ fn sync(
                     peer: from_id.into(),
                     name: Some(name.to_string()),
                     payload,
+                    sender: crdt_store::Sender::Peer,
                 }])
                 .unwrap();
             if let Some(Err(refused)) = outcome.into_iter().next() {
@@ -48,6 +49,7 @@ fn sync(
                     peer: to_id.into(),
                     name: Some(name.to_string()),
                     payload,
+                    sender: crdt_store::Sender::Peer,
                 }])
                 .unwrap();
             if let Some(Err(refused)) = outcome.into_iter().next() {
@@ -289,6 +291,7 @@ mod property {
                     peer: from_id.into(),
                     name: Some("mesh".into()),
                     payload,
+                    sender: crdt_store::Sender::Peer,
                 }])
                 .unwrap();
             }

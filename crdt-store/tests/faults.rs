@@ -205,6 +205,7 @@ fn send(from: &mut Store, from_id: &str, to: &mut Store, to_id: &str, name: &Doc
             peer: from_id.into(),
             name: Some(name.to_string()),
             payload,
+            sender: crdt_store::Sender::Peer,
         }])
         .unwrap();
     assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
@@ -295,6 +296,7 @@ fn below_the_watermark_synced_documents_wait_but_the_registry_comes_in() {
             peer: "node-a".into(),
             name: Some(window.to_string()),
             payload,
+            sender: crdt_store::Sender::Peer,
         }])
         .unwrap();
     let refused = outcome[0].as_ref().unwrap_err();
@@ -494,6 +496,7 @@ fn faults_at_seeded_points_of_every_kind_of_work_lose_nothing_acknowledged() {
                                 peer: "node-b".into(),
                                 name: Some("mesh".into()),
                                 payload,
+                                sender: crdt_store::Sender::Peer,
                             }])
                             .map(|_| ()),
                     }

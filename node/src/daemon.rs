@@ -365,6 +365,8 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         monitor: Some(monitor),
         alerts: alerts.clone(),
         export,
+        changes: changes.clone(),
+        clients: Arc::default(),
         discovery: format!(
             "mDNS {}; dialling {}",
             match &discovery_described {
@@ -539,6 +541,11 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             .await
             .context("HTTP API")?;
     } else {
+        use axum::serve::ListenerExt;
+        // Small frames (sync messages, WebSocket pings) must not wait for Nagle's timer.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(stopped)
             .await

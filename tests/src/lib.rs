@@ -291,6 +291,8 @@ pub mod process {
         pub dir: PathBuf,
         /// The QUIC address it bound.
         pub quic: String,
+        /// The HTTP API's address it bound.
+        pub http: String,
         /// The network namespace it runs in; `None` for the test's own.
         pub netns: Option<String>,
     }
@@ -472,8 +474,15 @@ pub mod process {
                 log_tail(dir, 20)
             );
         };
+        let http = line
+            .split("http ")
+            .nth(1)
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .unwrap_or_default()
+            .to_owned();
         Running {
             quic: quic.to_owned(),
+            http,
             child,
             dir: dir.to_owned(),
             netns: netns.map(str::to_owned),

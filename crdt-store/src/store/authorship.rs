@@ -97,6 +97,92 @@ impl Store {
     }
 }
 
+impl Store {
+    /// What a client of the WebSocket endpoint may not write even with the right to write:
+    /// any document but a workflow, and a workflow value that is not a readable definition (a JavaScript string becomes an
+    /// Automerge Text, which would merge character by character). A peer's such value is kept
+    /// and shown as rejected, since the peer holds it anyway; a client's is refused before
+    /// it is stored, so it never reaches the mesh.
+    pub(super) fn check_client_change(
+        &mut self,
+        doc: &DocumentId,
+        name: &str,
+        before: &[ChangeHash],
+    ) -> Result<(), String> {
+        let parsed = match name.parse::<DocName>() {
+            Ok(parsed @ DocName::Workflow { .. }) => parsed,
+            // Results, rollups, alerts and the registry are what nodes write as they run,
+            // elect and join; a client's change to one would speak for a node.
+            Ok(other) => {
+                return Err(format!(
+                    "{} documents are written by nodes only; a client may change workflows",
+                    other.kind()
+                ));
+            }
+            Err(_) => return Err(format!("{name} is not a document a client may change")),
+        };
+        let cached = &mut self
+            .cache
+            .get_mut(doc)
+            .expect("the applied document is cached")
+            .doc;
+        let rejected = |d: &AutoCommit| {
+            docs::hydrate::<WorkflowVersions>(&parsed, d)
+                .map(|v| v.rejected)
+                .unwrap_or_default()
+        };
+        let earlier = rejected(&cached.fork_at(before).unwrap_or_default());
+        let now = rejected(cached);
+        match now.iter().find(|r| !earlier.contains(r)) {
+            Some(new) => Err(format!(
+                "the definition written is not readable ({}): write the JSON of a whole \
+                 definition as one string value (an ImmutableString in JavaScript)",
+                new.reason
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the newest workflow version a client wrote to `vouch`, and writes the version it
+    /// gives over the client's (by this node, into the cached document, so that the
+    /// transaction stores both and nothing of the client's alone ever stands).
+    pub(super) fn vouch_for_client(
+        &mut self,
+        doc: &DocumentId,
+        name: &str,
+        before: &[ChangeHash],
+        vouch: &super::sync::Vouch,
+    ) -> Result<(), String> {
+        let Ok(parsed @ DocName::Workflow { .. }) = name.parse::<DocName>() else {
+            return Ok(());
+        };
+        let cached = &mut self
+            .cache
+            .get_mut(doc)
+            .expect("the applied document is cached")
+            .doc;
+        let earlier =
+            docs::hydrate::<WorkflowVersions>(&parsed, &cached.fork_at(before).unwrap_or_default())
+                .map(|v| v.versions)
+                .unwrap_or_default();
+        let known: BTreeSet<String> = earlier.iter().map(WorkflowDoc::encode).collect();
+        let now = docs::hydrate::<WorkflowVersions>(&parsed, cached)
+            .map(|v| v.versions)
+            .unwrap_or_default();
+        // Newest first: the client's latest intent is the one to stand.
+        let Some(written) = now.iter().find(|v| !known.contains(&v.encode())) else {
+            return Ok(());
+        };
+        let signed = vouch(written, &earlier)?;
+        use crate::docs::TypedDoc;
+        signed
+            .write_to(cached)
+            .map_err(|e| format!("writing the vouched version failed: {e}"))?;
+        cached.commit();
+        Ok(())
+    }
+}
+
 /// A change's author as people read it: the node id its actor spells, or the actor in hex.
 fn author(actor: &ActorId) -> String {
     match std::str::from_utf8(actor.to_bytes()) {

@@ -15,6 +15,7 @@ use super::{
     CHUNKS, ChunkStats, HEADS, HeadsDigest, NAMES, RETIRED, Store, content_chunks, decode_heads,
     heads_digest, name_in, sync_state_key,
 };
+use crate::docs::WorkflowDoc;
 use crate::error::{EngineContext, Result, StoreError};
 use crate::names::DocName;
 use mesh::proto::sync::{Applied, ApplyFailed, ApplyRequest, Replica};
@@ -22,6 +23,11 @@ use mesh::proto::wire::{CatalogueEntry, DocIdBytes};
 
 /// The digest a catalogue gives for a document retired here: peers do not send it back.
 pub const RETIRED_DIGEST: HeadsDigest = [0xff; 16];
+
+/// Sync peers whose names start with this keep their sync state for the session only: it is
+/// neither persisted nor read back. Clients of the WebSocket endpoint are such peers: their
+/// peer ids are new on every connection, so a persisted state would never be read again.
+pub const SESSION_PEER_PREFIX: &str = "session:";
 
 /// One document this node holds (or retired), as a catalogue lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +51,41 @@ pub struct SyncApply {
     pub name: Option<String>,
     /// The Automerge sync message.
     pub payload: Vec<u8>,
+    /// Who sent it, which decides what it may change.
+    pub sender: Sender,
+}
+
+/// Stands in for a client when it writes a workflow: given the newest version the client
+/// wrote (unsigned, as clients cannot sign) and the versions that stood before, it refuses it
+/// with a reason or gives the version this node writes over it, signed by this node.
+pub type Vouch = std::sync::Arc<
+    dyn Fn(&WorkflowDoc, &[WorkflowDoc]) -> std::result::Result<WorkflowDoc, String> + Send + Sync,
+>;
+
+/// Who sent a sync message.
+#[derive(Clone, Default)]
+pub enum Sender {
+    /// A peer of the mesh: its changes are held to authorship and the write rules.
+    #[default]
+    Peer,
+    /// A client that may read only: a message that would change the document is refused
+    /// whole ([`SyncRejected::Unauthorized`]).
+    Reader,
+    /// A client writing through this node (the WebSocket endpoint). Held to authorship as a
+    /// peer; a definition that is not one readable value is refused; a new workflow version
+    /// goes to the [`Vouch`], and the version it gives is written over the client's in the
+    /// same transaction, so that what other nodes receive is this node's signed version.
+    Client(Vouch),
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sender::Peer => "Peer",
+            Sender::Reader => "Reader",
+            Sender::Client(_) => "Client",
+        })
+    }
 }
 
 /// The outcome of applying one sync message.
@@ -279,6 +320,7 @@ impl Store {
             peer,
             name,
             payload,
+            sender,
         } = message;
         let label = doc.to_string();
         {
@@ -365,11 +407,27 @@ impl Store {
             .sync()
             .receive_sync_message_log_patches(state, decoded, &mut PatchLog::null())
             .map_err(|e| malformed(&label, e))?;
-        let after = cached.doc.get_heads();
         let theirs = state.their_heads.as_deref().map(heads_digest);
         let persist = (state.shared_heads != shared_before).then(|| state.encode());
-        let changed = after != before;
-        if changed && let Err(reason) = self.check_authorship(&doc, &label, &before) {
+        let changed = cached.doc.get_heads() != before;
+        let refused = match (changed, &sender) {
+            (false, _) => Ok(()),
+            (true, Sender::Peer) => self.check_authorship(&doc, &label, &before),
+            (true, Sender::Reader) => {
+                Err("the sender may read this document but not change it".to_owned())
+            }
+            (true, Sender::Client(vouch)) => self
+                .check_client_change(&doc, &label, &before)
+                .and_then(|()| self.vouch_for_client(&doc, &label, &before, vouch))
+                .and_then(|()| self.check_authorship(&doc, &label, &before)),
+        };
+        let after = self
+            .cache
+            .get_mut(&doc)
+            .expect("cached above")
+            .doc
+            .get_heads();
+        if let Err(reason) = refused {
             // The session absorbed the peer's heads with the changes: start it afresh.
             self.sync_states.remove(&key);
             return Err(SyncRejected::Unauthorized { doc: label, reason }.into());
@@ -580,6 +638,9 @@ impl Store {
         peer: &str,
         encoded: &[u8],
     ) -> Result<()> {
+        if peer.starts_with(SESSION_PEER_PREFIX) {
+            return Ok(());
+        }
         let key = sync_state_key(doc, peer)?.to_string();
         let mut chunks = txn.open_table(CHUNKS).during("apply sync")?;
         chunks
@@ -668,6 +729,7 @@ impl Replica for Store {
                 peer: r.peer,
                 name: r.name,
                 payload: r.payload,
+                sender: Sender::Peer,
             })
             .collect();
         Ok(self

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod automerge;
 pub mod explain;
 pub mod export;
 pub mod health;
@@ -159,6 +160,10 @@ pub struct AppState {
     /// How the node finds peers, as `explain` tells it: mDNS interfaces (or off) and the
     /// addresses it dials.
     pub discovery: String,
+    /// Every committed change of the store, for the WebSocket endpoint's clients.
+    pub changes: Arc<crate::fleet::sync::ChangeFeed>,
+    /// The WebSocket endpoint's clients.
+    pub clients: Arc<automerge::Clients>,
 }
 
 /// Who may call one endpoint.
@@ -262,6 +267,12 @@ fn routes() -> Routes {
         Some(Admin),
         alerts::post_rules,
     )
+    .add(
+        Method::GET,
+        "/automerge",
+        Some(Monitor),
+        automerge::get_automerge,
+    )
     .add(Method::GET, "/store/keys", Some(Monitor), keys::get_keys)
     .add(
         Method::POST,
@@ -288,7 +299,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Lets a request through when its token's role is enough for the route it matched.
+/// Routes that also take the token from the URL query (`?token=…`): browsers cannot set
+/// headers on a WebSocket upgrade. Elsewhere a token in a URL would end up in logs and
+/// browser histories for nothing.
+const QUERY_TOKEN_PATHS: &[&str] = &["/automerge"];
+
+/// The `token` parameter of a query string, percent-decoded.
+fn query_token(query: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        token: Option<String>,
+    }
+    axum::extract::Query::<Query>::try_from_uri(&format!("/?{query}").parse().ok()?)
+        .ok()?
+        .0
+        .token
+}
+
+/// Lets a request through when its token's role is enough for the route it matched; the
+/// caller goes with the request, for handlers that act on the role.
 async fn check_access(
     State((state, rules)): State<(Arc<AppState>, Arc<Vec<Access>>)>,
     matched: Option<axum::extract::MatchedPath>,
@@ -312,20 +341,31 @@ async fn check_access(
     let Some(needs) = rule.needs else {
         return next.run(request).await;
     };
-    let bearer = request
+    let header = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let bearer = header.or_else(|| {
+        QUERY_TOKEN_PATHS
+            .contains(&rule.path)
+            .then(|| query_token(request.uri().query()?))
+            .flatten()
+    });
+    let bearer = bearer.as_deref();
     let what = format!("{} {}", rule.method, rule.path);
     let refused = match state.tokens.check(bearer, crate::node::now_ms()) {
         Ok(caller) if caller.role >= needs => {
             let writes = rule.method != axum::http::Method::GET;
+            let mut request = request;
+            let name = caller.name.clone();
+            request.extensions_mut().insert(caller);
             let answer = next.run(request).await;
             if writes {
                 state.audit.record(
                     crate::security::audit::Kind::ApiWrite,
-                    caller.name,
+                    name,
                     format!("{what}: {}", answer.status()),
                 );
             }

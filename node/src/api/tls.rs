@@ -87,6 +87,8 @@ pub fn listen(
                     continue;
                 }
             };
+            // Small frames (sync messages, WebSocket pings) must not wait for Nagle's timer.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

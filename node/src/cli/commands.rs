@@ -1336,6 +1336,10 @@ fn doc(node: &Node, cmd: DocCommand) -> Result<()> {
                     .map(|h| h.iter().filter_map(|h| h.as_str()).collect())
                     .unwrap_or_default();
                 println!("# heads: {}", heads.join(", "));
+                println!(
+                    "# automerge-repo: {}",
+                    shown["url"].as_str().unwrap_or_default()
+                );
                 println!("{}", serde_json::to_string_pretty(&shown["content"])?);
             }
         }
@@ -1364,6 +1368,8 @@ pub fn show_doc(store: &mut Store, name_or_id: &str) -> Result<serde_json::Value
         .collect();
     Ok(json!({
         "id": doc_id.to_string(),
+        // What an automerge-repo client `find`s through the node's `GET /automerge`.
+        "url": mesh::proto::amrepo::automerge_url(doc_id.as_bytes()),
         "name": name.as_ref().map(|n| n.to_string()),
         "kind": name.as_ref().map(|n| n.kind().as_str()),
         "heads": heads,
@@ -1593,34 +1599,12 @@ pub fn apply_workflow(
     definition: WorkflowDoc,
     writer: &crate::run::workflow::Writer,
 ) -> Result<WorkflowDoc> {
-    if !writer.control {
-        let registry: MeshRegistry = store.read(&DocName::Mesh)?;
-        let (policy, _) =
-            crate::security::policy::read(&registry, &writer.mesh_id, &writer.trust.all());
-        if !policy.members_write_workflows {
-            return Err(crate::security::workflow_rights::NotPermitted {
-                role: mesh::net::identity::NodeRole::Member,
-            }
-            .into());
-        }
+    if let Err(refused) = crate::security::workflow_rights::may_apply(store, writer)? {
+        return Err(refused.into());
     }
     let name = DocName::workflow(&definition.id)?;
     let standing: crdt_store::WorkflowVersions = store.read(&name)?;
-    let highest = |of: fn(&WorkflowDoc) -> i64| standing.versions.iter().map(of).max();
-    let version = highest(|v| v.version as i64).map_or(0, |v| v as u64) + 1;
-    let mut stored = WorkflowDoc {
-        version: version.max(definition.version),
-        updated_by: writer.node.clone(),
-        by_control: writer.control,
-        updated_ms: now_ms().max(highest(|v| v.updated_ms).map_or(0, |ms| ms + 1)),
-        ..definition
-    };
-    if let Some(signer) = &writer.signer {
-        crate::security::workflow_rights::sign(&mut stored, signer);
-    }
-    stored
-        .check_size()
-        .with_context(|| format!("workflow `{}` is not stored", stored.id))?;
+    let stored = writer.next_version(definition, &standing.versions)?;
     store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;
     Ok(stored)
 }

@@ -21,7 +21,7 @@ use mesh::proto::sync::{
     PeerSyncStatus, Replicator, Served, SharePolicy, SyncConfig, SyncIn, SyncOut,
 };
 use mesh::proto::wire::{CatalogueEntry, DocIdBytes, Message};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Commands queued for the sync actor.
@@ -44,7 +44,13 @@ pub struct ChangeFeed {
     /// Results and rollup documents changed since the rollup writer last looked, by name.
     results: Mutex<BTreeSet<String>>,
     results_changed: Notify,
+    /// Every changed document, for followers of single documents (the WebSocket endpoint's
+    /// clients). A follower that lags behind looks at all of its documents again.
+    docs: broadcast::Sender<DocIdBytes>,
 }
+
+/// Changed documents kept for followers that are behind; beyond it they look at everything.
+const DOC_CHANGES_CAP: usize = 1024;
 
 impl Default for ChangeFeed {
     fn default() -> Self {
@@ -55,6 +61,7 @@ impl Default for ChangeFeed {
             workflows: watch::channel(0).0,
             results: Mutex::default(),
             results_changed: Notify::new(),
+            docs: broadcast::channel(DOC_CHANGES_CAP).0,
         }
     }
 }
@@ -85,6 +92,9 @@ impl ChangeFeed {
         self.results_changed.notify_one();
         self.mesh.send_modify(|v| *v += 1);
         self.workflows.send_modify(|v| *v += 1);
+        for entry in &held {
+            let _ = self.docs.send(entry.doc);
+        }
         let mut pending = self.changed.lock().expect("change feed lock");
         pending.changed.clear();
         pending.reopened = Some(held);
@@ -105,6 +115,8 @@ impl ChangeFeed {
                 .insert(entry.name.clone());
             self.results_changed.notify_one();
         }
+        // No follower is not an error: the endpoint may have no client.
+        let _ = self.docs.send(entry.doc);
         self.changed
             .lock()
             .expect("change feed lock")
@@ -128,6 +140,11 @@ impl ChangeFeed {
             }
             self.results_changed.notified().await;
         }
+    }
+
+    /// Follows changes of every document, by id.
+    pub fn doc_changes(&self) -> broadcast::Receiver<DocIdBytes> {
+        self.docs.subscribe()
     }
 
     /// Follows changes of workflow documents.

@@ -326,6 +326,36 @@ pub struct Writer {
     pub trust: crate::security::trust::Trust,
 }
 
+impl Writer {
+    /// `definition` as this node writes it over the versions `standing`: the next version
+    /// number (or the definition's own, if higher), a time after theirs, this node as its
+    /// author, signed.
+    pub fn next_version(
+        &self,
+        definition: WorkflowDoc,
+        standing: &[WorkflowDoc],
+    ) -> Result<WorkflowDoc> {
+        let highest = |of: fn(&WorkflowDoc) -> i64| standing.iter().map(of).max();
+        let version = highest(|v| v.version as i64).map_or(0, |v| v as u64) + 1;
+        let mut stored = WorkflowDoc {
+            version: version.max(definition.version),
+            updated_by: self.node.clone(),
+            by_control: self.control,
+            updated_ms: crate::node::now_ms().max(highest(|v| v.updated_ms).map_or(0, |ms| ms + 1)),
+            author_cert: String::new(),
+            signature: String::new(),
+            ..definition
+        };
+        if let Some(signer) = &self.signer {
+            crate::security::workflow_rights::sign(&mut stored, signer);
+        }
+        stored
+            .check_size()
+            .with_context(|| format!("workflow `{}` is not stored", stored.id))?;
+        Ok(stored)
+    }
+}
+
 /// A workflow as this node schedules it: the version it runs, or, when it runs none, the
 /// version it would and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,27 @@ pub struct NotPermitted {
     pub role: NodeRole,
 }
 
+/// Whether `writer` may apply workflow versions: a `control` node always, a member when the
+/// mesh's policy lets members write workflows. The outer error is the store's.
+pub fn may_apply(
+    store: &mut crdt_store::Store,
+    writer: &crate::run::workflow::Writer,
+) -> crdt_store::Result<Result<(), NotPermitted>> {
+    if writer.control {
+        return Ok(Ok(()));
+    }
+    let registry = store.registry()?;
+    let (policy, _) =
+        crate::security::policy::read(&registry, &writer.mesh_id, &writer.trust.all());
+    Ok(if policy.members_write_workflows {
+        Ok(())
+    } else {
+        Err(NotPermitted {
+            role: NodeRole::Member,
+        })
+    })
+}
+
 /// Signs a version about to be applied here: the writer's certificate travels with it.
 pub fn sign(version: &mut WorkflowDoc, credentials: &NodeCredentials) {
     version.author_cert = credentials.cert_pem();

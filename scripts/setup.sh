@@ -18,6 +18,8 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 # A private PostgreSQL cluster for the export tests and bench/export.sh (its server binaries live
 # under /usr/lib/postgresql/<version>/bin, not on PATH).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_packages+=(postgresql)
+# Headless Chromium renders the web view in its test, driven over the DevTools protocol.
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

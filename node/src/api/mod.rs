@@ -17,6 +17,7 @@ pub mod resources;
 pub mod runs;
 pub mod tls;
 pub mod trust;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -214,6 +215,12 @@ fn routes() -> Routes {
         rules: Vec::new(),
     }
     .add(Method::GET, "/health", None, get_health)
+    // The page and its assets hold no data: a token is asked for by the page itself.
+    .add(Method::GET, "/", None, web::get_index)
+    .add(Method::GET, "/assets/app.js", None, web::get_app_js)
+    .add(Method::GET, "/assets/style.css", None, web::get_style_css)
+    .add(Method::GET, "/session", Some(Monitor), web::get_session)
+    .add(Method::GET, "/events", Some(Monitor), web::get_events)
     .add(Method::GET, "/peers", Some(Monitor), get_peers)
     .add(Method::GET, "/hierarchy", Some(Monitor), get_hierarchy)
     .add(Method::GET, "/docs", Some(Monitor), get_docs)
@@ -300,9 +307,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Routes that also take the token from the URL query (`?token=…`): browsers cannot set
-/// headers on a WebSocket upgrade. Elsewhere a token in a URL would end up in logs and
+/// headers on a WebSocket upgrade, nor on an `EventSource`. Elsewhere a token in a URL would end up in logs and
 /// browser histories for nothing.
-const QUERY_TOKEN_PATHS: &[&str] = &["/automerge"];
+const QUERY_TOKEN_PATHS: &[&str] = &["/automerge", "/events"];
 
 /// The `token` parameter of a query string, percent-decoded.
 fn query_token(query: &str) -> Option<String> {

@@ -262,6 +262,21 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
         );
     }
 
+    // What the first load cost: bytes over the wire (page, assets and the API's answers) and
+    // the time from navigation to the whole view drawn. The login form's page load counts too.
+    let first = browser.eval(
+        "({ bytes: performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')).reduce((n, e) => n + (e.transferSize || 0), 0), drawn_ms: Number(document.body.dataset.firstDrawnMs) })",
+    );
+    eprintln!(
+        "web view: first load {} bytes, the whole view drawn {} ms after navigation (login included)",
+        first["bytes"], first["drawn_ms"]
+    );
+    // When each run first shows in the page, to compare with when it finished (run ids carry
+    // their start time; every node here shares the test's clock).
+    browser.eval(
+        "window.seen = {}; new MutationObserver(() => { for (const r of document.querySelectorAll('#workflows tr[data-run]')) if (!(r.dataset.run in window.seen)) window.seen[r.dataset.run] = Date.now(); }).observe(document.body, { subtree: true, childList: true }); true",
+    );
+
     // A run that finishes after the page loaded appears in it, without a reload.
     browser.eval("window.loadedOnce = true; window.runsAtFirst = new Set([...document.querySelectorAll('#workflows tr[data-run]')].map((r) => r.dataset.run)); true");
     let took = wait_in_page(
@@ -287,6 +302,26 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
         browser.eval("Number(document.querySelector('#node svg.plot[data-title=\"CPU\"]').dataset.points) > 0"),
         json!(true),
         "the CPU plot has points"
+    );
+
+    std::thread::sleep(Duration::from_secs(5));
+    let mut lags: Vec<i64> = browser
+        .eval("Object.entries(window.seen).filter(([id]) => !window.runsAtFirst.has(id)).map(([id, at]) => at - Number(id.split('-')[1]))")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    lags.sort_unstable();
+    assert!(
+        !lags.is_empty(),
+        "no run appeared while the page was watched"
+    );
+    eprintln!(
+        "web view: a run's start to its row in the page over {} runs: median {} ms, max {} ms",
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
     );
 
     // kill -9 of a node: it turns to down in the page.

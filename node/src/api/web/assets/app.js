@@ -431,6 +431,8 @@ async function draw() {
     drawWorkflows(workflows, results, fleet);
     drawNode(health, resources, peers);
     document.body.dataset.drawn = String(Date.now());
+    // For measuring: how long the first whole view took from the start of navigation.
+    document.body.dataset.firstDrawnMs ??= String(Math.round(performance.now()));
   } catch (e) {
     if (e instanceof Refused) return logout(`The token was refused: ${e.message}`);
     flash(String(e.message || e), true);

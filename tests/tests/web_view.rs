@@ -3,7 +3,9 @@
 //! three-node mesh of real processes, logs in through the form with a monitor token, and the
 //! test reads the rendered page: every node of the fleet is shown up, a new run appears
 //! without a reload, the output plot has points, and a node killed with kill -9 turns to down.
-//! A screenshot is kept as the test's artefact (`<target>/tmp/web-view.png`).
+//! A screenshot is kept as the test's artefact (`<target>/tmp/web-view.png`). Then the same
+//! browser runs automerge-repo (bundled from npm by the test) and syncs a workflow with the
+//! node through `GET /automerge`, both ways.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -342,5 +344,105 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
     browser.screenshot(&artefact);
     assert!(std::fs::metadata(&artefact).unwrap().len() > 10_000);
     eprintln!("web view: screenshot at {}", artefact.display());
+
+    // The same browser runs automerge-repo, bundled from npm here, in a page of its own: it
+    // reads the workflow through the node's WebSocket endpoint, edits it (an admin token), the
+    // edit reaches bravo over QUIC, and a version applied on alpha reaches the page.
+    let page = bundle_browser_client(tmp.path());
+    browser.call(
+        "Page.navigate",
+        json!({"url": format!("file://{}", page.display())}),
+    );
+    wait_in_page(
+        &mut browser,
+        "the bundle loaded",
+        Duration::from_secs(20),
+        "document.readyState === 'complete' && typeof window.rhizome === 'object'",
+    );
+    let admin = ok(run_on(
+        &a,
+        &[
+            "token", "create", "--role", "admin", "--name", "tab", "--json",
+        ],
+    ))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = ok(run_on(&a, &["doc", "show", "workflow/probe", "--json"]))["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser.eval(&format!(
+        "window.rhizome.connect({}); true",
+        json!(format!("ws://{}/automerge?token={admin}", a.http))
+    ));
+    let read = browser.eval(&format!(
+        "window.rhizome.read({}, 'definition')",
+        json!(url)
+    ));
+    let mut definition: Value = serde_json::from_str(read.as_str().unwrap()).unwrap();
+    assert_eq!(definition["id"], "probe");
+    definition["description"] = json!("edited in a browser tab");
+    definition["version"] = json!(definition["version"].as_u64().unwrap() + 1);
+    browser.eval(&format!(
+        "window.rhizome.write({}, 'definition', {}).then(() => true)",
+        json!(url),
+        json!(definition.to_string())
+    ));
+    let took = wait_until(
+        "the browser's edit at bravo",
+        Duration::from_secs(15),
+        || {
+            let shown = ok(run_on(&b, &["workflow", "show", "probe", "--json"]));
+            shown["description"] == "edited in a browser tab"
+        },
+    );
+    eprintln!("web view: an edit in the browser's automerge-repo reached bravo in {took:?}");
+    apply_on(
+        &a,
+        "id: probe\ndescription: applied on alpha\ntrigger: {every: 1s}\nsteps:\n  - id: read\n    agent: sensor\n    config: {seed: 3}\n",
+    );
+    wait_in_page(
+        &mut browser,
+        "alpha's version in the browser",
+        Duration::from_secs(15),
+        &format!(
+            "window.rhizome.read({}, 'definition').then((d) => d.includes('applied on alpha'))",
+            json!(url)
+        ),
+    );
     drop(b);
+}
+
+/// Bundles `tests/js/browser.mjs` (automerge-repo and its WebSocket adapter, from npm) with
+/// esbuild into one classic script, and a page that loads it; returns the page's path.
+fn bundle_browser_client(dir: &std::path::Path) -> PathBuf {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let bundle = dir.join("automerge-repo.js");
+    // `webpack` picks Automerge's build with its WebAssembly inlined: one file, no loader.
+    let out = Command::new(js.join("node_modules/.bin/esbuild"))
+        .arg(js.join("browser.mjs"))
+        .args([
+            "--bundle",
+            "--format=iife",
+            "--platform=browser",
+            "--conditions=webpack",
+            "--log-level=warning",
+        ])
+        .arg(format!("--outfile={}", bundle.display()))
+        .output()
+        .expect("esbuild runs (scripts/setup.sh installs tests/js)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.join("automerge-repo.html");
+    std::fs::write(
+        &page,
+        "<!doctype html><meta charset=utf-8><title>automerge-repo</title>\
+         <script src=\"automerge-repo.js\"></script>",
+    )
+    .unwrap();
+    page
 }

@@ -403,9 +403,49 @@ fn misbehaving_clients_are_disconnected_with_a_reason_and_others_go_on() {
         "an oversized message is not a normal close"
     );
 
+    // A token revoked while its socket is open loses the socket at the next ping.
+    let doomed = ok(run_on(
+        &a,
+        &[
+            "token", "create", "--role", "monitor", "--name", "doomed", "--json",
+        ],
+    ))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut socket = raw_socket(&a, &doomed);
+    socket
+        .send(Frame::Binary(join("soon-gone").into()))
+        .unwrap();
+    let answer = socket.read().unwrap();
+    assert!(
+        matches!(answer, Frame::Binary(_)),
+        "the peer answer: {answer:?}"
+    );
+    ok(run_on(&a, &["token", "revoke", "doomed"]));
+    let revoked_at = std::time::Instant::now();
+    let (error, code) = closing_words(&mut socket);
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no longer accepted"),
+        "{error:?}"
+    );
+    assert_eq!(code, Some(1008));
+    eprintln!(
+        "automerge clients: a revoked token's socket closed {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+
     // Each was logged with its reason, and the well-behaved client is still served.
     let log = std::fs::read_to_string(rhizome_e2e::process::log_file(&dir)).unwrap();
-    for reason in ["invalid message", "someone-else", "text frame"] {
+    for reason in [
+        "invalid message",
+        "someone-else",
+        "text frame",
+        "no longer accepted",
+    ] {
         assert!(log.contains(reason), "{reason} is not in the log");
     }
     let again = good.send(json!({"op": "find", "url": url}));

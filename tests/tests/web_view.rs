@@ -301,6 +301,11 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
     );
     eprintln!("web view: the output plot had points after {points:?}");
     assert_eq!(
+        browser.eval("document.querySelector('#workflows [data-versions]')?.innerText.startsWith('running: version 1 on ')"),
+        json!(true),
+        "where the version runs"
+    );
+    assert_eq!(
         browser.eval("Number(document.querySelector('#node svg.plot[data-title=\"CPU\"]').dataset.points) > 0"),
         json!(true),
         "the CPU plot has points"

@@ -252,7 +252,26 @@ function runsPerMinute(runs, failed) {
   return [...buckets.entries()].sort((a, b) => a[0] - b[0]);
 }
 
-function drawWorkflows(workflows, results, fleet) {
+// Which version each node ran last, as "version 2 on alpha, bravo; version 1 on charlie".
+function versionsRunning(runs, registry) {
+  const latest = new Map();
+  for (const r of runs) {
+    const seen = latest.get(r.node);
+    if (!seen || seen.finished_ms < r.finished_ms) latest.set(r.node, r);
+  }
+  const byVersion = new Map();
+  for (const [node, r] of latest) {
+    const name = registry?.content?.nodes?.[node]?.name || short(node);
+    if (!byVersion.has(r.workflow_version)) byVersion.set(r.workflow_version, []);
+    byVersion.get(r.workflow_version).push(name);
+  }
+  return [...byVersion.entries()]
+    .sort((a, b) => b[0] - a[0])
+    .map(([v, names]) => `version ${v} on ${names.sort().join(", ")}`)
+    .join("; ");
+}
+
+function drawWorkflows(workflows, results, fleet, registry) {
   const body = document.querySelector("#workflows .body");
   if (workflows?.error) return body.replaceChildren(h("p", { class: "error" }, workflows.error));
   const runs = Array.isArray(results) ? results : [];
@@ -294,6 +313,7 @@ function drawWorkflows(workflows, results, fleet) {
         h("h3", {}, `${w.id} `, h("span", { class: "muted" }, `version ${w.version}, ${w.trigger || "manual"}, on ${where.length ? where.join(", ") : "every node"}`), " ", actions),
         w.description ? h("p", { class: "muted" }, w.description) : null,
         h("p", { class: "muted" }, `${mine.length} runs here in the last hour; ${fleetRuns} runs (${fleetFailures} failed) in the rollups held here`),
+        mine.length ? h("p", { class: "muted", "data-versions": "" }, `running: ${versionsRunning(mine, registry)}`) : null,
         h(
           "div",
           { class: "plots" },
@@ -428,7 +448,7 @@ async function draw() {
     }
     drawFleet(registry, peers, hierarchy, fleet);
     drawAlerts(alerts);
-    drawWorkflows(workflows, results, fleet);
+    drawWorkflows(workflows, results, fleet, registry);
     drawNode(health, resources, peers);
     document.body.dataset.drawn = String(Date.now());
     // For measuring: how long the first whole view took from the start of navigation.

@@ -323,6 +323,9 @@ pub struct ExportSection {
     pub batch: usize,
     /// How often the node looks for documents that changed since they were exported.
     pub interval: String,
+    /// Longest wait for the database to answer one transaction; past it the connection is
+    /// dropped and made again (a network cut leaves a connection silent, not broken).
+    pub timeout: String,
 }
 
 impl Default for ExportSection {
@@ -332,6 +335,7 @@ impl Default for ExportSection {
             schema: "rhizome".into(),
             batch: 1000,
             interval: "2s".into(),
+            timeout: "2m".into(),
         }
     }
 }

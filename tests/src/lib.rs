@@ -98,6 +98,8 @@ fn build_rhizome(target_dir: &Path, profile: &str) {
 }
 
 /// The workload of the crash test: what `crash-writer` appends and what the test expects back.
+pub mod cable;
+
 pub mod crash {
     use crdt_store::{RunRecord, RunStatus, StepRecord, StoreConfig};
 

@@ -244,6 +244,13 @@ fn a_cloud_peer_exports_the_runs_rollups_and_nodes_it_holds() {
     assert!(status["rows_exported"].as_u64().unwrap() >= held.len() as u64);
     let text = String::from_utf8(run(&c_dir, &["export", "status"]).stdout).unwrap();
     assert!(text.contains("connected   yes"), "{text}");
+    // `status` carries the export's state and lag too.
+    let overall: Value =
+        serde_json::from_slice(&run(&c_dir, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(overall["export"]["configured"], true, "{overall}");
+    assert!(overall["export"]["lag_seconds"].is_number(), "{overall}");
+    let text = String::from_utf8(run(&c_dir, &["status"]).stdout).unwrap();
+    assert!(text.contains("\nexport   "), "{text}");
     // The edge exports nothing and says so.
     let text = String::from_utf8(run(&e_dir, &["export", "status"]).stdout).unwrap();
     assert!(text.contains("the export is off"), "{text}");
@@ -378,6 +385,68 @@ fn kills_and_a_database_crash_during_a_large_export_lose_and_duplicate_nothing()
         "{status} after {replayed} runs deleted"
     );
     assert!(held.len() >= runs);
+    stop(node);
+}
+
+#[test]
+fn network_cuts_to_the_database_lose_and_duplicate_nothing() {
+    let pg = Postgres::start();
+    pg.create_database("fleet");
+    let cable = rhizome_e2e::cable::Cable::to(([127, 0, 0, 1], pg.port).into());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let runs = 12_000;
+    ok(run(&dir, &["demo", "--runs", &runs.to_string()]));
+    let _logs = LogsOnPanic(vec![dir.clone()]);
+    set(
+        &dir,
+        "export.postgres",
+        &format!("postgres://postgres@{}/fleet", cable.addr),
+    );
+    set(&dir, "export.batch", "200");
+    set(&dir, "export.interval", "100ms");
+    // A cut leaves the connection silent: this is how soon the node gives up on it.
+    set(&dir, "export.timeout", "2s");
+    let node = start(&dir, &[]);
+    let exported = || -> usize {
+        pg.try_sql("fleet", "SELECT count(*) FROM rhizome.export_checkpoint")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut rng = rand::thread_rng();
+    for cut in 0..3 {
+        let before = exported();
+        wait_until("the export moves", Duration::from_secs(60), || {
+            exported() > before
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
+        cable.cut();
+        let cut_at = Instant::now();
+        wait_until(
+            "the export notices the silence",
+            Duration::from_secs(30),
+            || export_status(&node)["state"] == "failing",
+        );
+        let status = export_status(&node);
+        eprintln!(
+            "cut {cut}: noticed after {:?} ({}), {} documents exported",
+            cut_at.elapsed(),
+            status["last_error_reason"],
+            exported()
+        );
+        // The node goes on serving while its database is away.
+        let health = ok(run(&dir, &["status", "--json"]));
+        assert_eq!(health["running"], true);
+        std::thread::sleep(Duration::from_millis(500));
+        cable.plug();
+    }
+    let took = wait_exactly_once(&pg, "fleet", &node, Duration::from_secs(120));
+    eprintln!("after the last cut the export finished in {took:?}");
+    wait_until("nothing pending", Duration::from_secs(30), || {
+        export_status(&node)["documents_pending"] == 0
+    });
+    assert_exactly_once(&pg, "fleet", &held_runs(&dir));
     stop(node);
 }
 

@@ -791,10 +791,14 @@ fn print_peers(peers: &[crate::api::PeerView]) {
 
 fn status(node: &Node, json: bool) -> Result<()> {
     let running = crate::cli::client::running_node(&node.dir);
-    let (health, peers, hierarchy, store, resources, alerts) = match running {
+    let (health, peers, hierarchy, store, resources, alerts, export) = match running {
         Some(addr) => {
             let health = addr.health()?;
             let alerts: Option<crate::ops::alerts::AlertsView> = addr.get("/alerts").ok();
+            let export: Option<crate::export::ExportStatus> = addr
+                .get("/export")
+                .ok()
+                .filter(|e: &crate::export::ExportStatus| e.configured);
             let peers: Vec<crate::api::PeerView> = addr.get("/peers")?;
             let hierarchy: HierarchyView = addr.get("/hierarchy")?;
             let resources: Option<crate::api::resources::ResourcesView> =
@@ -806,6 +810,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 None,
                 resources.and_then(|r| r.latest),
                 alerts,
+                export,
             )
         }
         None => (
@@ -813,6 +818,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
             Vec::new(),
             None,
             Some(node.open_store()?.stats()?),
+            None,
             None,
             None,
         ),
@@ -856,6 +862,7 @@ fn status(node: &Node, json: bool) -> Result<()> {
                 "peers": peers,
                 "store": store,
                 "resources": resources,
+                "export": export,
             }))?
         );
         return Ok(());
@@ -956,6 +963,19 @@ fn status(node: &Node, json: bool) -> Result<()> {
                     ));
                 }
                 println!("alerts   {}", parts.join(", "));
+            }
+            if let Some(e) = &export {
+                let mut line = format!(
+                    "export   {} to {}: {} documents pending, lag {:.1} s",
+                    e.state,
+                    e.target.as_deref().unwrap_or("?"),
+                    e.documents_pending,
+                    e.lag_seconds
+                );
+                if let Some(error) = e.last_error.as_ref().filter(|_| e.state == "failing") {
+                    line.push_str(&format!(" ({error})"));
+                }
+                println!("{line}");
             }
             for problem in &h.problems {
                 println!("  ! {problem}");

@@ -66,6 +66,8 @@ pub struct Settings {
     pub interval: Duration,
     /// How rows are sent.
     pub method: Method,
+    /// Longest wait for one transaction or setup step (`export.timeout`).
+    pub timeout: Duration,
 }
 
 impl Settings {
@@ -102,12 +104,18 @@ impl Settings {
         if interval < Duration::from_millis(100) {
             bail!("export.interval must be at least 100ms");
         }
+        let timeout = crate::config::parse_duration(&section.timeout)
+            .context("export.timeout (RHIZOME_EXPORT_TIMEOUT)")?;
+        if timeout < Duration::from_secs(1) {
+            bail!("export.timeout must be at least 1s");
+        }
         Ok(Some(Settings {
             postgres,
             schema: section.schema.clone(),
             batch: section.batch,
             interval,
             method: Method::default(),
+            timeout,
         }))
     }
 
@@ -345,6 +353,7 @@ impl Exporter {
             &self.me,
             self.settings.method,
             self.settings.batch,
+            self.settings.timeout,
         )
         .await?;
         self.checkpoints = checkpoints;

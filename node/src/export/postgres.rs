@@ -19,8 +19,10 @@ use super::schema::{self, ALERTS, CHECKPOINT, NODES, ROLLUPS, RUNS, Table};
 
 /// Longest wait for a connection to be set up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the database to answer one statement; past it the connection is dropped
-/// (the server rolls the transaction back) and made again.
+/// Longest wait for the database to answer one transaction or setup step, unless
+/// `export.timeout` says otherwise; past it the connection is dropped (the server rolls the
+/// transaction back) and made again. It is what ends a connection that a network cut left
+/// silent: no error ever comes on it.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// PostgreSQL takes at most this many parameters in one statement.
 const MAX_PARAMS: usize = 65_535;
@@ -303,6 +305,8 @@ pub struct Db {
     target: Target,
     method: Method,
     batch: usize,
+    /// Longest wait for one transaction or setup step.
+    timeout: Duration,
     /// Prepared full-batch upserts, by table.
     prepared: HashMap<&'static str, (usize, Statement)>,
     /// The schema version found (before migrating).
@@ -327,6 +331,7 @@ impl Db {
         exporter: &str,
         method: Method,
         batch: usize,
+        timeout: Duration,
     ) -> Result<(Db, Checkpoints), ExportError> {
         let mut config = config.clone();
         if config.get_connect_timeout().is_none() {
@@ -354,15 +359,16 @@ impl Db {
             target,
             method,
             batch: batch.max(1),
+            timeout,
             prepared: HashMap::new(),
             found_version: 0,
         };
-        db.found_version = timed(db.migrate(exporter)).await?;
+        db.found_version = timed(timeout, db.migrate(exporter)).await?;
         if method == Method::Copy {
             for table in [RUNS, ROLLUPS, NODES, ALERTS] {
                 let sql = table.create_staging(&db.target.schema);
                 let client = &db.client;
-                timed(async {
+                timed(timeout, async {
                     client
                         .batch_execute(&sql)
                         .await
@@ -371,7 +377,7 @@ impl Db {
                 .await?;
             }
         }
-        let checkpoints = timed(db.checkpoints(exporter)).await?;
+        let checkpoints = timed(timeout, db.checkpoints(exporter)).await?;
         Ok((db, checkpoints))
     }
 
@@ -461,7 +467,7 @@ impl Db {
         rows: &Rows,
         checkpoints: &[Checkpoint],
     ) -> Result<(), ExportError> {
-        let timeout = STATEMENT_TIMEOUT;
+        let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.write_now(rows, checkpoints)).await {
             Ok(done) => done,
             Err(_) => Err(ExportError::Timeout(timeout)),
@@ -565,13 +571,14 @@ impl Db {
     }
 }
 
-/// [`STATEMENT_TIMEOUT`] around one step of setting up.
+/// A timeout around one step of setting up.
 async fn timed<T>(
+    timeout: Duration,
     step: impl std::future::Future<Output = Result<T, ExportError>>,
 ) -> Result<T, ExportError> {
-    tokio::time::timeout(STATEMENT_TIMEOUT, step)
+    tokio::time::timeout(timeout, step)
         .await
-        .unwrap_or(Err(ExportError::Timeout(STATEMENT_TIMEOUT)))
+        .unwrap_or(Err(ExportError::Timeout(timeout)))
 }
 
 fn short(id: &str) -> &str {

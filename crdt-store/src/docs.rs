@@ -342,6 +342,11 @@ pub struct NodeEntry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub vitals: Option<Vitals>,
+    /// `edge` or `cloud`, as the node was started; empty in entries written before roles were
+    /// published.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub role: String,
 }
 
 /// What a node tells the fleet of its health, rounded so that it changes rarely.

@@ -190,6 +190,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
             Vec::new()
         },
         ca: own_ca,
+        role: role.to_string(),
         ..NodeEntry::default()
     };
     // Rings when the mesh's current CA changes: the node renews from the new one at once.

@@ -233,8 +233,8 @@ fn a_cloud_peer_exports_the_runs_rollups_and_nodes_it_holds() {
     );
     assert_eq!(
         nodes,
-        format!("{}|cloud|cloud\n{}|edge|", ids[0], ids[1]),
-        "both nodes are listed"
+        format!("{}|cloud|cloud\n{}|edge|edge", ids[0], ids[1]),
+        "both nodes are listed, each with its role"
     );
 
     let status = export_status(&cloud);

@@ -348,7 +348,8 @@ pub fn from_rollup(name: &DocName, doc: &RollupDoc) -> Vec<RollupRow> {
 /// What the registry does not say about its members but the exporting node knows.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    /// The exporting node's own id and role (`edge`, `cloud`): the registry carries no roles.
+    /// The exporting node's own id and role (`edge`, `cloud`), which its own entry may not
+    /// carry yet; other nodes' roles come from their entries.
     pub me: Option<(String, String)>,
     /// Members revoked by a valid decision of the mesh CA.
     pub revoked: BTreeSet<String>,
@@ -367,7 +368,8 @@ pub fn from_registry(registry: &MeshRegistry, facts: &Facts) -> Vec<NodeRow> {
                 .me
                 .as_ref()
                 .filter(|(me, _)| me == id)
-                .map(|(_, role)| role.clone()),
+                .map(|(_, role)| role.clone())
+                .or_else(|| (!e.role.is_empty()).then(|| text(&e.role))),
             tags: e.tags.iter().map(|t| text(t)).collect(),
             capabilities: Jsonb::of(&e.capabilities),
             vitals: e.vitals.as_ref().map(Jsonb::of),

@@ -181,7 +181,7 @@ function drawFleet(registry, peers, hierarchy, fleet) {
         h(
           "tr",
           { "data-node": id, "data-state": state },
-          h("td", {}, entry.name, " ", h("span", { class: "muted" }, short(id))),
+          h("td", {}, entry.name, " ", h("span", { class: "muted" }, `${short(id)}${entry.role ? ` · ${entry.role}` : ""}`)),
           h("td", {}, zone || "(root)"),
           h("td", {}, badge(state), " ", h("span", { class: "muted" }, since)),
           h("td", {}, aggregator ? aggregator.name || short(aggregator.aggregator) : "—"),

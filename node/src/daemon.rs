@@ -810,10 +810,19 @@ async fn follow_routes(
         return;
     };
     loop {
-        match store.call(|s| s.node_zones()).recv().await {
-            Ok(zones) => {
-                let policy =
-                    crate::fleet::hierarchy::share_policy(&me, &view, &zones, results_to_cloud);
+        let routes = store.call(|s| {
+            let clouds = crate::fleet::hierarchy::clouds(&*s.registry()?);
+            Ok((s.node_zones()?, clouds))
+        });
+        match routes.recv().await {
+            Ok((zones, clouds)) => {
+                let policy = crate::fleet::hierarchy::share_policy(
+                    &me,
+                    &view,
+                    &zones,
+                    clouds,
+                    results_to_cloud,
+                );
                 sync.set_policy(policy).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the mesh document for routing"),

@@ -11,7 +11,7 @@
 //!   permissions the export needs, are refused with a clear sentence in `export status`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -386,6 +386,148 @@ fn kills_and_a_database_crash_during_a_large_export_lose_and_duplicate_nothing()
     );
     assert!(held.len() >= runs);
     stop(node);
+}
+
+/// Whether a running node aggregates the root zone (the active cloud peer).
+fn aggregates_root(node: &Running) -> bool {
+    status(node)["hierarchy"]["aggregates"]
+        .as_array()
+        .is_some_and(|zones| zones.iter().any(|z| z == ""))
+}
+
+/// Runs in a node's fleet view.
+fn fleet_runs(node: &Running) -> u64 {
+    ok(run(&node.dir, &["status", "--fleet", "--json"]))["runs"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_cloud_peers_hold_the_fleet_and_export_it_once_when_the_active_one_dies() {
+    let pg = Postgres::start();
+    pg.create_database("fleet");
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["cloud1", "cloud2", "e1", "e2"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let _logs = LogsOnPanic(dirs.clone());
+    let mesh = dirs[0].join("mesh");
+    init(&dirs[0], names[0], None);
+    init_in(&dirs[1], names[1], Some(&mesh), &["--control"]);
+    for (dir, name) in dirs[2..].iter().zip(&names[2..]) {
+        init_in(
+            dir,
+            name,
+            Some(&mesh),
+            &["--zone", "site-a", "--tag", "sensor"],
+        );
+    }
+    for dir in &dirs {
+        set(dir, "sync.results_to", "cloud");
+    }
+    // Both cloud peers export into the same database.
+    for dir in &dirs[..2] {
+        set(dir, "export.postgres", &pg.url("fleet"));
+        set(dir, "export.interval", "200ms");
+    }
+    let cloud1 = start_with(&dirs[0], &[], &["--role", "cloud"]);
+    let cloud2 = start_with(&dirs[1], &[&cloud1.quic], &["--role", "cloud"]);
+    let addresses = [cloud1.quic.clone(), cloud2.quic.clone()];
+    let edges: Vec<Running> = dirs[2..]
+        .iter()
+        .map(|dir| start(dir, &[&addresses[0], &addresses[1]]))
+        .collect();
+    let mut clouds = [Some(cloud1), Some(cloud2)];
+
+    let workflow = tmp.path().join("probe.yaml");
+    std::fs::write(&workflow, probe("{every: 200ms}")).unwrap();
+    ok(run(
+        &dirs[0],
+        &["workflow", "apply", workflow.to_str().unwrap()],
+    ));
+    // Both cloud peers hold the fleet's figures, not only the one the root zone elected.
+    for cloud in clouds.iter().flatten() {
+        wait_until(
+            "runs in both clouds' fleet views",
+            Duration::from_secs(30),
+            || fleet_runs(cloud) >= 20,
+        );
+    }
+    let active = wait_until_some("one cloud peer aggregates the root", || {
+        clouds
+            .iter()
+            .position(|c| c.as_ref().is_some_and(aggregates_root))
+    });
+    let survivor = 1 - active;
+    let mut dead = clouds[active].take().unwrap();
+    let dead_quic = dead.quic.clone();
+    dead.kill();
+    eprintln!("killed {} (the active cloud peer)", names[active]);
+    let survivor_node = clouds[survivor].as_ref().unwrap();
+    let before = fleet_runs(survivor_node);
+    let took = wait_until(
+        "the survivor takes over the root",
+        Duration::from_secs(30),
+        || aggregates_root(survivor_node),
+    );
+    eprintln!(
+        "{} aggregates the root {took:?} after the kill",
+        names[survivor]
+    );
+    wait_until(
+        "the fleet view goes on at the survivor",
+        Duration::from_secs(30),
+        || fleet_runs(survivor_node) > before + 10,
+    );
+
+    // The edges stop; the survivor holds every run they recorded, and the table holds each
+    // exactly once, although two exporters wrote it.
+    std::fs::write(&workflow, probe("manual")).unwrap();
+    ok(run(
+        &dirs[survivor],
+        &["workflow", "apply", workflow.to_str().unwrap()],
+    ));
+    let at_edges = || -> BTreeSet<String> { dirs[2..].iter().flat_map(|d| held_runs(d)).collect() };
+    wait_until(
+        "the survivor holds every run",
+        Duration::from_secs(60),
+        || {
+            let edges_hold = at_edges();
+            !edges_hold.is_empty() && held_runs(&dirs[survivor]) == edges_hold
+        },
+    );
+    let took = wait_exactly_once(&pg, "fleet", survivor_node, Duration::from_secs(60));
+    eprintln!("the survivor's export finished {took:?} later");
+    assert_exactly_once(&pg, "fleet", &at_edges());
+
+    // The dead one returns, catches up, and duplicates nothing.
+    let back = rhizome_e2e::process::start_on_with(
+        &dirs[active],
+        &dead_quic,
+        &[&addresses[survivor]],
+        &["--role", "cloud"],
+    );
+    let took = wait_until(
+        "the returning cloud catches up",
+        Duration::from_secs(60),
+        || held_runs(&dirs[active]) == at_edges(),
+    );
+    eprintln!(
+        "{} held every run again {took:?} after its return",
+        names[active]
+    );
+    wait_exactly_once(&pg, "fleet", &back, Duration::from_secs(60));
+    assert_exactly_once(&pg, "fleet", &at_edges());
+    drop(edges);
+}
+
+/// Polls until `find` gives a value (at most 30 s).
+fn wait_until_some<T>(what: &str, mut find: impl FnMut() -> Option<T>) -> T {
+    let mut found = None;
+    wait_until(what, Duration::from_secs(30), || {
+        found = find();
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 #[test]

@@ -151,6 +151,13 @@ pub struct SharePolicy {
     /// ([`Hierarchy::split`]): each aggregates the members it reaches, so this node takes the
     /// rollups of all of them.
     pub split_claimants: BTreeMap<String, BTreeSet<NodeId>>,
+    /// The mesh's cloud peers (from their registry entries). Each takes every rollup and
+    /// alerts document, not only the one the root zone elected: a second cloud peer then
+    /// holds the fleet's figures when the first dies, with nothing to catch up on.
+    pub clouds: BTreeSet<NodeId>,
+    /// Raw results go to the cloud (`sync.results_to = "cloud"`): every cloud peer takes them
+    /// too, for the same reason.
+    pub results_to_clouds: bool,
 }
 
 impl SharePolicy {
@@ -254,6 +261,18 @@ impl SharePolicy {
                 peers.extend(old.union(new).cloned());
             }
         }
+        // A node that becomes (or stops being) a cloud peer gains (or loses) the rollups and
+        // alerts of everyone who holds any; everyone else gains or loses that node.
+        let clouds_changed: BTreeSet<&NodeId> =
+            self.clouds.symmetric_difference(&next.clouds).collect();
+        peers.extend(clouds_changed.iter().map(|n| (*n).clone()));
+        if clouds_changed.iter().any(|n| *n == me)
+            || self.results_to_clouds != next.results_to_clouds
+        {
+            for policy in [self, next] {
+                peers.extend(policy.zone_of.keys().cloned());
+            }
+        }
         peers.remove(me);
         peers
     }
@@ -330,7 +349,9 @@ impl SharePolicy {
                             .map(|a| format!("{a} ({})", zone_name(z)))
                     })
                     .collect();
-                if admitted {
+                if admitted && self.clouds.contains(node) {
+                    "every cloud peer takes every rollup, to take over from another".to_owned()
+                } else if admitted {
                     format!(
                         "rollups of zone {} are shared with the aggregators of it and the zones \
                          above it",
@@ -359,7 +380,8 @@ impl SharePolicy {
     /// - `mesh` and workflows: every member (admission already refused strangers).
     /// - `results/<owner>/…`: the owner and the aggregator of the owner's zone.
     /// - `rollup/<zone>/…`: the aggregator of the zone and of every zone above it; where a zone
-    ///   is split, every claimant.
+    ///   is split, every claimant; every cloud peer.
+    /// - `alerts/<owner>/…`: the owner and whoever holds the rollups of its zone.
     pub fn shares(&self, class: &DocClass, peer: &str) -> bool {
         match class {
             DocClass::Mesh | DocClass::Workflow => true,
@@ -370,6 +392,7 @@ impl SharePolicy {
                         .get(owner)
                         .and_then(|zone| self.aggregator_of.get(zone))
                         .is_some_and(|aggregator| aggregator == peer)
+                    || (self.results_to_clouds && self.clouds.contains(peer))
             }
             DocClass::Rollup { zone } => self.holds_rollups_of(zone, peer),
             DocClass::Alerts { owner } => {
@@ -382,15 +405,17 @@ impl SharePolicy {
         }
     }
 
-    /// Whether `peer` aggregates `zone` or a zone above it (or claims a split one).
+    /// Whether `peer` aggregates `zone` or a zone above it (or claims a split one), or is a
+    /// cloud peer.
     fn holds_rollups_of(&self, zone: &str, peer: &str) -> bool {
-        zone_and_ancestors(zone).any(|z| {
-            self.aggregator_of.get(z).is_some_and(|a| a == peer)
-                || self
-                    .split_claimants
-                    .get(z)
-                    .is_some_and(|claimants| claimants.contains(peer))
-        })
+        self.clouds.contains(peer)
+            || zone_and_ancestors(zone).any(|z| {
+                self.aggregator_of.get(z).is_some_and(|a| a == peer)
+                    || self
+                        .split_claimants
+                        .get(z)
+                        .is_some_and(|claimants| claimants.contains(peer))
+            })
     }
 }
 

@@ -818,7 +818,7 @@ async fn get_fleet(
         .map_err(read_failed)?;
     // Without the mesh's view (stopping) the figures are still worth answering, unmarked.
     if let Ok(hierarchy) = state.mesh.hierarchy().await {
-        crate::fleet::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates);
+        crate::fleet::hierarchy::mark_stale_zones(&mut view, &hierarchy.aggregates, state.role);
         crate::fleet::hierarchy::mark_split_zones(&mut view, &hierarchy.split);
     }
     Ok(Json(view))

@@ -13,7 +13,7 @@
 //! Nodes on one segment therefore share a zone without configuration, and two sites get two
 //! zones. A configured `zone = "/"` is the root zone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
@@ -213,12 +213,18 @@ impl HierarchyView {
 }
 
 /// Marks the zones of a fleet view whose rollups no longer reach this node: those neither it
-/// nor a zone above them that it aggregates (a former aggregator keeps what it held).
-pub fn mark_stale_zones(view: &mut crdt_store::FleetView, aggregates: &[String]) {
+/// nor a zone above them that it aggregates (a former aggregator keeps what it held). A cloud
+/// peer takes every rollup whoever aggregates: nothing is stale there.
+pub fn mark_stale_zones(
+    view: &mut crdt_store::FleetView,
+    aggregates: &[String],
+    role: mesh::proto::wire::Role,
+) {
     for zone in &mut view.zones {
-        zone.stale = !aggregates
-            .iter()
-            .any(|a| crate::run::workflow::zone_contains(a, &zone.zone));
+        zone.stale = role != mesh::proto::wire::Role::Cloud
+            && !aggregates
+                .iter()
+                .any(|a| crate::run::workflow::zone_contains(a, &zone.zone));
     }
 }
 
@@ -264,11 +270,14 @@ pub fn zone_label(zone: &str) -> &str {
 /// ([`SharePolicy::from_view`]) with the zones of the replicated registry.
 ///
 /// With `results_to_cloud`, results are routed as if every node were in the root zone: straight
-/// to the root's aggregator (the cloud), which every node of the mesh must then agree on.
+/// to the root's aggregator (the cloud), which every node of the mesh must then agree on. Every
+/// cloud peer (`clouds`, from the registry) takes the rollups, alerts and routed results the
+/// root's aggregator takes: the cloud side may run on several hosts.
 pub fn share_policy(
     me: &str,
     hierarchy: &Hierarchy,
     zones: &BTreeMap<String, String>,
+    clouds: BTreeSet<String>,
     results_to_cloud: bool,
 ) -> SharePolicy {
     let mut policy = SharePolicy::from_view(me, hierarchy, zones);
@@ -277,7 +286,19 @@ pub fn share_policy(
             zone.clear();
         }
     }
+    policy.clouds = clouds;
+    policy.results_to_clouds = results_to_cloud;
     policy
+}
+
+/// The cloud peers of the mesh, by their registry entries.
+pub fn clouds(registry: &crdt_store::MeshRegistry) -> BTreeSet<String> {
+    registry
+        .nodes
+        .iter()
+        .filter(|(_, entry)| entry.role == mesh::proto::wire::Role::Cloud.to_string())
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 #[cfg(test)]

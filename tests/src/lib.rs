@@ -349,6 +349,26 @@ pub mod process {
         ok(run_on(node, &["workflow", "apply", file.to_str().unwrap()]));
     }
 
+    /// A new API token of `role` for a node (running or not), named `name`.
+    pub fn api_token(dir: &Path, role: &str, name: &str) -> String {
+        ok(run(
+            dir,
+            &["token", "create", "--role", role, "--name", name, "--json"],
+        ))["token"]
+            .as_str()
+            .expect("token create --json names the token")
+            .to_owned()
+    }
+
+    /// The `automerge:` URL of a document a running node holds, as automerge-repo clients
+    /// `find` it.
+    pub fn doc_url(node: &Running, name: &str) -> String {
+        ok(run_on(node, &["doc", "show", name, "--json"]))["url"]
+            .as_str()
+            .expect("doc show --json names the URL")
+            .to_owned()
+    }
+
     /// Runs of `workflow` that node `id` recorded, as the node lists them.
     pub fn own_runs(node: &Running, workflow: &str, id: &str) -> u64 {
         ok(run_on(

@@ -287,15 +287,7 @@ fn a_firing_alert_runs_its_command_calls_its_webhook_and_shows_in_metrics() {
     assert!(log.contains("alert firing"), "{log}");
     assert!(log.contains("alert cleanup: retention ran"), "{log}");
 
-    let token = ok(run(
-        &dir,
-        &[
-            "token", "create", "--role", "monitor", "--name", "m", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = rhizome_e2e::process::api_token(&dir, "monitor", "m");
     let http = std::fs::read_to_string(dir.join("node.http")).unwrap();
     let mut scrape = std::net::TcpStream::connect(http.trim()).unwrap();
     write!(

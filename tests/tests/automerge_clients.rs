@@ -13,7 +13,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, apply_on, connected, init, init_in, ok, run, run_on, start, start_on,
+    LogsOnPanic, Running, api_token, apply_on, connected, doc_url, init, init_in, ok, run, run_on,
+    start, start_on,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::LINE;
@@ -104,13 +105,7 @@ fn description(dir: &Path) -> Option<String> {
 }
 
 fn token(node: &Running, role: &str) -> String {
-    ok(run_on(
-        node,
-        &["token", "create", "--role", role, "--name", role, "--json"],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    api_token(&node.dir, role, role)
 }
 
 /// The status line a WebSocket upgrade of `GET /automerge` gets with this query.
@@ -156,10 +151,7 @@ fn automerge_repo_clients_read_edit_and_are_held_to_their_token() {
     wait_until("the workflow reaches c", Duration::from_secs(10), || {
         description(c_dir).as_deref() == Some("base")
     });
-    let url = ok(run_on(&a, &["doc", "show", "workflow/line", "--json"]))["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let url = doc_url(&a, "workflow/line");
     assert!(url.starts_with("automerge:"), "{url}");
 
     // A token is checked at the upgrade, before any message.
@@ -278,10 +270,9 @@ fn automerge_repo_clients_read_edit_and_are_held_to_their_token() {
 }
 
 /// A raw WebSocket to `GET /automerge`, for what no library client sends.
-fn raw_socket(
-    node: &Running,
-    token: &str,
-) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+type RawSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+fn raw_socket(node: &Running, token: &str) -> RawSocket {
     let (socket, _) =
         tungstenite::connect(format!("ws://{}/automerge?token={token}", node.http)).unwrap();
     if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = socket.get_ref() {
@@ -292,9 +283,7 @@ fn raw_socket(
 
 /// What the node says before it closes a socket: its `error` message (if any) and the close
 /// frame's code.
-fn closing_words(
-    socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
-) -> (Option<String>, Option<u16>) {
+fn closing_words(socket: &mut RawSocket) -> (Option<String>, Option<u16>) {
     use mesh::proto::amrepo::Message;
     let mut error = None;
     loop {
@@ -311,6 +300,20 @@ fn closing_words(
             Err(_) => return (error, None),
         }
     }
+}
+
+/// A raw socket that has joined as `peer` and had the node's answer.
+fn joined_socket(node: &Running, token: &str, peer: &str) -> RawSocket {
+    let mut socket = raw_socket(node, token);
+    socket
+        .send(tungstenite::Message::Binary(join(peer).into()))
+        .unwrap();
+    let answer = socket.read().unwrap();
+    assert!(
+        matches!(answer, tungstenite::Message::Binary(_)),
+        "the peer answer: {answer:?}"
+    );
+    socket
 }
 
 fn join(peer: &str) -> Vec<u8> {
@@ -331,10 +334,7 @@ fn misbehaving_clients_are_disconnected_with_a_reason_and_others_go_on() {
     init(&dir, "a", None);
     let a = start(&dir, &[]);
     let monitor = token(&a, "monitor");
-    let url = ok(run_on(&a, &["doc", "show", "mesh", "--json"]))["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let url = doc_url(&a, "mesh");
     let mut good = JsClient::connect(&a, &monitor);
     let found = good.send(json!({"op": "find", "url": url}));
     assert_eq!(found["ok"], true, "{found}");
@@ -355,13 +355,7 @@ fn misbehaving_clients_are_disconnected_with_a_reason_and_others_go_on() {
     assert_eq!(code, Some(1002));
 
     // A message in another peer's name after joining.
-    let mut socket = raw_socket(&a, &monitor);
-    socket.send(Frame::Binary(join("honest").into())).unwrap();
-    let answer = socket.read().unwrap();
-    assert!(
-        matches!(answer, Frame::Binary(_)),
-        "the peer answer: {answer:?}"
-    );
+    let mut socket = joined_socket(&a, &monitor, "honest");
     let forged = mesh::proto::amrepo::Message::Request {
         sender_id: "someone-else".into(),
         target_id: String::new(),
@@ -404,24 +398,8 @@ fn misbehaving_clients_are_disconnected_with_a_reason_and_others_go_on() {
     );
 
     // A token revoked while its socket is open loses the socket at the next ping.
-    let doomed = ok(run_on(
-        &a,
-        &[
-            "token", "create", "--role", "monitor", "--name", "doomed", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut socket = raw_socket(&a, &doomed);
-    socket
-        .send(Frame::Binary(join("soon-gone").into()))
-        .unwrap();
-    let answer = socket.read().unwrap();
-    assert!(
-        matches!(answer, Frame::Binary(_)),
-        "the peer answer: {answer:?}"
-    );
+    let doomed = api_token(&a.dir, "monitor", "doomed");
+    let mut socket = joined_socket(&a, &doomed, "soon-gone");
     ok(run_on(&a, &["token", "revoke", "doomed"]));
     let revoked_at = std::time::Instant::now();
     let (error, code) = closing_words(&mut socket);

@@ -32,6 +32,14 @@ fn export_status(node: &Running) -> Value {
     ok(run(&node.dir, &["export", "status", "--json"]))
 }
 
+/// Documents at their checkpoint in the database (0 before the schema exists).
+fn checkpoints(pg: &Postgres, db: &str) -> usize {
+    pg.try_sql(db, "SELECT count(*) FROM rhizome.export_checkpoint")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run ids (node/run_id) in the `runs` table, with how often each appears.
 fn db_runs(pg: &Postgres, db: &str) -> BTreeMap<String, u64> {
     pg.sql(
@@ -293,12 +301,7 @@ fn kills_and_a_database_crash_during_a_large_export_lose_and_duplicate_nothing()
     set(&dir, "export.interval", "100ms");
 
     // Documents at their checkpoint after each kill.
-    let exported = || -> usize {
-        pg.try_sql("fleet", "SELECT count(*) FROM rhizome.export_checkpoint")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let exported = || checkpoints(&pg, "fleet");
     let mut rng = rand::thread_rng();
     let mut after_kills = Vec::new();
     for round in 0..24 {
@@ -550,12 +553,7 @@ fn network_cuts_to_the_database_lose_and_duplicate_nothing() {
     // A cut leaves the connection silent: this is how soon the node gives up on it.
     set(&dir, "export.timeout", "2s");
     let node = start(&dir, &[]);
-    let exported = || -> usize {
-        pg.try_sql("fleet", "SELECT count(*) FROM rhizome.export_checkpoint")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let exported = || checkpoints(&pg, "fleet");
     let mut rng = rand::thread_rng();
     for cut in 0..3 {
         let before = exported();

@@ -15,15 +15,7 @@ use rhizome_e2e::process::{LogsOnPanic, Running, connected, init, init_in, ok, r
 use rhizome_e2e::wait_until;
 
 fn token(dir: &Path) -> String {
-    ok(run(
-        dir,
-        &[
-            "token", "create", "--role", "monitor", "--name", "scraper", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    rhizome_e2e::process::api_token(dir, "monitor", "scraper")
 }
 
 fn http_addr(dir: &Path) -> String {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use automerge::{ReadDoc, ScalarValue, Value as AmValue};
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use rhizome_e2e::process::{LogsOnPanic, apply_on, connected, init, init_in, ok, run_on, start};
+use rhizome_e2e::process::{
+    LogsOnPanic, api_token, apply_on, connected, doc_url, init, init_in, ok, run_on, start,
+};
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::LINE;
 use serde_json::{Value, json};
@@ -83,19 +85,8 @@ fn a_samod_repo_syncs_with_a_node() {
     wait_until("the workflow at b", Duration::from_secs(10), || {
         shown(&b)["description"] == "base"
     });
-    let admin = ok(run_on(
-        &a,
-        &[
-            "token", "create", "--role", "admin", "--name", "samod", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let doc_url = ok(run_on(&a, &["doc", "show", "workflow/line", "--json"]))["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = api_token(&a.dir, "admin", "samod");
+    let doc_url = doc_url(&a, "workflow/line");
     let doc_id: samod::DocumentId = doc_url.trim_start_matches("automerge:").parse().unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, apply_on, connected, init, init_in, ok, run_on, start,
+    LogsOnPanic, Running, api_token, apply_on, connected, doc_url, init, init_in, ok, run_on, start,
 };
 use rhizome_e2e::wait_until;
 use serde_json::{Value, json};
@@ -220,15 +220,7 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
         &a,
         "id: probe\ntrigger: {every: 1s}\nsteps:\n  - id: read\n    agent: sensor\n    config: {seed: 3}\n",
     );
-    let monitor = ok(run_on(
-        &a,
-        &[
-            "token", "create", "--role", "monitor", "--name", "kiosk", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let monitor = api_token(&a.dir, "monitor", "kiosk");
 
     // The login form, as a person uses it.
     let mut browser = Browser::open(&format!("http://{}/", a.http));
@@ -364,19 +356,8 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
         Duration::from_secs(20),
         "document.readyState === 'complete' && typeof window.rhizome === 'object'",
     );
-    let admin = ok(run_on(
-        &a,
-        &[
-            "token", "create", "--role", "admin", "--name", "tab", "--json",
-        ],
-    ))["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = ok(run_on(&a, &["doc", "show", "workflow/probe", "--json"]))["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = api_token(&a.dir, "admin", "tab");
+    let url = doc_url(&a, "workflow/probe");
     browser.eval(&format!(
         "window.rhizome.connect({}); true",
         json!(format!("ws://{}/automerge?token={admin}", a.http))

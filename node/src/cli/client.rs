@@ -148,6 +148,17 @@ fn exchange(
             stream.read_to_end(&mut response).map(drop)
         }
     };
+    if let Err(e) = &read
+        && matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    {
+        bail!(
+            "the node did not answer {method} {path} within {timeout:?}: it may be overloaded \
+             (its log says what it is doing); the request may still take effect"
+        );
+    }
     read.with_context(|| format!("reading the answer to {method} {path}"))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text

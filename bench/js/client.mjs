@@ -3,8 +3,11 @@
 // Rhizome node fetches them from its peer. Timing starts before the connection is opened and ends
 // when every document has the server's heads.
 //
-// Usage: node client.mjs PORT STORAGE_DIR URLS_FILE
-// Prints one JSON line: {"ms", "docs", "complete"}.
+// SERVER is server.mjs's port on loopback or a whole WebSocket URL (a Rhizome node's
+// `ws://HOST:PORT/automerge?token=T`, bench/amrepo-endpoint.sh).
+//
+// Usage: node client.mjs SERVER STORAGE_DIR URLS_FILE
+// Prints one JSON line: {"ms", "flushed_ms", "cpu_ms", "docs", "complete"}.
 
 import { readFileSync } from "node:fs";
 import * as A from "@automerge/automerge";
@@ -12,18 +15,20 @@ import { Repo } from "@automerge/automerge-repo";
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
 import { NodeFSStorageAdapter } from "@automerge/automerge-repo-storage-nodefs";
 
-const [port, storageDir, urlsFile] = process.argv.slice(2, 5);
-if (!port || !storageDir || !urlsFile) {
-  console.error("usage: node client.mjs PORT STORAGE_DIR URLS_FILE");
+const [server, storageDir, urlsFile] = process.argv.slice(2, 5);
+if (!server || !storageDir || !urlsFile) {
+  console.error("usage: node client.mjs SERVER STORAGE_DIR URLS_FILE");
   process.exit(2);
 }
+const url = server.startsWith("ws") ? server : `ws://127.0.0.1:${server}`;
 const entries = JSON.parse(readFileSync(urlsFile, "utf8"));
 const same = (a, b) => a.length === b.length && a.every((h) => b.includes(h));
 
+const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 const repo = new Repo({
   storage: new NodeFSStorageAdapter(storageDir),
-  network: [new WebSocketClientAdapter(`ws://127.0.0.1:${port}`)],
+  network: [new WebSocketClientAdapter(url)],
 });
 const complete = await Promise.all(
   entries.map(async ({ url, heads }) => {
@@ -43,12 +48,15 @@ const complete = await Promise.all(
   }),
 );
 const ms = performance.now() - t0;
+const cpu = process.cpuUsage(cpu0);
 await repo.flush();
 const flushedMs = performance.now() - t0;
 console.log(
   JSON.stringify({
     ms,
     flushed_ms: flushedMs,
+    // The client's own CPU (user + system) until every document was complete.
+    cpu_ms: (cpu.user + cpu.system) / 1000,
     docs: entries.length,
     complete: complete.every(Boolean),
   }),

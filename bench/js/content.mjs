@@ -27,3 +27,30 @@ export function edit(d, i, j) {
   d.description = s(`edit ${j} of document ${i}`);
   d.version = j;
 }
+
+/**
+ * A workflow document as a Rhizome node stores it (crdt-store's WorkflowDoc since definitions
+ * are atomic): the genesis names the workflow, every version is one JSON text under
+ * `definition`, written whole.
+ */
+export function workflowGenesis(id) {
+  return { id: s(id) };
+}
+
+/**
+ * Version `j` of workflow `id` (document `i`): `template` (a definition as a node stores it,
+ * signed) with this id, version and description, a fresh time and a signature of the same
+ * length, so that each version is as large, and compresses as well, as the node's.
+ */
+export function workflowVersion(template, id, i, j) {
+  const bytes = crypto.getRandomValues(new Uint8Array(template.signature.length / 2));
+  const signature = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return {
+    ...template,
+    id,
+    version: j,
+    description: `edit ${j} of document ${i}`,
+    updated_ms: Date.now(),
+    signature,
+  };
+}

@@ -3,24 +3,29 @@
 // client connects. It counts what crosses each client's socket (WebSocket message bytes and TCP
 // payload bytes) and reports them when it reads "stats" on stdin.
 //
-// Usage: node server.mjs DOCS CHANGES STORAGE_DIR URLS_FILE
+// With DEFINITION_FILE (a workflow definition as a Rhizome node stores it, JSON), the documents
+// are workflow documents as a node holds them (`workflowVersion` in content.mjs): what
+// bench/amrepo-endpoint.sh serves from both servers.
+//
+// Usage: node server.mjs DOCS CHANGES STORAGE_DIR URLS_FILE [DEFINITION_FILE]
 // Prints one JSON line when ready: {"port", "raw_change_bytes", "change_count", "setup_ms"}.
 
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { WebSocketServer } from "ws";
 import * as A from "@automerge/automerge";
 import { Repo } from "@automerge/automerge-repo";
 import { NodeWSServerAdapter } from "@automerge/automerge-repo-network-websocket";
 import { NodeFSStorageAdapter } from "@automerge/automerge-repo-storage-nodefs";
-import { genesis, edit } from "./content.mjs";
+import { genesis, edit, workflowGenesis, workflowVersion } from "./content.mjs";
 
 const [docs, changes] = process.argv.slice(2, 4).map(Number);
-const [storageDir, urlsFile] = process.argv.slice(4, 6);
+const [storageDir, urlsFile, definitionFile] = process.argv.slice(4, 7);
 if (!(docs > 0 && changes > 0) || !storageDir || !urlsFile) {
-  console.error("usage: node server.mjs DOCS CHANGES STORAGE_DIR URLS_FILE");
+  console.error("usage: node server.mjs DOCS CHANGES STORAGE_DIR URLS_FILE [DEFINITION_FILE]");
   process.exit(2);
 }
+const definition = definitionFile ? JSON.parse(readFileSync(definitionFile, "utf8")) : null;
 
 const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
 await new Promise((resolve) => wss.on("listening", resolve));
@@ -51,8 +56,20 @@ const entries = [];
 let rawChangeBytes = 0;
 let changeCount = 0;
 for (let i = 0; i < docs; i++) {
-  const handle = repo.create(genesis(i));
-  for (let j = 1; j < changes; j++) handle.change((d) => edit(d, i, j));
+  let handle;
+  if (definition) {
+    const id = `bench-${String(i).padStart(4, "0")}`;
+    handle = repo.create(workflowGenesis(id));
+    for (let j = 1; j < changes; j++) {
+      const text = JSON.stringify(workflowVersion(definition, id, i, j));
+      handle.change((d) => {
+        d.definition = new A.ImmutableString(text);
+      });
+    }
+  } else {
+    handle = repo.create(genesis(i));
+    for (let j = 1; j < changes; j++) handle.change((d) => edit(d, i, j));
+  }
   const all = A.getAllChanges(handle.doc());
   changeCount += all.length;
   for (const c of all) rawChangeBytes += c.length;

@@ -39,12 +39,13 @@
 //!
 //! `bench/sync.sh` installs the JavaScript side and runs this; BENCHMARKS.md has the figures.
 
+mod common;
+use common::Report;
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crdt_store::{DocName, HeadsDigest, Store, StoreConfig, WorkflowDoc};
 use mesh::net::driver::{LinkStats, MeshConfig};
@@ -78,19 +79,8 @@ struct Params {
 
 impl Params {
     fn from_env() -> Params {
-        let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let default_out = target_tmp
-            .parent()
-            .unwrap_or(&target_tmp)
-            .join("bench")
-            .join("sync.jsonl");
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let number = |name: &str, default: usize| {
-            var(name).map_or(default, |v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-            })
-        };
+        use common::{number, var};
+        let (dir, out) = common::places(Path::new(env!("CARGO_TARGET_TMPDIR")), "sync.jsonl");
         Params {
             sections: var("RHIZOME_BENCH_SECTIONS")
                 .unwrap_or_else(|| "lag,throughput,reconnect".into())
@@ -121,31 +111,13 @@ impl Params {
                 })
                 .collect(),
             js: var("RHIZOME_BENCH_JS").map(PathBuf::from),
-            dir: var("RHIZOME_BENCH_DIR").map_or(target_tmp, PathBuf::from),
-            out: var("RHIZOME_BENCH_OUT").map_or(default_out, PathBuf::from),
+            dir,
+            out,
         }
     }
 
     fn runs(&self, section: &str) -> bool {
         self.sections.iter().any(|s| s == section)
-    }
-}
-
-/// Figures as JSON lines, and the table printed as it goes.
-struct Report {
-    out: BufWriter<File>,
-}
-
-impl Report {
-    fn record(&mut self, mut figure: Value) {
-        figure["at"] = json!(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        );
-        writeln!(self.out, "{figure}").unwrap();
-        self.out.flush().unwrap();
     }
 }
 
@@ -923,9 +895,7 @@ fn main() {
     let params = Params::from_env();
     std::fs::create_dir_all(&params.dir).unwrap();
     std::fs::create_dir_all(params.out.parent().unwrap()).unwrap();
-    let mut report = Report {
-        out: BufWriter::new(File::create(&params.out).unwrap()),
-    };
+    let mut report = common::Report::create(&params.out);
     let root = params.dir.join("sync-bench");
     let params = Params {
         dir: root,

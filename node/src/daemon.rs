@@ -327,11 +327,21 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         },
     );
     // Workflows replicated from peers are picked up at once, not at the next periodic reload.
+    // Only the documents that changed are read again: one edit must not cost a walk of every
+    // workflow a cloud holds.
     let mut workflow_changes = changes.workflow_changes();
     let reloader = scheduler.clone();
+    let feed = changes.clone();
     let reloads = tokio::spawn(async move {
         while workflow_changes.changed().await.is_ok() {
-            reloader.request_reload();
+            match feed.take_changed_workflows() {
+                // Taken already, with an earlier bump.
+                Some(names) if names.is_empty() => {}
+                Some(names) => {
+                    reloader.request_reload_of(names.iter().filter_map(|n| n.parse().ok()));
+                }
+                None => reloader.request_reload(),
+            }
         }
     });
     let reseal_wake = Arc::new(tokio::sync::Notify::new());

@@ -41,6 +41,9 @@ pub struct ChangeFeed {
     mesh: watch::Sender<u64>,
     /// Bumped when a workflow document changes.
     workflows: watch::Sender<u64>,
+    /// Workflow documents changed since the scheduler's follower last looked, by name; `None`
+    /// after a reopen, which asks for everything.
+    workflow_names: Mutex<Option<BTreeSet<String>>>,
     /// Results and rollup documents changed since the rollup writer last looked, by name.
     results: Mutex<BTreeSet<String>>,
     results_changed: Notify,
@@ -59,6 +62,7 @@ impl Default for ChangeFeed {
             notify: Notify::new(),
             mesh: watch::channel(0).0,
             workflows: watch::channel(0).0,
+            workflow_names: Mutex::new(Some(BTreeSet::new())),
             results: Mutex::default(),
             results_changed: Notify::new(),
             docs: broadcast::channel(DOC_CHANGES_CAP).0,
@@ -91,6 +95,7 @@ impl ChangeFeed {
         }
         self.results_changed.notify_one();
         self.mesh.send_modify(|v| *v += 1);
+        *self.workflow_names.lock().expect("change feed lock") = None;
         self.workflows.send_modify(|v| *v += 1);
         for entry in &held {
             let _ = self.docs.send(entry.doc);
@@ -107,6 +112,9 @@ impl ChangeFeed {
         if entry.name == "mesh" {
             self.mesh.send_modify(|v| *v += 1);
         } else if entry.name.starts_with("workflow/") {
+            if let Some(names) = &mut *self.workflow_names.lock().expect("change feed lock") {
+                names.insert(entry.name.clone());
+            }
             self.workflows.send_modify(|v| *v += 1);
         } else if entry.name.starts_with("results/") || entry.name.starts_with("rollup/") {
             self.results
@@ -150,6 +158,15 @@ impl ChangeFeed {
     /// Follows changes of workflow documents.
     pub fn workflow_changes(&self) -> watch::Receiver<u64> {
         self.workflows.subscribe()
+    }
+
+    /// The workflow documents changed since the last call, by name; `None` when every
+    /// workflow must be looked at again (the store was reopened).
+    pub fn take_changed_workflows(&self) -> Option<BTreeSet<String>> {
+        self.workflow_names
+            .lock()
+            .expect("change feed lock")
+            .replace(BTreeSet::new())
     }
 
     /// What the replicator must be told, in order: a reopened store's documents first, then

@@ -27,11 +27,11 @@
 //!   and whenever the sync layer asks ([`SchedulerHandle::request_reload`]). It reads only the
 //!   workflow documents whose heads moved since the last reload.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_store::{RunRecord, RunStatus, StoreHandle, WorkflowDoc};
+use crdt_store::{DocName, RunRecord, RunStatus, StoreHandle, WorkflowDoc};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -218,6 +218,7 @@ enum Command {
 pub struct SchedulerHandle {
     commands: mpsc::Sender<Command>,
     reload: Arc<Notify>,
+    requested: Arc<Mutex<Requested>>,
     live: Arc<Mutex<Live>>,
     finished: watch::Receiver<u64>,
 }
@@ -228,10 +229,20 @@ impl std::fmt::Debug for SchedulerHandle {
     }
 }
 
+/// The reloads asked for since the scheduler last reloaded.
+#[derive(Debug, Default)]
+struct Requested {
+    /// A reload of every workflow.
+    all: bool,
+    /// Workflow documents that changed.
+    docs: BTreeSet<DocName>,
+}
+
 /// Starts the scheduler on the current tokio runtime. It reads the stored workflows at once.
 pub fn spawn(store: StoreHandle, config: SchedulerConfig) -> SchedulerHandle {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE_CAP);
     let reload = Arc::new(Notify::new());
+    let requested = Arc::new(Mutex::new(Requested::default()));
     let live = Arc::new(Mutex::new(Live::default()));
     let (finished_tx, finished) = watch::channel(0);
     let (cancel, _) = watch::channel(false);
@@ -246,10 +257,11 @@ pub fn spawn(store: StoreHandle, config: SchedulerConfig) -> SchedulerHandle {
         next_seq: 0,
         known: crate::run::workflow::KnownWorkflows::new(),
     };
-    tokio::spawn(actor.run(inbox, reload.clone()));
+    tokio::spawn(actor.run(inbox, reload.clone(), requested.clone()));
     SchedulerHandle {
         commands,
         reload,
+        requested,
         live,
         finished,
     }
@@ -282,6 +294,17 @@ impl SchedulerHandle {
     /// Asks for a reload without waiting; requests made before it happens are served by one.
     /// Never blocks, so it may be called from any thread (e.g. the store's change listener).
     pub fn request_reload(&self) {
+        self.requested.lock().expect("reload requests lock").all = true;
+        self.reload.notify_one();
+    }
+
+    /// Asks for a reload of these workflow documents only (they changed), without waiting.
+    pub fn request_reload_of(&self, docs: impl IntoIterator<Item = DocName>) {
+        self.requested
+            .lock()
+            .expect("reload requests lock")
+            .docs
+            .extend(docs);
         self.reload.notify_one();
     }
 
@@ -509,7 +532,12 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, reload: Arc<Notify>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Command>,
+        reload: Arc<Notify>,
+        requested: Arc<Mutex<Requested>>,
+    ) {
         self.reload().await;
         let mut tick = tokio::time::interval(self.config.reload_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -558,7 +586,14 @@ impl Actor {
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     self.fire_due();
                 }
-                () = reload.notified() => self.reload().await,
+                () = reload.notified() => {
+                    let asked = std::mem::take(&mut *requested.lock().expect("reload requests lock"));
+                    if asked.all || asked.docs.is_empty() {
+                        self.reload().await;
+                    } else {
+                        self.reload_of(asked.docs).await;
+                    }
+                }
                 _ = tick.tick() => self.reload().await,
             }
         }
@@ -747,30 +782,66 @@ impl Actor {
     }
 
     /// Re-reads the stored workflows; rebuilds only those whose definition changed.
+    /// Reads every stored workflow again (those whose heads moved), and forgets those gone.
     async fn reload(&mut self) {
+        let Some(stored) = self.read_known(crate::run::workflow::stored_since).await else {
+            return;
+        };
+        let ids: std::collections::BTreeSet<&str> =
+            stored.iter().map(|s| s.doc.id.as_str()).collect();
+        self.workflows
+            .retain(|id, w| ids.contains(id.as_str()) || w.running > 0 || !w.queue.is_empty());
+        self.take_up(stored).await;
+    }
+
+    /// Reads the named workflow documents again: one edit costs one document, not every
+    /// workflow the node holds (a fleet's cloud may hold thousands). Workflows retired are
+    /// forgotten by the periodic whole reload.
+    async fn reload_of(&mut self, docs: BTreeSet<DocName>) {
+        let Some(changed) = self
+            .read_known(move |s, known| crate::run::workflow::changed_among(s, known, &docs))
+            .await
+        else {
+            return;
+        };
+        self.take_up(changed).await;
+    }
+
+    /// Runs `read` on the store thread with what is known of the stored workflows.
+    async fn read_known(
+        &mut self,
+        read: impl FnOnce(
+            &mut crdt_store::Store,
+            &mut crate::run::workflow::KnownWorkflows,
+        ) -> anyhow::Result<Vec<StoredWorkflow>>
+        + Send
+        + 'static,
+    ) -> Option<Vec<StoredWorkflow>> {
         // A failed read forgets what was known: the next reload reads every workflow.
         let mut known = std::mem::take(&mut self.known);
-        let stored = match self
+        match self
             .store
-            .call(
-                move |s| Ok(crate::run::workflow::stored_since(s, &mut known).map(|w| (w, known))),
-            )
+            .call(move |s| Ok(read(s, &mut known).map(|w| (w, known))))
             .recv()
             .await
         {
             Ok(Ok((stored, known))) => {
                 self.known = known;
-                stored
+                Some(stored)
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %format!("{e:#}"), "reading the stored workflows failed");
-                return;
+                None
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading the stored workflows failed");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Schedules the versions in `stored` that differ from what is scheduled now.
+    async fn take_up(&mut self, stored: Vec<StoredWorkflow>) {
         let changed: Vec<StoredWorkflow> = stored
             .iter()
             .filter(|s| {
@@ -780,10 +851,6 @@ impl Actor {
             })
             .cloned()
             .collect();
-        let ids: std::collections::BTreeSet<&str> =
-            stored.iter().map(|s| s.doc.id.as_str()).collect();
-        self.workflows
-            .retain(|id, w| ids.contains(id.as_str()) || w.running > 0 || !w.queue.is_empty());
         if changed.is_empty() {
             return;
         }
@@ -1424,6 +1491,37 @@ mod tests {
             assert!(Instant::now() < give_up, "version 2 never ran");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        rig.scheduler.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_of_named_documents_takes_up_those_and_keeps_the_others() {
+        // No periodic reload within the test: only the asked-for one can pick anything up.
+        let rig = rig(Duration::from_secs(3600));
+        rig.apply("id: one\ntrigger: manual\nsteps:\n  - id: a\n    agent: noop\n")
+            .await;
+        rig.apply("id: two\ntrigger: manual\nsteps:\n  - id: a\n    agent: noop\n")
+            .await;
+        // Both changed under the scheduler; it is told of `one` only.
+        rig.store_workflow(
+            "id: one\ndescription: v2\ntrigger: manual\nsteps:\n  - id: a\n    agent: noop\n",
+        )
+        .await;
+        rig.store_workflow(
+            "id: two\ndescription: v2\ntrigger: manual\nsteps:\n  - id: a\n    agent: noop\n",
+        )
+        .await;
+        rig.scheduler
+            .request_reload_of([DocName::workflow("one").unwrap()]);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while rig.view("one").await.version != 2 {
+            assert!(Instant::now() < give_up, "one's version 2 never taken up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rig.view("two").await.version, 1, "two was not asked for");
+        // A whole reload takes up the rest.
+        rig.scheduler.reload().await;
+        assert_eq!(rig.view("two").await.version, 2);
         rig.scheduler.shutdown().await;
     }
 

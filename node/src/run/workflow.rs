@@ -569,40 +569,8 @@ fn read_stored(
         if name.kind() != DocKind::Workflow {
             continue;
         }
-        let heads = store.heads(&id)?.unwrap_or_default();
-        let id = id.to_string();
-        present.insert(id.clone());
-        let entry = known.entry(id).or_default();
-        if entry.assessed.is_some() && entry.heads == heads {
-            continue;
-        }
-        let versions: WorkflowVersions = store.read(&name)?;
-        let last = entry.assessed.as_ref().and_then(|a| a.validated.as_ref());
-        let assessed = assess(&versions, last, || stored_base(store, &name));
-        if log {
-            match &assessed.scheduled {
-                Some(StoredWorkflow {
-                    doc,
-                    blocked: Some(reason),
-                }) => {
-                    tracing::warn!(workflow = %doc.id, version = doc.version, %reason, "workflow not run");
-                }
-                _ if versions.in_conflict() => {
-                    tracing::warn!(
-                        workflow = %versions.id,
-                        versions = versions.versions.len(),
-                        rejected = versions.rejected.len(),
-                        policy = versions.policy().as_str(),
-                        "workflow versions conflict"
-                    );
-                }
-                _ => {}
-            }
-        }
-        *entry = Known {
-            heads,
-            assessed: Some(assessed),
-        };
+        present.insert(id.to_string());
+        reassess(store, known, &id, &name, log)?;
     }
     known.retain(|id, _| present.contains(id));
     let mut out: Vec<StoredWorkflow> = known
@@ -611,6 +579,74 @@ fn read_stored(
         .collect();
     out.sort_by(|a, b| a.doc.id.cmp(&b.doc.id));
     Ok(out)
+}
+
+/// [`stored_since`] for the named workflow documents only: those among them whose version in
+/// effect here changed since `known`. One edit then costs one document's read, not a walk of
+/// every document the node holds and a comparison of every workflow.
+pub fn changed_among(
+    store: &mut Store,
+    known: &mut KnownWorkflows,
+    names: &BTreeSet<DocName>,
+) -> Result<Vec<StoredWorkflow>> {
+    let mut out = Vec::new();
+    for name in names.iter().filter(|n| n.kind() == DocKind::Workflow) {
+        let id = store.document_id(name);
+        if store.heads(&id)?.is_none() {
+            continue;
+        }
+        if reassess(store, known, &id, name, true)? {
+            let scheduled = known
+                .get(&id.to_string())
+                .and_then(|k| k.assessed.as_ref()?.scheduled.clone());
+            out.extend(scheduled);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one workflow document again if its heads moved since `known`, and assesses it;
+/// whether it was read.
+fn reassess(
+    store: &mut Store,
+    known: &mut KnownWorkflows,
+    id: &crdt_store::samod_core::DocumentId,
+    name: &DocName,
+    log: bool,
+) -> Result<bool> {
+    let heads = store.heads(id)?.unwrap_or_default();
+    let entry = known.entry(id.to_string()).or_default();
+    if entry.assessed.is_some() && entry.heads == heads {
+        return Ok(false);
+    }
+    let versions: WorkflowVersions = store.read(name)?;
+    let last = entry.assessed.as_ref().and_then(|a| a.validated.as_ref());
+    let assessed = assess(&versions, last, || stored_base(store, name));
+    if log {
+        match &assessed.scheduled {
+            Some(StoredWorkflow {
+                doc,
+                blocked: Some(reason),
+            }) => {
+                tracing::warn!(workflow = %doc.id, version = doc.version, %reason, "workflow not run");
+            }
+            _ if versions.in_conflict() => {
+                tracing::warn!(
+                    workflow = %versions.id,
+                    versions = versions.versions.len(),
+                    rejected = versions.rejected.len(),
+                    policy = versions.policy().as_str(),
+                    "workflow versions conflict"
+                );
+            }
+            _ => {}
+        }
+    }
+    *entry = Known {
+        heads,
+        assessed: Some(assessed),
+    };
+    Ok(true)
 }
 
 /// When a workflow runs, as stored in its document's `trigger`.

@@ -75,14 +75,21 @@ fn explain_says_why_documents_and_peers_are_where_they_are() {
     // e1's results are not the cloud's: its zone's aggregator takes them.
     let record = ok(run(&e1_dir, &["run", "probe", "--json"]));
     assert_eq!(record["status"], "succeeded");
-    let window = ok(run(&e1_dir, &["doc", "list", "--json"]))
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .find(|n| n.starts_with(&format!("results/{e1_id}/")))
-        .unwrap()
-        .to_owned();
+    // Acknowledged once durable in the result log; folded into its window's document a moment
+    // later.
+    let mut window = None;
+    let took = wait_until("e1's results document", Duration::from_secs(10), || {
+        window = ok(run(&e1_dir, &["doc", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["name"].as_str())
+            .find(|n| n.starts_with(&format!("results/{e1_id}/")))
+            .map(str::to_owned);
+        window.is_some()
+    });
+    eprintln!("explain: the run was folded {took:?} after it was acknowledged");
+    let window = window.unwrap();
     let doc = explain(&e1_dir, &["doc", &window, "--peer", "cloud"]);
     let with_cloud = &doc["peers"][0];
     assert_eq!(with_cloud["shared"], false, "{doc}");

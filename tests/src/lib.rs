@@ -553,6 +553,15 @@ pub mod process {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// For polls of something that may not exist yet: the command's stdout as JSON when it
+    /// succeeded, `null` when it failed (a document not yet synced answers 404).
+    pub fn json_if_ok(out: std::process::Output) -> Value {
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     /// The document names of a `rhizome doc list --json` output.
     pub fn doc_names(list: &Value) -> Vec<String> {
         list.as_array()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use automerge::{ReadDoc, ScalarValue, Value as AmValue};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use rhizome_e2e::process::{
-    LogsOnPanic, api_token, apply_on, connected, doc_url, init, init_in, ok, run_on, start,
+    LogsOnPanic, api_token, apply_on, connected, doc_url, init, init_in, json_if_ok, run_on, start,
 };
 use rhizome_e2e::wait_until;
 use rhizome_e2e::workflows::LINE;
@@ -81,7 +81,7 @@ fn a_samod_repo_syncs_with_a_node() {
         });
     }
     apply_on(&a, LINE);
-    let shown = |node| ok(run_on(node, &["workflow", "show", "line", "--json"]));
+    let shown = |node| json_if_ok(run_on(node, &["workflow", "show", "line", "--json"]));
     wait_until("the workflow at b", Duration::from_secs(10), || {
         shown(&b)["description"] == "base"
     });

@@ -38,7 +38,7 @@ pub use store::{
     APPLY_BATCH, Broken, CatalogueItem, ChangeTime, Compaction, DOC_CACHE_CAP, DocInfo,
     FORMAT_VERSION, FleetView, HeadsDigest, KeyStatus, MAX_HEADS, MERGE_HEADS_EVERY,
     REOPEN_BACKOFF_MAX, REOPEN_BACKOFF_MIN, REOPEN_MIN_FREE, RETIRED_DIGEST, Reseal, ResultsQuery,
-    RetentionPolicy, RetireReason, Retired, SESSION_PEER_PREFIX, Sender, Store, StoreConfig,
-    StoreStats, SyncApplied, SyncApply, SyncRejected, Vouch, WorkflowView, WriteRules, ZoneView,
-    heads_digest, summarize,
+    ResultsSince, RetentionPolicy, RetireReason, Retired, SESSION_PEER_PREFIX, Sender, Store,
+    StoreConfig, StoreStats, SyncApplied, SyncApply, SyncRejected, Vouch, WorkflowView, WriteRules,
+    ZoneView, heads_digest, summarize,
 };

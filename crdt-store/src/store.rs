@@ -20,9 +20,11 @@ use crate::names::{DocKind, DocName, Window};
 use mesh::proto::wire::CatalogueEntry;
 
 mod authorship;
+mod incremental;
 mod keys;
 mod rollup;
 mod sync;
+pub use incremental::ResultsSince;
 pub use keys::{KeyStatus, Reseal};
 pub use rollup::{FleetView, WorkflowView, ZoneView, summarize};
 pub use sync::{
@@ -1229,6 +1231,20 @@ impl Store {
             return Ok(Some(read(&cached.doc)));
         }
         Ok(self.decode(id, label)?.map(|(doc, _)| read(&doc)))
+    }
+
+    /// [`Self::with_stored`] for reads that need the document mutably (Automerge's diff
+    /// closes a pending transaction first); it writes nothing.
+    fn with_stored_mut<R>(
+        &mut self,
+        id: &DocumentId,
+        label: &str,
+        read: impl FnOnce(&mut AutoCommit) -> R,
+    ) -> Result<Option<R>> {
+        if let Some(cached) = self.cache.get_mut(id) {
+            return Ok(Some(read(&mut cached.doc)));
+        }
+        Ok(self.decode(id, label)?.map(|(mut doc, _)| read(&mut doc)))
     }
 
     /// The zone of every node in the registry. Routing derives the share policy from it

@@ -34,11 +34,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use crdt_store::samod_core::DocumentId;
 use crdt_store::{
-    AlertsDoc, DocKind, DocName, MeshRegistry, RETIRED_DIGEST, ResultsDoc, RollupDoc, StoreHandle,
+    AlertsDoc, DocKind, DocName, MeshRegistry, RETIRED_DIGEST, ResultsSince, RollupDoc, StoreHandle,
 };
 use serde::{Deserialize, Serialize};
 
-use postgres::{Checkpoint, Db, Target};
+use postgres::{Checkpoint, Db, Exported, Target};
 pub use postgres::{ExportError, Method};
 use rows::{Facts, RowHash, Rows};
 
@@ -228,7 +228,8 @@ pub type FactsSource = Arc<dyn Fn(&MeshRegistry) -> Facts + Send + Sync>;
 /// A document read from the store, at the heads given.
 enum Read {
     Mesh(MeshRegistry),
-    Results(ResultsDoc),
+    /// A results window: whole, or the records changed since its checkpoint.
+    Results(ResultsSince),
     Rollup(RollupDoc),
     Alerts(AlertsDoc),
 }
@@ -237,6 +238,7 @@ enum Read {
 struct Ready {
     name: String,
     checkpoint: Checkpoint,
+    heads: Vec<automerge::ChangeHash>,
     /// Every row the document yields now (their hashes).
     hashes: HashSet<RowHash>,
     /// The rows to write: those not known to be in the database.
@@ -250,8 +252,8 @@ pub struct Exporter {
     store: StoreHandle,
     status: ExportHandle,
     facts: FactsSource,
-    /// The checkpoint digest of every document, as last read from or written to the database.
-    checkpoints: HashMap<String, String>,
+    /// The checkpoint of every document, as last read from or written to the database.
+    checkpoints: HashMap<String, Exported>,
     /// Hashes of the rows written per document during this connection.
     known: HashMap<String, HashSet<RowHash>>,
     /// When each pending document was first seen pending.
@@ -403,7 +405,11 @@ impl Exporter {
                 continue;
             }
             let digest = hex::encode(item.digest);
-            if self.checkpoints.get(&item.name.to_string()) == Some(&digest) {
+            if self
+                .checkpoints
+                .get(&item.name.to_string())
+                .is_some_and(|c| c.digest == digest)
+            {
                 exported += 1;
             } else {
                 pending.push((item.id, item.name, digest));
@@ -420,7 +426,7 @@ impl Exporter {
         let names: HashSet<String> = pending
             .iter()
             .map(|(_, n, digest)| (n.to_string(), digest))
-            .filter(|(n, digest)| self.checkpoints.get(n) != Some(*digest))
+            .filter(|(n, digest)| self.checkpoints.get(n).is_none_or(|c| c.digest != **digest))
             .map(|(n, _)| n)
             .collect();
         // Documents exported, or dropped from the store, are forgotten.
@@ -502,40 +508,56 @@ impl Exporter {
         Ok(pass)
     }
 
-    /// Reads one document at its current heads and maps it to rows.
+    /// Reads one document at its current heads and maps it to rows. A results window is
+    /// read from its checkpoint's heads on: only the records changed since (the rest are in
+    /// the database with that checkpoint), so a pass costs what is new, not the window.
     async fn read(&self, id: DocumentId, name: DocName) -> Result<Ready, ExportError> {
         let read_name = name.clone();
+        let label = name.to_string();
+        let since = self
+            .checkpoints
+            .get(&label)
+            .map(|c| c.heads.clone())
+            .unwrap_or_default();
         let (heads, doc) = self
             .store
             .call(move |s| {
-                let heads = s.heads(&id)?.unwrap_or_default();
                 let doc = match read_name.kind() {
                     DocKind::Mesh => Read::Mesh(s.read(&read_name)?),
-                    DocKind::Results => Read::Results(s.read(&read_name)?),
+                    DocKind::Results => {
+                        let since = s.results_since(&read_name, &since)?;
+                        return Ok((since.heads.clone(), Read::Results(since)));
+                    }
                     DocKind::Rollup => Read::Rollup(s.read(&read_name)?),
                     DocKind::Alerts => Read::Alerts(s.read(&read_name)?),
                     DocKind::Workflow => unreachable!("workflows are not exported"),
                 };
+                let heads = s.heads(&id)?.unwrap_or_default();
                 Ok((heads, doc))
             })
             .recv()
             .await
             .map_err(|e| ExportError::Store(format!("{name}: {e}")))?;
         let facts = self.facts.clone();
-        let label = name.to_string();
         let known = self.known.get(&label).cloned();
         let exporter = self.me.clone();
         // Decoding outputs and hashing rows is CPU work: off the async workers.
         tokio::task::spawn_blocking(move || {
+            let mut count = None;
+            let mut partial = false;
             let all = match &doc {
                 Read::Mesh(registry) => Rows {
                     nodes: rows::from_registry(registry, &facts(registry)),
                     ..Rows::default()
                 },
-                Read::Results(results) => Rows {
-                    runs: rows::from_results(results),
-                    ..Rows::default()
-                },
+                Read::Results(since) => {
+                    count = Some(since.total);
+                    partial = !since.whole;
+                    Rows {
+                        runs: rows::from_runs(&since.runs),
+                        ..Rows::default()
+                    }
+                }
                 Read::Rollup(rollup) => Rows {
                     rollups: rows::from_rollup(&name, rollup),
                     ..Rows::default()
@@ -545,21 +567,22 @@ impl Exporter {
                     ..Rows::default()
                 },
             };
-            let hashes = all.hashes();
-            let count = all.len();
+            let mut hashes = all.hashes();
+            if partial {
+                // The rows not read this time are still the document's.
+                hashes.extend(known.iter().flatten().copied());
+            }
+            let count = count.unwrap_or_else(|| all.len());
             let rows = all.not_in(known.as_ref());
             Ready {
                 checkpoint: Checkpoint {
                     exporter,
                     document: label.clone(),
                     heads_digest: hex::encode(crdt_store::heads_digest(&heads)),
-                    heads: heads
-                        .iter()
-                        .map(|h| hex::encode(h.0))
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    heads: Exported::format_heads(&heads),
                     rows: i64::try_from(count).unwrap_or(i64::MAX),
                 },
+                heads,
                 name: label,
                 hashes,
                 rows,
@@ -586,8 +609,13 @@ impl Exporter {
         db.write(&rows, &checkpoints).await?;
         let docs = group.len();
         for ready in group {
-            self.checkpoints
-                .insert(ready.name.clone(), ready.checkpoint.heads_digest.clone());
+            self.checkpoints.insert(
+                ready.name.clone(),
+                Exported {
+                    digest: ready.checkpoint.heads_digest.clone(),
+                    heads: ready.heads,
+                },
+            );
             self.first_seen.remove(&ready.name);
             self.known.insert(ready.name, ready.hashes);
         }

@@ -321,7 +321,40 @@ impl Drop for Db {
 }
 
 /// What connecting found: the checkpoints of this exporter, by document name.
-pub type Checkpoints = HashMap<String, String>;
+pub type Checkpoints = HashMap<String, Exported>;
+
+/// What the database says was exported of one document: the digest of the heads its rows
+/// were read at, and the heads themselves, from which the next read follows the changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub digest: String,
+    pub heads: Vec<automerge::ChangeHash>,
+}
+
+impl Exported {
+    /// Heads as a checkpoint row holds them (hex, comma-separated); a row that does not
+    /// parse gives none, and the document is then read whole.
+    pub fn parse_heads(text: &str) -> Vec<automerge::ChangeHash> {
+        let parsed: Option<Vec<automerge::ChangeHash>> = text
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                let bytes = hex::decode(h).ok()?;
+                Some(automerge::ChangeHash(bytes.try_into().ok()?))
+            })
+            .collect();
+        parsed.unwrap_or_default()
+    }
+
+    /// The checkpoint's form of `heads`.
+    pub fn format_heads(heads: &[automerge::ChangeHash]) -> String {
+        heads
+            .iter()
+            .map(|h| hex::encode(h.0))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 impl Db {
     /// Connects, migrates the schema, and reads this exporter's checkpoints.
@@ -449,7 +482,7 @@ impl Db {
 
     async fn checkpoints(&self, exporter: &str) -> Result<Checkpoints, ExportError> {
         let sql = format!(
-            "SELECT document, heads_digest FROM {}.export_checkpoint WHERE exporter = $1",
+            "SELECT document, heads_digest, heads FROM {}.export_checkpoint WHERE exporter = $1",
             schema::quoted(&self.target.schema)
         );
         let rows = self
@@ -457,7 +490,19 @@ impl Db {
             .query(&sql, &[&exporter])
             .await
             .map_err(|e| self.target.error(&e))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let heads: String = r.get(2);
+                (
+                    r.get(0),
+                    Exported {
+                        digest: r.get(1),
+                        heads: Exported::parse_heads(&heads),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Writes `rows` and `checkpoints` in one transaction: all of it is in the database
@@ -589,6 +634,20 @@ fn short(id: &str) -> &str {
 mod tests {
     use super::*;
     use crate::export::rows::{Jsonb, Millis};
+
+    #[test]
+    fn checkpoint_heads_round_trip_and_bad_ones_read_as_none() {
+        let heads = vec![
+            automerge::ChangeHash([1; 32]),
+            automerge::ChangeHash([0xab; 32]),
+        ];
+        let text = Exported::format_heads(&heads);
+        assert_eq!(Exported::parse_heads(&text), heads);
+        assert_eq!(Exported::parse_heads(""), Vec::new());
+        // One bad head makes the whole list unusable: the document is then read whole.
+        assert_eq!(Exported::parse_heads(&format!("{text},zz")), Vec::new());
+        assert_eq!(Exported::parse_heads("abcd"), Vec::new());
+    }
 
     #[test]
     fn rows_bind_one_value_per_column() {

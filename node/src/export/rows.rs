@@ -11,7 +11,7 @@ use std::error::Error;
 use std::hash::{Hash, Hasher};
 
 use bytes::{BufMut, BytesMut};
-use crdt_store::{AlertsDoc, DocName, MeshRegistry, ResultsDoc, RollupDoc};
+use crdt_store::{AlertsDoc, DocName, MeshRegistry, ResultsDoc, RollupDoc, RunRecord};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 /// A point in time as milliseconds since the Unix epoch, bound as `timestamptz`.
@@ -301,8 +301,13 @@ fn dedup_by_key<T, K: Ord>(rows: &mut Vec<T>, key: impl Fn(&T) -> K) {
 
 /// The rows of a results document: one per run record.
 pub fn from_results(doc: &ResultsDoc) -> Vec<RunRow> {
-    doc.runs
-        .values()
+    from_runs(doc.runs.values())
+}
+
+/// One row per run record.
+pub fn from_runs<'a>(records: impl IntoIterator<Item = &'a RunRecord>) -> Vec<RunRow> {
+    records
+        .into_iter()
         .map(|r| RunRow {
             node: text(&r.node),
             run_id: text(&r.run_id),

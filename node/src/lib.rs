@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod durable_file;
 pub mod export;
 pub mod fleet;
 pub mod identity;

@@ -6,7 +6,6 @@
 //! replaced line by line, so the installed unit and the shipped one cannot drift apart. This
 //! command never calls `systemctl`: it prints what to run.
 
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -307,7 +306,6 @@ fn is_root() -> bool {
 
 /// Writes the unit through a temporary file renamed over it, mode 0644.
 fn write_unit(path: &Path, unit: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.is_dir() {
         bail!(
@@ -315,21 +313,7 @@ fn write_unit(path: &Path, unit: &str) -> Result<()> {
             dir.display()
         );
     }
-    let tmp = dir.join(format!(".{UNIT_FILE}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(unit.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    crate::durable_file::replace(path, unit.as_bytes(), 0o644).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
             " (run it as root, or choose another directory with --unit-dir)"
         } else {

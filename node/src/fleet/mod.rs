@@ -1,8 +1,9 @@
 //! The node's place in the fleet: the aggregator hierarchy and who receives what
 //! ([`hierarchy`]), document replication between running nodes ([`sync`]) and the rollups an
 //! aggregator writes for the zones above it ([`rollup`]), and what replication saw, for
-//! `rhizome explain` ([`diagnostics`]).
+//! `rhizome explain` ([`diagnostics`]), and the artifacts a node holds ([`artifacts`]).
 
+pub mod artifacts;
 pub mod diagnostics;
 pub mod hierarchy;
 pub mod rollup;

@@ -396,6 +396,20 @@ impl Db {
             prepared: HashMap::new(),
             found_version: 0,
         };
+        // A transaction of this session cut off by the network would hold its row locks until
+        // the server's TCP keepalive noticed (hours by default), and the next connection's
+        // upserts of the same rows would wait for it: the server ends it after the timeout.
+        let limit = format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            timeout.as_millis().clamp(1_000, i32::MAX as u128)
+        );
+        timed(timeout, async {
+            db.client
+                .batch_execute(&limit)
+                .await
+                .map_err(|e| db.target.error(&e))
+        })
+        .await?;
         db.found_version = timed(timeout, db.migrate(exporter)).await?;
         if method == Method::Copy {
             for table in [RUNS, ROLLUPS, NODES, ALERTS] {

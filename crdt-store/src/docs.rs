@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StoreError};
 use crate::names::{DocKind, DocName};
 
+pub mod history;
+
 /// The actor of every genesis change.
 const GENESIS_ACTOR: &[u8] = b"rhizome-genesis";
 
@@ -532,6 +534,17 @@ pub struct WorkflowDoc {
     /// How concurrent versions are resolved (absent in definitions older than policies).
     #[serde(default)]
     pub conflict: ConflictPolicy,
+    /// This version retires the workflow (`workflow delete`): a tombstone with no steps,
+    /// signed and resolved like any version, so that concurrent edits and deletions meet under
+    /// the same conflict policy and authorship checks, and a later version brings the workflow
+    /// back. Absent from the text of ordinary versions, whose encoding (and so signature) stays
+    /// as it was before deletions existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The version whose definition this one makes current again (`workflow rollback`); 0 in
+    /// versions applied from a file.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rollback_of: u64,
     /// Who applied this version (node id).
     pub updated_by: String,
     /// Whether the node that applied this version held the mesh's `control` role then (a
@@ -552,12 +565,31 @@ pub struct WorkflowDoc {
     pub updated_ms: i64,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl WorkflowDoc {
     /// What a workflow that was never applied reads as.
     fn unapplied(id: &str) -> WorkflowDoc {
         WorkflowDoc {
             id: id.to_owned(),
             ..WorkflowDoc::default()
+        }
+    }
+
+    /// The definition as its author wrote it, without what every write stamps on it (version,
+    /// writer, time, signature, rollback mark): two versions with the same content run alike.
+    pub fn content(&self) -> WorkflowDoc {
+        WorkflowDoc {
+            version: 0,
+            rollback_of: 0,
+            updated_by: String::new(),
+            by_control: false,
+            author_cert: String::new(),
+            signature: String::new(),
+            updated_ms: 0,
+            ..self.clone()
         }
     }
 
@@ -861,6 +893,8 @@ impl From<LegacyWorkflow> for WorkflowDoc {
             timeout_ms: w.timeout_ms,
             max_concurrent: w.max_concurrent,
             conflict: ConflictPolicy::LastWrite,
+            deleted: false,
+            rollback_of: 0,
             updated_by: w.updated_by,
             by_control: false,
             author_cert: String::new(),

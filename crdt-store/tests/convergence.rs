@@ -209,6 +209,8 @@ fn written_version(replica: usize, write: usize, choice: u8, arg: u8) -> Workflo
         timeout_ms: u64::from(arg),
         max_concurrent: 1 + u32::from(arg % 4),
         conflict: policy,
+        deleted: false,
+        rollback_of: 0,
         updated_by: format!("node-{replica}"),
         // Replica 0 is a cloud peer: its versions carry the control role.
         by_control: replica == 0,

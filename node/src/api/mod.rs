@@ -228,6 +228,24 @@ fn routes() -> Routes {
     .add(Method::GET, "/results", Some(Monitor), get_results)
     .add(Method::GET, "/workflows", Some(Monitor), get_workflows)
     .add(Method::POST, "/workflows", Some(Admin), post_workflow)
+    .add(
+        Method::GET,
+        "/workflows/{workflow}/history",
+        Some(Monitor),
+        get_workflow_history,
+    )
+    .add(
+        Method::POST,
+        "/workflows/{workflow}/rollback",
+        Some(Admin),
+        post_workflow_rollback,
+    )
+    .add(
+        Method::DELETE,
+        "/workflows/{workflow}",
+        Some(Admin),
+        delete_workflow,
+    )
     .add(Method::POST, "/sync", Some(Operator), post_sync)
     .add(Method::GET, "/fleet", Some(Monitor), get_fleet)
     .add(
@@ -433,6 +451,17 @@ pub fn operation_failed(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError 
         {
             return (axum::http::StatusCode::FORBIDDEN, format!("{e:#}"));
         }
+        if let Some(refused) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::run::history::Refused>())
+        {
+            let status = if refused.is_not_found() {
+                axum::http::StatusCode::NOT_FOUND
+            } else {
+                axum::http::StatusCode::CONFLICT
+            };
+            return (status, format!("{e:#}"));
+        }
         let status = crate::ops::durability::status_of_any(&e);
         let e = crate::ops::durability::explain_any(e, &state.data_dir);
         (status, format!("{e:#}"))
@@ -572,12 +601,22 @@ async fn get_results(
     Ok(Json(records))
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+struct WorkflowsParams {
+    /// Also deleted workflows.
+    #[serde(default)]
+    all: bool,
+}
+
+/// The workflows this node knows, each with its state here; deleted ones only with
+/// `?all=true`.
 async fn get_workflows(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<crdt_store::WorkflowDoc>>, ApiError> {
+    axum::extract::Query(params): axum::extract::Query<WorkflowsParams>,
+) -> Result<Json<Vec<crate::run::workflow::ListedWorkflow>>, ApiError> {
     let workflows = state
         .store
-        .call(|s| Ok(crate::cli::commands::list_workflows(s)))
+        .call(move |s| Ok(crate::run::workflow::list(s, params.all)))
         .recv()
         .await
         .map_err(read_failed)?
@@ -588,6 +627,98 @@ async fn get_workflows(
             )
         })?;
     Ok(Json(workflows))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct HistoryParams {
+    /// Most versions listed, the newest ([`crate::run::history::DEFAULT_HISTORY_LIMIT`]).
+    limit: Option<usize>,
+}
+
+/// Every version of a workflow, newest first, from its document's changes.
+async fn get_workflow_history(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(workflow): axum::extract::Path<String>,
+    axum::extract::Query(params): axum::extract::Query<HistoryParams>,
+) -> Result<Json<crate::run::history::HistoryView>, ApiError> {
+    let name = DocName::workflow(&workflow)
+        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, e.to_string()))?;
+    let limit = params
+        .limit
+        .unwrap_or(crate::run::history::DEFAULT_HISTORY_LIMIT);
+    let history = state
+        .store
+        .call(move |s| Ok(crate::run::history::history(s, &name, limit)))
+        .recv()
+        .await
+        .map_err(read_failed)?
+        .map_err(operation_failed(&state))?;
+    Ok(Json(history))
+}
+
+/// What `POST /workflows/{workflow}/rollback` takes.
+#[derive(Debug, serde::Deserialize)]
+struct RollbackRequest {
+    /// The version to make current again.
+    to: u64,
+    /// The node (id or name) that wrote it, when nodes wrote that number concurrently.
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Makes an earlier version's definition current again as a new version, with the checks of
+/// an apply; answers the stored version.
+async fn post_workflow_rollback(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(workflow): axum::extract::Path<String>,
+    body: String,
+) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    let request: RollbackRequest = serde_json::from_str(&body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"to\": 3}} (and \"by\": \"<node>\" if two nodes wrote that version): {e}"),
+        )
+    })?;
+    DocName::workflow(&workflow)
+        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, e.to_string()))?;
+    let writer = state.writer.clone();
+    let stored = state
+        .store
+        .call(move |s| {
+            Ok(crate::run::history::rollback(
+                s,
+                &workflow,
+                request.to,
+                request.by.as_deref(),
+                &writer,
+            ))
+        })
+        .recv()
+        .await
+        .map_err(store_failed(&state))?
+        .map_err(operation_failed(&state))?;
+    state.scheduler.reload().await;
+    Ok(Json(stored))
+}
+
+/// Deletes a workflow on every node: stores its tombstone version, answered.
+async fn delete_workflow(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(workflow): axum::extract::Path<String>,
+) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    DocName::workflow(&workflow)
+        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, e.to_string()))?;
+    let writer = state.writer.clone();
+    let stored = state
+        .store
+        .call(move |s| Ok(crate::run::history::delete(s, &workflow, &writer)))
+        .recv()
+        .await
+        .map_err(store_failed(&state))?
+        .map_err(operation_failed(&state))?;
+    // No new run of it starts here from the moment this answers.
+    state.scheduler.reload().await;
+    Ok(Json(stored))
 }
 
 /// Stores a workflow definition (YAML) as its next version. The body is read only up to the

@@ -72,6 +72,18 @@ impl Api {
         self.post_with_timeout(path, body, DEFAULT_TIMEOUT)
     }
 
+    /// `DELETE path`, the answer decoded from JSON.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        request(
+            self,
+            "DELETE",
+            path,
+            self.token.as_deref(),
+            None,
+            DEFAULT_TIMEOUT,
+        )
+    }
+
     /// `POST` for a request that takes long on the node's side (waits up to `timeout`).
     pub fn post_with_timeout<T: DeserializeOwned>(
         &self,

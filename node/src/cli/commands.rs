@@ -1467,18 +1467,26 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                 );
             }
         }
-        WorkflowCommand::List { json } => {
-            let workflows: Vec<WorkflowDoc> = read_via(node, "/workflows", list_workflows)?;
+        WorkflowCommand::List { all, json } => {
+            let path = if all {
+                "/workflows?all=true"
+            } else {
+                "/workflows"
+            };
+            let workflows: Vec<crate::run::workflow::ListedWorkflow> =
+                read_via(node, path, |store| crate::run::workflow::list(store, all))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&workflows)?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = workflows
                 .iter()
-                .map(|w| {
+                .map(|listed| {
+                    let w = &listed.doc;
                     vec![
                         w.id.clone(),
                         w.version.to_string(),
+                        listed.state.clone(),
                         w.trigger.clone(),
                         crate::run::workflow::describe_target(&w.target),
                         w.steps.len().to_string(),
@@ -1492,6 +1500,7 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                     &[
                         "WORKFLOW",
                         "VERSION",
+                        "STATE",
                         "TRIGGER",
                         "TARGET",
                         "STEPS",
@@ -1500,6 +1509,70 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                     &rows
                 )
             );
+        }
+        WorkflowCommand::History { id, limit, json } => {
+            let name = DocName::workflow(&id)?;
+            let path = format!(
+                "/workflows/{}/history?limit={limit}",
+                crate::cli::client::encode_query(&id)
+            );
+            let history: crate::run::history::HistoryView = read_via(node, &path, |store| {
+                crate::run::history::history(store, &name, limit)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                print_history(&history);
+            }
+        }
+        WorkflowCommand::Rollback { id, to, by, json } => {
+            DocName::workflow(&id)?;
+            let stored: WorkflowDoc = match crate::cli::client::running_node(&node.dir) {
+                Some(api) => {
+                    let body = json!({ "to": to, "by": by }).to_string();
+                    api.post(
+                        &format!(
+                            "/workflows/{}/rollback",
+                            crate::cli::client::encode_query(&id)
+                        ),
+                        &body,
+                    )?
+                }
+                None => crate::run::history::rollback(
+                    &mut node.open_store()?,
+                    &id,
+                    to,
+                    by.as_deref(),
+                    &node.writer()?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stored)?);
+            } else {
+                println!(
+                    "workflow {} version {} is version {to}'s definition, current again",
+                    stored.id, stored.version
+                );
+            }
+        }
+        WorkflowCommand::Delete { id, json } => {
+            DocName::workflow(&id)?;
+            let stored: WorkflowDoc = match crate::cli::client::running_node(&node.dir) {
+                Some(api) => api.delete(&format!(
+                    "/workflows/{}",
+                    crate::cli::client::encode_query(&id)
+                ))?,
+                None => crate::run::history::delete(&mut node.open_store()?, &id, &node.writer()?)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stored)?);
+            } else {
+                println!(
+                    "deleted workflow {} (version {}); every node stops it as the deletion \
+                     reaches it",
+                    stored.id, stored.version
+                );
+            }
         }
         WorkflowCommand::Show { id, json } => {
             let name = DocName::workflow(&id)?.to_string();
@@ -1517,8 +1590,81 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
     Ok(())
 }
 
+/// `workflow history`: one line per version, newest first.
+fn print_history(history: &crate::run::history::HistoryView) {
+    let rows: Vec<Vec<String>> = history
+        .versions
+        .iter()
+        .map(|v| {
+            let author = match &v.author_name {
+                Some(name) => format!("{name} ({})", v.author),
+                None => v.author.clone(),
+            };
+            let mut notes = Vec::new();
+            if v.current {
+                notes.push("current".to_owned());
+            }
+            if v.competing {
+                notes.push("competing".to_owned());
+            }
+            if !v.concurrent_with.is_empty() {
+                let others: Vec<String> = v
+                    .concurrent_with
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "v{} by {}",
+                            o.version,
+                            o.author.get(..8).unwrap_or(&o.author)
+                        )
+                    })
+                    .collect();
+                notes.push(format!("concurrent with {}", others.join(", ")));
+            }
+            vec![
+                format!("v{}", v.version),
+                format_timestamp(v.at_ms),
+                author,
+                notes.join("; "),
+                v.summary.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["VERSION", "WRITTEN", "AUTHOR", "NOTE", "CHANGE"], &rows)
+    );
+    if history.total > history.versions.len() {
+        println!(
+            "{} older versions not shown (--limit {})",
+            history.total - history.versions.len(),
+            history.limit
+        );
+    }
+}
+
 /// `workflow show`: the version in effect, then what stands in its way, if anything.
 fn print_workflow(id: &str, view: &crate::run::workflow::WorkflowView) {
+    if view.state == "deleted"
+        && let Some(tombstone) = &view.definition
+    {
+        let by = match &view.deleted_by_name {
+            Some(name) => format!("{name} ({})", tombstone.updated_by),
+            None => tombstone.updated_by.clone(),
+        };
+        println!(
+            "workflow {id} was deleted by {by} at {} (version {})",
+            format_timestamp(tombstone.updated_ms),
+            tombstone.version
+        );
+        println!("  state           deleted: no node runs it; its results stay");
+        if let Some(version) = view.restorable {
+            println!(
+                "  restore         rhizome workflow rollback {id} --to {version}  (its last version)"
+            );
+        }
+        return;
+    }
     match &view.definition {
         Some(wf) => {
             println!(
@@ -1627,14 +1773,6 @@ pub fn apply_workflow(
     let stored = writer.next_version(definition, &standing.versions)?;
     store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;
     Ok(stored)
-}
-
-/// Every stored workflow, by id: the version in effect on this node.
-pub fn list_workflows(store: &mut Store) -> Result<Vec<WorkflowDoc>> {
-    Ok(crate::run::workflow::stored(store)?
-        .into_iter()
-        .map(|s| s.doc)
-        .collect())
 }
 
 /// How often `rhizome run` asks a running node whether its run finished.

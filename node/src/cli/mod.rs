@@ -109,7 +109,7 @@ pub enum Command {
     /// credential and needs none.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Apply, list and show workflows.
+    /// Apply, list and show workflows; their history, rollback and deletion.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
     /// Inspect and maintain the stored documents.
@@ -430,17 +430,74 @@ pub enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the workflows this node knows.
+    /// List the workflows this node knows, with the version in effect here.
+    ///
+    /// Deleted workflows are left out unless `--all` is given.
     List {
+        /// Also list deleted workflows (state `deleted`).
+        #[arg(long)]
+        all: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Show one workflow.
+    /// Show one workflow: the version in effect here, its steps, and what stands in its way
+    /// (competing versions, a failed validation, a deletion: by whom and when).
     Show {
         /// The workflow id.
         id: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every version ever applied to a workflow, newest first.
+    ///
+    /// Each line gives the version number, its author (node id and name), when it was
+    /// written, and what changed against the version it replaced ("trigger every 1s → every
+    /// 5s; step `read` config changed", "rolled back to v2", "deleted"). Versions applied
+    /// concurrently on nodes that were apart are marked as such. The history is read from the
+    /// workflow document's own changes, the same on every node that holds them.
+    History {
+        /// The workflow id.
+        id: String,
+        /// List at most this many versions, the newest.
+        #[arg(long, default_value_t = crate::run::history::DEFAULT_HISTORY_LIMIT)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version's definition current again.
+    ///
+    /// Writes that definition as a new version (one more than the highest), so that every
+    /// node's versions keep going up; it is validated, signed and permitted as `workflow
+    /// apply` is, and the history shows it as "rolled back to vN". Also brings back a deleted
+    /// workflow. Refused for an unknown workflow or version, or a version already current.
+    Rollback {
+        /// The workflow id.
+        id: String,
+        /// The version to make current again (`rhizome workflow history` lists them).
+        #[arg(long, value_name = "VERSION")]
+        to: u64,
+        /// The node (id or name) that wrote that version, when two nodes wrote different
+        /// versions under the same number while apart.
+        #[arg(long, value_name = "NODE")]
+        by: Option<String>,
+        /// Print the stored version as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a workflow on every node and retire it.
+    ///
+    /// Writes a deletion as the workflow's next version, signed and permitted as `workflow
+    /// apply` is: every node stops scheduling the workflow when the deletion reaches it (runs
+    /// in flight finish), `workflow list` leaves it out (`--all` shows it), `workflow show`
+    /// says who deleted it and when. Its results stay until retention removes them. `workflow
+    /// rollback` or a new `workflow apply` brings it back.
+    Delete {
+        /// The workflow id.
+        id: String,
+        /// Print the stored deletion as JSON.
         #[arg(long)]
         json: bool,
     },

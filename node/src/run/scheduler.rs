@@ -896,6 +896,9 @@ impl Actor {
                 _ => None,
             };
             match (&prepared, targeted) {
+                (Err(_), _) if doc.deleted => {
+                    tracing::info!(workflow = %id, version = doc.version, by = %doc.updated_by, "workflow deleted: no new runs here");
+                }
                 (Err(e), _) => {
                     tracing::error!(workflow = %id, version = doc.version, error = %e, "workflow cannot run on this node");
                 }

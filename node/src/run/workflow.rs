@@ -223,6 +223,8 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         timeout_ms: duration_ms("timeout", &file.timeout)?,
         max_concurrent: file.max_concurrent,
         conflict: file.conflict,
+        deleted: false,
+        rollback_of: 0,
         updated_by: String::new(),
         by_control: false,
         author_cert: String::new(),
@@ -396,6 +398,15 @@ pub fn assess(
             scheduled: None,
             validated: last_validated.cloned(),
         },
+        // A deleted workflow is reported (who deleted it, when), never run; a `manual`
+        // conflict after it has no validated version to fall back on.
+        Resolution::Resolved(doc) if doc.deleted => Assessed {
+            scheduled: Some(StoredWorkflow {
+                doc: doc.clone(),
+                blocked: Some(crate::run::history::deletion_reason(doc)),
+            }),
+            validated: None,
+        },
         Resolution::Resolved(doc) if doc.steps.is_empty() => Assessed {
             scheduled: None,
             validated: last_validated.cloned(),
@@ -468,8 +479,16 @@ pub struct WorkflowView {
     #[serde(flatten)]
     pub definition: Option<WorkflowDoc>,
     /// `ok`, `invalid` (not run here: see `error`), `conflict` (versions compete; `manual`),
-    /// or `not_applied`.
+    /// `deleted` (the version in effect is a deletion: see `updated_by`, `updated_ms`), or
+    /// `not_applied`.
     pub state: String,
+    /// For a deleted workflow: the name of the node that deleted it, if the registry knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by_name: Option<String>,
+    /// For a deleted workflow: the last version before its deletion, which `workflow rollback
+    /// --to` brings back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restorable: Option<u64>,
     /// Why the definition is not run on this node.
     pub error: Option<String>,
     /// The policy that decides between concurrent versions.
@@ -511,8 +530,21 @@ pub fn view(store: &mut Store, name: &DocName) -> Result<WorkflowView> {
         Some(s) => (Some(s.doc), s.blocked),
         None => (versions.latest().cloned(), None),
     };
+    let deleted = definition.as_ref().filter(|d| d.deleted && !conflict);
+    let (deleted_by_name, restorable) = match deleted {
+        Some(tombstone) => (
+            store
+                .registry()?
+                .nodes
+                .get(&tombstone.updated_by)
+                .map(|e| e.name.clone()),
+            crate::run::history::before_deletion(store, name),
+        ),
+        None => (None, None),
+    };
     let state = match (&definition, &error) {
         _ if conflict => "conflict",
+        _ if deleted.is_some() => "deleted",
         (None, _) => "not_applied",
         (Some(_), Some(_)) => "invalid",
         (Some(_), None) => "ok",
@@ -520,11 +552,43 @@ pub fn view(store: &mut Store, name: &DocName) -> Result<WorkflowView> {
     Ok(WorkflowView {
         definition,
         state: state.into(),
+        deleted_by_name,
+        restorable,
         error,
         policy: versions.policy(),
         competing,
         rejected: versions.rejected,
     })
+}
+
+/// A workflow as `workflow list` shows it: the version in effect here, and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedWorkflow {
+    #[serde(flatten)]
+    pub doc: WorkflowDoc,
+    /// `ok`, `not_run` (see `error`) or `deleted`.
+    pub state: String,
+    /// Why it does not run on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every stored workflow by id, as this node schedules it; deleted ones only with `all`.
+pub fn list(store: &mut Store, all: bool) -> Result<Vec<ListedWorkflow>> {
+    Ok(stored(store)?
+        .into_iter()
+        .filter(|s| all || !s.doc.deleted)
+        .map(|StoredWorkflow { doc, blocked }| ListedWorkflow {
+            state: match (&blocked, doc.deleted) {
+                (_, true) => "deleted",
+                (Some(_), false) => "not_run",
+                (None, false) => "ok",
+            }
+            .into(),
+            error: blocked.filter(|_| !doc.deleted),
+            doc,
+        })
+        .collect())
 }
 
 /// Every workflow in the store, by id, as this node schedules it (the version in effect, and

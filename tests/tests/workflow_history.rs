@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, apply_on, connected, init, json_if_ok, ok, own_runs, run_on, start,
-    status,
+    LogsOnPanic, Running, apply_on, connected, init, init_in, json_if_ok, ok, own_runs, run,
+    run_on, start, status, stop,
 };
 use rhizome_e2e::wait_until;
 use serde_json::{Value, json};
@@ -287,4 +287,97 @@ fn history_rollback_and_delete_reach_both_nodes() {
         format!("applied after the deletion in v{deleted_version}"),
         "{newest}"
     );
+}
+
+/// Two nodes apply versions while apart: once they meet, both list both versions, each marked
+/// as concurrent with the other, and a rollback to that number must name its writer.
+#[test]
+fn versions_applied_apart_are_listed_as_concurrent_on_both_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    init(&a_dir, "a", None);
+    // b applies a version of its own while apart: it needs `control`.
+    init_in(&b_dir, "b", Some(&a_dir.join("mesh")), &["--control"]);
+    let a = start(&a_dir, &[]);
+    let b = start(&b_dir, &[&a.quic]);
+    let _logs = LogsOnPanic(vec![a_dir.clone(), b_dir.clone()]);
+    wait_until("a and b connected", Duration::from_secs(15), || {
+        connected(&a) == 1
+    });
+    apply_on(&a, &line(1));
+    wait_until("b holds version 1", Duration::from_secs(20), || {
+        history(&b, "line")["total"] == 1
+    });
+    let b_id = status(&b)["node_id"].as_str().unwrap().to_owned();
+
+    // Stopped, not killed, so that b's store holds version 1 durably before b writes over it.
+    stop(b);
+    wait_until("b declared down", Duration::from_secs(10), || {
+        connected(&a) == 0
+    });
+    apply_on(&a, &line(2));
+    let file = tmp.path().join("from-b.yaml");
+    std::fs::write(&file, line(3)).unwrap();
+    ok(run(&b_dir, &["workflow", "apply", file.to_str().unwrap()]));
+    let b = start(&b_dir, &[&a.quic]);
+    for node in [&a, &b] {
+        wait_until(
+            "both versions on both nodes",
+            Duration::from_secs(30),
+            || history(node, "line")["total"] == 3,
+        );
+        let listed = history(node, "line");
+        let versions = listed["versions"].as_array().unwrap();
+        let twos: Vec<&Value> = versions.iter().filter(|v| v["version"] == 2).collect();
+        assert_eq!(twos.len(), 2, "{listed}");
+        for (v, other) in [(twos[0], twos[1]), (twos[1], twos[0])] {
+            assert_eq!(
+                v["concurrent_with"],
+                json!([{"version": 2, "author": other["author"]}]),
+                "{listed}"
+            );
+        }
+        assert_eq!(
+            twos.iter().filter(|v| v["current"] == true).count(),
+            1,
+            "last_write makes one of them current: {listed}"
+        );
+        assert_eq!(versions[2]["version"], 1, "{listed}");
+        assert_eq!(versions[2]["concurrent_with"], json!([]), "{listed}");
+    }
+
+    refused(
+        &a,
+        &["workflow", "rollback", "line", "--to", "2"],
+        "was written concurrently by",
+    );
+    // Either of the two may be current; rolling back to the one that is not is a change.
+    let listed = history(&a, "line");
+    let other = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == 2 && v["current"] == false)
+        .unwrap()["author"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by = if other == b_id { "b" } else { "a" };
+    let rolled = ok(run_on(
+        &a,
+        &[
+            "workflow", "rollback", "line", "--to", "2", "--by", by, "--json",
+        ],
+    ));
+    assert_eq!(rolled["version"], 3, "{rolled}");
+    wait_until("b has the rollback", Duration::from_secs(20), || {
+        history(&b, "line")["total"] == 4
+    });
+    let newest = history(&b, "line")["versions"][0].clone();
+    let summary = newest["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("rolled back to v2") && summary.contains("replaces concurrent v2"),
+        "{newest}"
+    );
+    assert_eq!(newest["current"], true, "{newest}");
 }

@@ -596,7 +596,10 @@ steps:
             "{}  - id: extra\n    agent: noop\n",
             BASE.replace("agent: zscore", "agent: threshold")
                 .replace("inputs: [read]", "inputs: [read, input]")
-                .replace("config: {field: value, last: 20}", "config: {field: value, above: 3}")
+                .replace(
+                    "config: {field: value, last: 20}",
+                    "config: {field: value, above: 3}"
+                )
                 .replace("    agent: sensor\n", "    agent: sensor\n    retries: 2\n")
         ));
         assert_eq!(

@@ -104,6 +104,7 @@ fn history_rollback_and_delete_reach_both_nodes() {
         assert_eq!(v["author_name"], "a", "{v}");
         assert!(v["at_ms"].as_i64().unwrap() > 0, "{v}");
         assert_eq!(v["concurrent_with"], json!([]), "{v}");
+        assert!(v.get("refused").is_none(), "b verifies a's signature: {v}");
     }
     assert_eq!(versions[2]["summary"], "first version");
     assert_eq!(

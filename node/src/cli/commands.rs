@@ -1607,6 +1607,9 @@ fn print_history(history: &crate::run::history::HistoryView) {
             if v.competing {
                 notes.push("competing".to_owned());
             }
+            if let Some(why) = &v.refused {
+                notes.push(format!("refused here: {why}"));
+            }
             if !v.concurrent_with.is_empty() {
                 let others: Vec<String> = v
                     .concurrent_with

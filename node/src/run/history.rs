@@ -125,6 +125,12 @@ pub struct HistoryEntry {
     /// Why the value is not a definition this node can read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// Why this node's write rules refuse the version (not signed by a node with the right to
+    /// write workflows): it never stands where it is checked, and its author is only a claim.
+    /// Versions that were replaced before they reached a node were never checked there, so
+    /// the history checks each one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// The Automerge change that wrote it (hex).
     pub change: String,
 }
@@ -164,10 +170,12 @@ fn workflow_id(name: &DocName) -> String {
 pub fn history(store: &mut Store, name: &DocName, limit: usize) -> Result<HistoryView> {
     let (history, standing) = load(store, name)?;
     let registry = store.registry()?;
+    let rules = store.config().write_rules.clone();
     Ok(view_of(
         &history,
         &standing,
         &registry,
+        rules.as_deref(),
         &workflow_id(name),
         limit,
     ))
@@ -178,6 +186,7 @@ pub fn view_of(
     history: &DefinitionHistory,
     standing: &WorkflowVersions,
     registry: &MeshRegistry,
+    rules: Option<&dyn crdt_store::WriteRules>,
     workflow: &str,
     limit: usize,
 ) -> HistoryView {
@@ -219,6 +228,9 @@ pub fn view_of(
                 rollback_of: definition.map(|d| d.rollback_of).filter(|v| *v > 0),
                 concurrent_with: history.concurrent_with(i).into_iter().map(refer).collect(),
                 unreadable: write.definition.as_ref().err().cloned(),
+                refused: rules
+                    .zip(definition)
+                    .and_then(|(rules, d)| rules.check_workflow_version(d, registry).err()),
                 change: write.change.to_string(),
             }
         })
@@ -794,6 +806,24 @@ steps:
         assert_eq!((newest_two.total, newest_two.versions.len()), (5, 2));
     }
 
+    /// Write rules that take versions by `node-a` only.
+    #[derive(Debug)]
+    struct OnlyNodeA;
+
+    impl crdt_store::WriteRules for OnlyNodeA {
+        fn check_workflow_version(
+            &self,
+            version: &WorkflowDoc,
+            _: &MeshRegistry,
+        ) -> Result<(), String> {
+            if version.updated_by == "node-a" {
+                Ok(())
+            } else {
+                Err("only node-a writes here".into())
+            }
+        }
+    }
+
     #[test]
     fn versions_applied_apart_are_listed_as_concurrent_and_a_rollback_names_its_writer() {
         use crdt_store::automerge::AutoCommit;
@@ -831,7 +861,7 @@ steps:
         let mut doc = a.automerge(&id).unwrap();
         let read = DefinitionHistory::read(&mut doc);
         let standing: WorkflowVersions = a.read(&name).unwrap();
-        let listed = view_of(&read, &standing, &registry, "w", 10);
+        let listed = view_of(&read, &standing, &registry, None, "w", 10);
         let rows: Vec<(u64, &str, Vec<u64>)> = listed
             .versions
             .iter()
@@ -860,6 +890,16 @@ steps:
         assert_eq!(by_b.summary, "trigger every 1s → every 9s");
         // last_write: one of the two is current, the other not.
         assert_eq!(listed.versions.iter().filter(|v| v.current).count(), 1);
+        assert!(listed.versions.iter().all(|v| v.refused.is_none()));
+        // Each version is checked by the write rules, whether it ever stood here or not.
+        let checked = view_of(&read, &standing, &registry, Some(&OnlyNodeA), "w", 10);
+        let refused: Vec<(&str, Option<&str>)> = checked
+            .versions
+            .iter()
+            .map(|v| (v.author.as_str(), v.refused.as_deref()))
+            .filter(|(_, why)| why.is_some())
+            .collect();
+        assert_eq!(refused, [("node-b", Some("only node-a writes here"))]);
 
         // Version 2 means two definitions: the writer must be named.
         let w = writer("node-a");

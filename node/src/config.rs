@@ -37,6 +37,24 @@ pub struct Config {
     pub health: HealthSection,
     pub alerts: AlertsSection,
     pub export: ExportSection,
+    pub artifacts: ArtifactsSection,
+}
+
+/// `[artifacts]`: the files this node holds by content (see `crate::fleet::artifacts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsSection {
+    /// What `rhizome artifact gc` brings the held chunks under by evicting the least
+    /// recently used artifacts (`10GB`, `500MB`); empty: no cap.
+    pub cache_size: String,
+}
+
+impl Default for ArtifactsSection {
+    fn default() -> Self {
+        ArtifactsSection {
+            cache_size: "10GB".into(),
+        }
+    }
 }
 
 /// `[alerts]`: rules over the node's figures, checks and runs, and how often they are
@@ -348,7 +366,15 @@ impl ExportSection {
 }
 
 const SECTIONS: &[&str] = &[
-    "node", "store", "network", "sync", "security", "health", "alerts", "export",
+    "node",
+    "store",
+    "network",
+    "sync",
+    "security",
+    "health",
+    "alerts",
+    "export",
+    "artifacts",
 ];
 
 /// Environment variables that carry secrets rather than configuration.
@@ -465,6 +491,7 @@ impl Config {
                 .context("store.retention_max_size (RHIZOME_STORE_RETENTION_MAX_SIZE)")?;
         }
         self.min_free()?;
+        self.artifact_cache_cap()?;
         self.security.lifetimes()?;
         self.health.monitor()?;
         self.alerts.rules()?;
@@ -489,6 +516,17 @@ impl Config {
     }
 
     /// The free-space watermark of the data dir's filesystem.
+    /// `artifacts.cache_size` in bytes; `None` when it is empty (no cap).
+    pub fn artifact_cache_cap(&self) -> Result<Option<u64>> {
+        let text = self.artifacts.cache_size.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        parse_size(text)
+            .map(Some)
+            .context("artifacts.cache_size (RHIZOME_ARTIFACTS_CACHE_SIZE)")
+    }
+
     pub fn min_free(&self) -> Result<crdt_store::headroom::MinFree> {
         self.store
             .min_free
@@ -616,6 +654,10 @@ impl DataDir {
     }
     pub fn store(&self) -> PathBuf {
         self.root.join(STORE_FILE)
+    }
+    /// Artifacts' chunks and manifests (see `crate::fleet::artifacts::store`).
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
     pub fn key(&self) -> PathBuf {
         self.root.join(KEY_FILE)

@@ -350,6 +350,11 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // The export into PostgreSQL, when `[export] postgres` is set: its own task, off the hot
     // paths; the API reads its state.
     let (export, exporting) = crate::export::spawn(&node, &node_id, role, store.clone())?;
+    // The artifacts directory is the node's while it runs; the CLI goes through the API.
+    let artifacts = crate::fleet::artifacts::Artifacts::new(
+        crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?,
+        node.config.artifact_cache_cap()?,
+    );
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,
@@ -378,6 +383,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         export,
         changes: changes.clone(),
         clients: Arc::default(),
+        artifacts,
         discovery: format!(
             "mDNS {}; dialling {}",
             match &discovery_described {

@@ -120,7 +120,11 @@ pub struct Tokens {
     path: PathBuf,
     /// The node's own admin credential, for the local CLI.
     local_secret: String,
-    cache: std::sync::Mutex<Option<(std::time::SystemTime, u64, Vec<TokenRecord>)>>,
+    /// The list as last read, with the file's (inode, modified time, length) then: every save
+    /// writes a new file renamed over the old, so a new inode marks a change even when the
+    /// time has not ticked and the length is the same (a revocation that writes `5000` over
+    /// `null`).
+    cache: std::sync::Mutex<Option<(FileStamp, Vec<TokenRecord>)>>,
 }
 
 impl Tokens {
@@ -177,18 +181,24 @@ impl Tokens {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).context("reading the token list"),
         };
-        let stamp = (meta.modified()?, meta.len());
+        let stamp = (
+            std::os::unix::fs::MetadataExt::ino(&meta),
+            meta.modified()?,
+            meta.len(),
+        );
         let mut cache = self.cache.lock().expect("token cache lock");
-        if let Some((at, len, records)) = cache.as_ref()
-            && (*at, *len) == stamp
+        if let Some((at, records)) = cache.as_ref()
+            && *at == stamp
         {
             return Ok(records.clone());
         }
         let records = load(&self.path)?;
-        *cache = Some((stamp.0, stamp.1, records.clone()));
+        *cache = Some((stamp, records.clone()));
         Ok(records)
     }
 }
+
+type FileStamp = (u64, std::time::SystemTime, u64);
 
 /// `rzt_<id>_<secret>`, split; `None` for anything else.
 fn split_token(token: &str) -> Option<(&str, &str)> {

@@ -6,6 +6,7 @@
 //! [`runs`].
 
 pub mod alerts;
+pub mod artifacts;
 pub mod auth;
 pub mod automerge;
 pub mod explain;
@@ -163,6 +164,8 @@ pub struct AppState {
     pub discovery: String,
     /// Every committed change of the store, for the WebSocket endpoint's clients.
     pub changes: Arc<crate::fleet::sync::ChangeFeed>,
+    /// The artifacts this node holds (the directory is the node's while it runs).
+    pub artifacts: crate::fleet::artifacts::Artifacts,
     /// The WebSocket endpoint's clients.
     pub clients: Arc<automerge::Clients>,
 }
@@ -286,6 +289,42 @@ fn routes() -> Routes {
     )
     .add(Method::GET, "/alerts", Some(Monitor), alerts::get_alerts)
     .add(Method::GET, "/export", Some(Monitor), export::get_export)
+    .add(
+        Method::GET,
+        "/artifacts",
+        Some(Monitor),
+        artifacts::get_artifacts,
+    )
+    .add(
+        Method::POST,
+        "/artifacts",
+        Some(Admin),
+        artifacts::post_artifact,
+    )
+    .add(
+        Method::POST,
+        "/artifacts/gc",
+        Some(Admin),
+        artifacts::post_gc,
+    )
+    .add(
+        Method::GET,
+        "/artifacts/{artifact}",
+        Some(Monitor),
+        artifacts::get_artifact,
+    )
+    .add(
+        Method::GET,
+        "/artifacts/{artifact}/content",
+        Some(Monitor),
+        artifacts::get_artifact_content,
+    )
+    .add(
+        Method::DELETE,
+        "/artifacts/{artifact}",
+        Some(Admin),
+        artifacts::delete_artifact,
+    )
     .add(
         Method::POST,
         "/alerts/rules",

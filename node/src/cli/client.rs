@@ -72,6 +72,37 @@ impl Api {
         self.post_with_timeout(path, body, DEFAULT_TIMEOUT)
     }
 
+    /// `POST path` with a binary body, the answer decoded from JSON.
+    pub fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<T> {
+        let (status, answer) = exchange_bytes(
+            self,
+            "POST",
+            path,
+            self.token.as_deref(),
+            Some(("application/octet-stream", body)),
+            timeout,
+        )?;
+        decode_answer("POST", path, &status, &answer)
+    }
+
+    /// `GET path` whose answer is bytes, not JSON.
+    pub fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Vec<u8>> {
+        let (status, answer) =
+            exchange_bytes(self, "GET", path, self.token.as_deref(), None, timeout)?;
+        if !status.starts_with('2') || status.len() != 3 {
+            bail!(
+                "GET {path} answered {status}: {}",
+                String::from_utf8_lossy(&answer).trim()
+            );
+        }
+        Ok(answer)
+    }
+
     /// `DELETE path`, the answer decoded from JSON.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         request(
@@ -114,13 +145,26 @@ fn request<T: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<T> {
     let (status, body) = exchange(api, method, path, token, body, timeout)?;
-    if !status.starts_with('2') || status.len() != 3 {
-        bail!("{method} {path} answered {status}: {}", body.trim());
-    }
-    serde_json::from_str(&body).with_context(|| format!("decoding the answer to {method} {path}"))
+    decode_answer(method, path, &status, body.as_bytes())
 }
 
-/// One request; the status code and the body of the answer.
+/// A JSON answer decoded, or the error the node answered.
+fn decode_answer<T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    status: &str,
+    body: &[u8],
+) -> Result<T> {
+    if !status.starts_with('2') || status.len() != 3 {
+        bail!(
+            "{method} {path} answered {status}: {}",
+            String::from_utf8_lossy(body).trim()
+        );
+    }
+    serde_json::from_slice(body).with_context(|| format!("decoding the answer to {method} {path}"))
+}
+
+/// One request with a text body; the status code and the body of the answer as text.
 fn exchange(
     api: &Api,
     method: &str,
@@ -129,18 +173,34 @@ fn exchange(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(String, String)> {
+    let body = body.map(|b| ("text/plain; charset=utf-8", b.as_bytes()));
+    let (status, answer) = exchange_bytes(api, method, path, token, body, timeout)?;
+    Ok((status, String::from_utf8_lossy(&answer).into_owned()))
+}
+
+/// One request, its body given with its content type; the status code and the answer's bytes.
+fn exchange_bytes(
+    api: &Api,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<(String, Vec<u8>)> {
     let addr = api.addr;
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot reach the node's HTTP API at {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    let body = body.unwrap_or_default();
+    let (content_type, body) = body.unwrap_or(("text/plain; charset=utf-8", &[]));
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let sent = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+    let mut sent = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    );
+    )
+    .into_bytes();
+    sent.extend_from_slice(body);
     let mut response = Vec::new();
     let read = match &api.tls {
         Some(tls) => {
@@ -150,13 +210,13 @@ fn exchange(
             let connection = rustls::ClientConnection::new(tls.clone(), name)
                 .context("starting TLS with the node's API")?;
             let mut tls = rustls::StreamOwned::new(connection, stream);
-            tls.write_all(sent.as_bytes())
+            tls.write_all(&sent)
                 .with_context(|| format!("TLS with the node's HTTP API at {addr}"))?;
             read_answer(&mut tls, &mut response)
         }
         None => {
             let mut stream = stream;
-            stream.write_all(sent.as_bytes())?;
+            stream.write_all(&sent)?;
             stream.read_to_end(&mut response).map(drop)
         }
     };
@@ -172,12 +232,14 @@ fn exchange(
         );
     }
     read.with_context(|| format!("reading the answer to {method} {path}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("malformed answer to {method} {path}"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    Ok((status.to_owned(), body.to_owned()))
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+    response.drain(..split + 4);
+    Ok((status, response))
 }
 
 /// Reads a TLS stream to its end: a server that closes without close_notify after a whole

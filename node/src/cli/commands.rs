@@ -51,6 +51,7 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Explain(cmd) => crate::cli::explain::explain(&Node::load(&root)?, cmd),
         Command::Alerts(args) => crate::cli::alerts::alerts(&Node::load(&root)?, args),
         Command::Export(cmd) => crate::cli::export::export(&Node::load(&root)?, cmd),
+        Command::Artifact(cmd) => crate::cli::artifact::artifact(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),

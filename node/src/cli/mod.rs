@@ -4,6 +4,7 @@
 //! they print ([`output`]) and how they reach a running node's API ([`client`]).
 
 pub mod alerts;
+pub mod artifact;
 pub mod ca_rotation;
 pub mod client;
 pub mod commands;
@@ -129,6 +130,10 @@ pub enum Command {
     /// The export of this node's data into PostgreSQL (`[export] postgres`): where it stands.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Files this node holds by content (models, binaries): add, list, show, fetch (write
+    /// out), remove, gc. Chunks are stored by hash and checked whenever they are read.
+    #[command(subcommand)]
+    Artifact(artifact::ArtifactCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.

@@ -9,4 +9,92 @@
 pub mod chunking;
 pub mod store;
 
-pub use store::{Added, ArtifactStore, ChunkRef, Collected, Listed, Manifest};
+pub use store::{Added, ArtifactStore, ChunkRef, Collected, Listed, Manifest, Refusal};
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The running node's artifact store, shared by its API handlers; every operation runs on a
+/// blocking thread (they hash and write files).
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    store: Arc<Mutex<ArtifactStore>>,
+    /// `artifacts.cache_size`: what `gc` brings the held chunks under.
+    pub cap: Option<u64>,
+}
+
+/// `GET /artifacts`, `artifact list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub cache_cap: Option<u64>,
+    pub held_bytes: u64,
+    pub artifacts: Vec<Listed>,
+}
+
+/// `GET /artifacts/{artifact}`, `artifact show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    pub listed: Listed,
+    /// Chunks this node lacks.
+    pub missing_chunks: usize,
+    /// Distinct chunks' bytes this node lacks.
+    pub missing_bytes: u64,
+    pub manifest: Manifest,
+}
+
+impl Artifacts {
+    pub fn new(store: ArtifactStore, cap: Option<u64>) -> Artifacts {
+        Artifacts {
+            store: Arc::new(Mutex::new(store)),
+            cap,
+        }
+    }
+
+    /// Runs `f` on the store on a blocking thread.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ArtifactStore) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut store)
+        })
+        .await?
+    }
+}
+
+/// What the store holds, most recently used first.
+pub fn inventory(store: &ArtifactStore, cap: Option<u64>) -> Result<Inventory> {
+    Ok(Inventory {
+        cache_cap: cap,
+        held_bytes: store.held_bytes()?,
+        artifacts: store.list()?,
+    })
+}
+
+/// One artifact by name, id or id prefix, with its manifest and what of it is missing here.
+pub fn show(store: &ArtifactStore, what: &str) -> Result<Shown> {
+    let id = store.resolve(what)?;
+    let listed = store
+        .list()?
+        .into_iter()
+        .find(|l| l.id == id)
+        .ok_or_else(|| anyhow::anyhow!("artifact {id} vanished while being read"))?;
+    let missing = store.missing_chunks(&id)?;
+    Ok(Shown {
+        listed,
+        missing_chunks: missing.len(),
+        missing_bytes: missing.iter().map(|c| u64::from(c.size)).sum(),
+        manifest: store.manifest(&id)?,
+    })
+}
+
+/// `gc` under the configured cap. No artifact is pinned yet: nothing running refers to one.
+pub fn collect(store: &mut ArtifactStore, cap: Option<u64>) -> Result<Collected> {
+    store.gc(cap, &HashSet::new())
+}

@@ -4,6 +4,7 @@
 //! chunks/<2 hex>/<sha-256 hex>   one chunk's bytes, named by their hash
 //! manifests/<artifact id>.json   what an artifact is made of; the id is the hash of this file
 //! index.json                     names, sizes, when each artifact was added and last used
+//! incoming/                      uploads being received, before they are added
 //! lock                           held by the one process that owns the directory
 //! ```
 //!
@@ -30,6 +31,16 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub const MIN_ID_PREFIX: usize = 8;
 /// Longest artifact name.
 pub const MAX_NAME: usize = 200;
+
+/// A request the store refuses for what it asked, as opposed to a failure of the disk: the
+/// API answers these 404 and 400.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadInput(String),
+}
 
 /// What an artifact is made of. Its id is the SHA-256 of its JSON encoding, so a manifest
 /// received from any peer is checked by its id, and each chunk by its hash in the manifest.
@@ -222,6 +233,8 @@ impl ArtifactStore {
             _lock: lock,
         };
         store.adopt_orphan_manifests()?;
+        // The lock is ours: no upload is in flight.
+        let _ = std::fs::remove_dir_all(root.join("incoming"));
         Ok(store)
     }
 
@@ -358,26 +371,48 @@ impl ArtifactStore {
     /// A chunk's bytes, checked against its hash; `None` when it is not here (or was
     /// damaged, in which case its file is removed so that it is fetched again).
     pub fn read_chunk(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
-        if !is_hash(hash) {
-            return Ok(None);
-        }
-        let path = self.chunk_path(hash);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if hex::encode(Sha256::digest(&bytes)) != hash {
-            tracing::warn!(
-                chunk = hash,
-                "a stored chunk does not match its hash; removing it"
-            );
-            let _ = std::fs::remove_file(&path);
-            return Ok(None);
-        }
-        Ok(Some(bytes))
+        read_chunk_in(&self.root, hash)
     }
 
+    /// Where uploads are written before they are added: beside the chunks, on the same
+    /// filesystem. Left-overs of an upload cut short are removed when the store opens.
+    pub fn incoming_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("incoming");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// [`ArtifactStore::read_chunk`] without the store: chunks never change once written, so a
+/// reader streaming an artifact out need not hold the store (a `gc` meanwhile makes it fail
+/// with `None`, never read wrong bytes).
+pub fn read_chunk_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    if !is_hash(hash) {
+        return Ok(None);
+    }
+    let path = root.join("chunks").join(&hash[..2]).join(hash);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if hex::encode(Sha256::digest(&bytes)) != hash {
+        tracing::warn!(
+            chunk = hash,
+            "a stored chunk does not match its hash; removing it"
+        );
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    Ok(Some(bytes))
+}
+
+impl ArtifactStore {
     /// Stores a chunk received from elsewhere, refusing bytes that are not the chunk named.
     pub fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<()> {
         let found = hex::encode(Sha256::digest(bytes));
@@ -435,13 +470,15 @@ impl ArtifactStore {
             match found.as_slice() {
                 [one] => return Ok((*one).clone()),
                 [] => {}
-                many => bail!(
+                many => bail!(Refusal::BadInput(format!(
                     "`{what}` is the start of {} artifact ids; give more of it",
                     many.len()
-                ),
+                ))),
             }
         }
-        bail!("no artifact named `{what}` here (`rhizome artifact list` shows what there is)")
+        bail!(Refusal::NotFound(format!(
+            "no artifact named `{what}` here (`rhizome artifact list` shows what there is)"
+        )))
     }
 
     /// The manifest of a listed artifact.
@@ -561,7 +598,7 @@ impl ArtifactStore {
     /// next `gc` unless another artifact shares them.
     pub fn remove(&mut self, id: &str) -> Result<()> {
         if self.index.artifacts.remove(id).is_none() {
-            bail!("no artifact {id} here");
+            bail!(Refusal::NotFound(format!("no artifact {id} here")));
         }
         self.index.names.retain(|_, named| named != id);
         self.save_index()?;
@@ -633,10 +670,14 @@ impl ArtifactStore {
 
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME {
-        bail!("an artifact name has 1 to {MAX_NAME} characters");
+        bail!(Refusal::BadInput(format!(
+            "an artifact name has 1 to {MAX_NAME} characters"
+        )));
     }
     if name.chars().any(|c| c.is_control() || c == '/') {
-        bail!("an artifact name has no `/` and no control characters: `{name}`");
+        bail!(Refusal::BadInput(format!(
+            "an artifact name has no `/` and no control characters: `{name}`"
+        )));
     }
     Ok(())
 }

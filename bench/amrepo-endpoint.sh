@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A node's automerge-repo endpoint (`GET /automerge` of a real `rhizome start`) side by side with
-# the JavaScript automerge-repo sync server, both serving the same JavaScript clients on
-# loopback: a fresh client fetching 1,000 documents × 10 changes and 1 document × 10,000 changes,
-# and an edit by one client until a second client sees it. Release build.
+# the JavaScript automerge-repo sync server, both serving the same clients on loopback: a fresh
+# client fetching 1,000 documents × 10 changes and 1 document × 10,000 changes, and an edit by
+# one client until a second client sees it. Release build.
 #
 # The JavaScript side (bench/js) is installed from npm into bench/js/node_modules (not committed)
-# with the versions of bench/js/package-lock.json. It is both the competitor and the client, so
-# node and npm are required.
+# with the versions of bench/js/package-lock.json. It is the competitor and the default client,
+# so node and npm are required. RHIZOME_BENCH_CLIENT=samod (or both) has samod repos in the
+# benchmark process as the clients instead, whose own cost hides less of the servers'.
 #
 # Usage: bench/amrepo-endpoint.sh [cargo bench arguments]
 # Every RHIZOME_BENCH_* variable reaches the benchmark (list at the top of

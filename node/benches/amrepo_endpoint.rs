@@ -1,6 +1,13 @@
 //! A node's `GET /automerge` (a real `rhizome start` process) side by side with the
 //! automerge-repo sync server (`bench/js/server.mjs`: `@automerge/automerge-repo` behind its
-//! Node.js WebSocket server adapter), both serving the same JavaScript clients, on loopback.
+//! Node.js WebSocket server adapter), both serving the same clients, on loopback.
+//!
+//! Clients (`RHIZOME_BENCH_CLIENT`): the JavaScript clients of `bench/js` (`js`, the default),
+//! or `samod` repos in this process (`samod`, `amrepo/samod_client.rs`), or one after the other
+//! (`both`). The JavaScript client costs milliseconds of its own per document and per edit,
+//! enough to hide the difference between the servers; samod costs several times less. Each
+//! client's runs start their servers anew like the others, so no client meets a server another
+//! warmed.
 //!
 //! Sections (`RHIZOME_BENCH_SECTIONS`, default both):
 //!
@@ -27,6 +34,7 @@
 //! Environment (defaults in brackets):
 //! - `RHIZOME_BENCH_JS` the `bench/js` directory with its `node_modules` (required)
 //! - `RHIZOME_BENCH_SECTIONS` any of `fetch,lag` [both]
+//! - `RHIZOME_BENCH_CLIENT` `js`, `samod` or `both` [js]
 //! - `RHIZOME_BENCH_REPEATS` fetch runs per workload and server, median reported [3]
 //! - `RHIZOME_BENCH_WORKLOADS` documents × changes of the fetch section [1000x10,1x10000]
 //! - `RHIZOME_BENCH_LAG_WORKLOAD` the store the lag section runs against [1000x10]
@@ -43,6 +51,8 @@
 //! runs this; BENCHMARKS.md has the figures.
 
 mod common;
+#[path = "amrepo/samod_client.rs"]
+mod samod_client;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -82,8 +92,33 @@ fn workflow_id(i: usize) -> String {
     format!("bench-{i:04}")
 }
 
+/// Which automerge-repo implementation the clients are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Client {
+    Js,
+    Samod,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Js => "js",
+            Client::Samod => "samod",
+        }
+    }
+
+    /// How the tables name it.
+    fn title(self) -> &'static str {
+        match self {
+            Client::Js => "JavaScript client",
+            Client::Samod => "samod client",
+        }
+    }
+}
+
 struct Params {
     sections: Vec<String>,
+    clients: Vec<Client>,
     repeats: usize,
     workloads: Vec<(usize, usize)>,
     lag_workload: (usize, usize),
@@ -123,6 +158,12 @@ impl Params {
                 .split(',')
                 .map(str::to_owned)
                 .collect(),
+            clients: match var("RHIZOME_BENCH_CLIENT").as_deref() {
+                None | Some("js") => vec![Client::Js],
+                Some("samod") => vec![Client::Samod],
+                Some("both") => vec![Client::Js, Client::Samod],
+                Some(other) => panic!("RHIZOME_BENCH_CLIENT: {other:?} is not js, samod or both"),
+            },
             repeats: number("RHIZOME_BENCH_REPEATS", 3).max(1),
             workloads: var("RHIZOME_BENCH_WORKLOADS")
                 .unwrap_or_else(|| "1000x10,1x10000".into())
@@ -156,6 +197,15 @@ fn median(values: &[f64]) -> f64 {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A percentile of a stage, which a client may not have timed for any edit: NaN then.
+fn stage_percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        f64::NAN
+    } else {
+        percentile(sorted, p)
+    }
 }
 
 /// CPU time (user + system) a process has used so far.
@@ -469,7 +519,25 @@ struct Fetch {
     client_cpu_ms: f64,
 }
 
-fn fetch(params: &Params, server: &Server, urls: &Path, run_dir: &Path, run: &str) -> Fetch {
+fn fetch(
+    params: &Params,
+    client: Client,
+    server: &Server,
+    urls: &Path,
+    run_dir: &Path,
+    run: &str,
+) -> Fetch {
+    if client == Client::Samod {
+        let before = cpu(server.child.id());
+        let f = samod_client::fetch(&server.url_b, urls);
+        let server_cpu = cpu(server.child.id()).saturating_sub(before);
+        assert!(f.complete, "the client got every document");
+        return Fetch {
+            ms: f.ms,
+            server_cpu_ms: server_cpu.as_secs_f64() * 1e3,
+            client_cpu_ms: f.client_cpu_ms,
+        };
+    }
     let storage = run_dir.join(format!("client-{run}"));
     let _ = std::fs::remove_dir_all(&storage);
     let before = cpu(server.child.id());
@@ -505,7 +573,32 @@ struct Lag {
     server_cpu_ms: f64,
 }
 
-fn lag(params: &Params, server: &Server, urls: &Path) -> Lag {
+fn lag(params: &Params, client: Client, server: &Server, urls: &Path) -> Lag {
+    if client == Client::Samod {
+        let before = cpu(server.child.id());
+        let l = samod_client::lag(
+            &server.url_a,
+            &server.url_b,
+            urls,
+            params.lag_edits,
+            params.pace_ms,
+            params.lag_docs,
+        );
+        let server_cpu = cpu(server.child.id()).saturating_sub(before);
+        let sorted = |mut values: Vec<f64>| {
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            values
+        };
+        let sorted_ms = sorted(l.lags_ms);
+        assert!(!sorted_ms.is_empty(), "B saw no edit at all");
+        return Lag {
+            sorted_ms,
+            stages: [sorted(l.a_ms), sorted(l.server_ms), sorted(l.b_ms)],
+            not_seen: l.not_seen,
+            series_ms: l.series_ms,
+            server_cpu_ms: server_cpu.as_secs_f64() * 1e3,
+        };
+    }
     let before = cpu(server.child.id());
     let out = js_client(
         params,
@@ -542,6 +635,7 @@ fn lag(params: &Params, server: &Server, urls: &Path) -> Lag {
 }
 
 struct WorkloadFigures {
+    client: Client,
     docs: usize,
     changes: usize,
     node: Vec<Fetch>,
@@ -568,7 +662,7 @@ fn main() {
         workloads.push(params.lag_workload);
     }
     let mut figures = Vec::new();
-    let mut lags: Option<(Lag, Lag)> = None;
+    let mut lags: Vec<(Client, Lag, Lag)> = Vec::new();
     for (docs, changes) in workloads {
         let fetches = params.runs("fetch") && params.workloads.contains(&(docs, changes));
         let lag_here = params.runs("lag") && (docs, changes) == params.lag_workload;
@@ -577,102 +671,127 @@ fn main() {
         }
         let template = Template::build(&root, docs, changes);
         let repeats = if fetches { params.repeats } else { 1 };
-        let mut node_runs = Vec::new();
-        let mut js_runs = Vec::new();
+        let mut node_runs = vec![Vec::new(); params.clients.len()];
+        let mut js_runs = vec![Vec::new(); params.clients.len()];
         let mut js_raw = (0, 0);
         for r in 0..repeats {
-            // Alternate the two servers, so that load on the shared machine falls on both.
-            let run = format!("{docs}x{changes}-{r}");
-            let node = Server::node(&template, &root, &run);
-            if fetches {
-                let f = fetch(
-                    &params,
-                    &node,
-                    &template.urls,
-                    &root,
-                    &format!("node-{run}"),
-                );
-                eprintln!(
-                    "  node {docs} × {changes}: {:.0} ms (server CPU {:.0} ms, client CPU {:.0} ms)",
-                    f.ms, f.server_cpu_ms, f.client_cpu_ms
-                );
-                node_runs.push(f);
-            }
-            let node_lag = (lag_here && r == 0).then(|| lag(&params, &node, &template.urls));
-            node.stop();
-
-            let js = Server::js(&params, &template, &root, &run);
-            let js_urls = js.urls(&template, &root, &run);
-            js_raw = (
-                js.ready["raw_change_bytes"].as_u64().unwrap_or(0),
-                js.ready["change_count"].as_u64().unwrap_or(0),
-            );
-            if fetches {
-                let f = fetch(&params, &js, &js_urls, &root, &format!("js-{run}"));
-                eprintln!(
-                    "  automerge-repo {docs} × {changes}: {:.0} ms (server CPU {:.0} ms, client CPU {:.0} ms)",
-                    f.ms, f.server_cpu_ms, f.client_cpu_ms
-                );
-                js_runs.push(f);
-            }
-            let js_lag = (lag_here && r == 0).then(|| lag(&params, &js, &js_urls));
-            js.stop();
-            if let (Some(n), Some(j)) = (node_lag, js_lag) {
-                for (side, l) in [("rhizome", &n), ("automerge-repo", &j)] {
-                    report.record(json!({
-                        "section": "lag", "side": side, "docs": params.lag_docs,
-                        "changes_per_doc": changes, "edits": params.lag_edits,
-                        "pace_ms": params.pace_ms,
-                        "p50_ms": percentile(&l.sorted_ms, 50.0),
-                        "p90_ms": percentile(&l.sorted_ms, 90.0),
-                        "p99_ms": percentile(&l.sorted_ms, 99.0),
-                        "max_ms": l.sorted_ms.last(), "not_seen": l.not_seen,
-                        "series_ms": l.series_ms, "server_cpu_ms": l.server_cpu_ms,
-                        "stages_p50_ms": l.stages.iter().map(|v| percentile(v, 50.0)).collect::<Vec<_>>(),
-                        "stages_p99_ms": l.stages.iter().map(|v| percentile(v, 99.0)).collect::<Vec<_>>(),
-                        "lags_ms": l.sorted_ms,
-                    }));
+            for (c, &client) in params.clients.iter().enumerate() {
+                // Alternate the two servers, so that load on the shared machine falls on both.
+                let run = format!("{docs}x{changes}-{r}-{}", client.name());
+                let node = Server::node(&template, &root, &run);
+                if fetches {
+                    let f = fetch(
+                        &params,
+                        client,
+                        &node,
+                        &template.urls,
+                        &root,
+                        &format!("node-{run}"),
+                    );
+                    eprintln!(
+                        "  node {docs} × {changes}, {}: {:.0} ms (server CPU {:.0} ms, client CPU {:.0} ms)",
+                        client.title(),
+                        f.ms,
+                        f.server_cpu_ms,
+                        f.client_cpu_ms
+                    );
+                    node_runs[c].push(f);
                 }
-                lags = Some((n, j));
+                let node_lag =
+                    (lag_here && r == 0).then(|| lag(&params, client, &node, &template.urls));
+                node.stop();
+
+                let js = Server::js(&params, &template, &root, &run);
+                let js_urls = js.urls(&template, &root, &run);
+                js_raw = (
+                    js.ready["raw_change_bytes"].as_u64().unwrap_or(0),
+                    js.ready["change_count"].as_u64().unwrap_or(0),
+                );
+                if fetches {
+                    let f = fetch(&params, client, &js, &js_urls, &root, &format!("js-{run}"));
+                    eprintln!(
+                        "  automerge-repo {docs} × {changes}, {}: {:.0} ms (server CPU {:.0} ms, client CPU {:.0} ms)",
+                        client.title(),
+                        f.ms,
+                        f.server_cpu_ms,
+                        f.client_cpu_ms
+                    );
+                    js_runs[c].push(f);
+                }
+                let js_lag = (lag_here && r == 0).then(|| lag(&params, client, &js, &js_urls));
+                js.stop();
+                if let (Some(n), Some(j)) = (node_lag, js_lag) {
+                    for (side, l) in [("rhizome", &n), ("automerge-repo", &j)] {
+                        report.record(json!({
+                            "section": "lag", "side": side, "client": client.name(),
+                            "docs": params.lag_docs,
+                            "changes_per_doc": changes, "edits": params.lag_edits,
+                            "pace_ms": params.pace_ms,
+                            "p50_ms": percentile(&l.sorted_ms, 50.0),
+                            "p90_ms": percentile(&l.sorted_ms, 90.0),
+                            "p99_ms": percentile(&l.sorted_ms, 99.0),
+                            "max_ms": l.sorted_ms.last(), "not_seen": l.not_seen,
+                            "series_ms": l.series_ms, "server_cpu_ms": l.server_cpu_ms,
+                            "stages_p50_ms": l.stages.iter().map(|v| stage_percentile(v, 50.0)).collect::<Vec<_>>(),
+                            "stages_p99_ms": l.stages.iter().map(|v| stage_percentile(v, 99.0)).collect::<Vec<_>>(),
+                            "lags_ms": l.sorted_ms,
+                        }));
+                    }
+                    lags.push((client, n, j));
+                }
             }
         }
         if fetches {
-            for (side, runs, raw) in [
-                (
-                    "rhizome",
-                    &node_runs,
-                    (template.raw_change_bytes, template.change_count),
-                ),
-                ("automerge-repo", &js_runs, js_raw),
-            ] {
-                report.record(json!({
-                    "section": "fetch", "side": side, "docs": docs, "changes_per_doc": changes,
-                    "runs_ms": runs.iter().map(|f| f.ms).collect::<Vec<_>>(),
-                    "median_ms": median(&runs.iter().map(|f| f.ms).collect::<Vec<_>>()),
-                    "server_cpu_ms": runs.iter().map(|f| f.server_cpu_ms).collect::<Vec<_>>(),
-                    "client_cpu_ms": runs.iter().map(|f| f.client_cpu_ms).collect::<Vec<_>>(),
-                    "raw_change_bytes": raw.0, "change_count": raw.1,
-                    "definition_bytes": template.definition_bytes,
-                }));
+            for (c, &client) in params.clients.iter().enumerate() {
+                for (side, runs, raw) in [
+                    (
+                        "rhizome",
+                        &node_runs[c],
+                        (template.raw_change_bytes, template.change_count),
+                    ),
+                    ("automerge-repo", &js_runs[c], js_raw),
+                ] {
+                    report.record(json!({
+                        "section": "fetch", "side": side, "client": client.name(),
+                        "docs": docs, "changes_per_doc": changes,
+                        "runs_ms": runs.iter().map(|f| f.ms).collect::<Vec<_>>(),
+                        "median_ms": median(&runs.iter().map(|f| f.ms).collect::<Vec<_>>()),
+                        "server_cpu_ms": runs.iter().map(|f| f.server_cpu_ms).collect::<Vec<_>>(),
+                        "client_cpu_ms": runs.iter().map(|f| f.client_cpu_ms).collect::<Vec<_>>(),
+                        "raw_change_bytes": raw.0, "change_count": raw.1,
+                        "definition_bytes": template.definition_bytes,
+                    }));
+                }
             }
-            figures.push(WorkloadFigures {
-                docs,
-                changes,
-                node: node_runs,
-                js: js_runs,
-                node_raw: (template.raw_change_bytes, template.change_count),
-                js_raw,
-            });
+            for (c, &client) in params.clients.iter().enumerate() {
+                figures.push(WorkloadFigures {
+                    client,
+                    docs,
+                    changes,
+                    node: std::mem::take(&mut node_runs[c]),
+                    js: std::mem::take(&mut js_runs[c]),
+                    node_raw: (template.raw_change_bytes, template.change_count),
+                    js_raw,
+                });
+            }
         }
     }
 
-    if !figures.is_empty() {
-        println!("\n## Fetch: a fresh client fetches every document the server holds\n");
+    for &client in &params.clients {
+        let figures: Vec<&WorkloadFigures> =
+            figures.iter().filter(|f| f.client == client).collect();
+        if figures.is_empty() {
+            continue;
+        }
+        println!(
+            "\n## Fetch: a fresh client fetches every document the server holds ({})\n",
+            client.title()
+        );
         println!(
             "| work | Rhizome endpoint | automerge-repo server | speed-up (goal ≥ 5×) | server CPU Rhizome / JS | client CPU Rhizome / JS | raw change bytes Rhizome / JS |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|");
-        for f in &figures {
+        for f in figures {
             let pick = |runs: &[Fetch], of: fn(&Fetch) -> f64| {
                 median(&runs.iter().map(of).collect::<Vec<_>>())
             };
@@ -700,20 +819,30 @@ fn main() {
             );
         }
     }
-    if let Some((node, js)) = lags {
+    for (client, node, js) in &lags {
         println!(
-            "\n## Lag: an edit by client A visible at client B ({} edits over {} documents of ~{} changes, {} ms apart)\n",
-            params.lag_edits, params.lag_docs, params.lag_workload.1, params.pace_ms
+            "\n## Lag: an edit by client A visible at client B ({} edits over {} documents of ~{} changes, {} ms apart; {})\n",
+            params.lag_edits,
+            params.lag_docs,
+            params.lag_workload.1,
+            params.pace_ms,
+            client.title()
         );
         println!(
-            "| server | p50 ms | p90 ms | p99 ms (goal ≤ 5) | max ms | not seen | A's client p50 / p99 | server and sockets p50 / p99 | B's client p50 / p99 | server CPU |"
+            "| server | p50 ms | p90 ms | p99 ms (goal ≤ 5) | max ms | not seen | A's client p50 / p99 | server and sockets p50 / p99 | B's client p50 / p99 | server CPU | server CPU per edit |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for (side, l) in [("Rhizome endpoint", &node), ("automerge-repo server", &js)] {
-            let stage =
-                |v: &Vec<f64>| format!("{:.2} / {:.2}", percentile(v, 50.0), percentile(v, 99.0));
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (side, l) in [("Rhizome endpoint", node), ("automerge-repo server", js)] {
+            let stage = |v: &Vec<f64>| {
+                format!(
+                    "{:.2} / {:.2}",
+                    stage_percentile(v, 50.0),
+                    stage_percentile(v, 99.0)
+                )
+            };
+            let edits = l.sorted_ms.len() as f64 + l.not_seen as f64;
             println!(
-                "| {side} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} ms |",
+                "| {side} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} ms | {:.2} ms |",
                 percentile(&l.sorted_ms, 50.0),
                 percentile(&l.sorted_ms, 90.0),
                 percentile(&l.sorted_ms, 99.0),
@@ -722,7 +851,8 @@ fn main() {
                 stage(&l.stages[0]),
                 stage(&l.stages[1]),
                 stage(&l.stages[2]),
-                l.server_cpu_ms
+                l.server_cpu_ms,
+                l.server_cpu_ms / edits
             );
         }
         println!(

@@ -116,12 +116,13 @@ pub fn chunk_lengths(data: &[u8]) -> Vec<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
+    /// Bytes no chunking rule can find structure in, the same for the same seed.
+    pub(in crate::fleet::artifacts) fn noise(seed: u64, len: usize) -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut data = vec![0u8; len];
         rng.fill(&mut data[..]);

@@ -704,14 +704,7 @@ pub fn sha256_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
-
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut data = vec![0u8; len];
-        rng.fill(&mut data[..]);
-        data
-    }
+    use crate::fleet::artifacts::chunking::tests::noise;
 
     fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);

@@ -16,6 +16,6 @@ status=0
 EXPORT_SOAK_KILLS="$kills" cargo nextest run -p rhizome-e2e --test export_postgres \
     -E 'test(kills_and_a_database_crash_during_a_large_export)' --no-capture >"$log" 2>&1 ||
     status=$?
-grep -E "runs recorded|kill [0-9]+:|export finished|replay|PASS|FAIL|panicked" "$log" || true
+grep -E "runs recorded|kill [0-9]+:|export finished|landed during|replay|PASS|FAIL|panicked" "$log" || true
 echo "full output: $log"
 exit "$status"

@@ -325,8 +325,7 @@ fn kills_and_a_database_crash_during_a_large_export_lose_and_duplicate_nothing()
         let mut finished = false;
         wait_until("the export resumes", Duration::from_secs(30), || {
             finished = exported() == before
-                && json_if_ok(run(&dir, &["export", "status", "--json"]))["state"]
-                    == "up to date";
+                && json_if_ok(run(&dir, &["export", "status", "--json"]))["state"] == "up to date";
             finished || exported() > before
         });
         if finished {

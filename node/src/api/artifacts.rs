@@ -121,7 +121,7 @@ pub async fn get_artifact_content(
         .artifacts
         .with(move |s| {
             let id = s.resolve(&what)?;
-            let missing = s.missing_chunks(&id)?;
+            let (_, manifest, missing) = s.one(&id)?;
             if !missing.is_empty() {
                 anyhow::bail!(Refusal::NotFound(format!(
                     "artifact {id} is not complete on this node: {} chunks are missing",
@@ -129,7 +129,7 @@ pub async fn get_artifact_content(
                 )));
             }
             s.touch(&id, now)?;
-            Ok((s.root().to_owned(), id.clone(), s.manifest(&id)?))
+            Ok((s.root().to_owned(), id, manifest))
         })
         .await
         .map_err(failed)?;

@@ -718,24 +718,36 @@ async fn post_workflow_rollback(
             format!("the body must be JSON like {{\"to\": 3}} (and \"by\": \"<node>\" if two nodes wrote that version): {e}"),
         )
     })?;
-    DocName::workflow(&workflow)
+    write_version(&state, &workflow, move |s, workflow, writer| {
+        crate::run::history::rollback(s, workflow, request.to, request.by.as_deref(), writer)
+    })
+    .await
+}
+
+/// Writes a new version of `workflow` by `write` on the store thread, then reloads the
+/// scheduler before answering, so that no run of the old version starts here afterwards.
+async fn write_version(
+    state: &Arc<AppState>,
+    workflow: &str,
+    write: impl FnOnce(
+        &mut crdt_store::Store,
+        &str,
+        &crate::run::workflow::Writer,
+    ) -> anyhow::Result<crdt_store::WorkflowDoc>
+    + Send
+    + 'static,
+) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
+    DocName::workflow(workflow)
         .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, e.to_string()))?;
     let writer = state.writer.clone();
+    let workflow = workflow.to_owned();
     let stored = state
         .store
-        .call(move |s| {
-            Ok(crate::run::history::rollback(
-                s,
-                &workflow,
-                request.to,
-                request.by.as_deref(),
-                &writer,
-            ))
-        })
+        .call(move |s| Ok(write(s, &workflow, &writer)))
         .recv()
         .await
-        .map_err(store_failed(&state))?
-        .map_err(operation_failed(&state))?;
+        .map_err(store_failed(state))?
+        .map_err(operation_failed(state))?;
     state.scheduler.reload().await;
     Ok(Json(stored))
 }
@@ -745,19 +757,7 @@ async fn delete_workflow(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(workflow): axum::extract::Path<String>,
 ) -> Result<Json<crdt_store::WorkflowDoc>, ApiError> {
-    DocName::workflow(&workflow)
-        .map_err(|e| (axum::http::StatusCode::BAD_REQUEST, e.to_string()))?;
-    let writer = state.writer.clone();
-    let stored = state
-        .store
-        .call(move |s| Ok(crate::run::history::delete(s, &workflow, &writer)))
-        .recv()
-        .await
-        .map_err(store_failed(&state))?
-        .map_err(operation_failed(&state))?;
-    // No new run of it starts here from the moment this answers.
-    state.scheduler.reload().await;
-    Ok(Json(stored))
+    write_version(&state, &workflow, crate::run::history::delete).await
 }
 
 /// Stores a workflow definition (YAML) as its next version. The body is read only up to the

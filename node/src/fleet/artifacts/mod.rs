@@ -79,18 +79,12 @@ pub fn inventory(store: &ArtifactStore, cap: Option<u64>) -> Result<Inventory> {
 
 /// One artifact by name, id or id prefix, with its manifest and what of it is missing here.
 pub fn show(store: &ArtifactStore, what: &str) -> Result<Shown> {
-    let id = store.resolve(what)?;
-    let listed = store
-        .list()?
-        .into_iter()
-        .find(|l| l.id == id)
-        .ok_or_else(|| anyhow::anyhow!("artifact {id} vanished while being read"))?;
-    let missing = store.missing_chunks(&id)?;
+    let (listed, manifest, missing) = store.one(&store.resolve(what)?)?;
     Ok(Shown {
         listed,
         missing_chunks: missing.len(),
         missing_bytes: missing.iter().map(|c| u64::from(c.size)).sum(),
-        manifest: store.manifest(&id)?,
+        manifest,
     })
 }
 

@@ -491,38 +491,52 @@ impl ArtifactStore {
 
     /// The chunks of an artifact this node lacks, in file order, each once.
     pub fn missing_chunks(&self, id: &str) -> Result<Vec<ChunkRef>> {
-        let manifest = self.manifest(id)?;
+        Ok(self.missing_in(&self.manifest(id)?))
+    }
+
+    fn missing_in(&self, manifest: &Manifest) -> Vec<ChunkRef> {
         let mut seen = HashSet::new();
-        let mut missing = Vec::new();
-        for chunk in manifest.chunks {
-            if seen.insert(chunk.hash.clone()) && !self.chunk_path(&chunk.hash).exists() {
-                missing.push(chunk);
-            }
-        }
-        Ok(missing)
+        manifest
+            .chunks
+            .iter()
+            .filter(|c| seen.insert(&c.hash) && !self.chunk_path(&c.hash).exists())
+            .cloned()
+            .collect()
     }
 
     /// Every listed artifact, most recently used first.
     pub fn list(&self) -> Result<Vec<Listed>> {
         let mut out = Vec::new();
-        for (id, entry) in &self.index.artifacts {
-            let manifest = self.manifest(id)?;
-            let missing = self.missing_chunks(id)?.len();
-            let (distinct, _) = manifest.distinct_chunks();
-            out.push(Listed {
-                id: id.clone(),
-                names: self.names_of(id),
-                size: entry.size,
-                sha256: manifest.sha256,
-                chunks: manifest.chunks.len(),
-                chunks_here: distinct - missing,
-                complete: missing == 0,
-                added_ms: entry.added_ms,
-                last_used_ms: entry.last_used_ms,
-            });
+        for id in self.index.artifacts.keys() {
+            out.push(self.one(id)?.0);
         }
         out.sort_by(|a, b| b.last_used_ms.cmp(&a.last_used_ms).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// One listed artifact as `list` shows it, with its manifest and the chunks missing here
+    /// (its manifest read once).
+    pub fn one(&self, id: &str) -> Result<(Listed, Manifest, Vec<ChunkRef>)> {
+        let entry = self
+            .index
+            .artifacts
+            .get(id)
+            .ok_or_else(|| Refusal::NotFound(format!("no artifact {id} here")))?;
+        let manifest = self.manifest(id)?;
+        let missing = self.missing_in(&manifest);
+        let (distinct, _) = manifest.distinct_chunks();
+        let listed = Listed {
+            id: id.to_owned(),
+            names: self.names_of(id),
+            size: entry.size,
+            sha256: manifest.sha256.clone(),
+            chunks: manifest.chunks.len(),
+            chunks_here: distinct - missing.len(),
+            complete: missing.is_empty(),
+            added_ms: entry.added_ms,
+            last_used_ms: entry.last_used_ms,
+        };
+        Ok((listed, manifest, missing))
     }
 
     fn names_of(&self, id: &str) -> Vec<String> {

@@ -114,20 +114,12 @@ fn pending(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes `key` to `path` durably, readable by its owner only, replacing what is there.
+/// Writes `key` to `path` durably, readable by its owner only, replacing what is there:
+/// through a synced temporary file renamed over it, so a kill never leaves a part of a key
+/// under `path` (a half-written `store.key.new` would stop the next open).
 fn write_replacing(path: &Path, key: &Key) -> Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(format!("{}\n", key.to_hex()).as_bytes())
-        .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    sync_parent(path)
+    crate::durable_file::replace(path, format!("{}\n", key.to_hex()).as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Makes a file's creation or renaming durable.

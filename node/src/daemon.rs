@@ -355,6 +355,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?,
         node.config.artifact_cache_cap()?,
     );
+    sync.attach_artifacts(artifacts.clone()).await;
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,

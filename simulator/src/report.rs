@@ -28,9 +28,11 @@ pub enum Kind {
     Heads,
     /// Goodbye.
     Goodbye,
+    /// Artifact blobs and their requests.
+    Blob,
 }
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 10] = [
     "hello",
     "heartbeat",
     "status",
@@ -40,6 +42,7 @@ const KINDS: [&str; 9] = [
     "sync",
     "heads",
     "goodbye",
+    "blob",
 ];
 
 impl Kind {
@@ -55,6 +58,9 @@ impl Kind {
             Message::Sync { .. } => Kind::Sync,
             Message::Heads { .. } => Kind::Heads,
             Message::Goodbye { .. } => Kind::Goodbye,
+            Message::ChunkWant { .. }
+            | Message::ChunkData { .. }
+            | Message::ChunkMissing { .. } => Kind::Blob,
         }
     }
 }

@@ -35,6 +35,11 @@ pub const CONN_EVENTS_CAP: usize = 1024;
 /// Messages queued for one connection's writer; a peer that does not read is closed rather
 /// than allowed to grow memory.
 pub const CONN_OUTBOX_CAP: usize = 256;
+/// Blobs queued for one connection's bulk stream (up to a MiB each). The transfer machine
+/// bounds what it serves at once, so this is rarely reached.
+pub const BULK_OUTBOX_CAP: usize = 64;
+/// quinn's priority of the bulk stream; the control stream keeps the default 0.
+const BULK_PRIORITY: i32 = -1;
 /// Events queued for the user of the mesh.
 pub const MESH_EVENTS_CAP: usize = 1024;
 /// How long a dial or a hello may take.
@@ -153,13 +158,34 @@ pub struct LinkStats {
 enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     LinkStats(NodeId, oneshot::Sender<Option<LinkStats>>),
-    Outbox(NodeId, oneshot::Sender<Option<mpsc::Sender<Message>>>),
+    Outbox(
+        NodeId,
+        Stream,
+        oneshot::Sender<Option<mpsc::Sender<Message>>>,
+    ),
     Disconnect(NodeId, String),
     Shutdown(oneshot::Sender<()>),
     Hierarchy(oneshot::Sender<Hierarchy>),
     SetCapabilities(Capabilities),
     Learned(NodeId, String),
     Credentials(Box<NodeCredentials>, oneshot::Sender<Result<(), MeshError>>),
+}
+
+/// Which of a connection's streams a queue feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// Everything but blobs: membership, election, sync.
+    Control,
+    /// Artifact blobs ([`Message::ChunkData`]), on a stream of their own with a lower priority,
+    /// so that a megabyte of artifact never holds up a workflow's sync message behind it.
+    Bulk,
+}
+
+/// A connection's queues and the connection itself.
+struct Conn {
+    outbox: mpsc::Sender<Message>,
+    bulk: mpsc::Sender<Message>,
+    connection: quinn::Connection,
 }
 
 enum ConnEvent {
@@ -169,6 +195,7 @@ enum ConnEvent {
         outbound: bool,
         addr: Option<String>,
         outbox: mpsc::Sender<Message>,
+        bulk: mpsc::Sender<Message>,
         connection: quinn::Connection,
     },
     Frame(ConnId, Message),
@@ -217,9 +244,14 @@ impl MeshHandle {
         if len > 4 + crate::proto::wire::MAX_FRAME_LEN {
             return Err(MeshError::TooLarge(len));
         }
+        let stream = if matches!(message, Message::ChunkData { .. }) {
+            Stream::Bulk
+        } else {
+            Stream::Control
+        };
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Outbox(node.to_owned(), tx))
+            .send(Command::Outbox(node.to_owned(), stream, tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
         let outbox = rx
@@ -237,9 +269,26 @@ impl MeshHandle {
     /// order, and waits for room when the peer reads slowly. `None` if the peer is not
     /// connected. The queue closes with its connection; a caller keeps it until `PeerDown`.
     pub async fn outbox(&self, node: &str) -> Result<Option<mpsc::Sender<Message>>, MeshError> {
+        self.queue(node, Stream::Control).await
+    }
+
+    /// Like [`MeshHandle::outbox`], for artifact blobs ([`Message::ChunkData`] only): they
+    /// travel on a stream of their own, below everything else in priority.
+    pub async fn bulk_outbox(
+        &self,
+        node: &str,
+    ) -> Result<Option<mpsc::Sender<Message>>, MeshError> {
+        self.queue(node, Stream::Bulk).await
+    }
+
+    async fn queue(
+        &self,
+        node: &str,
+        stream: Stream,
+    ) -> Result<Option<mpsc::Sender<Message>>, MeshError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Outbox(node.to_owned(), tx))
+            .send(Command::Outbox(node.to_owned(), stream, tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)
@@ -425,7 +474,7 @@ struct Actor {
     /// Peers whose queue was full when a status was due: they get the latest one shortly.
     stale_status: BTreeSet<NodeId>,
     epoch: Instant,
-    conns: BTreeMap<ConnId, (mpsc::Sender<Message>, quinn::Connection)>,
+    conns: BTreeMap<ConnId, Conn>,
     next_conn: ConnId,
     conn_tx: mpsc::Sender<ConnEvent>,
     events: mpsc::Sender<MeshEvent>,
@@ -463,8 +512,8 @@ impl Actor {
                             .membership
                             .connection(&node)
                             .and_then(|c| self.conns.get(&c))
-                            .map(|(_, connection)| {
-                                let stats = connection.stats();
+                            .map(|c| {
+                                let stats = c.connection.stats();
                                 LinkStats {
                                     udp_bytes_sent: stats.udp_tx.bytes,
                                     udp_bytes_received: stats.udp_rx.bytes,
@@ -475,17 +524,20 @@ impl Actor {
                             });
                         let _ = reply.send(stats);
                     }
-                    Some(Command::Outbox(node, reply)) => {
+                    Some(Command::Outbox(node, stream, reply)) => {
                         let outbox = self
                             .membership
                             .connection(&node)
                             .and_then(|c| self.conns.get(&c))
-                            .map(|(outbox, _)| outbox.clone());
+                            .map(|c| match stream {
+                                Stream::Control => c.outbox.clone(),
+                                Stream::Bulk => c.bulk.clone(),
+                            });
                         let _ = reply.send(outbox);
                     }
                     Some(Command::Disconnect(node, reason)) => {
                         if let Some(conn) = self.membership.connection(&node)
-                            && let Some((_, connection)) = self.conns.get(&conn)
+                            && let Some(Conn { connection, .. }) = self.conns.get(&conn)
                         {
                             connection.close(0u32.into(), close_reason(&reason));
                         }
@@ -570,9 +622,17 @@ impl Actor {
                 outbound,
                 addr,
                 outbox,
+                bulk,
                 connection,
             } => {
-                self.conns.insert(conn, (outbox, connection));
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        outbox,
+                        bulk,
+                        connection,
+                    },
+                );
                 self.membership.handle(
                     InEvent::Connected {
                         conn,
@@ -595,6 +655,9 @@ impl Actor {
                         | Message::Catalogue { .. }
                         | Message::Sync { .. }
                         | Message::Heads { .. }
+                        | Message::ChunkWant { .. }
+                        | Message::ChunkData { .. }
+                        | Message::ChunkMissing { .. }
                 ) && let Some(node) = self.membership.speaker(conn).cloned()
                 {
                     let _ = self.events.send(MeshEvent::Received(node, message)).await;
@@ -645,12 +708,15 @@ impl Actor {
             match action {
                 OutEvent::Dial(addr) => self.dial(addr),
                 OutEvent::Send(conn, message) => {
-                    if let Some((outbox, _)) = self.conns.get(&conn) {
+                    if let Some(Conn { outbox, .. }) = self.conns.get(&conn) {
                         let _ = outbox.try_send(message);
                     }
                 }
                 OutEvent::Close(conn, reason) => {
-                    if let Some((outbox, connection)) = self.conns.remove(&conn) {
+                    if let Some(Conn {
+                        outbox, connection, ..
+                    }) = self.conns.remove(&conn)
+                    {
                         let _ = outbox.try_send(Message::Goodbye {
                             reason: reason.clone(),
                         });
@@ -729,7 +795,7 @@ impl Actor {
             .membership
             .connection(node)
             .and_then(|c| self.conns.get(&c))
-            .map(|(outbox, _)| outbox);
+            .map(|c| &c.outbox);
         if let Some(outbox) = outbox
             && let Err(mpsc::error::TrySendError::Full(_)) =
                 outbox.try_send(Message::Status(status))
@@ -793,7 +859,13 @@ impl Actor {
     }
 
     async fn shutdown(&mut self) {
-        for (_, (outbox, connection)) in std::mem::take(&mut self.conns) {
+        for (
+            _,
+            Conn {
+                outbox, connection, ..
+            },
+        ) in std::mem::take(&mut self.conns)
+        {
             let _ = outbox.try_send(Message::Goodbye {
                 reason: "node shutting down".into(),
             });
@@ -872,6 +944,7 @@ async fn run_connection(
         other => return fail(format!("expected a hello, got {other:?}")).await,
     }
     let (outbox, mut outgoing) = mpsc::channel::<Message>(CONN_OUTBOX_CAP);
+    let (bulk, bulk_outgoing) = mpsc::channel::<Message>(BULK_OUTBOX_CAP);
     if actor
         .send(ConnEvent::Ready {
             conn,
@@ -879,6 +952,7 @@ async fn run_connection(
             outbound,
             addr,
             outbox,
+            bulk,
             connection: connection.clone(),
         })
         .await
@@ -900,6 +974,8 @@ async fn run_connection(
             }
         }
     });
+    let bulk_writer = tokio::spawn(write_bulk(connection.clone(), bulk_outgoing));
+    let bulk_reader = tokio::spawn(read_bulk(conn, connection.clone(), actor.clone()));
     let reason = loop {
         match reader.next(&mut recv).await {
             Ok(Some(Message::Goodbye { reason })) => break format!("peer said goodbye: {reason}"),
@@ -918,7 +994,72 @@ async fn run_connection(
         }
     };
     writer.abort();
+    bulk_writer.abort();
+    bulk_reader.abort();
     let _ = actor.send(ConnEvent::Closed(conn, reason)).await;
+}
+
+/// Writes the blobs queued for a peer on a unidirectional stream of their own, opened with the
+/// first blob. Its priority is below the control stream's, so quinn sends control frames first
+/// whenever both have data waiting.
+async fn write_bulk(connection: quinn::Connection, mut outgoing: mpsc::Receiver<Message>) {
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut buf = Vec::new();
+    while let Some(message) = outgoing.recv().await {
+        if !matches!(message, Message::ChunkData { .. }) {
+            tracing::warn!("only blobs go on the bulk stream; dropped another message");
+            continue;
+        }
+        let send = match &mut stream {
+            Some(send) => send,
+            None => match connection.open_uni().await {
+                Ok(send) => {
+                    let _ = send.set_priority(BULK_PRIORITY);
+                    stream.insert(send)
+                }
+                Err(_) => return,
+            },
+        };
+        buf.clear();
+        message.encode(&mut buf);
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the blobs a peer sends on its bulk streams. Anything but a blob there is a protocol
+/// error and closes the connection.
+async fn read_bulk(conn: ConnId, connection: quinn::Connection, actor: mpsc::Sender<ConnEvent>) {
+    while let Ok(mut recv) = connection.accept_uni().await {
+        let actor = actor.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::default();
+            loop {
+                match reader.next(&mut recv).await {
+                    Ok(Some(message @ Message::ChunkData { .. })) => {
+                        if actor.send(ConnEvent::Frame(conn, message)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        let reason = "a message other than a blob on the bulk stream";
+                        tracing::warn!(conn, reason, "closing a connection that sent bad data");
+                        connection.close(2u32.into(), close_reason(reason));
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(ReadError::Protocol(e)) => {
+                        tracing::warn!(conn, error = %e, "closing a connection that sent bad data");
+                        connection.close(2u32.into(), close_reason(&e));
+                        return;
+                    }
+                    Err(ReadError::Io(_)) => return,
+                }
+            }
+        });
+    }
 }
 
 /// QUIC close reasons must fit in one packet.

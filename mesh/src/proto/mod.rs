@@ -7,4 +7,5 @@ pub mod amrepo;
 pub mod election;
 pub mod membership;
 pub mod sync;
+pub mod transfer;
 pub mod wire;

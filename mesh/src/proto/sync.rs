@@ -44,6 +44,12 @@ use super::wire::{
 /// A document id (the automerge-repo document id's bytes).
 pub type DocId = DocIdBytes;
 
+/// Where artifact blobs stand under the byte budget: after the mesh and workflow definitions
+/// (a version is worth nothing before it arrives, and a blob it needs is fetched because of
+/// it), level with rollups and alerts (small), and before results (a backlog of results can
+/// wait for a model a new version runs; results are never lost, only later).
+pub const ARTIFACT_PRIORITY: u8 = 2;
+
 /// The digest a catalogue gives for a document the sender does not hold.
 pub const ABSENT: HeadsDigest = [0; 16];
 
@@ -127,7 +133,8 @@ impl DocClass {
         }
     }
 
-    /// Sync order: lower first. Membership and definitions before data.
+    /// Sync order: lower first. Membership and definitions before data. Artifact blobs
+    /// ([`ARTIFACT_PRIORITY`]) come after definitions and before results.
     pub fn priority(&self) -> u8 {
         match self {
             DocClass::Mesh => 0,
@@ -904,6 +911,9 @@ pub struct Replicator {
     next_stall_check: Option<Duration>,
     /// Rounds started because a session stalled, since start.
     stall_rounds: u64,
+    /// Artifact blobs wait for the byte budget: sessions below [`ARTIFACT_PRIORITY`] wait
+    /// behind them.
+    artifacts_waiting: bool,
     out: VecDeque<SyncOut>,
 }
 
@@ -925,6 +935,7 @@ impl Replicator {
             refilled: Duration::ZERO,
             next_stall_check: None,
             stall_rounds: 0,
+            artifacts_waiting: false,
             out: VecDeque::new(),
         }
     }
@@ -1034,7 +1045,7 @@ impl Replicator {
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
         let relay = self.relays.first().map(|(due, _, _)| *due);
         let budget = self.config.bytes_per_sec.and_then(|rate| {
-            if self.queue.is_empty() || self.budget > 0 || rate == 0 {
+            if (self.queue.is_empty() && !self.artifacts_waiting) || self.budget > 0 || rate == 0 {
                 return None;
             }
             let missing = (1 - self.budget) as u128;
@@ -1048,6 +1059,36 @@ impl Replicator {
             .chain(budget)
             .chain(self.next_stall_check)
             .min()
+    }
+
+    /// Whether an artifact blob may be sent now under the byte budget: there is no cap, or
+    /// budget is left and no session of higher priority (the mesh, definitions) waits for it.
+    pub fn artifacts_may_send(&mut self, now: Duration) -> bool {
+        if self.config.bytes_per_sec.is_none() {
+            return true;
+        }
+        self.refill(now);
+        self.budget > 0
+            && self
+                .queue
+                .first_key_value()
+                .is_none_or(|((priority, _), _)| *priority >= ARTIFACT_PRIORITY)
+    }
+
+    /// Counts bytes of artifact blobs sent against the byte budget.
+    pub fn spend(&mut self, bytes: usize) {
+        if self.config.bytes_per_sec.is_some() {
+            self.budget -= bytes as i64;
+        }
+    }
+
+    /// Tells whether artifact blobs wait for the byte budget: while they do, results sessions
+    /// do not start under a cap, and the budget's refill is a timeout.
+    pub fn set_artifacts_waiting(&mut self, waiting: bool) {
+        let was = std::mem::replace(&mut self.artifacts_waiting, waiting);
+        if was && !waiting {
+            self.schedule();
+        }
     }
 
     /// Rounds started because a session with a peer stalled, since start.
@@ -1794,6 +1835,15 @@ impl Replicator {
         while self.outstanding < self.config.max_outstanding
             && (self.config.bytes_per_sec.is_none() || self.budget > 0)
         {
+            if self.artifacts_waiting
+                && self.config.bytes_per_sec.is_some()
+                && self
+                    .queue
+                    .first_key_value()
+                    .is_some_and(|((priority, _), _)| *priority > ARTIFACT_PRIORITY)
+            {
+                break;
+            }
             let Some((_, (peer, doc))) = self.queue.pop_first() else {
                 break;
             };
@@ -2714,6 +2764,64 @@ mod tests {
             generates(&a.drain()),
             0,
             "two generates outstanding, bound 1"
+        );
+    }
+
+    #[test]
+    fn artifact_blobs_wait_behind_definitions_and_results_behind_blobs() {
+        let mut a = Replicator::new(
+            "a".into(),
+            SyncConfig {
+                max_outstanding: 100,
+                bytes_per_sec: Some(1000),
+                ..SyncConfig::default()
+            },
+        );
+        let t0 = Duration::from_secs(1);
+        a.handle(
+            SyncIn::Policy(SharePolicy {
+                clouds: BTreeSet::from(["b".to_owned()]),
+                results_to_clouds: true,
+                ..SharePolicy::default()
+            }),
+            t0,
+        );
+        a.handle(SyncIn::PeerUp("b".into()), t0);
+        // Spend the budget, then queue a definition and a results window.
+        a.spend(1500);
+        a.handle(SyncIn::LocalChanged(entry(1, 1, "workflow/1")), t0);
+        a.handle(SyncIn::LocalChanged(entry(2, 1, "results/a/1")), t0);
+        a.drain();
+        assert!(!a.artifacts_may_send(t0), "no budget");
+        a.set_artifacts_waiting(true);
+        let later = t0 + Duration::from_secs(1);
+        a.handle_timeout(later);
+        let generated: Vec<DocId> = a
+            .drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                SyncOut::Generate { doc, .. } => Some(doc),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            generated,
+            vec![[1; 16]],
+            "the definition first, results held"
+        );
+        assert!(
+            a.artifacts_may_send(later),
+            "budget left, nothing above blobs waits"
+        );
+        a.spend(5000);
+        a.set_artifacts_waiting(false);
+        let much_later = later + Duration::from_secs(6);
+        a.handle_timeout(much_later);
+        assert!(
+            a.drain()
+                .iter()
+                .any(|o| matches!(o, SyncOut::Generate { doc, .. } if *doc == [2; 16])),
+            "results go once blobs no longer wait"
         );
     }
 

@@ -28,6 +28,13 @@ pub const MAX_STATUS_ZONES: usize = 32;
 /// Bytes of the frame header after the length field.
 const HEADER_LEN: usize = 2;
 
+/// Longest blob one [`Message::ChunkData`] carries. Chunks are at most 1 MiB; a manifest of a
+/// very large artifact (tens of thousands of chunks) may be a few MiB.
+pub const MAX_BLOB_LEN: usize = 8 << 20;
+
+/// The SHA-256 of a chunk or a manifest: what a blob is asked for by and checked against.
+pub type BlobHash = [u8; 32];
+
 /// How many buckets a catalogue is divided into (by the top four bits of document ids).
 pub const BUCKETS: usize = 16;
 
@@ -173,6 +180,27 @@ pub enum Message {
     },
     /// The sender's election status (capabilities, claims, aggregator chain).
     Status(Status),
+    /// A request for one blob of an artifact (a chunk, or a manifest: both are named by their
+    /// SHA-256).
+    ChunkWant {
+        /// The blob's hash.
+        hash: BlobHash,
+        /// How many more times the request may be passed up the aggregator chain by a node
+        /// that lacks the blob; 0: answer from what you hold.
+        hops: u8,
+    },
+    /// A blob, in answer to a [`Message::ChunkWant`]; the receiver checks it against its hash.
+    ChunkData {
+        /// The blob's hash.
+        hash: BlobHash,
+        /// Its bytes (at most [`MAX_BLOB_LEN`]).
+        bytes: Vec<u8>,
+    },
+    /// The sender does not hold the blob and could not get it.
+    ChunkMissing {
+        /// The blob's hash.
+        hash: BlobHash,
+    },
 }
 
 /// One document of a catalogue.
@@ -249,6 +277,9 @@ const KIND_STATUS: u8 = 6;
 const KIND_SUMMARY: u8 = 7;
 const KIND_BUCKETS: u8 = 8;
 const KIND_HEADS: u8 = 9;
+const KIND_CHUNK_WANT: u8 = 10;
+const KIND_CHUNK_DATA: u8 = 11;
+const KIND_CHUNK_MISSING: u8 = 12;
 
 /// Smallest encoding of a catalogue entry (id, digest, empty name), to check a claimed count
 /// against the bytes present before allocating for it.
@@ -354,6 +385,21 @@ impl Message {
                     put_optional_str(out, node.as_deref());
                 }
             }
+            Message::ChunkWant { hash, hops } => {
+                out.push(KIND_CHUNK_WANT);
+                out.extend_from_slice(hash);
+                out.push(*hops);
+            }
+            Message::ChunkData { hash, bytes } => {
+                assert!(bytes.len() <= MAX_BLOB_LEN, "blob too large");
+                out.push(KIND_CHUNK_DATA);
+                out.extend_from_slice(hash);
+                out.extend_from_slice(bytes);
+            }
+            Message::ChunkMissing { hash } => {
+                out.push(KIND_CHUNK_MISSING);
+                out.extend_from_slice(hash);
+            }
         }
         let len = out.len() - start - 4;
         assert!(
@@ -403,6 +449,9 @@ impl Message {
                         .map(|(zone, node)| str_len(zone) + optional_str_len(node.as_deref()))
                         .sum::<usize>()
             }
+            Message::ChunkWant { .. } => 32 + 1,
+            Message::ChunkData { bytes, .. } => 32 + bytes.len(),
+            Message::ChunkMissing { .. } => 32,
         };
         4 + HEADER_LEN + body
     }
@@ -518,6 +567,26 @@ impl Message {
                 reason: r.string("goodbye reason")?,
             },
             KIND_STATUS => Message::Status(decode_status(&mut r)?),
+            KIND_CHUNK_WANT => Message::ChunkWant {
+                hash: r.hash("chunk want hash")?,
+                hops: r.byte("chunk want hops")?,
+            },
+            KIND_CHUNK_DATA => {
+                let hash = r.hash("chunk data hash")?;
+                if r.buf.len() > MAX_BLOB_LEN {
+                    return Err(WireError::FieldTooLong {
+                        field: "chunk data",
+                        len: r.buf.len() as u64,
+                        max: MAX_BLOB_LEN,
+                    });
+                }
+                let bytes = r.buf.to_vec();
+                r.buf = &[];
+                Message::ChunkData { hash, bytes }
+            }
+            KIND_CHUNK_MISSING => Message::ChunkMissing {
+                hash: r.hash("chunk missing hash")?,
+            },
             other => return Err(WireError::UnknownKind(other)),
         };
         if !r.buf.is_empty() {
@@ -694,6 +763,10 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn hash(&mut self, field: &'static str) -> Result<BlobHash, WireError> {
+        Ok(self.take(32, field)?.try_into().expect("32 bytes"))
+    }
+
     fn id(&mut self, field: &'static str) -> Result<[u8; 16], WireError> {
         Ok(self.take(16, field)?.try_into().expect("16 bytes"))
     }
@@ -832,6 +905,14 @@ mod tests {
                 .prop_map(|(doc, digest, name)| Message::Heads { doc, digest, name }),
             arb_string().prop_map(|reason| Message::Goodbye { reason }),
             arb_status().prop_map(Message::Status),
+            (any::<[u8; 32]>(), any::<u8>())
+                .prop_map(|(hash, hops)| Message::ChunkWant { hash, hops }),
+            (
+                any::<[u8; 32]>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(hash, bytes)| Message::ChunkData { hash, bytes }),
+            any::<[u8; 32]>().prop_map(|hash| Message::ChunkMissing { hash }),
         ]
     }
 

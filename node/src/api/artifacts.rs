@@ -1,7 +1,9 @@
 //! The artifact routes (see [`crate::fleet::artifacts`]):
 //! `GET /artifacts` and `GET /artifacts/{artifact}` (monitor), `GET /artifacts/{artifact}/content`
 //! (monitor: the bytes, each chunk checked as it is read), `POST /artifacts?name=N` (admin: the
-//! body is the file), `DELETE /artifacts/{artifact}` and `POST /artifacts/gc` (admin).
+//! body is the file), `DELETE /artifacts/{artifact}` and `POST /artifacts/gc` (admin),
+//! `POST /artifacts/{artifact}/fetch` (operator: make it whole here, from peers; answers when
+//! it is).
 
 use std::sync::Arc;
 
@@ -38,16 +40,43 @@ fn failed(e: anyhow::Error) -> ApiError {
     (status_of(&e), format!("{e:#}"))
 }
 
+/// Fetches what this node lacks of an artifact from its peers. An artifact known here is named
+/// as usual; one not known at all by its whole id.
+pub async fn post_fetch(
+    State(state): State<Arc<AppState>>,
+    Path(what): Path<String>,
+) -> Result<Json<artifacts::fetch::Fetched>, ApiError> {
+    let asked = what.clone();
+    let id = state
+        .artifacts
+        .with(move |s| Ok(s.resolve(&asked).ok()))
+        .await
+        .map_err(failed)?
+        .unwrap_or(what);
+    artifacts::fetch::fetch(&state.sync, &state.artifacts, &id)
+        .await
+        .map(Json)
+        .map_err(failed)
+}
+
 pub async fn get_artifacts(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Inventory>, ApiError> {
     let cap = state.artifacts.cap;
-    state
+    let mut inventory = state
         .artifacts
         .with(move |s| artifacts::inventory(s, cap))
         .await
-        .map(Json)
-        .map_err(failed)
+        .map_err(failed)?;
+    let moved = state.sync.transfer_stats().await;
+    inventory.transfer = Some(artifacts::Moved {
+        blobs_received: moved.blobs_received,
+        bytes_received: moved.bytes_received,
+        blobs_served: moved.blobs_served,
+        bytes_served: moved.bytes_served,
+        blobs_refused: moved.blobs_refused,
+    });
+    Ok(Json(inventory))
 }
 
 pub async fn get_artifact(

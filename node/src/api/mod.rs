@@ -327,6 +327,12 @@ fn routes() -> Routes {
     )
     .add(
         Method::POST,
+        "/artifacts/{artifact}/fetch",
+        Some(Operator),
+        artifacts::post_fetch,
+    )
+    .add(
+        Method::POST,
         "/alerts/rules",
         Some(Admin),
         alerts::post_rules,

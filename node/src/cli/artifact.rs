@@ -42,8 +42,10 @@ pub enum ArtifactCommand {
         json: bool,
     },
     /// Make an artifact whole on this node and write its bytes out, every chunk checked
-    /// against its hash and the whole against the manifest's. Chunks this node lacks are not
-    /// fetched from peers yet: an incomplete artifact is refused, naming what is missing.
+    /// against its hash and the whole against the manifest's. The running node fetches what
+    /// it lacks from its peers (its aggregator first, then up the chain, then any peer that
+    /// holds it), resuming where an earlier fetch stopped; an artifact this node has never
+    /// seen is named by its whole id.
     Fetch {
         artifact: String,
         /// Where to write the bytes (replaced atomically); without it, only checks that the
@@ -98,14 +100,15 @@ fn through_node(api: &Api, cmd: ArtifactCommand) -> Result<()> {
             output,
             json,
         } => {
-            let shown: Shown = api.get(&format!("/artifacts/{}", encode_query(&artifact)))?;
+            let fetched = fetch_through_node(api, &artifact, json)?;
+            let shown: Shown = api.get(&format!("/artifacts/{}", fetched.id))?;
             refuse_incomplete(&shown)?;
             if let Some(output) = &output {
                 let path = format!("/artifacts/{}/content", shown.listed.id);
                 let bytes = api.get_bytes(&path, upload_timeout(shown.listed.size))?;
                 write_checked(&bytes, &shown, output)?;
             }
-            print_fetched(&shown, output.as_deref(), json)
+            print_fetched(&shown, Some(&fetched), output.as_deref(), json)
         }
         ArtifactCommand::Remove { artifact } => {
             let removed: serde_json::Value =
@@ -140,7 +143,7 @@ fn on_disk(store: &mut ArtifactStore, cap: Option<u64>, cmd: ArtifactCommand) ->
             if let Some(output) = &output {
                 store.write_out(&shown.listed.id, output, now_ms())?;
             }
-            print_fetched(&shown, output.as_deref(), json)
+            print_fetched(&shown, None, output.as_deref(), json)
         }
         ArtifactCommand::Remove { artifact } => {
             let id = store.resolve(&artifact)?;
@@ -167,11 +170,66 @@ fn upload_timeout(size: u64) -> std::time::Duration {
     std::time::Duration::from_secs(60 + size / 10_000_000)
 }
 
+/// Asks the node to make the artifact whole from its peers, printing progress on stderr while it
+/// does (from the node's own count of the chunks it holds).
+fn fetch_through_node(
+    api: &crate::cli::client::Api,
+    artifact: &str,
+    quiet: bool,
+) -> Result<crate::fleet::artifacts::fetch::Fetched> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = (!quiet).then(|| {
+        let api = api.clone();
+        let done = done.clone();
+        let path = format!("/artifacts/{}", encode_query(artifact));
+        std::thread::spawn(move || {
+            let mut last = None;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(shown) = api.get::<Shown>(&path) {
+                    let now = (shown.listed.chunks_here, shown.listed.chunks);
+                    if last != Some(now) {
+                        eprintln!("fetching: {} of {} chunks here", now.0, now.1);
+                        last = Some(now);
+                    }
+                }
+            }
+        })
+    });
+    let fetched = api.post_with_timeout(
+        &format!("/artifacts/{}/fetch", encode_query(artifact)),
+        "",
+        FETCH_TIMEOUT,
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(progress) = progress {
+        let _ = progress.join();
+    }
+    let fetched: crate::fleet::artifacts::fetch::Fetched = fetched?;
+    if !quiet && fetched.blobs_fetched > 0 {
+        eprintln!(
+            "fetched {} blobs ({}) from peers in {:.1} s",
+            fetched.blobs_fetched,
+            output::bytes(fetched.bytes_fetched),
+            fetched.seconds
+        );
+    }
+    Ok(fetched)
+}
+
+/// How long `artifact fetch` waits for the node: a large artifact over a slow uplink takes a
+/// while, and the node keeps what it fetched if this runs out.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
 fn refuse_incomplete(shown: &Shown) -> Result<()> {
     if shown.missing_chunks > 0 {
         bail!(
-            "artifact {} is not whole on this node: {} of its chunks ({}) are missing, and \
-             fetching chunks from peers is not available in this version",
+            "artifact {} is not whole on this node: {} of its chunks ({}) are missing; start the \
+             node (`rhizome start`) and run `rhizome artifact fetch` again to fetch them from \
+             its peers",
             shown.listed.id,
             shown.missing_chunks,
             output::bytes(shown.missing_bytes)
@@ -278,13 +336,21 @@ fn print_shown(shown: &Shown, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_fetched(shown: &Shown, output: Option<&Path>, json: bool) -> Result<()> {
+fn print_fetched(
+    shown: &Shown,
+    fetched: Option<&crate::fleet::artifacts::fetch::Fetched>,
+    output: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     if json {
         return print_json(&serde_json::json!({
             "id": shown.listed.id,
             "size": shown.listed.size,
             "sha256": shown.listed.sha256,
             "output": output,
+            "blobs_fetched": fetched.map_or(0, |f| f.blobs_fetched),
+            "bytes_fetched": fetched.map_or(0, |f| f.bytes_fetched),
+            "seconds": fetched.map_or(0.0, |f| f.seconds),
         }));
     }
     match output {

@@ -20,7 +20,10 @@ use mesh::proto::membership::NodeId;
 use mesh::proto::sync::{
     PeerSyncStatus, Replicator, Served, SharePolicy, SyncConfig, SyncIn, SyncOut,
 };
-use mesh::proto::wire::{CatalogueEntry, DocIdBytes, Message};
+use mesh::proto::transfer::{TransferIn, TransferStats};
+use mesh::proto::wire::{BlobHash, CatalogueEntry, DocIdBytes, Message};
+
+use crate::fleet::transfer::{BlobOutcome, Blobs};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -187,6 +190,9 @@ enum Command {
     SharePolicy(oneshot::Sender<SharePolicy>),
     Resync(Option<NodeId>),
     Policy(SharePolicy),
+    WantBlobs(Vec<BlobHash>, mpsc::UnboundedSender<BlobOutcome>),
+    AttachArtifacts(crate::fleet::artifacts::Artifacts),
+    TransferStats(oneshot::Sender<TransferStats>),
 }
 
 /// A cheap handle to the sync actor.
@@ -204,6 +210,9 @@ impl std::fmt::Debug for Command {
             Command::SharePolicy(_) => "SharePolicy",
             Command::Resync(_) => "Resync",
             Command::Policy(_) => "Policy",
+            Command::WantBlobs(..) => "WantBlobs",
+            Command::AttachArtifacts(_) => "AttachArtifacts",
+            Command::TransferStats(_) => "TransferStats",
         })
     }
 }
@@ -230,6 +239,35 @@ impl SyncHandle {
     /// Compares catalogues with a peer (or all) again.
     pub async fn resync(&self, peer: Option<NodeId>) {
         let _ = self.commands.send(Command::Resync(peer)).await;
+    }
+
+    /// Asks peers for artifact blobs this node lacks; each outcome arrives on the receiver.
+    pub async fn want_blobs(&self, hashes: Vec<BlobHash>) -> mpsc::UnboundedReceiver<BlobOutcome> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::WantBlobs(hashes, tx)).await;
+        rx
+    }
+
+    /// Lets peers be served from (and blobs be stored into) the node's artifact store.
+    pub async fn attach_artifacts(&self, artifacts: crate::fleet::artifacts::Artifacts) {
+        let _ = self
+            .commands
+            .send(Command::AttachArtifacts(artifacts))
+            .await;
+    }
+
+    /// Blobs moved since start.
+    pub async fn transfer_stats(&self) -> TransferStats {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::TransferStats(tx))
+            .await
+            .is_err()
+        {
+            return TransferStats::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Tells replication who aggregates which zone.
@@ -352,7 +390,9 @@ pub async fn spawn(
     replicator.handle(SyncIn::LocalDocs(catalogue), Duration::ZERO);
     let (commands, command_rx) = mpsc::channel(COMMANDS_CAP);
     let diagnostics = crate::fleet::diagnostics::Diagnostics::default();
+    let (blobs, blob_answers) = Blobs::new(me.clone(), mesh.clone());
     let actor = Actor {
+        blobs,
         diagnostics: diagnostics.clone(),
         replicator,
         store,
@@ -365,7 +405,7 @@ pub async fn spawn(
     };
     let span = tracing::info_span!("sync", node = %me);
     tokio::spawn(tracing::Instrument::instrument(
-        actor.run(command_rx, events, changes),
+        actor.run(command_rx, events, changes, blob_answers),
         span,
     ));
     Ok(SyncHandle {
@@ -376,6 +416,8 @@ pub async fn spawn(
 
 struct Actor {
     replicator: Replicator,
+    /// Artifact blobs: fetched from and served to peers under the same byte budget.
+    blobs: Blobs,
     store: StoreHandle,
     mesh: MeshHandle,
     forwarders: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -400,6 +442,7 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<MeshEvent>,
         changes: Arc<ChangeFeed>,
+        mut blob_answers: mpsc::UnboundedReceiver<TransferIn>,
     ) {
         // One store batch at a time; what arrives meanwhile waits in `waiting`.
         let mut store_call: Option<StoreCall> = None;
@@ -422,6 +465,9 @@ impl Actor {
             let wake = self
                 .replicator
                 .poll_timeout(self.now())
+                .into_iter()
+                .chain(self.blobs.poll_timeout())
+                .min()
                 .map(|t| self.epoch + t);
             // Unbiased: a steady stream of frames from peers must not starve local changes.
             tokio::select! {
@@ -436,8 +482,22 @@ impl Actor {
                     }
                     Some(Command::Resync(peer)) => self.input(SyncIn::Resync(peer)),
                     Some(Command::Policy(policy)) => self.input(SyncIn::Policy(policy)),
+                    Some(Command::WantBlobs(hashes, reply)) => {
+                        let now = self.now();
+                        self.blobs.want(hashes, reply, now);
+                        self.dispatch();
+                    }
+                    Some(Command::AttachArtifacts(artifacts)) => self.blobs.attach(artifacts),
+                    Some(Command::TransferStats(reply)) => {
+                        let _ = reply.send(self.blobs.stats());
+                    }
                     None => return,
                 },
+                Some(answer) = blob_answers.recv() => {
+                    let now = self.now();
+                    self.blobs.input(answer, now);
+                    self.dispatch();
+                }
                 served = async { store_call.as_mut().expect("guarded").await }, if store_call.is_some() => {
                     store_call = None;
                     match served {
@@ -489,16 +549,29 @@ impl Actor {
                         peer_event("up");
                         self.diagnostics.peer_up(&peer);
                         self.start_forwarder(&peer);
+                        let now = self.now();
+                        self.blobs.peer_up(&peer, now);
                         self.input(SyncIn::PeerUp(peer));
                     }
                     Some(MeshEvent::PeerDown(peer, why)) => {
                         peer_event("down");
                         self.diagnostics.peer_down(&peer, &why);
                         self.forwarders.remove(&peer);
+                        let now = self.now();
+                        self.blobs.peer_down(&peer, now);
                         self.input(SyncIn::PeerDown(peer));
                     }
                     Some(MeshEvent::Received(peer, message)) => {
-                        self.input(SyncIn::Received(peer, message));
+                        if matches!(
+                            message,
+                            Message::ChunkWant { .. } | Message::ChunkData { .. } | Message::ChunkMissing { .. }
+                        ) {
+                            let now = self.now();
+                            self.blobs.input(TransferIn::Received(peer, message), now);
+                            self.dispatch();
+                        } else {
+                            self.input(SyncIn::Received(peer, message));
+                        }
                     }
                     Some(MeshEvent::DialFailed { addr, reason }) => {
                         self.diagnostics.dial_failed(&addr, &reason);
@@ -528,6 +601,9 @@ impl Actor {
                             Vec::new(),
                         );
                         tracing::info!(chain = ?hierarchy.chain, aggregates = ?hierarchy.aggregates, "aggregator chain");
+                        let now = self.now();
+                        self.blobs.chain(&hierarchy, now);
+                        self.dispatch();
                         let _ = self.hierarchy.send(Some(hierarchy));
                     }
                     None => return,
@@ -546,6 +622,7 @@ impl Actor {
                     let now = self.now();
                     let stalls = self.replicator.stall_rounds();
                     self.replicator.handle_timeout(now);
+                    self.blobs.handle_timeout(now);
                     let healed = self.replicator.stall_rounds() - stalls;
                     if healed > 0 {
                         tracing::info!(
@@ -566,8 +643,20 @@ impl Actor {
         self.dispatch();
     }
 
-    /// Sends frames now; store operations wait for the next batch.
+    /// Sends frames now; store operations wait for the next batch. Artifact blobs go out while
+    /// the byte budget is open to them, and hold results back while they wait for it.
     fn dispatch(&mut self) {
+        let now = self.now();
+        let open = self.replicator.artifacts_may_send(now);
+        let waiting = self.blobs.budget(open);
+        self.replicator.set_artifacts_waiting(waiting);
+        let mut requests = Vec::new();
+        let replicator = &mut self.replicator;
+        self.blobs.dispatch(
+            |peer, message| requests.push(SyncOut::Send(peer, message)),
+            |bytes| replicator.spend(bytes),
+        );
+        self.route(requests);
         let mut network = Vec::new();
         for out in self.replicator.drain() {
             match out {

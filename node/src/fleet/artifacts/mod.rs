@@ -7,6 +7,7 @@
 //! their bytes would bloat every document's history and every sync with them.
 
 pub mod chunking;
+pub mod fetch;
 pub mod store;
 
 pub use store::{Added, ArtifactStore, ChunkRef, Collected, Listed, Manifest, Refusal};
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     store: Arc<Mutex<ArtifactStore>>,
+    /// The store's directory, for reads that need no lock (chunks never change once written).
+    root: std::path::PathBuf,
     /// `artifacts.cache_size`: what `gc` brings the held chunks under.
     pub cap: Option<u64>,
 }
@@ -32,6 +35,20 @@ pub struct Inventory {
     pub cache_cap: Option<u64>,
     pub held_bytes: u64,
     pub artifacts: Vec<Listed>,
+    /// Blobs moved between this node and its peers since it started (a running node only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Moved>,
+}
+
+/// Artifact blobs a running node moved since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub blobs_received: u64,
+    pub bytes_received: u64,
+    pub blobs_served: u64,
+    pub bytes_served: u64,
+    /// Blobs from peers that did not match their hash (or could not be stored).
+    pub blobs_refused: u64,
 }
 
 /// `GET /artifacts/{artifact}`, `artifact show`.
@@ -49,6 +66,7 @@ pub struct Shown {
 impl Artifacts {
     pub fn new(store: ArtifactStore, cap: Option<u64>) -> Artifacts {
         Artifacts {
+            root: store.root().to_owned(),
             store: Arc::new(Mutex::new(store)),
             cap,
         }
@@ -66,6 +84,19 @@ impl Artifacts {
         })
         .await?
     }
+
+    /// A chunk or manifest by its hash, checked against it; `None` when not here.
+    pub async fn read_blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let root = self.root.clone();
+        let hash = hash.to_owned();
+        Ok(tokio::task::spawn_blocking(move || store::read_blob_in(&root, &hash)).await??)
+    }
+
+    /// Stores a blob received from a peer as a chunk, refusing bytes that do not hash to
+    /// `hash`; durable when it returns.
+    pub async fn store_blob(&self, hash: String, bytes: Vec<u8>) -> Result<()> {
+        self.with(move |s| s.put_chunk(&hash, &bytes)).await
+    }
 }
 
 /// What the store holds, most recently used first.
@@ -74,6 +105,7 @@ pub fn inventory(store: &ArtifactStore, cap: Option<u64>) -> Result<Inventory> {
         cache_cap: cap,
         held_bytes: store.held_bytes()?,
         artifacts: store.list()?,
+        transfer: None,
     })
 }
 

@@ -94,6 +94,11 @@ impl Manifest {
         {
             bail!("the manifest of artifact {id} is inconsistent (chunk sizes or hashes)");
         }
+        // Stored and served as encoded here: other bytes for the same manifest would be
+        // served under an id they do not hash to.
+        if manifest.encode() != bytes {
+            bail!("the manifest of artifact {id} is not in its canonical encoding");
+        }
         Ok(manifest)
     }
 
@@ -410,6 +415,23 @@ pub fn read_chunk_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>
         return Ok(None);
     }
     Ok(Some(bytes))
+}
+
+/// A blob a peer asks for by hash: a chunk, or a manifest (whose hash is the artifact's id),
+/// checked against the hash either way; `None` when neither is here.
+pub fn read_blob_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    if let Some(bytes) = read_chunk_in(root, hash)? {
+        return Ok(Some(bytes));
+    }
+    if !is_hash(hash) {
+        return Ok(None);
+    }
+    let bytes = match std::fs::read(root.join("manifests").join(format!("{hash}.json"))) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok((hex::encode(Sha256::digest(&bytes)) == hash).then_some(bytes))
 }
 
 impl ArtifactStore {

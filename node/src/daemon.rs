@@ -314,6 +314,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let _ = std::fs::remove_file(node.dir.api_token());
     crate::identity::write_private(&node.dir.api_token(), &token)?;
+    // The artifacts directory is the node's while it runs; the CLI goes through the API.
+    let artifacts = crate::fleet::artifacts::Artifacts::new(
+        crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?,
+        node.config.artifact_cache_cap()?,
+    );
+    sync.attach_artifacts(artifacts.clone()).await;
     let scheduler = crate::run::scheduler::spawn(
         store.clone(),
         crate::run::scheduler::SchedulerConfig {
@@ -322,8 +328,12 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
                 zone: zone.clone(),
                 ..node.traits()
             },
-            agents: crate::run::engine::registry(),
+            agents: crate::fleet::artifacts::provider::agent_factory(artifacts.clone()),
             reload_every: crate::run::scheduler::RELOAD_EVERY,
+            artifacts: Some(Arc::new(crate::fleet::artifacts::provider::NodeArtifacts {
+                artifacts: artifacts.clone(),
+                sync: sync.clone(),
+            })),
         },
     );
     // Workflows replicated from peers are picked up at once, not at the next periodic reload.
@@ -350,12 +360,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     // The export into PostgreSQL, when `[export] postgres` is set: its own task, off the hot
     // paths; the API reads its state.
     let (export, exporting) = crate::export::spawn(&node, &node_id, role, store.clone())?;
-    // The artifacts directory is the node's while it runs; the CLI goes through the API.
-    let artifacts = crate::fleet::artifacts::Artifacts::new(
-        crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?,
-        node.config.artifact_cache_cap()?,
-    );
-    sync.attach_artifacts(artifacts.clone()).await;
+
     let state = Arc::new(crate::api::AppState {
         tokens: crate::api::auth::Tokens::new(node.dir.tokens(), token),
         health,

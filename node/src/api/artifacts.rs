@@ -224,10 +224,9 @@ pub async fn delete_artifact(
 }
 
 pub async fn post_gc(State(state): State<Arc<AppState>>) -> Result<Json<Collected>, ApiError> {
-    let cap = state.artifacts.cap;
     state
         .artifacts
-        .with(move |s| artifacts::collect(s, cap))
+        .collect(None)
         .await
         .map(Json)
         .map_err(failed)

@@ -808,6 +808,16 @@ async fn post_workflow(
         };
         (status, format!("{e:#}"))
     })?;
+    // A version pins the artifacts its names stand for here.
+    let definition = if crate::run::artifact_refs::referenced_by_name(&definition) {
+        state
+            .artifacts
+            .with(move |s| crate::run::artifact_refs::pin(definition, |name| s.resolve(name)))
+            .await
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?
+    } else {
+        definition
+    };
     let writer = state.writer.clone();
     let stored = state
         .store

@@ -1455,7 +1455,17 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                         .with_context(|| format!("cannot read {}", file.display()))?;
                     addr.post("/workflows", &yaml)?
                 }
-                None => apply_workflow(&mut node.open_store()?, definition, &node.writer()?)?,
+                None => {
+                    // Names of artifacts are pinned to ids from the data dir's own store.
+                    let definition = if crate::run::artifact_refs::referenced_by_name(&definition) {
+                        let store =
+                            crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?;
+                        crate::run::artifact_refs::pin(definition, |name| store.resolve(name))?
+                    } else {
+                        definition
+                    };
+                    apply_workflow(&mut node.open_store()?, definition, &node.writer()?)?
+                }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stored)?);
@@ -1467,6 +1477,56 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
                     stored.steps.len()
                 );
             }
+        }
+        WorkflowCommand::Schedule { json } => {
+            let Some(addr) = crate::cli::client::running_node(&node.dir) else {
+                bail!(
+                    "no node runs on {}: the schedule is the running node's (start it with \
+                     `rhizome start`; `rhizome workflow list` reads the stored workflows)",
+                    node.dir.root.display()
+                );
+            };
+            let views: Vec<crate::run::scheduler::ScheduledView> = addr.get("/schedule")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    let note = match (&v.fetching, &v.error) {
+                        (Some(f), _) => format!(
+                            "version {} waits for {} artifact(s){}",
+                            f.version,
+                            f.artifacts.len(),
+                            f.error
+                                .as_deref()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        ),
+                        (None, Some(e)) => e.clone(),
+                        (None, None) => String::new(),
+                    };
+                    vec![
+                        v.workflow.clone(),
+                        v.version.to_string(),
+                        if v.targeted { "yes" } else { "no" }.to_owned(),
+                        v.running.to_string(),
+                        v.queued.to_string(),
+                        v.started.to_string(),
+                        note,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "WORKFLOW", "VERSION", "HERE", "RUNNING", "QUEUED", "STARTED", "NOTE"
+                    ],
+                    &rows
+                )
+            );
         }
         WorkflowCommand::List { all, json } => {
             let path = if all {

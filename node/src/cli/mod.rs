@@ -435,6 +435,14 @@ pub enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the running node runs now: each workflow's version in use here, whether it targets
+    /// this node, runs in flight and queued, why it cannot run, and a newer version waiting
+    /// for its artifacts to be fetched (the version in use runs until they are here).
+    Schedule {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the workflows this node knows, with the version in effect here.
     ///
     /// Deleted workflows are left out unless `--all` is given.

@@ -1,8 +1,10 @@
 //! Running workflows: the definition format and its validation ([`workflow`]), bounds on
 //! untrusted text checked before parsing ([`prescan`]), the engine that runs one run
 //! ([`engine`]) and the scheduler that decides when and where runs happen ([`scheduler`]);
-//! a workflow's versions over time, rollbacks and deletions ([`history`]).
+//! a workflow's versions over time, rollbacks and deletions ([`history`]); artifacts a version
+//! references instead of paths ([`artifact_refs`]).
 
+pub mod artifact_refs;
 pub mod engine;
 pub mod history;
 pub mod prescan;

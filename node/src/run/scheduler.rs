@@ -174,6 +174,39 @@ pub struct ScheduledView {
     pub skipped: u64,
     /// Why the definition cannot run here, if it cannot.
     pub error: Option<String>,
+    /// A newer version whose artifacts are being fetched before this node switches to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetching: Option<FetchingView>,
+}
+
+/// A version waiting for its artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchingView {
+    pub version: u64,
+    pub artifacts: Vec<String>,
+    /// Why the last attempt failed, if it did (it is tried again).
+    pub error: Option<String>,
+}
+
+/// Where a node's workflows get the artifacts they reference ([`crate::run::artifact_refs`]).
+pub trait ArtifactProvider: Send + Sync {
+    /// Those of `ids` that are not whole on this node. Called on a blocking thread.
+    fn missing(&self, ids: &BTreeSet<String>) -> BTreeSet<String>;
+    /// Fetches `ids` from peers, then calls `done` with the outcome.
+    fn fetch(&self, ids: BTreeSet<String>, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+    /// What the versions in use, and those being fetched for, need: never evicted.
+    fn pin(&self, ids: BTreeSet<String>);
+}
+
+/// How long after a failed fetch of a version's artifacts it is tried again.
+pub const FETCH_RETRY: Duration = Duration::from_secs(15);
+
+/// A version whose artifacts are being fetched (or failed to be, until a retry).
+#[derive(Debug, Clone)]
+struct Fetching {
+    version: u64,
+    ids: BTreeSet<String>,
+    failed: Option<(Instant, String)>,
 }
 
 /// What the scheduler needs to know about its node.
@@ -185,6 +218,8 @@ pub struct SchedulerConfig {
     pub agents: AgentFactory,
     /// How often workflows are re-read without being asked ([`RELOAD_EVERY`]).
     pub reload_every: Duration,
+    /// Where referenced artifacts come from; `None`: a version that references one cannot run.
+    pub artifacts: Option<Arc<dyn ArtifactProvider>>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -249,6 +284,8 @@ pub fn spawn(store: StoreHandle, config: SchedulerConfig) -> SchedulerHandle {
     let actor = Actor {
         store,
         config,
+        fetching: Arc::default(),
+        reload_requests: (reload.clone(), requested.clone()),
         workflows: BTreeMap::new(),
         tasks: JoinSet::new(),
         cancel,
@@ -514,6 +551,7 @@ impl Scheduled {
             refused: self.refused,
             skipped: self.skipped,
             error: self.error(),
+            fetching: None,
         }
     }
 }
@@ -529,6 +567,10 @@ struct Actor {
     next_seq: u64,
     /// The stored workflows as of the last reload, so that a reload reads only what changed.
     known: crate::run::workflow::KnownWorkflows,
+    /// Versions waiting for their artifacts, by workflow.
+    fetching: Arc<Mutex<BTreeMap<String, Fetching>>>,
+    /// How a finished fetch asks for a reload.
+    reload_requests: (Arc<Notify>, Arc<Mutex<Requested>>),
 }
 
 impl Actor {
@@ -565,7 +607,24 @@ impl Actor {
                         let _ = reply.send(());
                     }
                     Some(Command::Views { reply }) => {
-                        let _ = reply.send(self.workflows.values().map(Scheduled::view).collect());
+                        let fetching = self.fetching.lock().expect("fetching lock").clone();
+                        let views = self
+                            .workflows
+                            .values()
+                            .map(|w| {
+                                let mut view = w.view();
+                                view.fetching = fetching
+                                    .get(&w.doc.id)
+                                    .filter(|f| f.version != w.doc.version)
+                                    .map(|f| FetchingView {
+                                        version: f.version,
+                                        artifacts: f.ids.iter().cloned().collect(),
+                                        error: f.failed.as_ref().map(|(_, e)| e.clone()),
+                                    });
+                                view
+                            })
+                            .collect();
+                        let _ = reply.send(views);
                     }
                     Some(Command::Shutdown { reply }) => {
                         self.shutdown().await;
@@ -851,6 +910,8 @@ impl Actor {
             })
             .cloned()
             .collect();
+        let changed = self.hold_for_artifacts(changed).await;
+        self.pin_artifacts();
         if changed.is_empty() {
             return;
         }
@@ -933,6 +994,126 @@ impl Actor {
             self.workflows.insert(id.clone(), scheduled);
             self.pump(&id);
         }
+        self.pin_artifacts();
+    }
+
+    /// Holds back each version that references artifacts this node lacks, and fetches them:
+    /// the version in use keeps running meanwhile (a workflow with none waits), and the fetch's
+    /// end asks for a reload, which takes the version up once all of it is here. So a node
+    /// never switches to a version it cannot run, and one cut off keeps the version it has.
+    async fn hold_for_artifacts(&mut self, changed: Vec<StoredWorkflow>) -> Vec<StoredWorkflow> {
+        let Some(provider) = self.config.artifacts.clone() else {
+            return changed;
+        };
+        let wants: Vec<(usize, BTreeSet<String>)> = changed
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.blocked.is_none() && !s.doc.deleted && selects(&s.doc.target, &self.config.node)
+            })
+            .map(|(i, s)| (i, crate::run::artifact_refs::referenced(&s.doc)))
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect();
+        if wants.is_empty() {
+            return changed;
+        }
+        let asked = provider.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            wants
+                .into_iter()
+                .map(|(i, ids)| (i, asked.missing(&ids)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut held = BTreeMap::new();
+        let now = Instant::now();
+        for (i, missing) in missing {
+            let doc = &changed[i].doc;
+            let mut fetching = self.fetching.lock().expect("fetching lock");
+            if missing.is_empty() {
+                fetching.remove(&doc.id);
+                continue;
+            }
+            held.insert(i, missing.len());
+            let start = match fetching.get(&doc.id) {
+                Some(f) if f.version == doc.version => f
+                    .failed
+                    .as_ref()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= FETCH_RETRY),
+                _ => true,
+            };
+            if !start {
+                continue;
+            }
+            fetching.insert(
+                doc.id.clone(),
+                Fetching {
+                    version: doc.version,
+                    ids: missing.clone(),
+                    failed: None,
+                },
+            );
+            drop(fetching);
+            tracing::info!(workflow = %doc.id, version = doc.version, artifacts = ?missing, "fetching the artifacts of a version before switching to it");
+            let fetching = self.fetching.clone();
+            let (reload, requested) = self.reload_requests.clone();
+            let (id, version) = (doc.id.clone(), doc.version);
+            provider.fetch(
+                missing,
+                Box::new(move |outcome| {
+                    let mut fetching = fetching.lock().expect("fetching lock");
+                    match outcome {
+                        Ok(()) => {
+                            tracing::info!(workflow = %id, version, "the artifacts of a version are here");
+                            if fetching.get(&id).is_some_and(|f| f.version == version) {
+                                fetching.remove(&id);
+                            }
+                            requested.lock().expect("reload requests lock").all = true;
+                            reload.notify_one();
+                        }
+                        Err(reason) => {
+                            tracing::warn!(workflow = %id, version, %reason, "fetching the artifacts of a version failed; trying again later");
+                            if let Some(f) = fetching.get_mut(&id).filter(|f| f.version == version) {
+                                f.failed = Some((Instant::now(), reason));
+                            }
+                        }
+                    }
+                }),
+            );
+        }
+        changed
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, stored)| match held.get(&i) {
+                None => Some(stored),
+                // The version in use goes on.
+                Some(_) if self.workflows.contains_key(&stored.doc.id) => None,
+                Some(count) => Some(StoredWorkflow {
+                    blocked: Some(format!(
+                        "waiting for {count} artifact(s) of version {} to be fetched",
+                        stored.doc.version
+                    )),
+                    ..stored
+                }),
+            })
+            .collect()
+    }
+
+    /// Tells the artifact store what the versions in use and those being fetched need.
+    fn pin_artifacts(&self) {
+        let Some(provider) = &self.config.artifacts else {
+            return;
+        };
+        let mut pinned: BTreeSet<String> = self
+            .workflows
+            .values()
+            .flat_map(|w| crate::run::artifact_refs::referenced(&w.doc))
+            .collect();
+        for f in self.fetching.lock().expect("fetching lock").values() {
+            pinned.extend(f.ids.iter().cloned());
+        }
+        provider.pin(pinned);
     }
 
     async fn shutdown(&mut self) {
@@ -1125,6 +1306,7 @@ mod tests {
                 node: traits(),
                 agents: gates.factory(),
                 reload_every,
+                artifacts: None,
             },
         );
         Rig {

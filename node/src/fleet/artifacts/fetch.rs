@@ -111,6 +111,16 @@ pub async fn fetch(sync: &SyncHandle, artifacts: &Artifacts, id: &str) -> Result
     artifacts
         .with(move |s| s.touch(&owned, crate::node::now_ms()))
         .await?;
+    // Over the cap now: the least recently used unpinned artifacts go, never this one.
+    if let Some(cap) = artifacts.cap {
+        let held = artifacts.with(|s| s.held_bytes()).await?;
+        if held > cap {
+            let collected = artifacts.collect(Some(id)).await?;
+            if !collected.evicted.is_empty() {
+                tracing::info!(evicted = ?collected.evicted, held = collected.bytes_held, cap, "artifact cache over its cap: evicted the least recently used");
+            }
+        }
+    }
     Ok(Fetched {
         id: id.to_owned(),
         size: manifest.size,

@@ -8,6 +8,7 @@
 
 pub mod chunking;
 pub mod fetch;
+pub mod provider;
 pub mod store;
 
 pub use store::{Added, ArtifactStore, ChunkRef, Collected, Listed, Manifest, Refusal};
@@ -25,6 +26,8 @@ pub struct Artifacts {
     store: Arc<Mutex<ArtifactStore>>,
     /// The store's directory, for reads that need no lock (chunks never change once written).
     root: std::path::PathBuf,
+    /// What the workflow versions in use need: never evicted.
+    pins: Arc<Mutex<HashSet<String>>>,
     /// `artifacts.cache_size`: what `gc` brings the held chunks under.
     pub cap: Option<u64>,
 }
@@ -67,6 +70,7 @@ impl Artifacts {
     pub fn new(store: ArtifactStore, cap: Option<u64>) -> Artifacts {
         Artifacts {
             root: store.root().to_owned(),
+            pins: Arc::default(),
             store: Arc::new(Mutex::new(store)),
             cap,
         }
@@ -83,6 +87,28 @@ impl Artifacts {
             f(&mut store)
         })
         .await?
+    }
+
+    /// Runs `f` on the store on this thread (one that may block).
+    pub fn with_blocking<R>(&self, f: impl FnOnce(&mut ArtifactStore) -> Result<R>) -> Result<R> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut store)
+    }
+
+    /// Replaces what the versions in use need.
+    pub fn pin(&self, ids: impl IntoIterator<Item = String>) {
+        *self.pins.lock().unwrap_or_else(|e| e.into_inner()) = ids.into_iter().collect();
+    }
+
+    pub fn pinned(&self) -> HashSet<String> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `gc` under the cap, never evicting what is pinned, nor `keep`.
+    pub async fn collect(&self, keep: Option<&str>) -> Result<Collected> {
+        let (cap, mut pinned) = (self.cap, self.pinned());
+        pinned.extend(keep.map(str::to_owned));
+        self.with(move |s| s.gc(cap, &pinned)).await
     }
 
     /// A chunk or manifest by its hash, checked against it; `None` when not here.
@@ -120,7 +146,7 @@ pub fn show(store: &ArtifactStore, what: &str) -> Result<Shown> {
     })
 }
 
-/// `gc` under the configured cap. No artifact is pinned yet: nothing running refers to one.
+/// `gc` on a node's data dir while the node is stopped: nothing runs, so nothing is pinned.
 pub fn collect(store: &mut ArtifactStore, cap: Option<u64>) -> Result<Collected> {
     store.gc(cap, &HashSet::new())
 }

@@ -639,7 +639,28 @@ impl ArtifactStore {
         self.index.names.retain(|_, named| named != id);
         self.save_index()?;
         let _ = std::fs::remove_file(self.manifest_path(id));
+        let _ = std::fs::remove_file(self.file_path(id));
         Ok(())
+    }
+
+    /// Where an artifact's whole bytes are written for a program that needs a file (an ONNX
+    /// model): `files/<id>`, written once, checked against the manifest's hash as it is
+    /// written, removed with the artifact.
+    fn file_path(&self, id: &str) -> PathBuf {
+        self.root.join("files").join(id)
+    }
+
+    /// The artifact as one file, written out first if it is not yet (it must be whole here).
+    pub fn materialize(&mut self, id: &str, now_ms: i64) -> Result<PathBuf> {
+        let path = self.file_path(id);
+        let manifest = self.manifest(id)?;
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == manifest.size) {
+            self.touch(id, now_ms)?;
+            return Ok(path);
+        }
+        std::fs::create_dir_all(self.root.join("files"))?;
+        self.write_out(id, &path, now_ms)?;
+        Ok(path)
     }
 
     /// Evicts the least recently used artifacts not in `pinned` until the chunks of those left

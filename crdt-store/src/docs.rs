@@ -26,6 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::names::{DocKind, DocName};
 
 pub mod history;
+pub mod rollout;
 
 /// The actor of every genesis change.
 const GENESIS_ACTOR: &[u8] = b"rhizome-genesis";

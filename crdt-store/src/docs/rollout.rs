@@ -1,0 +1,608 @@
+//! Staged rollouts, decided from replicated facts alone.
+//!
+//! A rollout moves the nodes a workflow targets from a baseline version to a new one in stages
+//! (one canary, then 10 %, then all), each gated by the health its nodes report. It must keep
+//! going when the cloud is away and agree with itself across a partition, so nothing here is
+//! decided by one node and told to the others: the **plan** (signed by a control node), the
+//! **controls** (pause, resume, abort: append-only events) and every node's **report** (in its
+//! own registry entry) replicate to every node, and [`decide`] is a pure function of them. Two
+//! nodes that hold the same facts decide the same thing, whatever the order the facts arrived
+//! in, and a node cut off keeps what it runs until the facts reach it again.
+//!
+//! - **Who is in which stage**: the targeted nodes in the order of SHA-256(rollout id, node
+//!   id): stable, unrelated to names, and different per rollout, so the same node is not the
+//!   canary of every rollout. Stage `k` covers a prefix of that order (a count, or a percentage
+//!   of the targets rounded up), never less than the stage before.
+//! - **Gates**: a stage is passed when each of its nodes reports the new version active with at
+//!   least `min_runs` runs, a success rate of at least `min_success_pct`, and `soak_ms` since it
+//!   switched, all as of its own report (never a receiver's clock). A node that has not
+//!   reported holds the stage: an offline node is waited for, not guessed about.
+//! - **Concurrency**: within a stage, at most `max_concurrent` admitted nodes that have not yet
+//!   passed the gate (0: no limit); the next ones in the order wait for a slot.
+//! - **Abort**: an abort control, or failed nodes (reported `failed`, or below the success rate
+//!   after `min_runs`) reaching `abort_failure_pct` of the nodes that took the new version or
+//!   are admitted to it (at least one): then no node is admitted, every node runs the
+//!   baseline, and those that took the new version report `rolled-back`. A node's `failed`
+//!   report is final, so the abort stands once everyone went back.
+//! - **Controls merge to the safer**: abort beats everything; a pause holds the rollout at the
+//!   stage its author saw (the stage recorded in the event) unless a resume that *saw* that
+//!   pause (lists it) lifts it. A pause and a resume made concurrently leave it paused.
+//!
+//! A completed rollout admits every target: the new version is simply the workflow's version.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How large a stage is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// This many nodes (cumulative, like every stage).
+    Nodes(u32),
+    /// This percentage of the targeted nodes, rounded up (1 to 100).
+    Percent(u8),
+}
+
+/// What a stage's nodes must show before the next stage starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    /// Runs of the new version each node must have finished.
+    pub min_runs: u32,
+    /// Share of those runs that succeeded, percent.
+    pub min_success_pct: u8,
+    /// How long each node must have run the new version, milliseconds.
+    pub soak_ms: u64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            min_runs: 3,
+            min_success_pct: 95,
+            soak_ms: 60_000,
+        }
+    }
+}
+
+/// A rollout as a control node started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Names the rollout (`<workflow>@<version>`); seeds the order of the nodes.
+    pub id: String,
+    /// The version rolled out.
+    pub version: u64,
+    /// The version nodes run until they are admitted, and after an abort.
+    pub baseline: u64,
+    /// Cumulative stage sizes, in order; the last covers what the rollout ends with.
+    pub stages: Vec<Stage>,
+    pub gate: Gate,
+    /// Failed nodes, as a share of the nodes admitted so far, that abort the rollout.
+    pub abort_failure_pct: u8,
+    /// Admitted nodes of the current stage that have not passed the gate yet, at most (0: any).
+    pub max_concurrent: u32,
+}
+
+/// An operator's decision about a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// One control, as stored: append-only, keyed by `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// Unique (the author's node id and a time suffice).
+    pub id: String,
+    pub action: Action,
+    /// The stage its author saw (what a pause holds the rollout at).
+    pub stage: usize,
+    /// Controls its author had seen: a resume lifts only the pauses it lists.
+    pub seen: Vec<String>,
+    pub by: String,
+    pub at_ms: i64,
+}
+
+/// Where a node stands in a rollout, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Not admitted yet: runs the baseline.
+    Pending,
+    /// Admitted, fetching what the new version needs (still runs the baseline).
+    Fetching,
+    /// Runs the new version.
+    Active,
+    /// Runs the new version and passed the gate.
+    Succeeded,
+    /// The new version fails here (cannot start, or its runs fail).
+    Failed,
+    /// Took the new version and went back to the baseline after an abort.
+    RolledBack,
+}
+
+/// A node's report of one rollout, written in its own registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub rollout: String,
+    /// The version it runs.
+    pub version: u64,
+    pub state: NodeState,
+    /// Runs of the new version finished, and how many failed.
+    pub runs: u32,
+    pub failures: u32,
+    /// When it switched to the new version (0: it has not).
+    pub since_ms: i64,
+    /// When this report was written.
+    pub at_ms: i64,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where the rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    /// Stage `stage` (0-based) is running.
+    Running { stage: usize },
+    /// Held at stage `stage` by a pause.
+    Paused { stage: usize },
+    /// Every stage passed.
+    Completed,
+    /// Stopped; every node runs the baseline.
+    Aborted { reason: String },
+}
+
+/// What [`decide`] concludes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub status: Status,
+    /// The nodes that run the new version now.
+    pub admitted: BTreeSet<String>,
+    /// Every target, in rollout order, with the stage it belongs to.
+    pub order: Vec<(String, usize)>,
+}
+
+impl Decision {
+    /// The version `node` runs.
+    pub fn version_for(&self, plan: &Plan, node: &str) -> u64 {
+        if self.admitted.contains(node) {
+            plan.version
+        } else {
+            plan.baseline
+        }
+    }
+}
+
+/// The targets in rollout order.
+pub fn order(plan: &Plan, targets: &BTreeSet<String>) -> Vec<String> {
+    let mut keyed: Vec<([u8; 32], &String)> = targets
+        .iter()
+        .map(|node| {
+            let mut hash = Sha256::new();
+            hash.update(plan.id.as_bytes());
+            hash.update([0]);
+            hash.update(node.as_bytes());
+            (hash.finalize().into(), node)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, n)| n.clone()).collect()
+}
+
+/// Cumulative node counts of the stages for `n` targets: never decreasing, at most `n`.
+pub fn stage_sizes(plan: &Plan, n: usize) -> Vec<usize> {
+    let mut sizes = Vec::with_capacity(plan.stages.len());
+    let mut last = 0;
+    for stage in &plan.stages {
+        let size = match *stage {
+            Stage::Nodes(k) => k as usize,
+            Stage::Percent(p) => (n * usize::from(p.min(100))).div_ceil(100),
+        };
+        last = size.min(n).max(last);
+        sizes.push(last);
+    }
+    sizes
+}
+
+fn passed(plan: &Plan, report: Option<&Report>) -> bool {
+    let Some(r) = report else {
+        return false;
+    };
+    r.version == plan.version
+        && matches!(r.state, NodeState::Active | NodeState::Succeeded)
+        && r.runs >= plan.gate.min_runs
+        && success_pct(r) >= u32::from(plan.gate.min_success_pct)
+        && r.since_ms > 0
+        && r.at_ms.saturating_sub(r.since_ms) >= plan.gate.soak_ms as i64
+}
+
+fn success_pct(r: &Report) -> u32 {
+    if r.runs == 0 {
+        return 100;
+    }
+    ((u64::from(r.runs - r.failures.min(r.runs)) * 100) / u64::from(r.runs)) as u32
+}
+
+/// Whether the node switched to the new version at some point (a node's `failed` report is
+/// final, and one that rolled back says so: an abort stays an abort after everyone went back).
+fn took(report: Option<&Report>) -> bool {
+    report.is_some_and(|r| {
+        r.since_ms > 0
+            || matches!(
+                r.state,
+                NodeState::Active
+                    | NodeState::Succeeded
+                    | NodeState::Failed
+                    | NodeState::RolledBack
+            )
+    })
+}
+
+fn failed(plan: &Plan, report: Option<&Report>) -> bool {
+    let Some(r) = report else {
+        return false;
+    };
+    r.state == NodeState::Failed
+        || (r.version == plan.version
+            && r.runs >= plan.gate.min_runs.max(1)
+            && success_pct(r) < u32::from(plan.gate.min_success_pct))
+}
+
+/// The rollout's state and who runs the new version, from the plan, the controls, the targets
+/// (from the registry) and the nodes' reports of this rollout.
+pub fn decide(
+    plan: &Plan,
+    controls: &[Control],
+    targets: &BTreeSet<String>,
+    reports: &BTreeMap<String, Report>,
+) -> Decision {
+    let order = order(plan, targets);
+    let sizes = stage_sizes(plan, order.len());
+    let stage_of = |i: usize| sizes.iter().position(|&s| i < s).unwrap_or(sizes.len());
+    let order_out: Vec<(String, usize)> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), stage_of(i)))
+        .collect();
+    let aborted = |reason: String| Decision {
+        status: Status::Aborted { reason },
+        admitted: BTreeSet::new(),
+        order: order_out.clone(),
+    };
+    if let Some(abort) = controls
+        .iter()
+        .filter(|c| c.action == Action::Abort)
+        .min_by(|a, b| a.id.cmp(&b.id))
+    {
+        return aborted(format!("aborted by {}", abort.by));
+    }
+    let report = |node: &str| reports.get(node).filter(|r| r.rollout == plan.id);
+    // The furthest stage the facts allow, before pauses and concurrency.
+    let last = sizes.len().saturating_sub(1);
+    let mut stage = 0;
+    while stage < last
+        && order[..sizes[stage]]
+            .iter()
+            .all(|n| passed(plan, report(n)))
+    {
+        stage += 1;
+    }
+    // Pauses not lifted by a resume that saw them hold the rollout where their authors saw it.
+    let lifted: BTreeSet<&str> = controls
+        .iter()
+        .filter(|c| c.action == Action::Resume)
+        .flat_map(|c| c.seen.iter().map(String::as_str))
+        .collect();
+    let held = controls
+        .iter()
+        .filter(|c| c.action == Action::Pause && !lifted.contains(c.id.as_str()))
+        .map(|c| c.stage)
+        .min();
+    let status_stage = held.map_or(stage, |h| stage.min(h));
+    let mut admitted = BTreeSet::new();
+    let mut unproven = 0u32;
+    let within = sizes.get(status_stage).copied().unwrap_or(0);
+    for node in &order[..within] {
+        let proven = passed(plan, report(node));
+        if !proven && plan.max_concurrent > 0 && unproven >= plan.max_concurrent {
+            // A node that already runs the new version keeps it; new ones wait for a slot.
+            if report(node).is_some_and(|r| r.version == plan.version) {
+                admitted.insert(node.clone());
+            }
+            continue;
+        }
+        if !proven {
+            unproven += 1;
+        }
+        admitted.insert(node.clone());
+    }
+    // Failures among the nodes that took (or were given) the new version.
+    let took: Vec<&String> = order
+        .iter()
+        .filter(|n| admitted.contains(*n) || took(report(n)))
+        .collect();
+    let failures = took.iter().filter(|n| failed(plan, report(n))).count();
+    if failures > 0
+        && failures * 100 >= took.len().max(1) * usize::from(plan.abort_failure_pct.max(1))
+    {
+        let first = took
+            .iter()
+            .find(|n| failed(plan, report(n)))
+            .map(|n| n.as_str())
+            .unwrap_or_default();
+        return aborted(format!(
+            "{failures} of {} nodes that took version {} failed (abort at {} %; first: {first})",
+            took.len(),
+            plan.version,
+            plan.abort_failure_pct
+        ));
+    }
+    let status = if held.is_some_and(|h| h < stage || (h == stage && stage < last)) {
+        Status::Paused {
+            stage: status_stage,
+        }
+    } else if stage == last
+        && order[..sizes.get(last).copied().unwrap_or(0)]
+            .iter()
+            .all(|n| passed(plan, report(n)))
+    {
+        Status::Completed
+    } else {
+        Status::Running { stage }
+    };
+    Decision {
+        status,
+        admitted,
+        order: order_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn plan() -> Plan {
+        Plan {
+            id: "detect@5".into(),
+            version: 5,
+            baseline: 4,
+            stages: vec![Stage::Nodes(1), Stage::Percent(50), Stage::Percent(100)],
+            gate: Gate {
+                min_runs: 3,
+                min_success_pct: 90,
+                soak_ms: 1_000,
+            },
+            abort_failure_pct: 50,
+            max_concurrent: 0,
+        }
+    }
+
+    fn nodes(n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("node-{i:02}")).collect()
+    }
+
+    fn healthy(plan: &Plan, node: &str) -> (String, Report) {
+        (
+            node.to_owned(),
+            Report {
+                rollout: plan.id.clone(),
+                version: plan.version,
+                state: NodeState::Active,
+                runs: 10,
+                failures: 0,
+                since_ms: 1_000,
+                at_ms: 5_000,
+                reason: None,
+            },
+        )
+    }
+
+    fn failing(plan: &Plan, node: &str) -> (String, Report) {
+        let (n, mut r) = healthy(plan, node);
+        r.failures = 10;
+        (n, r)
+    }
+
+    fn control(id: &str, action: Action, stage: usize, seen: &[&str]) -> Control {
+        Control {
+            id: id.into(),
+            action,
+            stage,
+            seen: seen.iter().map(|s| (*s).to_owned()).collect(),
+            by: "cloud".into(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn stages_advance_as_gates_pass() {
+        let plan = plan();
+        let targets = nodes(10);
+        let order = order(&plan, &targets);
+        let mut reports = BTreeMap::new();
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.status, Status::Running { stage: 0 });
+        assert_eq!(d.admitted, BTreeSet::from([order[0].clone()]));
+        reports.extend([healthy(&plan, &order[0])]);
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.status, Status::Running { stage: 1 });
+        assert_eq!(d.admitted.len(), 5);
+        reports.extend(order[..5].iter().map(|n| healthy(&plan, n)));
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.status, Status::Running { stage: 2 });
+        assert_eq!(d.admitted.len(), 10);
+        reports.extend(order.iter().map(|n| healthy(&plan, n)));
+        assert_eq!(
+            decide(&plan, &[], &targets, &reports).status,
+            Status::Completed
+        );
+    }
+
+    #[test]
+    fn a_failing_canary_aborts_and_nobody_runs_the_new_version() {
+        let plan = plan();
+        let targets = nodes(10);
+        let order = order(&plan, &targets);
+        let reports = BTreeMap::from([failing(&plan, &order[0])]);
+        let d = decide(&plan, &[], &targets, &reports);
+        assert!(matches!(d.status, Status::Aborted { .. }), "{:?}", d.status);
+        assert!(d.admitted.is_empty());
+        assert_eq!(d.version_for(&plan, &order[0]), 4);
+    }
+
+    #[test]
+    fn an_abort_stands_once_everyone_went_back() {
+        let plan = plan();
+        let targets = nodes(10);
+        let order = order(&plan, &targets);
+        let (name, mut report) = failing(&plan, &order[0]);
+        report.state = NodeState::Failed;
+        report.version = plan.baseline;
+        let d = decide(&plan, &[], &targets, &BTreeMap::from([(name, report)]));
+        assert!(matches!(d.status, Status::Aborted { .. }), "{:?}", d.status);
+    }
+
+    #[test]
+    fn an_unreported_node_holds_its_stage() {
+        let plan = plan();
+        let targets = nodes(4);
+        let order = order(&plan, &targets);
+        let reports = BTreeMap::from([healthy(&plan, &order[0])]);
+        // Stage 1 is 2 of 4: node 1 has not reported, so stage 2 does not start.
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.status, Status::Running { stage: 1 });
+        assert_eq!(d.admitted.len(), 2);
+    }
+
+    #[test]
+    fn concurrency_bounds_the_unproven_nodes_of_a_stage() {
+        let mut plan = plan();
+        plan.stages = vec![Stage::Percent(100)];
+        plan.max_concurrent = 2;
+        let targets = nodes(6);
+        let order = order(&plan, &targets);
+        let d = decide(&plan, &[], &targets, &BTreeMap::new());
+        assert_eq!(d.admitted, order[..2].iter().cloned().collect());
+        let reports = BTreeMap::from([healthy(&plan, &order[0])]);
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.admitted, order[..3].iter().cloned().collect());
+    }
+
+    #[test]
+    fn pause_holds_resume_lifts_only_what_it_saw_and_abort_wins() {
+        let plan = plan();
+        let targets = nodes(10);
+        let order = order(&plan, &targets);
+        let reports: BTreeMap<_, _> = order.iter().map(|n| healthy(&plan, n)).collect();
+        let pause = control("p1", Action::Pause, 0, &[]);
+        let d = decide(&plan, std::slice::from_ref(&pause), &targets, &reports);
+        assert_eq!(d.status, Status::Paused { stage: 0 });
+        assert_eq!(d.admitted.len(), 1);
+        // A resume made without seeing the pause (concurrently) does not lift it.
+        let blind = control("r0", Action::Resume, 0, &[]);
+        let d = decide(&plan, &[pause.clone(), blind], &targets, &reports);
+        assert_eq!(d.status, Status::Paused { stage: 0 });
+        let resume = control("r1", Action::Resume, 0, &["p1"]);
+        let d = decide(&plan, &[pause.clone(), resume.clone()], &targets, &reports);
+        assert_eq!(d.status, Status::Completed);
+        let abort = control("a1", Action::Abort, 1, &[]);
+        let d = decide(&plan, &[pause, resume, abort], &targets, &reports);
+        assert!(matches!(d.status, Status::Aborted { .. }));
+        assert!(d.admitted.is_empty());
+    }
+
+    fn arb_report(plan: Plan) -> impl Strategy<Value = Report> {
+        (
+            any::<bool>(),
+            0u32..8,
+            0u32..8,
+            0i64..3_000,
+            prop_oneof![
+                Just(NodeState::Active),
+                Just(NodeState::Failed),
+                Just(NodeState::Pending)
+            ],
+        )
+            .prop_map(move |(new, runs, failures, soak, state)| Report {
+                rollout: plan.id.clone(),
+                version: if new { plan.version } else { plan.baseline },
+                state,
+                runs,
+                failures: failures.min(runs),
+                since_ms: 1,
+                at_ms: 1 + soak,
+                reason: None,
+            })
+    }
+
+    proptest! {
+        /// Facts decide, not the order they arrived in: the same reports and controls, in any
+        /// order, give the same decision; any abort among the controls aborts.
+        #[test]
+        fn decisions_depend_on_the_facts_only(
+            n in 1usize..12,
+            reports in proptest::collection::vec(arb_report(plan()), 0..12),
+            actions in proptest::collection::vec((0u8..3, 0usize..3, any::<bool>()), 0..4),
+            shuffle in any::<u64>(),
+        ) {
+            let plan = plan();
+            let targets = nodes(n);
+            let names: Vec<String> = targets.iter().cloned().collect();
+            let reports: BTreeMap<String, Report> = reports
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((names.get(i)?.clone(), r)))
+                .collect();
+            let mut controls: Vec<Control> = actions
+                .iter()
+                .enumerate()
+                .map(|(i, (a, stage, sees))| {
+                    let action = [Action::Pause, Action::Resume, Action::Abort][usize::from(*a)];
+                    let seen: Vec<&str> = if *sees { vec!["c0"] } else { vec![] };
+                    control(&format!("c{i}"), action, *stage, &seen)
+                })
+                .collect();
+            let first = decide(&plan, &controls, &targets, &reports);
+            let k = (shuffle as usize) % controls.len().max(1);
+            controls.rotate_left(k);
+            controls.reverse();
+            let second = decide(&plan, &controls, &targets, &reports);
+            prop_assert_eq!(&first, &second);
+            if controls.iter().any(|c| c.action == Action::Abort) {
+                prop_assert!(first.admitted.is_empty());
+            }
+            // Admitted nodes are a prefix of the order, within the current stage.
+            for node in &first.admitted {
+                prop_assert!(targets.contains(node));
+            }
+        }
+
+        /// Adding a pause never admits more nodes than without it: controls merge to the safer.
+        #[test]
+        fn a_pause_never_widens_a_rollout(
+            n in 1usize..12,
+            reports in proptest::collection::vec(arb_report(plan()), 0..12),
+            stage in 0usize..3,
+        ) {
+            let plan = plan();
+            let targets = nodes(n);
+            let names: Vec<String> = targets.iter().cloned().collect();
+            let reports: BTreeMap<String, Report> = reports
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((names.get(i)?.clone(), r)))
+                .collect();
+            let free = decide(&plan, &[], &targets, &reports);
+            let paused = decide(&plan, &[control("p", Action::Pause, stage, &[])], &targets, &reports);
+            let free_aborted = matches!(free.status, Status::Aborted { .. });
+            prop_assert!(paused.admitted.is_subset(&free.admitted) || free_aborted);
+        }
+    }
+}

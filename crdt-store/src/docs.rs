@@ -350,6 +350,11 @@ pub struct NodeEntry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub role: String,
+    /// The node's report of each workflow's rollout it takes part in, by workflow: JSON of
+    /// [`rollout::Report`]. Every node decides rollouts from these.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, String>,
 }
 
 /// What a node tells the fleet of its health, rounded so that it changes rarely.
@@ -546,6 +551,10 @@ pub struct WorkflowDoc {
     /// versions applied from a file.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rollback_of: u64,
+    /// The staged rollout this version is deployed by (its baseline is the version before):
+    /// signed with the version. Absent from versions applied everywhere at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<rollout::Plan>,
     /// Who applied this version (node id).
     pub updated_by: String,
     /// Whether the node that applied this version held the mesh's `control` role then (a
@@ -572,7 +581,7 @@ fn is_zero(n: &u64) -> bool {
 
 impl WorkflowDoc {
     /// What a workflow that was never applied reads as.
-    fn unapplied(id: &str) -> WorkflowDoc {
+    pub(crate) fn unapplied(id: &str) -> WorkflowDoc {
         WorkflowDoc {
             id: id.to_owned(),
             ..WorkflowDoc::default()
@@ -585,6 +594,7 @@ impl WorkflowDoc {
         WorkflowDoc {
             version: 0,
             rollback_of: 0,
+            rollout: None,
             updated_by: String::new(),
             by_control: false,
             author_cert: String::new(),
@@ -896,6 +906,7 @@ impl From<LegacyWorkflow> for WorkflowDoc {
             conflict: ConflictPolicy::LastWrite,
             deleted: false,
             rollback_of: 0,
+            rollout: None,
             updated_by: w.updated_by,
             by_control: false,
             author_cert: String::new(),
@@ -935,7 +946,7 @@ pub struct StepDef {
     pub backoff_ms: u64,
 }
 
-fn workflow_id_of(name: &DocName) -> String {
+pub(crate) fn workflow_id_of(name: &DocName) -> String {
     match name {
         DocName::Workflow { id } => id.clone(),
         _ => String::new(),

@@ -211,6 +211,7 @@ fn written_version(replica: usize, write: usize, choice: u8, arg: u8) -> Workflo
         conflict: policy,
         deleted: false,
         rollback_of: 0,
+        rollout: None,
         updated_by: format!("node-{replica}"),
         // Replica 0 is a cloud peer: its versions carry the control role.
         by_control: replica == 0,

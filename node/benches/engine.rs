@@ -108,6 +108,7 @@ fn scheduler_on(
                 agents: rhizome::run::engine::registry(),
                 reload_every: scheduler::RELOAD_EVERY,
                 artifacts: None,
+                rollout_trust: None,
             },
         );
         let definition = rhizome::run::workflow::parse(&workflow(3, true, max_concurrent)).unwrap();

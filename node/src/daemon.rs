@@ -334,6 +334,10 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
                 artifacts: artifacts.clone(),
                 sync: sync.clone(),
             })),
+            rollout_trust: {
+                let writer = node.writer()?;
+                Some((writer.mesh_id, writer.trust))
+            },
         },
     );
     // Workflows replicated from peers are picked up at once, not at the next periodic reload.
@@ -683,7 +687,16 @@ async fn store_own_entry(
     let (id, entry) = (id.to_owned(), entry.clone());
     store
         .call(move |s| {
-            s.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms()))
+            s.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                // Rollout reports are the scheduler's, and a `failed` one is final: a restart
+                // keeps them.
+                let rollouts = m
+                    .nodes
+                    .get(&id)
+                    .map(|e| e.rollouts.clone())
+                    .unwrap_or_default();
+                m.write_entry(&id, NodeEntry { rollouts, ..entry }, now_ms())
+            })
         })
         .recv()
         .await

@@ -363,6 +363,92 @@ pub fn decide(
     }
 }
 
+/// Root keys of a workflow's document that hold its rollouts' controls: `rollout_control/<id>`,
+/// one signed JSON text ([`SignedControl`]) each. Keys of their own (not entries of one map)
+/// so that controls written concurrently on two nodes never shadow each other.
+pub const CONTROL_KEY_PREFIX: &str = "rollout_control/";
+
+/// A control as stored: who may decide is checked by every reader (a control node's
+/// certificate and signature), like a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedControl {
+    /// The rollout (its [`Plan::id`]) the control is about.
+    pub rollout: String,
+    pub control: Control,
+    /// The author's node certificate (PEM).
+    pub author_cert: String,
+    /// Hex ed25519 signature over [`SignedControl::signed_text`].
+    pub signature: String,
+}
+
+impl SignedControl {
+    /// What the author signs.
+    pub fn signed_text(&self, mesh_id: &str, workflow: &str) -> String {
+        format!(
+            "rhizome rollout control v1\nmesh {mesh_id}\nworkflow {workflow}\nrollout {}\n{}",
+            self.rollout,
+            serde_json::to_string(&self.control).expect("a control encodes")
+        )
+    }
+}
+
+/// The rollout controls of one workflow's document, as stored text by id. Append-only: a write
+/// adds the controls it lacks and never changes or removes one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutControls {
+    pub id: String,
+    pub controls: BTreeMap<String, String>,
+}
+
+impl crate::docs::TypedDoc for RolloutControls {
+    const KIND: crate::names::DocKind = crate::names::DocKind::Workflow;
+
+    fn genesis(name: &crate::names::DocName) -> Self {
+        RolloutControls {
+            id: crate::docs::workflow_id_of(name),
+            controls: BTreeMap::new(),
+        }
+    }
+
+    fn read_from(doc: &automerge::AutoCommit) -> Result<Self, autosurgeon::HydrateError> {
+        use automerge::{ROOT, ReadDoc, ScalarValue, Value};
+        let text = |key: &str| match doc.get(ROOT, key) {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut controls = BTreeMap::new();
+        for key in doc.keys(ROOT) {
+            if let Some(id) = key.strip_prefix(CONTROL_KEY_PREFIX)
+                && let Some(value) = text(&key)
+            {
+                controls.insert(id.to_owned(), value);
+            }
+        }
+        Ok(RolloutControls {
+            id: text("id").unwrap_or_default(),
+            controls,
+        })
+    }
+
+    fn write_to(&self, doc: &mut automerge::AutoCommit) -> Result<(), autosurgeon::ReconcileError> {
+        use automerge::{ROOT, ReadDoc, transaction::Transactable};
+        // A document's first write is the workflow's own genesis, byte for byte.
+        if doc.get(ROOT, "id")?.is_none() {
+            crate::docs::TypedDoc::write_to(&crate::WorkflowDoc::unapplied(&self.id), doc)?;
+        }
+        for (id, text) in &self.controls {
+            let key = format!("{CONTROL_KEY_PREFIX}{id}");
+            if doc.get(ROOT, key.as_str())?.is_none() {
+                doc.put(ROOT, key, text.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +505,18 @@ mod tests {
             by: "cloud".into(),
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_controls_view_of_a_workflow_document_starts_from_its_genesis() {
+        let name: crate::names::DocName = "workflow/detect".parse().unwrap();
+        let mut controls = crate::docs::genesis_doc::<RolloutControls>(&name).unwrap();
+        let mut workflow = crate::docs::genesis_doc::<crate::WorkflowDoc>(&name).unwrap();
+        assert_eq!(
+            controls.save(),
+            workflow.save(),
+            "one genesis, whichever view opens it"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod resources;
+pub mod rollouts;
 pub mod runs;
 pub mod tls;
 pub mod trust;
@@ -242,6 +243,24 @@ fn routes() -> Routes {
         "/workflows/{workflow}/rollback",
         Some(Admin),
         post_workflow_rollback,
+    )
+    .add(
+        Method::POST,
+        "/rollouts/{workflow}",
+        Some(Admin),
+        rollouts::post_rollout,
+    )
+    .add(
+        Method::GET,
+        "/rollouts/{workflow}",
+        Some(Monitor),
+        rollouts::get_rollout,
+    )
+    .add(
+        Method::POST,
+        "/rollouts/{workflow}/{action}",
+        Some(Admin),
+        rollouts::post_control,
     )
     .add(
         Method::DELETE,

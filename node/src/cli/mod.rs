@@ -13,6 +13,7 @@ pub mod explain;
 pub mod export;
 pub mod install_service;
 pub mod output;
+pub mod rollout;
 pub mod store_keys;
 
 use std::path::PathBuf;
@@ -134,6 +135,10 @@ pub enum Command {
     /// out), remove, gc. Chunks are stored by hash and checked whenever they are read.
     #[command(subcommand)]
     Artifact(artifact::ArtifactCommand),
+    /// Staged rollouts of a workflow's new version: start (stages, gates, abort criteria),
+    /// status node by node, pause, resume, abort. Decided by every node from replicated facts.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.

@@ -201,6 +201,28 @@ pub trait ArtifactProvider: Send + Sync {
 /// How long after a failed fetch of a version's artifacts it is tried again.
 pub const FETCH_RETRY: Duration = Duration::from_secs(15);
 
+/// What the store thread needs to decide which version of a rolled-out workflow runs here.
+#[derive(Debug, Clone)]
+struct RolloutView {
+    me: crate::run::workflow::NodeTraits,
+    /// The mesh id and every CA's PEM, for the controls' signatures.
+    trust: Option<(String, String)>,
+}
+
+impl RolloutView {
+    fn apply(
+        &self,
+        store: &mut crdt_store::Store,
+        stored: Vec<StoredWorkflow>,
+    ) -> Vec<StoredWorkflow> {
+        let (mesh, trust) = self.trust.clone().unwrap_or_default();
+        stored
+            .into_iter()
+            .map(|w| crate::run::rollout::effective(store, w, &self.me, &mesh, &trust))
+            .collect()
+    }
+}
+
 /// A version whose artifacts are being fetched (or failed to be, until a retry).
 #[derive(Debug, Clone)]
 struct Fetching {
@@ -220,6 +242,9 @@ pub struct SchedulerConfig {
     pub reload_every: Duration,
     /// Where referenced artifacts come from; `None`: a version that references one cannot run.
     pub artifacts: Option<Arc<dyn ArtifactProvider>>,
+    /// The mesh id and the CAs that rollout controls are verified against; `None`: controls
+    /// are ignored (and rollouts decided from plans and reports alone).
+    pub rollout_trust: Option<(String, crate::security::trust::Trust)>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -522,6 +547,12 @@ struct Scheduled {
     started: u64,
     refused: u64,
     skipped: u64,
+    /// Runs of this version finished here since it was taken up, and how many did not
+    /// succeed: what a rollout's gate reads from this node's report.
+    version_runs: u32,
+    version_failures: u32,
+    /// When this version was taken up, ms since the epoch.
+    since_ms: i64,
 }
 
 impl Scheduled {
@@ -653,7 +684,10 @@ impl Actor {
                         self.reload_of(asked.docs).await;
                     }
                 }
-                _ = tick.tick() => self.reload().await,
+                _ = tick.tick() => {
+                    self.reload().await;
+                    self.report_rollouts().await;
+                }
             }
         }
     }
@@ -769,6 +803,12 @@ impl Actor {
         } = done;
         if let Some(wf) = self.workflows.get_mut(&workflow) {
             wf.running = wf.running.saturating_sub(1);
+            if record.workflow_version == wf.doc.version {
+                wf.version_runs = wf.version_runs.saturating_add(1);
+                if record.status != RunStatus::Succeeded {
+                    wf.version_failures = wf.version_failures.saturating_add(1);
+                }
+            }
         }
         crate::ops::metrics::record_run(&record);
         let chained_input = (triggers && record.status == RunStatus::Succeeded)
@@ -843,7 +883,14 @@ impl Actor {
     /// Re-reads the stored workflows; rebuilds only those whose definition changed.
     /// Reads every stored workflow again (those whose heads moved), and forgets those gone.
     async fn reload(&mut self) {
-        let Some(stored) = self.read_known(crate::run::workflow::stored_since).await else {
+        let rollouts = self.rollout_view();
+        let Some(stored) = self
+            .read_known(move |s, known| {
+                let stored = crate::run::workflow::stored_since(s, known)?;
+                Ok(rollouts.apply(s, stored))
+            })
+            .await
+        else {
             return;
         };
         let ids: std::collections::BTreeSet<&str> =
@@ -857,8 +904,12 @@ impl Actor {
     /// workflow the node holds (a fleet's cloud may hold thousands). Workflows retired are
     /// forgotten by the periodic whole reload.
     async fn reload_of(&mut self, docs: BTreeSet<DocName>) {
+        let rollouts = self.rollout_view();
         let Some(changed) = self
-            .read_known(move |s, known| crate::run::workflow::changed_among(s, known, &docs))
+            .read_known(move |s, known| {
+                let changed = crate::run::workflow::changed_among(s, known, &docs)?;
+                Ok(rollouts.apply(s, changed))
+            })
             .await
         else {
             return;
@@ -982,6 +1033,9 @@ impl Actor {
                 started: 0,
                 refused: 0,
                 skipped: 0,
+                version_runs: 0,
+                version_failures: 0,
+                since_ms: now_ms(),
             };
             if let Some(p) = previous {
                 // Runs in flight keep the version they started with; queued ones take this one.
@@ -990,6 +1044,11 @@ impl Actor {
                 scheduled.started = p.started;
                 scheduled.refused = p.refused;
                 scheduled.skipped = p.skipped;
+                if p.doc.version == scheduled.doc.version {
+                    scheduled.version_runs = p.version_runs;
+                    scheduled.version_failures = p.version_failures;
+                    scheduled.since_ms = p.since_ms;
+                }
             }
             self.workflows.insert(id.clone(), scheduled);
             self.pump(&id);
@@ -1098,6 +1157,62 @@ impl Actor {
                 }),
             })
             .collect()
+    }
+
+    /// What the store thread needs to decide which version of a rolled-out workflow runs here.
+    fn rollout_view(&self) -> RolloutView {
+        RolloutView {
+            me: self.config.node.clone(),
+            trust: self
+                .config
+                .rollout_trust
+                .as_ref()
+                .map(|(mesh, trust)| (mesh.clone(), trust.all())),
+        }
+    }
+
+    /// Writes this node's report of each rollout it takes part in into its registry entry,
+    /// when it says something new (see [`crate::run::rollout::report`]).
+    async fn report_rollouts(&mut self) {
+        let fetching = self.fetching.lock().expect("fetching lock").clone();
+        let standing: Vec<crate::run::rollout::Standing> = self
+            .workflows
+            .values()
+            .filter(|w| w.targeted && w.doc.rollout.is_some())
+            .map(|w| crate::run::rollout::Standing {
+                workflow: w.doc.id.clone(),
+                plan: w.doc.rollout.clone().expect("filtered"),
+                version: w.doc.version,
+                cannot_run: w.error(),
+                runs: w.version_runs,
+                failures: w.version_failures,
+                since_ms: w.since_ms,
+                fetching: fetching.contains_key(&w.doc.id),
+            })
+            .collect();
+        if standing.is_empty() {
+            return;
+        }
+        let view = self.rollout_view();
+        let written = self
+            .store
+            .call(move |s| {
+                Ok(crate::run::rollout::report(
+                    s,
+                    &view.me.id,
+                    standing,
+                    view.trust.as_ref(),
+                ))
+            })
+            .recv()
+            .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot write this node's rollout reports")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot write this node's rollout reports"),
+        }
     }
 
     /// Tells the artifact store what the versions in use and those being fetched need.
@@ -1307,6 +1422,7 @@ mod tests {
                 agents: gates.factory(),
                 reload_every,
                 artifacts: None,
+                rollout_trust: None,
             },
         );
         Rig {

@@ -225,6 +225,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         conflict: file.conflict,
         deleted: false,
         rollback_of: 0,
+        rollout: None,
         updated_by: String::new(),
         by_control: false,
         author_cert: String::new(),

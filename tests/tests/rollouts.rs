@@ -1,0 +1,210 @@
+//! Staged rollouts on real processes: a cloud and three edges run a periodic workflow. A
+//! version that cannot run on the canary stops there and the canary goes back to the version
+//! before; a healthy one proceeds stage by stage until every edge runs it; a pause holds a
+//! rollout at its stage until a resume. Timings are printed, never asserted.
+
+use std::time::{Duration, Instant};
+
+use rhizome_e2e::process::{
+    LogsOnPanic, Running, init, init_in, ok, run_on, start, start_with, stop,
+};
+use rhizome_e2e::wait_until;
+use serde_json::Value;
+
+fn workflow(description: &str, model: Option<&str>) -> String {
+    let step = match model {
+        Some(model) => format!(
+            "  - id: score\n    agent: onnx\n    inputs: [input]\n    config:\n      model: {model}\n      input: x\n      output: y\n      shape: [1, 4]\n      field: x\n"
+        ),
+        None => "  - id: pass\n    agent: noop\n".to_owned(),
+    };
+    format!(
+        "id: probe\ndescription: {description}\ntrigger:\n  every: 300ms\ntarget:\n  tags: [sensor]\nsteps:\n{step}"
+    )
+}
+
+fn rollout_status(node: &Running) -> Value {
+    ok(run_on(node, &["rollout", "status", "probe", "--json"]))
+}
+
+fn version_here(node: &Running) -> u64 {
+    ok(run_on(node, &["workflow", "schedule", "--json"]))
+        .as_array()
+        .and_then(|all| all.iter().find(|w| w["workflow"] == "probe").cloned())
+        .and_then(|w| w["version"].as_u64())
+        .unwrap_or(0)
+}
+
+fn start_rollout(cloud: &Running, file: &std::path::Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "rollout",
+        "start",
+        "probe",
+        "--file",
+        file.to_str().unwrap(),
+        "--gate-runs",
+        "2",
+        "--gate-soak",
+        "1s",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    ok(run_on(cloud, &args))
+}
+
+#[test]
+fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = ["cloud", "e1", "e2", "e3"]
+        .iter()
+        .map(|n| tmp.path().join(n))
+        .collect();
+    let _logs = LogsOnPanic(dirs.clone());
+    init(&dirs[0], "cloud", None);
+    let mesh = dirs[0].join("mesh");
+    for (dir, name) in dirs[1..].iter().zip(["e1", "e2", "e3"]) {
+        init_in(
+            dir,
+            name,
+            Some(&mesh),
+            &["--zone", "site-a", "--tag", "sensor"],
+        );
+    }
+    let cloud = start_with(&dirs[0], &[], &["--role", "cloud"]);
+    let e1 = start(&dirs[1], &[&cloud.quic]);
+    let e2 = start(&dirs[2], &[&cloud.quic, &e1.quic]);
+    let e3 = start(&dirs[3], &[&cloud.quic, &e1.quic, &e2.quic]);
+    let edges = [&e1, &e2, &e3];
+    let file = tmp.path().join("probe.yaml");
+
+    // Version 1 everywhere at once.
+    std::fs::write(&file, workflow("first", None)).unwrap();
+    ok(run_on(
+        &cloud,
+        &["workflow", "apply", file.to_str().unwrap()],
+    ));
+    wait_until("every edge runs version 1", Duration::from_secs(20), || {
+        edges.iter().all(|e| version_here(e) == 1)
+    });
+
+    // A rollout that is not permitted without a first version, and bad stages, are refused.
+    let bad = run_on(
+        &cloud,
+        &[
+            "rollout",
+            "start",
+            "probe",
+            "--file",
+            file.to_str().unwrap(),
+            "--stages",
+            "1,0%",
+        ],
+    );
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("stage `0%`"), "{said}");
+
+    // Version 2 cannot run (its model is missing): the canary fails and goes back, the others
+    // never leave version 1.
+    std::fs::write(&file, workflow("broken", Some("/no/such/model.onnx"))).unwrap();
+    let started = Instant::now();
+    let stored = start_rollout(&cloud, &file, &["--stages", "1,100%"]);
+    assert_eq!(stored["version"], 2);
+    let mut status = Value::Null;
+    wait_until(
+        "the rollout of version 2 aborts",
+        Duration::from_secs(30),
+        || {
+            status = rollout_status(&cloud);
+            status["status"]["state"] == "aborted"
+        },
+    );
+    eprintln!("failing canary to aborted: {:?}", started.elapsed());
+    let canary = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["stage"] == 0)
+        .unwrap()
+        .clone();
+    assert_eq!(canary["report"]["state"], "failed", "{status}");
+    assert!(
+        canary["report"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("model"),
+        "{canary}"
+    );
+    wait_until(
+        "every edge runs version 1 again",
+        Duration::from_secs(20),
+        || edges.iter().all(|e| version_here(e) == 1),
+    );
+    eprintln!(
+        "failing canary to every edge on version 1: {:?}",
+        started.elapsed()
+    );
+    let others_took = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["stage"] != 0)
+        .any(|n| n["report"]["since_ms"].as_i64().unwrap_or(0) > 0);
+    assert!(
+        !others_took,
+        "a node past the canary took version 2: {status}"
+    );
+
+    // Version 3 is healthy: the canary first, then everyone.
+    std::fs::write(&file, workflow("healthy", None)).unwrap();
+    let started = Instant::now();
+    let stored = start_rollout(&cloud, &file, &["--stages", "1,100%"]);
+    assert_eq!(stored["version"], 3);
+    let mut first_stage_done = None;
+    wait_until(
+        "the rollout of version 3 completes",
+        Duration::from_secs(40),
+        || {
+            let status = rollout_status(&cloud);
+            if first_stage_done.is_none() && status["status"]["stage"] == 1 {
+                first_stage_done = Some(started.elapsed());
+            }
+            status["status"]["state"] == "completed"
+        },
+    );
+    eprintln!(
+        "healthy rollout: stage 2 started after {first_stage_done:?}, completed after {:?}",
+        started.elapsed()
+    );
+    wait_until("every edge runs version 3", Duration::from_secs(20), || {
+        edges.iter().all(|e| version_here(e) == 3)
+    });
+
+    // Version 4, paused at once: only the canary takes it until a resume.
+    std::fs::write(&file, workflow("paused", None)).unwrap();
+    start_rollout(&cloud, &file, &["--stages", "1,100%"]);
+    ok(run_on(&cloud, &["rollout", "pause", "probe"]));
+    std::thread::sleep(Duration::from_secs(5));
+    let status = rollout_status(&cloud);
+    assert_eq!(status["status"]["state"], "paused", "{status}");
+    let on_4 = edges.iter().filter(|e| version_here(e) == 4).count();
+    assert!(
+        on_4 <= 1,
+        "{on_4} edges took version 4 while paused at the canary"
+    );
+    let refused = run_on(&e1, &["rollout", "resume", "probe"]);
+    assert!(!refused.status.success(), "an edge resumed a rollout");
+    ok(run_on(&cloud, &["rollout", "resume", "probe"]));
+    wait_until(
+        "the resumed rollout completes",
+        Duration::from_secs(40),
+        || rollout_status(&cloud)["status"]["state"] == "completed",
+    );
+    wait_until("every edge runs version 4", Duration::from_secs(20), || {
+        edges.iter().all(|e| version_here(e) == 4)
+    });
+
+    for node in [e3, e2, e1, cloud] {
+        stop(node);
+    }
+}

@@ -179,6 +179,25 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
     wait_until("every edge runs version 3", Duration::from_secs(20), || {
         edges.iter().all(|e| version_here(e) == 3)
     });
+    // The transition, from the nodes' own reports: the canary's gate was met at its switch
+    // plus the soak (its two runs take 0.6 s, less than the 1 s soak); the next stage's nodes
+    // switched at their `since_ms`.
+    let status = rollout_status(&cloud);
+    let since = |stage: u64| -> Vec<i64> {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["stage"] == stage)
+            .filter_map(|n| n["report"]["since_ms"].as_i64())
+            .collect()
+    };
+    if let (Some(canary), Some(next)) = (since(0).first().copied(), since(1).into_iter().min()) {
+        eprintln!(
+            "stage transition after the canary's gate was met: {} ms",
+            next - (canary + 1_000)
+        );
+    }
 
     // Version 4, paused at once: only the canary takes it until a resume.
     std::fs::write(&file, workflow("paused", None)).unwrap();

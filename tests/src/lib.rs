@@ -407,6 +407,27 @@ pub mod process {
         );
     }
 
+    /// A cloud peer and edges of zone `site-a` in one mesh, made under `root` (edges with
+    /// `edge_args` to `init` too) and started on loopback: each edge dials the cloud and the
+    /// edges before it. The cloud comes first.
+    pub fn cloud_and_site(root: &Path, edges: &[&str], edge_args: &[&str]) -> Vec<Running> {
+        let cloud_dir = root.join("cloud");
+        init(&cloud_dir, "cloud", None);
+        let mesh = cloud_dir.join("mesh");
+        let mut args = vec!["--zone", "site-a"];
+        args.extend_from_slice(edge_args);
+        for name in edges {
+            init_in(&root.join(name), name, Some(&mesh), &args);
+        }
+        let mut nodes = vec![start_with(&cloud_dir, &[], &["--role", "cloud"])];
+        for name in edges {
+            let peers: Vec<String> = nodes.iter().map(|n| n.quic.clone()).collect();
+            let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
+            nodes.push(start(&root.join(name), &peers));
+        }
+        nodes
+    }
+
     /// Starts a node and waits for its "serving" line, which names the bound QUIC address.
     pub fn start(dir: &Path, peers: &[&str]) -> Running {
         launch(None, dir, "127.0.0.1:0", None, peers, &[])

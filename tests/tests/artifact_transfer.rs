@@ -10,8 +10,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rhizome_e2e::oneshot::fails;
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, chain, init, init_in, ok, run, run_on, start, start_on_with, start_with,
-    status, stop,
+    LogsOnPanic, Running, chain, cloud_and_site, init, init_in, ok, run, run_on, start,
+    start_on_with, start_with, status, stop,
 };
 use rhizome_e2e::wait_until;
 use serde_json::Value;
@@ -44,20 +44,15 @@ fn fetch_to(node: &Running, id: &str, out: &Path) -> Value {
 #[test]
 fn a_site_fetches_each_blob_from_the_cloud_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = ["cloud", "e1", "e2", "e3"]
-        .iter()
-        .map(|n| tmp.path().join(n))
-        .collect();
-    let _logs = LogsOnPanic(dirs.clone());
-    init(&dirs[0], "cloud", None);
-    let mesh = dirs[0].join("mesh");
-    for (dir, name) in dirs[1..].iter().zip(["e1", "e2", "e3"]) {
-        init_in(dir, name, Some(&mesh), &["--zone", "site-a"]);
-    }
-    let cloud = start_with(&dirs[0], &[], &["--role", "cloud"]);
-    let e1 = start(&dirs[1], &[&cloud.quic]);
-    let e2 = start(&dirs[2], &[&cloud.quic, &e1.quic]);
-    let e3 = start(&dirs[3], &[&cloud.quic, &e1.quic, &e2.quic]);
+    let _logs = LogsOnPanic(
+        ["cloud", "e1", "e2", "e3"]
+            .iter()
+            .map(|n| tmp.path().join(n))
+            .collect(),
+    );
+    let [cloud, e1, e2, e3]: [Running; 4] = cloud_and_site(tmp.path(), &["e1", "e2", "e3"], &[])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!());
     let edges = [&e1, &e2, &e3];
     wait_until("the site elected", Duration::from_secs(20), || {
         let chains: Vec<_> = edges.iter().map(|e| chain(&status(e))).collect();

@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::process::{
-    LogsOnPanic, Running, init, init_in, ok, run_on, start, start_with, stop,
-};
+use rhizome_e2e::process::{LogsOnPanic, Running, cloud_and_site, ok, run_on, stop};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -55,25 +53,16 @@ fn start_rollout(cloud: &Running, file: &std::path::Path, extra: &[&str]) -> Val
 #[test]
 fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = ["cloud", "e1", "e2", "e3"]
-        .iter()
-        .map(|n| tmp.path().join(n))
-        .collect();
-    let _logs = LogsOnPanic(dirs.clone());
-    init(&dirs[0], "cloud", None);
-    let mesh = dirs[0].join("mesh");
-    for (dir, name) in dirs[1..].iter().zip(["e1", "e2", "e3"]) {
-        init_in(
-            dir,
-            name,
-            Some(&mesh),
-            &["--zone", "site-a", "--tag", "sensor"],
-        );
-    }
-    let cloud = start_with(&dirs[0], &[], &["--role", "cloud"]);
-    let e1 = start(&dirs[1], &[&cloud.quic]);
-    let e2 = start(&dirs[2], &[&cloud.quic, &e1.quic]);
-    let e3 = start(&dirs[3], &[&cloud.quic, &e1.quic, &e2.quic]);
+    let _logs = LogsOnPanic(
+        ["cloud", "e1", "e2", "e3"]
+            .iter()
+            .map(|n| tmp.path().join(n))
+            .collect(),
+    );
+    let [cloud, e1, e2, e3]: [Running; 4] =
+        cloud_and_site(tmp.path(), &["e1", "e2", "e3"], &["--tag", "sensor"])
+            .try_into()
+            .unwrap_or_else(|_| unreachable!());
     let edges = [&e1, &e2, &e3];
     let file = tmp.path().join("probe.yaml");
 

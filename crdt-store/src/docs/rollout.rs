@@ -640,6 +640,11 @@ mod tests {
             })
     }
 
+    /// The generated reports given to the targets in order (as many as there are of both).
+    fn reports_of(targets: &BTreeSet<String>, reports: Vec<Report>) -> BTreeMap<String, Report> {
+        targets.iter().cloned().zip(reports).collect()
+    }
+
     proptest! {
         /// Facts decide, not the order they arrived in: the same reports and controls, in any
         /// order, give the same decision; any abort among the controls aborts.
@@ -652,12 +657,7 @@ mod tests {
         ) {
             let plan = plan();
             let targets = nodes(n);
-            let names: Vec<String> = targets.iter().cloned().collect();
-            let reports: BTreeMap<String, Report> = reports
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, r)| Some((names.get(i)?.clone(), r)))
-                .collect();
+            let reports = reports_of(&targets, reports);
             let mut controls: Vec<Control> = actions
                 .iter()
                 .enumerate()
@@ -691,12 +691,7 @@ mod tests {
         ) {
             let plan = plan();
             let targets = nodes(n);
-            let names: Vec<String> = targets.iter().cloned().collect();
-            let reports: BTreeMap<String, Report> = reports
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, r)| Some((names.get(i)?.clone(), r)))
-                .collect();
+            let reports = reports_of(&targets, reports);
             let free = decide(&plan, &[], &targets, &reports);
             let paused = decide(&plan, &[control("p", Action::Pause, stage, &[])], &targets, &reports);
             let free_aborted = matches!(free.status, Status::Aborted { .. });

@@ -98,6 +98,9 @@ pub async fn fetch(sync: &SyncHandle, artifacts: &Artifacts, id: &str) -> Result
             }
         }
     }
+    // Chunks are written unsynced as they arrive; one flush makes all of them durable before
+    // the fetch is answered (or its failure: what was fetched is kept).
+    artifacts.sync().await?;
     if let Some((first, reason)) = failures.first() {
         return Err(Refusal::NotFound(format!(
             "artifact {id} is incomplete here: {} of its chunks could not be fetched (chunk \

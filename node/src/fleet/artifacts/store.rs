@@ -352,25 +352,7 @@ impl ArtifactStore {
     /// Writes one chunk's file unless it is there and whole; true when written. The file is
     /// synced; its directory is the caller's to sync.
     fn write_chunk_file(&self, hash: &str, bytes: &[u8]) -> std::io::Result<bool> {
-        let path = self.chunk_path(hash);
-        if self.chunk_is_whole(hash) {
-            return Ok(false);
-        }
-        let dir = path.parent().expect("chunks live in a directory");
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        Ok(true)
-    }
-
-    /// Whether the chunk's file holds the bytes of its name; a damaged one is removed.
-    fn chunk_is_whole(&self, hash: &str) -> bool {
-        self.read_chunk(hash).is_ok_and(|c| c.is_some())
+        write_chunk_file_in(&self.root, hash, bytes, true)
     }
 
     /// A chunk's bytes, checked against its hash; `None` when it is not here (or was
@@ -417,14 +399,18 @@ pub fn read_chunk_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>
     Ok(Some(bytes))
 }
 
-/// A blob a peer asks for by hash: a chunk, or a manifest (whose hash is the artifact's id),
-/// checked against the hash either way; `None` when neither is here.
+/// A blob a peer asks for by hash: a chunk, or a manifest (whose hash is the artifact's id);
+/// `None` when neither is here. A chunk is sent as stored, unchecked: the receiver checks every
+/// blob against its hash before it keeps it, and refuses a damaged one, so checking here too
+/// would only spend the sender's CPU a second time on every byte.
 pub fn read_blob_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
-    if let Some(bytes) = read_chunk_in(root, hash)? {
-        return Ok(Some(bytes));
-    }
     if !is_hash(hash) {
         return Ok(None);
+    }
+    match std::fs::read(root.join("chunks").join(&hash[..2]).join(hash)) {
+        Ok(bytes) => return Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let bytes = match std::fs::read(root.join("manifests").join(format!("{hash}.json"))) {
         Ok(bytes) => bytes,
@@ -434,17 +420,56 @@ pub fn read_blob_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>>
     Ok((hex::encode(Sha256::digest(&bytes)) == hash).then_some(bytes))
 }
 
+/// Writes one chunk's file under `root` unless it is there and whole; true when written. The
+/// file is synced when `sync` (its directory is the caller's to sync). Chunks never change once
+/// written, so writers of different chunks need no lock between them.
+fn write_chunk_file_in(root: &Path, hash: &str, bytes: &[u8], sync: bool) -> std::io::Result<bool> {
+    if read_chunk_in(root, hash)?.is_some() {
+        return Ok(false);
+    }
+    let dir = root.join("chunks").join(&hash[..2]);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(hash)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(true)
+}
+
+/// Stores a chunk received from elsewhere under `root`, refusing bytes that are not the chunk
+/// named. Not synced: a fetch writes many chunks and syncs them all at once at its end
+/// ([`sync_all_in`]); a chunk a crash cut short fails its hash when read, is removed and
+/// fetched again. Needs no lock: see [`write_chunk_file_in`].
+pub fn put_chunk_in(root: &Path, hash: &str, bytes: &[u8]) -> Result<()> {
+    let found = hex::encode(Sha256::digest(bytes));
+    if !is_hash(hash) || found != hash {
+        bail!("a chunk sent as {hash} has the hash {found}: refused");
+    }
+    write_chunk_file_in(root, hash, bytes, false)?;
+    Ok(())
+}
+
+/// Makes everything written under `root` durable: one flush of its filesystem (`syncfs`)
+/// instead of one per chunk file and directory.
+pub fn sync_all_in(root: &Path) -> Result<()> {
+    let dir =
+        std::fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
+    rustix::fs::syncfs(&dir)
+        .with_context(|| format!("cannot sync the filesystem of {}", root.display()))?;
+    Ok(())
+}
+
 impl ArtifactStore {
-    /// Stores a chunk received from elsewhere, refusing bytes that are not the chunk named.
+    /// Stores a chunk received from elsewhere, refusing bytes that are not the chunk named;
+    /// durable when it returns.
     pub fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<()> {
-        let found = hex::encode(Sha256::digest(bytes));
-        if !is_hash(hash) || found != hash {
-            bail!("a chunk sent as {hash} has the hash {found}: refused");
-        }
-        if self.write_chunk_file(hash, bytes)? {
-            sync_dir(&self.root.join("chunks").join(&hash[..2]))?;
-        }
-        Ok(())
+        put_chunk_in(&self.root, hash, bytes)?;
+        sync_all_in(&self.root)
     }
 
     /// Stores a manifest (checked by its id when it came from elsewhere); returns its id.

@@ -195,9 +195,15 @@ pub struct Transfer {
     /// Round-robin position over peers being served.
     serve_turn: Option<NodeId>,
     budget_open: bool,
+    /// Blobs stored lately, oldest first: a peer's request read just before one of them was
+    /// stored finds nothing, and is read again rather than fetched a second time.
+    stored_lately: VecDeque<BlobHash>,
     out: VecDeque<TransferOut>,
     stats: TransferStats,
 }
+
+/// How many stored blobs [`Transfer`] remembers for requests that raced their storing.
+const STORED_LATELY: usize = 4096;
 
 impl Transfer {
     /// A machine with nothing to do.
@@ -212,6 +218,7 @@ impl Transfer {
             serving: BTreeMap::new(),
             serve_turn: None,
             budget_open: true,
+            stored_lately: VecDeque::new(),
             out: VecDeque::new(),
             stats: TransferStats::default(),
         }
@@ -456,7 +463,12 @@ impl Transfer {
                 if let Some(queue) = self.serving.get_mut(&peer) {
                     queue.in_flight = queue.in_flight.saturating_sub(1);
                 }
-                if hops > 0 {
+                if self.stored_lately.contains(&hash) {
+                    // Read before the blob was stored here: read it again.
+                    if let Some(queue) = self.serving.get_mut(&peer) {
+                        queue.waiting.push_front((hash, 0));
+                    }
+                } else if hops > 0 {
                     self.join(hash, Waiter::Peer(peer), hops - 1);
                     self.assign(now);
                 } else {
@@ -476,6 +488,10 @@ impl Transfer {
         match outcome {
             Ok(()) => {
                 let fetch = self.fetches.remove(&hash).expect("present");
+                if self.stored_lately.len() == STORED_LATELY {
+                    self.stored_lately.pop_front();
+                }
+                self.stored_lately.push_back(hash);
                 self.stats.blobs_received += 1;
                 self.stats.bytes_received += fetch.arrived;
                 for waiter in fetch.waiters {
@@ -972,6 +988,70 @@ mod tests {
                     bytes: vec![7]
                 }
             )]
+        );
+    }
+
+    #[test]
+    fn a_request_read_just_before_its_blob_was_stored_is_read_again_not_fetched() {
+        let mut agg = machine(&["e1", "cloud"], &["cloud"]);
+        agg.handle(TransferIn::Want(h(9)), T0);
+        agg.drain();
+        agg.handle(
+            TransferIn::Received(
+                "cloud".into(),
+                Message::ChunkData {
+                    hash: h(9),
+                    bytes: vec![9],
+                },
+            ),
+            T0,
+        );
+        agg.drain();
+        // A member asks; its read is under way when the blob is stored.
+        agg.handle(
+            TransferIn::Received(
+                "e1".into(),
+                Message::ChunkWant {
+                    hash: h(9),
+                    hops: 8,
+                },
+            ),
+            T0,
+        );
+        assert_eq!(
+            agg.drain(),
+            vec![TransferOut::Read {
+                peer: "e1".into(),
+                hash: h(9),
+                hops: 8
+            }]
+        );
+        agg.handle(
+            TransferIn::Stored {
+                hash: h(9),
+                from: "cloud".into(),
+                outcome: Ok(()),
+            },
+            T0,
+        );
+        agg.drain();
+        agg.handle(
+            TransferIn::Read {
+                peer: "e1".into(),
+                hash: h(9),
+                hops: 8,
+                bytes: None,
+            },
+            T0,
+        );
+        assert_eq!(
+            agg.drain(),
+            vec![TransferOut::Read {
+                peer: "e1".into(),
+                hash: h(9),
+                hops: 0
+            }],
+            "read again, not asked of the cloud a second time"
         );
     }
 

@@ -56,6 +56,15 @@ impl CheckResult {
         }
     }
 
+    /// A check that has not run yet: a warning with no time (`checked_ms` 0), which rules over
+    /// the check do not read as an outcome.
+    pub fn pending(name: &str) -> CheckResult {
+        CheckResult {
+            checked_ms: 0,
+            ..CheckResult::warning(name, "has not run yet".into())
+        }
+    }
+
     pub fn failing(name: &str, reason: String) -> CheckResult {
         CheckResult {
             status: CheckStatus::Failing,
@@ -187,7 +196,7 @@ pub fn spawn_user_checks(
     for config in configs {
         let (interval, timeout) = config.validate()?;
         // Until its first run ends, a check says so rather than pass.
-        checks.set(CheckResult::warning(&config.name, "has not run yet".into()));
+        checks.set(CheckResult::pending(&config.name));
         let (config, checks) = (config.clone(), checks.clone());
         tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(interval);

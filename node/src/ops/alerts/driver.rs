@@ -303,8 +303,9 @@ impl Inputs {
             Subject::SyncFailures => self.sync_failures.map(Value::Number),
             Subject::SyncPending => Some(Value::Number(self.sync_pending)),
             Subject::Health => self.health.as_ref().map(|h| Value::Text(h.status.clone())),
+            // A check that has not run yet has no outcome to fire on (nor to resolve with).
             Subject::Check(name) => self.health.as_ref().and_then(|h| {
-                h.checks.iter().find(|c| &c.name == name).map(|c| {
+                h.checks.iter().find(|c| &c.name == name && c.checked_ms > 0).map(|c| {
                     Value::Text(
                         serde_json::to_value(c.status)
                             .ok()

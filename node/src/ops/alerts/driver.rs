@@ -305,14 +305,17 @@ impl Inputs {
             Subject::Health => self.health.as_ref().map(|h| Value::Text(h.status.clone())),
             // A check that has not run yet has no outcome to fire on (nor to resolve with).
             Subject::Check(name) => self.health.as_ref().and_then(|h| {
-                h.checks.iter().find(|c| &c.name == name && c.checked_ms > 0).map(|c| {
-                    Value::Text(
-                        serde_json::to_value(c.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                    )
-                })
+                h.checks
+                    .iter()
+                    .find(|c| &c.name == name && c.checked_ms > 0)
+                    .map(|c| {
+                        Value::Text(
+                            serde_json::to_value(c.status)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                        )
+                    })
             }),
             Subject::WorkflowFailureRate(workflow) => crate::ops::metrics::recent_runs()
                 .failure_rate(

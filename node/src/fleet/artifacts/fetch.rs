@@ -44,9 +44,22 @@ pub async fn fetch(sync: &SyncHandle, artifacts: &Artifacts, id: &str) -> Result
     };
     let mut blobs_fetched = 0;
     let mut bytes_fetched = 0u64;
+    // A manifest this node passed on for a member is held as a blob already: installed from
+    // there, not asked of peers again.
     let owned = id.to_owned();
     let known = artifacts
-        .with(move |s| Ok(s.manifest(&owned).is_ok()))
+        .with(move |s| {
+            if s.manifest(&owned).is_ok() {
+                return Ok(true);
+            }
+            match s.read_chunk(&owned)? {
+                Some(bytes) => {
+                    s.put_received_manifest(&owned, &bytes, crate::node::now_ms())?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
         .await?;
     if !known {
         let mut outcomes = sync.want_blobs(vec![manifest_hash]).await;

@@ -407,6 +407,15 @@ pub mod process {
         );
     }
 
+    /// `rhizome artifact add FILE [--name NAME] --json` on a node: what it printed.
+    pub fn add_artifact(node: &Running, file: &Path, name: Option<&str>) -> Value {
+        let mut args = vec!["artifact", "add", file.to_str().unwrap(), "--json"];
+        if let Some(name) = name {
+            args.extend(["--name", name]);
+        }
+        ok(run_on(node, &args))
+    }
+
     /// A cloud peer and edges of zone `site-a` in one mesh, made under `root` (edges with
     /// `edge_args` to `init` too) and started on loopback: each edge dials the cloud and the
     /// edges before it. The cloud comes first.

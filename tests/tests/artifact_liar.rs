@@ -12,7 +12,7 @@ use mesh::proto::membership::Timing;
 use mesh::proto::wire::{Capabilities, Message, Power, Role};
 use rand::{Rng, SeedableRng};
 use rhizome_e2e::process::{
-    LogsOnPanic, chain, init, init_in, ok, run_on, start_with, status, stop,
+    LogsOnPanic, add_artifact, chain, init, init_in, ok, run_on, start_with, status, stop,
 };
 use rhizome_e2e::wait_until;
 
@@ -122,10 +122,7 @@ fn blobs_from_a_lying_peer_are_refused_and_fetched_elsewhere() {
     rand::rngs::StdRng::seed_from_u64(11).fill(&mut data[..]);
     let file = tmp.path().join("model.bin");
     std::fs::write(&file, &data).unwrap();
-    let added = ok(run_on(
-        &cloud,
-        &["artifact", "add", file.to_str().unwrap(), "--json"],
-    ));
+    let added = add_artifact(&cloud, &file, None);
     let id = added["id"].as_str().unwrap().to_owned();
     let out = tmp.path().join("out.bin");
     ok(run_on(

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rhizome_e2e::oneshot::fails;
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, chain, cloud_and_site, init, init_in, ok, run, run_on, start,
-    start_on_with, start_with, status, stop,
+    LogsOnPanic, Running, add_artifact, chain, cloud_and_site, init, init_in, ok, run, run_on,
+    start, start_on_with, start_with, status, stop,
 };
 use rhizome_e2e::wait_until;
 use serde_json::Value;
@@ -69,17 +69,7 @@ fn a_site_fetches_each_blob_from_the_cloud_once() {
     let v1 = noise(7, 6 * 1024 * 1024);
     let v1_path = tmp.path().join("model-v1.onnx");
     std::fs::write(&v1_path, &v1).unwrap();
-    let added = ok(run_on(
-        &cloud,
-        &[
-            "artifact",
-            "add",
-            v1_path.to_str().unwrap(),
-            "--name",
-            "model",
-            "--json",
-        ],
-    ));
+    let added = add_artifact(&cloud, &v1_path, Some("model"));
     let v1_id = added["id"].as_str().unwrap().to_owned();
 
     // An edge that has never seen it: by name it is unknown, by id it is fetched.
@@ -113,17 +103,7 @@ fn a_site_fetches_each_blob_from_the_cloud_once() {
     v2[3_000_000..3_200_000].copy_from_slice(&noise(8, 200_000));
     let v2_path = tmp.path().join("model-v2.onnx");
     std::fs::write(&v2_path, &v2).unwrap();
-    let added = ok(run_on(
-        &cloud,
-        &[
-            "artifact",
-            "add",
-            v2_path.to_str().unwrap(),
-            "--name",
-            "model",
-            "--json",
-        ],
-    ));
+    let added = add_artifact(&cloud, &v2_path, Some("model"));
     let v2_id = added["id"].as_str().unwrap().to_owned();
     let out = tmp.path().join("out-v2");
     let fetched = fetch_to(&e3, &v2_id, &out);
@@ -159,10 +139,7 @@ fn a_fetch_cut_by_kill_resumes_with_what_it_stored() {
     let data = noise(9, 24 * 1024 * 1024);
     let path = tmp.path().join("big.bin");
     std::fs::write(&path, &data).unwrap();
-    let added = ok(run_on(
-        &cloud,
-        &["artifact", "add", path.to_str().unwrap(), "--json"],
-    ));
+    let added = add_artifact(&cloud, &path, None);
     let id = added["id"].as_str().unwrap().to_owned();
     let chunks = added["chunks"].as_u64().unwrap();
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, init, init_in, ok, run_on, start, start_with, stop,
+    LogsOnPanic, Running, add_artifact, init, init_in, ok, run_on, start, start_with, stop,
 };
 use rhizome_e2e::wait_until;
 use serde_json::Value;
@@ -82,17 +82,7 @@ fn an_edge_fetches_a_versions_model_before_running_it() {
     rng.fill(&mut old[..]);
     let old_path = tmp.path().join("old.bin");
     std::fs::write(&old_path, &old).unwrap();
-    let old_id = ok(run_on(
-        &edge,
-        &[
-            "artifact",
-            "add",
-            old_path.to_str().unwrap(),
-            "--name",
-            "old",
-            "--json",
-        ],
-    ))["id"]
+    let old_id = add_artifact(&edge, &old_path, Some("old"))["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -109,17 +99,7 @@ fn an_edge_fetches_a_versions_model_before_running_it() {
     );
 
     let model = repo().join("agents/models/digits.onnx");
-    let added = ok(run_on(
-        &cloud,
-        &[
-            "artifact",
-            "add",
-            model.to_str().unwrap(),
-            "--name",
-            "digits",
-            "--json",
-        ],
-    ));
+    let added = add_artifact(&cloud, &model, Some("digits"));
     let model_id = added["id"].as_str().unwrap().to_owned();
     let applied = ok(run_on(
         &cloud,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rhizome_e2e::netns::{Host, Lab, start_node};
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, agreed_aggregator, init, init_in, ok, run_on, status,
+    LogsOnPanic, Running, add_artifact, agreed_aggregator, init, init_in, ok, run_on, status,
 };
 use rhizome_e2e::wait_until;
 use serde_json::Value;
@@ -41,10 +41,7 @@ fn downlink_bytes(router: &Host) -> [u64; 2] {
 
 fn add(cloud: &Running, path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
-    ok(run_on(
-        cloud,
-        &["artifact", "add", path.to_str().unwrap(), "--json"],
-    ))["id"]
+    add_artifact(cloud, path, None)["id"]
         .as_str()
         .unwrap()
         .to_owned()

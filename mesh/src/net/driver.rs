@@ -381,12 +381,19 @@ pub async fn spawn(
         config.enrolment.is_some(),
         transport.clone(),
     )?;
-    let mut endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-        MeshError::Listen {
-            addr: config.listen,
-            source,
-        }
-    })?;
+    let listen_failed = |source| MeshError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(listen_failed)?;
+    enlarge_buffers(&socket);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(listen_failed)?;
     endpoint.set_default_client_config(client_config);
     let local_addr = endpoint.local_addr().map_err(|source| MeshError::Listen {
         addr: config.listen,
@@ -1059,6 +1066,22 @@ async fn read_bulk(conn: ConnId, connection: quinn::Connection, actor: mpsc::Sen
                 }
             }
         });
+    }
+}
+
+/// What the QUIC socket asks for as its receive and send buffers. The default (208 KiB on
+/// Linux) overflows when a peer sends a burst of artifact data: the kernel drops datagrams, the
+/// sender resends them (up to 1.6 times a small transfer on a site's uplink). The kernel caps
+/// the request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+fn enlarge_buffers(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    if let Err(e) = sockopt::set_socket_recv_buffer_size(socket, UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot enlarge the QUIC socket's receive buffer");
+    }
+    if let Err(e) = sockopt::set_socket_send_buffer_size(socket, UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot enlarge the QUIC socket's send buffer");
     }
 }
 

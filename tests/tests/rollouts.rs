@@ -188,9 +188,20 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
         );
     }
 
-    // Version 4, paused at once: only the canary takes it until a resume.
-    std::fs::write(&file, workflow("paused", None)).unwrap();
-    start_rollout(&cloud, &file, &["--stages", "1,100%"]);
+    // Version 4, declared as a rollout in its file and applied as any version, paused at
+    // once: only the canary takes it until a resume.
+    let declared = format!(
+        "{}rollout:\n  stages: 1,100%\n  gate_runs: 2\n  gate_soak: 1s\n",
+        workflow("paused", None)
+    );
+    std::fs::write(&file, declared).unwrap();
+    let applied = ok(run_on(
+        &cloud,
+        &["workflow", "apply", file.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(applied["version"], 4, "{applied}");
+    assert_eq!(applied["rollout"]["baseline"], 3, "{applied}");
+    assert_eq!(applied["rollout"]["gate"]["soak_ms"], 1000, "{applied}");
     ok(run_on(&cloud, &["rollout", "pause", "probe"]));
     std::thread::sleep(Duration::from_secs(5));
     let status = rollout_status(&cloud);

@@ -1470,6 +1470,20 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stored)?);
+            } else if let Some(plan) = stored
+                .rollout
+                .as_ref()
+                .filter(|p| p.version == stored.version)
+            {
+                println!(
+                    "rolling out version {} of workflow {} from version {} in {} stage(s), as \
+                     its file declares; `rhizome rollout status {}` follows it",
+                    stored.version,
+                    stored.id,
+                    plan.baseline,
+                    plan.stages.len(),
+                    stored.id
+                );
             } else {
                 println!(
                     "applied workflow {} version {} ({} steps)",
@@ -1825,9 +1839,11 @@ fn print_workflow(id: &str, view: &crate::run::workflow::WorkflowView) {
 /// that stands (which resolves a conflict): its version is one more than the highest stored,
 /// or the file's own if that is higher, and its time is later than theirs even on a clock
 /// behind theirs, so that the last-write order never ranks it below what it replaced.
+/// A definition whose file declares `rollout:` is rolled out in those stages over the version
+/// in effect; a first version (nothing to roll out from) is applied everywhere at once.
 pub fn apply_workflow(
     store: &mut Store,
-    definition: WorkflowDoc,
+    mut definition: WorkflowDoc,
     writer: &crate::run::workflow::Writer,
 ) -> Result<WorkflowDoc> {
     if let Err(refused) = crate::security::workflow_rights::may_apply(store, writer)? {
@@ -1835,6 +1851,15 @@ pub fn apply_workflow(
     }
     let name = DocName::workflow(&definition.id)?;
     let standing: crdt_store::WorkflowVersions = store.read(&name)?;
+    if let Some(plan) = definition.rollout.take() {
+        let in_effect = matches!(
+            standing.resolve(),
+            crdt_store::Resolution::Resolved(current) if !current.deleted && current.version > 0
+        );
+        if in_effect {
+            return crate::run::rollout::start(store, definition, plan, writer);
+        }
+    }
     let stored = writer.next_version(definition, &standing.versions)?;
     store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;
     Ok(stored)

@@ -19,28 +19,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::workflow::{NodeTraits, StoredWorkflow, Writer, selects};
 
-/// How a rollout is staged and gated (`rollout start`).
-#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+/// How a rollout is staged and gated: the flags of `rollout start`, and the `rollout:` section
+/// of a workflow file (same names, `gate_runs` for `--gate-runs`). Each one left out takes the
+/// file's value on the command line, else its default.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StageArgs {
-    /// Cumulative stage sizes: node counts or percentages of the targeted nodes.
-    #[arg(long, default_value = "1,10%,100%")]
-    pub stages: String,
-    /// Runs of the new version each node of a stage must finish before the next stage.
-    #[arg(long, default_value_t = 3)]
-    pub gate_runs: u32,
-    /// Success rate of those runs each node must reach, percent.
-    #[arg(long, default_value_t = 95)]
-    pub gate_success: u8,
-    /// How long each node of a stage must run the new version first.
-    #[arg(long, default_value = "1m")]
-    pub gate_soak: String,
+    /// Cumulative stage sizes: node counts or percentages of the targeted nodes
+    /// [default: 1,10%,100%].
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Runs of the new version each node of a stage must finish before the next stage
+    /// [default: 3].
+    #[arg(long)]
+    pub gate_runs: Option<u32>,
+    /// Success rate of those runs each node must reach, percent [default: 95].
+    #[arg(long)]
+    pub gate_success: Option<u8>,
+    /// How long each node of a stage must run the new version first [default: 1m].
+    #[arg(long)]
+    pub gate_soak: Option<String>,
     /// Share of the nodes that took the new version whose failure aborts the rollout, percent
-    /// (every node that took it goes back).
-    #[arg(long, default_value_t = 50)]
-    pub abort_failures: u8,
-    /// Nodes of a stage switching at once, at most, until they pass the gate (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub max_concurrent: u32,
+    /// (every node that took it goes back) [default: 50].
+    #[arg(long)]
+    pub abort_failures: Option<u8>,
+    /// Nodes of a stage switching at once, at most, until they pass the gate (0: no limit)
+    /// [default: 0].
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// `--stages 1,10%,100%`.
@@ -69,27 +75,60 @@ pub fn parse_stages(text: &str) -> Result<Vec<Stage>> {
 }
 
 impl StageArgs {
-    /// The plan, without the version numbers (set when the version is written).
-    pub fn plan(&self) -> Result<Plan> {
-        if !(1..=100).contains(&self.gate_success) || !(1..=100).contains(&self.abort_failures) {
-            bail!("--gate-success and --abort-failures are percentages, 1 to 100");
+    /// The plan, without the version numbers (set when the version is written): each value
+    /// given here, else `declared`'s (a workflow file's `rollout:`), else the default.
+    pub fn plan_over(&self, declared: Option<&Plan>) -> Result<Plan> {
+        let mut plan = match declared {
+            Some(plan) => plan.clone(),
+            None => StageArgs::default().defaults_filled()?,
+        };
+        if let Some(stages) = &self.stages {
+            plan.stages = parse_stages(stages)?;
         }
-        Ok(Plan {
+        if let Some(runs) = self.gate_runs {
+            plan.gate.min_runs = runs;
+        }
+        if let Some(pct) = self.gate_success {
+            plan.gate.min_success_pct = percent("gate success", pct)?;
+        }
+        if let Some(soak) = &self.gate_soak {
+            plan.gate.soak_ms = crate::config::parse_duration(soak)
+                .context("gate soak")?
+                .as_millis() as u64;
+        }
+        if let Some(pct) = self.abort_failures {
+            plan.abort_failure_pct = percent("abort failures", pct)?;
+        }
+        if let Some(n) = self.max_concurrent {
+            plan.max_concurrent = n;
+        }
+        Ok(plan)
+    }
+
+    /// These values over the defaults.
+    pub fn defaults_filled(&self) -> Result<Plan> {
+        let defaults = Plan {
             id: String::new(),
             version: 0,
             baseline: 0,
-            stages: parse_stages(&self.stages)?,
+            stages: parse_stages("1,10%,100%")?,
             gate: Gate {
-                min_runs: self.gate_runs,
-                min_success_pct: self.gate_success,
-                soak_ms: crate::config::parse_duration(&self.gate_soak)
-                    .context("--gate-soak")?
-                    .as_millis() as u64,
+                min_runs: 3,
+                min_success_pct: 95,
+                soak_ms: 60_000,
             },
-            abort_failure_pct: self.abort_failures,
-            max_concurrent: self.max_concurrent,
-        })
+            abort_failure_pct: 50,
+            max_concurrent: 0,
+        };
+        self.plan_over(Some(&defaults))
     }
+}
+
+fn percent(what: &str, pct: u8) -> Result<u8> {
+    if !(1..=100).contains(&pct) {
+        bail!("{what}: {pct} is not a percentage from 1 to 100");
+    }
+    Ok(pct)
 }
 
 /// Writes `definition` as the next version of its workflow, rolled out by `plan` from the
@@ -149,10 +188,10 @@ pub fn start_request(
     request: StartRequest,
     writer: &Writer,
 ) -> Result<WorkflowDoc> {
-    let plan = request.stages.plan()?;
-    let definition = match (&request.yaml, request.version) {
+    let (definition, declared) = match (&request.yaml, request.version) {
         (Some(yaml), None) => {
-            let definition = crate::run::workflow::parse(yaml)?;
+            let mut definition = crate::run::workflow::parse(yaml)?;
+            let declared = definition.rollout.take();
             if definition.id != request.workflow {
                 bail!(
                     "the file defines workflow `{}`, not `{}`",
@@ -160,22 +199,24 @@ pub fn start_request(
                     request.workflow
                 );
             }
-            definition
+            (definition, declared)
         }
         (None, Some(version)) => {
             let name = DocName::workflow(&request.workflow)?;
             let current: WorkflowDoc = store.read(&name)?;
-            baseline_of(store, &current, version)
+            let definition = baseline_of(store, &current, version)
                 .with_context(|| {
                     format!(
                         "workflow `{}` has no version {version} here",
                         request.workflow
                     )
                 })?
-                .content()
+                .content();
+            (definition, None)
         }
         _ => bail!("give either a workflow file (--file) or an earlier version (--version)"),
     };
+    let plan = request.stages.plan_over(declared.as_ref())?;
     start(store, definition, plan, writer)
 }
 
@@ -648,5 +689,48 @@ mod tests {
         assert!(err.contains("stage `0%`"), "{err}");
         let err = format!("{:#}", parse_stages("canary").unwrap_err());
         assert!(err.contains("stage `canary`"), "{err}");
+    }
+
+    const PROBE: &str = "id: probe\ntrigger:\n  every: 1s\nsteps:\n  - id: pass\n    agent: noop\n";
+
+    #[test]
+    fn a_declared_rollout_fills_what_the_command_line_leaves_out() {
+        let yaml = format!("{PROBE}rollout:\n  stages: 1,50%,100%\n  gate_soak: 5m\n");
+        let declared = crate::run::workflow::parse(&yaml).unwrap().rollout.unwrap();
+        assert_eq!(declared.stages.len(), 3);
+        assert_eq!(declared.gate.soak_ms, 300_000);
+        assert_eq!(
+            declared.gate.min_runs, 3,
+            "the default where the file is silent"
+        );
+        let flags = StageArgs {
+            gate_soak: Some("10s".into()),
+            abort_failures: Some(20),
+            ..StageArgs::default()
+        };
+        let plan = flags.plan_over(Some(&declared)).unwrap();
+        assert_eq!(plan.stages, declared.stages);
+        assert_eq!(plan.gate.soak_ms, 10_000);
+        assert_eq!(plan.abort_failure_pct, 20);
+        assert_eq!(
+            StageArgs::default().plan_over(None).unwrap(),
+            StageArgs::default().defaults_filled().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_bad_declared_rollout_is_refused_by_name() {
+        for (section, named) in [
+            ("rollout:\n  stages: 1,0%\n", "stage `0%`"),
+            ("rollout:\n  gate_success: 0\n", "gate success"),
+            ("rollout:\n  canary: yes\n", "canary"),
+            ("rollout:\n  gate_soak: soon\n", "gate soak"),
+        ] {
+            let err = format!(
+                "{:#}",
+                crate::run::workflow::parse(&format!("{PROBE}{section}")).unwrap_err()
+            );
+            assert!(err.contains(named), "{section}: {err}");
+        }
     }
 }

@@ -65,6 +65,10 @@ struct WorkflowFile {
     max_concurrent: u32,
     #[serde(default)]
     conflict: ConflictPolicy,
+    /// How a new version of this workflow reaches the fleet when it is applied over one in
+    /// effect: the stages and gates of `rollout start` (docs/rollouts.md).
+    #[serde(default)]
+    rollout: Option<crate::run::rollout::StageArgs>,
     steps: Vec<StepSpec>,
 }
 
@@ -225,7 +229,12 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         conflict: file.conflict,
         deleted: false,
         rollback_of: 0,
-        rollout: None,
+        // A template until it is applied: `apply` numbers it, or drops it for a first version.
+        rollout: file
+            .rollout
+            .map(|declared| declared.defaults_filled())
+            .transpose()
+            .context("rollout")?,
         updated_by: String::new(),
         by_control: false,
         author_cert: String::new(),

@@ -395,10 +395,7 @@ pub async fn spawn(
     )
     .map_err(listen_failed)?;
     endpoint.set_default_client_config(client_config);
-    let local_addr = endpoint.local_addr().map_err(|source| MeshError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let local_addr = endpoint.local_addr().map_err(listen_failed)?;
 
     let (discovery, discovered) = match &config.discovery {
         Some(interfaces) => {

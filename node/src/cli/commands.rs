@@ -1470,20 +1470,12 @@ fn workflow(node: &Node, cmd: WorkflowCommand) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stored)?);
-            } else if let Some(plan) = stored
+            } else if stored
                 .rollout
                 .as_ref()
-                .filter(|p| p.version == stored.version)
+                .is_some_and(|p| p.version == stored.version)
             {
-                println!(
-                    "rolling out version {} of workflow {} from version {} in {} stage(s), as \
-                     its file declares; `rhizome rollout status {}` follows it",
-                    stored.version,
-                    stored.id,
-                    plan.baseline,
-                    plan.stages.len(),
-                    stored.id
-                );
+                crate::cli::rollout::print_started(&stored);
             } else {
                 println!(
                     "applied workflow {} version {} ({} steps)",
@@ -1851,14 +1843,12 @@ pub fn apply_workflow(
     }
     let name = DocName::workflow(&definition.id)?;
     let standing: crdt_store::WorkflowVersions = store.read(&name)?;
-    if let Some(plan) = definition.rollout.take() {
-        let in_effect = matches!(
-            standing.resolve(),
-            crdt_store::Resolution::Resolved(current) if !current.deleted && current.version > 0
+    if let Some(plan) = definition.rollout.take()
+        && let Some(baseline) = crate::run::rollout::version_in_effect(&standing)
+    {
+        return crate::run::rollout::write_rollout(
+            store, &standing, definition, plan, baseline, writer,
         );
-        if in_effect {
-            return crate::run::rollout::start(store, definition, plan, writer);
-        }
     }
     let stored = writer.next_version(definition, &standing.versions)?;
     store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;

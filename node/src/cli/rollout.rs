@@ -87,16 +87,8 @@ pub fn rollout(node: &Node, cmd: RolloutCommand) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stored)?);
-            } else if let Some(plan) = &stored.rollout {
-                println!(
-                    "rolling out version {} of workflow {} from version {} in {} stage(s); \
-                     `rhizome rollout status {}` follows it",
-                    stored.version,
-                    stored.id,
-                    plan.baseline,
-                    plan.stages.len(),
-                    stored.id
-                );
+            } else {
+                print_started(&stored);
             }
             Ok(())
         }
@@ -123,6 +115,21 @@ pub fn rollout(node: &Node, cmd: RolloutCommand) -> Result<()> {
         RolloutCommand::Pause { workflow } => control(node, api, &workflow, Action::Pause),
         RolloutCommand::Resume { workflow } => control(node, api, &workflow, Action::Resume),
         RolloutCommand::Abort { workflow } => control(node, api, &workflow, Action::Abort),
+    }
+}
+
+/// What `rollout start`, and `workflow apply` of a file that declares its rollout, say.
+pub fn print_started(stored: &WorkflowDoc) {
+    if let Some(plan) = &stored.rollout {
+        println!(
+            "rolling out version {} of workflow {} from version {} in {} stage(s); \
+             `rhizome rollout status {}` follows it",
+            stored.version,
+            stored.id,
+            plan.baseline,
+            plan.stages.len(),
+            stored.id
+        );
     }
 }
 

@@ -78,10 +78,7 @@ impl StageArgs {
     /// The plan, without the version numbers (set when the version is written): each value
     /// given here, else `declared`'s (a workflow file's `rollout:`), else the default.
     pub fn plan_over(&self, declared: Option<&Plan>) -> Result<Plan> {
-        let mut plan = match declared {
-            Some(plan) => plan.clone(),
-            None => StageArgs::default().defaults_filled()?,
-        };
+        let mut plan = declared.cloned().unwrap_or_else(default_plan);
         if let Some(stages) = &self.stages {
             plan.stages = parse_stages(stages)?;
         }
@@ -104,23 +101,19 @@ impl StageArgs {
         }
         Ok(plan)
     }
+}
 
-    /// These values over the defaults.
-    pub fn defaults_filled(&self) -> Result<Plan> {
-        let defaults = Plan {
-            id: String::new(),
-            version: 0,
-            baseline: 0,
-            stages: parse_stages("1,10%,100%")?,
-            gate: Gate {
-                min_runs: 3,
-                min_success_pct: 95,
-                soak_ms: 60_000,
-            },
-            abort_failure_pct: 50,
-            max_concurrent: 0,
-        };
-        self.plan_over(Some(&defaults))
+/// What a rollout does where neither the command line nor the file says: one canary, then
+/// 10 %, then all.
+fn default_plan() -> Plan {
+    Plan {
+        id: String::new(),
+        version: 0,
+        baseline: 0,
+        stages: vec![Stage::Nodes(1), Stage::Percent(10), Stage::Percent(100)],
+        gate: Gate::default(),
+        abort_failure_pct: 50,
+        max_concurrent: 0,
     }
 }
 
@@ -136,22 +129,43 @@ fn percent(what: &str, pct: u8) -> Result<u8> {
 pub fn start(
     store: &mut Store,
     definition: WorkflowDoc,
-    mut plan: Plan,
+    plan: Plan,
     writer: &Writer,
 ) -> Result<WorkflowDoc> {
     if let Err(refused) = crate::security::workflow_rights::may_apply(store, writer)? {
         return Err(refused.into());
     }
-    let name = DocName::workflow(&definition.id)?;
-    let standing: WorkflowVersions = store.read(&name)?;
-    let baseline = match standing.resolve() {
-        Resolution::Resolved(current) if !current.deleted && current.version > 0 => current,
-        _ => bail!(
+    let standing: WorkflowVersions = store.read(&DocName::workflow(&definition.id)?)?;
+    let Some(baseline) = version_in_effect(&standing) else {
+        bail!(
             "workflow `{}` has no version in effect to roll out from: apply a first version \
              (`rhizome workflow apply`), then roll out the next one",
             definition.id
-        ),
+        );
     };
+    write_rollout(store, &standing, definition, plan, baseline, writer)
+}
+
+/// The version a rollout would start from: the one in effect, if any (none before a first
+/// version, after a delete, or while versions compete unresolved).
+pub fn version_in_effect(standing: &WorkflowVersions) -> Option<u64> {
+    match standing.resolve() {
+        Resolution::Resolved(current) if !current.deleted && current.version > 0 => {
+            Some(current.version)
+        }
+        _ => None,
+    }
+}
+
+/// [`start`] once the caller checked the writer's rights and read the workflow's versions.
+pub fn write_rollout(
+    store: &mut Store,
+    standing: &WorkflowVersions,
+    definition: WorkflowDoc,
+    mut plan: Plan,
+    baseline: u64,
+    writer: &Writer,
+) -> Result<WorkflowDoc> {
     let version = standing
         .versions
         .iter()
@@ -161,14 +175,14 @@ pub fn start(
         + 1;
     plan.id = format!("{}@{version}", definition.id);
     plan.version = version;
-    plan.baseline = baseline.version;
+    plan.baseline = baseline;
     let definition = WorkflowDoc {
         version,
         rollout: Some(plan),
         ..definition
     };
     let stored = writer.next_version(definition, &standing.versions)?;
-    store.update::<WorkflowDoc, _>(&name, |doc| *doc = stored.clone())?;
+    store.update::<WorkflowDoc, _>(&DocName::workflow(&stored.id)?, |doc| *doc = stored.clone())?;
     Ok(stored)
 }
 
@@ -714,7 +728,7 @@ mod tests {
         assert_eq!(plan.abort_failure_pct, 20);
         assert_eq!(
             StageArgs::default().plan_over(None).unwrap(),
-            StageArgs::default().defaults_filled().unwrap()
+            default_plan()
         );
     }
 

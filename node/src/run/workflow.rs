@@ -232,7 +232,7 @@ pub fn parse(text: &str) -> Result<WorkflowDoc> {
         // A template until it is applied: `apply` numbers it, or drops it for a first version.
         rollout: file
             .rollout
-            .map(|declared| declared.defaults_filled())
+            .map(|declared| declared.plan_over(None))
             .transpose()
             .context("rollout")?,
         updated_by: String::new(),

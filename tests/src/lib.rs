@@ -759,7 +759,14 @@ pub mod disk {
     pub fn fill(dir: &Path, keep: u64) -> std::path::PathBuf {
         let path = dir.join("filler");
         let (free, _) = free_space(dir);
-        let size = free.saturating_sub(keep);
+        // Nothing to keep means full: write until the filesystem refuses, not up to what df
+        // said, which on ext4 understates what is free while blocks are held back for data
+        // not yet written out (delayed allocation).
+        let size = if keep == 0 {
+            u64::MAX
+        } else {
+            free.saturating_sub(keep)
+        };
         let mut file = std::fs::File::create(&path).unwrap();
         let chunk = vec![0x5a_u8; 64 << 10];
         let mut written = 0u64;
@@ -772,6 +779,13 @@ pub mod disk {
             written += n as u64;
         }
         let _ = file.sync_all();
+        if keep == 0 {
+            // The write-out releases what was held back: take that too, in blocks.
+            for _ in 0..3 {
+                while file.write_all(&chunk[..4096]).is_ok() {}
+                let _ = file.sync_all();
+            }
+        }
         path
     }
 

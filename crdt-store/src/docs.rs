@@ -26,6 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::names::{DocKind, DocName};
 
 pub mod history;
+pub mod release;
 pub mod rollout;
 
 /// The actor of every genesis change.
@@ -123,6 +124,11 @@ pub struct MeshRegistry {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub alert_rules: BTreeMap<String, String>,
+    /// Releases of the `rhizome` binary by version: each a [`release::Release`] as JSON,
+    /// signed by a control node. One string per release, like alert rules.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub releases: BTreeMap<String, String>,
 }
 
 /// An alert rule applied to the whole fleet (`rhizome alerts apply`).

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::AutoCommit;
 use crdt_store::docs::rollout::{
-    Action, Control, Decision, Gate, NodeState, Plan, Report, RolloutControls, Stage, Status,
-    decide,
+    Action, AlertGate, Control, Decision, Gate, NodeState, Plan, Report, RolloutControls, Stage,
+    Status, decide,
 };
 use crdt_store::{DocName, MeshRegistry, NodeEntry, TypedDoc};
 use proptest::prelude::*;
@@ -26,6 +26,7 @@ fn plan() -> Plan {
             min_runs: 2,
             min_success_pct: 90,
             soak_ms: 100,
+            alerts: AlertGate::Off,
         },
         abort_failure_pct: 50,
         max_concurrent: 0,
@@ -67,6 +68,7 @@ fn report(healthy: bool, runs: u32) -> String {
         since_ms: 1,
         at_ms: 1_000,
         reason: None,
+        alerts: 0,
     })
     .unwrap()
 }

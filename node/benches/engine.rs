@@ -109,6 +109,7 @@ fn scheduler_on(
                 reload_every: scheduler::RELOAD_EVERY,
                 artifacts: None,
                 rollout_trust: None,
+                alerts: None,
             },
         );
         let definition = rhizome::run::workflow::parse(&workflow(3, true, max_concurrent)).unwrap();

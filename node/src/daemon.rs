@@ -30,10 +30,21 @@ pub fn start(node: Node, args: StartArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(node, args))
+    let dir = node.dir.clone();
+    let swap = runtime.block_on(run(node, args))?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match swap {
+        // The node stopped to try a release: this process supervises the trial, then becomes
+        // whichever binary is installed at its end.
+        Some(request) => Err(crate::fleet::releases::swap::swap(&dir, &request)),
+        None => Ok(()),
+    }
 }
 
-async fn run(node: Node, args: StartArgs) -> Result<()> {
+async fn run(
+    node: Node,
+    args: StartArgs,
+) -> Result<Option<crate::fleet::releases::swap::SwapRequest>> {
     let started = Instant::now();
     let started_wall_ms = now_ms();
     let net = &node.config.network;
@@ -320,6 +331,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         node.config.artifact_cache_cap()?,
     );
     sync.attach_artifacts(artifacts.clone()).await;
+    let alerts = crate::ops::alerts::AlertsHandle::default();
     let scheduler = crate::run::scheduler::spawn(
         store.clone(),
         crate::run::scheduler::SchedulerConfig {
@@ -338,6 +350,7 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
                 let writer = node.writer()?;
                 Some((writer.mesh_id, writer.trust))
             },
+            alerts: Some(alerts.clone()),
         },
     );
     // Workflows replicated from peers are picked up at once, not at the next periodic reload.
@@ -360,7 +373,6 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     });
     let reseal_wake = Arc::new(tokio::sync::Notify::new());
     let (alerts_every, local_rules) = node.config.alerts.rules()?;
-    let alerts = crate::ops::alerts::AlertsHandle::default();
     // The export into PostgreSQL, when `[export] postgres` is set: its own task, off the hot
     // paths; the API reads its state.
     let (export, exporting) = crate::export::spawn(&node, &node_id, role, store.clone())?;
@@ -417,8 +429,37 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
         },
     ));
     let current_capabilities = state.capabilities.clone();
+    let installed = std::env::current_exe().context("finding this node's own binary")?;
+    let (swap_asked, swap_due) = tokio::sync::oneshot::channel();
+    let release_agent = crate::fleet::releases::agent::Agent {
+        node_id: node_id.clone(),
+        dir: node.dir.clone(),
+        mesh_id: state.writer.mesh_id.clone(),
+        trust: state.writer.trust.clone(),
+        installed,
+        started_ms: started_wall_ms,
+        store: store.clone(),
+        sync: sync.clone(),
+        artifacts: state.artifacts.clone(),
+        mesh: mesh.clone(),
+    };
+    let release_changes = changes.mesh_changes();
+    let releases = tokio::spawn(async move {
+        let request = crate::fleet::releases::agent::run(release_agent, release_changes).await;
+        let _ = swap_asked.send(request);
+    });
     let app = crate::api::router(state);
-    let stopped = shutdown_signal()?;
+    let signalled = shutdown_signal()?;
+    let swap_slot = Arc::new(std::sync::Mutex::new(None));
+    let swap_taken = swap_slot.clone();
+    let stopped = async move {
+        tokio::select! {
+            () = signalled => {}
+            Ok(request) = swap_due => {
+                *swap_taken.lock().expect("not poisoned") = Some(request);
+            }
+        }
+    };
     // The local CLI finds the API here, and whether to speak TLS to it.
     let scheme = if http_tls { "https" } else { "http" };
     let address = if http_tls {
@@ -607,13 +648,15 @@ async fn run(node: Node, args: StartArgs) -> Result<()> {
     merges.abort();
     headroom.abort();
     refresh.abort();
+    releases.abort();
     let _ = std::fs::remove_file(node.dir.http_addr());
     let _ = std::fs::remove_file(node.dir.api_token());
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .context("stopping the store")?;
     say(&format!("rhizome node {node_id} stopped"));
-    Ok(())
+    let swap = swap_slot.lock().expect("not poisoned").take();
+    Ok(swap)
 }
 
 /// The results window in minutes, which alerts documents share.

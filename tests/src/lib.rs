@@ -482,7 +482,39 @@ pub mod process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Starts a node from `binary` (a copy of `rhizome` installed where a release may replace
+    /// it) instead of the build's.
+    pub fn start_installed(
+        binary: &Path,
+        dir: &Path,
+        listen: &str,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Running {
+        spawn_node(Command::new(binary), None, dir, listen, None, peers, extra)
+    }
+
     fn launch(
+        netns: Option<&str>,
+        dir: &Path,
+        listen: &str,
+        mdns_interface: Option<&str>,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Running {
+        spawn_node(
+            command(netns),
+            netns,
+            dir,
+            listen,
+            mdns_interface,
+            peers,
+            extra,
+        )
+    }
+
+    fn spawn_node(
+        mut cmd: Command,
         netns: Option<&str>,
         dir: &Path,
         listen: &str,
@@ -495,7 +527,6 @@ pub mod process {
             .append(true)
             .open(log_file(dir))
             .unwrap();
-        let mut cmd = command(netns);
         cmd.arg("--data-dir")
             .arg(dir)
             .args(["start", "--listen", listen, "--http", "127.0.0.1:0"])

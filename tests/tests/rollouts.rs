@@ -227,3 +227,102 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
         stop(node);
     }
 }
+
+/// A rollout gated on alerts: version 2 runs fine but its output makes a critical fleet rule
+/// fire on the canary, which fails it there and aborts the rollout; an alert that fired before
+/// the switch (a warning rule firing everywhere from the start) does not count.
+#[test]
+fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _logs = LogsOnPanic(
+        ["cloud", "e1", "e2"]
+            .iter()
+            .map(|n| tmp.path().join(n))
+            .collect(),
+    );
+    let [cloud, e1, e2]: [Running; 3] =
+        cloud_and_site(tmp.path(), &["e1", "e2"], &["--tag", "sensor"])
+            .try_into()
+            .unwrap_or_else(|_| unreachable!());
+    let rules = tmp.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nname = \"hot\"\nwhen = \"output:probe.triggered == true\"\nseverity = \"critical\"\n\n\
+         [[rules]]\nname = \"always\"\nwhen = \"disk_free > 1B\"\nseverity = \"critical\"\n",
+    )
+    .unwrap();
+    ok(run_on(
+        &cloud,
+        &["alerts", "apply", rules.to_str().unwrap()],
+    ));
+    let file = tmp.path().join("probe.yaml");
+    std::fs::write(&file, workflow("first", None)).unwrap();
+    ok(run_on(
+        &cloud,
+        &["workflow", "apply", file.to_str().unwrap()],
+    ));
+    wait_until("both edges run version 1", Duration::from_secs(20), || {
+        [&e1, &e2].iter().all(|e| version_here(e) == 1)
+    });
+    wait_until(
+        "the rule that fires everywhere fires on both edges",
+        Duration::from_secs(30),
+        || {
+            [&e1, &e2].iter().all(|e| {
+                ok(run_on(e, &["alerts", "--json"]))["alerts"]
+                    .as_array()
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|a| a["rule"] == "always" && a["state"] == "firing")
+                    })
+            })
+        },
+    );
+
+    let hot = "id: probe\ndescription: hot\ntrigger:\n  every: 300ms\ntarget:\n  tags: [sensor]\n\
+               steps:\n  - id: read\n    agent: sensor\n    config: {seed: 3}\n  - id: hot\n    \
+               agent: threshold\n    inputs: [read]\n    config: {field: value, below: 1000000000}\n";
+    std::fs::write(&file, hot).unwrap();
+    let started = Instant::now();
+    ok(run_on(
+        &cloud,
+        &[
+            "rollout",
+            "start",
+            "probe",
+            "--file",
+            file.to_str().unwrap(),
+            "--stages",
+            "1,100%",
+            "--gate-runs",
+            "2",
+            "--gate-soak",
+            "30s",
+            "--gate-alerts",
+            "critical",
+        ],
+    ));
+    let mut status = Value::Null;
+    wait_until(
+        "the alert on the canary aborts the rollout",
+        Duration::from_secs(60),
+        || {
+            status = rollout_status(&cloud);
+            status["status"]["state"] == "aborted"
+        },
+    );
+    eprintln!("alert on the canary to aborted: {:?}", started.elapsed());
+    let canary = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["stage"] == 0)
+        .unwrap()
+        .clone();
+    let reason = canary["report"]["reason"].as_str().unwrap_or_default();
+    assert_eq!(canary["report"]["state"], "failed", "{status}");
+    assert!(
+        reason.contains("hot") && !reason.contains("always"),
+        "{canary}"
+    );
+}

@@ -54,6 +54,10 @@ pub struct Gate {
     pub min_success_pct: u8,
     /// How long each node must have run the new version, milliseconds.
     pub soak_ms: u64,
+    /// Alerts of this severity or above that fired on a node after it switched fail it there.
+    /// Left out of the encoding when off, so plans signed before it existed verify unchanged.
+    #[serde(default, skip_serializing_if = "AlertGate::is_off")]
+    pub alerts: AlertGate,
 }
 
 impl Default for Gate {
@@ -62,6 +66,35 @@ impl Default for Gate {
             min_runs: 3,
             min_success_pct: 95,
             soak_ms: 60_000,
+            alerts: AlertGate::Off,
+        }
+    }
+}
+
+/// Which alerts fail a node that took the new version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertGate {
+    /// Alerts do not count.
+    #[default]
+    Off,
+    /// Warnings and critical alerts.
+    Warning,
+    /// Critical alerts only.
+    Critical,
+}
+
+impl AlertGate {
+    pub fn is_off(&self) -> bool {
+        *self == AlertGate::Off
+    }
+
+    /// Whether an alert of `severity` (`warning`, `critical`) counts.
+    pub fn counts(&self, severity: &str) -> bool {
+        match self {
+            AlertGate::Off => false,
+            AlertGate::Warning => matches!(severity, "warning" | "critical"),
+            AlertGate::Critical => severity == "critical",
         }
     }
 }
@@ -142,6 +175,13 @@ pub struct Report {
     /// Why it failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Alerts that count under the gate and fired here since it switched.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub alerts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where the rollout stands.
@@ -220,6 +260,12 @@ fn passed(plan: &Plan, report: Option<&Report>) -> bool {
         && success_pct(r) >= u32::from(plan.gate.min_success_pct)
         && r.since_ms > 0
         && r.at_ms.saturating_sub(r.since_ms) >= plan.gate.soak_ms as i64
+        && !alerted(plan, r)
+}
+
+/// Whether alerts the gate counts fired on the node since it switched.
+fn alerted(plan: &Plan, r: &Report) -> bool {
+    !plan.gate.alerts.is_off() && r.version == plan.version && r.alerts > 0
 }
 
 fn success_pct(r: &Report) -> u32 {
@@ -249,6 +295,7 @@ fn failed(plan: &Plan, report: Option<&Report>) -> bool {
         return false;
     };
     r.state == NodeState::Failed
+        || alerted(plan, r)
         || (r.version == plan.version
             && r.runs >= plan.gate.min_runs.max(1)
             && success_pct(r) < u32::from(plan.gate.min_success_pct))
@@ -464,6 +511,7 @@ mod tests {
                 min_runs: 3,
                 min_success_pct: 90,
                 soak_ms: 1_000,
+                alerts: AlertGate::Off,
             },
             abort_failure_pct: 50,
             max_concurrent: 0,
@@ -486,6 +534,7 @@ mod tests {
                 since_ms: 1_000,
                 at_ms: 5_000,
                 reason: None,
+                alerts: 0,
             },
         )
     }
@@ -541,6 +590,36 @@ mod tests {
             decide(&plan, &[], &targets, &reports).status,
             Status::Completed
         );
+    }
+
+    #[test]
+    fn an_alert_the_gate_counts_fails_the_node_and_one_it_does_not_is_ignored() {
+        let mut plan = plan();
+        plan.gate.alerts = AlertGate::Critical;
+        let targets = nodes(10);
+        let order = order(&plan, &targets);
+        let (canary, mut report) = healthy(&plan, &order[0]);
+        report.alerts = 1;
+        let reports = BTreeMap::from([(canary.clone(), report.clone())]);
+        let d = decide(&plan, &[], &targets, &reports);
+        assert!(
+            matches!(&d.status, Status::Aborted { reason } if reason.contains(&canary)),
+            "{:?}",
+            d.status
+        );
+        plan.gate.alerts = AlertGate::Off;
+        let d = decide(&plan, &[], &targets, &reports);
+        assert_eq!(d.status, Status::Running { stage: 1 });
+        assert!(AlertGate::Warning.counts("critical") && !AlertGate::Critical.counts("warning"));
+    }
+
+    #[test]
+    fn a_gate_without_alerts_encodes_as_before() {
+        let gate = Gate::default();
+        assert!(!serde_json::to_string(&gate).unwrap().contains("alerts"));
+        let parsed: Gate =
+            serde_json::from_str(r#"{"min_runs":1,"min_success_pct":90,"soak_ms":5}"#).unwrap();
+        assert_eq!(parsed.alerts, AlertGate::Off);
     }
 
     #[test]
@@ -637,6 +716,7 @@ mod tests {
                 since_ms: 1,
                 at_ms: 1 + soak,
                 reason: None,
+                alerts: 0,
             })
     }
 

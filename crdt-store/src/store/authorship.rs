@@ -235,7 +235,7 @@ fn check_registry(doc: &AutoCommit, new: &[automerge::Change]) -> Result<(), Str
                 path.push(key.to_string());
             }
             let allowed = match path.first().map(String::as_str) {
-                Some("revoked" | "policy" | "cas" | "alert_rules") => true,
+                Some("revoked" | "policy" | "cas" | "alert_rules" | "releases") => true,
                 Some("nodes") => path
                     .get(1)
                     .is_some_and(|entry| *actor == ActorId::from(entry.as_bytes())),

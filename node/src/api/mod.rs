@@ -14,6 +14,7 @@ pub mod export;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod releases;
 pub mod resources;
 pub mod rollouts;
 pub mod runs;
@@ -261,6 +262,24 @@ fn routes() -> Routes {
         "/rollouts/{workflow}/{action}",
         Some(Admin),
         rollouts::post_control,
+    )
+    .add(
+        Method::POST,
+        "/releases",
+        Some(Admin),
+        releases::post_release,
+    )
+    .add(
+        Method::GET,
+        "/releases",
+        Some(Monitor),
+        releases::get_releases,
+    )
+    .add(
+        Method::POST,
+        "/releases/{version}/rollout",
+        Some(Admin),
+        releases::post_release_rollout,
     )
     .add(
         Method::DELETE,

@@ -27,7 +27,7 @@ fn refused(state: &AppState) -> impl Fn(anyhow::Error) -> ApiError + '_ {
     }
 }
 
-async fn on_store<T: Send + 'static>(
+pub(crate) async fn on_store<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&mut crdt_store::Store, &crate::run::workflow::Writer) -> anyhow::Result<T>
     + Send

@@ -53,6 +53,7 @@ fn dispatch(opts: Opts) -> Result<()> {
         Command::Export(cmd) => crate::cli::export::export(&Node::load(&root)?, cmd),
         Command::Artifact(cmd) => crate::cli::artifact::artifact(&Node::load(&root)?, cmd),
         Command::Rollout(cmd) => crate::cli::rollout::rollout(&Node::load(&root)?, cmd),
+        Command::Release(cmd) => crate::cli::release::release(&Node::load(&root)?, cmd),
         Command::Workflow(cmd) => workflow(&Node::load(&root)?, cmd),
         Command::Results(args) => results(&Node::load(&root)?, args),
         Command::Run(args) => run_once(&Node::load(&root)?, args),

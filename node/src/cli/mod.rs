@@ -13,6 +13,7 @@ pub mod explain;
 pub mod export;
 pub mod install_service;
 pub mod output;
+pub mod release;
 pub mod rollout;
 pub mod store_keys;
 
@@ -139,6 +140,12 @@ pub enum Command {
     /// status node by node, pause, resume, abort. Decided by every node from replicated facts.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Releases of the `rhizome` binary itself: publish one (signed, on a control node), roll
+    /// it out in stages with the gates and abort criteria of workflow rollouts, and follow it.
+    /// Each node tries a new binary beside the installed one and returns to it by itself when
+    /// the new one does not come up healthy.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
     /// Run a workflow once on this node, record the run durably and print its record.
     Run(RunArgs),
     /// List stored run results, oldest first.

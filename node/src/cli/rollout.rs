@@ -161,21 +161,18 @@ fn control(
     Ok(())
 }
 
-fn print_status(status: &RolloutStatus) {
-    let state = match &status.status {
-        Status::Running { stage } => format!(
-            "running, stage {} of {}",
-            stage + 1,
-            status.stage_sizes.len()
-        ),
-        Status::Paused { stage } => format!(
-            "paused at stage {} of {}",
-            stage + 1,
-            status.stage_sizes.len()
-        ),
+/// Where a rollout stands, in words: `running, stage 2 of 3`.
+pub(crate) fn status_words(status: &Status, stages: usize) -> String {
+    match status {
+        Status::Running { stage } => format!("running, stage {} of {stages}", stage + 1),
+        Status::Paused { stage } => format!("paused at stage {} of {stages}", stage + 1),
         Status::Completed => "completed".to_owned(),
         Status::Aborted { reason } => format!("aborted: {reason}"),
-    };
+    }
+}
+
+fn print_status(status: &RolloutStatus) {
+    let state = status_words(&status.status, status.stage_sizes.len());
     println!(
         "rollout {} (version {} from {}): {state}",
         status.rollout, status.version, status.baseline
@@ -222,7 +219,7 @@ fn print_status(status: &RolloutStatus) {
     }
 }
 
-fn state_word(state: NodeState) -> &'static str {
+pub(crate) fn state_word(state: NodeState) -> &'static str {
     match state {
         NodeState::Pending => "pending",
         NodeState::Fetching => "fetching",

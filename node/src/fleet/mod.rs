@@ -7,6 +7,7 @@
 pub mod artifacts;
 pub mod diagnostics;
 pub mod hierarchy;
+pub mod releases;
 pub mod rollup;
 pub mod sync;
 pub mod transfer;

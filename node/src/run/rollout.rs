@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result, bail};
 use crdt_store::docs::history::DefinitionHistory;
 use crdt_store::docs::rollout::{
-    self as core, Action, Control, Decision, Gate, Plan, Report, RolloutControls, SignedControl,
-    Stage,
+    self as core, Action, AlertGate, Control, Decision, Gate, Plan, Report, RolloutControls,
+    SignedControl, Stage,
 };
 use crdt_store::{DocName, Resolution, Store, WorkflowDoc, WorkflowVersions};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,10 @@ pub struct StageArgs {
     /// [default: 0].
     #[arg(long)]
     pub max_concurrent: Option<u32>,
+    /// Alerts that fail a node once it took the new version: `warning` (and critical),
+    /// `critical`, or `off` [default: off]. A failed node counts toward `--abort-failures`.
+    #[arg(long)]
+    pub gate_alerts: Option<String>,
 }
 
 /// `--stages 1,10%,100%`.
@@ -99,13 +103,21 @@ impl StageArgs {
         if let Some(n) = self.max_concurrent {
             plan.max_concurrent = n;
         }
+        if let Some(alerts) = &self.gate_alerts {
+            plan.gate.alerts = match alerts.as_str() {
+                "off" => AlertGate::Off,
+                "warning" => AlertGate::Warning,
+                "critical" => AlertGate::Critical,
+                other => bail!("gate alerts: `{other}` is not off, warning or critical"),
+            };
+        }
         Ok(plan)
     }
 }
 
 /// What a rollout does where neither the command line nor the file says: one canary, then
 /// 10 %, then all.
-fn default_plan() -> Plan {
+pub(crate) fn default_plan() -> Plan {
     Plan {
         id: String::new(),
         version: 0,
@@ -572,6 +584,8 @@ pub struct Standing {
     pub since_ms: i64,
     /// Whether a version's artifacts are being fetched.
     pub fetching: bool,
+    /// Alerts the plan's gate counts that fired here since it took that version up, by rule.
+    pub alerts: Vec<String>,
 }
 
 /// The report this node gives of a rollout, from what it runs and its previous report (a
@@ -594,6 +608,14 @@ pub fn next_report(
         Some(failed) => (Failed, failed.reason.clone()),
         None if on_new => match &standing.cannot_run {
             Some(why) => (Failed, Some(why.clone())),
+            None if !plan.gate.alerts.is_off() && !standing.alerts.is_empty() => (
+                Failed,
+                Some(format!(
+                    "alert {} fired after it switched to version {}",
+                    standing.alerts.join(", "),
+                    plan.version
+                )),
+            ),
             None if standing.runs >= plan.gate.min_runs.max(1)
                 && (standing.runs - standing.failures.min(standing.runs)) * 100
                     < standing.runs * u32::from(plan.gate.min_success_pct) =>
@@ -629,13 +651,18 @@ pub fn next_report(
         since_ms,
         at_ms: now_ms,
         reason,
+        alerts: if on_new {
+            standing.alerts.len() as u32
+        } else {
+            previous.map_or(0, |r| r.alerts)
+        },
     }
 }
 
 /// Whether `next` tells the fleet something `previous` did not: a new state, version or
 /// failure count, runs short of the gate's, or the soak time reached. Runs counted beyond what
 /// the gate needs are not news: the registry replicates to every node.
-fn news(plan: &Plan, previous: Option<&Report>, next: &Report) -> bool {
+pub(crate) fn news(plan: &Plan, previous: Option<&Report>, next: &Report) -> bool {
     let Some(previous) = previous else {
         return true;
     };
@@ -730,6 +757,54 @@ mod tests {
             StageArgs::default().plan_over(None).unwrap(),
             default_plan()
         );
+    }
+
+    #[test]
+    fn an_alert_the_gate_counts_fails_a_node_on_the_new_version() {
+        let flags = StageArgs {
+            gate_alerts: Some("critical".into()),
+            ..StageArgs::default()
+        };
+        let mut plan = flags.plan_over(None).unwrap();
+        plan.id = "probe@2".into();
+        plan.version = 2;
+        plan.baseline = 1;
+        assert_eq!(plan.gate.alerts, AlertGate::Critical);
+        let standing = Standing {
+            workflow: "probe".into(),
+            plan: plan.clone(),
+            version: 2,
+            cannot_run: None,
+            runs: 5,
+            failures: 0,
+            since_ms: 1_000,
+            fetching: false,
+            alerts: vec!["disk-full".into()],
+        };
+        let report = next_report(&standing, None, false, 2_000);
+        assert_eq!(report.state, core::NodeState::Failed);
+        assert_eq!(report.alerts, 1);
+        assert!(report.reason.unwrap().contains("disk-full"));
+        let quiet = next_report(
+            &Standing {
+                alerts: Vec::new(),
+                ..standing
+            },
+            None,
+            false,
+            2_000,
+        );
+        assert_eq!(quiet.state, core::NodeState::Active);
+        let err = format!(
+            "{:#}",
+            StageArgs {
+                gate_alerts: Some("loud".into()),
+                ..StageArgs::default()
+            }
+            .plan_over(None)
+            .unwrap_err()
+        );
+        assert!(err.contains("gate alerts"), "{err}");
     }
 
     #[test]

@@ -245,6 +245,8 @@ pub struct SchedulerConfig {
     /// The mesh id and the CAs that rollout controls are verified against; `None`: controls
     /// are ignored (and rollouts decided from plans and reports alone).
     pub rollout_trust: Option<(String, crate::security::trust::Trust)>,
+    /// The node's alerts, for rollouts gated on them; `None`: no alert counts.
+    pub alerts: Option<crate::ops::alerts::AlertsHandle>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -1188,6 +1190,10 @@ impl Actor {
                 failures: w.version_failures,
                 since_ms: w.since_ms,
                 fetching: fetching.contains_key(&w.doc.id),
+                alerts: self.config.alerts.as_ref().map_or_else(Vec::new, |a| {
+                    let gate = w.doc.rollout.as_ref().map(|p| p.gate.alerts);
+                    a.fired_since(w.since_ms, gate.unwrap_or_default())
+                }),
             })
             .collect();
         if standing.is_empty() {
@@ -1423,6 +1429,7 @@ mod tests {
                 reload_every,
                 artifacts: None,
                 rollout_trust: None,
+                alerts: None,
             },
         );
         Rig {

@@ -103,6 +103,32 @@ impl AlertsHandle {
         (views, shared.refused.clone())
     }
 
+    /// The rules whose alerts fire now, fired at or after `since_ms`, of a severity `gate`
+    /// counts: what fails a node in a rollout gated on alerts.
+    pub fn fired_since(
+        &self,
+        since_ms: i64,
+        gate: crdt_store::docs::rollout::AlertGate,
+    ) -> Vec<String> {
+        if gate.is_off() || since_ms <= 0 {
+            return Vec::new();
+        }
+        let shared = self.0.lock().expect("alerts");
+        shared
+            .engine
+            .firing()
+            .into_iter()
+            .filter(|(name, fired_ms)| {
+                *fired_ms >= since_ms
+                    && shared
+                        .rules
+                        .iter()
+                        .any(|r| r.name == *name && gate.counts(&r.severity))
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// How many alerts fire now, by rule (every rule in force, zero included).
     pub fn firing_by_rule(&self) -> Vec<(String, usize)> {
         let shared = self.0.lock().expect("alerts");

@@ -130,7 +130,7 @@ async fn run(
 
     // Revocations and the mesh's CAs are read before the mesh starts, so a revoked node, or
     // one of a retired CA, is refused from the first handshake.
-    let mut opened = node.open_store()?;
+    let mut opened = open_store_when_free(&node).await?;
     let registry: MeshRegistry = opened.read::<MeshRegistry>(&DocName::Mesh)?;
     crate::security::trust::update(&node.trust, &registry, &node.mesh_id, &node.dir)?;
     let credentials = node
@@ -657,6 +657,30 @@ async fn run(
     say(&format!("rhizome node {node_id} stopped"));
     let swap = swap_slot.lock().expect("not poisoned").take();
     Ok(swap)
+}
+
+/// How long a starting node waits for its store while another process holds it.
+const STORE_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the store, waiting a little while another process holds it: a CLI command that found
+/// no node answering reads the store directly for a moment, and a node re-executed by a release
+/// swap must not die of that moment. Another node on the data dir still holds it at the end.
+async fn open_store_when_free(node: &Node) -> Result<crdt_store::Store> {
+    let deadline = Instant::now() + STORE_LOCK_PATIENCE;
+    loop {
+        match node.open_store() {
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.downcast_ref::<crdt_store::StoreError>(),
+                        Some(crdt_store::StoreError::Locked { .. })
+                    ) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The results window in minutes, which alerts documents share.

@@ -92,6 +92,16 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             &["--zone", "site-a"],
         );
     }
+    // e2 can be made unhealthy at will: a critical check that fails while a file exists.
+    let e2_down = root.join("e2-down");
+    let e2_config = root.join("e2").join("rhizome.toml");
+    let mut text = std::fs::read_to_string(&e2_config).unwrap();
+    text.push_str(&format!(
+        "\n[[health.checks]]\nname = \"lab\"\ncommand = \"test ! -e {}\"\ninterval = \"200ms\"\n\
+         critical = true\n",
+        e2_down.display()
+    ));
+    std::fs::write(&e2_config, text).unwrap();
     let original = sha256(&rhizome_bin());
     let mut bins = Vec::new();
     for name in &names {
@@ -310,6 +320,73 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             "{} is back on 0.2.0",
             names[i]
         );
+        assert!(
+            node.child.try_wait().unwrap().is_none(),
+            "{} runs",
+            names[i]
+        );
+    }
+
+    // A release that comes up healthy on two nodes but not on the third: the third fails its
+    // trial, which aborts the rollout, and the two that took it go back to what they ran.
+    let other = root.join("rhizome-0.5.0");
+    let mut bytes = std::fs::read(rhizome_bin()).unwrap();
+    bytes.extend_from_slice(b"\nrhizome release 0.5.0\n");
+    executable(&other, &bytes);
+    std::fs::write(&e2_down, "").unwrap();
+    ok(run_on(
+        &fleet.nodes[0],
+        &[
+            "release",
+            "publish",
+            other.to_str().unwrap(),
+            "--version",
+            "0.5.0",
+        ],
+    ));
+    let started = Instant::now();
+    ok(run_on(
+        &fleet.nodes[0],
+        &[
+            "release",
+            "rollout",
+            "0.5.0",
+            "--stages",
+            "100%",
+            "--abort-failures",
+            "30",
+            "--trial",
+            "8s",
+        ],
+    ));
+    wait_until(
+        "the two nodes that took 0.5.0 are back on 0.2.0",
+        Duration::from_secs(120),
+        || {
+            let s = status(&fleet.nodes[0]);
+            s["rollout"]["status"]["state"] == "aborted"
+                && ["cloud", "e1"]
+                    .iter()
+                    .all(|n| report_of(&s, n)["state"] == "rolled-back")
+        },
+    );
+    eprintln!(
+        "release 0.5.0 (unhealthy on e2): rolled back on the other nodes after {:?}",
+        started.elapsed()
+    );
+    std::fs::remove_file(&e2_down).unwrap();
+    let s = status(&fleet.nodes[0]);
+    let e2_report = report_of(&s, "e2");
+    assert_eq!(e2_report["state"], "failed", "{s}");
+    assert!(
+        e2_report["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not come up healthy"),
+        "{e2_report}"
+    );
+    for (i, node) in fleet.nodes.iter_mut().enumerate() {
+        assert_eq!(sha256(&fleet.bins[i]), good_sha, "{} is on 0.2.0", names[i]);
         assert!(
             node.child.try_wait().unwrap().is_none(),
             "{} runs",

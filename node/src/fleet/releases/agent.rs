@@ -112,6 +112,16 @@ async fn step(
              down); it went on with the binary it ran",
             facts.release.version
         )),
+        // Installed and healthy, yet what runs is not it: the release starts another binary
+        // (a wrapper script). Installing it again would loop.
+        Some(Some(Outcome::Installed { .. }))
+            if !on_new && ended.is_some_and(|t| t.sha256 == facts.release.sha256) =>
+        {
+            Some(format!(
+                "it was installed at {}, but the process it started runs a binary of another                  SHA-256 (a wrapper that starts another binary?)",
+                agent.installed.display()
+            ))
+        }
         _ => None,
     };
     let switched_ms = match ended.and_then(|t| t.outcome.as_ref()) {

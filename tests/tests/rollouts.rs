@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use rhizome_e2e::process::{LogsOnPanic, Running, cloud_and_site, ok, run_on, stop};
+use rhizome_e2e::process::{
+    LogsOnPanic, Running, cloud_and_site, json_if_ok, ok, run_on, start_on_with, stop,
+};
 use rhizome_e2e::wait_until;
 use serde_json::Value;
 
@@ -325,4 +327,98 @@ fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
         reason.contains("hot") && !reason.contains("always"),
         "{canary}"
     );
+}
+
+/// The cloud started the rollout and went away: the edges decide it among themselves from the
+/// replicated plan and their reports, stage by stage, and the cloud finds it completed when it
+/// returns.
+#[test]
+fn a_rollout_goes_on_while_the_cloud_that_started_it_is_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _logs = LogsOnPanic(
+        ["cloud", "e1", "e2"]
+            .iter()
+            .map(|n| tmp.path().join(n))
+            .collect(),
+    );
+    let [cloud, e1, e2]: [Running; 3] =
+        cloud_and_site(tmp.path(), &["e1", "e2"], &["--tag", "sensor"])
+            .try_into()
+            .unwrap_or_else(|_| unreachable!());
+    let edges = [&e1, &e2];
+    let file = tmp.path().join("probe.yaml");
+    std::fs::write(&file, workflow("first", None)).unwrap();
+    ok(run_on(
+        &cloud,
+        &["workflow", "apply", file.to_str().unwrap()],
+    ));
+    wait_until("both edges run version 1", Duration::from_secs(20), || {
+        edges.iter().all(|e| version_here(e) == 1)
+    });
+
+    std::fs::write(&file, workflow("second", None)).unwrap();
+    // A soak long enough that the cloud is gone before the canary's gate is met.
+    ok(run_on(
+        &cloud,
+        &[
+            "rollout",
+            "start",
+            "probe",
+            "--file",
+            file.to_str().unwrap(),
+            "--stages",
+            "1,100%",
+            "--gate-runs",
+            "2",
+            "--gate-soak",
+            "4s",
+        ],
+    ));
+    wait_until("both edges hold the plan", Duration::from_secs(20), || {
+        edges.iter().all(|e| {
+            json_if_ok(run_on(e, &["rollout", "status", "probe", "--json"]))["rollout"] == "probe@2"
+        })
+    });
+    let (cloud_dir, cloud_addr) = (cloud.dir.clone(), cloud.quic.clone());
+    stop(cloud);
+    let away = Instant::now();
+    let away_ms = wall_ms();
+    let mut status = Value::Null;
+    wait_until(
+        "the edges complete the rollout without the cloud",
+        Duration::from_secs(60),
+        || {
+            status = rollout_status(&e1);
+            status["status"]["state"] == "completed"
+        },
+    );
+    eprintln!(
+        "cloud away -> rollout completed by the edges: {:?}",
+        away.elapsed()
+    );
+    assert!(edges.iter().all(|e| version_here(e) == 2), "{status}");
+    let canary = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["stage"] == 0)
+        .unwrap();
+    assert!(
+        canary["report"]["since_ms"].as_i64().unwrap() + 4_000 > away_ms,
+        "the canary's gate was met before the cloud left: {canary}"
+    );
+
+    let cloud = start_on_with(&cloud_dir, &cloud_addr, &[], &["--role", "cloud"]);
+    wait_until(
+        "the returning cloud sees the rollout completed",
+        Duration::from_secs(30),
+        || rollout_status(&cloud)["status"]["state"] == "completed",
+    );
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

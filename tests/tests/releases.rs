@@ -49,6 +49,28 @@ fn report_of<'a>(status: &'a Value, node: &str) -> &'a Value {
         .map_or(&Value::Null, |n| &n["report"])
 }
 
+/// `release publish FILE --version VERSION --json` on `node`.
+fn publish(node: &Running, file: &Path, version: &str) -> std::process::Output {
+    run_on(
+        node,
+        &[
+            "release",
+            "publish",
+            file.to_str().unwrap(),
+            "--version",
+            version,
+            "--json",
+        ],
+    )
+}
+
+/// `release rollout VERSION FLAGS --json` on `node`, which must succeed.
+fn roll_out(node: &Running, version: &str, flags: &[&str]) -> Value {
+    let mut args = vec!["release", "rollout", version, "--json"];
+    args.extend_from_slice(flags);
+    ok(run_on(node, &args))
+}
+
 struct Fleet {
     nodes: Vec<Running>,
     names: Vec<&'static str>,
@@ -141,63 +163,25 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     bytes.extend_from_slice(b"\nrhizome release 0.2.0\n");
     executable(&good, &bytes);
     let good_sha = sha256(&good);
-    let refused = run_on(
-        &fleet.nodes[1],
-        &[
-            "release",
-            "publish",
-            good.to_str().unwrap(),
-            "--version",
-            "0.2.0",
-        ],
-    );
+    let refused = publish(&fleet.nodes[1], &good, "0.2.0");
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("control"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let bad_version = run_on(
-        cloud,
-        &[
-            "release",
-            "publish",
-            good.to_str().unwrap(),
-            "--version",
-            "v2",
-        ],
-    );
+    let bad_version = publish(cloud, &good, "v2");
     assert!(String::from_utf8_lossy(&bad_version.stderr).contains("X.Y.Z"));
 
     // A good release: installed everywhere, each node keeping its pid and what it replaced.
-    let published = ok(run_on(
-        cloud,
-        &[
-            "release",
-            "publish",
-            good.to_str().unwrap(),
-            "--version",
-            "0.2.0",
-            "--json",
-        ],
-    ));
+    let published = ok(publish(cloud, &good, "0.2.0"));
     assert_eq!(published["sha256"], good_sha.as_str());
     let started = Instant::now();
-    ok(run_on(
+    roll_out(
         cloud,
-        &[
-            "release",
-            "rollout",
-            "0.2.0",
-            "--stages",
-            "1,100%",
-            "--gate-soak",
-            "1s",
-            "--trial",
-            "60s",
-            "--json",
-        ],
-    ));
+        "0.2.0",
+        &["--stages", "1,100%", "--gate-soak", "1s", "--trial", "60s"],
+    );
     let mut canary_at = None;
     wait_until(
         "release 0.2.0 is installed on every node",
@@ -260,23 +244,12 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
         &broken,
         b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
     );
-    ok(run_on(
-        &fleet.nodes[0],
-        &[
-            "release",
-            "publish",
-            broken.to_str().unwrap(),
-            "--version",
-            "0.3.0",
-        ],
-    ));
+    ok(publish(&fleet.nodes[0], &broken, "0.3.0"));
     let started = Instant::now();
-    ok(run_on(
+    roll_out(
         &fleet.nodes[0],
+        "0.3.0",
         &[
-            "release",
-            "rollout",
-            "0.3.0",
             "--stages",
             "100%",
             "--abort-failures",
@@ -284,7 +257,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             "--trial",
             "20s",
         ],
-    ));
+    );
     let mut first_failure = None;
     let aborted = wait_until(
         "the broken release is aborted",
@@ -334,23 +307,12 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     bytes.extend_from_slice(b"\nrhizome release 0.5.0\n");
     executable(&other, &bytes);
     std::fs::write(&e2_down, "").unwrap();
-    ok(run_on(
-        &fleet.nodes[0],
-        &[
-            "release",
-            "publish",
-            other.to_str().unwrap(),
-            "--version",
-            "0.5.0",
-        ],
-    ));
+    ok(publish(&fleet.nodes[0], &other, "0.5.0"));
     let started = Instant::now();
-    ok(run_on(
+    roll_out(
         &fleet.nodes[0],
+        "0.5.0",
         &[
-            "release",
-            "rollout",
-            "0.5.0",
             "--stages",
             "100%",
             "--abort-failures",
@@ -358,7 +320,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             "--trial",
             "8s",
         ],
-    ));
+    );
     wait_until(
         "the two nodes that took 0.5.0 are back on 0.2.0",
         Duration::from_secs(120),
@@ -397,17 +359,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     // A kill -9 during a trial: the node starts again on the binary it had.
     let hanging = root.join("rhizome-0.4.0");
     executable(&hanging, b"#!/bin/sh\nsleep 120\n");
-    let hanging_release = ok(run_on(
-        &fleet.nodes[0],
-        &[
-            "release",
-            "publish",
-            hanging.to_str().unwrap(),
-            "--version",
-            "0.4.0",
-            "--json",
-        ],
-    ));
+    let hanging_release = ok(publish(&fleet.nodes[0], &hanging, "0.4.0"));
     // Fetched ahead: the cloud, which alone holds it, stops for its own trial at once.
     ok(run_on(
         &fleet.nodes[2],
@@ -417,12 +369,10 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             hanging_release["artifact"].as_str().unwrap(),
         ],
     ));
-    ok(run_on(
+    roll_out(
         &fleet.nodes[0],
+        "0.4.0",
         &[
-            "release",
-            "rollout",
-            "0.4.0",
             "--stages",
             "100%",
             "--abort-failures",
@@ -430,7 +380,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
             "--trial",
             "60s",
         ],
-    ));
+    );
     let e2 = root.join("e2");
     wait_until(
         "e2 is trying release 0.4.0",

@@ -101,23 +101,8 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
     let started = Instant::now();
     let stored = start_rollout(&cloud, &file, &["--stages", "1,100%"]);
     assert_eq!(stored["version"], 2);
-    let mut status = Value::Null;
-    wait_until(
-        "the rollout of version 2 aborts",
-        Duration::from_secs(30),
-        || {
-            status = rollout_status(&cloud);
-            status["status"]["state"] == "aborted"
-        },
-    );
+    let (status, canary) = aborted_at_the_canary(&cloud, "the rollout of version 2 aborts", 30);
     eprintln!("failing canary to aborted: {:?}", started.elapsed());
-    let canary = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["stage"] == 0)
-        .unwrap()
-        .clone();
     assert_eq!(canary["report"]["state"], "failed", "{status}");
     assert!(
         canary["report"]["reason"]
@@ -304,23 +289,9 @@ fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
             "critical",
         ],
     ));
-    let mut status = Value::Null;
-    wait_until(
-        "the alert on the canary aborts the rollout",
-        Duration::from_secs(60),
-        || {
-            status = rollout_status(&cloud);
-            status["status"]["state"] == "aborted"
-        },
-    );
+    let (status, canary) =
+        aborted_at_the_canary(&cloud, "the alert on the canary aborts the rollout", 60);
     eprintln!("alert on the canary to aborted: {:?}", started.elapsed());
-    let canary = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["stage"] == 0)
-        .unwrap()
-        .clone();
     let reason = canary["report"]["reason"].as_str().unwrap_or_default();
     assert_eq!(canary["report"]["state"], "failed", "{status}");
     assert!(
@@ -421,4 +392,22 @@ fn wall_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Waits (`what`, up to `secs`) until the rollout of `probe` is aborted as `node` sees it;
+/// its status and the canary's row.
+fn aborted_at_the_canary(node: &Running, what: &str, secs: u64) -> (Value, Value) {
+    let mut status = Value::Null;
+    wait_until(what, Duration::from_secs(secs), || {
+        status = rollout_status(node);
+        status["status"]["state"] == "aborted"
+    });
+    let canary = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["stage"] == 0)
+        .unwrap()
+        .clone();
+    (status, canary)
 }

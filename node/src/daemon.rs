@@ -421,7 +421,7 @@ async fn run(
     });
     let alerting = tokio::spawn(crate::ops::alerts::driver::run(
         state.clone(),
-        alerts,
+        alerts.clone(),
         crate::ops::alerts::driver::DriverConfig {
             interval: alerts_every,
             local: local_rules,
@@ -442,6 +442,7 @@ async fn run(
         sync: sync.clone(),
         artifacts: state.artifacts.clone(),
         mesh: mesh.clone(),
+        alerts: alerts.clone(),
     };
     let release_changes = changes.mesh_changes();
     let releases = tokio::spawn(async move {

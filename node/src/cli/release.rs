@@ -33,8 +33,9 @@ pub enum ReleaseCommand {
     /// it, checks it against the signed SHA-256, tries it beside its installed binary and
     /// keeps it only if it comes up healthy within `--trial`; otherwise it returns to the
     /// binary it ran and reports the release failed, which aborts the rollout by its
-    /// criteria. The gate is health over `--gate-soak` (default 30s); `--gate-runs` defaults
-    /// to 0 here.
+    /// criteria. The gate is health over `--gate-soak` (default 30s here, not 1m), and with
+    /// `--gate-alerts` no alert of that severity since the switch; `--gate-runs` defaults to 0
+    /// here (a binary has no runs of its own).
     #[command(disable_version_flag = true)]
     Rollout {
         version: String,

@@ -36,6 +36,8 @@ pub struct Agent {
     pub sync: SyncHandle,
     pub artifacts: Artifacts,
     pub mesh: mesh::net::driver::MeshHandle,
+    /// The node's alerts, for a rollout gated on them (`--gate-alerts`).
+    pub alerts: crate::ops::alerts::AlertsHandle,
 }
 
 /// Runs until the node should stop for a swap, which the returned request describes; a trial
@@ -131,6 +133,11 @@ async fn step(
     let admitted = facts.decision.admitted.contains(&agent.node_id)
         || facts.decision.status == Status::Completed;
     let now = crate::node::now_ms();
+    let since_ms = previous
+        .as_ref()
+        .map(|r| r.since_ms)
+        .filter(|s| *s > 0 && on_new)
+        .unwrap_or(switched_ms);
     let next = match trial_failure {
         Some(reason)
             if previous
@@ -157,13 +164,13 @@ async fn step(
                 cannot_run: None,
                 runs: 0,
                 failures: 0,
-                since_ms: previous
-                    .as_ref()
-                    .map(|r| r.since_ms)
-                    .filter(|s| *s > 0 && on_new)
-                    .unwrap_or(switched_ms),
+                since_ms,
                 fetching: admitted && !aborted && !on_new,
-                alerts: Vec::new(),
+                alerts: if on_new {
+                    agent.alerts.fired_since(since_ms, plan.gate.alerts)
+                } else {
+                    Vec::new()
+                },
             },
             previous.as_ref(),
             aborted,

@@ -297,6 +297,33 @@ fn the_web_view_shows_the_fleet_live_in_a_real_browser() {
         json!(true),
         "where the version runs"
     );
+    // A staged rollout of a second version shows where it stands, node by node.
+    let second = tmp.path().join("probe-v2.yaml");
+    std::fs::write(
+        &second,
+        "id: probe\ndescription: second\ntrigger: {every: 1s}\nsteps:\n  - id: read\n    agent: sensor\n    config: {seed: 4}\n",
+    )
+    .unwrap();
+    ok(run_on(
+        &a,
+        &[
+            "rollout",
+            "start",
+            "probe",
+            "--file",
+            second.to_str().unwrap(),
+            "--stages",
+            "1,100%",
+            "--gate-soak",
+            "10m",
+        ],
+    ));
+    wait_in_page(
+        &mut browser,
+        "the rollout's progress",
+        Duration::from_secs(20),
+        "document.querySelector('#workflows [data-rollout=\"probe@2\"]')?.innerText.includes('running, stage 1 of 2')",
+    );
     assert_eq!(
         browser.eval("Number(document.querySelector('#node svg.plot[data-title=\"CPU\"]').dataset.points) > 0"),
         json!(true),

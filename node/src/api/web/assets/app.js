@@ -271,7 +271,28 @@ function versionsRunning(runs, registry) {
     .join("; ");
 }
 
-function drawWorkflows(workflows, results, fleet, registry) {
+// A staged rollout in words: "rollout probe@2: running, stage 1 of 2 · bravo active, charlie pending".
+function rolloutLine(rollout) {
+  if (!rollout || rollout.error) return null;
+  const st = rollout.status || {};
+  const stages = (rollout.stage_sizes || []).length;
+  const where =
+    st.state === "running" ? `running, stage ${st.stage + 1} of ${stages}`
+    : st.state === "paused" ? `paused at stage ${st.stage + 1} of ${stages}`
+    : st.state === "aborted" ? `aborted: ${st.reason}`
+    : st.state;
+  const nodes = (rollout.nodes || [])
+    .map((n) => `${n.name || short(n.node)} ${n.report ? n.report.state : "no report"}`)
+    .join(", ");
+  return h(
+    "p",
+    { class: "muted", "data-rollout": rollout.rollout },
+    `rollout ${rollout.rollout} (version ${rollout.version} from ${rollout.baseline}): ${where}`,
+    nodes ? ` · ${nodes}` : "",
+  );
+}
+
+function drawWorkflows(workflows, results, fleet, registry, rollouts) {
   const body = document.querySelector("#workflows .body");
   if (workflows?.error) return body.replaceChildren(h("p", { class: "error" }, workflows.error));
   const runs = Array.isArray(results) ? results : [];
@@ -314,6 +335,7 @@ function drawWorkflows(workflows, results, fleet, registry) {
         w.description ? h("p", { class: "muted" }, w.description) : null,
         h("p", { class: "muted" }, `${mine.length} runs here in the last hour; ${fleetRuns} runs (${fleetFailures} failed) in the rollups held here`),
         mine.length ? h("p", { class: "muted", "data-versions": "" }, `running: ${versionsRunning(mine, registry)}`) : null,
+        rolloutLine(rollouts?.[w.id]),
         h(
           "div",
           { class: "plots" },
@@ -448,7 +470,14 @@ async function draw() {
     }
     drawFleet(registry, peers, hierarchy, fleet);
     drawAlerts(alerts);
-    drawWorkflows(workflows, results, fleet, registry);
+    // Workflows whose version in effect is rolled out in stages: where each rollout stands.
+    const staged = Array.isArray(workflows)
+      ? workflows.filter((w) => w.rollout)
+      : [];
+    const rollouts = Object.fromEntries(
+      await Promise.all(staged.map(async (w) => [w.id, await maybe(`/rollouts/${encodeURIComponent(w.id)}`)])),
+    );
+    drawWorkflows(workflows, results, fleet, registry, rollouts);
     drawNode(health, resources, peers);
     document.body.dataset.drawn = String(Date.now());
     // For measuring: how long the first whole view took from the start of navigation.

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crdt_store::docs::rollout::Status;
 use mesh::proto::wire::Message;
 
 /// The kinds of frame, for traffic counts.
@@ -191,6 +192,32 @@ pub struct Report {
     pub store_failures: u64,
     /// Broken stores that reopened themselves while their node ran.
     pub store_reopens: u64,
+    /// How the scenario's staged rollout ended, as the first live node decided it (every node
+    /// must decide alike); `None` without one, or when no node holds its plan.
+    pub rollout: Option<RolloutOutcome>,
+}
+
+/// A rollout's status in words.
+pub fn rollout_status(status: &Status) -> String {
+    match status {
+        Status::Running { stage } => format!("running at stage {stage}"),
+        Status::Paused { stage } => format!("paused at stage {stage}"),
+        Status::Completed => "completed".to_owned(),
+        Status::Aborted { reason } => format!("aborted ({reason})"),
+    }
+}
+
+/// Where a staged rollout stands at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOutcome {
+    /// Running, paused, completed or aborted.
+    pub status: Status,
+    /// Nodes that run the new version.
+    pub admitted: usize,
+    /// Nodes the rollout targets (every node in the registry).
+    pub targets: usize,
+    /// Pauses, resumes and aborts stored.
+    pub controls: usize,
 }
 
 impl Report {
@@ -239,6 +266,16 @@ impl Report {
                 w,
                 "storage: {} failed operations broke a store · {} stores reopened themselves",
                 self.store_failures, self.store_reopens
+            );
+        }
+        if let Some(r) = &self.rollout {
+            let _ = writeln!(
+                w,
+                "rollout: {} · {} of {} nodes admitted · {} controls",
+                rollout_status(&r.status),
+                r.admitted,
+                r.targets,
+                r.controls
             );
         }
         let _ = writeln!(w, "\nfaults");

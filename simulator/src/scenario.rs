@@ -36,6 +36,10 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "hierarchy-500",
         include_str!("../scenarios/hierarchy-500.toml"),
     ),
+    (
+        "rollout-partition",
+        include_str!("../scenarios/rollout-partition.toml"),
+    ),
 ];
 
 /// The scenarios the CI sweep runs over many seeds, at small node counts.
@@ -47,6 +51,7 @@ pub const STANDARD: &[&str] = &[
     "aggregator-crash",
     "site-split",
     "disk-faults",
+    "rollout-partition",
 ];
 
 /// Why a scenario could not be loaded.
@@ -241,6 +246,8 @@ pub struct WorkloadSpec {
     pub result_every: Option<Dur>,
     /// Mean interval between each node's rewrite of its own registry entry.
     pub registry_every: Option<Dur>,
+    /// One staged rollout of a workflow, decided by every node from its own store.
+    pub rollout: Option<RolloutSpec>,
 }
 
 impl Default for WorkloadSpec {
@@ -250,6 +257,39 @@ impl Default for WorkloadSpec {
             workflows: 3,
             result_every: None,
             registry_every: None,
+            rollout: None,
+        }
+    }
+}
+
+/// A staged rollout (`[workload.rollout]`): at `start` one node writes a new version of a
+/// workflow with a plan (one canary, then half, then all, each gated by runs and soak time);
+/// from then on every node decides the rollout from the plan, controls and reports its own
+/// store holds, and reports what it runs in its own registry entry, as a node's scheduler does.
+/// Some nodes' runs of the new version fail, and random nodes pause, resume or abort it now
+/// and then: the decision must come out the same on every node once the facts have spread.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSpec {
+    /// When the plan is written (the nodes are up by then).
+    pub start: Dur,
+    /// Mean interval between each node's decision and report.
+    pub report_every: Dur,
+    /// Mean interval between pauses, resumes and aborts, mesh-wide, each by a random live
+    /// node (absent: none).
+    pub control_every: Option<Dur>,
+    /// Share of the nodes whose runs of the new version fail, percent (which ones depends on
+    /// the seed).
+    pub failing_percent: u8,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            start: Dur(Duration::from_secs(2)),
+            report_every: Dur(Duration::from_secs(2)),
+            control_every: None,
+            failing_percent: 0,
         }
     }
 }
@@ -498,6 +538,17 @@ impl Scenario {
         }
         if self.workload.workflows == 0 {
             return Err("`workload.workflows` must be at least 1".into());
+        }
+        if let Some(r) = &self.workload.rollout {
+            if r.start.0 >= self.quiet_from() {
+                return Err("`workload.rollout.start` is inside the quiet tail (`settle`)".into());
+            }
+            if r.report_every.0.is_zero() || r.control_every.is_some_and(|c| c.0.is_zero()) {
+                return Err("`workload.rollout` intervals must be positive".into());
+            }
+            if r.failing_percent > 100 {
+                return Err("`workload.rollout.failing_percent` must be at most 100".into());
+            }
         }
         for (i, f) in self.faults.iter().enumerate() {
             let at = |what: &str| format!("fault {} ({:?} at {}): {what}", i + 1, f.kind, f.at);

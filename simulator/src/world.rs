@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crdt_store::docs::rollout::{
+    self, Action, Control, Decision, Gate, NodeState, Plan, RolloutControls, SignedControl, Stage,
+    Status,
+};
 use crdt_store::fault::{FaultPlan, FaultyBackend, InjectedFault};
 use crdt_store::{
     ChangeTime, DocName, MERGE_HEADS_EVERY, MeshRegistry, NodeEntry, REOPEN_BACKOFF_MAX,
@@ -26,7 +30,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::net::{Conn, Cut, End, Model, Net};
-use crate::report::{Heal, Kind, NodeTraffic, Reelection, Report, Violation};
+use crate::report::{Heal, Kind, NodeTraffic, Reelection, Report, RolloutOutcome, Violation};
 use crate::scenario::{Aggregation, FaultKind, FaultSpec, GroupBy, Scenario, StorageError};
 
 /// The mesh id of every simulated store.
@@ -47,6 +51,10 @@ const SPIN_LIMIT: u32 = 100;
 const START_RETRY: Duration = Duration::from_secs(1);
 /// A storage fault hits one of a node's next this many writes to its disk.
 const STORAGE_FAULT_WITHIN: u64 = 8;
+/// The workflow that `[workload.rollout]` rolls out in stages (apart from the edited ones).
+const ROLLED_WORKFLOW: &str = "rolled";
+/// How long the writer of the rollout's plan waits before trying again when it could not.
+const ROLLOUT_START_RETRY: Duration = Duration::from_secs(1);
 
 /// A fault planted in the simulated network: one that no protocol survives, to check that the
 /// invariants catch it, or one that the protocol must heal.
@@ -182,6 +190,15 @@ enum Ev {
         label: String,
     },
     WorkflowEdit,
+    /// A node writes the rollout's plan.
+    RolloutStart,
+    /// A node decides the rollout from its store and reports what it runs.
+    RolloutTick {
+        node: usize,
+        inc: u32,
+    },
+    /// A random node pauses, resumes or aborts the rollout.
+    RolloutControl,
     ResultAppend {
         node: usize,
         inc: u32,
@@ -371,6 +388,77 @@ pub struct World {
     /// Storage operations that failed (a store broke), and successful reopens.
     store_failures: u64,
     store_reopens: u64,
+    /// The decision taken from each pair of heads (registry, rolled workflow) a node decided
+    /// from, and the first node that took it: whoever holds the same facts decides alike.
+    rollout_decisions: BTreeMap<(HeadsDigest, HeadsDigest), (RolloutView, usize)>,
+    rollout_outcome: Option<RolloutOutcome>,
+}
+
+/// What a node decides of the rollout: its status and who runs the new version.
+type RolloutView = (Status, BTreeSet<String>);
+
+/// The rollout's facts as one node's store holds them, and its decision.
+struct RolloutFacts {
+    plan: Plan,
+    controls: Vec<Control>,
+    reports: BTreeMap<String, rollout::Report>,
+    decision: Decision,
+}
+
+impl RolloutFacts {
+    /// Reads the facts from a node's store; `None` before the plan reached it. Controls are
+    /// taken as they are stored: a real node verifies each one's signature and its author's
+    /// `control` role first (`node::run::rollout::obey`, tested there); what is checked here is
+    /// that the decision converges, so the simulated controls are unsigned.
+    fn read(store: &mut Store) -> crdt_store::Result<Option<RolloutFacts>> {
+        let name = rolled_name();
+        let doc: WorkflowDoc = store.read(&name)?;
+        let Some(plan) = doc.rollout.clone().filter(|p| p.version == doc.version) else {
+            return Ok(None);
+        };
+        let registry: MeshRegistry = store.read(&DocName::Mesh)?;
+        let stored: RolloutControls = store.read(&name)?;
+        let targets: BTreeSet<String> = registry.nodes.keys().cloned().collect();
+        let reports: BTreeMap<String, rollout::Report> = registry
+            .nodes
+            .iter()
+            .filter_map(|(id, entry)| {
+                let text = entry.rollouts.get(ROLLED_WORKFLOW)?;
+                let report: rollout::Report = serde_json::from_str(text).ok()?;
+                (report.rollout == plan.id).then(|| (id.clone(), report))
+            })
+            .collect();
+        let controls: Vec<Control> = stored
+            .controls
+            .values()
+            .filter_map(|text| serde_json::from_str::<SignedControl>(text).ok())
+            .filter(|signed| signed.rollout == plan.id)
+            .map(|signed| signed.control)
+            .collect();
+        let decision = rollout::decide(&plan, &controls, &targets, &reports);
+        Ok(Some(RolloutFacts {
+            plan,
+            controls,
+            reports,
+            decision,
+        }))
+    }
+
+    fn aborted(&self) -> bool {
+        matches!(self.decision.status, Status::Aborted { .. })
+    }
+
+    /// The stage the rollout is at, as a control's author records it.
+    fn stage(&self) -> usize {
+        match self.decision.status {
+            Status::Running { stage } | Status::Paused { stage } => stage,
+            Status::Completed | Status::Aborted { .. } => self.plan.stages.len().saturating_sub(1),
+        }
+    }
+
+    fn view(&self) -> RolloutView {
+        (self.decision.status.clone(), self.decision.admitted.clone())
+    }
 }
 
 impl World {
@@ -462,6 +550,8 @@ impl World {
             last_fault_end: Duration::ZERO,
             store_failures: 0,
             store_reopens: 0,
+            rollout_decisions: BTreeMap::new(),
+            rollout_outcome: None,
         };
         let gateways = world.sc.cloud.as_ref().map(|c| c.gateways_per_segment);
         for (s, seg) in segments.iter().enumerate() {
@@ -497,6 +587,14 @@ impl World {
         if let Some(every) = world.sc.workload.workflow_edit_every {
             let first = world.exp(every.0);
             world.schedule(first, Ev::WorkflowEdit);
+        }
+        if let Some(spec) = world.sc.workload.rollout.clone() {
+            world.common_docs.push(doc_bytes(&rolled_name()));
+            world.schedule(spec.start.0, Ev::RolloutStart);
+            if let Some(every) = spec.control_every {
+                let first = spec.start.0 + world.exp(every.0);
+                world.schedule(first, Ev::RolloutControl);
+            }
         }
         world
     }
@@ -753,6 +851,9 @@ impl World {
                 self.healed(label);
             }
             Ev::WorkflowEdit => self.workflow_edit(),
+            Ev::RolloutStart => self.rollout_start(),
+            Ev::RolloutTick { node, inc } => self.rollout_tick(node, inc),
+            Ev::RolloutControl => self.rollout_control(),
             Ev::ResultAppend { node, inc } => self.result_append(node, inc),
             Ev::RegistryWrite { node, inc } => {
                 if self.is_live(node, inc) {
@@ -923,6 +1024,12 @@ impl World {
             let at = self.now + self.exp(every.0);
             if at < quiet {
                 self.schedule(at, Ev::RegistryWrite { node: i, inc });
+            }
+        }
+        if let Some(every) = self.sc.workload.rollout.as_ref().map(|r| r.report_every) {
+            let at = self.now + self.exp(every.0);
+            if at < quiet {
+                self.schedule(at, Ev::RolloutTick { node: i, inc });
             }
         }
         if self.sc.store.retention.is_some() {
@@ -2426,20 +2533,284 @@ impl World {
             ..NodeEntry::default()
         };
         let id = node.id.clone();
+        // Rollout reports are the scheduler's, and a `failed` one is final: rewriting the entry
+        // keeps them, as the node does.
+        let kept = |registry: &MeshRegistry, entry: NodeEntry| NodeEntry {
+            rollouts: registry
+                .nodes
+                .get(&id)
+                .map(|e| e.rollouts.clone())
+                .unwrap_or_default(),
+            ..entry
+        };
         let written = self.store_op(i, "registry write", |store| {
             if at_start {
                 let registry: MeshRegistry = store.read(&DocName::Mesh)?;
-                if registry.holds(&id, &entry) {
+                if registry.holds(&id, &kept(&registry, entry.clone())) {
                     return Ok(());
                 }
             }
-            store.update::<MeshRegistry, _>(&DocName::Mesh, |m| m.write_entry(&id, entry, now_ms))
+            store.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                let entry = kept(m, entry);
+                m.write_entry(&id, entry, now_ms)
+            })
         });
         // A node whose disk fails as it starts writes its entry once the store serves again.
         if written.is_none() && at_start {
             self.nodes[i].registry_owed = true;
         }
         self.drain_changes(i);
+    }
+
+    /// A random live node writes the rolled workflow's first version, then the next one with
+    /// its rollout plan, as `rhizome rollout start` does (unsigned: see [`RolloutFacts::read`]).
+    fn rollout_start(&mut self) {
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive() && self.nodes[i].segment.is_some())
+            .collect();
+        let written = match alive.choose(&mut self.rng) {
+            Some(&i) => self.write_rollout_plan(i),
+            None => false,
+        };
+        if written {
+            self.note_write();
+        } else if self.now + ROLLOUT_START_RETRY < self.sc.quiet_from() {
+            self.schedule(self.now + ROLLOUT_START_RETRY, Ev::RolloutStart);
+        }
+    }
+
+    fn write_rollout_plan(&mut self, i: usize) -> bool {
+        let step = |version: u64| StepDef {
+            agent: "transform".into(),
+            config: format!("{{\"version\":{version}}}"),
+            ..StepDef::default()
+        };
+        let first = WorkflowDoc {
+            id: ROLLED_WORKFLOW.into(),
+            version: 1,
+            description: "rolled out in stages".into(),
+            trigger: "every 10s".into(),
+            steps: BTreeMap::from([("s0".to_owned(), step(1))]),
+            updated_by: self.nodes[i].id.clone(),
+            updated_ms: EPOCH_MS + self.now.as_millis() as i64,
+            ..WorkflowDoc::default()
+        };
+        let next = WorkflowDoc {
+            version: 2,
+            steps: BTreeMap::from([("s0".to_owned(), step(2))]),
+            rollout: Some(rollout_plan()),
+            ..first.clone()
+        };
+        let written = self.store_op(i, "starting the rollout", |store| {
+            store.update::<WorkflowDoc, _>(&rolled_name(), |w| *w = first)?;
+            store.update::<WorkflowDoc, _>(&rolled_name(), |w| *w = next)
+        });
+        self.drain_changes(i);
+        written.is_some()
+    }
+
+    /// Node `i` decides the rollout from its own store and reports what it runs in its own
+    /// registry entry when that says something new, as the node's scheduler does.
+    fn rollout_tick(&mut self, i: usize, inc: u32) {
+        if !self.is_live(i, inc) {
+            return;
+        }
+        if let Some(every) = self.sc.workload.rollout.as_ref().map(|r| r.report_every) {
+            let at = self.now + self.exp(every.0);
+            if at < self.sc.quiet_from() {
+                self.schedule(at, Ev::RolloutTick { node: i, inc });
+            }
+        }
+        let Some(facts) = self.rollout_facts(i) else {
+            return;
+        };
+        let id = self.nodes[i].id.clone();
+        let runs_new =
+            facts.decision.admitted.contains(&id) || facts.decision.status == Status::Completed;
+        let failing = self.rollout_failing(i);
+        let now_ms = EPOCH_MS + self.now.as_millis() as i64;
+        let previous = facts.reports.get(&id);
+        let next = next_report(
+            &facts.plan,
+            previous,
+            runs_new,
+            failing,
+            facts.aborted(),
+            now_ms,
+        );
+        if !news(&facts.plan, previous, &next) {
+            return;
+        }
+        let text = serde_json::to_string(&next).expect("a report encodes");
+        let written = self.store_op(i, "writing a rollout report", |store| {
+            store.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                m.nodes
+                    .get_mut(&id)
+                    .map(|entry| entry.rollouts.insert(ROLLED_WORKFLOW.to_owned(), text))
+                    .is_some()
+            })
+        });
+        if written == Some(true) {
+            self.note_write();
+        }
+        self.drain_changes(i);
+    }
+
+    /// A random live node pauses the rollout, resumes it (lifting the pauses it sees) or, now
+    /// and then, aborts it, as an operator on a control node would.
+    fn rollout_control(&mut self) {
+        if let Some(every) = self
+            .sc
+            .workload
+            .rollout
+            .as_ref()
+            .and_then(|r| r.control_every)
+        {
+            let at = self.now + self.exp(every.0);
+            if at < self.sc.quiet_from() {
+                self.schedule(at, Ev::RolloutControl);
+            }
+        }
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive())
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        let i = alive[self.rng.gen_range(0..alive.len())];
+        let roll = self.rng.gen_range(0..10);
+        // As `rhizome rollout pause|resume|abort`: nothing to control before the plan arrives
+        // or once the rollout is aborted.
+        let Some(facts) = self.rollout_facts(i).filter(|f| !f.aborted()) else {
+            return;
+        };
+        let lifted: BTreeSet<&str> = facts
+            .controls
+            .iter()
+            .filter(|c| c.action == Action::Resume)
+            .flat_map(|c| c.seen.iter().map(String::as_str))
+            .collect();
+        let paused = facts
+            .controls
+            .iter()
+            .any(|c| c.action == Action::Pause && !lifted.contains(c.id.as_str()));
+        let action = match roll {
+            0 => Action::Abort,
+            _ if paused => Action::Resume,
+            _ => Action::Pause,
+        };
+        let at_ms = EPOCH_MS + self.now.as_millis() as i64;
+        let by = self.nodes[i].id.clone();
+        let control = Control {
+            id: format!("{by}-{at_ms}"),
+            action,
+            stage: facts.stage(),
+            seen: facts.controls.iter().map(|c| c.id.clone()).collect(),
+            by,
+            at_ms,
+        };
+        let id = control.id.clone();
+        let text = serde_json::to_string(&SignedControl {
+            rollout: facts.plan.id.clone(),
+            control,
+            author_cert: String::new(),
+            signature: String::new(),
+        })
+        .expect("a control encodes");
+        let written = self.store_op(i, "writing a rollout control", |store| {
+            store.update::<RolloutControls, _>(&rolled_name(), |c| {
+                c.controls.insert(id, text);
+            })
+        });
+        if written.is_some() {
+            self.note_write();
+        }
+        self.drain_changes(i);
+    }
+
+    /// Whether node `i`'s runs of the new version fail: a share of the nodes that depends on
+    /// the seed, and not on the order random numbers are drawn in.
+    fn rollout_failing(&self, i: usize) -> bool {
+        let percent = self
+            .sc
+            .workload
+            .rollout
+            .as_ref()
+            .map_or(0, |r| r.failing_percent);
+        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self
+            .opts
+            .seed
+            .to_le_bytes()
+            .iter()
+            .chain(self.nodes[i].id.as_bytes())
+        {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash % 100 < u64::from(percent)
+    }
+
+    /// The rollout's facts in node `i`'s store and its decision, once the plan reached it.
+    /// Whoever holds the same heads of the registry and the workflow must decide alike.
+    fn rollout_facts(&mut self, i: usize) -> Option<RolloutFacts> {
+        self.drain_changes(i);
+        let facts = self
+            .store_op(i, "reading the rollout's facts", RolloutFacts::read)
+            .flatten()?;
+        let digest = |doc: DocId| self.nodes[i].digests.get(&doc).copied().unwrap_or(ABSENT);
+        let heads = (
+            digest(doc_bytes(&DocName::Mesh)),
+            digest(doc_bytes(&rolled_name())),
+        );
+        let view = facts.view();
+        self.check("an aborted rollout admits nobody");
+        let abort_control = facts.controls.iter().any(|c| c.action == Action::Abort);
+        if (facts.aborted() && !view.1.is_empty()) || (abort_control && !facts.aborted()) {
+            let detail = format!(
+                "{} decides {} with {} controls, an abort among them: {abort_control}",
+                self.nodes[i].name,
+                self.describe_view(&view),
+                facts.controls.len()
+            );
+            self.violate("an aborted rollout admits nobody", detail);
+        }
+        self.check("nodes holding the same facts decide the rollout alike");
+        match self.rollout_decisions.get(&heads).cloned() {
+            None => {
+                self.rollout_decisions.insert(heads, (view, i));
+            }
+            Some((first, by)) if first != view => {
+                let detail = format!(
+                    "{} decides {} from the same registry and workflow heads as {}, which \
+                     decided {}",
+                    self.nodes[i].name,
+                    self.describe_view(&view),
+                    self.nodes[by].name,
+                    self.describe_view(&first)
+                );
+                self.violate(
+                    "nodes holding the same facts decide the rollout alike",
+                    detail,
+                );
+            }
+            Some(_) => {}
+        }
+        Some(facts)
+    }
+
+    /// A decision in words, with node names rather than ids.
+    fn describe_view(&self, (status, admitted): &RolloutView) -> String {
+        let status = crate::report::rollout_status(status);
+        let names: Vec<String> = admitted
+            .iter()
+            .map(|id| {
+                self.by_id
+                    .get(id)
+                    .map_or_else(|| id.clone(), |&k| self.nodes[k].name.clone())
+            })
+            .collect();
+        format!("{status}, admitting [{}]", names.join(" "))
     }
 
     /// Folds the registry's heads into one when it has many and this node aggregates a zone,
@@ -2609,6 +2980,9 @@ impl World {
         for k in 0..self.sc.workload.workflows {
             docs.push((doc_bytes(&workflow_name(k)), workflow_name(k).to_string()));
         }
+        if self.sc.workload.rollout.is_some() {
+            docs.push((doc_bytes(&rolled_name()), rolled_name().to_string()));
+        }
         for (doc, name) in &docs {
             let mut by_digest: BTreeMap<HeadsDigest, Vec<usize>> = BTreeMap::new();
             for &i in &live {
@@ -2730,6 +3104,9 @@ impl World {
         if self.sc.aggregation == Aggregation::Election {
             self.check_elections(&live);
         }
+        if self.sc.workload.rollout.is_some() {
+            self.check_rollout(&live);
+        }
         for &i in &live {
             self.check_shares_agree(i, true);
         }
@@ -2790,6 +3167,57 @@ impl World {
             }
         }
         let _ = PeerState::Connected;
+    }
+
+    /// Liveness of the rollout: once the facts have spread, every live node decides it alike
+    /// (the same status and the same nodes admitted), whichever side of which partition it
+    /// decided on before.
+    fn check_rollout(&mut self, live: &[usize]) {
+        let mut views: Vec<(Option<RolloutView>, Vec<usize>)> = Vec::new();
+        let mut outcome = None;
+        for &i in live {
+            if self.nodes[i]
+                .store
+                .as_ref()
+                .is_none_or(|s| s.broken().is_some())
+            {
+                continue;
+            }
+            let facts = self.rollout_facts(i);
+            let view = facts.as_ref().map(RolloutFacts::view);
+            if let Some(f) = facts.as_ref().filter(|_| outcome.is_none()) {
+                outcome = Some(RolloutOutcome {
+                    status: f.decision.status.clone(),
+                    admitted: f.decision.admitted.len(),
+                    targets: f.decision.order.len(),
+                    controls: f.controls.len(),
+                });
+            }
+            match views.iter_mut().find(|(v, _)| *v == view) {
+                Some((_, nodes)) => nodes.push(i),
+                None => views.push((view, vec![i])),
+            }
+        }
+        self.rollout_outcome = outcome;
+        self.check("every node decides the rollout alike");
+        if views.len() > 1 {
+            let sides: Vec<String> = views
+                .iter()
+                .map(|(view, nodes)| {
+                    let decided = view
+                        .as_ref()
+                        .map_or("holds no plan".to_owned(), |v| self.describe_view(v));
+                    format!("{}: {decided}", self.names(nodes))
+                })
+                .collect();
+            let detail = format!(
+                "{} different decisions {} after the last fault and write: {}",
+                views.len(),
+                crate::report::human(self.now.saturating_sub(self.quiet_point())),
+                sides.join(" | ")
+            );
+            self.violate("every node decides the rollout alike", detail);
+        }
     }
 
     /// Connected components, over connections both ends consider in use, of the live nodes
@@ -3009,6 +3437,7 @@ impl World {
             quiet_from: self.sc.quiet_from(),
             store_failures: self.store_failures,
             store_reopens: self.store_reopens,
+            rollout: self.rollout_outcome,
         }
     }
 }
@@ -3056,6 +3485,97 @@ fn zone_within(zone: &str, ancestor: &str) -> bool {
 
 fn workflow_name(k: usize) -> DocName {
     DocName::workflow(&format!("wf-{k}")).expect("a valid workflow id")
+}
+
+fn rolled_name() -> DocName {
+    DocName::workflow(ROLLED_WORKFLOW).expect("a valid workflow id")
+}
+
+/// The plan of `[workload.rollout]`: one canary, then half, then every node; a stage passes
+/// once each of its nodes ran the new version three times, all but one in ten successfully,
+/// for eight seconds; half the nodes that took it failing aborts it. Slow enough that stages
+/// pass while the mesh is split.
+fn rollout_plan() -> Plan {
+    Plan {
+        id: format!("{ROLLED_WORKFLOW}@2"),
+        version: 2,
+        baseline: 1,
+        stages: vec![Stage::Nodes(1), Stage::Percent(50), Stage::Percent(100)],
+        gate: Gate {
+            min_runs: 3,
+            min_success_pct: 90,
+            soak_ms: 8_000,
+            ..Gate::default()
+        },
+        abort_failure_pct: 50,
+        max_concurrent: 0,
+    }
+}
+
+/// A simulated node's next report, as `node::run::rollout::next_report` makes it: one more run
+/// of the new version each time it decides while it runs it (each failing on a failing node),
+/// the baseline otherwise; a `failed` report is final, and a node that took the new version
+/// reports `rolled-back` once the rollout is aborted.
+fn next_report(
+    plan: &Plan,
+    previous: Option<&rollout::Report>,
+    runs_new: bool,
+    failing: bool,
+    aborted: bool,
+    now_ms: i64,
+) -> rollout::Report {
+    let switched = previous.filter(|r| r.version == plan.version && r.since_ms > 0);
+    let (runs, failures, since_ms) = match (runs_new, switched) {
+        (true, Some(r)) => (r.runs + 1, r.failures + u32::from(failing), r.since_ms),
+        (true, None) => (0, 0, now_ms),
+        (false, _) => previous.map_or((0, 0, 0), |r| (r.runs, r.failures, r.since_ms)),
+    };
+    let below_gate = runs >= plan.gate.min_runs.max(1)
+        && (runs - failures.min(runs)) * 100 < runs * u32::from(plan.gate.min_success_pct);
+    let (state, reason) = match previous.filter(|r| r.state == NodeState::Failed) {
+        Some(failed) => (NodeState::Failed, failed.reason.clone()),
+        None if runs_new && below_gate => (
+            NodeState::Failed,
+            Some(format!(
+                "{failures} of {runs} runs of version {} failed",
+                plan.version
+            )),
+        ),
+        None if runs_new => (NodeState::Active, None),
+        None if aborted && since_ms > 0 => (NodeState::RolledBack, None),
+        None => (NodeState::Pending, None),
+    };
+    rollout::Report {
+        rollout: plan.id.clone(),
+        version: if runs_new {
+            plan.version
+        } else {
+            plan.baseline
+        },
+        state,
+        runs,
+        failures,
+        since_ms,
+        at_ms: now_ms,
+        reason,
+        alerts: 0,
+    }
+}
+
+/// Whether a report tells the fleet something new, as `node::run::rollout::news` decides:
+/// runs beyond what the gate needs are not news.
+fn news(plan: &Plan, previous: Option<&rollout::Report>, next: &rollout::Report) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let soaked =
+        |r: &rollout::Report| r.since_ms > 0 && r.at_ms - r.since_ms >= plan.gate.soak_ms as i64;
+    previous.state != next.state
+        || previous.version != next.version
+        || previous.since_ms != next.since_ms
+        || previous.failures != next.failures
+        || previous.runs.min(plan.gate.min_runs) != next.runs.min(plan.gate.min_runs)
+        || soaked(previous) != soaked(next)
 }
 
 fn doc_bytes(name: &DocName) -> DocId {

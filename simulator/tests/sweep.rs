@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use crdt_store::docs::rollout::Status;
 use simulator::report::Kind;
 use simulator::scenario::{STANDARD, Scenario};
 use simulator::{Options, Plant, Report};
 
-/// Seeds per standard scenario; five scenarios make the 200-run sweep.
+/// Seeds per standard scenario (and the scenario's own seeds).
 const SWEEP_SEEDS: u64 = 40;
 
 fn run(scenario: &str, nodes: usize, seed: u64, plant: Option<Plant>) -> Report {
@@ -21,13 +22,14 @@ fn run(scenario: &str, nodes: usize, seed: u64, plant: Option<Plant>) -> Report 
 }
 
 /// Runs seeds 1..=SWEEP_SEEDS (and the scenario's own) and fails listing every failing replay
-/// command.
-fn sweep(scenario: &str) {
+/// command; returns every run's report.
+fn sweep(scenario: &str) -> Vec<Report> {
     let mut seeds: Vec<u64> = (1..=SWEEP_SEEDS).collect();
     seeds.extend(Scenario::load(scenario).unwrap().seeds);
     seeds.sort_unstable();
     seeds.dedup();
     let mut failures = Vec::new();
+    let mut reports = Vec::new();
     for seed in seeds {
         // Node counts vary with the seed so that odd and even meshes both run.
         let nodes = 4 + (seed % 3) as usize;
@@ -36,12 +38,14 @@ fn sweep(scenario: &str) {
             eprintln!("{}", report.render_text());
             failures.push(report.replay_command());
         }
+        reports.push(report);
     }
     assert!(
         failures.is_empty(),
         "failing runs:\n{}",
         failures.join("\n")
     );
+    reports
 }
 
 #[test]
@@ -78,6 +82,34 @@ fn sweep_site_split() {
 #[test]
 fn sweep_disk_faults() {
     sweep("disk-faults");
+}
+
+#[test]
+fn sweep_rollout_partition() {
+    let reports = sweep("rollout-partition");
+    // Agreement is only worth checking if the rollout goes somewhere: over the sweep it must
+    // end completed on some seeds, aborted on others, and be paused or resumed on some.
+    let ended = |pick: fn(&Status) -> bool| {
+        reports
+            .iter()
+            .filter(|r| r.rollout.as_ref().is_some_and(|o| pick(&o.status)))
+            .count()
+    };
+    let completed = ended(|s| *s == Status::Completed);
+    let aborted = ended(|s| matches!(s, Status::Aborted { .. }));
+    let controlled = reports
+        .iter()
+        .filter(|r| r.rollout.as_ref().is_some_and(|o| o.controls > 0))
+        .count();
+    assert!(
+        reports.iter().all(|r| r.rollout.is_some()),
+        "a run ended with no node holding the plan"
+    );
+    assert!(
+        completed > 0 && aborted > 0 && controlled > 0,
+        "{completed} completed, {aborted} aborted, {controlled} controlled of {} runs",
+        reports.len()
+    );
 }
 
 #[test]

@@ -2638,7 +2638,7 @@ impl World {
             facts.aborted(),
             now_ms,
         );
-        if !news(&facts.plan, previous, &next) {
+        if !rollout::news(&facts.plan, previous, &next) {
             return;
         }
         let text = serde_json::to_string(&next).expect("a report encodes");
@@ -3560,22 +3560,6 @@ fn next_report(
         reason,
         alerts: 0,
     }
-}
-
-/// Whether a report tells the fleet something new, as `node::run::rollout::news` decides:
-/// runs beyond what the gate needs are not news.
-fn news(plan: &Plan, previous: Option<&rollout::Report>, next: &rollout::Report) -> bool {
-    let Some(previous) = previous else {
-        return true;
-    };
-    let soaked =
-        |r: &rollout::Report| r.since_ms > 0 && r.at_ms - r.since_ms >= plan.gate.soak_ms as i64;
-    previous.state != next.state
-        || previous.version != next.version
-        || previous.since_ms != next.since_ms
-        || previous.failures != next.failures
-        || previous.runs.min(plan.gate.min_runs) != next.runs.min(plan.gate.min_runs)
-        || soaked(previous) != soaked(next)
 }
 
 fn doc_bytes(name: &DocName) -> DocId {

@@ -301,6 +301,23 @@ fn failed(plan: &Plan, report: Option<&Report>) -> bool {
             && success_pct(r) < u32::from(plan.gate.min_success_pct))
 }
 
+/// Whether a node's `next` report tells the fleet something its `previous` one did not: a new
+/// state, version or failure count, runs short of the gate's, or the soak time reached. Runs
+/// counted beyond what the gate needs are not news: the registry replicates to every node.
+pub fn news(plan: &Plan, previous: Option<&Report>, next: &Report) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let soaked = |r: &Report| r.since_ms > 0 && r.at_ms - r.since_ms >= plan.gate.soak_ms as i64;
+    previous.state != next.state
+        || previous.version != next.version
+        || previous.since_ms != next.since_ms
+        || previous.failures != next.failures
+        || previous.alerts != next.alerts
+        || previous.runs.min(plan.gate.min_runs) != next.runs.min(plan.gate.min_runs)
+        || soaked(previous) != soaked(next)
+}
+
 /// The rollout's state and who runs the new version, from the plan, the controls, the targets
 /// (from the registry) and the nodes' reports of this rollout.
 pub fn decide(

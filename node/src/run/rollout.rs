@@ -659,22 +659,6 @@ pub fn next_report(
     }
 }
 
-/// Whether `next` tells the fleet something `previous` did not: a new state, version or
-/// failure count, runs short of the gate's, or the soak time reached. Runs counted beyond what
-/// the gate needs are not news: the registry replicates to every node.
-pub(crate) fn news(plan: &Plan, previous: Option<&Report>, next: &Report) -> bool {
-    let Some(previous) = previous else {
-        return true;
-    };
-    let soaked = |r: &Report| r.since_ms > 0 && r.at_ms - r.since_ms >= plan.gate.soak_ms as i64;
-    previous.state != next.state
-        || previous.version != next.version
-        || previous.since_ms != next.since_ms
-        || previous.failures != next.failures
-        || previous.runs.min(plan.gate.min_runs) != next.runs.min(plan.gate.min_runs)
-        || soaked(previous) != soaked(next)
-}
-
 /// Writes this node's reports of the rollouts it takes part in into its registry entry, those
 /// that say something new.
 pub fn report(
@@ -701,7 +685,7 @@ pub fn report(
         let aborted = facts(store, &latest, &mesh_id, &trust_pem)?
             .is_some_and(|f| matches!(f.decision.status, core::Status::Aborted { .. }));
         let next = next_report(&st, previous.as_ref(), aborted, now);
-        if news(&st.plan, previous.as_ref(), &next) {
+        if core::news(&st.plan, previous.as_ref(), &next) {
             updates.insert(st.workflow.clone(), serde_json::to_string(&next)?);
         }
     }

@@ -177,7 +177,7 @@ async fn step(
             now,
         ),
     };
-    if crate::run::rollout::news(plan, previous.as_ref(), &next) {
+    if crdt_store::docs::rollout::news(plan, previous.as_ref(), &next) {
         write_report(&agent.store, &agent.node_id, &next).await?;
     }
     // The trial's outcome is in the fleet's hands now.

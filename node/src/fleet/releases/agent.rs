@@ -49,6 +49,7 @@ pub async fn run(agent: Agent, mut changes: tokio::sync::watch::Receiver<u64>) -
     let mut trial = swap::read_trial(&agent.dir);
     // Hashed when a release rollout first concerns this node, not at every start.
     let mut own_sha = None;
+    let mut verified = super::VerifiedReleases::default();
     let mut tick = tokio::time::interval(TICK);
     let mut fetch_failed_at: Option<String> = None;
     loop {
@@ -56,7 +57,7 @@ pub async fn run(agent: Agent, mut changes: tokio::sync::watch::Receiver<u64>) -
             _ = tick.tick() => {}
             changed = changes.changed() => if changed.is_err() { return std::future::pending().await },
         }
-        match step(&agent, &mut own_sha, &mut trial).await {
+        match step(&agent, &mut own_sha, &mut trial, &mut verified).await {
             Ok(Some(request)) => return request,
             Ok(None) => fetch_failed_at = None,
             Err(e) => {
@@ -70,11 +71,9 @@ pub async fn run(agent: Agent, mut changes: tokio::sync::watch::Receiver<u64>) -
     }
 }
 
-async fn registry(store: &StoreHandle) -> Result<MeshRegistry> {
-    Ok(store
-        .call(|s| s.read::<MeshRegistry>(&DocName::Mesh))
-        .recv()
-        .await?)
+/// The registry as the store last decoded it (decoded again only when it changed).
+async fn registry(store: &StoreHandle) -> Result<std::sync::Arc<MeshRegistry>> {
+    Ok(store.call(|s| s.registry()).recv().await?)
 }
 
 /// One look at the rollout: the report, and a swap when one is due.
@@ -82,9 +81,11 @@ async fn step(
     agent: &Agent,
     own_sha: &mut Option<String>,
     trial: &mut Option<Trial>,
+    verified: &mut super::VerifiedReleases,
 ) -> Result<Option<SwapRequest>> {
     let registry = registry(&agent.store).await?;
-    let Some(facts) = super::facts(&registry, &agent.mesh_id, &agent.trust.all()) else {
+    let releases = verified.update(&registry, &agent.mesh_id, &agent.trust.all());
+    let Some(facts) = super::facts(&registry, &releases) else {
         return Ok(None);
     };
     let own_sha: &str = match own_sha {

@@ -237,11 +237,53 @@ pub struct Facts {
     pub decision: Decision,
 }
 
-/// The facts of the release rollout in effect, if there is one. Every node of the mesh is a
-/// target: each runs the same binary.
-pub fn facts(registry: &MeshRegistry, mesh_id: &str, trust_pem: &str) -> Option<Facts> {
-    let (releases, _) = verified(registry, mesh_id, trust_pem);
-    let release = in_effect(&releases)?.clone();
+/// Release records as checked, kept by their text: a running node looks at the registry at
+/// every change of it, and a record's signature is verified once, not at every look.
+#[derive(Debug, Default)]
+pub struct VerifiedReleases {
+    /// The CAs the records were checked against: when they change, everything is checked again.
+    trust_pem: String,
+    /// By version: the record's text, and the release when it verified.
+    records: BTreeMap<String, (String, Option<Release>)>,
+}
+
+impl VerifiedReleases {
+    /// The releases of `registry` whose records verify, checking only records not seen before.
+    pub fn update(
+        &mut self,
+        registry: &MeshRegistry,
+        mesh_id: &str,
+        trust_pem: &str,
+    ) -> BTreeMap<String, Release> {
+        if self.trust_pem != trust_pem {
+            self.trust_pem = trust_pem.to_owned();
+            self.records.clear();
+        }
+        self.records
+            .retain(|version, _| registry.releases.contains_key(version));
+        for (version, text) in &registry.releases {
+            if self
+                .records
+                .get(version)
+                .is_some_and(|(seen, _)| seen == text)
+            {
+                continue;
+            }
+            let release = check(version, text, mesh_id, trust_pem).ok();
+            self.records
+                .insert(version.clone(), (text.clone(), release));
+        }
+        self.records
+            .iter()
+            .filter_map(|(version, (_, release))| Some((version.clone(), release.clone()?)))
+            .collect()
+    }
+}
+
+/// The facts of the release rollout in effect among the verified `releases`, if there is one.
+/// Every node of the mesh is a target: each runs the same binary.
+pub fn facts(registry: &MeshRegistry, releases: &BTreeMap<String, Release>) -> Option<Facts> {
+    let release = in_effect(releases)?.clone();
     let plan = release.rollout.clone()?;
     let targets: BTreeSet<String> = registry.nodes.keys().cloned().collect();
     let reports: BTreeMap<String, Report> = registry
@@ -314,7 +356,7 @@ pub fn status(registry: &MeshRegistry, mesh_id: &str, trust_pem: &str) -> Releas
             published_ms: r.published_ms,
         })
         .collect();
-    let rollout = facts(registry, mesh_id, trust_pem).map(|f| RolloutView {
+    let rollout = facts(registry, &releases).map(|f| RolloutView {
         version: f.release.version.clone(),
         stage_sizes: core::stage_sizes(&f.plan, f.targets.len()),
         trial_ms: f.release.trial_ms,

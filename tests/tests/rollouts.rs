@@ -69,14 +69,7 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
     let file = tmp.path().join("probe.yaml");
 
     // Version 1 everywhere at once.
-    std::fs::write(&file, workflow("first", None)).unwrap();
-    ok(run_on(
-        &cloud,
-        &["workflow", "apply", file.to_str().unwrap()],
-    ));
-    wait_until("every edge runs version 1", Duration::from_secs(20), || {
-        edges.iter().all(|e| version_here(e) == 1)
-    });
+    version_1_everywhere(&cloud, &edges, &file);
 
     // A rollout that is not permitted without a first version, and bad stages, are refused.
     let bad = run_on(
@@ -221,16 +214,7 @@ fn rollouts_stop_at_a_failing_canary_and_go_through_when_healthy() {
 #[test]
 fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
     let tmp = tempfile::tempdir().unwrap();
-    let _logs = LogsOnPanic(
-        ["cloud", "e1", "e2"]
-            .iter()
-            .map(|n| tmp.path().join(n))
-            .collect(),
-    );
-    let [cloud, e1, e2]: [Running; 3] =
-        cloud_and_site(tmp.path(), &["e1", "e2"], &["--tag", "sensor"])
-            .try_into()
-            .unwrap_or_else(|_| unreachable!());
+    let (_logs, [cloud, e1, e2]) = cloud_and_two_edges(tmp.path());
     let rules = tmp.path().join("rules.toml");
     std::fs::write(
         &rules,
@@ -243,14 +227,7 @@ fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
         &["alerts", "apply", rules.to_str().unwrap()],
     ));
     let file = tmp.path().join("probe.yaml");
-    std::fs::write(&file, workflow("first", None)).unwrap();
-    ok(run_on(
-        &cloud,
-        &["workflow", "apply", file.to_str().unwrap()],
-    ));
-    wait_until("both edges run version 1", Duration::from_secs(20), || {
-        [&e1, &e2].iter().all(|e| version_here(e) == 1)
-    });
+    version_1_everywhere(&cloud, &[&e1, &e2], &file);
     wait_until(
         "the rule that fires everywhere fires on both edges",
         Duration::from_secs(30),
@@ -306,26 +283,10 @@ fn an_alert_after_the_switch_fails_the_canary_of_a_rollout_gated_on_alerts() {
 #[test]
 fn a_rollout_goes_on_while_the_cloud_that_started_it_is_away() {
     let tmp = tempfile::tempdir().unwrap();
-    let _logs = LogsOnPanic(
-        ["cloud", "e1", "e2"]
-            .iter()
-            .map(|n| tmp.path().join(n))
-            .collect(),
-    );
-    let [cloud, e1, e2]: [Running; 3] =
-        cloud_and_site(tmp.path(), &["e1", "e2"], &["--tag", "sensor"])
-            .try_into()
-            .unwrap_or_else(|_| unreachable!());
+    let (_logs, [cloud, e1, e2]) = cloud_and_two_edges(tmp.path());
     let edges = [&e1, &e2];
     let file = tmp.path().join("probe.yaml");
-    std::fs::write(&file, workflow("first", None)).unwrap();
-    ok(run_on(
-        &cloud,
-        &["workflow", "apply", file.to_str().unwrap()],
-    ));
-    wait_until("both edges run version 1", Duration::from_secs(20), || {
-        edges.iter().all(|e| version_here(e) == 1)
-    });
+    version_1_everywhere(&cloud, &edges, &file);
 
     std::fs::write(&file, workflow("second", None)).unwrap();
     // A soak long enough that the cloud is gone before the canary's gate is met.
@@ -410,4 +371,25 @@ fn aborted_at_the_canary(node: &Running, what: &str, secs: u64) -> (Value, Value
         .unwrap()
         .clone();
     (status, canary)
+}
+
+/// A cloud and edges `e1`, `e2` tagged `sensor`, with their logs printed if the test fails.
+fn cloud_and_two_edges(root: &std::path::Path) -> (LogsOnPanic, [Running; 3]) {
+    let logs = LogsOnPanic(["cloud", "e1", "e2"].iter().map(|n| root.join(n)).collect());
+    let nodes = cloud_and_site(root, &["e1", "e2"], &["--tag", "sensor"])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!());
+    (logs, nodes)
+}
+
+/// Version 1 of `probe` applied at the cloud, and run by every one of `edges`.
+fn version_1_everywhere(cloud: &Running, edges: &[&Running], file: &std::path::Path) {
+    std::fs::write(file, workflow("first", None)).unwrap();
+    ok(run_on(
+        cloud,
+        &["workflow", "apply", file.to_str().unwrap()],
+    ));
+    wait_until("every edge runs version 1", Duration::from_secs(20), || {
+        edges.iter().all(|e| version_here(e) == 1)
+    });
 }

@@ -146,7 +146,7 @@ pub async fn get_artifact_content(
     Path(what): Path<String>,
 ) -> Result<Response, ApiError> {
     let now = crate::node::now_ms();
-    let (root, id, manifest) = state
+    let (stored, id, manifest) = state
         .artifacts
         .with(move |s| {
             let id = s.resolve(&what)?;
@@ -158,7 +158,7 @@ pub async fn get_artifact_content(
                 )));
             }
             s.touch(&id, now)?;
-            Ok((s.root().to_owned(), id, manifest))
+            Ok((s.chunks().clone(), id, manifest))
         })
         .await
         .map_err(failed)?;
@@ -166,7 +166,7 @@ pub async fn get_artifact_content(
     let chunks = manifest.chunks.clone();
     tokio::task::spawn_blocking(move || {
         for chunk in chunks {
-            let read = match artifacts::store::read_chunk_in(&root, &chunk.hash) {
+            let read = match stored.read(&chunk.hash) {
                 Ok(Some(bytes)) => Ok(bytes),
                 Ok(None) => Err(std::io::Error::other(format!(
                     "chunk {} of artifact {id} is gone or damaged",

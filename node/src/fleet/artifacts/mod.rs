@@ -7,6 +7,7 @@
 //! their bytes would bloat every document's history and every sync with them.
 
 pub mod chunking;
+pub mod chunks;
 pub mod fetch;
 pub mod provider;
 pub mod store;
@@ -24,8 +25,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     store: Arc<Mutex<ArtifactStore>>,
-    /// The store's directory, for reads that need no lock (chunks never change once written).
-    root: std::path::PathBuf,
+    /// The chunks, for reads and writes that need no lock of the store (chunks never change
+    /// once written).
+    chunks: chunks::Chunks,
     /// What the workflow versions in use need: never evicted.
     pins: Arc<Mutex<HashSet<String>>>,
     /// `artifacts.cache_size`: what `gc` brings the held chunks under.
@@ -69,7 +71,7 @@ pub struct Shown {
 impl Artifacts {
     pub fn new(store: ArtifactStore, cap: Option<u64>) -> Artifacts {
         Artifacts {
-            root: store.root().to_owned(),
+            chunks: store.chunks().clone(),
             pins: Arc::default(),
             store: Arc::new(Mutex::new(store)),
             cap,
@@ -113,24 +115,24 @@ impl Artifacts {
 
     /// Makes every blob stored so far durable (one flush of the data dir's filesystem).
     pub async fn sync(&self) -> Result<()> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || store::sync_all_in(&root)).await?
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || chunks.sync()).await?
     }
 
     /// A chunk or manifest by its hash, checked against it; `None` when not here.
     pub async fn read_blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
-        let root = self.root.clone();
+        let chunks = self.chunks.clone();
         let hash = hash.to_owned();
-        Ok(tokio::task::spawn_blocking(move || store::read_blob_in(&root, &hash)).await??)
+        Ok(tokio::task::spawn_blocking(move || store::read_blob_in(&chunks, &hash)).await??)
     }
 
     /// Stores a blob received from a peer as a chunk, refusing bytes that do not hash to
     /// `hash`; not synced (see [`Artifacts::sync`]).
     pub async fn store_blob(&self, hash: String, bytes: Vec<u8>) -> Result<()> {
-        // Without the store's lock: blobs arriving together are written (and synced) side by
-        // side, not one after another.
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || store::put_chunk_in(&root, &hash, &bytes)).await?
+        // Without the store's lock: blobs arriving together are hashed side by side, not one
+        // after another.
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || chunks.put_received(&hash, &bytes)).await?
     }
 }
 

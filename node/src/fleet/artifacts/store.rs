@@ -1,21 +1,22 @@
 //! The artifacts a node holds, on disk under `<data-dir>/artifacts/`:
 //!
 //! ```text
-//! chunks/<2 hex>/<sha-256 hex>   one chunk's bytes, named by their hash
+//! chunks/, packs/                 chunks' bytes by their hash (see [`super::chunks`])
 //! manifests/<artifact id>.json   what an artifact is made of; the id is the hash of this file
 //! index.json                     names, sizes, when each artifact was added and last used
 //! incoming/                      uploads being received, before they are added
 //! lock                           held by the one process that owns the directory
 //! ```
 //!
-//! Every file is written through a temporary file that is synced and renamed, so a kill at
-//! any moment leaves whole chunks, whole manifests and a whole index (at worst a chunk that
-//! no manifest names yet, which `gc` removes). Every chunk is checked against its name when
-//! it is read: a chunk damaged on disk is deleted and counted as missing, never served.
+//! Every file but a pack is written through a temporary file that is synced and renamed, so
+//! a kill at any moment leaves whole chunks, whole manifests and a whole index (at worst a
+//! chunk that no manifest names yet, which `gc` removes). Every chunk is checked against its
+//! name when it is read: a chunk damaged on disk is dropped and counted as missing, never
+//! served.
 //! Chunks are shared between artifacts: a new version of a file stores only the chunks the
 //! old one lacks.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::chunking;
+use super::chunks::{Chunks, is_hash};
 
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -115,13 +117,6 @@ impl Manifest {
     }
 }
 
-fn is_hash(text: &str) -> bool {
-    text.len() == 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 /// What the index keeps per artifact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -183,6 +178,7 @@ pub struct Collected {
 pub struct ArtifactStore {
     root: PathBuf,
     index: Index,
+    chunks: Chunks,
     /// The open lock file; the lock lasts as long as it is open.
     _lock: std::fs::File,
 }
@@ -235,6 +231,7 @@ impl ArtifactStore {
         let mut store = ArtifactStore {
             root: root.to_owned(),
             index,
+            chunks: Chunks::open(root)?,
             _lock: lock,
         };
         store.adopt_orphan_manifests()?;
@@ -286,10 +283,6 @@ impl ArtifactStore {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn chunk_path(&self, hash: &str) -> PathBuf {
-        self.root.join("chunks").join(&hash[..2]).join(hash)
-    }
-
     fn manifest_path(&self, id: &str) -> PathBuf {
         self.root.join("manifests").join(format!("{id}.json"))
     }
@@ -303,14 +296,14 @@ impl ArtifactStore {
         let mut chunks = Vec::new();
         let mut new_chunks = 0;
         let mut new_bytes = 0;
-        let mut touched_dirs = BTreeSet::new();
+        let mut written = Vec::new();
         let size = chunking::chunk_stream(std::io::BufReader::new(reader), |chunk| {
             whole.update(chunk);
             let hash = hex::encode(Sha256::digest(chunk));
-            if self.write_chunk_file(&hash, chunk)? {
+            if self.chunks.write_loose(&hash, chunk)? {
                 new_chunks += 1;
                 new_bytes += chunk.len() as u64;
-                touched_dirs.insert(hash[..2].to_owned());
+                written.push(hash.clone());
             }
             chunks.push(ChunkRef {
                 hash,
@@ -320,9 +313,8 @@ impl ArtifactStore {
         })
         .with_context(|| format!("cannot store {} as an artifact", file.display()))?;
         // The chunks' renames are durable before the manifest that names them is.
-        for dir in touched_dirs {
-            sync_dir(&self.root.join("chunks").join(dir))?;
-        }
+        self.chunks
+            .sync_loose_dirs(written.iter().map(String::as_str))?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             size,
@@ -349,16 +341,15 @@ impl ArtifactStore {
         })
     }
 
-    /// Writes one chunk's file unless it is there and whole; true when written. The file is
-    /// synced; its directory is the caller's to sync.
-    fn write_chunk_file(&self, hash: &str, bytes: &[u8]) -> std::io::Result<bool> {
-        write_chunk_file_in(&self.root, hash, bytes, true)
+    /// A chunk's bytes, checked against its hash; `None` when it is not here (or was
+    /// damaged, in which case it is dropped so that it is fetched again).
+    pub fn read_chunk(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+        self.chunks.read(hash)
     }
 
-    /// A chunk's bytes, checked against its hash; `None` when it is not here (or was
-    /// damaged, in which case its file is removed so that it is fetched again).
-    pub fn read_chunk(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
-        read_chunk_in(&self.root, hash)
+    /// The chunks, for readers and writers that need not hold the store.
+    pub fn chunks(&self) -> &Chunks {
+        &self.chunks
     }
 
     /// Where uploads are written before they are added: beside the chunks, on the same
@@ -375,44 +366,17 @@ impl ArtifactStore {
     }
 }
 
-/// [`ArtifactStore::read_chunk`] without the store: chunks never change once written, so a
-/// reader streaming an artifact out need not hold the store (a `gc` meanwhile makes it fail
-/// with `None`, never read wrong bytes).
-pub fn read_chunk_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+/// A blob a peer asks for by hash: a chunk (sent as stored: see [`Chunks::read_unchecked`]),
+/// or a manifest (whose hash is the artifact's id); `None` when neither is here.
+pub fn read_blob_in(chunks: &Chunks, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    if let Some(bytes) = chunks.read_unchecked(hash)? {
+        return Ok(Some(bytes));
+    }
     if !is_hash(hash) {
         return Ok(None);
     }
-    let path = root.join("chunks").join(&hash[..2]).join(hash);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if hex::encode(Sha256::digest(&bytes)) != hash {
-        tracing::warn!(
-            chunk = hash,
-            "a stored chunk does not match its hash; removing it"
-        );
-        let _ = std::fs::remove_file(&path);
-        return Ok(None);
-    }
-    Ok(Some(bytes))
-}
-
-/// A blob a peer asks for by hash: a chunk, or a manifest (whose hash is the artifact's id);
-/// `None` when neither is here. A chunk is sent as stored, unchecked: the receiver checks every
-/// blob against its hash before it keeps it, and refuses a damaged one, so checking here too
-/// would only spend the sender's CPU a second time on every byte.
-pub fn read_blob_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
-    if !is_hash(hash) {
-        return Ok(None);
-    }
-    match std::fs::read(root.join("chunks").join(&hash[..2]).join(hash)) {
-        Ok(bytes) => return Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let bytes = match std::fs::read(root.join("manifests").join(format!("{hash}.json"))) {
+    let path = chunks.root().join("manifests").join(format!("{hash}.json"));
+    let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -420,71 +384,12 @@ pub fn read_blob_in(root: &Path, hash: &str) -> std::io::Result<Option<Vec<u8>>>
     Ok((hex::encode(Sha256::digest(&bytes)) == hash).then_some(bytes))
 }
 
-/// Writes one chunk's file under `root` unless it is there and whole; true when written. The
-/// file is synced when `sync` (its directory is the caller's to sync). Chunks never change once
-/// written, so writers of different chunks need no lock between them.
-fn write_chunk_file_in(root: &Path, hash: &str, bytes: &[u8], sync: bool) -> std::io::Result<bool> {
-    if read_chunk_in(root, hash)?.is_some() {
-        return Ok(false);
-    }
-    let dir = root.join("chunks").join(&hash[..2]);
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    if sync {
-        file.sync_all()?;
-    } else {
-        start_writeback(&file);
-    }
-    std::fs::rename(&tmp, dir.join(hash)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(true)
-}
-
-/// Starts writing a file's pages to disk without waiting: a fetch's final flush then finds
-/// little left to write, instead of the whole artifact, so the disk works while the network
-/// does. Only a hint: the flush that follows is what makes the chunk durable.
-#[allow(unsafe_code)]
-fn start_writeback(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range(2) on a file descriptor this function borrows for the call; it
-    // reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-/// Stores a chunk received from elsewhere under `root`, refusing bytes that are not the chunk
-/// named. Not synced: a fetch writes many chunks and syncs them all at once at its end
-/// ([`sync_all_in`]); a chunk a crash cut short fails its hash when read, is removed and
-/// fetched again. Needs no lock: see [`write_chunk_file_in`].
-pub fn put_chunk_in(root: &Path, hash: &str, bytes: &[u8]) -> Result<()> {
-    let found = hex::encode(Sha256::digest(bytes));
-    if !is_hash(hash) || found != hash {
-        bail!("a chunk sent as {hash} has the hash {found}: refused");
-    }
-    write_chunk_file_in(root, hash, bytes, false)?;
-    Ok(())
-}
-
-/// Makes everything written under `root` durable: one flush of its filesystem (`syncfs`)
-/// instead of one per chunk file and directory.
-pub fn sync_all_in(root: &Path) -> Result<()> {
-    let dir =
-        std::fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
-    rustix::fs::syncfs(&dir)
-        .with_context(|| format!("cannot sync the filesystem of {}", root.display()))?;
-    Ok(())
-}
-
 impl ArtifactStore {
     /// Stores a chunk received from elsewhere, refusing bytes that are not the chunk named;
     /// durable when it returns.
     pub fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<()> {
-        put_chunk_in(&self.root, hash, bytes)?;
-        sync_all_in(&self.root)
+        self.chunks.put_received(hash, bytes)?;
+        self.chunks.sync()
     }
 
     /// Stores a manifest (checked by its id when it came from elsewhere); returns its id.
@@ -561,7 +466,7 @@ impl ArtifactStore {
         manifest
             .chunks
             .iter()
-            .filter(|c| seen.insert(&c.hash) && !self.chunk_path(&c.hash).exists())
+            .filter(|c| seen.insert(&c.hash) && !self.chunks.has(&c.hash))
             .cloned()
             .collect()
     }
@@ -731,21 +636,9 @@ impl ArtifactStore {
                 wanted.insert(chunk.hash);
             }
         }
-        for dir in std::fs::read_dir(self.root.join("chunks"))? {
-            let dir = dir?.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            for item in std::fs::read_dir(&dir)? {
-                let item = item?;
-                let name = item.file_name().to_string_lossy().into_owned();
-                if !wanted.contains(&name) {
-                    collected.bytes_removed += item.metadata().map(|m| m.len()).unwrap_or(0);
-                    std::fs::remove_file(item.path())?;
-                    collected.chunks_removed += 1;
-                }
-            }
-        }
+        let removed = self.chunks.collect(&wanted)?;
+        collected.chunks_removed = removed.chunks;
+        collected.bytes_removed = removed.bytes;
         collected.bytes_held = self.held_bytes()?;
         Ok(collected)
     }
@@ -756,7 +649,7 @@ impl ArtifactStore {
         let mut bytes = 0;
         for id in self.index.artifacts.keys() {
             for chunk in self.manifest(id)?.chunks {
-                if seen.insert(chunk.hash.clone()) && self.chunk_path(&chunk.hash).exists() {
+                if seen.insert(chunk.hash.clone()) && self.chunks.has(&chunk.hash) {
                     bytes += u64::from(chunk.size);
                 }
             }
@@ -906,10 +799,15 @@ mod tests {
         assert!(sink.missing_chunks(&added.id).unwrap().is_empty());
 
         // Damage on disk: the chunk is dropped when read, and counted missing again.
-        let path = sink.chunk_path(&first.hash);
-        let mut on_disk = std::fs::read(&path).unwrap();
-        on_disk[10] ^= 0xff;
-        std::fs::write(&path, on_disk).unwrap();
+        let pack = tmp.path().join("sink/packs/1.pack");
+        let mut on_disk = std::fs::read(&pack).unwrap();
+        let good = source.read_chunk(&first.hash).unwrap().unwrap();
+        let at = on_disk
+            .windows(64)
+            .position(|w| w == &good[..64])
+            .expect("the chunk is in the pack");
+        on_disk[at + 10] ^= 0xff;
+        std::fs::write(&pack, on_disk).unwrap();
         let err = sink
             .write_out(&added.id, &tmp.path().join("out"), 6)
             .unwrap_err();

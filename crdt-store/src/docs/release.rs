@@ -16,6 +16,19 @@ use super::rollout::Plan;
 /// it (workflow ids do not hold `@`).
 pub const REPORT_KEY: &str = "@release";
 
+/// Where a pause, resume or abort of a release rollout is kept: in the registry's `releases`
+/// map beside the records (a new map would change the registry's genesis, which every node
+/// of a mesh must share), under a key no version can be (versions hold no `/`). Each is a
+/// [`super::rollout::SignedControl`] as JSON, signed for the workflow name [`REPORT_KEY`].
+pub fn control_key(rollout_id: &str, control_id: &str) -> String {
+    format!("{rollout_id}/control/{control_id}")
+}
+
+/// Whether a key of the registry's `releases` map holds a control rather than a release.
+pub fn is_control_key(key: &str) -> bool {
+    key.contains("/control/")
+}
+
 /// A release as published, and rolled out once `rollout` is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {

@@ -277,9 +277,9 @@ fn routes() -> Routes {
     )
     .add(
         Method::POST,
-        "/releases/{version}/rollout",
+        "/releases/{version}/{action}",
         Some(Admin),
-        releases::post_release_rollout,
+        releases::post_release_action,
     )
     .add(
         Method::DELETE,

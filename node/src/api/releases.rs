@@ -1,7 +1,8 @@
 //! The release routes (see [`crate::fleet::releases`]): `POST /releases` (admin, on a control
 //! node: a binary already added as an artifact, published as a signed release),
-//! `POST /releases/{version}/rollout` (admin: rolled out in stages), `GET /releases` (monitor:
-//! what is published and where the rollout stands, node by node).
+//! `POST /releases/{version}/rollout` (admin: rolled out in stages),
+//! `POST /releases/{version}/{pause|resume|abort}` (admin, on a control node: its rollout),
+//! `GET /releases` (monitor: what is published and where the rollout stands, node by node).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crdt_store::docs::release::Release;
+use crdt_store::docs::rollout::Action;
 use serde::{Deserialize, Serialize};
 
 use crate::api::rollouts::on_store;
@@ -50,9 +52,39 @@ pub async fn post_release(
     .map(Json)
 }
 
-pub async fn post_release_rollout(
+/// `POST /releases/{version}/{rollout|pause|resume|abort}`.
+pub async fn post_release_action(
     State(state): State<Arc<AppState>>,
-    Path(version): Path<String>,
+    Path((version, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let action = match action.as_str() {
+        "rollout" => {
+            return post_release_rollout(state, version, body)
+                .await
+                .map(IntoResponse::into_response);
+        }
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "abort" => Action::Abort,
+        other => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no release action `{other}`: rollout, pause, resume or abort"),
+            ));
+        }
+    };
+    on_store(&state, move |s, w| {
+        releases::control(s, &version, action, w)
+    })
+    .await
+    .map(|c| Json(c).into_response())
+}
+
+async fn post_release_rollout(
+    state: Arc<AppState>,
+    version: String,
     body: axum::body::Bytes,
 ) -> Result<Json<Release>, ApiError> {
     let request: RolloutRequest =

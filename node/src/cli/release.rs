@@ -1,4 +1,4 @@
-//! `rhizome release publish|rollout|status`: releases of the `rhizome` binary itself, rolled
+//! `rhizome release publish|rollout|status|pause|resume|abort`: releases of the `rhizome` binary itself, rolled
 //! out over the fleet in stages (see [`crate::fleet::releases`]). Through the running node's
 //! API when one runs on the data dir, else on its store.
 
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use crdt_store::docs::release::Release;
+use crdt_store::docs::rollout::{Action, Control};
 
 use crate::api::releases::PublishRequest;
 use crate::cli::output;
@@ -14,6 +15,7 @@ use crate::cli::rollout::{state_word, status_words};
 use crate::fleet::releases::{ReleaseStatus, RolloutRequest};
 use crate::node::Node;
 use crate::run::rollout::StageArgs;
+use crate::run::rollout::action_word;
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -53,6 +55,17 @@ pub enum ReleaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hold the rollout of release VERSION at the stage it reached (on a control node).
+    #[command(disable_version_flag = true)]
+    Pause { version: String },
+    /// Lift the pauses of the rollout of release VERSION this node has seen (on a control
+    /// node).
+    #[command(disable_version_flag = true)]
+    Resume { version: String },
+    /// Stop the rollout of release VERSION: every node that took it goes back to the binary
+    /// it ran before (on a control node).
+    #[command(disable_version_flag = true)]
+    Abort { version: String },
 }
 
 pub fn release(node: &Node, cmd: ReleaseCommand) -> Result<()> {
@@ -144,6 +157,9 @@ pub fn release(node: &Node, cmd: ReleaseCommand) -> Result<()> {
             }
             Ok(())
         }
+        ReleaseCommand::Pause { version } => control(node, api, &version, Action::Pause),
+        ReleaseCommand::Resume { version } => control(node, api, &version, Action::Resume),
+        ReleaseCommand::Abort { version } => control(node, api, &version, Action::Abort),
         ReleaseCommand::Status { json } => {
             let status: ReleaseStatus = match &api {
                 Some(api) => api.get("/releases")?,
@@ -163,6 +179,38 @@ pub fn release(node: &Node, cmd: ReleaseCommand) -> Result<()> {
     }
 }
 
+fn control(
+    node: &Node,
+    api: Option<crate::cli::client::Api>,
+    version: &str,
+    action: Action,
+) -> Result<()> {
+    let control: Control = match api {
+        Some(api) => api.post(
+            &format!(
+                "/releases/{}/{}",
+                crate::cli::client::encode_query(version),
+                action_word(action)
+            ),
+            "",
+        )?,
+        None => crate::fleet::releases::control(
+            &mut node.open_store()?,
+            version,
+            action,
+            &node.writer()?,
+        )?,
+    };
+    println!(
+        "{} release {version}: stored as control {} (at stage {}); every node obeys it once it \
+         has it",
+        action_word(action),
+        control.id,
+        control.stage + 1
+    );
+    Ok(())
+}
+
 fn print_status(status: &ReleaseStatus) {
     if status.published.is_empty() {
         println!("no release is published");
@@ -174,7 +222,7 @@ fn print_status(status: &ReleaseStatus) {
             output::bytes(p.size),
             output::short_id(&p.sha256),
             output::short_id(&p.published_by),
-            output::millis(p.published_ms)
+            crdt_store::format_timestamp(p.published_ms)
         );
     }
     if let Some(rollout) = &status.rollout {

@@ -139,11 +139,7 @@ fn control(
     workflow: &str,
     action: Action,
 ) -> Result<()> {
-    let word = match action {
-        Action::Pause => "pause",
-        Action::Resume => "resume",
-        Action::Abort => "abort",
-    };
+    let word = crate::run::rollout::action_word(action);
     let control: Control = match api {
         Some(api) => api.post(&format!("/rollouts/{}/{word}", encode_query(workflow)), "")?,
         None => crate::run::rollout::control(

@@ -395,7 +395,7 @@ pub fn facts(
 
 /// A stored control, once its signature and its author's `control` role check out; `None`
 /// when it is about another rollout of the workflow.
-fn obey(
+pub(crate) fn obey(
     workflow: &str,
     id: &str,
     text: &str,
@@ -496,7 +496,7 @@ pub fn control(
     Ok(control)
 }
 
-fn action_word(action: Action) -> &'static str {
+pub(crate) fn action_word(action: Action) -> &'static str {
     match action {
         Action::Pause => "pause",
         Action::Resume => "resume",

@@ -84,8 +84,9 @@ async fn step(
     verified: &mut super::VerifiedReleases,
 ) -> Result<Option<SwapRequest>> {
     let registry = registry(&agent.store).await?;
-    let releases = verified.update(&registry, &agent.mesh_id, &agent.trust.all());
-    let Some(facts) = super::facts(&registry, &releases) else {
+    let trust = agent.trust.all();
+    let releases = verified.update(&registry, &agent.mesh_id, &trust);
+    let Some(facts) = super::facts(&registry, &releases, &agent.mesh_id, &trust) else {
         return Ok(None);
     };
     let own_sha: &str = match own_sha {
@@ -121,7 +122,8 @@ async fn step(
             if !on_new && ended.is_some_and(|t| t.sha256 == facts.release.sha256) =>
         {
             Some(format!(
-                "it was installed at {}, but the process it started runs a binary of another                  SHA-256 (a wrapper that starts another binary?)",
+                "it was installed at {}, but the process it started runs a binary of another \
+                 SHA-256 (a wrapper that starts another binary?)",
                 agent.installed.display()
             ))
         }

@@ -17,8 +17,10 @@ pub mod swap;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use crdt_store::docs::release::{REPORT_KEY, Release, valid_version};
-use crdt_store::docs::rollout::{self as core, Decision, Gate, Plan, Report, Status};
+use crdt_store::docs::release::{REPORT_KEY, Release, control_key, is_control_key, valid_version};
+use crdt_store::docs::rollout::{
+    self as core, Action, Control, Decision, Gate, Plan, Report, SignedControl, Status,
+};
 use crdt_store::{DocName, MeshRegistry, Store};
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +172,7 @@ pub fn verified(
 ) -> (BTreeMap<String, Release>, Vec<String>) {
     let mut good = BTreeMap::new();
     let mut ignored = Vec::new();
-    for (version, text) in &registry.releases {
+    for (version, text) in registry.releases.iter().filter(|(k, _)| !is_control_key(k)) {
         match check(version, text, mesh_id, trust_pem) {
             Ok(release) => {
                 good.insert(version.clone(), release);
@@ -232,6 +234,10 @@ pub fn in_effect(releases: &BTreeMap<String, Release>) -> Option<&Release> {
 pub struct Facts {
     pub release: Release,
     pub plan: Plan,
+    /// Pauses, resumes and aborts that verify.
+    pub controls: Vec<Control>,
+    /// Controls that do not, with the reason.
+    pub ignored: Vec<String>,
     pub targets: BTreeSet<String>,
     pub reports: BTreeMap<String, Report>,
     pub decision: Decision,
@@ -261,7 +267,7 @@ impl VerifiedReleases {
         }
         self.records
             .retain(|version, _| registry.releases.contains_key(version));
-        for (version, text) in &registry.releases {
+        for (version, text) in registry.releases.iter().filter(|(k, _)| !is_control_key(k)) {
             if self
                 .records
                 .get(version)
@@ -282,9 +288,27 @@ impl VerifiedReleases {
 
 /// The facts of the release rollout in effect among the verified `releases`, if there is one.
 /// Every node of the mesh is a target: each runs the same binary.
-pub fn facts(registry: &MeshRegistry, releases: &BTreeMap<String, Release>) -> Option<Facts> {
+pub fn facts(
+    registry: &MeshRegistry,
+    releases: &BTreeMap<String, Release>,
+    mesh_id: &str,
+    trust_pem: &str,
+) -> Option<Facts> {
     let release = in_effect(releases)?.clone();
     let plan = release.rollout.clone()?;
+    let prefix = control_key(&plan.id, "");
+    let mut controls = Vec::new();
+    let mut ignored = Vec::new();
+    for (key, text) in registry.releases.range(prefix.clone()..) {
+        let Some(id) = key.strip_prefix(&prefix) else {
+            break;
+        };
+        match crate::run::rollout::obey(REPORT_KEY, id, text, &plan.id, mesh_id, trust_pem) {
+            Ok(Some(control)) => controls.push(control),
+            Ok(None) => {}
+            Err(e) => ignored.push(format!("control {id}: {e:#}")),
+        }
+    }
     let targets: BTreeSet<String> = registry.nodes.keys().cloned().collect();
     let reports: BTreeMap<String, Report> = registry
         .nodes
@@ -294,14 +318,73 @@ pub fn facts(registry: &MeshRegistry, releases: &BTreeMap<String, Release>) -> O
             (report.rollout == plan.id).then(|| (id.clone(), report))
         })
         .collect();
-    let decision = core::decide(&plan, &[], &targets, &reports);
+    let decision = core::decide(&plan, &controls, &targets, &reports);
     Some(Facts {
         release,
         plan,
+        controls,
+        ignored,
         targets,
         reports,
         decision,
     })
+}
+
+/// `release pause|resume|abort`: a control of the release rollout in effect, signed by this
+/// control node and kept in the registry, which every node obeys once it verifies. Decided
+/// like a workflow rollout's: an abort is final, and a pause holds until a resume that saw it.
+pub fn control(
+    store: &mut Store,
+    version: &str,
+    action: Action,
+    writer: &Writer,
+) -> Result<Control> {
+    let signer = control_signer(writer, "paused, resumed and aborted")?;
+    let registry = store.registry()?;
+    let trust = writer.trust.all();
+    let (releases, _) = verified(&registry, &writer.mesh_id, &trust);
+    let Some(facts) = facts(&registry, &releases, &writer.mesh_id, &trust) else {
+        bail!("no release is rolling out (`rhizome release rollout VERSION` starts one)");
+    };
+    if facts.release.version != version {
+        bail!(
+            "the release rolling out is {}, not {version}: only the rollout in effect is \
+             paused, resumed or aborted",
+            facts.release.version
+        );
+    }
+    if let Status::Aborted { reason } = &facts.decision.status {
+        bail!(
+            "the rollout of release {} is aborted already ({reason})",
+            facts.release.version
+        );
+    }
+    let stage = match facts.decision.status {
+        Status::Running { stage } | Status::Paused { stage } => stage,
+        _ => facts.plan.stages.len().saturating_sub(1),
+    };
+    let now = crate::node::now_ms();
+    let control = Control {
+        id: format!("{}-{now}", writer.node),
+        action,
+        stage,
+        seen: facts.controls.iter().map(|c| c.id.clone()).collect(),
+        by: writer.node.clone(),
+        at_ms: now,
+    };
+    let mut signed = SignedControl {
+        rollout: facts.plan.id.clone(),
+        control: control.clone(),
+        author_cert: signer.cert_pem(),
+        signature: String::new(),
+    };
+    signed.signature = signer.sign(&signed.signed_text(&writer.mesh_id, REPORT_KEY));
+    let text = serde_json::to_string(&signed)?;
+    let key = control_key(&facts.plan.id, &control.id);
+    store.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.releases.insert(key.clone(), text.clone());
+    })?;
+    Ok(control)
 }
 
 /// `release status`: the releases published and where the one rolling out stands.
@@ -356,7 +439,12 @@ pub fn status(registry: &MeshRegistry, mesh_id: &str, trust_pem: &str) -> Releas
             published_ms: r.published_ms,
         })
         .collect();
-    let rollout = facts(registry, &releases).map(|f| RolloutView {
+    let facts = facts(registry, &releases, mesh_id, trust_pem);
+    let ignored = ignored
+        .into_iter()
+        .chain(facts.iter().flat_map(|f| f.ignored.clone()))
+        .collect();
+    let rollout = facts.map(|f| RolloutView {
         version: f.release.version.clone(),
         stage_sizes: core::stage_sizes(&f.plan, f.targets.len()),
         trial_ms: f.release.trial_ms,
@@ -382,5 +470,117 @@ pub fn status(registry: &MeshRegistry, mesh_id: &str, trust_pem: &str) -> Releas
         published,
         rollout,
         ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mesh::net::identity::{MeshCa, NodeCredentials, NodeRole};
+
+    use super::*;
+    use crate::fleet::artifacts::store::Manifest;
+
+    fn writer(ca: &MeshCa, seed: u8, role: NodeRole) -> Writer {
+        let secret = [seed; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&secret)
+            .verifying_key()
+            .to_bytes();
+        let creds =
+            NodeCredentials::new(&ca.issue(&public, role).unwrap(), ca.cert_pem(), secret).unwrap();
+        Writer {
+            node: creds.node_id().unwrap(),
+            control: role == NodeRole::Control,
+            signer: Some(Arc::new(creds)),
+            mesh_id: ca.mesh_id().to_owned(),
+            trust: crate::security::trust::Trust::from_bundle(ca.cert_pem()).unwrap(),
+        }
+    }
+
+    fn status_of(store: &mut Store, w: &Writer) -> (Status, Vec<String>) {
+        let registry = store.registry().unwrap();
+        let (releases, _) = verified(&registry, &w.mesh_id, &w.trust.all());
+        let facts = facts(&registry, &releases, &w.mesh_id, &w.trust.all()).unwrap();
+        (facts.decision.status, facts.ignored)
+    }
+
+    #[test]
+    fn a_release_rollout_obeys_pause_resume_and_abort_signed_on_a_control_node_only() {
+        let ca = MeshCa::create().unwrap();
+        let cloud = writer(&ca, 1, NodeRole::Control);
+        let edge = writer(&ca, 2, NodeRole::Member);
+        let mut store =
+            Store::open_in_memory(crdt_store::StoreConfig::new(ca.mesh_id(), &cloud.node)).unwrap();
+        store
+            .update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+                for n in 0..4 {
+                    m.nodes.insert(format!("node-{n}"), Default::default());
+                }
+            })
+            .unwrap();
+        let manifest = Manifest {
+            format: 1,
+            size: 10,
+            sha256: "ab".repeat(32),
+            chunks: Vec::new(),
+        };
+        publish(&mut store, "0.2.0", &manifest, &"cd".repeat(32), &cloud).unwrap();
+        let err = control(&mut store, "0.2.0", Action::Pause, &cloud).unwrap_err();
+        assert!(
+            err.to_string().contains("no release is rolling out"),
+            "{err}"
+        );
+        let request = RolloutRequest {
+            version: "0.2.0".into(),
+            stages: StageArgs::default(),
+            trial: None,
+        };
+        start_rollout(&mut store, &request, &cloud).unwrap();
+        assert_eq!(
+            status_of(&mut store, &cloud).0,
+            Status::Running { stage: 0 }
+        );
+
+        let err = control(&mut store, "0.3.0", Action::Pause, &cloud).unwrap_err();
+        assert!(err.to_string().contains("is 0.2.0, not 0.3.0"), "{err}");
+        let err = control(&mut store, "0.2.0", Action::Abort, &edge).unwrap_err();
+        assert!(err.to_string().contains("`control` role"), "{err}");
+
+        control(&mut store, "0.2.0", Action::Pause, &cloud).unwrap();
+        assert_eq!(status_of(&mut store, &cloud).0, Status::Paused { stage: 0 });
+        control(&mut store, "0.2.0", Action::Resume, &cloud).unwrap();
+        assert_eq!(
+            status_of(&mut store, &cloud).0,
+            Status::Running { stage: 0 }
+        );
+
+        // A member that signs an abort anyway is ignored, with the reason, by every reader.
+        let forger = Writer {
+            control: true,
+            ..edge
+        };
+        control(&mut store, "0.2.0", Action::Abort, &forger).unwrap();
+        let (status, ignored) = status_of(&mut store, &cloud);
+        assert_eq!(status, Status::Running { stage: 0 });
+        assert!(
+            ignored.len() == 1 && ignored[0].contains("does not hold the `control` role"),
+            "{ignored:?}"
+        );
+        let shown = super::status(
+            &store.registry().unwrap(),
+            &cloud.mesh_id,
+            &cloud.trust.all(),
+        );
+        assert_eq!(shown.published.len(), 1, "controls are not releases");
+        assert_eq!(shown.ignored.len(), 1, "{:?}", shown.ignored);
+
+        control(&mut store, "0.2.0", Action::Abort, &cloud).unwrap();
+        assert!(matches!(
+            status_of(&mut store, &cloud).0,
+            Status::Aborted { .. }
+        ));
+        let err = control(&mut store, "0.2.0", Action::Resume, &cloud).unwrap_err();
+        assert!(err.to_string().contains("aborted already"), "{err}");
     }
 }

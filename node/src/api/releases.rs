@@ -10,7 +10,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crdt_store::docs::release::Release;
-use crdt_store::docs::rollout::Action;
 use serde::{Deserialize, Serialize};
 
 use crate::api::rollouts::on_store;
@@ -59,21 +58,16 @@ pub async fn post_release_action(
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let action = match action.as_str() {
-        "rollout" => {
-            return post_release_rollout(state, version, body)
-                .await
-                .map(IntoResponse::into_response);
-        }
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "abort" => Action::Abort,
-        other => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no release action `{other}`: rollout, pause, resume or abort"),
-            ));
-        }
+    if action == "rollout" {
+        return post_release_rollout(state, version, body)
+            .await
+            .map(IntoResponse::into_response);
+    }
+    let Some(action) = crate::run::rollout::action_named(&action) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no release action `{action}`: rollout, pause, resume or abort"),
+        ));
     };
     on_store(&state, move |s, w| {
         releases::control(s, &version, action, w)

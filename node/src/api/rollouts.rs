@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use crdt_store::docs::rollout::{Action, Control};
+use crdt_store::docs::rollout::Control;
 
 use crate::api::{ApiError, AppState, operation_failed};
 use crate::run::rollout::{self, RolloutStatus, StartRequest};
@@ -84,16 +84,11 @@ pub async fn post_control(
     State(state): State<Arc<AppState>>,
     Path((workflow, action)): Path<(String, String)>,
 ) -> Result<Json<Control>, ApiError> {
-    let action = match action.as_str() {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "abort" => Action::Abort,
-        other => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no rollout action `{other}`: pause, resume or abort"),
-            ));
-        }
+    let Some(action) = rollout::action_named(&action) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no rollout action `{action}`: pause, resume or abort"),
+        ));
     };
     let control = on_store(&state, move |s, w| {
         rollout::control(s, &workflow, action, w)

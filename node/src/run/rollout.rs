@@ -468,32 +468,66 @@ pub fn control(
             facts.plan.id
         );
     }
-    let stage = match facts.decision.status {
-        core::Status::Running { stage } | core::Status::Paused { stage } => stage,
-        _ => facts.plan.stages.len().saturating_sub(1),
+    let (control, text) = sign_control(
+        action,
+        &facts.plan,
+        &facts.decision.status,
+        &facts.controls,
+        workflow,
+        writer,
+        signer,
+    )?;
+    let id = control.id.clone();
+    store.update::<RolloutControls, _>(&name, |c| {
+        c.controls.insert(id.clone(), text.clone());
+    })?;
+    Ok(control)
+}
+
+/// A control of `plan` by this node, and its signed text as stored: about the stage the
+/// rollout stands at, having seen every control known here. `subject` is what the signature
+/// names (the workflow, or [`crdt_store::docs::release::REPORT_KEY`] for releases).
+pub(crate) fn sign_control(
+    action: Action,
+    plan: &Plan,
+    status: &core::Status,
+    known: &[Control],
+    subject: &str,
+    writer: &Writer,
+    signer: &mesh::net::identity::NodeCredentials,
+) -> Result<(Control, String)> {
+    let stage = match status {
+        core::Status::Running { stage } | core::Status::Paused { stage } => *stage,
+        _ => plan.stages.len().saturating_sub(1),
     };
     let now = crate::node::now_ms();
     let control = Control {
         id: format!("{}-{now}", writer.node),
         action,
         stage,
-        seen: facts.controls.iter().map(|c| c.id.clone()).collect(),
+        seen: known.iter().map(|c| c.id.clone()).collect(),
         by: writer.node.clone(),
         at_ms: now,
     };
     let mut signed = SignedControl {
-        rollout: facts.plan.id.clone(),
+        rollout: plan.id.clone(),
         control: control.clone(),
         author_cert: signer.cert_pem(),
         signature: String::new(),
     };
-    signed.signature = signer.sign(&signed.signed_text(&writer.mesh_id, workflow));
+    signed.signature = signer.sign(&signed.signed_text(&writer.mesh_id, subject));
     let text = serde_json::to_string(&signed)?;
-    let id = control.id.clone();
-    store.update::<RolloutControls, _>(&name, |c| {
-        c.controls.insert(id.clone(), text.clone());
-    })?;
-    Ok(control)
+    Ok((control, text))
+}
+
+/// The action an API path names.
+pub(crate) fn action_named(word: &str) -> Option<Action> {
+    match word {
+        "pause" => Some(Action::Pause),
+        "resume" => Some(Action::Resume),
+        "abort" => Some(Action::Abort),
+        _ => None,
+    }
 }
 
 pub(crate) fn action_word(action: Action) -> &'static str {

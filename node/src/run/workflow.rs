@@ -339,6 +339,32 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer signing with a key made from `seed`, certified by `ca` with `role`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        ca: &mesh::net::identity::MeshCa,
+        seed: u8,
+        role: mesh::net::identity::NodeRole,
+    ) -> Writer {
+        let secret = [seed; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&secret)
+            .verifying_key()
+            .to_bytes();
+        let creds = mesh::net::identity::NodeCredentials::new(
+            &ca.issue(&public, role).unwrap(),
+            ca.cert_pem(),
+            secret,
+        )
+        .unwrap();
+        Writer {
+            node: creds.node_id().unwrap(),
+            control: role == mesh::net::identity::NodeRole::Control,
+            signer: Some(std::sync::Arc::new(creds)),
+            mesh_id: ca.mesh_id().to_owned(),
+            trust: crate::security::trust::Trust::from_bundle(ca.cert_pem()).unwrap(),
+        }
+    }
+
     /// `definition` as this node writes it over the versions `standing`: the next version
     /// number (or the definition's own, if higher), a time after theirs, this node as its
     /// author, signed.

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result, bail};
 use crdt_store::docs::release::{REPORT_KEY, Release, control_key, is_control_key, valid_version};
 use crdt_store::docs::rollout::{
-    self as core, Action, Control, Decision, Gate, Plan, Report, SignedControl, Status,
+    self as core, Action, Control, Decision, Gate, Plan, Report, Status,
 };
 use crdt_store::{DocName, MeshRegistry, Store};
 use serde::{Deserialize, Serialize};
@@ -359,27 +359,15 @@ pub fn control(
             facts.release.version
         );
     }
-    let stage = match facts.decision.status {
-        Status::Running { stage } | Status::Paused { stage } => stage,
-        _ => facts.plan.stages.len().saturating_sub(1),
-    };
-    let now = crate::node::now_ms();
-    let control = Control {
-        id: format!("{}-{now}", writer.node),
+    let (control, text) = crate::run::rollout::sign_control(
         action,
-        stage,
-        seen: facts.controls.iter().map(|c| c.id.clone()).collect(),
-        by: writer.node.clone(),
-        at_ms: now,
-    };
-    let mut signed = SignedControl {
-        rollout: facts.plan.id.clone(),
-        control: control.clone(),
-        author_cert: signer.cert_pem(),
-        signature: String::new(),
-    };
-    signed.signature = signer.sign(&signed.signed_text(&writer.mesh_id, REPORT_KEY));
-    let text = serde_json::to_string(&signed)?;
+        &facts.plan,
+        &facts.decision.status,
+        &facts.controls,
+        REPORT_KEY,
+        writer,
+        &signer,
+    )?;
     let key = control_key(&facts.plan.id, &control.id);
     store.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
         m.releases.insert(key.clone(), text.clone());
@@ -475,27 +463,14 @@ pub fn status(registry: &MeshRegistry, mesh_id: &str, trust_pem: &str) -> Releas
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use mesh::net::identity::{MeshCa, NodeCredentials, NodeRole};
+    use mesh::net::identity::{MeshCa, NodeRole};
 
     use super::*;
     use crate::fleet::artifacts::store::Manifest;
 
     fn writer(ca: &MeshCa, seed: u8, role: NodeRole) -> Writer {
-        let secret = [seed; 32];
-        let public = ed25519_dalek::SigningKey::from_bytes(&secret)
-            .verifying_key()
-            .to_bytes();
-        let creds =
-            NodeCredentials::new(&ca.issue(&public, role).unwrap(), ca.cert_pem(), secret).unwrap();
-        Writer {
-            node: creds.node_id().unwrap(),
-            control: role == NodeRole::Control,
-            signer: Some(Arc::new(creds)),
-            mesh_id: ca.mesh_id().to_owned(),
-            trust: crate::security::trust::Trust::from_bundle(ca.cert_pem()).unwrap(),
-        }
+        crate::run::workflow::Writer::for_tests(ca, seed, role)
     }
 
     fn status_of(store: &mut Store, w: &Writer) -> (Status, Vec<String>) {

@@ -738,22 +738,10 @@ pub fn held_alerts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh::net::identity::{MeshCa, NodeCredentials};
+    use mesh::net::identity::MeshCa;
 
     fn writer(ca: &MeshCa, seed: u8, role: NodeRole) -> crate::run::workflow::Writer {
-        let secret = [seed; 32];
-        let public = ed25519_dalek::SigningKey::from_bytes(&secret)
-            .verifying_key()
-            .to_bytes();
-        let creds =
-            NodeCredentials::new(&ca.issue(&public, role).unwrap(), ca.cert_pem(), secret).unwrap();
-        crate::run::workflow::Writer {
-            node: creds.node_id().unwrap(),
-            control: role == NodeRole::Control,
-            signer: Some(Arc::new(creds)),
-            mesh_id: ca.mesh_id().to_owned(),
-            trust: crate::security::trust::Trust::from_bundle(ca.cert_pem()).unwrap(),
-        }
+        crate::run::workflow::Writer::for_tests(ca, seed, role)
     }
 
     fn rule(name: &str) -> RuleConfig {

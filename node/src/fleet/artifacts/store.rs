@@ -187,11 +187,8 @@ impl ArtifactStore {
     /// Opens (creating) `root`, taking its lock; fails naming the holder's kind when another
     /// process holds it.
     pub fn open(root: &Path) -> Result<ArtifactStore> {
-        for dir in [
-            root.to_path_buf(),
-            root.join("chunks"),
-            root.join("manifests"),
-        ] {
+        // `chunks/` and `packs/` are the chunks' to make (see [`Chunks::open`]).
+        for dir in [root.to_path_buf(), root.join("manifests")] {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -369,11 +366,11 @@ impl ArtifactStore {
 /// A blob a peer asks for by hash: a chunk (sent as stored: see [`Chunks::read_unchecked`]),
 /// or a manifest (whose hash is the artifact's id); `None` when neither is here.
 pub fn read_blob_in(chunks: &Chunks, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
-    if let Some(bytes) = chunks.read_unchecked(hash)? {
-        return Ok(Some(bytes));
-    }
     if !is_hash(hash) {
         return Ok(None);
+    }
+    if let Some(bytes) = chunks.read_unchecked(hash)? {
+        return Ok(Some(bytes));
     }
     let path = chunks.root().join("manifests").join(format!("{hash}.json"));
     let bytes = match std::fs::read(path) {

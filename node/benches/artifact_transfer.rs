@@ -10,6 +10,9 @@
 //!   chunk asked for, read and checked on the sender, checked, written and fsynced on the
 //!   receiver.
 //!
+//! Beside the wall time, the CPU time both sides spent (user and system, every thread): the two
+//! share this machine's cores, so their CPU per byte bounds the throughput either can reach.
+//!
 //! Each repeat uses new data dirs and new drivers; the two alternate. Environment (defaults in
 //! brackets): `RHIZOME_BENCH_MB` the file's size [200], `RHIZOME_BENCH_REPEATS` [3],
 //! `RHIZOME_BENCH_DIR`, `RHIZOME_BENCH_OUT` [`<target>/bench/artifact-transfer.jsonl`].
@@ -52,17 +55,24 @@ fn main() {
     let mut node = Vec::new();
     for repeat in 0..repeats {
         settle_disk();
+        let cpu_before = own_cpu_seconds();
         let p = runtime.block_on(plain_quic(&bytes, &dir.join("plain-copy.bin")));
-        let n = through_nodes(&dir.join(format!("nodes-{repeat}")), &file);
+        let plain_cpu = own_cpu_seconds() - cpu_before;
+        let (n, sender_cpu, receiver_cpu) =
+            through_nodes(&dir.join(format!("nodes-{repeat}")), &file);
         let _ = std::fs::remove_file(dir.join("plain-copy.bin"));
         println!(
-            "repeat {}: plain QUIC {:.0} MB/s, node to node {:.0} MB/s ({:.2}x)",
+            "repeat {}: plain QUIC {:.0} MB/s, node to node {:.0} MB/s ({:.2}x); CPU seconds: plain {plain_cpu:.2}, node {:.2} (sender {sender_cpu:.2}, receiver {receiver_cpu:.2})",
             repeat + 1,
             mb as f64 / p,
             mb as f64 / n,
-            p / n
+            p / n,
+            sender_cpu + receiver_cpu,
         );
-        report.record(json!({"bench": "artifact_transfer", "mb": mb, "plain_s": p, "node_s": n}));
+        report.record(json!({
+            "bench": "artifact_transfer", "mb": mb, "plain_s": p, "node_s": n,
+            "plain_cpu_s": plain_cpu, "sender_cpu_s": sender_cpu, "receiver_cpu_s": receiver_cpu,
+        }));
         plain.push(p);
         node.push(n);
     }
@@ -225,9 +235,41 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// User and system CPU seconds of every thread of this process so far (the plain copy's two
+/// drivers and the runtime they run on; nothing else runs meanwhile).
+#[allow(unsafe_code)]
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one rusage into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// User and system CPU seconds of a running process, from `/proc/<pid>/stat`.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15 of the line; the state, field 3, comes first here.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second
+}
+
 /// Seconds for `rhizome artifact fetch` of `file` on a node that lacks it, from a peer that
-/// holds it.
-fn through_nodes(root: &Path, file: &Path) -> f64 {
+/// holds it, and the CPU seconds the sending and the receiving node spent meanwhile.
+fn through_nodes(root: &Path, file: &Path) -> (f64, f64, f64) {
     let _ = std::fs::remove_dir_all(root);
     let (a_dir, b_dir) = (root.join("a"), root.join("b"));
     rhizome(&a_dir, &["init", "--name", "a"]);
@@ -248,6 +290,8 @@ fn through_nodes(root: &Path, file: &Path) -> f64 {
     // Until b is connected to a, a fetch fails at once (no peer to ask): the successful one
     // is timed.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let (sender_before, receiver_before) =
+        (process_cpu_seconds(a.id()), process_cpu_seconds(b.id()));
     let seconds = loop {
         let started = Instant::now();
         let out = Command::new(RHIZOME)
@@ -266,10 +310,12 @@ fn through_nodes(root: &Path, file: &Path) -> f64 {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    let sender_cpu = process_cpu_seconds(a.id()) - sender_before;
+    let receiver_cpu = process_cpu_seconds(b.id()) - receiver_before;
     stop(b);
     stop(a);
     let _ = std::fs::remove_dir_all(root);
-    seconds
+    (seconds, sender_cpu, receiver_cpu)
 }
 
 /// Writes out what setting up left dirty (the source file, the sender's chunks, the previous

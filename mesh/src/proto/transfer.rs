@@ -588,34 +588,28 @@ impl Transfer {
     /// best source is full waits for it rather than going to a worse one; a fetch with no
     /// source left fails.
     fn assign(&mut self, now: Duration) {
-        let mut still = VecDeque::new();
-        let window = self.config.window;
+        // Fetches whose best source is full, kept in their order ahead of the rest.
+        let mut held_back = VecDeque::new();
         while let Some(hash) = self.pending.pop_front() {
+            // Once every peer's window is full nothing more can go out: the rest waits as it
+            // is, so a large artifact's thousands of blobs are not walked at every event.
+            if self.every_window_full() {
+                self.pending.push_front(hash);
+                break;
+            }
             let Some(fetch) = self.fetches.get(&hash) else {
                 continue;
             };
             if fetch.asked.is_some() || fetch.storing {
                 continue;
             }
-            let candidates = self.candidates(fetch);
-            let Some((source, hops)) = candidates.into_iter().next() else {
+            let Some((source, hops)) = self.candidates(fetch).into_iter().next() else {
                 self.fail(hash);
                 continue;
             };
             let entry = self.sources.entry(source.clone()).or_default();
-            if entry.outstanding.len() >= window {
-                still.push_back(hash);
-                // Once every peer's window is full nothing more can go out: the rest waits
-                // as it is (a large artifact's thousands of blobs are not walked per event).
-                let all_full = self.connected.iter().all(|p| {
-                    self.sources
-                        .get(p)
-                        .is_some_and(|s| s.outstanding.len() >= window)
-                });
-                if all_full {
-                    still.extend(self.pending.drain(..));
-                    break;
-                }
+            if entry.outstanding.len() >= self.config.window {
+                held_back.push_back(hash);
                 continue;
             }
             if entry.outstanding.is_empty() {
@@ -626,7 +620,18 @@ impl Transfer {
             self.out
                 .push_back(TransferOut::Send(source, Message::ChunkWant { hash, hops }));
         }
-        self.pending = still;
+        while let Some(hash) = held_back.pop_back() {
+            self.pending.push_front(hash);
+        }
+    }
+
+    fn every_window_full(&self) -> bool {
+        !self.connected.is_empty()
+            && self.connected.iter().all(|p| {
+                self.sources
+                    .get(p)
+                    .is_some_and(|s| s.outstanding.len() >= self.config.window)
+            })
     }
 
     fn fail(&mut self, hash: BlobHash) {

@@ -16,6 +16,28 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     data
 }
 
+/// Flips a byte of chunk `hash` where a pack holds it: a record is `RZC1`, the length (4 bytes),
+/// the SHA-256 (32 bytes), then the chunk.
+fn damage_packed_chunk(packs: &Path, hash: &str) {
+    let raw: Vec<u8> = (0..hash.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hash[i..i + 2], 16).unwrap())
+        .collect();
+    for entry in std::fs::read_dir(packs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "pack") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(raw.len()).position(|w| w == raw) {
+            bytes[at + raw.len() + 100] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("no pack in {} holds chunk {hash}", packs.display());
+}
+
 fn write(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
     path.to_str().unwrap().to_owned()
@@ -105,10 +127,7 @@ fn artifacts_are_added_fetched_versioned_and_checked() {
     // chunk is counted missing from then on.
     let manifest = &shown["manifest"]["chunks"];
     let first = manifest[0]["hash"].as_str().unwrap();
-    let chunk_file = dir.join("artifacts/chunks").join(&first[..2]).join(first);
-    let mut bytes = std::fs::read(&chunk_file).unwrap();
-    bytes[100] ^= 0xff;
-    std::fs::write(&chunk_file, bytes).unwrap();
+    damage_packed_chunk(&dir.join("artifacts/packs"), first);
     let broken = tmp.path().join("out-broken");
     let err = fails(run_on(
         &node,

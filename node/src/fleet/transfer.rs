@@ -3,8 +3,8 @@
 //! byte budget, in one order of priority), with the artifact store for reading and storing
 //! blobs on blocking threads.
 //!
-//! Every blob received is stored as a chunk file, named by its hash and checked against it
-//! before it is written; a manifest fetched for this node is then installed from that file by
+//! Every blob received is stored in a pack file under its hash, checked against it
+//! before it is written; a manifest fetched for this node is then installed from there by
 //! [`crate::fleet::artifacts::fetch`]. A node that passes a blob on for its members keeps it
 //! too, so each member after the first is served from the site's own copy.
 

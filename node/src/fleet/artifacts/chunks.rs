@@ -1,20 +1,21 @@
 //! Where chunk bytes live, under `<data-dir>/artifacts/`:
 //!
 //! ```text
-//! chunks/<2 hex>/<sha-256 hex>   a chunk stored by `artifact add`, one file each
-//! packs/<n>.pack                 chunks received from peers, appended one after another
+//! packs/<n>.pack                 chunks, appended one after another (added here or received)
 //! packs/<n>.idx                  where each chunk of a pack that is no longer appended to is
+//! chunks/<2 hex>/<sha-256 hex>   a chunk `gc` kept out of a pack it removed, one file each
 //! ```
 //!
-//! Received chunks go into pack files because a file per chunk made the receiver the slowest
-//! part of a transfer: creating, filling and renaming a 256 KiB file costs about ten times
-//! what appending the same bytes to one file does (1,600 chunk files against one file of
-//! 400 MB: 1.1–1.5 s against 0.1 s on the benchmark machine), more than the network and the
-//! SHA-256 of every chunk together. Git and restic pack small objects for the same reason.
+//! Chunks go into pack files because a file per chunk made the receiver the slowest part of a
+//! transfer: creating, filling and renaming a 256 KiB file costs about ten times what
+//! appending the same bytes to one file does (1,600 chunk files against one file of 400 MB:
+//! 1.1–1.5 s against 0.1 s on the benchmark machine), more than the network and the SHA-256 of
+//! every chunk together; and `artifact add` synced every chunk file. Git and restic pack small
+//! objects for the same reason.
 //!
 //! A pack record is `RZC1`, the length (u32 LE), the SHA-256 of the bytes, then the bytes.
 //! Records are appended without a sync; whoever needs them durable calls [`Chunks::sync`]
-//! (a fetch does, once, before it answers). A pack is only ever appended to by the process
+//! (a fetch and `artifact add` do, once, before they answer). A pack is only ever appended to by the process
 //! that created it; when the store opens, packs without a whole `.idx` are scanned (stopping
 //! at the first record that is not whole: the tail a crash cut) and given one. Every chunk
 //! is checked against its hash when it is read, wherever it lives: a damaged one is
@@ -224,13 +225,14 @@ impl Chunks {
         }
     }
 
-    /// Writes a chunk as its own file unless it is here and whole; true when written. The file
-    /// is synced; its directory is the caller's to sync (see [`Chunks::sync_loose_dirs`]).
-    pub fn write_loose(&self, hash: &str, bytes: &[u8]) -> std::io::Result<bool> {
+    /// Stores a chunk of a file being added here, whose hash the caller computed from these
+    /// very bytes, unless it is here and whole; true when stored. Appended to the open pack,
+    /// not synced: see [`Chunks::sync`].
+    pub fn put_local(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
         if self.read(hash)?.is_some() {
             return Ok(false);
         }
-        self.write_loose_file(hash, bytes)?;
+        self.append(hash, bytes)?;
         Ok(true)
     }
 
@@ -276,6 +278,10 @@ impl Chunks {
         if self.packed().at.contains_key(hash) {
             return Ok(());
         }
+        self.append(hash, bytes)
+    }
+
+    fn append(&self, hash: &str, bytes: &[u8]) -> Result<()> {
         let mut appender = self.appender.lock().unwrap_or_else(|e| e.into_inner());
         if appender.as_ref().is_none_or(|a| a.len >= PACK_LIMIT) {
             if let Some(full) = appender.take() {
@@ -297,7 +303,7 @@ impl Chunks {
             // What was half written is a torn record: start the next record after it would
             // misplace every later one, so the pack is closed as it is.
             *appender = None;
-            return Err(e).context("cannot append a received chunk to its pack");
+            return Err(e).context("cannot append a chunk to its pack");
         }
         open.len += RECORD_HEADER + bytes.len() as u64;
         start_writeback(&open.file, offset, open.len - offset);

@@ -293,14 +293,16 @@ impl ArtifactStore {
         let mut chunks = Vec::new();
         let mut new_chunks = 0;
         let mut new_bytes = 0;
-        let mut written = Vec::new();
         let size = chunking::chunk_stream(std::io::BufReader::new(reader), |chunk| {
             whole.update(chunk);
             let hash = hex::encode(Sha256::digest(chunk));
-            if self.chunks.write_loose(&hash, chunk)? {
+            if self
+                .chunks
+                .put_local(&hash, chunk)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+            {
                 new_chunks += 1;
                 new_bytes += chunk.len() as u64;
-                written.push(hash.clone());
             }
             chunks.push(ChunkRef {
                 hash,
@@ -309,9 +311,8 @@ impl ArtifactStore {
             Ok(())
         })
         .with_context(|| format!("cannot store {} as an artifact", file.display()))?;
-        // The chunks' renames are durable before the manifest that names them is.
-        self.chunks
-            .sync_loose_dirs(written.iter().map(String::as_str))?;
+        // The chunks are durable before the manifest that names them is: one flush for all.
+        self.chunks.sync()?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             size,

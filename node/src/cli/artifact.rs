@@ -177,18 +177,17 @@ fn fetch_through_node(
     artifact: &str,
     quiet: bool,
 ) -> Result<crate::fleet::artifacts::fetch::Fetched> {
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Dropping `finished` wakes the progress thread at once: a fetch's answer is not held
+    // back until the thread's next look.
+    let (finished, finished_rx) = std::sync::mpsc::channel::<()>();
     let progress = (!quiet).then(|| {
         let api = api.clone();
-        let done = done.clone();
         let path = format!("/artifacts/{}", encode_query(artifact));
         std::thread::spawn(move || {
             let mut last = None;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if done.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                finished_rx.recv_timeout(std::time::Duration::from_secs(1))
+            {
                 if let Ok(shown) = api.get::<Shown>(&path) {
                     let now = (shown.listed.chunks_here, shown.listed.chunks);
                     if last != Some(now) {
@@ -204,7 +203,7 @@ fn fetch_through_node(
         "",
         FETCH_TIMEOUT,
     );
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(finished);
     if let Some(progress) = progress {
         let _ = progress.join();
     }

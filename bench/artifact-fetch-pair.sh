@@ -45,7 +45,7 @@ one_fetch() {
     read -r b_cpu0 b_flt0 <<<"$(usage "$b")"
     local started ended
     started=$(date +%s.%N)
-    "$bin" --data-dir "$dir/b" -q artifact fetch "$id" >/dev/null
+    "$bin" --data-dir "$dir/b" artifact fetch "$id" --json >/dev/null
     ended=$(date +%s.%N)
     read -r a_cpu1 a_flt1 <<<"$(usage "$a")"
     read -r b_cpu1 b_flt1 <<<"$(usage "$b")"

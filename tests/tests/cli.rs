@@ -489,3 +489,36 @@ fn logs_can_be_written_as_one_json_object_per_line() {
         "{err}"
     );
 }
+
+#[test]
+fn quiet_leaves_notes_out_and_errors_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    ok(rhizome(&node, &["init", "--name", "quiet"]));
+    let token = |extra: &[&str]| {
+        let out = rhizome(
+            &node,
+            &[
+                extra,
+                &["token", "create", "--role", "monitor", "--name", "t"],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (printed, noted) = token(&[]);
+    assert!(!printed.trim().is_empty());
+    assert!(noted.contains("shown this once"), "{noted}");
+    let (printed, noted) = token(&["-q"]);
+    assert!(
+        !printed.trim().is_empty(),
+        "-q keeps what the command answers"
+    );
+    assert_eq!(noted, "", "-q leaves only errors on stderr");
+    let err = fails(rhizome(&node, &["-q", "artifact", "show", "nothing-here"]));
+    assert!(err.contains("nothing-here"), "{err}");
+}

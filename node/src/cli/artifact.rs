@@ -100,7 +100,7 @@ fn through_node(api: &Api, cmd: ArtifactCommand) -> Result<()> {
             output,
             json,
         } => {
-            let fetched = fetch_through_node(api, &artifact, json)?;
+            let fetched = fetch_through_node(api, &artifact, json || crate::cli::output::quiet())?;
             let shown: Shown = api.get(&format!("/artifacts/{}", fetched.id))?;
             refuse_incomplete(&shown)?;
             if let Some(output) = &output {

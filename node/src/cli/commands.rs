@@ -20,6 +20,7 @@ use crate::identity::Identity;
 use crate::node::{Node, now_ms};
 
 pub fn run(opts: Opts) -> Result<()> {
+    crate::cli::output::set_quiet(opts.quiet);
     let root = opts.data_dir.clone();
     dispatch(opts).map_err(|e| crate::ops::durability::explain_any(e, &root))
 }
@@ -139,15 +140,17 @@ fn token_command(node: &Node, cmd: crate::cli::TokenCommand) -> Result<()> {
                 );
             } else {
                 println!("{token}");
-                eprintln!(
-                    "token {} ({}, role {}{}): shown this once, only its hash is kept",
-                    record.id,
-                    record.name,
-                    record.role,
-                    expires
-                        .map(|at| format!(", expires {at}"))
-                        .unwrap_or_default()
-                );
+                if !crate::cli::output::quiet() {
+                    eprintln!(
+                        "token {} ({}, role {}{}): shown this once, only its hash is kept",
+                        record.id,
+                        record.name,
+                        record.role,
+                        expires
+                            .map(|at| format!(", expires {at}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
         }
         TokenCommand::List { json } => {
@@ -304,19 +307,21 @@ fn join_token_command(root: &std::path::Path, cmd: crate::cli::JoinTokenCommand)
                 );
             } else {
                 println!("{token}");
-                eprintln!(
-                    "join token {} (role {}{}), valid until {}, once: shown this once, only its \
-                     hash is kept. On the new machine: rhizome join <this node's address:port> \
-                     --token <token>",
-                    record.id,
-                    record.role,
-                    if record.zone.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", zone {}", record.zone)
-                    },
-                    format_timestamp(record.expires_ms)
-                );
+                if !crate::cli::output::quiet() {
+                    eprintln!(
+                        "join token {} (role {}{}), valid until {}, once: shown this once, only its \
+                         hash is kept. On the new machine: rhizome join <this node's address:port> \
+                         --token <token>",
+                        record.id,
+                        record.role,
+                        if record.zone.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", zone {}", record.zone)
+                        },
+                        format_timestamp(record.expires_ms)
+                    );
+                }
             }
         }
         JoinTokenCommand::List { json } => {

@@ -111,7 +111,7 @@ pub fn config_command(root: &Path, cmd: ConfigCommand) -> Result<()> {
     match cmd {
         ConfigCommand::List { json } => {
             let (entries, exists) = list(&dir)?;
-            if !exists {
+            if !exists && !crate::cli::output::quiet() {
                 eprintln!(
                     "note: there is no {}: these are the defaults",
                     dir.config().display()

@@ -1,6 +1,20 @@
-//! Plain-text output helpers: aligned tables and human-readable sizes and durations.
+//! Plain-text output helpers: aligned tables and human-readable sizes and durations, and
+//! whether notes and progress go to stderr.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `-q` ("only errors on stderr"): progress lines and notes are left out too, not only log
+/// lines below errors.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// Renders rows under a header with columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -8,20 +8,16 @@
 #
 # Usage: bench/artifact-fetch-pair.sh BIN_A BIN_B [ROUNDS] [MB]   (default 4 rounds of 200 MB)
 set -euo pipefail
+bin_a="$(realpath "$1")" bin_b="$(realpath "$2")" rounds="${3:-4}" mb="${4:-200}"
+cd "$(dirname "$0")/.."
+source bench/node-lib.sh
 
-bin_a="$1" bin_b="$2" rounds="${3:-4}" mb="${4:-200}"
+# No build here: the two binaries are given. The scratch dir and the nodes go as node_bench's do.
 work="$(mktemp -d "${TMPDIR:-/tmp}/rhizome-fetch-pair.XXXXXX")"
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap node_bench_cleanup EXIT
 head -c "$((mb * 1000 * 1000))" /dev/urandom >"$work/file"
-
-# CPU seconds and minor faults of a process so far (fields 14, 15 and 10 of its stat line).
-usage() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f %d", ($14 + $15) / hz, $10 }' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
 
 # Prints: seconds of the fetch, CPU seconds of sender and receiver, their minor faults.
 one_fetch() {
@@ -31,28 +27,26 @@ one_fetch() {
     "$bin" --data-dir "$dir/b" init --name b --mesh "$dir/a/mesh" >/dev/null
     id="$("$bin" --data-dir "$dir/a" artifact add "$work/file" --json |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
-    "$bin" --data-dir "$dir/a" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns >"$dir/a.out" 2>/dev/null &
+    "$bin" --data-dir "$dir/a" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns >"$dir/a.out" 2>"$dir/a.err" &
     a=$!
-    pids+=("$a")
-    until grep -q ' serving: ' "$dir/a.out" 2>/dev/null; do sleep 0.01; done
-    quic="$(sed -nE 's/.* serving: quic ([0-9.:]+),.*/\1/p' "$dir/a.out" | head -1)"
-    "$bin" --data-dir "$dir/b" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns --peer "$quic" >"$dir/b.out" 2>/dev/null &
+    pids=("$a")
+    quic="$(serving "$dir/a.out" "$a")"
+    "$bin" --data-dir "$dir/b" start --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-mdns --peer "$quic" >"$dir/b.out" 2>"$dir/b.err" &
     b=$!
     pids+=("$b")
     until "$bin" --data-dir "$dir/b" peers --json 2>/dev/null | grep -q '"connected"'; do sleep 0.05; done
     sync
-    read -r a_cpu0 a_flt0 <<<"$(usage "$a")"
-    read -r b_cpu0 b_flt0 <<<"$(usage "$b")"
+    local a_ticks=$(ticks "$a") b_ticks=$(ticks "$b") a_faults=$(minor_faults "$a") b_faults=$(minor_faults "$b")
     local started ended
     started=$(date +%s.%N)
     "$bin" --data-dir "$dir/b" artifact fetch "$id" --json >/dev/null
     ended=$(date +%s.%N)
-    read -r a_cpu1 a_flt1 <<<"$(usage "$a")"
-    read -r b_cpu1 b_flt1 <<<"$(usage "$b")"
+    a_ticks=$(($(ticks "$a") - a_ticks)) b_ticks=$(($(ticks "$b") - b_ticks))
+    a_faults=$(($(minor_faults "$a") - a_faults)) b_faults=$(($(minor_faults "$b") - b_faults))
     kill "$a" "$b"
     wait "$a" "$b" 2>/dev/null || true
     pids=()
-    python3 -c "print(f'{$ended - $started:.2f} s, CPU {$a_cpu1 - $a_cpu0:.2f} + {$b_cpu1 - $b_cpu0:.2f} s, faults {$a_flt1 - $a_flt0} + {$b_flt1 - $b_flt0}')"
+    python3 -c "print(f'{$ended - $started:.2f} s, CPU {$a_ticks / $hz:.2f} + {$b_ticks / $hz:.2f} s, faults $a_faults + $b_faults')"
 }
 
 echo "A: $bin_a"

@@ -27,6 +27,9 @@ node_bench_cleanup() {
 # spaces here).
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+# Minor page faults of a process so far (field 10).
+minor_faults() { awk '{ print $10 }' "/proc/$1/stat"; }
+
 # Waits for the "serving" line of a node started with its stdout in $1 (its stderr beside it,
 # `.err` for `.out`); prints its QUIC address.
 serving() {

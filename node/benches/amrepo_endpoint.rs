@@ -208,44 +208,14 @@ fn stage_percentile(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 1000 / clock_ticks())
-}
-
-/// Clock ticks per second, the unit of /proc's CPU times.
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
-            .filter(|&t| t > 0)
-            .unwrap_or(100)
-    })
-}
-
 /// Waits until a freshly started server has finished its start-up work: less than 10 ms of CPU
 /// in 250 ms, so that no run measures a server still busy starting.
 fn settle(pid: u32) {
     let deadline = Instant::now() + PATIENCE;
-    let mut last = cpu(pid);
+    let mut last = common::process_cpu(pid);
     loop {
         std::thread::sleep(Duration::from_millis(250));
-        let now = cpu(pid);
+        let now = common::process_cpu(pid);
         if now.saturating_sub(last) < Duration::from_millis(10) {
             return;
         }
@@ -528,9 +498,9 @@ fn fetch(
     run: &str,
 ) -> Fetch {
     if client == Client::Samod {
-        let before = cpu(server.child.id());
+        let before = common::process_cpu(server.child.id());
         let f = samod_client::fetch(&server.url_b, urls);
-        let server_cpu = cpu(server.child.id()).saturating_sub(before);
+        let server_cpu = common::process_cpu(server.child.id()).saturating_sub(before);
         assert!(f.complete, "the client got every document");
         return Fetch {
             ms: f.ms,
@@ -540,7 +510,7 @@ fn fetch(
     }
     let storage = run_dir.join(format!("client-{run}"));
     let _ = std::fs::remove_dir_all(&storage);
-    let before = cpu(server.child.id());
+    let before = common::process_cpu(server.child.id());
     let out = js_client(
         params,
         "client.mjs",
@@ -550,7 +520,7 @@ fn fetch(
             urls.display().to_string(),
         ],
     );
-    let server_cpu = cpu(server.child.id()).saturating_sub(before);
+    let server_cpu = common::process_cpu(server.child.id()).saturating_sub(before);
     assert_eq!(
         out["complete"],
         json!(true),
@@ -575,7 +545,7 @@ struct Lag {
 
 fn lag(params: &Params, client: Client, server: &Server, urls: &Path) -> Lag {
     if client == Client::Samod {
-        let before = cpu(server.child.id());
+        let before = common::process_cpu(server.child.id());
         let l = samod_client::lag(
             &server.url_a,
             &server.url_b,
@@ -584,7 +554,7 @@ fn lag(params: &Params, client: Client, server: &Server, urls: &Path) -> Lag {
             params.pace_ms,
             params.lag_docs,
         );
-        let server_cpu = cpu(server.child.id()).saturating_sub(before);
+        let server_cpu = common::process_cpu(server.child.id()).saturating_sub(before);
         let sorted = |mut values: Vec<f64>| {
             values.sort_by(|a, b| a.partial_cmp(b).unwrap());
             values
@@ -599,7 +569,7 @@ fn lag(params: &Params, client: Client, server: &Server, urls: &Path) -> Lag {
             server_cpu_ms: server_cpu.as_secs_f64() * 1e3,
         };
     }
-    let before = cpu(server.child.id());
+    let before = common::process_cpu(server.child.id());
     let out = js_client(
         params,
         "lag.mjs",
@@ -612,7 +582,7 @@ fn lag(params: &Params, client: Client, server: &Server, urls: &Path) -> Lag {
             params.lag_docs.to_string(),
         ],
     );
-    let server_cpu = cpu(server.child.id()).saturating_sub(before);
+    let server_cpu = common::process_cpu(server.child.id()).saturating_sub(before);
     let sorted = |key: &str| {
         let mut values: Vec<f64> = out[key]
             .as_array()

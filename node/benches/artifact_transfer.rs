@@ -249,22 +249,8 @@ fn own_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-/// User and system CPU seconds of a running process, from `/proc/<pid>/stat`.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    // utime and stime are fields 14 and 15 of the line; the state, field 3, comes first here.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf reads a constant of the system.
-    #[allow(unsafe_code)]
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / per_second
+fn cpu_seconds(pid: u32) -> f64 {
+    common::process_cpu(pid).as_secs_f64()
 }
 
 /// Seconds for `rhizome artifact fetch` of `file` on a node that lacks it, from a peer that
@@ -290,8 +276,7 @@ fn through_nodes(root: &Path, file: &Path) -> (f64, f64, f64) {
     // Until b is connected to a, a fetch fails at once (no peer to ask): the successful one
     // is timed.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (sender_before, receiver_before) =
-        (process_cpu_seconds(a.id()), process_cpu_seconds(b.id()));
+    let (sender_before, receiver_before) = (cpu_seconds(a.id()), cpu_seconds(b.id()));
     let seconds = loop {
         let started = Instant::now();
         let out = Command::new(RHIZOME)
@@ -310,8 +295,8 @@ fn through_nodes(root: &Path, file: &Path) -> (f64, f64, f64) {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let sender_cpu = process_cpu_seconds(a.id()) - sender_before;
-    let receiver_cpu = process_cpu_seconds(b.id()) - receiver_before;
+    let sender_cpu = cpu_seconds(a.id()) - sender_before;
+    let receiver_cpu = cpu_seconds(b.id()) - receiver_before;
     stop(b);
     stop(a);
     let _ = std::fs::remove_dir_all(root);

@@ -263,7 +263,7 @@ pub struct Fetched {
 pub fn fetch(server: &str, urls: &Path) -> Fetched {
     let entries = entries(urls);
     let runtime = runtime();
-    let cpu0 = super::cpu(std::process::id());
+    let cpu0 = super::common::process_cpu(std::process::id());
     let started = Instant::now();
     let (repo, complete) = runtime.block_on(async {
         let repo = repo(server, None).await;
@@ -271,7 +271,7 @@ pub fn fetch(server: &str, urls: &Path) -> Fetched {
         (repo, complete)
     });
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    let cpu = super::cpu(std::process::id()).saturating_sub(cpu0);
+    let cpu = super::common::process_cpu(std::process::id()).saturating_sub(cpu0);
     runtime.block_on(repo.stop());
     Fetched {
         ms,

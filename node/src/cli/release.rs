@@ -201,12 +201,9 @@ fn control(
             &node.writer()?,
         )?,
     };
-    println!(
-        "{} release {version}: stored as control {} (at stage {}); every node obeys it once it \
-         has it",
-        action_word(action),
-        control.id,
-        control.stage + 1
+    crate::cli::rollout::print_control(
+        &format!("{} release {version}", action_word(action)),
+        &control,
     );
     Ok(())
 }

@@ -149,12 +149,17 @@ fn control(
             &node.writer()?,
         )?,
     };
+    print_control(word, &control);
+    Ok(())
+}
+
+/// What `rollout` and `release` print once a control is stored.
+pub fn print_control(what: &str, control: &Control) {
     println!(
-        "{word}: stored as control {} (at stage {}); every node obeys it once it has it",
+        "{what}: stored as control {} (at stage {}); every node obeys it once it has it",
         control.id,
         control.stage + 1
     );
-    Ok(())
 }
 
 /// Where a rollout stands, in words: `running, stage 2 of 3`.

@@ -326,6 +326,9 @@ impl Issuer {
             ));
         }
         let role = NodeRole::parse(&record.role).unwrap_or(NodeRole::Member);
+        // A joining node may get a certificate of a CA still admitted; it renews from the
+        // current one once it runs.
+        let _ = self.catch_up();
         let cert = match self.ca().issue_for(&public_key, role, self.lifetime) {
             Ok(c) => c,
             Err(e) => return refused(format!("issuing the certificate failed: {e}")),
@@ -385,6 +388,9 @@ impl Issuer {
             Ok(key) => key,
             Err(e) => return refused(format!("its certificate: {e}")),
         };
+        if let Err(behind) = self.catch_up() {
+            return refused(behind);
+        }
         match self.ca().issue_for(&key, info.role, self.lifetime) {
             Ok(cert) => {
                 self.audit.record(
@@ -405,7 +411,36 @@ impl Issuer {
 
     /// A new certificate for this node itself, which holds the CA: no network needed.
     pub fn renew_own(&self, public_key: &[u8; 32], role: NodeRole) -> Result<String> {
+        self.catch_up().map_err(anyhow::Error::msg)?;
         Ok(self.ca().issue_for(public_key, role, self.lifetime)?)
+    }
+
+    /// Issues from the mesh's current CA from here on, if the CA directory holds it; an error
+    /// naming it while it does not. `mesh rotate-ca` announces the new CA before it moves its
+    /// files into place, so a renewal can arrive between the two; issuing from the old CA then
+    /// would hand out a certificate that has to be renewed again at once, without end.
+    fn catch_up(&self) -> std::result::Result<(), String> {
+        let Some(current) = self.trust.as_ref().map(|t| t.current()) else {
+            return Ok(());
+        };
+        if current.is_empty() || self.issues_from(&current) {
+            return Ok(());
+        }
+        if let Err(e) = self.reload(&current) {
+            // Mid-move the directory briefly lacks a file; the refusal below says enough.
+            tracing::debug!(error = %format!("{e:#}"), "cannot load the mesh's current CA");
+        }
+        if self.issues_from(&current) {
+            return Ok(());
+        }
+        Err(format!(
+            "this node does not hold the mesh's current CA {} yet (a rotation is moving it into              place); try again shortly",
+            &current[..16.min(current.len())]
+        ))
+    }
+
+    pub fn issues_from(&self, fingerprint: &str) -> bool {
+        mesh::net::enrolment::fingerprint(self.ca().cert_pem()).is_ok_and(|fp| fp == fingerprint)
     }
 
     fn ca(&self) -> std::sync::RwLockReadGuard<'_, MeshCa> {
@@ -421,13 +456,18 @@ impl Issuer {
             .unwrap_or_else(|| self.ca().cert_pem().to_owned())
     }
 
+    /// Whether it knows a CA directory to reload from.
+    pub fn reloads(&self) -> bool {
+        self.ca_dir.is_some()
+    }
+
     /// Issues from the CA now kept in its directory, when that is the one with fingerprint
     /// `current` (after `mesh rotate-ca`); whether it changed.
     pub fn reload(&self, current: &str) -> Result<bool> {
         let Some(dir) = &self.ca_dir else {
             return Ok(false);
         };
-        if mesh::net::enrolment::fingerprint(self.ca().cert_pem())? == current {
+        if self.issues_from(current) {
             return Ok(false);
         }
         let ca = crate::mesh_admin::load_ca(dir)?;
@@ -518,6 +558,53 @@ pub fn check_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_holder_renews_from_a_rotated_ca_only_once_its_files_are_in_place() {
+        use crate::config::{CA_CERT_FILE, CA_KEY_FILE};
+        use crate::security::trust::{Trust, evaluate, holder, issuer_fingerprint};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("mesh");
+        std::fs::create_dir(&ca_dir).unwrap();
+        let old = MeshCa::create().unwrap();
+        crate::identity::write_private(&ca_dir.join(CA_KEY_FILE), &old.key_pem()).unwrap();
+        std::fs::write(ca_dir.join(CA_CERT_FILE), old.cert_pem()).unwrap();
+        let trust = Trust::from_bundle(old.cert_pem()).unwrap();
+        let mut issuer = Issuer::new(
+            MeshCa::load(&old.key_pem(), old.cert_pem()).unwrap(),
+            dir.path(),
+            std::time::Duration::from_secs(3600),
+            Arc::new(crate::security::audit::Audit::default()),
+        );
+        issuer.trust = Some(trust.clone());
+        issuer.ca_dir = Some(ca_dir.clone());
+        let key = [5u8; 32];
+        let issued_by = |cert: &str| issuer_fingerprint(&trust.all(), cert).unwrap();
+        let old_fp = mesh::net::enrolment::fingerprint(old.cert_pem()).unwrap();
+        assert_eq!(
+            issued_by(&issuer.renew_own(&key, NodeRole::Member).unwrap()),
+            old_fp
+        );
+
+        // The new CA announced (the node trusts it as current) while its files have not moved.
+        let new = holder::start(&ca_dir, 1, |records| {
+            let registry = crdt_store::MeshRegistry {
+                cas: records,
+                ..Default::default()
+            };
+            trust.set(&evaluate(&registry, old.mesh_id(), old.cert_pem()).unwrap());
+            let refused = issuer.renew_own(&key, NodeRole::Member).unwrap_err();
+            assert!(refused.to_string().contains("current CA"), "{refused:#}");
+            Ok(())
+        })
+        .unwrap();
+        let new_fp = mesh::net::enrolment::fingerprint(new.cert_pem()).unwrap();
+        assert_eq!(trust.current(), new_fp);
+        assert_eq!(
+            issued_by(&issuer.renew_own(&key, NodeRole::Member).unwrap()),
+            new_fp
+        );
+    }
 
     #[test]
     fn tokens_work_once_until_they_expire_or_are_withdrawn() {

@@ -161,6 +161,18 @@ impl Renewal {
         if renewed.node_id != info.node_id {
             bail!("the renewed certificate is for another node");
         }
+        // Taking a certificate of an older CA would make the next look renew again at once.
+        let current = self.trust.current();
+        let issued_by = crate::security::trust::issuer_fingerprint(&self.trust.all(), &cert_pem);
+        if !current.is_empty() && issued_by.as_deref() != Some(current.as_str()) {
+            bail!(
+                "the renewed certificate is of CA {}, not of the mesh's current CA {}",
+                issued_by
+                    .as_deref()
+                    .map_or("(unknown)", |fp| &fp[..16.min(fp.len())]),
+                &current[..16.min(current.len())]
+            );
+        }
         let aside = self.dir.cert().with_extension("crt.new");
         std::fs::write(&aside, &cert_pem)
             .and_then(|()| std::fs::File::open(&aside)?.sync_all())

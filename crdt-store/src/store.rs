@@ -305,6 +305,10 @@ pub struct Store {
     reopen_listener: Option<ReopenListener>,
     /// Automerge sync state per (document, peer) for the sessions of current connections.
     sync_states: HashMap<(DocumentId, String), automerge::sync::State>,
+    /// Per (document, peer), the heads of the peer's last message whose changes were refused:
+    /// left out of what the peer is taken to hold, so that the session neither asks for them
+    /// again nor keeps answering a peer whose heads can never equal ours.
+    refused_heads: HashMap<(DocumentId, String), Vec<automerge::ChangeHash>>,
     /// Seals what goes to disk, in an encrypted store.
     sealer: Option<crate::seal::Sealer>,
     /// Where the running re-seal pass has got to ([`Store::reseal_step`]).
@@ -448,6 +452,7 @@ impl Store {
             change_listener: None,
             reopen_listener: None,
             sync_states: HashMap::new(),
+            refused_heads: HashMap::new(),
             sealer,
             reseal_cursor: None,
             metrics: crate::metrics::StoreMetrics::default(),

@@ -178,6 +178,10 @@ fn each_registry_entry_is_taken_from_its_node_and_revocations_from_anyone() {
         refused.to_string().contains("nodes/node-a"),
         "the entry is named: {refused}"
     );
+    assert!(
+        matches!(refused, SyncRejected::Unauthorized { heard: true, .. }),
+        "a answers with what b lacks: {refused:?}"
+    );
     let registry: MeshRegistry = a.read(&DocName::Mesh).unwrap();
     assert_eq!(registry.nodes["node-a"].name, "");
     // b adds an entry for a node that does not exist: refused too.
@@ -187,7 +191,84 @@ fn each_registry_entry_is_taken_from_its_node_and_revocations_from_anyone() {
         m.nodes.insert("node-z".into(), NodeEntry::default());
     })
     .unwrap();
-    assert!(sync(&mut d, "node-b", &mut c, "node-c", &DocName::Mesh).is_some());
+    // c holds nothing of the registry: there is nothing to answer b with (an answer saying c
+    // holds nothing would have b send everything again).
+    let refused = sync(&mut d, "node-b", &mut c, "node-c", &DocName::Mesh);
+    assert!(
+        matches!(
+            refused,
+            Some(SyncRejected::Unauthorized { heard: false, .. })
+        ),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_peer_whose_changes_are_refused_still_receives_the_others_and_the_conversation_ends() {
+    let (mut a, mut b) = (store("node-a"), store("node-b"));
+    a.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.insert("node-a".into(), NodeEntry::default());
+    })
+    .unwrap();
+    assert!(sync(&mut a, "node-a", &mut b, "node-b", &DocName::Mesh).is_none());
+    // b renames a in its own copy; a, meanwhile, writes a decision b has not seen.
+    b.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.nodes.get_mut("node-a").unwrap().name = "pwned".into();
+    })
+    .unwrap();
+    a.update::<MeshRegistry, _>(&DocName::Mesh, |m| {
+        m.revoked.insert(
+            "node-x".into(),
+            Revocation {
+                reason: "lost".into(),
+                ..Revocation::default()
+            },
+        );
+    })
+    .unwrap();
+    // Each side answers every message it receives, refused or not, as a node's replicator
+    // does, until neither has anything to say.
+    let doc = a.document_id(&DocName::Mesh);
+    let send = |from: &mut Store, from_id: &str, to: &mut Store, to_id: &str| {
+        let payload = from.sync_generate(&doc, to_id).unwrap()?;
+        let outcome = to
+            .sync_apply(vec![SyncApply {
+                doc: doc.clone(),
+                peer: from_id.into(),
+                name: Some("mesh".into()),
+                payload,
+                sender: crdt_store::Sender::Peer,
+            }])
+            .unwrap();
+        Some(outcome.into_iter().next().unwrap().err())
+    };
+    let (mut refusals, mut quiet) = (0, false);
+    for _ in 0..20 {
+        let said = [
+            send(&mut b, "node-b", &mut a, "node-a"),
+            send(&mut a, "node-a", &mut b, "node-b"),
+        ];
+        for refused in said.iter().flatten().flatten() {
+            assert!(
+                matches!(refused, SyncRejected::Unauthorized { .. }),
+                "{refused}"
+            );
+            refusals += 1;
+        }
+        if said.iter().all(Option::is_none) {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(refusals >= 1, "b's rename was offered and refused");
+    assert!(quiet, "a and b kept messaging each other after the refusal");
+    let at_b: MeshRegistry = b.read(&DocName::Mesh).unwrap();
+    assert_eq!(
+        at_b.revoked["node-x"].reason, "lost",
+        "a's decision reached b"
+    );
+    let at_a: MeshRegistry = a.read(&DocName::Mesh).unwrap();
+    assert_eq!(at_a.nodes["node-a"].name, "");
 }
 
 /// Refuses every version not written by `node-cloud`.
@@ -281,7 +362,7 @@ mod property {
 
     /// A few rounds of messages between an honest replica and the rogue, each way, whatever is
     /// refused. (The two never settle once the rogue holds a forged change: the honest side
-    /// can never take the rogue's heads. A node's replicator stops answering after a refusal.)
+    /// can never take the rogue's heads.)
     fn exchange(honest: &mut Store, honest_id: &str, rogue: &mut Store) {
         let doc = honest.document_id(&DocName::Mesh);
         let send = |from: &mut Store, from_id: &str, to: &mut Store, to_id: &str| {

@@ -140,6 +140,10 @@ pub enum SyncRejected {
         doc: String,
         /// Who wrote what, and the rule it breaks.
         reason: String,
+        /// Whether the session took in what the message says the peer holds, so that an answer
+        /// can carry what the peer lacks (never when this node holds nothing of the document:
+        /// an answer saying so would have the peer send it everything again).
+        heard: bool,
     },
 }
 
@@ -294,6 +298,7 @@ impl Store {
     /// Forgets the sync sessions of a peer: the next one starts from the persisted state.
     pub fn sync_forget_peer(&mut self, peer: &str) {
         self.sync_states.retain(|(_, p), _| p != peer);
+        self.refused_heads.retain(|(_, p), _| p != peer);
     }
 
     /// Forgets the in-memory sync session of one document with a peer: the next message
@@ -398,6 +403,7 @@ impl Store {
         let shared_before = state.shared_heads.clone();
         let cached = self.cache.get_mut(&doc).expect("cached above");
         let before: Vec<ChangeHash> = cached.doc.get_heads();
+        let message_heads = decoded.heads.clone();
         // A patch log of its own, dropped at once: Automerge 0.12 records the events of every
         // applied change in the document's patch log even while it is inactive, never clears
         // them, and re-indexes them all whenever a change brings a new actor. With the
@@ -408,6 +414,9 @@ impl Store {
             .receive_sync_message_log_patches(state, decoded, &mut PatchLog::null())
             .map_err(|e| malformed(&label, e))?;
         let theirs = state.their_heads.as_deref().map(heads_digest);
+        if let Some(refused) = self.refused_heads.get(&key) {
+            leave_out_refused(state, refused);
+        }
         let persist = (state.shared_heads != shared_before).then(|| state.encode());
         let changed = cached.doc.get_heads() != before;
         let refused = match (changed, &sender) {
@@ -428,9 +437,13 @@ impl Store {
             .doc
             .get_heads();
         if let Err(reason) = refused {
-            // The session absorbed the peer's heads with the changes: start it afresh.
-            self.sync_states.remove(&key);
-            return Err(SyncRejected::Unauthorized { doc: label, reason }.into());
+            let heard = self.hear_refused_peer(txn, &doc, &peer, &payload, message_heads)?;
+            return Err(SyncRejected::Unauthorized {
+                doc: label,
+                reason,
+                heard,
+            }
+            .into());
         }
         if after.is_empty() {
             // Nothing arrived for a document this node does not hold: keep no empty copy.
@@ -450,6 +463,49 @@ impl Store {
             ours: heads_digest(&after),
             theirs,
         })
+    }
+
+    /// After refusing a message's changes: the session starts afresh from the persisted state
+    /// and takes in what the message says the peer holds and needs, without its changes. The
+    /// answer then carries this node's changes that the peer lacks: a peer whose own changes
+    /// are refused still receives everyone else's (a revocation, a new CA), instead of the
+    /// refusal ending every conversation before this side has said anything.
+    fn hear_refused_peer(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        doc: &DocumentId,
+        peer: &str,
+        payload: &[u8],
+        message_heads: Vec<ChangeHash>,
+    ) -> std::result::Result<bool, ApplyError> {
+        let key = (doc.clone(), peer.to_owned());
+        self.sync_states.remove(&key);
+        // The cached copy holds the refused changes; read the document again as stored.
+        self.cache.remove(doc);
+        self.load_sync_session(doc, peer, Some(txn))?;
+        let Some(cached) = self.cache.get_mut(doc) else {
+            return Ok(false);
+        };
+        if cached.doc.get_heads().is_empty() {
+            return Ok(false);
+        }
+        let refused: Vec<ChangeHash> = message_heads
+            .into_iter()
+            .filter(|head| cached.doc.get_change_by_hash(head).is_none())
+            .collect();
+        let state = self.sync_states.get_mut(&key).expect("loaded above");
+        let Ok(mut bare) = sync::Message::decode(payload) else {
+            return Ok(false);
+        };
+        bare.changes = sync::ChunkList::empty();
+        cached
+            .doc
+            .sync()
+            .receive_sync_message_log_patches(state, bare, &mut PatchLog::null())
+            .map_err(|e| malformed(&doc.to_string(), e))?;
+        leave_out_refused(state, &refused);
+        self.refused_heads.insert(key, refused);
+        Ok(true)
     }
 
     /// Counts how long the changes a sync message brought took to get here from their writers,
@@ -688,6 +744,20 @@ fn doc_bytes(id: &DocumentId) -> DocIdBytes {
         .expect("document ids of this store are 16 bytes")
 }
 
+/// Takes the heads of refused changes out of what the peer is said to hold. With none left,
+/// the peer is taken to hold what both sides shared: an empty list would say it lost everything.
+fn leave_out_refused(state: &mut sync::State, refused: &[ChangeHash]) {
+    if refused.is_empty() {
+        return;
+    }
+    if let Some(theirs) = state.their_heads.as_mut() {
+        theirs.retain(|head| !refused.contains(head));
+        if theirs.is_empty() {
+            theirs.clone_from(&state.shared_heads);
+        }
+    }
+}
+
 fn doc_id(bytes: &DocIdBytes) -> DocumentId {
     DocumentId::try_from(bytes.to_vec()).expect("16 bytes make a document id")
 }
@@ -743,6 +813,7 @@ impl Replica for Store {
                 }),
                 Err(rejected) => Err(ApplyFailed {
                     peer_at_fault: rejected.peer_at_fault(),
+                    heard: matches!(rejected, SyncRejected::Unauthorized { heard: true, .. }),
                     reason: rejected.to_string(),
                 }),
             })

@@ -519,6 +519,9 @@ pub struct ApplyFailed {
     /// The peer sent something malformed (as opposed to a local failure): its connection is
     /// closed.
     pub peer_at_fault: bool,
+    /// Only the message's changes were refused (an author without the right to them); what it
+    /// says the peer holds was taken in, so the session answers with what the peer lacks.
+    pub heard: bool,
 }
 
 /// What happened, as the driver tells it.
@@ -677,6 +680,7 @@ impl Served {
                     outcome: Err(ApplyFailed {
                         reason: reason.to_owned(),
                         peer_at_fault: false,
+                        heard: false,
                     }),
                 }),
                 SyncOut::Generate { doc, peer, .. } => {
@@ -1784,7 +1788,10 @@ impl Replicator {
                 }
             }
             Err(failed) => {
-                if !failed.peer_at_fault {
+                if failed.heard {
+                    let priority = self.priority_of(&peer, &doc);
+                    self.want(&peer, doc, priority);
+                } else if !failed.peer_at_fault {
                     // Refused here (the disk low, the store recovering): the peer's session
                     // believes the message delivered. Its own stall check notices; watching
                     // the document here as well heals it from whichever side looks first.
@@ -2452,6 +2459,7 @@ mod tests {
             SyncIn::Applied {
                 outcome: Err(ApplyFailed {
                     peer_at_fault: false,
+                    heard: false,
                     ..
                 }),
                 ..
@@ -2514,6 +2522,34 @@ mod tests {
                 "{out:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_message_whose_changes_were_refused_is_answered_and_one_refused_here_is_not() {
+        let mut a = Replicator::new("a".into(), SyncConfig::default());
+        a.handle(SyncIn::LocalDocs(vec![entry(1, 1, "mesh")]), Duration::ZERO);
+        a.handle(SyncIn::PeerUp("b".into()), Duration::ZERO);
+        a.drain();
+        let failed = |heard| SyncIn::Applied {
+            doc: [1; 16],
+            peer: "b".into(),
+            outcome: Err(ApplyFailed {
+                reason: "x".into(),
+                peer_at_fault: false,
+                heard,
+            }),
+        };
+        let asked = |out: &[SyncOut]| {
+            out.iter()
+                .any(|o| matches!(o, SyncOut::Generate { peer, .. } if peer == "b"))
+        };
+        // A store that could not apply (its disk full) has not heard the peer: nothing to say.
+        a.handle(failed(false), Duration::ZERO);
+        assert!(!asked(&a.drain()));
+        // Only the author's changes were refused: the answer carries what b lacks.
+        a.handle(failed(true), Duration::ZERO);
+        let out = a.drain();
+        assert!(asked(&out), "{out:?}");
     }
 
     #[test]

@@ -176,6 +176,10 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     // A good release: installed everywhere, each node keeping its pid and what it replaced.
     let published = ok(publish(cloud, &good, "0.2.0"));
     assert_eq!(published["sha256"], good_sha.as_str());
+    // In the manifest format every build reads, so that any node can fetch its update.
+    let artifact = published["artifact"].as_str().unwrap();
+    let shown = ok(run_on(cloud, &["artifact", "show", artifact, "--json"]));
+    assert_eq!(shown["manifest"]["format"], 1, "{shown}");
     let started = Instant::now();
     roll_out(
         cloud,

@@ -94,13 +94,15 @@ pub async fn get_artifact(
 #[derive(Debug, serde::Deserialize)]
 pub struct AddQuery {
     name: String,
+    /// The manifest format (`artifacts::store::MANIFEST_FORMAT` when absent).
+    format: Option<u32>,
 }
 
 /// The body is written to a file beside the store as it arrives (an artifact may be larger
 /// than the node's memory), then added from there; the answer comes once it is durable.
 pub async fn post_artifact(
     State(state): State<Arc<AppState>>,
-    Query(AddQuery { name }): Query<AddQuery>,
+    Query(AddQuery { name, format }): Query<AddQuery>,
     body: axum::body::Body,
 ) -> Result<Json<Added>, ApiError> {
     let incoming = state
@@ -132,7 +134,10 @@ pub async fn post_artifact(
     let path = upload.clone();
     let added = state
         .artifacts
-        .with(move |s| s.add(&path, &name, crate::node::now_ms()))
+        .with(move |s| {
+            let format = format.unwrap_or(artifacts::store::MANIFEST_FORMAT);
+            s.add_in_format(&path, &name, crate::node::now_ms(), format)
+        })
         .await;
     let _ = tokio::fs::remove_file(&upload).await;
     added.map(Json).map_err(failed)

@@ -25,6 +25,10 @@ pub enum ArtifactCommand {
         /// The name the artifact goes by (default: the file's name).
         #[arg(long)]
         name: Option<String>,
+        /// Manifest format: 2 keys chunks by BLAKE3 (faster to check on every fetch); 1 by
+        /// SHA-256, for fleets with nodes whose build reads only format 1.
+        #[arg(long, default_value_t = crate::fleet::artifacts::store::MANIFEST_FORMAT)]
+        format: u32,
         #[arg(long)]
         json: bool,
     },
@@ -79,12 +83,17 @@ pub fn artifact(node: &Node, cmd: ArtifactCommand) -> Result<()> {
 
 fn through_node(api: &Api, cmd: ArtifactCommand) -> Result<()> {
     match cmd {
-        ArtifactCommand::Add { file, name, json } => {
+        ArtifactCommand::Add {
+            file,
+            name,
+            format,
+            json,
+        } => {
             let name = name_for(&file, name)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let added: Added = api.post_bytes(
-                &format!("/artifacts?name={}", encode_query(&name)),
+                &format!("/artifacts?name={}&format={format}", encode_query(&name)),
                 &bytes,
                 upload_timeout(bytes.len() as u64),
             )?;
@@ -125,9 +134,14 @@ fn through_node(api: &Api, cmd: ArtifactCommand) -> Result<()> {
 
 fn on_disk(store: &mut ArtifactStore, cap: Option<u64>, cmd: ArtifactCommand) -> Result<()> {
     match cmd {
-        ArtifactCommand::Add { file, name, json } => {
+        ArtifactCommand::Add {
+            file,
+            name,
+            format,
+            json,
+        } => {
             let name = name_for(&file, name)?;
-            print_added(&store.add(&file, &name, now_ms())?, json)
+            print_added(&store.add_in_format(&file, &name, now_ms(), format)?, json)
         }
         ArtifactCommand::List { json } => print_inventory(&artifacts::inventory(store, cap)?, json),
         ArtifactCommand::Show { artifact, json } => {

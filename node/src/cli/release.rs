@@ -12,6 +12,7 @@ use crdt_store::docs::rollout::{Action, Control};
 use crate::api::releases::PublishRequest;
 use crate::cli::output;
 use crate::cli::rollout::{state_word, status_words};
+use crate::fleet::artifacts::store::SHA256_CHUNKS_FORMAT;
 use crate::fleet::releases::{ReleaseStatus, RolloutRequest};
 use crate::node::Node;
 use crate::run::rollout::StageArgs;
@@ -82,7 +83,7 @@ pub fn release(node: &Node, cmd: ReleaseCommand) -> Result<()> {
                     let bytes = std::fs::read(&binary)
                         .with_context(|| format!("cannot read {}", binary.display()))?;
                     let added: crate::fleet::artifacts::store::Added = api.post_bytes(
-                        &format!("/artifacts?name={name}"),
+                        &format!("/artifacts?name={name}&format={SHA256_CHUNKS_FORMAT}"),
                         &bytes,
                         std::time::Duration::from_secs(60 + bytes.len() as u64 / 10_000_000),
                     )?;
@@ -95,7 +96,12 @@ pub fn release(node: &Node, cmd: ReleaseCommand) -> Result<()> {
                 None => {
                     let mut artifacts =
                         crate::fleet::artifacts::ArtifactStore::open(&node.dir.artifacts())?;
-                    let added = artifacts.add(&binary, &name, crate::node::now_ms())?;
+                    let added = artifacts.add_in_format(
+                        &binary,
+                        &name,
+                        crate::node::now_ms(),
+                        SHA256_CHUNKS_FORMAT,
+                    )?;
                     let manifest = artifacts.manifest(&added.id)?;
                     crate::fleet::releases::publish(
                         &mut node.open_store()?,

@@ -3,7 +3,7 @@
 //! ```text
 //! packs/<n>.pack                 chunks, appended one after another (added here or received)
 //! packs/<n>.idx                  where each chunk of a pack that is no longer appended to is
-//! chunks/<2 hex>/<sha-256 hex>   a chunk `gc` kept out of a pack it removed, one file each
+//! chunks/<2 hex>/<key hex>       a chunk `gc` kept out of a pack it removed, one file each
 //! ```
 //!
 //! Chunks go into pack files because a file per chunk made the receiver the slowest part of a
@@ -13,7 +13,12 @@
 //! every chunk together; and `artifact add` synced every chunk file. Git and restic pack small
 //! objects for the same reason.
 //!
-//! A pack record is `RZC1`, the length (u32 LE), the SHA-256 of the bytes, then the bytes.
+//! A chunk's key is the hash of its bytes: BLAKE3 for chunks of manifest format 2, SHA-256 for
+//! those of format 1 (and for manifests, held here as blobs too). Which one a key is need not
+//! be known to check bytes against it: they must hash to it under either ([`key_matches`]);
+//! finding bytes that hash to a given key under either is as hard as under each.
+//!
+//! A pack record is `RZC1`, the length (u32 LE), the chunk's key, then the bytes.
 //! Records are appended without a sync; whoever needs them durable calls [`Chunks::sync`]
 //! (a fetch and `artifact add` do, once, before they answer). A pack is only ever appended to by the process
 //! that created it; when the store opens, packs without a whole `.idx` are scanned (stopping
@@ -177,7 +182,7 @@ impl Chunks {
             return Ok(None);
         }
         if let Some((at, bytes)) = self.read_packed(hash)? {
-            if hex::encode(Sha256::digest(&bytes)) == hash {
+            if key_matches(hash, &bytes) {
                 return Ok(Some(bytes));
             }
             tracing::warn!(
@@ -197,7 +202,7 @@ impl Chunks {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        if hex::encode(Sha256::digest(&bytes)) != hash {
+        if !key_matches(hash, &bytes) {
             tracing::warn!(
                 chunk = hash,
                 "a stored chunk does not match its hash; removing it"
@@ -265,9 +270,14 @@ impl Chunks {
     /// short is not found at the next start, or fails its hash when read, and is fetched
     /// again.
     pub fn put_received(&self, hash: &str, bytes: &[u8]) -> Result<()> {
-        let found = hex::encode(Sha256::digest(bytes));
-        if !is_hash(hash) || found != hash {
-            bail!("a chunk sent as {hash} has the hash {found}: refused");
+        if !is_hash(hash) || !key_matches(hash, bytes) {
+            bail!(
+                "a chunk sent as {hash} does not hash to it (its {} bytes hash to BLAKE3 {}, \
+                 SHA-256 {}): refused",
+                bytes.len(),
+                blake3::hash(bytes).to_hex(),
+                hex::encode(Sha256::digest(bytes))
+            );
         }
         if bytes.len() > MAX_RECORD as usize {
             bail!(
@@ -536,6 +546,16 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
+}
+
+/// Whether `bytes` hash to `key` (hex) under BLAKE3 or SHA-256. BLAKE3 is tried first: it is
+/// the key of every chunk of a new artifact, and about four times faster.
+pub(super) fn key_matches(key: &str, bytes: &[u8]) -> bool {
+    let mut wanted = [0u8; 32];
+    if hex::decode_to_slice(key, &mut wanted).is_err() {
+        return false;
+    }
+    blake3::hash(bytes).as_bytes() == &wanted || Sha256::digest(bytes).as_slice() == wanted
 }
 
 pub(super) fn is_hash(text: &str) -> bool {

@@ -1,6 +1,7 @@
 //! Artifacts: files a workflow or a release needs (ONNX models, binaries), stored by content.
 //!
-//! A file is cut into content-defined chunks ([`chunking`]), each stored under its SHA-256;
+//! A file is cut into content-defined chunks ([`chunking`]), each stored under its BLAKE3 (or
+//! SHA-256 in manifest format 1, see [`store::SHA256_CHUNKS_FORMAT`]);
 //! a manifest lists the chunks, and the artifact's id is the manifest's hash ([`store`]).
 //! Anything received is checked against a hash the receiver already trusts: the manifest
 //! against the id, each chunk against the manifest. Artifacts are not Automerge documents:

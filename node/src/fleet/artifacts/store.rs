@@ -27,8 +27,12 @@ use sha2::{Digest, Sha256};
 use super::chunking;
 use super::chunks::{Chunks, is_hash};
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format this build writes: chunks keyed by BLAKE3.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The first manifest format, which this build still reads and writes on request: chunks keyed
+/// by SHA-256. Builds before format 2 read only this one; a release is published in it, so
+/// that every node, however old its build, can fetch the binary that updates it.
+pub const SHA256_CHUNKS_FORMAT: u32 = 1;
 /// Shortest id prefix accepted where an artifact is named by id.
 pub const MIN_ID_PREFIX: usize = 8;
 /// Longest artifact name.
@@ -56,7 +60,8 @@ pub struct Manifest {
     pub chunks: Vec<ChunkRef>,
 }
 
-/// One chunk of a manifest: its hash (hex) and length.
+/// One chunk of a manifest: its key (the BLAKE3 of its bytes in format 2, their SHA-256 in
+/// format 1, hex) and length.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
     pub hash: String,
@@ -83,9 +88,10 @@ impl Manifest {
         }
         let manifest: Manifest = serde_json::from_slice(bytes)
             .with_context(|| format!("the manifest of artifact {id} is not a manifest"))?;
-        if manifest.format != MANIFEST_FORMAT {
+        if !(SHA256_CHUNKS_FORMAT..=MANIFEST_FORMAT).contains(&manifest.format) {
             bail!(
-                "the manifest of artifact {id} has format {}; this build reads format {MANIFEST_FORMAT}",
+                "the manifest of artifact {id} has format {}; this build reads formats \
+                 {SHA256_CHUNKS_FORMAT} to {MANIFEST_FORMAT}",
                 manifest.format
             );
         }
@@ -286,7 +292,26 @@ impl ArtifactStore {
 
     /// Stores a file as an artifact under `name`; the name then stands for it.
     pub fn add(&mut self, file: &Path, name: &str, now_ms: i64) -> Result<Added> {
+        self.add_in_format(file, name, now_ms, MANIFEST_FORMAT)
+    }
+
+    /// [`ArtifactStore::add`] with a manifest of `format` (see [`SHA256_CHUNKS_FORMAT`]).
+    pub fn add_in_format(
+        &mut self,
+        file: &Path,
+        name: &str,
+        now_ms: i64,
+        format: u32,
+    ) -> Result<Added> {
         check_name(name)?;
+        let chunk_key: fn(&[u8]) -> String = match format {
+            SHA256_CHUNKS_FORMAT => |bytes| hex::encode(Sha256::digest(bytes)),
+            MANIFEST_FORMAT => |bytes| blake3::hash(bytes).to_hex().to_string(),
+            other => bail!(Refusal::BadInput(format!(
+                "manifest format {other} is not one this build writes ({SHA256_CHUNKS_FORMAT} or \
+                 {MANIFEST_FORMAT})"
+            ))),
+        };
         let reader =
             std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
         let mut whole = Sha256::new();
@@ -295,7 +320,7 @@ impl ArtifactStore {
         let mut new_bytes = 0;
         let size = chunking::chunk_stream(std::io::BufReader::new(reader), |chunk| {
             whole.update(chunk);
-            let hash = hex::encode(Sha256::digest(chunk));
+            let hash = chunk_key(chunk);
             if self
                 .chunks
                 .put_local(&hash, chunk)
@@ -314,7 +339,7 @@ impl ArtifactStore {
         // The chunks are durable before the manifest that names them is: one flush for all.
         self.chunks.sync()?;
         let manifest = Manifest {
-            format: MANIFEST_FORMAT,
+            format,
             size,
             sha256: hex::encode(whole.finalize()),
             chunks,
@@ -872,6 +897,56 @@ mod tests {
             .write_out(&empty.id, &tmp.path().join("e.out"), 2)
             .unwrap();
         assert_eq!(std::fs::read(tmp.path().join("e.out")).unwrap(), b"");
+    }
+
+    #[test]
+    fn both_manifest_formats_are_written_and_read_and_others_are_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = noise(9, 600 * 1024);
+        let file = file_with(tmp.path(), "f", &data);
+        let mut store = ArtifactStore::open(&tmp.path().join("store")).unwrap();
+        let sha = store
+            .add_in_format(&file, "sha", 1, SHA256_CHUNKS_FORMAT)
+            .unwrap();
+        let b3 = store.add(&file, "b3", 2).unwrap();
+        assert_ne!(sha.id, b3.id);
+        assert_eq!(
+            sha.sha256, b3.sha256,
+            "the whole file's hash is SHA-256 in both"
+        );
+        // Each chunk is keyed by its format's hash of the chunk's bytes.
+        for (id, key) in [
+            (
+                &sha.id,
+                (|b: &[u8]| hex::encode(Sha256::digest(b))) as fn(&[u8]) -> String,
+            ),
+            (&b3.id, |b: &[u8]| blake3::hash(b).to_hex().to_string()),
+        ] {
+            let manifest = store.manifest(id).unwrap();
+            let mut at = 0usize;
+            for chunk in &manifest.chunks {
+                let bytes = &data[at..at + chunk.size as usize];
+                assert_eq!(chunk.hash, key(bytes));
+                assert_eq!(store.read_chunk(&chunk.hash).unwrap().unwrap(), bytes);
+                at += chunk.size as usize;
+            }
+            let out = tmp.path().join(format!("{id}.out"));
+            store.write_out(id, &out, 3).unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), data);
+        }
+        let err = store
+            .add_in_format(&file, "x", 4, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format 3"), "{err}");
+        let future = Manifest {
+            format: MANIFEST_FORMAT + 1,
+            ..store.manifest(&b3.id).unwrap()
+        };
+        let err = Manifest::decode(&future.id(), &future.encode())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has format 3"), "{err}");
     }
 
     #[test]

@@ -208,6 +208,76 @@ async fn garbage_closes_only_that_connection() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_arrive_whole_on_the_bulk_stream_and_anything_else_there_closes_the_connection() {
+    let ca = MeshCa::create().unwrap();
+    let (a, mut a_events) = spawn(config(&ca, 1, vec![], None)).await.unwrap();
+    let (b, _be) = spawn(config(&ca, 2, vec![a.local_addr().to_string()], None))
+        .await
+        .unwrap();
+    wait_connected(&a, 1).await;
+    wait_connected(&b, 1).await;
+
+    // Blobs of several sizes, one after another on b's bulk stream, each whole and in order
+    // (the largest spans many QUIC packets and reads).
+    let a_id = credentials(&ca, 1).node_id().unwrap();
+    let b_id = credentials(&ca, 2).node_id().unwrap();
+    let outbox = b.bulk_outbox(&a_id).await.unwrap().expect("connected");
+    let blobs: Vec<Message> = [0usize, 1, 70_000, 1 << 20]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| Message::ChunkData {
+            hash: [i as u8; 32],
+            bytes: (0..len).map(|j| (j * 7 + i) as u8).collect(),
+        })
+        .collect();
+    for blob in &blobs {
+        outbox.send(blob.clone()).await.unwrap();
+    }
+    for blob in &blobs {
+        let got = wait_for(&mut a_events, |e| matches!(e, MeshEvent::Received(..))).await;
+        assert_eq!(got, MeshEvent::Received(b_id.clone(), blob.clone()));
+    }
+
+    // A member that puts another kind of frame on a bulk stream is closed with a reason.
+    let rogue = credentials(&ca, 9);
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(
+        rogue.client_config(Revocations::default()).unwrap(),
+    )
+    .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    let conn = endpoint
+        .connect(a.local_addr(), MESH_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello(mesh::proto::wire::Hello {
+        mesh_id: ca.mesh_id().into(),
+        node_id: rogue.node_id().unwrap(),
+        role: Role::Edge,
+        zone: "x".into(),
+        listen_port: 0,
+    });
+    send.write_all(&hello.to_frame()).await.unwrap();
+    let mut bulk = conn.open_uni().await.unwrap();
+    let mut not_a_blob = Message::Heartbeat { seq: 1 }.to_frame();
+    not_a_blob.resize(mesh::proto::wire::CHUNK_DATA_HEAD, 0);
+    bulk.write_all(&not_a_blob).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while let Ok(Some(_)) = recv.read(&mut buf).await {}
+        conn.closed().await
+    })
+    .await
+    .expect("the node closes a connection that puts a non-blob on a bulk stream");
+    let text = closed.to_string();
+    assert!(text.contains("only blobs go"), "{text}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 fn sync_message(payload: &[u8]) -> Message {
     Message::Sync {
         doc: [7; 16],

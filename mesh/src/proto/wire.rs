@@ -664,6 +664,50 @@ fn power_byte(power: Power) -> u8 {
     }
 }
 
+/// Bytes of a [`Message::ChunkData`] frame before its blob: the length field, the header and
+/// the hash. A blob is hundreds of KiB: writing the head and the blob as they are, and reading
+/// the blob straight into its own buffer, spares copying it into and out of a frame buffer.
+pub const CHUNK_DATA_HEAD: usize = 4 + HEADER_LEN + 32;
+
+/// The head of the [`Message::ChunkData`] frame of a blob of `len` bytes; the frame is this
+/// followed by the blob.
+pub fn chunk_data_head(hash: &BlobHash, len: usize) -> [u8; CHUNK_DATA_HEAD] {
+    assert!(len <= MAX_BLOB_LEN, "blob too large");
+    let mut head = [0u8; CHUNK_DATA_HEAD];
+    let frame = (HEADER_LEN + 32 + len) as u32;
+    head[..4].copy_from_slice(&frame.to_be_bytes());
+    head[4] = WIRE_VERSION;
+    head[5] = KIND_CHUNK_DATA;
+    head[6..].copy_from_slice(hash);
+    head
+}
+
+/// Reads the head of a [`Message::ChunkData`] frame: the blob's hash and length. An error for
+/// a frame of another kind or version, or a blob longer than [`MAX_BLOB_LEN`].
+pub fn read_chunk_data_head(head: &[u8; CHUNK_DATA_HEAD]) -> Result<(BlobHash, usize), WireError> {
+    let frame = frame_len(head)?.expect("four bytes are there");
+    if head[4] != WIRE_VERSION {
+        return Err(WireError::Version(head[4]));
+    }
+    if head[5] != KIND_CHUNK_DATA {
+        return Err(WireError::Invalid(
+            "the kind of a frame where only blobs go",
+        ));
+    }
+    let Some(len) = frame.checked_sub(HEADER_LEN + 32) else {
+        return Err(WireError::Truncated("chunk data hash"));
+    };
+    if len > MAX_BLOB_LEN {
+        return Err(WireError::FieldTooLong {
+            field: "chunk data",
+            len: len as u64,
+            max: MAX_BLOB_LEN,
+        });
+    }
+    let hash: BlobHash = head[6..].try_into().expect("32 bytes");
+    Ok((hash, len))
+}
+
 /// The length announced by a frame's first four bytes, checked against the bound. `None` if
 /// fewer than four bytes are available.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
@@ -978,6 +1022,32 @@ mod tests {
             let frame = message.to_frame();
             for cut in 0..frame.len() {
                 prop_assert_eq!(Message::decode(&frame[..cut]), Ok(None));
+            }
+        }
+
+        /// The blob path (head, then the blob as it is) is the same frame as `encode`'s, and
+        /// the head reader takes exactly blob frames.
+        #[test]
+        fn blob_heads_agree_with_whole_frames(message in arb_message()) {
+            let frame = message.to_frame();
+            let head: [u8; CHUNK_DATA_HEAD] = match frame.get(..CHUNK_DATA_HEAD) {
+                Some(head) => head.try_into().unwrap(),
+                None => return Ok(()),
+            };
+            match &message {
+                Message::ChunkData { hash, bytes } => {
+                    prop_assert_eq!(chunk_data_head(hash, bytes.len()), head);
+                    prop_assert_eq!(&frame[CHUNK_DATA_HEAD..], bytes.as_slice());
+                    prop_assert_eq!(read_chunk_data_head(&head), Ok((*hash, bytes.len())));
+                }
+                _ => prop_assert!(read_chunk_data_head(&head).is_err()),
+            }
+        }
+
+        #[test]
+        fn blob_heads_of_garbage_are_refused_or_within_bounds(head in any::<[u8; CHUNK_DATA_HEAD]>()) {
+            if let Ok((_, len)) = read_chunk_data_head(&head) {
+                prop_assert!(len <= MAX_BLOB_LEN);
             }
         }
 

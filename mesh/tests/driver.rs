@@ -152,14 +152,7 @@ async fn garbage_closes_only_that_connection() {
         .unwrap();
     wait_connected(&a, 1).await;
 
-    let rogue = credentials(&ca, 9);
-    let rogue_id = rogue.node_id().unwrap();
-    let client = quinn::crypto::rustls::QuicClientConfig::try_from(
-        rogue.client_config(Revocations::default()).unwrap(),
-    )
-    .unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    let rogue = Rogue::new(&ca);
     for garbage in [
         vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5],
         vec![0xff; 8],
@@ -170,30 +163,9 @@ async fn garbage_closes_only_that_connection() {
             f
         },
     ] {
-        let conn = endpoint
-            .connect(a.local_addr(), MESH_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let hello = Message::Hello(mesh::proto::wire::Hello {
-            mesh_id: ca.mesh_id().into(),
-            node_id: rogue_id.clone(),
-            role: Role::Edge,
-            zone: "x".into(),
-            listen_port: 0,
-        });
-        send.write_all(&hello.to_frame()).await.unwrap();
+        let (conn, mut send, recv) = rogue.admitted(&a).await;
         send.write_all(&garbage).await.unwrap();
-        // The node closes the connection with a reason.
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut buf = [0u8; 1024];
-            while let Ok(Some(_)) = recv.read(&mut buf).await {}
-            conn.closed().await
-        })
-        .await
-        .expect("the node closes a connection that sends garbage");
-        let text = closed.to_string();
+        let text = closed(conn, recv).await;
         assert!(text.contains("protocol error"), "{text}");
     }
     // Still serving b.
@@ -240,42 +212,74 @@ async fn blobs_arrive_whole_on_the_bulk_stream_and_anything_else_there_closes_th
     }
 
     // A member that puts another kind of frame on a bulk stream is closed with a reason.
-    let rogue = credentials(&ca, 9);
-    let client = quinn::crypto::rustls::QuicClientConfig::try_from(
-        rogue.client_config(Revocations::default()).unwrap(),
-    )
-    .unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
-    let conn = endpoint
-        .connect(a.local_addr(), MESH_SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = Message::Hello(mesh::proto::wire::Hello {
-        mesh_id: ca.mesh_id().into(),
-        node_id: rogue.node_id().unwrap(),
-        role: Role::Edge,
-        zone: "x".into(),
-        listen_port: 0,
-    });
-    send.write_all(&hello.to_frame()).await.unwrap();
+    let (conn, _send, recv) = Rogue::new(&ca).admitted(&a).await;
     let mut bulk = conn.open_uni().await.unwrap();
     let mut not_a_blob = Message::Heartbeat { seq: 1 }.to_frame();
     not_a_blob.resize(mesh::proto::wire::CHUNK_DATA_HEAD, 0);
     bulk.write_all(&not_a_blob).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+    let text = closed(conn, recv).await;
+    assert!(text.contains("only blobs go"), "{text}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A member of the mesh that speaks QUIC by hand, to send what no node would.
+struct Rogue {
+    endpoint: quinn::Endpoint,
+    mesh_id: String,
+    node_id: String,
+}
+
+impl Rogue {
+    fn new(ca: &MeshCa) -> Rogue {
+        let credentials = credentials(ca, 9);
+        let client = quinn::crypto::rustls::QuicClientConfig::try_from(
+            credentials.client_config(Revocations::default()).unwrap(),
+        )
+        .unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+        Rogue {
+            endpoint,
+            mesh_id: ca.mesh_id().into(),
+            node_id: credentials.node_id().unwrap(),
+        }
+    }
+
+    /// A connection to `node` on which its hello was sent: the control stream's two halves.
+    async fn admitted(
+        &self,
+        node: &MeshHandle,
+    ) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+        let conn = self
+            .endpoint
+            .connect(node.local_addr(), MESH_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let hello = Message::Hello(mesh::proto::wire::Hello {
+            mesh_id: self.mesh_id.clone(),
+            node_id: self.node_id.clone(),
+            role: Role::Edge,
+            zone: "x".into(),
+            listen_port: 0,
+        });
+        send.write_all(&hello.to_frame()).await.unwrap();
+        (conn, send, recv)
+    }
+}
+
+/// Why the node closed `conn`, once it has.
+async fn closed(conn: quinn::Connection, mut recv: quinn::RecvStream) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
         while let Ok(Some(_)) = recv.read(&mut buf).await {}
         conn.closed().await
     })
     .await
-    .expect("the node closes a connection that puts a non-blob on a bulk stream");
-    let text = closed.to_string();
-    assert!(text.contains("only blobs go"), "{text}");
-    a.shutdown().await;
-    b.shutdown().await;
+    .expect("the node closes a connection that sends what it must not")
+    .to_string()
 }
 
 fn sync_message(payload: &[u8]) -> Message {

@@ -285,7 +285,8 @@ impl Chunks {
                 bytes.len()
             );
         }
-        if self.packed().at.contains_key(hash) {
+        // Here already, in a pack or (after `gc`) in a file of its own: not stored twice.
+        if self.has(hash) {
             return Ok(());
         }
         self.append(hash, bytes)
@@ -669,6 +670,9 @@ mod tests {
             let expected = (i < 2).then(|| bytes.clone());
             assert_eq!(chunks.read(hash).unwrap(), expected, "chunk {i}");
         }
+        // A kept chunk, now a file of its own, received again: not appended to a pack too.
+        chunks.put_received(&received[0].0, &received[0].1).unwrap();
+        assert!(!chunks.packed().at.contains_key(&received[0].0));
         // The pack being appended to is closed and collected too; appends go on in a new one.
         chunks.put_received(&received[3].0, &received[3].1).unwrap();
         chunks.put_received(&received[4].0, &received[4].1).unwrap();

@@ -97,7 +97,10 @@ fn security_events(node: &Node, json: bool) -> Result<()> {
                 format_timestamp(e.at_ms),
                 e.kind.as_str().to_owned(),
                 e.subject.clone(),
-                e.detail.clone(),
+                match e.repeats {
+                    0 => e.detail.clone(),
+                    n => format!("{} (and {n} times before)", e.detail),
+                },
             ]
         })
         .collect();

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 /// Recent events kept; older ones live in the log only.
 pub const RECENT_EVENTS: usize = 256;
+/// How far back among the recent events a repeat is looked for. A peer that keeps offering
+/// the same refused change, or a revoked node that keeps redialling, repeats one event every
+/// few seconds for as long as it runs: folded into one row, it cannot push every other event
+/// out of the list.
+const FOLD_WITHIN: usize = 16;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,6 +67,14 @@ pub struct Event {
     /// Who or what it is about: a node id, an address, a token's name.
     pub subject: String,
     pub detail: String,
+    /// Times the same event (kind, subject, detail) happened before, folded into this one;
+    /// `at_ms` is the latest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What `GET /security` answers.
@@ -87,6 +100,7 @@ impl Audit {
             kind,
             subject: subject.into(),
             detail: detail.into(),
+            repeats: 0,
         };
         tracing::warn!(
             target: "rhizome::audit",
@@ -97,10 +111,23 @@ impl Audit {
         );
         let mut inner = self.inner.lock().expect("audit lock");
         *inner.1.entry(kind).or_default() += 1;
-        if inner.0.len() == RECENT_EVENTS {
-            inner.0.pop_front();
+        let recent = &mut inner.0;
+        let same = |e: &Event| {
+            e.kind == event.kind && e.subject == event.subject && e.detail == event.detail
+        };
+        let from = recent.len().saturating_sub(FOLD_WITHIN);
+        if let Some(at) = (from..recent.len()).rev().find(|&i| same(&recent[i])) {
+            let earlier = recent.remove(at).expect("found above");
+            recent.push_back(Event {
+                repeats: earlier.repeats + 1,
+                ..event
+            });
+            return;
         }
-        inner.0.push_back(event);
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(event);
     }
 
     /// The counters and the recent events.
@@ -134,5 +161,45 @@ mod tests {
         assert_eq!(view.recent.len(), RECENT_EVENTS);
         assert_eq!(view.recent.last().unwrap().kind, Kind::ChangeRefused);
         assert_eq!(view.recent[0].detail, "POST /run/11");
+    }
+
+    #[test]
+    fn an_event_repeated_among_the_latest_is_one_row_with_its_count() {
+        let audit = Audit::default();
+        audit.record(Kind::Joined, "node-c", "with token t1");
+        for _ in 0..1000 {
+            audit.record(Kind::ChangeRefused, "node-b", "refused a change to mesh");
+            audit.record(Kind::HandshakeRefused, "127.0.0.1:9", "node x is revoked");
+        }
+        audit.record(
+            Kind::ChangeRefused,
+            "node-b",
+            "refused a change to workflow/w",
+        );
+        let view = audit.view();
+        assert_eq!(view.counts["change_refused"], 1001);
+        assert_eq!(view.counts["handshake_refused"], 1000);
+        let rows: Vec<(&str, u64)> = view
+            .recent
+            .iter()
+            .map(|e| (e.detail.as_str(), e.repeats))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("with token t1", 0),
+                ("refused a change to mesh", 999),
+                ("node x is revoked", 999),
+                ("refused a change to workflow/w", 0),
+            ]
+        );
+        // Beyond the window a repeat is a row of its own again.
+        for i in 0..FOLD_WITHIN {
+            audit.record(Kind::ApiWrite, "ci", format!("POST /run/{i}"));
+        }
+        audit.record(Kind::Joined, "node-c", "with token t1");
+        let view = audit.view();
+        assert_eq!(view.recent.len(), 5 + FOLD_WITHIN);
+        assert_eq!(view.recent.last().unwrap().repeats, 0);
     }
 }

@@ -146,11 +146,7 @@ async fn nodes_find_each_other_by_mdns_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_that_connection() {
     let ca = MeshCa::create().unwrap();
-    let (a, mut a_events) = spawn(config(&ca, 1, vec![], None)).await.unwrap();
-    let (b, _be) = spawn(config(&ca, 2, vec![a.local_addr().to_string()], None))
-        .await
-        .unwrap();
-    wait_connected(&a, 1).await;
+    let ((a, mut a_events), (b, _be)) = two_connected(&ca).await;
 
     let rogue = Rogue::new(&ca);
     for garbage in [
@@ -183,12 +179,7 @@ async fn garbage_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_arrive_whole_on_the_bulk_stream_and_anything_else_there_closes_the_connection() {
     let ca = MeshCa::create().unwrap();
-    let (a, mut a_events) = spawn(config(&ca, 1, vec![], None)).await.unwrap();
-    let (b, _be) = spawn(config(&ca, 2, vec![a.local_addr().to_string()], None))
-        .await
-        .unwrap();
-    wait_connected(&a, 1).await;
-    wait_connected(&b, 1).await;
+    let ((a, mut a_events), (b, _be)) = two_connected(&ca).await;
 
     // Blobs of several sizes, one after another on b's bulk stream, each whole and in order
     // (the largest spans many QUIC packets and reads).
@@ -221,6 +212,22 @@ async fn blobs_arrive_whole_on_the_bulk_stream_and_anything_else_there_closes_th
     assert!(text.contains("only blobs go"), "{text}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Nodes 1 and 2 of `ca`, the second dialling the first, once both see the connection.
+async fn two_connected(
+    ca: &MeshCa,
+) -> (
+    (MeshHandle, Receiver<MeshEvent>),
+    (MeshHandle, Receiver<MeshEvent>),
+) {
+    let (a, a_events) = spawn(config(ca, 1, vec![], None)).await.unwrap();
+    let (b, b_events) = spawn(config(ca, 2, vec![a.local_addr().to_string()], None))
+        .await
+        .unwrap();
+    wait_connected(&a, 1).await;
+    wait_connected(&b, 1).await;
+    ((a, a_events), (b, b_events))
 }
 
 /// A member of the mesh that speaks QUIC by hand, to send what no node would.

@@ -234,7 +234,6 @@ async fn run(
             mesh_id: node.mesh_id.clone(),
             secret: node.identity.secret(),
             trust: node.trust.clone(),
-            issuer: issuer.clone(),
             renew_now: renew_now.clone(),
             audit: audit.clone(),
         },

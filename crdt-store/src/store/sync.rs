@@ -267,8 +267,11 @@ impl Store {
                 }
                 Err(ApplyError::Rejected(rejected)) => {
                     // A refused message may have left the cached copy half-changed; the next
-                    // message about it reads it again as this transaction holds it.
-                    self.cache.remove(&doc);
+                    // message about it reads it again as this transaction holds it. A refused
+                    // change has had its document read again already (`hear_refused_peer`).
+                    if !matches!(rejected, SyncRejected::Unauthorized { .. }) {
+                        self.cache.remove(&doc);
+                    }
                     outcomes.push(Err(rejected));
                 }
                 Err(ApplyError::Store(e)) => {

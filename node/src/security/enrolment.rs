@@ -426,20 +426,21 @@ impl Issuer {
         if current.is_empty() || self.issues_from(&current) {
             return Ok(());
         }
-        if let Err(e) = self.reload(&current) {
-            // Mid-move the directory briefly lacks a file; the refusal below says enough.
-            tracing::debug!(error = %format!("{e:#}"), "cannot load the mesh's current CA");
+        match self.reload(&current) {
+            Ok(true) => {
+                tracing::warn!(ca = %current, "issuing from the mesh's new CA");
+                Ok(())
+            }
+            // Mid-move the directory briefly lacks a file: the refusal says enough.
+            Ok(false) | Err(_) => Err(format!(
+                "this node does not hold the mesh's current CA {} yet (a rotation is moving it \
+                 into place); try again shortly",
+                &current[..16.min(current.len())]
+            )),
         }
-        if self.issues_from(&current) {
-            return Ok(());
-        }
-        Err(format!(
-            "this node does not hold the mesh's current CA {} yet (a rotation is moving it into              place); try again shortly",
-            &current[..16.min(current.len())]
-        ))
     }
 
-    pub fn issues_from(&self, fingerprint: &str) -> bool {
+    fn issues_from(&self, fingerprint: &str) -> bool {
         mesh::net::enrolment::fingerprint(self.ca().cert_pem()).is_ok_and(|fp| fp == fingerprint)
     }
 
@@ -456,14 +457,9 @@ impl Issuer {
             .unwrap_or_else(|| self.ca().cert_pem().to_owned())
     }
 
-    /// Whether it knows a CA directory to reload from.
-    pub fn reloads(&self) -> bool {
-        self.ca_dir.is_some()
-    }
-
     /// Issues from the CA now kept in its directory, when that is the one with fingerprint
     /// `current` (after `mesh rotate-ca`); whether it changed.
-    pub fn reload(&self, current: &str) -> Result<bool> {
+    fn reload(&self, current: &str) -> Result<bool> {
         let Some(dir) = &self.ca_dir else {
             return Ok(false);
         };

@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use crdt_store::{CaRecord, MeshRegistry};
@@ -318,8 +317,6 @@ pub struct Follow {
     pub mesh_id: String,
     pub secret: [u8; 32],
     pub trust: Trust,
-    /// On the node that holds the CA: issues from the new CA once it is announced.
-    pub issuer: Option<Arc<crate::security::enrolment::Issuer>>,
     /// Rung when the current CA changes, so that the node renews from it at once.
     pub renew_now: Arc<tokio::sync::Notify>,
     pub audit: Arc<crate::security::audit::Audit>,
@@ -332,28 +329,7 @@ pub async fn follow(mut follow: Follow) {
     use crate::security::audit::Kind;
     let mut ignored: BTreeMap<String, String> = BTreeMap::new();
     let mut seen = follow.trust.current();
-    // Whether the CA holder's issuer has yet to find the current CA in its directory:
-    // `mesh rotate-ca` announces the new CA before it moves the files into place.
-    let mut issuer_behind = false;
-    let mut look_again = ISSUER_LOOKS_AGAIN;
-    loop {
-        tokio::select! {
-            changed = follow.changes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            () = tokio::time::sleep(look_again), if issuer_behind => {
-                issuer_behind = !issuer_caught_up(follow.issuer.as_deref(), &seen);
-                if issuer_behind {
-                    // A rotation cut short leaves the files unmoved until it is run again.
-                    look_again = (look_again * 2).min(ISSUER_LOOKS_AT_MOST_EVERY);
-                } else {
-                    follow.renew_now.notify_one();
-                }
-                continue;
-            }
-        }
+    while follow.changes.changed().await.is_ok() {
         let registry = match follow
             .store
             .call(|s| s.read::<MeshRegistry>(&crdt_store::DocName::Mesh))
@@ -418,35 +394,10 @@ pub async fn follow(mut follow: Follow) {
             }
         }
         if view.current != seen {
+            // The renewal renews from the new CA; on the CA holder the issuer takes it up from
+            // its directory when it first issues (`Issuer::catch_up`).
             seen = view.current.clone();
-            issuer_behind = !issuer_caught_up(follow.issuer.as_deref(), &seen);
-            look_again = ISSUER_LOOKS_AGAIN;
-            if !issuer_behind {
-                follow.renew_now.notify_one();
-            }
-        }
-    }
-}
-
-/// How soon the CA holder looks again for the current CA's files while a rotation moves them.
-const ISSUER_LOOKS_AGAIN: Duration = Duration::from_millis(200);
-const ISSUER_LOOKS_AT_MOST_EVERY: Duration = Duration::from_secs(30);
-
-/// Whether `issuer` (on the CA holder; none elsewhere) issues from the CA `current`, loading it
-/// from its directory if it is there now.
-fn issuer_caught_up(issuer: Option<&crate::security::enrolment::Issuer>, current: &str) -> bool {
-    let Some(issuer) = issuer.filter(|i| i.reloads()) else {
-        return true;
-    };
-    match issuer.reload(current) {
-        Ok(true) => {
-            tracing::warn!(ca = %current, "issuing from the mesh's new CA");
-            true
-        }
-        Ok(false) => issuer.issues_from(current),
-        Err(e) => {
-            tracing::debug!(error = %format!("{e:#}"), "the mesh's new CA is not in place yet");
-            false
+            follow.renew_now.notify_one();
         }
     }
 }

@@ -166,7 +166,7 @@ async fn plain_quic(bytes: &[u8], copy: &Path) -> f64 {
         outbox
             .send(Message::ChunkData {
                 hash: [0; 32],
-                bytes: frame.to_vec(),
+                bytes: bytes::Bytes::copy_from_slice(frame),
             })
             .await
             .unwrap();

@@ -72,7 +72,7 @@ fn start_liar(
                         &peer,
                         Message::ChunkData {
                             hash,
-                            bytes: vec![0xa5; 4096],
+                            bytes: vec![0xa5; 4096].into(),
                         },
                     )
                     .await;

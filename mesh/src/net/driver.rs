@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::blob_buffers::POOL;
 use super::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Interfaces};
 use super::identity::{MESH_SERVER_NAME, NodeCredentials, Revocations, node_id_of};
 use crate::proto::election::{self, Election, ElectionTiming, Hierarchy, ZoneError};
@@ -1026,10 +1027,7 @@ async fn write_bulk(connection: quinn::Connection, mut outgoing: mpsc::Receiver<
         // The blob goes to quinn as it is, not copied into a frame buffer (and quinn keeps
         // the `Bytes` it is given rather than copying them into its own).
         let head = wire::chunk_data_head(&hash, bytes.len());
-        let mut frame = [
-            bytes::Bytes::copy_from_slice(&head),
-            bytes::Bytes::from(bytes),
-        ];
+        let mut frame = [bytes::Bytes::copy_from_slice(&head), bytes];
         if send.write_all_chunks(&mut frame).await.is_err() {
             return;
         }
@@ -1152,9 +1150,10 @@ async fn next_blob(recv: &mut quinn::RecvStream) -> Result<Option<Message>, Read
     }
     let (hash, len) = wire::read_chunk_data_head(&head)
         .map_err(|e| ReadError::Protocol(format!("protocol error on the bulk stream: {e}")))?;
-    // Zeroed by the allocator (fresh pages for a buffer this large), then filled in place: each
-    // read takes whatever quinn holds, up to what the blob still lacks.
-    let mut bytes = vec![0u8; len];
+    // Filled in place: each read takes whatever quinn holds, up to what the blob still lacks.
+    // The buffer goes back to the pool once the blob is stored and dropped.
+    let mut buffer = POOL.buffer(len);
+    let bytes = buffer.as_mut_slice();
     let mut filled = 0;
     while filled < len {
         match recv.read(&mut bytes[filled..]).await {
@@ -1163,7 +1162,10 @@ async fn next_blob(recv: &mut quinn::RecvStream) -> Result<Option<Message>, Read
             Err(e) => return Err(ReadError::Io(format!("read failed: {e}"))),
         }
     }
-    Ok(Some(Message::ChunkData { hash, bytes }))
+    Ok(Some(Message::ChunkData {
+        hash,
+        bytes: buffer.freeze(),
+    }))
 }
 
 /// Reassembles frames from a stream, holding at most one frame's bound in memory.

@@ -90,7 +90,7 @@ pub enum TransferIn {
         /// The hop budget the peer gave.
         hops: u8,
         /// The bytes, if held.
-        bytes: Option<Vec<u8>>,
+        bytes: Option<bytes::Bytes>,
     },
     /// A blob served to a peer has been handed to its connection.
     Sent(NodeId),
@@ -128,7 +128,7 @@ pub enum TransferOut {
         /// Who sent it.
         from: NodeId,
         /// Its bytes.
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     },
     /// A blob this node wanted is stored.
     Fetched(BlobHash),
@@ -445,7 +445,7 @@ impl Transfer {
         peer: NodeId,
         hash: BlobHash,
         hops: u8,
-        bytes: Option<Vec<u8>>,
+        bytes: Option<bytes::Bytes>,
         now: Duration,
     ) {
         if !self.connected.contains(&peer) {
@@ -754,7 +754,7 @@ mod tests {
                 "liar".into(),
                 Message::ChunkData {
                     hash: h(2),
-                    bytes: vec![0; 10],
+                    bytes: vec![0; 10].into(),
                 },
             ),
             T0,
@@ -764,7 +764,7 @@ mod tests {
             vec![TransferOut::Store {
                 hash: h(2),
                 from: "liar".into(),
-                bytes: vec![0; 10]
+                bytes: vec![0; 10].into()
             }]
         );
         t.handle(
@@ -791,7 +791,7 @@ mod tests {
                 "good".into(),
                 Message::ChunkData {
                     hash: h(2),
-                    bytes: vec![1],
+                    bytes: vec![1].into(),
                 },
             ),
             T0,
@@ -816,7 +816,7 @@ mod tests {
                 "a".into(),
                 Message::ChunkData {
                     hash: h(3),
-                    bytes: vec![1],
+                    bytes: vec![1].into(),
                 },
             ),
             T0,
@@ -830,7 +830,7 @@ mod tests {
                 "b".into(),
                 Message::ChunkData {
                     hash: h(3),
-                    bytes: vec![1],
+                    bytes: vec![1].into(),
                 },
             ),
             T0,
@@ -850,7 +850,7 @@ mod tests {
                 "agg".into(),
                 Message::ChunkData {
                     hash: h(0),
-                    bytes: vec![],
+                    bytes: vec![].into(),
                 },
             ),
             T0,
@@ -945,7 +945,7 @@ mod tests {
                 "cloud".into(),
                 Message::ChunkData {
                     hash: h(5),
-                    bytes: vec![7],
+                    bytes: vec![7].into(),
                 },
             ),
             T0,
@@ -980,7 +980,7 @@ mod tests {
                 peer: "e1".into(),
                 hash: h(5),
                 hops: 0,
-                bytes: Some(vec![7]),
+                bytes: Some(vec![7].into()),
             },
             T0,
         );
@@ -990,7 +990,7 @@ mod tests {
                 "e1".into(),
                 Message::ChunkData {
                     hash: h(5),
-                    bytes: vec![7]
+                    bytes: vec![7].into()
                 }
             )]
         );
@@ -1006,7 +1006,7 @@ mod tests {
                 "cloud".into(),
                 Message::ChunkData {
                     hash: h(9),
-                    bytes: vec![9],
+                    bytes: vec![9].into(),
                 },
             ),
             T0,
@@ -1143,7 +1143,7 @@ mod tests {
                     peer: "e1".into(),
                     hash: h(n),
                     hops: 0,
-                    bytes: Some(vec![n]),
+                    bytes: Some(vec![n].into()),
                 },
                 T0,
             );
@@ -1239,7 +1239,7 @@ mod tests {
                                 target.handle(TransferIn::Received(name.clone(), message), T0);
                             }
                             TransferOut::Read { peer, hash, hops } => {
-                                let bytes = held.contains(&hash).then(|| vec![hash[0]; 4]);
+                                let bytes = held.contains(&hash).then(|| vec![hash[0]; 4].into());
                                 node.handle(
                                     TransferIn::Read {
                                         peer,
@@ -1251,7 +1251,7 @@ mod tests {
                                 );
                             }
                             TransferOut::Store { hash, from, bytes } => {
-                                let ok = bytes == vec![hash[0]; 4];
+                                let ok = bytes[..] == [hash[0]; 4];
                                 let entry = self.nodes.get_mut(&name).unwrap();
                                 if ok {
                                     entry.1.insert(hash);

@@ -193,8 +193,8 @@ pub enum Message {
     ChunkData {
         /// The blob's hash.
         hash: BlobHash,
-        /// Its bytes (at most [`MAX_BLOB_LEN`]).
-        bytes: Vec<u8>,
+        /// Its bytes (at most [`MAX_BLOB_LEN`]), shared rather than copied on their way.
+        bytes: bytes::Bytes,
     },
     /// The sender does not hold the blob and could not get it.
     ChunkMissing {
@@ -580,7 +580,7 @@ impl Message {
                         max: MAX_BLOB_LEN,
                     });
                 }
-                let bytes = r.buf.to_vec();
+                let bytes = bytes::Bytes::copy_from_slice(r.buf);
                 r.buf = &[];
                 Message::ChunkData { hash, bytes }
             }
@@ -955,7 +955,10 @@ mod tests {
                 any::<[u8; 32]>(),
                 proptest::collection::vec(any::<u8>(), 0..300)
             )
-                .prop_map(|(hash, bytes)| Message::ChunkData { hash, bytes }),
+                .prop_map(|(hash, bytes)| Message::ChunkData {
+                    hash,
+                    bytes: bytes.into()
+                }),
             any::<[u8; 32]>().prop_map(|hash| Message::ChunkMissing { hash }),
         ]
     }
@@ -1037,7 +1040,7 @@ mod tests {
             match &message {
                 Message::ChunkData { hash, bytes } => {
                     prop_assert_eq!(chunk_data_head(hash, bytes.len()), head);
-                    prop_assert_eq!(&frame[CHUNK_DATA_HEAD..], bytes.as_slice());
+                    prop_assert_eq!(&frame[CHUNK_DATA_HEAD..], &bytes[..]);
                     prop_assert_eq!(read_chunk_data_head(&head), Ok((*hash, bytes.len())));
                 }
                 _ => prop_assert!(read_chunk_data_head(&head).is_err()),

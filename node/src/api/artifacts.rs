@@ -167,7 +167,7 @@ pub async fn get_artifact_content(
         })
         .await
         .map_err(failed)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let chunks = manifest.chunks.clone();
     tokio::task::spawn_blocking(move || {
         for chunk in chunks {
@@ -207,8 +207,8 @@ pub async fn get_artifact_content(
 }
 
 fn tokio_stream_of(
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

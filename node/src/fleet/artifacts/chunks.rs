@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use mesh::net::blob_buffers::POOL;
 use sha2::{Digest, Sha256};
 
 const RECORD_MAGIC: &[u8; 4] = b"RZC1";
@@ -159,7 +161,8 @@ impl Chunks {
         is_hash(hash) && (self.packed().at.contains_key(hash) || self.loose_path(hash).exists())
     }
 
-    fn read_packed(&self, hash: &str) -> std::io::Result<Option<(Location, Vec<u8>)>> {
+    /// A packed chunk's bytes, read into a pooled buffer: a peer's fetch reads thousands.
+    fn read_packed(&self, hash: &str) -> std::io::Result<Option<(Location, Bytes)>> {
         let found = {
             let packed = self.packed();
             packed
@@ -170,14 +173,14 @@ impl Chunks {
         let Some((at, file)) = found else {
             return Ok(None);
         };
-        let mut bytes = vec![0; at.len as usize];
-        file.read_exact_at(&mut bytes, at.offset)?;
-        Ok(Some((at, bytes)))
+        let mut buffer = POOL.buffer(at.len as usize);
+        file.read_exact_at(buffer.as_mut_slice(), at.offset)?;
+        Ok(Some((at, buffer.freeze())))
     }
 
     /// A chunk's bytes, checked against its hash; `None` when it is not here, or was damaged
     /// (then it is forgotten, so that it counts as missing and is fetched again).
-    pub fn read(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    pub fn read(&self, hash: &str) -> std::io::Result<Option<Bytes>> {
         if !is_hash(hash) {
             return Ok(None);
         }
@@ -210,13 +213,13 @@ impl Chunks {
             let _ = std::fs::remove_file(&path);
             return Ok(None);
         }
-        Ok(Some(bytes))
+        Ok(Some(bytes.into()))
     }
 
     /// A chunk as stored, unchecked: for serving to a peer, which checks every blob against
     /// its hash before it keeps it, so checking here too would only spend the sender's CPU a
     /// second time on every byte.
-    pub fn read_unchecked(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    pub fn read_unchecked(&self, hash: &str) -> std::io::Result<Option<Bytes>> {
         if !is_hash(hash) {
             return Ok(None);
         }
@@ -224,7 +227,7 @@ impl Chunks {
             return Ok(Some(bytes));
         }
         match std::fs::read(self.loose_path(hash)) {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => Ok(Some(bytes.into())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -596,7 +599,10 @@ mod tests {
             let chunks = Chunks::open(tmp.path()).unwrap();
             assert!(index_path(tmp.path(), 1).exists());
             for (hash, bytes) in &received {
-                assert_eq!(chunks.read(hash).unwrap().as_ref(), Some(bytes));
+                assert_eq!(
+                    chunks.read(hash).unwrap().map(Vec::from).as_ref(),
+                    Some(bytes)
+                );
             }
         }
     }
@@ -619,13 +625,13 @@ mod tests {
             .set_len(len - 100)
             .unwrap();
         let chunks = Chunks::open(tmp.path()).unwrap();
-        assert_eq!(chunks.read(&a.0).unwrap(), Some(a.1.clone()));
+        assert_eq!(chunks.read(&a.0).unwrap().map(Vec::from), Some(a.1.clone()));
         assert!(!chunks.has(&b.0));
         chunks.put_received(&b.0, &b.1).unwrap();
         assert!(pack_path(tmp.path(), 2).exists());
         drop(chunks);
         let chunks = Chunks::open(tmp.path()).unwrap();
-        assert_eq!(chunks.read(&b.0).unwrap(), Some(b.1));
+        assert_eq!(chunks.read(&b.0).unwrap().map(Vec::from), Some(b.1));
     }
 
     #[test]
@@ -643,12 +649,12 @@ mod tests {
         {
             let chunks = Chunks::open(tmp.path()).unwrap();
             assert!(chunks.has(&hash));
-            assert_eq!(chunks.read(&hash).unwrap(), None);
+            assert_eq!(chunks.read(&hash).unwrap().map(Vec::from), None);
             assert!(!chunks.has(&hash), "a damaged chunk counts as missing");
             chunks.put_received(&hash, &bytes).unwrap();
         }
         let chunks = Chunks::open(tmp.path()).unwrap();
-        assert_eq!(chunks.read(&hash).unwrap(), Some(bytes));
+        assert_eq!(chunks.read(&hash).unwrap().map(Vec::from), Some(bytes));
     }
 
     #[test]
@@ -668,7 +674,11 @@ mod tests {
         assert!(!pack_path(tmp.path(), 1).exists());
         for (i, (hash, bytes)) in received.iter().enumerate() {
             let expected = (i < 2).then(|| bytes.clone());
-            assert_eq!(chunks.read(hash).unwrap(), expected, "chunk {i}");
+            assert_eq!(
+                chunks.read(hash).unwrap().map(Vec::from),
+                expected,
+                "chunk {i}"
+            );
         }
         // A kept chunk, now a file of its own, received again: not appended to a pack too.
         chunks.put_received(&received[0].0, &received[0].1).unwrap();
@@ -687,7 +697,11 @@ mod tests {
         let chunks = Chunks::open(tmp.path()).unwrap();
         for (i, (hash, bytes)) in received.iter().enumerate() {
             let expected = [0, 1, 3, 5].contains(&i).then(|| bytes.clone());
-            assert_eq!(chunks.read(hash).unwrap(), expected, "chunk {i}");
+            assert_eq!(
+                chunks.read(hash).unwrap().map(Vec::from),
+                expected,
+                "chunk {i}"
+            );
         }
     }
 

@@ -121,7 +121,7 @@ impl Artifacts {
     }
 
     /// A chunk or manifest by its hash, checked against it; `None` when not here.
-    pub async fn read_blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn read_blob(&self, hash: &str) -> Result<Option<bytes::Bytes>> {
         let chunks = self.chunks.clone();
         let hash = hash.to_owned();
         Ok(tokio::task::spawn_blocking(move || store::read_blob_in(&chunks, &hash)).await??)
@@ -129,7 +129,7 @@ impl Artifacts {
 
     /// Stores a blob received from a peer as a chunk, refusing bytes that do not hash to
     /// `hash`; not synced (see [`Artifacts::sync`]).
-    pub async fn store_blob(&self, hash: String, bytes: Vec<u8>) -> Result<()> {
+    pub async fn store_blob(&self, hash: String, bytes: bytes::Bytes) -> Result<()> {
         // Without the store's lock: blobs arriving together are hashed side by side, not one
         // after another.
         let chunks = self.chunks.clone();

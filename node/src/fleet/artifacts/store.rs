@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -366,7 +367,7 @@ impl ArtifactStore {
 
     /// A chunk's bytes, checked against its hash; `None` when it is not here (or was
     /// damaged, in which case it is dropped so that it is fetched again).
-    pub fn read_chunk(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+    pub fn read_chunk(&self, hash: &str) -> std::io::Result<Option<Bytes>> {
         self.chunks.read(hash)
     }
 
@@ -391,7 +392,7 @@ impl ArtifactStore {
 
 /// A blob a peer asks for by hash: a chunk (sent as stored: see [`Chunks::read_unchecked`]),
 /// or a manifest (whose hash is the artifact's id); `None` when neither is here.
-pub fn read_blob_in(chunks: &Chunks, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+pub fn read_blob_in(chunks: &Chunks, hash: &str) -> std::io::Result<Option<Bytes>> {
     if !is_hash(hash) {
         return Ok(None);
     }
@@ -404,7 +405,7 @@ pub fn read_blob_in(chunks: &Chunks, hash: &str) -> std::io::Result<Option<Vec<u
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok((hex::encode(Sha256::digest(&bytes)) == hash).then_some(bytes))
+    Ok((hex::encode(Sha256::digest(&bytes)) == hash).then(|| bytes.into()))
 }
 
 impl ArtifactStore {
@@ -811,7 +812,7 @@ mod tests {
         assert_eq!(missing.len(), added.chunks);
         assert!(!sink.list().unwrap()[0].complete);
         let first = &missing[0];
-        let mut bytes = source.read_chunk(&first.hash).unwrap().unwrap();
+        let mut bytes = source.read_chunk(&first.hash).unwrap().unwrap().to_vec();
         bytes[0] ^= 1;
         let err = sink.put_chunk(&first.hash, &bytes).unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");

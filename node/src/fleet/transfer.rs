@@ -1,7 +1,7 @@
 //! Artifact blobs over the mesh in a running node: the transfer machine of
 //! `mesh::proto::transfer`, driven by the sync actor (so that blobs and document sync share one
 //! byte budget, in one order of priority), with the artifact store for reading and storing
-//! blobs on blocking threads.
+//! blobs on a thread of their own ([`BlobIo`]).
 //!
 //! Every blob received is stored in a pack file under its hash, checked against it
 //! before it is written; a manifest fetched for this node is then installed from there by
@@ -35,6 +35,7 @@ pub struct Blobs {
     mesh: MeshHandle,
     answers: mpsc::UnboundedSender<TransferIn>,
     bulk: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    io: BlobIo,
     waiters: BTreeMap<BlobHash, Vec<mpsc::UnboundedSender<BlobOutcome>>>,
 }
 
@@ -51,6 +52,7 @@ impl Blobs {
                 mesh,
                 answers,
                 bulk: BTreeMap::new(),
+                io: BlobIo::start(),
                 waiters: BTreeMap::new(),
             },
             answers_rx,
@@ -174,15 +176,19 @@ impl Blobs {
                         });
                         continue;
                     };
-                    tokio::spawn(async move {
+                    self.io.run(move || {
                         let hex = hex::encode(hash);
-                        let bytes = artifacts
-                            .read_blob(&hex)
-                            .await
-                            .unwrap_or_else(|e| {
+                        let bytes = match survive(|| artifacts.read_blob(&hex)) {
+                            Ok(Ok(bytes)) => bytes,
+                            Ok(Err(e)) => {
                                 tracing::warn!(blob = %hex, error = %e, "cannot read a blob a peer asked for");
                                 None
-                            });
+                            }
+                            Err(panic) => {
+                                tracing::error!(blob = %hex, %panic, "reading a blob a peer asked for failed");
+                                None
+                            }
+                        };
                         let _ = answers.send(TransferIn::Read {
                             peer,
                             hash,
@@ -194,16 +200,18 @@ impl Blobs {
                 TransferOut::Store { hash, from, bytes } => {
                     let answers = self.answers.clone();
                     let artifacts = self.artifacts.clone();
-                    tokio::spawn(async move {
+                    self.io.run(move || {
                         let hex = hex::encode(hash);
                         let len = bytes.len();
                         let outcome = match artifacts {
                             None => Err("the artifact store is not open yet".to_owned()),
-                            Some(artifacts) => artifacts
-                                .store_blob(hex.clone(), bytes)
-                                .await
-                                .map_err(|e| format!("{e:#}")),
+                            Some(artifacts) => match survive(|| artifacts.store_blob(&hex, &bytes)) {
+                                Ok(stored) => stored.map_err(|e| format!("{e:#}")),
+                                Err(panic) => Err(panic),
+                            },
                         };
+                        // The buffer goes back to its pool now, not when the answer is read.
+                        drop(bytes);
                         match &outcome {
                             Ok(()) => crate::ops::metrics::events().add(
                                 "rhizome_artifact_bytes_received_total",
@@ -238,4 +246,52 @@ impl Blobs {
             let _ = waiter.send((hash, outcome.clone()));
         }
     }
+}
+
+/// The thread that reads and stores blobs, one after another, for the transfer machine.
+///
+/// Not the runtime's blocking pool: a transfer reads or stores thousands of blobs, and a task
+/// per blob there cost a task to await it, the pool's lock and two thread wakeups each; here a
+/// blob is one message to a thread that is usually awake already, which answers the machine
+/// itself. One thread is enough: blobs are stored one at a time under the pack's lock anyway,
+/// and a read from the page cache takes microseconds.
+#[derive(Debug)]
+struct BlobIo {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl BlobIo {
+    fn start() -> BlobIo {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("rhizome-blobs".into())
+            .spawn(move || {
+                // Ends when the machine is dropped with its sender.
+                for job in queue {
+                    job();
+                }
+            })
+            .expect("starting the blob thread");
+        BlobIo { jobs }
+    }
+
+    /// Queues `job`, which must answer the machine whatever happens (see [`survive`]).
+    fn run(&self, job: impl FnOnce() + Send + 'static) {
+        if self.jobs.send(Box::new(job)).is_err() {
+            tracing::error!("the blob thread is gone: a blob was neither read nor stored");
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error naming it, so that the blob thread lives on and the
+/// machine still gets its answer (or a serving slot would stay taken forever).
+fn survive<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        format!("panicked: {what}")
+    })
 }

@@ -120,20 +120,17 @@ impl Artifacts {
         tokio::task::spawn_blocking(move || chunks.sync()).await?
     }
 
-    /// A chunk or manifest by its hash, checked against it; `None` when not here.
-    pub async fn read_blob(&self, hash: &str) -> Result<Option<bytes::Bytes>> {
-        let chunks = self.chunks.clone();
-        let hash = hash.to_owned();
-        Ok(tokio::task::spawn_blocking(move || store::read_blob_in(&chunks, &hash)).await??)
+    /// A chunk (unchecked: see [`chunks::Chunks::read_unchecked`]) or a manifest (checked)
+    /// by its hash, to serve to a peer; `None` when not here. Blocks on the disk.
+    pub fn read_blob(&self, hash: &str) -> std::io::Result<Option<bytes::Bytes>> {
+        store::read_blob_in(&self.chunks, hash)
     }
 
     /// Stores a blob received from a peer as a chunk, refusing bytes that do not hash to
-    /// `hash`; not synced (see [`Artifacts::sync`]).
-    pub async fn store_blob(&self, hash: String, bytes: bytes::Bytes) -> Result<()> {
-        // Without the store's lock: blobs arriving together are hashed side by side, not one
-        // after another.
-        let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || chunks.put_received(&hash, &bytes)).await?
+    /// `hash`; not synced (see [`Artifacts::sync`]). Blocks on hashing and the disk; needs no
+    /// lock of the store.
+    pub fn store_blob(&self, hash: &str, bytes: &[u8]) -> Result<()> {
+        self.chunks.put_received(hash, bytes)
     }
 }
 

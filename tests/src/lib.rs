@@ -494,6 +494,21 @@ pub mod process {
         spawn_node(Command::new(binary), None, dir, listen, None, peers, extra)
     }
 
+    /// [`start_installed`] through `wrapper`: a command that sets something up and then
+    /// executes the program and arguments given after its own (as `sh -c '…; exec "$@"' sh`
+    /// does), so that the child's pid is the node's.
+    pub fn start_installed_through(
+        mut wrapper: Command,
+        binary: &Path,
+        dir: &Path,
+        listen: &str,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> Running {
+        wrapper.arg(binary);
+        spawn_node(wrapper, None, dir, listen, None, peers, extra)
+    }
+
     fn launch(
         netns: Option<&str>,
         dir: &Path,

@@ -93,8 +93,14 @@ fn a_samod_repo_syncs_with_a_node() {
     let (repo, handle) = runtime.block_on(async {
         let repo = samod::Repo::build_tokio().load().await;
         let url = url::Url::parse(&format!("ws://{}/automerge?token={admin}", a.http)).unwrap();
-        repo.dial(samod::BackoffConfig::default(), Arc::new(Dialer { url }))
+        let dialer = repo
+            .dial(samod::BackoffConfig::default(), Arc::new(Dialer { url }))
             .unwrap();
+        // A repo with no peer yet answers `find` "unavailable" at once: connected first.
+        tokio::time::timeout(Duration::from_secs(20), dialer.established())
+            .await
+            .expect("connected within 20 s")
+            .expect("the node accepted the connection");
         let found = tokio::time::timeout(Duration::from_secs(20), repo.find(doc_id))
             .await
             .expect("found within 20 s")

@@ -238,6 +238,55 @@ pub mod oneshot {
 }
 pub mod postgres;
 
+/// What the release tests share: hashes of installed binaries and the release status.
+pub mod releases {
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    use crate::process::{Running, json_if_ok, run_on};
+
+    /// The SHA-256 of a file, hex; empty when it cannot be read.
+    pub fn sha256(path: &Path) -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A loopback address with a UDP port free a moment ago, for a node's `--listen`.
+    pub fn free_listen_addr() -> String {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().to_string()
+    }
+
+    /// `bytes` written to `path` (and its directory made) as an executable.
+    pub fn install(path: &Path, bytes: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// `release status --json`, or `null` while the node is between binaries.
+    pub fn status(node: &Running) -> Value {
+        json_if_ok(run_on(node, &["release", "status", "--json"]))
+    }
+
+    /// One node's report in a release status, `null` when it has none.
+    pub fn report_of<'a>(status: &'a Value, node: &str) -> &'a Value {
+        status["rollout"]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
+            .map_or(&Value::Null, |n| &n["report"])
+    }
+}
+
 /// Workflow files the tests apply.
 pub mod workflows {
     /// A manual workflow `line`: simulated readings scored by z-score. Tests derive their
@@ -491,22 +540,20 @@ pub mod process {
         peers: &[&str],
         extra: &[&str],
     ) -> Running {
-        spawn_node(Command::new(binary), None, dir, listen, None, peers, extra)
+        start_command(Command::new(binary), dir, listen, peers, extra)
     }
 
-    /// [`start_installed`] through `wrapper`: a command that sets something up and then
-    /// executes the program and arguments given after its own (as `sh -c '…; exec "$@"' sh`
-    /// does), so that the child's pid is the node's.
-    pub fn start_installed_through(
-        mut wrapper: Command,
-        binary: &Path,
+    /// Starts a node with `command`: a `rhizome` binary, or a command that sets something up
+    /// and then executes one (as `sh -c '…; exec "$@"' sh BINARY` does), so that the child's
+    /// pid is the node's. The node's arguments follow the command's own.
+    pub fn start_command(
+        command: Command,
         dir: &Path,
         listen: &str,
         peers: &[&str],
         extra: &[&str],
     ) -> Running {
-        wrapper.arg(binary);
-        spawn_node(wrapper, None, dir, listen, None, peers, extra)
+        spawn_node(command, None, dir, listen, None, peers, extra)
     }
 
     fn launch(

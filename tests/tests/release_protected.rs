@@ -20,32 +20,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use rhizome_e2e::process::{
-    LogsOnPanic, Running, init, init_in, json_if_ok, ok, run_on, start_installed,
-    start_installed_through,
+    LogsOnPanic, Running, init, init_in, json_if_ok, ok, run_on, start_command, start_installed,
 };
+use rhizome_e2e::releases::{free_listen_addr, install, report_of, sha256, status};
 use rhizome_e2e::{rhizome_bin, wait_until};
 use serde_json::Value;
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn free_port() -> String {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().to_string()
-}
-
-fn install(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// A build of this `rhizome` whose SHA-256 differs: its bytes with a trailer naming `version`.
 fn build(version: &str) -> Vec<u8> {
@@ -57,7 +36,8 @@ fn build(version: &str) -> Vec<u8> {
 /// The mounts of the shipped unit's `ProtectSystem=strict` + `ReadWritePaths=<data dir>`, over
 /// `root` (the test's directory, which holds every binary and data dir): a private mount
 /// namespace, `data` bound writable, then `root` bound over itself with its submounts and made
-/// read-only. `unshare` and `sh` execute what follows, so the node keeps the child's pid.
+/// read-only. `unshare` and `sh` execute the binary given after it, so the node keeps the
+/// child's pid.
 fn protected(root: &Path, data: &Path) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -83,17 +63,6 @@ fn can_protect() -> bool {
         eprintln!("skipped: mount namespaces need root and unshare (root: {root})");
     }
     root && unshare
-}
-
-fn status(node: &Running) -> Value {
-    json_if_ok(run_on(node, &["release", "status", "--json"]))
-}
-
-fn report_of<'a>(status: &'a Value, node: &str) -> &'a Value {
-    status["rollout"]["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
-        .map_or(&Value::Null, |n| &n["report"])
 }
 
 fn publish_and_roll_out(cloud: &Running, file: &Path, version: &str, abort_failures: &str) {
@@ -163,7 +132,7 @@ fn releases_under_the_units_read_only_file_system() {
     for bin in &bins {
         install(bin, &original);
     }
-    let listens: Vec<String> = names.iter().map(|_| free_port()).collect();
+    let listens: Vec<String> = names.iter().map(|_| free_listen_addr()).collect();
     let peers_of = |i: usize| -> Vec<String> {
         (0..listens.len())
             .filter(|j| *j != i)
@@ -182,14 +151,9 @@ fn releases_under_the_units_read_only_file_system() {
                 &["--role", "cloud"],
             )
         } else {
-            start_installed_through(
-                protected(&root, &dirs[i]),
-                &bins[i],
-                &dirs[i],
-                &listens[i],
-                &peers,
-                &[],
-            )
+            let mut command = protected(&root, &dirs[i]);
+            command.arg(&bins[i]);
+            start_command(command, &dirs[i], &listens[i], &peers, &[])
         }
     };
     let mut nodes: Vec<Running> = (0..names.len()).map(start).collect();

@@ -11,43 +11,9 @@ use std::time::{Duration, Instant};
 use rhizome_e2e::process::{
     LogsOnPanic, Running, init, init_in, json_if_ok, log_file, ok, run_on, start_installed,
 };
+use rhizome_e2e::releases::{free_listen_addr, install, report_of, sha256, status};
 use rhizome_e2e::{rhizome_bin, wait_until};
 use serde_json::Value;
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn free_port() -> String {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().to_string()
-}
-
-fn executable(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// `release status --json`, or `null` while the node is between binaries.
-fn status(node: &Running) -> Value {
-    json_if_ok(run_on(node, &["release", "status", "--json"]))
-}
-
-fn report_of<'a>(status: &'a Value, node: &str) -> &'a Value {
-    status["rollout"]["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
-        .map_or(&Value::Null, |n| &n["report"])
-}
 
 /// `release publish FILE --version VERSION --json` on `node`.
 fn publish(node: &Running, file: &Path, version: &str) -> std::process::Output {
@@ -137,7 +103,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
         nodes: Vec::new(),
         names: names.clone(),
         bins,
-        listens: names.iter().map(|_| free_port()).collect(),
+        listens: names.iter().map(|_| free_listen_addr()).collect(),
     };
     for i in 0..names.len() {
         let node = fleet.start(i, root);
@@ -161,7 +127,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     let good = root.join("rhizome-0.2.0");
     let mut bytes = std::fs::read(rhizome_bin()).unwrap();
     bytes.extend_from_slice(b"\nrhizome release 0.2.0\n");
-    executable(&good, &bytes);
+    install(&good, &bytes);
     let good_sha = sha256(&good);
     let refused = publish(&fleet.nodes[1], &good, "0.2.0");
     assert!(!refused.status.success());
@@ -244,7 +210,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
 
     // A broken release: every node tries it, goes back by itself, and the rollout aborts.
     let broken = root.join("rhizome-0.3.0");
-    executable(
+    install(
         &broken,
         b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
     );
@@ -309,7 +275,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
     let other = root.join("rhizome-0.5.0");
     let mut bytes = std::fs::read(rhizome_bin()).unwrap();
     bytes.extend_from_slice(b"\nrhizome release 0.5.0\n");
-    executable(&other, &bytes);
+    install(&other, &bytes);
     std::fs::write(&e2_down, "").unwrap();
     ok(publish(&fleet.nodes[0], &other, "0.5.0"));
     let started = Instant::now();
@@ -362,7 +328,7 @@ fn releases_install_where_healthy_and_undo_themselves_where_not() {
 
     // A kill -9 during a trial: the node starts again on the binary it had.
     let hanging = root.join("rhizome-0.4.0");
-    executable(&hanging, b"#!/bin/sh\nsleep 120\n");
+    install(&hanging, b"#!/bin/sh\nsleep 120\n");
     let hanging_release = ok(publish(&fleet.nodes[0], &hanging, "0.4.0"));
     // Fetched ahead: the cloud, which alone holds it, stops for its own trial at once.
     ok(run_on(

@@ -26,7 +26,7 @@ const CLASSES: usize = (LARGEST / SMALLEST).trailing_zeros() as usize + 1;
 const POOLED_FROM: usize = SMALLEST / 2;
 /// Bytes of free buffers kept for the next blobs: what one transfer at full speed has in
 /// flight on either side (quinn's unacknowledged data, the requests outstanding).
-pub const RETAINED: usize = 32 << 20;
+const RETAINED: usize = 32 << 20;
 
 /// Free buffers by size class, and how many bytes they hold.
 pub struct Pool {

@@ -286,12 +286,6 @@ impl BlobIo {
 /// Runs `f`, turning a panic into an error naming it, so that the blob thread lives on and the
 /// machine still gets its answer (or a serving slot would stay taken forever).
 fn survive<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned());
-        format!("panicked: {what}")
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|panic| format!("panicked: {}", crate::node::panic_message(&*panic)))
 }

@@ -1328,11 +1328,7 @@ impl RunTask {
         let record = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
             Ok(record) => record,
             Err(panic) => {
-                let reason = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let reason = crate::node::panic_message(&*panic);
                 tracing::error!(run = %run_id, %reason, "a run panicked");
                 RunRecord {
                     run_id: run_id.clone(),
